@@ -1,0 +1,113 @@
+//! Hyperparameter types shared by methods, defenses and the runtime.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// LoRA settings (PEFT names and meanings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module suffixes (`q_proj`, `v_proj`) or the single entry `all-linear`.
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { r: 8, alpha: 16.0, dropout: 0.05, targets: vec!["all-linear".into()] }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Optimisation settings for one SFT stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub learning_rate: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Sequences are cut to this many tokens.
+    pub max_len: usize,
+    pub schedule: Schedule,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 disables.
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Stop after this many optimiser steps (0: no limit).
+    pub max_steps: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 2e-4,
+            epochs: 1,
+            batch_size: 8,
+            grad_accum: 1,
+            max_len: 256,
+            schedule: Schedule::Cosine,
+            warmup_ratio: 0.03,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+            max_steps: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges; errors name the field.
+    pub fn validate(&self, path: &str) -> crate::Result<()> {
+        let bad = |f: &str, why: &str| Err(anyhow::anyhow!("{path}.{f}: {why}"));
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad("learning_rate", "must be a positive number");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum", "must be at least 1");
+        }
+        if self.max_len < 8 {
+            return bad("max_len", "must be at least 8");
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", "must be in [0, 1]");
+        }
+        if self.epochs == 0 && self.max_steps == 0 {
+            return bad("epochs", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl LoraConfig {
+    pub fn validate(&self, path: &str) -> crate::Result<()> {
+        if self.r == 0 {
+            anyhow::bail!("{path}.r: must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            anyhow::bail!("{path}.dropout: must be in [0, 1)");
+        }
+        if self.targets.is_empty() {
+            anyhow::bail!("{path}.targets: name at least one module or `all-linear`");
+        }
+        Ok(())
+    }
+
+    /// Whether a module (`model.layers.0.self_attn.q_proj`) is targeted.
+    pub fn targets_module(&self, module: &str) -> bool {
+        self.targets.iter().any(|t| t == "all-linear" || module.ends_with(&format!(".{t}")))
+    }
+}

@@ -1,0 +1,30 @@
+//! Judges classify one answer; metrics aggregate verdicts into estimates.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Refusal,
+    Compliance,
+    /// The model produced no text: neither refusal nor compliance.
+    Empty,
+}
+
+/// Decides whether an answer to a prompt is a refusal.
+pub trait Judge: Send + Sync {
+    fn name(&self) -> &str;
+    fn judge(&self, prompt: &str, response: &str) -> Result<Verdict>;
+}
+
+/// A proportion or mean with its sample size and 95% interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Estimate {
+    pub value: f64,
+    pub n: usize,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}

@@ -1,0 +1,28 @@
+//! safetune-core: the one crate every other safetune crate meets through.
+//!
+//! It holds plain data types (examples, prompt formats, configs), the traits a
+//! model, a training method, a defense and a metric implement, and the
+//! name registries through which the runtime finds them. It has no knowledge
+//! of files, the command line or any concrete model.
+
+pub mod example;
+pub mod template;
+pub mod model;
+pub mod adapter;
+pub mod config;
+pub mod training;
+pub mod repair;
+pub mod judge;
+pub mod registry;
+pub mod rng;
+
+pub use adapter::LinearAdapter;
+pub use example::{Example, ExampleKind};
+pub use model::{CausalLm, ForwardOutput, GenerationParams, Tokenize};
+pub use template::PromptFormat;
+
+/// Re-exported so that implementors name one candle version.
+pub use candle_core as candle;
+/// The error type used across the workspace.
+pub type Result<T> = anyhow::Result<T>;
+pub use anyhow;

@@ -1,0 +1,103 @@
+//! The model interface: what training, defenses and metrics may ask of a model.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, Var};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{LinearAdapter, PromptFormat, Result};
+
+/// Text ↔ token ids. Special tokens written in the text (`<|im_start|>`) are
+/// parsed as single ids.
+pub trait Tokenize: Send + Sync {
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    /// Decodes, dropping special tokens.
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+    /// Ids that end a generated answer.
+    fn stop_ids(&self) -> &[u32];
+    fn pad_id(&self) -> u32;
+}
+
+/// Shape facts about a decoder-only model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub format: PromptFormat,
+}
+
+/// One forward request.
+#[derive(Default)]
+pub struct ForwardRequest<'a> {
+    /// Token ids, `[batch, seq]` u32.
+    pub ids: Option<&'a Tensor>,
+    /// 1.0 for real tokens, 0.0 for padding, `[batch, seq]` f32. `None`: no padding.
+    pub mask: Option<&'a Tensor>,
+    /// Return every decoder layer's output hidden state.
+    pub output_hidden: bool,
+    /// Added to decoder layer `l`'s output (`[batch, seq, hidden]` each), as Vaccine does.
+    pub perturbation: Option<&'a [Tensor]>,
+    /// Training mode: adapters apply dropout.
+    pub train: bool,
+}
+
+pub struct ForwardOutput {
+    /// `[batch, seq, vocab]`.
+    pub logits: Tensor,
+    /// One `[batch, seq, hidden]` per decoder layer when requested, else empty.
+    pub hidden: Vec<Tensor>,
+}
+
+/// Decoding settings. `temperature == 0` is greedy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationParams {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    /// Prompts decoded together (left-padded).
+    pub batch_size: usize,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0, batch_size: 16 }
+    }
+}
+
+/// A Llama-family causal language model as the rest of safetune sees it.
+/// Weight names follow Hugging Face (`model.layers.0.self_attn.q_proj.weight`).
+pub trait CausalLm: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+    fn tokenizer(&self) -> &dyn Tokenize;
+    fn device(&self) -> &Device;
+
+    /// Logits for every position, optionally every layer's hidden state.
+    fn forward(&self, req: &ForwardRequest) -> Result<ForwardOutput>;
+
+    /// Every base weight by name, current values (adapters not merged).
+    fn weights(&self) -> Vec<(String, Tensor)>;
+    /// Replaces one base weight (same shape); the tensor becomes frozen.
+    fn set_weight(&mut self, name: &str, value: Tensor) -> Result<()>;
+
+    /// Modules an adapter can attach to (`model.layers.3.mlp.up_proj`).
+    fn linear_modules(&self) -> Vec<String>;
+    /// Attaches an adapter to a linear module (replacing any earlier one).
+    fn attach_adapter(&mut self, module: &str, adapter: Arc<dyn LinearAdapter>) -> Result<()>;
+    /// Removes and returns all adapters.
+    fn take_adapters(&mut self) -> Vec<(String, Arc<dyn LinearAdapter>)>;
+
+    /// Makes every base weight trainable (full fine-tuning) and returns them.
+    fn unfreeze_all(&mut self) -> Result<Vec<(String, Var)>>;
+    /// Makes every base weight a constant again (drops gradients tracking).
+    fn freeze_all(&mut self);
+    /// Trainable tensors: unfrozen base weights and adapter weights (PEFT names).
+    fn trainable(&self) -> Vec<(String, Var)>;
+
+    /// Completions (new token ids, without the prompt and stop token) for each prompt.
+    fn generate(&self, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>>;
+}

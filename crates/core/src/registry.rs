@@ -1,0 +1,116 @@
+//! Name registries. A crate registers what it provides with
+//! `inventory::submit!`; the runtime finds it by name. Nothing here knows
+//! which crates exist.
+
+use crate::config::LoraConfig;
+use crate::judge::Judge;
+use crate::repair::Repair;
+use crate::training::TrainStep;
+use crate::Result;
+
+pub use inventory;
+
+/// A dataset a data crate can load.
+pub struct DatasetEntry {
+    pub name: &'static str,
+    /// `task`, `harmful`, `eval-safety`, `eval-utility`, `alignment`.
+    pub role: &'static str,
+    pub splits: &'static str,
+    pub source: &'static str,
+    pub license: &'static str,
+}
+
+/// Which weights a method trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trainable {
+    Lora(LoraConfig),
+    Full,
+}
+
+/// What a method contributes to a fine-tuning stage.
+pub struct MethodPlan {
+    pub trainable: Trainable,
+    pub step: Box<dyn TrainStep>,
+}
+
+/// A fine-tuning method (`sft-lora`, `sft-full`).
+pub struct MethodEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Builds the plan from the method's config table (JSON; `{}` for defaults).
+    pub build: fn(&serde_json::Value) -> Result<MethodPlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Alignment,
+    Finetuning,
+    PostTuning,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Alignment => "alignment",
+            Stage::Finetuning => "fine-tuning",
+            Stage::PostTuning => "post-tuning",
+        }
+    }
+}
+
+/// A built defense: a training-step objective (alignment or fine-tuning
+/// stage) or a weight repair (post-tuning).
+pub enum DefenseImpl {
+    Step(Box<dyn TrainStep>),
+    Repair(Box<dyn Repair>),
+}
+
+pub struct DefenseEntry {
+    pub name: &'static str,
+    pub stage: Stage,
+    pub description: &'static str,
+    pub build: fn(&serde_json::Value) -> Result<DefenseImpl>,
+    /// JSON Schema of the defense's config.
+    pub schema: fn() -> serde_json::Value,
+}
+
+pub struct JudgeEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub build: fn(&serde_json::Value) -> Result<Box<dyn Judge>>,
+}
+
+pub struct MetricEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+inventory::collect!(DatasetEntry);
+inventory::collect!(MethodEntry);
+inventory::collect!(DefenseEntry);
+inventory::collect!(JudgeEntry);
+inventory::collect!(MetricEntry);
+
+macro_rules! lookup {
+    ($all:ident, $find:ident, $ty:ty, $what:literal) => {
+        /// Every registered entry, sorted by name.
+        pub fn $all() -> Vec<&'static $ty> {
+            let mut v: Vec<&'static $ty> = inventory::iter::<$ty>.into_iter().collect();
+            v.sort_by_key(|e| e.name);
+            v
+        }
+        /// The entry of that name, or an error listing the known names.
+        pub fn $find(name: &str) -> Result<&'static $ty> {
+            $all().into_iter().find(|e| e.name == name).ok_or_else(|| {
+                let known: Vec<&str> = $all().iter().map(|e| e.name).collect();
+                anyhow::anyhow!(concat!("unknown ", $what, " `{}` (known: {})"), name, known.join(", "))
+            })
+        }
+    };
+}
+
+lookup!(datasets, dataset, DatasetEntry, "dataset");
+lookup!(methods, method, MethodEntry, "method");
+lookup!(defenses, defense, DefenseEntry, "defense");
+lookup!(judges, judge, JudgeEntry, "judge");
+lookup!(metrics, metric, MetricEntry, "metric");

@@ -1,0 +1,73 @@
+//! The training-step interface. A method or a training-stage defense turns
+//! the next batches of named data streams into one loss; the trainer owns
+//! the optimiser, schedule, clipping, accumulation and checkpoints.
+
+use candle_core::{Tensor, Var};
+
+use crate::{CausalLm, Result};
+
+/// Tokenised, padded examples with the loss mask already applied.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `[batch, seq]` u32.
+    pub ids: Tensor,
+    /// 1.0 on real tokens, 0.0 on padding, `[batch, seq]` f32.
+    pub attention: Tensor,
+    /// Next-token targets `[batch, seq]` u32 (shifted by one).
+    pub targets: Tensor,
+    /// 1.0 where the target is a response token, `[batch, seq]` f32.
+    pub loss_mask: Tensor,
+    /// Example ids in this batch.
+    pub ids_of_examples: Vec<String>,
+}
+
+/// Names of the data streams a step may draw from.
+pub mod stream {
+    /// The user's (possibly poisoned) fine-tuning data.
+    pub const TASK: &str = "task";
+    /// Harmful prompt → refusal pairs (alignment data).
+    pub const SAFETY: &str = "safety";
+    /// Harmful prompt → compliant answer pairs, for defenses that simulate attacks.
+    pub const HARMFUL: &str = "harmful";
+}
+
+/// What a step sees. Provided by the trainer.
+pub trait StepContext {
+    fn model(&self) -> &dyn CausalLm;
+    /// A frozen copy of the model before this stage, if the stage keeps one.
+    fn reference(&self) -> Option<&dyn CausalLm>;
+    /// The tensors the optimiser updates, by name.
+    fn params(&self) -> &[(String, Var)];
+    /// The next batch of a stream (cycling through epochs); `None` if the
+    /// stage has no such stream.
+    fn next_batch(&mut self, stream: &str) -> Result<Option<TokenBatch>>;
+    /// Mean masked next-token cross-entropy of `batch`, with optional
+    /// per-layer perturbations; also returns hidden states when asked.
+    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)>;
+    /// Zero-based optimiser step about to be taken, and the planned total.
+    fn step(&self) -> usize;
+    fn total_steps(&self) -> usize;
+}
+
+/// One optimisation step's objective. The default method draws a `task`
+/// batch and returns its loss; defenses change what is drawn and what is added.
+pub trait TrainStep: Send {
+    fn name(&self) -> &str;
+    /// The scalar loss whose gradient the trainer applies.
+    fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor>;
+}
+
+/// Plain supervised fine-tuning on the `task` stream.
+pub struct PlainSft;
+
+impl TrainStep for PlainSft {
+    fn name(&self) -> &str {
+        "sft"
+    }
+    fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
+        let batch = ctx
+            .next_batch(stream::TASK)?
+            .ok_or_else(|| anyhow::anyhow!("the task stream is empty"))?;
+        Ok(ctx.lm_loss(&batch, None, false)?.0)
+    }
+}

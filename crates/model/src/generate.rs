@@ -1,0 +1,128 @@
+//! Batched generation with a key/value cache: prompts are left-padded,
+//! decoded greedily or by temperature/top-p sampling from a seed, and each
+//! stops at a stop token or the token budget.
+
+use candle_core::{DType, Tensor};
+use safetune_core::rng::SeededRng;
+use safetune_core::{GenerationParams, Result, Tokenize};
+
+use crate::llama::{KvCache, Llama, Pass};
+use crate::ops;
+
+pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>> {
+    let mut out = vec![Vec::new(); prompts.len()];
+    // Similar lengths together waste less padding; results return in input order.
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| (prompts[i].len(), i));
+    for chunk in order.chunks(params.batch_size.max(1)) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+        let rngs: Vec<SeededRng> = chunk.iter().map(|&i| SeededRng::derive(params.seed, &format!("gen{i}"))).collect();
+        for (k, ids) in generate_batch(model, &batch, params, rngs)?.into_iter().enumerate() {
+            out[chunk[k]] = ids;
+        }
+    }
+    Ok(out)
+}
+
+fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, mut rngs: Vec<SeededRng>) -> Result<Vec<Vec<u32>>> {
+    let dev = model.device_ref();
+    let tok = model.text_tokenizer();
+    let (stops, pad) = (tok.stop_ids().to_vec(), tok.pad_id());
+    let b = prompts.len();
+    let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
+    let max_pos = model.config().max_positions;
+    let budget = params.max_new_tokens.min(max_pos.saturating_sub(len));
+    let mut ids = Vec::with_capacity(b * len);
+    let mut mask = Vec::with_capacity(b * len);
+    for p in prompts {
+        let padn = len - p.len();
+        ids.extend(std::iter::repeat_n(pad, padn).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0f32, padn).chain(std::iter::repeat_n(1f32, p.len())));
+    }
+    let mut mask_t = Tensor::from_vec(mask, (b, len), dev)?;
+    let ids_t = Tensor::from_vec(ids, (b, len), dev)?;
+    let positions = Llama::rope_positions(Some(&mask_t), b, len, dev)?;
+    let mut next_pos: Vec<u32> = positions.narrow(1, len - 1, 1)?.flatten_all()?.to_vec1::<u32>()?;
+    for (p, n) in prompts.iter().zip(next_pos.iter_mut()) {
+        *n = if p.is_empty() { 0 } else { *n + 1 };
+    }
+    let bias = ops::attention_bias(Some(&mask_t), b, len, len, dev)?;
+    let mut cache: KvCache = vec![None; model.config().num_layers];
+    let pass = Pass { ids: &ids_t, positions: &positions, bias: &bias, perturbation: None, output_hidden: false, train: false };
+    let (h, _) = model.run(&pass, Some(&mut cache))?;
+    let mut logits = model.lm_head(&h.narrow(1, len - 1, 1)?)?.squeeze(1)?;
+
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    for _ in 0..budget {
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(b);
+        for (i, row) in rows.iter().enumerate() {
+            let t = if done[i] { pad } else { pick(row, params, &mut rngs[i]) };
+            if !done[i] {
+                if stops.contains(&t) {
+                    done[i] = true;
+                } else {
+                    out[i].push(t);
+                }
+            }
+            next.push(t);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let step_ids = Tensor::from_vec(next, (b, 1), dev)?;
+        let pos = Tensor::from_vec(next_pos.clone(), (b, 1), dev)?;
+        for p in next_pos.iter_mut() {
+            *p += 1;
+        }
+        mask_t = Tensor::cat(&[&mask_t, &Tensor::ones((b, 1), DType::F32, dev)?], 1)?;
+        let s = mask_t.dim(1)?;
+        let bias = ops::attention_bias(Some(&mask_t), b, 1, s, dev)?;
+        let pass = Pass { ids: &step_ids, positions: &pos, bias: &bias, perturbation: None, output_hidden: false, train: false };
+        let (h, _) = model.run(&pass, Some(&mut cache))?;
+        logits = model.lm_head(&h)?.squeeze(1)?;
+    }
+    Ok(out)
+}
+
+/// Greedy argmax, or temperature + nucleus sampling.
+fn pick(logits: &[f32], params: &GenerationParams, rng: &mut SeededRng) -> u32 {
+    if params.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let t = params.temperature as f32;
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / t).exp())).collect();
+    let z: f32 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut kept = Vec::new();
+    let mut acc = 0.0;
+    for (i, p) in probs {
+        kept.push((i, p / z));
+        acc += p / z;
+        if acc as f64 >= params.top_p {
+            break;
+        }
+    }
+    let total: f32 = kept.iter().map(|p| p.1).sum();
+    let mut r = rng.next_f64() as f32 * total;
+    for &(i, p) in &kept {
+        if r < p {
+            return i;
+        }
+        r -= p;
+    }
+    kept.last().map(|p| p.0).unwrap_or(0)
+}
+
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+

@@ -1,0 +1,51 @@
+//! safetune-model: a Llama-family decoder in candle.
+//!
+//! Loads GGUF files (dequantized to f32, tokenizer rebuilt from the embedded
+//! vocabulary) and Hugging Face directories, trains through differentiable
+//! ops, and generates in batches with a key/value cache. It implements
+//! [`safetune_core::CausalLm`] and knows nothing of datasets or defenses.
+
+mod config;
+mod generate;
+mod gguf;
+mod hf;
+mod llama;
+pub mod ops;
+mod tiny;
+mod tokenizer;
+
+use std::path::Path;
+
+use candle_core::Device;
+use safetune_core::anyhow::bail;
+use safetune_core::Result;
+
+pub use config::LlamaConfig;
+pub use generate::argmax;
+pub use gguf::load_gguf;
+pub use hf::{detect_format, load_hf_dir};
+pub use llama::{Llama, Param};
+pub use tiny::{tiny_model, tiny_tokenizer};
+pub use tokenizer::{byte_alphabet, PreTokenizer, TextTokenizer};
+
+/// Loads a model from a `.gguf` file or a Hugging Face directory.
+pub fn load_model(path: &Path, device: &Device) -> Result<Llama> {
+    if path.is_dir() {
+        load_hf_dir(path, device)
+    } else if path.extension().is_some_and(|e| e == "gguf") {
+        load_gguf(path, device)
+    } else if !path.exists() {
+        bail!("{}: no such model file or directory", path.display())
+    } else {
+        bail!("{}: not a model (expected a .gguf file or a directory with config.json)", path.display())
+    }
+}
+
+/// The compute device: CUDA when built with `cuda` and one is present, else CPU.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = Device::new_cuda(0) {
+        return d;
+    }
+    Device::Cpu
+}

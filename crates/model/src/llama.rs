@@ -1,0 +1,327 @@
+//! The Llama-family decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::model::{ForwardOutput, ForwardRequest, ModelInfo};
+use safetune_core::{CausalLm, GenerationParams, LinearAdapter, Result, Tokenize};
+
+use crate::config::LlamaConfig;
+use crate::ops;
+use crate::tokenizer::TextTokenizer;
+
+/// A weight that is either a constant or an optimiser-updated variable.
+#[derive(Clone)]
+pub enum Param {
+    Frozen(Tensor),
+    Trainable(Var),
+}
+
+impl Param {
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Param::Frozen(t) => t,
+            Param::Trainable(v) => v.as_tensor(),
+        }
+    }
+}
+
+/// Per-layer key/value cache for incremental decoding: `[b, kv_heads, s, hd]`.
+pub(crate) type KvCache = Vec<Option<(Tensor, Tensor)>>;
+
+pub struct Llama {
+    pub(crate) cfg: LlamaConfig,
+    info: ModelInfo,
+    device: Device,
+    params: BTreeMap<String, Param>,
+    adapters: BTreeMap<String, Arc<dyn LinearAdapter>>,
+    tokenizer: Arc<TextTokenizer>,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Inputs of one pass through the decoder stack.
+pub(crate) struct Pass<'a> {
+    pub ids: &'a Tensor,
+    /// `[b, t]` u32 position of each token.
+    pub positions: &'a Tensor,
+    /// `[b, 1, 1, t, s]` additive attention bias.
+    pub bias: &'a Tensor,
+    pub perturbation: Option<&'a [Tensor]>,
+    pub output_hidden: bool,
+    pub train: bool,
+}
+
+impl Llama {
+    /// Builds a model from named weights; every expected weight must be present with its shape.
+    pub fn from_weights(
+        cfg: LlamaConfig,
+        mut weights: BTreeMap<String, Tensor>,
+        tokenizer: TextTokenizer,
+        info_name: &str,
+        format: safetune_core::PromptFormat,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut params = BTreeMap::new();
+        for (name, shape) in cfg.weight_shapes() {
+            let t = weights.remove(&name).ok_or_else(|| anyhow!("{info_name}: missing weight `{name}`"))?;
+            if t.dims() != shape.as_slice() {
+                bail!("{info_name}: weight `{name}` has shape {:?}, expected {:?}", t.dims(), shape);
+            }
+            params.insert(name, Param::Frozen(t.to_dtype(DType::F32)?.to_device(device)?));
+        }
+        let (cos, sin) = rope_tables(&cfg, device)?;
+        let info = ModelInfo {
+            name: info_name.to_string(),
+            num_layers: cfg.num_layers,
+            hidden_size: cfg.hidden_size,
+            vocab_size: cfg.vocab_size,
+            format,
+        };
+        Ok(Self { cfg, info, device: device.clone(), params, adapters: BTreeMap::new(), tokenizer: Arc::new(tokenizer), cos, sin })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device_ref(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn text_tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// A deep copy with its own frozen weights and no adapters (for a reference model).
+    pub fn frozen_copy(&self) -> Result<Self> {
+        let params = self
+            .params
+            .iter()
+            .map(|(k, p)| Ok((k.clone(), Param::Frozen(p.tensor().detach().copy()?))))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            info: self.info.clone(),
+            device: self.device.clone(),
+            params,
+            adapters: BTreeMap::new(),
+            tokenizer: self.tokenizer.clone(),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+        })
+    }
+
+    fn w(&self, name: &str) -> Result<&Tensor> {
+        self.params.get(name).map(Param::tensor).ok_or_else(|| anyhow!("no weight `{name}`"))
+    }
+
+    fn linear(&self, module: &str, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = ops::linear(x, self.w(&format!("{module}.weight"))?)?;
+        if let Some(b) = self.params.get(&format!("{module}.bias")) {
+            y = y.broadcast_add(b.tensor())?;
+        }
+        if let Some(a) = self.adapters.get(module) {
+            y = (y + a.delta(x, train)?)?;
+        }
+        Ok(y)
+    }
+
+    fn attention(&self, l: usize, x: &Tensor, p: &Pass, cos: &Tensor, sin: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let pre = format!("model.layers.{l}.self_attn");
+        let q = self.linear(&format!("{pre}.q_proj"), x, p.train)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let k = self.linear(&format!("{pre}.k_proj"), x, p.train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+        let v = self.linear(&format!("{pre}.v_proj"), x, p.train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+        let q = ops::rope(&q.contiguous()?, cos, sin)?;
+        let mut k = ops::rope(&k.contiguous()?, cos, sin)?;
+        let mut v = v.contiguous()?;
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = &cache[l] {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            cache[l] = Some((k.clone(), v.clone()));
+        }
+        let s = k.dim(2)?;
+        let rep = h / kvh;
+        // Group the query heads that share a key/value head instead of copying k and v.
+        let q = q.reshape((b, kvh, rep * t, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(p.bias)?;
+        let probs = ops::softmax_last(&scores)?.reshape((b, kvh, rep * t, s))?;
+        let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        self.linear(&format!("{pre}.o_proj"), &out, p.train)
+    }
+
+    fn mlp(&self, l: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        let pre = format!("model.layers.{l}.mlp");
+        let gate = self.linear(&format!("{pre}.gate_proj"), x, train)?.silu()?;
+        let up = self.linear(&format!("{pre}.up_proj"), x, train)?;
+        self.linear(&format!("{pre}.down_proj"), &(gate * up)?, train)
+    }
+
+    /// Runs the decoder stack; returns the final-normed hidden states and,
+    /// if asked, each layer's output.
+    pub(crate) fn run(&self, p: &Pass, mut cache: Option<&mut KvCache>) -> Result<(Tensor, Vec<Tensor>)> {
+        let (b, t) = p.ids.dims2()?;
+        let d = self.cfg.hidden_size;
+        let emb = self.w("model.embed_tokens.weight")?;
+        let mut x = emb.index_select(&p.ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+        let half = self.cfg.head_dim / 2;
+        let pos = p.positions.flatten_all()?;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        let eps = self.cfg.rms_eps;
+        let mut hidden = Vec::new();
+        if let Some(pert) = p.perturbation {
+            if pert.len() != self.cfg.num_layers {
+                bail!("perturbation has {} tensors for {} layers", pert.len(), self.cfg.num_layers);
+            }
+        }
+        for l in 0..self.cfg.num_layers {
+            let pre = format!("model.layers.{l}");
+            let h = ops::rms_norm(&x, self.w(&format!("{pre}.input_layernorm.weight"))?, eps)?;
+            x = (x + self.attention(l, &h, p, &cos, &sin, cache.as_deref_mut())?)?;
+            let h = ops::rms_norm(&x, self.w(&format!("{pre}.post_attention_layernorm.weight"))?, eps)?;
+            x = (&x + self.mlp(l, &h, p.train)?)?;
+            if let Some(pert) = p.perturbation {
+                x = x.broadcast_add(&pert[l])?;
+            }
+            if p.output_hidden {
+                hidden.push(x.clone());
+            }
+        }
+        Ok((ops::rms_norm(&x, self.w("model.norm.weight")?, eps)?, hidden))
+    }
+
+    /// Vocabulary logits for hidden states `[.., d]`.
+    pub(crate) fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
+        let name = if self.cfg.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        ops::linear(h, self.w(name)?)
+    }
+
+    pub(crate) fn rope_positions(mask: Option<&Tensor>, b: usize, t: usize, device: &Device) -> Result<Tensor> {
+        Ok(match mask {
+            None => Tensor::arange(0u32, t as u32, device)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?,
+            Some(m) => {
+                let c = m.to_dtype(DType::F32)?.cumsum(1)?;
+                (c - 1.0)?.clamp(0f32, f32::MAX)?.to_dtype(DType::U32)?
+            }
+        })
+    }
+}
+
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
+    let n = cfg.max_positions;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((Tensor::from_vec(cos, (n, half), device)?, Tensor::from_vec(sin, (n, half), device)?))
+}
+
+impl CausalLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn tokenizer(&self) -> &dyn Tokenize {
+        self.tokenizer.as_ref()
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, req: &ForwardRequest) -> Result<ForwardOutput> {
+        let ids = req.ids.ok_or_else(|| anyhow!("forward: no input ids"))?;
+        let (b, t) = ids.dims2()?;
+        if t > self.cfg.max_positions {
+            bail!("sequence of {t} tokens exceeds the model's {} positions", self.cfg.max_positions);
+        }
+        let positions = Self::rope_positions(req.mask, b, t, &self.device)?;
+        let bias = ops::attention_bias(req.mask, b, t, t, &self.device)?;
+        let pass = Pass { ids, positions: &positions, bias: &bias, perturbation: req.perturbation, output_hidden: req.output_hidden, train: req.train };
+        let (h, hidden) = self.run(&pass, None)?;
+        Ok(ForwardOutput { logits: self.lm_head(&h)?, hidden })
+    }
+
+    fn weights(&self) -> Vec<(String, Tensor)> {
+        self.params.iter().map(|(k, p)| (k.clone(), p.tensor().clone())).collect()
+    }
+
+    fn set_weight(&mut self, name: &str, value: Tensor) -> Result<()> {
+        let old = self.params.get(name).ok_or_else(|| anyhow!("no weight `{name}`"))?;
+        if old.tensor().dims() != value.dims() {
+            bail!("weight `{name}`: shape {:?} does not match {:?}", value.dims(), old.tensor().dims());
+        }
+        let value = value.to_dtype(DType::F32)?.to_device(&self.device)?.detach();
+        self.params.insert(name.to_string(), Param::Frozen(value));
+        Ok(())
+    }
+
+    fn linear_modules(&self) -> Vec<String> {
+        self.cfg.linear_modules()
+    }
+
+    fn attach_adapter(&mut self, module: &str, adapter: Arc<dyn LinearAdapter>) -> Result<()> {
+        if !self.params.contains_key(&format!("{module}.weight")) || module.ends_with("embed_tokens") {
+            bail!("no linear module `{module}`");
+        }
+        self.adapters.insert(module.to_string(), adapter);
+        Ok(())
+    }
+
+    fn take_adapters(&mut self) -> Vec<(String, Arc<dyn LinearAdapter>)> {
+        std::mem::take(&mut self.adapters).into_iter().collect()
+    }
+
+    fn unfreeze_all(&mut self) -> Result<Vec<(String, Var)>> {
+        for p in self.params.values_mut() {
+            if let Param::Frozen(t) = p {
+                *p = Param::Trainable(Var::from_tensor(t)?);
+            }
+        }
+        Ok(self.trainable())
+    }
+
+    fn freeze_all(&mut self) {
+        for p in self.params.values_mut() {
+            if let Param::Trainable(v) = p {
+                *p = Param::Frozen(v.as_tensor().detach());
+            }
+        }
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        let mut v: Vec<(String, Var)> = self
+            .params
+            .iter()
+            .filter_map(|(k, p)| match p {
+                Param::Trainable(v) => Some((k.clone(), v.clone())),
+                Param::Frozen(_) => None,
+            })
+            .collect();
+        for (module, a) in &self.adapters {
+            for (n, var) in a.vars() {
+                v.push((format!("base_model.model.{module}.{n}"), var));
+            }
+        }
+        v
+    }
+
+    fn generate(&self, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>> {
+        crate::generate::generate(self, prompts, params)
+    }
+}
+
