@@ -42,10 +42,14 @@ pub struct ForwardRequest<'a> {
     pub perturbation: Option<&'a [Tensor]>,
     /// Training mode: adapters apply dropout.
     pub train: bool,
+    /// Flat indices into `batch * seq` at which to compute logits (`None`:
+    /// every position). Training asks only for response positions, which
+    /// avoids a `[batch, seq, vocab]` tensor.
+    pub logits_at: Option<&'a Tensor>,
 }
 
 pub struct ForwardOutput {
-    /// `[batch, seq, vocab]`.
+    /// `[batch, seq, vocab]`, or `[n, vocab]` when `logits_at` selects `n` positions.
     pub logits: Tensor,
     /// One `[batch, seq, hidden]` per decoder layer when requested, else empty.
     pub hidden: Vec<Tensor>,

@@ -253,7 +253,11 @@ impl CausalLm for Llama {
         let bias = ops::attention_bias(req.mask, b, t, t, &self.device)?;
         let pass = Pass { ids, positions: &positions, bias: &bias, perturbation: req.perturbation, output_hidden: req.output_hidden, train: req.train };
         let (h, hidden) = self.run(&pass, None)?;
-        Ok(ForwardOutput { logits: self.lm_head(&h)?, hidden })
+        let logits = match req.logits_at {
+            Some(idx) => self.lm_head(&h.reshape((b * t, self.cfg.hidden_size))?.index_select(idx, 0)?)?,
+            None => self.lm_head(&h)?,
+        };
+        Ok(ForwardOutput { logits, hidden })
     }
 
     fn weights(&self) -> Vec<(String, Tensor)> {

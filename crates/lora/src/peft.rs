@@ -1,0 +1,104 @@
+//! Python peft's on-disk layout: `adapter_config.json` and
+//! `adapter_model.safetensors` with keys
+//! `base_model.model.<module>.lora_A.weight` (`[r, in]`) and `lora_B.weight` (`[out, r]`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, Var};
+use safetune_core::anyhow::{anyhow, bail, Context};
+use safetune_core::config::LoraConfig;
+use safetune_core::{CausalLm, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::LoraAdapter;
+
+#[derive(Serialize, Deserialize)]
+struct AdapterConfig {
+    peft_type: String,
+    task_type: String,
+    r: usize,
+    lora_alpha: f64,
+    lora_dropout: f64,
+    target_modules: Vec<String>,
+    #[serde(default)]
+    bias: String,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    inference_mode: bool,
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
+}
+
+const PREFIX: &str = "base_model.model.";
+
+/// Writes the model's adapters to `dir` in peft's layout (atomically per file).
+pub fn save_peft(model: &dyn CausalLm, cfg: &LoraConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let vars = model.trainable();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut targets = std::collections::BTreeSet::new();
+    for (name, var) in &vars {
+        if let Some(module) = name.strip_prefix(PREFIX).and_then(|n| n.strip_suffix(".lora_A.weight")) {
+            targets.insert(module.rsplit('.').next().unwrap_or(module).to_string());
+        }
+        if name.starts_with(PREFIX) {
+            tensors.insert(name.clone(), var.as_tensor().clone());
+        }
+    }
+    if tensors.is_empty() {
+        bail!("the model has no adapters to save");
+    }
+    let config = AdapterConfig {
+        peft_type: "LORA".into(),
+        task_type: "CAUSAL_LM".into(),
+        r: cfg.r,
+        lora_alpha: cfg.alpha,
+        lora_dropout: cfg.dropout,
+        target_modules: targets.into_iter().collect(),
+        bias: "none".into(),
+        fan_in_fan_out: false,
+        inference_mode: true,
+        base_model_name_or_path: Some(model.info().name.clone()),
+    };
+    let tmp = dir.join("adapter_model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, dir.join("adapter_model.safetensors"))?;
+    let tmp = dir.join("adapter_config.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&config)?)?;
+    std::fs::rename(&tmp, dir.join("adapter_config.json"))?;
+    Ok(())
+}
+
+/// Loads a peft LoRA directory and attaches its adapters; returns the config.
+pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Result<LoraConfig> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+    let c: AdapterConfig = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
+    if c.peft_type != "LORA" {
+        bail!("{}: peft_type `{}` is not LORA", cfg_path.display(), c.peft_type);
+    }
+    let cfg = LoraConfig { r: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, targets: c.target_modules };
+    let st = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&st, device).map_err(|e| anyhow!("{}: {e}", st.display()))?;
+    let mut by_module: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+    for (k, t) in tensors {
+        let rest = k.strip_prefix(PREFIX).ok_or_else(|| anyhow!("{}: unexpected key `{k}`", st.display()))?;
+        let rest = rest.replace(".default.", ".");
+        if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+            by_module.entry(m.to_string()).or_default().0 = Some(t.to_dtype(candle_core::DType::F32)?);
+        } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+            by_module.entry(m.to_string()).or_default().1 = Some(t.to_dtype(candle_core::DType::F32)?);
+        } else {
+            bail!("{}: unexpected key `{k}`", st.display());
+        }
+    }
+    for (i, (module, pair)) in by_module.into_iter().enumerate() {
+        let (Some(a), Some(b)) = pair else { bail!("{}: `{module}` lacks lora_A or lora_B", st.display()) };
+        let adapter = LoraAdapter::from_parts(Var::from_tensor(&a)?, Var::from_tensor(&b)?, &cfg, i as u64);
+        model.attach_adapter(&module, Arc::new(adapter)).with_context(|| format!("{}", st.display()))?;
+    }
+    Ok(cfg)
+}
