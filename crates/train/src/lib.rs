@@ -1,1 +1,24 @@
-//! placeholder
+//! safetune-train: supervised fine-tuning for any [`safetune_core::CausalLm`].
+//!
+//! Prompt-masked cross-entropy, a fused AdamW, warmup + constant/linear/cosine
+//! schedules, gradient clipping and accumulation, length-bucketed batches,
+//! seeded and deterministic on CPU. The objective of each step comes from a
+//! [`safetune_core::training::TrainStep`], so defenses change what a step
+//! computes without touching the loop. Registers the `sft-lora` and
+//! `sft-full` methods.
+
+mod adamw;
+mod alloc;
+mod batch;
+mod loss;
+mod methods;
+mod progress;
+mod schedule;
+mod trainer;
+
+pub use adamw::AdamW;
+pub use alloc::tune_allocator;
+pub use batch::{encode_example, make_batches, EncodedExample};
+pub use loss::masked_cross_entropy;
+pub use schedule::learning_rate;
+pub use trainer::{train, StageData, TrainReport};

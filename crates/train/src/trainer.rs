@@ -1,0 +1,165 @@
+//! The training loop: streams, accumulation, clipping, schedule, AdamW.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::config::TrainConfig;
+use safetune_core::rng::SeededRng;
+use safetune_core::training::{stream, StepContext, TokenBatch, TrainStep};
+use safetune_core::{CausalLm, Example, Result};
+use serde::Serialize;
+
+use crate::batch::{collate, encode_example, make_batches, EncodedExample};
+use crate::progress::Progress;
+use crate::{learning_rate, masked_cross_entropy, AdamW};
+
+/// The named example streams of one stage; `task` sets the epoch length.
+#[derive(Default, Clone)]
+pub struct StageData {
+    pub streams: BTreeMap<String, Vec<Example>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub steps: usize,
+    /// Mean loss of each optimiser step.
+    pub losses: Vec<f64>,
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+struct Stream {
+    encoded: Vec<EncodedExample>,
+    batches: Vec<Vec<usize>>,
+    pos: usize,
+    rng: SeededRng,
+    batch_size: usize,
+}
+
+struct Ctx<'a> {
+    model: &'a dyn CausalLm,
+    reference: Option<&'a dyn CausalLm>,
+    params: Vec<(String, Var)>,
+    streams: BTreeMap<String, Stream>,
+    step: usize,
+    total: usize,
+    tokens: usize,
+}
+
+impl StepContext for Ctx<'_> {
+    fn model(&self) -> &dyn CausalLm {
+        self.model
+    }
+    fn reference(&self) -> Option<&dyn CausalLm> {
+        self.reference
+    }
+    fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+    fn next_batch(&mut self, name: &str) -> Result<Option<TokenBatch>> {
+        let Some(s) = self.streams.get_mut(name) else { return Ok(None) };
+        if s.pos >= s.batches.len() {
+            s.batches = make_batches(&s.encoded, s.batch_size, &mut s.rng);
+            s.pos = 0;
+        }
+        let rows: Vec<&EncodedExample> = s.batches[s.pos].iter().map(|&i| &s.encoded[i]).collect();
+        s.pos += 1;
+        self.tokens += rows.iter().map(|r| r.ids.len()).sum::<usize>();
+        Ok(Some(collate(&rows, self.model.tokenizer().pad_id(), self.model.device())?))
+    }
+    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        masked_cross_entropy(self.model, batch, perturbation, output_hidden, true)
+    }
+    fn step(&self) -> usize {
+        self.step
+    }
+    fn total_steps(&self) -> usize {
+        self.total
+    }
+}
+
+/// Trains the model's trainable tensors on `data` with the objective `step_fn`.
+pub fn train(
+    model: &mut dyn CausalLm,
+    data: &StageData,
+    step_fn: &mut dyn TrainStep,
+    cfg: &TrainConfig,
+    reference: Option<&dyn CausalLm>,
+    label: &str,
+    quiet: bool,
+) -> Result<TrainReport> {
+    cfg.validate("train")?;
+    let params = model.trainable();
+    if params.is_empty() {
+        bail!("{label}: the model has no trainable weights (attach adapters or unfreeze)");
+    }
+    let model: &dyn CausalLm = model;
+    let format = model.info().format;
+    let mut streams = BTreeMap::new();
+    for (name, examples) in &data.streams {
+        if examples.is_empty() {
+            continue;
+        }
+        let encoded = examples
+            .iter()
+            .map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len))
+            .collect::<Result<Vec<_>>>()?;
+        let mut rng = SeededRng::derive(cfg.seed, &format!("batches/{name}"));
+        let batches = make_batches(&encoded, cfg.batch_size, &mut rng);
+        streams.insert(name.clone(), Stream { encoded, batches, pos: 0, rng, batch_size: cfg.batch_size });
+    }
+    let per_epoch = streams
+        .get(stream::TASK)
+        .map(|s| s.batches.len())
+        .ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
+    let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };
+    let mut ctx = Ctx { model, reference, params, streams, step: 0, total, tokens: 0 };
+    let mut opt = AdamW::new(cfg.weight_decay);
+    let progress = Progress::new(label, total, quiet);
+    let start = Instant::now();
+    let mut losses = Vec::with_capacity(total);
+    for step in 0..total {
+        ctx.step = step;
+        let mut acc: Vec<Option<Tensor>> = vec![None; ctx.params.len()];
+        let mut loss_sum = 0.0;
+        for _ in 0..cfg.grad_accum {
+            let loss = step_fn.loss(&mut ctx)?;
+            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !value.is_finite() {
+                bail!("{label}: the loss became {value} at step {step}; training diverged (lower the learning rate)");
+            }
+            loss_sum += value;
+            let grads = loss.backward()?;
+            for ((_, var), slot) in ctx.params.iter().zip(acc.iter_mut()) {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(prev) => (prev + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+        }
+        let mut scale = 1.0 / cfg.grad_accum as f64;
+        if cfg.max_grad_norm > 0.0 {
+            let mut sq = 0.0;
+            for g in acc.iter().flatten() {
+                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            }
+            let norm = sq.sqrt() * scale;
+            if !norm.is_finite() {
+                bail!("{label}: the gradient norm became {norm} at step {step}; training diverged");
+            }
+            if norm > cfg.max_grad_norm {
+                scale *= cfg.max_grad_norm / norm;
+            }
+        }
+        let lr = learning_rate(cfg, step, total);
+        opt.step(&ctx.params, &acc, lr, scale)?;
+        let mean = loss_sum / cfg.grad_accum as f64;
+        losses.push(mean);
+        progress.update(step + 1, mean, lr);
+    }
+    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: start.elapsed().as_secs_f64() })
+}

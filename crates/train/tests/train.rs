@@ -1,0 +1,120 @@
+use candle_core::{Device, Tensor};
+use safetune_core::config::{LoraConfig, TrainConfig};
+use safetune_core::model::ForwardRequest;
+use safetune_core::training::{PlainSft, StepContext, TrainStep};
+use safetune_core::{CausalLm, Example, ExampleKind, PromptFormat, Result};
+use safetune_train::{encode_example, train, StageData};
+
+fn examples() -> Vec<Example> {
+    (0..12)
+        .map(|i| {
+            let pos = i % 2 == 0;
+            Example::new(format!("t:{i}"), ExampleKind::Task, format!("review {i}: {}", if pos { "great fun" } else { "dull mess" }), if pos { "positive" } else { "negative" })
+        })
+        .collect()
+}
+
+fn data() -> StageData {
+    let mut d = StageData::default();
+    d.streams.insert("task".into(), examples());
+    d
+}
+
+fn cfg() -> TrainConfig {
+    TrainConfig { learning_rate: 1e-2, epochs: 6, batch_size: 4, max_len: 256, warmup_ratio: 0.0, seed: 9, ..Default::default() }
+}
+
+fn lora_model() -> safetune_model::Llama {
+    let mut m = safetune_model::tiny_model(11).unwrap();
+    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: vec!["all-linear".into()] };
+    safetune_lora::attach_lora(&mut m, &lora, 1).unwrap();
+    m
+}
+
+#[test]
+fn lora_training_lowers_the_loss_and_is_deterministic() {
+    let mut m = lora_model();
+    let r1 = train(&mut m, &data(), &mut PlainSft, &cfg(), None, "test", true).unwrap();
+    assert_eq!(r1.steps, 18);
+    let first: f64 = r1.losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = r1.losses[r1.losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    let mut m2 = lora_model();
+    let r2 = train(&mut m2, &data(), &mut PlainSft, &cfg(), None, "test", true).unwrap();
+    assert_eq!(r1.losses, r2.losses, "same seed, same run");
+}
+
+#[test]
+fn full_training_updates_every_weight_kind() {
+    let mut m = safetune_model::tiny_model(12).unwrap();
+    let before: Vec<(String, Tensor)> = m.weights().into_iter().map(|(n, t)| (n, t.copy().unwrap())).collect();
+    m.unfreeze_all().unwrap();
+    let c = TrainConfig { epochs: 1, ..cfg() };
+    train(&mut m, &data(), &mut PlainSft, &c, None, "test", true).unwrap();
+    m.freeze_all();
+    let after: std::collections::BTreeMap<String, Tensor> = m.weights().into_iter().collect();
+    for (n, t) in before {
+        let d = (&t - &after[&n]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d > 0.0, "{n} did not change");
+    }
+}
+
+#[test]
+fn loss_covers_only_response_tokens() {
+    let m = safetune_model::tiny_model(13).unwrap();
+    let ex = Example::new("x", ExampleKind::Task, "a prompt", "the answer");
+    let enc = encode_example(m.tokenizer(), PromptFormat::Chatml, &ex, 256).unwrap();
+    let n_resp = enc.is_response.iter().filter(|&&r| r).count();
+    let answer_ids = m.tokenizer().encode("the answer<|im_end|>").unwrap();
+    assert_eq!(n_resp, answer_ids.len());
+    assert_eq!(&enc.ids[enc.ids.len() - n_resp..], answer_ids.as_slice());
+    // The masked loss equals a hand-computed mean over the response positions.
+    let mut ctx_data = StageData::default();
+    ctx_data.streams.insert("task".into(), vec![ex]);
+    struct Probe(Option<f32>);
+    impl TrainStep for Probe {
+        fn name(&self) -> &str {
+            "probe"
+        }
+        fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
+            let b = ctx.next_batch("task")?.unwrap();
+            let l = ctx.lm_loss(&b, None, false)?.0;
+            self.0 = Some(l.to_scalar::<f32>()?);
+            Ok(l)
+        }
+    }
+    let x = Tensor::new(enc.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = m.forward(&ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().logits.squeeze(0).unwrap();
+    let rows = logits.to_vec2::<f32>().unwrap();
+    let mut manual = 0.0f64;
+    for j in enc.ids.len() - n_resp - 1..enc.ids.len() - 1 {
+        let row = &rows[j];
+        let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        manual += lse - row[enc.ids[j + 1] as usize] as f64;
+    }
+    manual /= n_resp as f64;
+    let mut probe = Probe(None);
+    let mut mm = m;
+    mm.unfreeze_all().unwrap();
+    let c = TrainConfig { epochs: 1, batch_size: 1, learning_rate: 1e-9, ..cfg() };
+    train(&mut mm, &ctx_data, &mut probe, &c, None, "probe", true).unwrap();
+    assert!((probe.0.unwrap() as f64 - manual).abs() < 1e-4, "{} vs {manual}", probe.0.unwrap());
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_with_a_clear_error() {
+    struct Nan;
+    impl TrainStep for Nan {
+        fn name(&self) -> &str {
+            "nan"
+        }
+        fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
+            let b = ctx.next_batch("task")?.unwrap();
+            Ok((ctx.lm_loss(&b, None, false)?.0 * f64::NAN)?)
+        }
+    }
+    let mut m = lora_model();
+    let err = train(&mut m, &data(), &mut Nan, &cfg(), None, "test", true).unwrap_err();
+    assert!(err.to_string().contains("diverged"), "{err}");
+}
