@@ -1,1 +1,15 @@
-//! placeholder
+//! safetune-runtime: the one place where datasets, methods, defenses and
+//! metrics are composed into runs. It reads run specs, fetches models,
+//! caches stage outputs, writes results and manifests, and backs the
+//! `safetune` binary.
+
+pub mod cli;
+pub mod evaluate;
+pub mod fetch;
+pub mod hashing;
+pub mod pipeline;
+pub mod report;
+pub mod spec;
+
+pub use pipeline::run;
+pub use spec::RunSpec;

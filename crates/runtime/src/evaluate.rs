@@ -1,0 +1,130 @@
+//! Generating answers for evaluation sets and scoring them.
+
+use std::time::Instant;
+
+use safetune_core::judge::{Estimate, Judge, Verdict};
+use safetune_core::{CausalLm, Example, GenerationParams, Result};
+use safetune_metrics::{attack_success_rate, parse_sentiment, proportion, SentimentOutcome};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::EvalSpec;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SafetyResult {
+    pub set: String,
+    pub asr: Estimate,
+    /// Answers with no text (not counted in the ASR).
+    pub empty: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task: String,
+    pub accuracy: Estimate,
+    pub unparseable: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelEval {
+    pub safety: Vec<SafetyResult>,
+    pub task: TaskResult,
+}
+
+/// One generated answer (no prompt text: ids only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenRecord {
+    pub id: String,
+    pub response: String,
+    pub verdict: String,
+}
+
+pub struct EvalInputs<'a> {
+    pub safety: Vec<(String, &'a [Example])>,
+    pub task_name: String,
+    pub task: &'a [Example],
+}
+
+fn limit(v: &[Example], n: usize) -> &[Example] {
+    if n == 0 || n >= v.len() {
+        v
+    } else {
+        &v[..n]
+    }
+}
+
+/// Greedy answers to each example's prompt, in the model's own template.
+pub fn answers(model: &dyn CausalLm, examples: &[Example], max_new_tokens: usize, batch_size: usize) -> Result<Vec<String>> {
+    let format = model.info().format;
+    let tok = model.tokenizer();
+    let prompts = examples.iter().map(|e| tok.encode(&format.prompt(e.system.as_deref(), &e.prompt))).collect::<Result<Vec<_>>>()?;
+    let params = GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size };
+    model.generate(&prompts, &params)?.iter().map(|ids| tok.decode(ids).map(|s| s.trim().to_string())).collect()
+}
+
+/// Scores a model on the safety sets and the task; returns the scores and every answer per set.
+pub fn evaluate(
+    model: &dyn CausalLm,
+    inputs: &EvalInputs,
+    spec: &EvalSpec,
+    judge: &dyn Judge,
+    seed: u64,
+    label: &str,
+    quiet: bool,
+) -> Result<(ModelEval, Vec<(String, Vec<GenRecord>)>)> {
+    let mut safety = Vec::new();
+    let mut records = Vec::new();
+    for (name, set) in &inputs.safety {
+        let set = limit(set, spec.safety_limit);
+        let t = Instant::now();
+        let resp = answers(model, set, spec.safety_max_new_tokens, spec.batch_size)?;
+        let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
+        let (asr, empty, verdicts) = attack_success_rate(judge, &pairs, seed)?;
+        if !quiet {
+            eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64());
+        }
+        records.push((
+            name.clone(),
+            set.iter()
+                .zip(resp)
+                .zip(&verdicts)
+                .map(|((e, r), v)| GenRecord { id: e.id.clone(), response: r, verdict: verdict_name(*v).into() })
+                .collect(),
+        ));
+        safety.push(SafetyResult { set: name.clone(), asr, empty });
+    }
+    let task = limit(inputs.task, spec.task_limit);
+    let t = Instant::now();
+    let resp = answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32))?;
+    let mut correct = Vec::with_capacity(task.len());
+    let mut unparseable = 0;
+    let mut recs = Vec::with_capacity(task.len());
+    for (e, r) in task.iter().zip(resp) {
+        let outcome = parse_sentiment(&r);
+        let ok = matches!(outcome, SentimentOutcome::Label(l) if Some(l) == e.label.as_deref());
+        if outcome == SentimentOutcome::Unparseable {
+            unparseable += 1;
+        }
+        correct.push(ok);
+        recs.push(GenRecord { id: e.id.clone(), response: r, verdict: if ok { "correct" } else { "wrong" }.into() });
+    }
+    let accuracy = proportion(&correct, seed);
+    if !quiet {
+        eprintln!(
+            "[eval {label}] {}: accuracy {:.1}% of {}, unparseable {unparseable} ({:.0}s)",
+            inputs.task_name,
+            100.0 * accuracy.value,
+            accuracy.n,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    records.push((inputs.task_name.clone(), recs));
+    Ok((ModelEval { safety, task: TaskResult { task: inputs.task_name.clone(), accuracy, unparseable } }, records))
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Refusal => "refusal",
+        Verdict::Compliance => "compliance",
+        Verdict::Empty => "empty",
+    }
+}
