@@ -5,16 +5,16 @@
 //! name registries through which the runtime finds them. It has no knowledge
 //! of files, the command line or any concrete model.
 
-pub mod example;
-pub mod template;
-pub mod model;
 pub mod adapter;
 pub mod config;
-pub mod training;
-pub mod repair;
+pub mod example;
 pub mod judge;
+pub mod model;
 pub mod registry;
+pub mod repair;
 pub mod rng;
+pub mod template;
+pub mod training;
 
 pub use adapter::LinearAdapter;
 pub use example::{Example, ExampleKind};

@@ -58,8 +58,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_uniform_enough() {
-        let a: Vec<u64> = { let mut r = SeededRng::new(7); (0..5).map(|_| r.next_u64()).collect() };
-        let b: Vec<u64> = { let mut r = SeededRng::new(7); (0..5).map(|_| r.next_u64()).collect() };
+        let a: Vec<u64> = {
+            let mut r = SeededRng::new(7);
+            (0..5).map(|_| r.next_u64()).collect()
+        };
+        let b: Vec<u64> = {
+            let mut r = SeededRng::new(7);
+            (0..5).map(|_| r.next_u64()).collect()
+        };
         assert_eq!(a, b);
         let mut r = SeededRng::new(1);
         let mean = (0..20000).map(|_| r.next_f64()).sum::<f64>() / 20000.0;
@@ -68,6 +74,9 @@ mod tests {
         let mut sorted = s.clone();
         sorted.sort();
         assert_eq!(sorted, (0..10).collect::<Vec<_>>());
-        assert_ne!(SeededRng::derive(1, "a").next_u64(), SeededRng::derive(1, "b").next_u64());
+        assert_ne!(
+            SeededRng::derive(1, "a").next_u64(),
+            SeededRng::derive(1, "b").next_u64()
+        );
     }
 }

@@ -43,7 +43,12 @@ pub trait StepContext {
     fn next_batch(&mut self, stream: &str) -> Result<Option<TokenBatch>>;
     /// Mean masked next-token cross-entropy of `batch`, with optional
     /// per-layer perturbations; also returns hidden states when asked.
-    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)>;
+    fn lm_loss(
+        &self,
+        batch: &TokenBatch,
+        perturbation: Option<&[Tensor]>,
+        output_hidden: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)>;
     /// Zero-based optimiser step about to be taken, and the planned total.
     fn step(&self) -> usize;
     fn total_steps(&self) -> usize;

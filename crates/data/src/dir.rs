@@ -10,7 +10,8 @@ use serde::Deserialize;
 use crate::csv::parse_csv;
 
 /// The SST-2 instruction used by SafeTuneBed (and Lisa, Vaccine).
-pub const SST2_INSTRUCTION: &str = "Analyze the sentiment of the input, and respond only positive or negative.";
+pub const SST2_INSTRUCTION: &str =
+    "Analyze the sentiment of the input, and respond only positive or negative.";
 
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -42,9 +43,14 @@ impl DataDir {
     /// Opens a directory; errors if it does not exist.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            bail!("{}: data directory not found (pass --data-dir DIR or set SAFETUNE_DATA_DIR)", root.display());
+            bail!(
+                "{}: data directory not found (pass --data-dir DIR or set SAFETUNE_DATA_DIR)",
+                root.display()
+            );
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Path of a dataset file, or an error naming the dataset and where it was looked for.
@@ -62,7 +68,13 @@ impl DataDir {
     fn read(&self, dataset: &str, rel: &str) -> Result<(String, String)> {
         let p = self.file(dataset, rel)?;
         let bytes = std::fs::read(&p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
-        let text = String::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8 (byte {})", p.display(), e.utf8_error().valid_up_to()))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            anyhow!(
+                "{}: not UTF-8 (byte {})",
+                p.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
         if text.trim().is_empty() {
             bail!("{}: empty file", p.display());
         }
@@ -78,7 +90,9 @@ impl DataDir {
     pub fn sst2(&self, split: &str) -> Result<Vec<Example>> {
         let (file, text) = self.read("sst2", &format!("sst2/{split}.tsv"))?;
         let rows = parse_csv(&text, '\t', &file)?;
-        let Some((_, header)) = rows.first() else { bail!("{file}: empty") };
+        let Some((_, header)) = rows.first() else {
+            bail!("{file}: empty")
+        };
         if header != &["sentence", "label"] {
             bail!("{file}:1: expected header `sentence<TAB>label`, found {header:?}");
         }
@@ -91,10 +105,18 @@ impl DataDir {
                 let label = match r[1].trim() {
                     "0" => "negative",
                     "1" => "positive",
-                    other => bail!("{file}:{line}: field `label`: unknown label `{other}` (expected 0 or 1)"),
+                    other => bail!(
+                        "{file}:{line}: field `label`: unknown label `{other}` (expected 0 or 1)"
+                    ),
                 };
                 let prompt = format!("{SST2_INSTRUCTION}\n\nInput: {}", r[0].trim());
-                Ok(Example::new(format!("sst2/{split}:{line}"), ExampleKind::Task, prompt, label).with_label(label))
+                Ok(Example::new(
+                    format!("sst2/{split}:{line}"),
+                    ExampleKind::Task,
+                    prompt,
+                    label,
+                )
+                .with_label(label))
             })
             .collect()
     }
@@ -105,7 +127,14 @@ impl DataDir {
         Ok(rows
             .into_iter()
             .enumerate()
-            .map(|(i, r)| Example::new(format!("advbench/{split}:{i}"), ExampleKind::Harmful, r.prompt, r.target))
+            .map(|(i, r)| {
+                Example::new(
+                    format!("advbench/{split}:{i}"),
+                    ExampleKind::Harmful,
+                    r.prompt,
+                    r.target,
+                )
+            })
             .collect())
     }
 
@@ -118,18 +147,31 @@ impl DataDir {
                 if r.len() != 1 || r[0].trim().is_empty() {
                     bail!("{file}:{line}: expected one non-empty prompt per line");
                 }
-                Ok(Example::new(format!("policy:{line}"), ExampleKind::Harmful, r[0].trim(), ""))
+                Ok(Example::new(
+                    format!("policy:{line}"),
+                    ExampleKind::Harmful,
+                    r[0].trim(),
+                    "",
+                ))
             })
             .collect()
     }
 
     /// BeaverTails unsafe question/answer pairs (harmful fine-tuning data).
     pub fn beavertails_unsafe(&self) -> Result<Vec<Example>> {
-        let rows: Vec<PromptResponse> = self.json("beavertails", "beavertails/unsafe_train.json")?;
+        let rows: Vec<PromptResponse> =
+            self.json("beavertails", "beavertails/unsafe_train.json")?;
         Ok(rows
             .into_iter()
             .enumerate()
-            .map(|(i, r)| Example::new(format!("beavertails:{i}"), ExampleKind::Harmful, r.prompt, r.response))
+            .map(|(i, r)| {
+                Example::new(
+                    format!("beavertails:{i}"),
+                    ExampleKind::Harmful,
+                    r.prompt,
+                    r.response,
+                )
+            })
             .collect())
     }
 
@@ -140,7 +182,11 @@ impl DataDir {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                let prompt = if r.input.trim().is_empty() { r.instruction } else { format!("{}\n\n{}", r.instruction, r.input) };
+                let prompt = if r.input.trim().is_empty() {
+                    r.instruction
+                } else {
+                    format!("{}\n\n{}", r.instruction, r.input)
+                };
                 Example::new(format!("alpaca:{i}"), ExampleKind::Benign, prompt, r.output)
             })
             .collect())

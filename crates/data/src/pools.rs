@@ -30,18 +30,36 @@ impl Pools {
     pub fn from_dir(dir: &DataDir, task: &str) -> Result<Self> {
         let (mut task_train, task_test) = match task {
             "sst2" => (dir.sst2("train")?, dir.sst2("test")?),
-            other => bail!("task `{other}` is not available from a data directory yet (available: sst2)"),
+            other => {
+                bail!("task `{other}` is not available from a data directory yet (available: sst2)")
+            }
         };
-        let safety_evals = vec![("advbench-test".to_string(), dir.advbench("test")?), ("policy".to_string(), dir.policy()?)];
+        let safety_evals = vec![
+            ("advbench-test".to_string(), dir.advbench("test")?),
+            ("policy".to_string(), dir.policy()?),
+        ];
         let mut align_prompts = dir.advbench("train")?;
         let dev = dir.advbench("dev")?;
-        let evals: Vec<&[Example]> = safety_evals.iter().map(|(_, v)| v.as_slice()).chain([dev.as_slice()]).collect();
+        let evals: Vec<&[Example]> = safety_evals
+            .iter()
+            .map(|(_, v)| v.as_slice())
+            .chain([dev.as_slice()])
+            .collect();
         remove_overlap(&mut align_prompts, &evals);
         // SST-2's train split holds some test sentences verbatim: they leave the train pool.
         remove_overlap(&mut task_train, &[&task_test]);
         let mut harmful_pairs = dir.beavertails_unsafe()?;
         remove_overlap(&mut harmful_pairs, &evals);
-        let pools = Self { source: dir.root.display().to_string(), task: task.into(), task_train, task_test, harmful_pairs, align_prompts, benign: dir.alpaca()?, safety_evals };
+        let pools = Self {
+            source: dir.root.display().to_string(),
+            task: task.into(),
+            task_train,
+            task_test,
+            harmful_pairs,
+            align_prompts,
+            benign: dir.alpaca()?,
+            safety_evals,
+        };
         pools.check()?;
         Ok(pools)
     }
@@ -54,7 +72,11 @@ impl Pools {
             ("harmful pairs", self.harmful_pairs.as_slice()),
             ("task train", self.task_train.as_slice()),
         ];
-        let mut evals: Vec<(&str, &[Example])> = self.safety_evals.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let mut evals: Vec<(&str, &[Example])> = self
+            .safety_evals
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
         evals.push(("task test", self.task_test.as_slice()));
         check_disjoint(&training, &evals)
     }

@@ -24,9 +24,18 @@ mod tests {
 
     #[test]
     fn labels_and_unparseable() {
-        assert_eq!(parse_sentiment("Positive"), SentimentOutcome::Label("positive"));
-        assert_eq!(parse_sentiment("The sentiment is negative."), SentimentOutcome::Label("negative"));
-        assert_eq!(parse_sentiment("It is positive and negative"), SentimentOutcome::Unparseable);
+        assert_eq!(
+            parse_sentiment("Positive"),
+            SentimentOutcome::Label("positive")
+        );
+        assert_eq!(
+            parse_sentiment("The sentiment is negative."),
+            SentimentOutcome::Label("negative")
+        );
+        assert_eq!(
+            parse_sentiment("It is positive and negative"),
+            SentimentOutcome::Unparseable
+        );
         assert_eq!(parse_sentiment("I like it"), SentimentOutcome::Unparseable);
     }
 }

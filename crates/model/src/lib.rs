@@ -6,6 +6,7 @@
 //! [`safetune_core::CausalLm`] and knows nothing of datasets or defenses.
 
 mod config;
+mod export;
 mod generate;
 mod gguf;
 mod hf;
@@ -21,6 +22,7 @@ use safetune_core::anyhow::bail;
 use safetune_core::Result;
 
 pub use config::LlamaConfig;
+pub use export::export_hf;
 pub use generate::argmax;
 pub use gguf::load_gguf;
 pub use hf::{detect_format, load_hf_dir};
@@ -37,7 +39,10 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Llama> {
     } else if !path.exists() {
         bail!("{}: no such model file or directory", path.display())
     } else {
-        bail!("{}: not a model (expected a .gguf file or a directory with config.json)", path.display())
+        bail!(
+            "{}: not a model (expected a .gguf file or a directory with config.json)",
+            path.display()
+        )
     }
 }
 

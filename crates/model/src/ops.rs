@@ -79,11 +79,27 @@ impl CustomOp2 for InputGradOnly {
     fn name(&self) -> &'static str {
         "linear-input-grad-only"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         copy_second(s2, l2)
     }
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let w = if grad.dtype() == self.w.dtype() { self.w.clone() } else { self.w.to_dtype(grad.dtype())? };
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let w = if grad.dtype() == self.w.dtype() {
+            self.w.clone()
+        } else {
+            self.w.to_dtype(grad.dtype())?
+        };
         Ok((Some(grad.matmul(&w)?), None))
     }
 }
@@ -92,7 +108,13 @@ impl CustomOp2 for InputGradOnly {
 /// `j`, a large negative number elsewhere. Keys are the last `s` positions
 /// of which the queries are the last `t`; `mask` (`[b, s]`, 1 = real token)
 /// hides padding.
-pub fn attention_bias(mask: Option<&Tensor>, b: usize, t: usize, s: usize, device: &candle_core::Device) -> Result<Tensor> {
+pub fn attention_bias(
+    mask: Option<&Tensor>,
+    b: usize,
+    t: usize,
+    s: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     const NEG: f32 = -1e9;
     let offset = s - t;
     let causal: Vec<f32> = (0..t)
@@ -102,7 +124,8 @@ pub fn attention_bias(mask: Option<&Tensor>, b: usize, t: usize, s: usize, devic
     match mask {
         None => Ok(causal.broadcast_as((b, 1, 1, t, s))?.contiguous()?),
         Some(m) => {
-            let pad = ((m.to_dtype(DType::F32)? - 1.0)? * (-(NEG as f64)))?.reshape((b, 1, 1, 1, s))?;
+            let pad =
+                ((m.to_dtype(DType::F32)? - 1.0)? * (-(NEG as f64)))?.reshape((b, 1, 1, 1, s))?;
             Ok(causal.broadcast_add(&pad)?)
         }
     }

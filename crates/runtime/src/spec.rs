@@ -46,7 +46,9 @@ pub struct DataSpec {
 
 impl Default for DataSpec {
     fn default() -> Self {
-        Self { task: "sst2".into() }
+        Self {
+            task: "sst2".into(),
+        }
     }
 }
 
@@ -97,13 +99,21 @@ pub struct EvalSpec {
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        Self { safety_limit: 0, task_limit: 0, safety_max_new_tokens: 64, task_max_new_tokens: 6, batch_size: 16, judge: "keyword".into() }
+        Self {
+            safety_limit: 0,
+            task_limit: 0,
+            safety_max_new_tokens: 64,
+            task_max_new_tokens: 6,
+            batch_size: 16,
+            judge: "keyword".into(),
+        }
     }
 }
 
 impl RunSpec {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         let spec: RunSpec = toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
             let line = e.span().map(|s| text[..s.start].lines().count().max(1));
@@ -112,7 +122,8 @@ impl RunSpec {
                 None => anyhow!("{}: {msg}", path.display()),
             }
         })?;
-        spec.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        spec.validate()
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(spec)
     }
 
@@ -121,7 +132,10 @@ impl RunSpec {
             bail!("name: must be a plain directory name");
         }
         if !["sst2", "builtin"].contains(&self.data.task.as_str()) {
-            bail!("data.task: unknown task `{}` (sst2, builtin)", self.data.task);
+            bail!(
+                "data.task: unknown task `{}` (sst2, builtin)",
+                self.data.task
+            );
         }
         self.alignment.train.validate("alignment.train")?;
         self.alignment.lora.validate("alignment.lora")?;
@@ -139,8 +153,14 @@ impl RunSpec {
             bail!("finetune.methods: list at least one method");
         }
         for m in &self.finetune.methods {
-            let entry = safetune_core::registry::method(m).map_err(|e| anyhow!("finetune.methods: {e}"))?;
-            (entry.build)(self.finetune.method_options.get(m).unwrap_or(&serde_json::Value::Null))?;
+            let entry =
+                safetune_core::registry::method(m).map_err(|e| anyhow!("finetune.methods: {e}"))?;
+            (entry.build)(
+                self.finetune
+                    .method_options
+                    .get(m)
+                    .unwrap_or(&serde_json::Value::Null),
+            )?;
         }
         for (m, t) in &self.finetune.method_train {
             if !self.finetune.methods.contains(m) {
@@ -165,6 +185,9 @@ impl RunSpec {
 
     /// Training settings for one method: its override, else the stage's.
     pub fn method_train(&self, method: &str) -> &TrainConfig {
-        self.finetune.method_train.get(method).unwrap_or(&self.finetune.train)
+        self.finetune
+            .method_train
+            .get(method)
+            .unwrap_or(&self.finetune.train)
     }
 }

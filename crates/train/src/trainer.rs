@@ -59,7 +59,9 @@ impl StepContext for Ctx<'_> {
         &self.params
     }
     fn next_batch(&mut self, name: &str) -> Result<Option<TokenBatch>> {
-        let Some(s) = self.streams.get_mut(name) else { return Ok(None) };
+        let Some(s) = self.streams.get_mut(name) else {
+            return Ok(None);
+        };
         if s.pos >= s.batches.len() {
             s.batches = make_batches(&s.encoded, s.batch_size, &mut s.rng);
             s.pos = 0;
@@ -67,9 +69,18 @@ impl StepContext for Ctx<'_> {
         let rows: Vec<&EncodedExample> = s.batches[s.pos].iter().map(|&i| &s.encoded[i]).collect();
         s.pos += 1;
         self.tokens += rows.iter().map(|r| r.ids.len()).sum::<usize>();
-        Ok(Some(collate(&rows, self.model.tokenizer().pad_id(), self.model.device())?))
+        Ok(Some(collate(
+            &rows,
+            self.model.tokenizer().pad_id(),
+            self.model.device(),
+        )?))
     }
-    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    fn lm_loss(
+        &self,
+        batch: &TokenBatch,
+        perturbation: Option<&[Tensor]>,
+        output_hidden: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         masked_cross_entropy(self.model, batch, perturbation, output_hidden, true)
     }
     fn step(&self) -> usize {
@@ -108,14 +119,35 @@ pub fn train(
             .collect::<Result<Vec<_>>>()?;
         let mut rng = SeededRng::derive(cfg.seed, &format!("batches/{name}"));
         let batches = make_batches(&encoded, cfg.batch_size, &mut rng);
-        streams.insert(name.clone(), Stream { encoded, batches, pos: 0, rng, batch_size: cfg.batch_size });
+        streams.insert(
+            name.clone(),
+            Stream {
+                encoded,
+                batches,
+                pos: 0,
+                rng,
+                batch_size: cfg.batch_size,
+            },
+        );
     }
     let per_epoch = streams
         .get(stream::TASK)
         .map(|s| s.batches.len())
         .ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
-    let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };
-    let mut ctx = Ctx { model, reference, params, streams, step: 0, total, tokens: 0 };
+    let total = if cfg.max_steps > 0 {
+        cfg.max_steps
+    } else {
+        (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum)
+    };
+    let mut ctx = Ctx {
+        model,
+        reference,
+        params,
+        streams,
+        step: 0,
+        total,
+        tokens: 0,
+    };
     let mut opt = AdamW::new(cfg.weight_decay);
     let progress = Progress::new(label, total, quiet);
     let start = Instant::now();
@@ -145,7 +177,11 @@ pub fn train(
         if cfg.max_grad_norm > 0.0 {
             let mut sq = 0.0;
             for g in acc.iter().flatten() {
-                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
             let norm = sq.sqrt() * scale;
             if !norm.is_finite() {
@@ -161,5 +197,10 @@ pub fn train(
         losses.push(mean);
         progress.update(step + 1, mean, lr);
     }
-    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: start.elapsed().as_secs_f64() })
+    Ok(TrainReport {
+        steps: total,
+        losses,
+        tokens: ctx.tokens,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }

@@ -1,0 +1,43 @@
+//! Writing a model as a Hugging Face directory (config.json, tokenizer.json,
+//! model.safetensors), e.g. to hand a merged fine-tuned model to other tools.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetune_core::anyhow::{anyhow, Context};
+use safetune_core::{CausalLm, Result};
+
+use crate::Llama;
+
+pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let c = model.config();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim, "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_eps,
+        "tie_word_embeddings": c.tie_embeddings, "max_position_embeddings": c.max_positions,
+        "attention_bias": c.attention_bias, "torch_dtype": "float32",
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    model
+        .text_tokenizer()
+        .inner()
+        .save(dir.join("tokenizer.json"), true)
+        .map_err(|e| anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
+    let weights: HashMap<String, candle_core::Tensor> = model.weights().into_iter().collect();
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
+    let template = match model.info().format {
+        safetune_core::PromptFormat::Chatml => "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
+        _ => "",
+    };
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "chat_template": template }))?,
+    )?;
+    Ok(())
+}
