@@ -64,13 +64,15 @@ impl LlamaConfig {
     }
 
     pub fn validate(&self, file: &str) -> Result<()> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             safetune_core::anyhow::bail!(
                 "{file}: num_attention_heads must be a multiple of num_key_value_heads"
             );
         }
-        if self.head_dim % 2 != 0 || self.hidden_size == 0 || self.num_layers == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.hidden_size == 0 || self.num_layers == 0 {
             safetune_core::anyhow::bail!("{file}: head_dim must be even and sizes positive");
         }
         Ok(())

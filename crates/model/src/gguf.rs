@@ -36,10 +36,10 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
         let v = md
             .get(k)
             .ok_or_else(|| anyhow!("{file}: missing metadata `{k}`"))?;
-        Ok(v.to_u32()
+        v.to_u32()
             .map(|x| x as usize)
             .or_else(|_| v.to_u64().map(|x| x as usize))
-            .map_err(|e| anyhow!("{file}: `{k}`: {e}"))?)
+            .map_err(|e| anyhow!("{file}: `{k}`: {e}"))
     };
     let fl = |k: &str, d: f64| {
         md.get(k)

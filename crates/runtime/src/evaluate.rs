@@ -38,6 +38,9 @@ pub struct GenRecord {
     pub verdict: String,
 }
 
+/// Every answer, per evaluation set.
+pub type Generations = Vec<(String, Vec<GenRecord>)>;
+
 pub struct EvalInputs<'a> {
     pub safety: Vec<(String, &'a [Example])>,
     pub task_name: String,
@@ -88,7 +91,7 @@ pub fn evaluate(
     seed: u64,
     label: &str,
     quiet: bool,
-) -> Result<(ModelEval, Vec<(String, Vec<GenRecord>)>)> {
+) -> Result<(ModelEval, Generations)> {
     let mut safety = Vec::new();
     let mut records = Vec::new();
     for (name, set) in &inputs.safety {

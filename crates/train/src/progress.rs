@@ -36,7 +36,7 @@ impl Progress {
 
     /// Reports that `done` of `total` steps are finished.
     pub fn update(&self, done: usize, loss: f64, lr: f64) {
-        if self.quiet || !(self.tty || done % self.every == 0 || done == self.total) {
+        if self.quiet || !(self.tty || done.is_multiple_of(self.every) || done == self.total) {
             return;
         }
         let el = self.start.elapsed().as_secs_f64();
