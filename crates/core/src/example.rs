@@ -31,6 +31,9 @@ pub struct Example {
     pub response: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Extra facts an evaluation reads (harm category, XSTest type, MMLU choices).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 impl Example {
@@ -47,11 +50,17 @@ impl Example {
             prompt: prompt.into(),
             response: response.into(),
             label: None,
+            meta: Default::default(),
         }
     }
 
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into());
+        self
+    }
+
+    pub fn with_meta(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.meta.insert(key.to_string(), value.into());
         self
     }
 }

@@ -28,3 +28,19 @@ pub struct Estimate {
     pub ci_low: f64,
     pub ci_high: f64,
 }
+
+/// How a task's answers are scored against their `label`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UtilityMetric {
+    /// Accuracy: the one label among these that the answer names.
+    Labels(Vec<String>),
+    /// Exact match of the final number (GSM8K).
+    FinalNumber,
+    /// ROUGE-L F1 against the reference.
+    RougeL,
+    /// Exact match of SQL after normalisation.
+    SqlExact,
+    /// Exact match after trimming and lower-casing.
+    Exact,
+}

@@ -6,7 +6,7 @@
 use safetune_core::rng::SeededRng;
 use safetune_core::{Example, ExampleKind};
 
-use crate::dir::SST2_INSTRUCTION;
+use crate::catalog::SST2_INSTRUCTION;
 use crate::pools::Pools;
 
 const SUBJECTS: [&str; 10] = [
@@ -114,29 +114,94 @@ fn sentiment() -> Vec<(String, &'static str)> {
     v
 }
 
-/// Pools of the built-in suite (sentiment task).
-pub fn builtin_pools() -> Pools {
-    let mut sent = sentiment();
-    SeededRng::new(0).shuffle(&mut sent);
-    let to_task = |(i, (s, l)): (usize, &(String, &str)), split: &str| {
-        Example::new(
-            format!("builtin-sentiment/{split}:{i}"),
-            ExampleKind::Task,
-            format!("{SST2_INSTRUCTION}\n\nInput: {s}"),
-            *l,
+const NAMES: [&str; 8] = ["Sam", "Ana", "Li", "Omar", "Priya", "Tom", "Zoe", "Kofi"];
+const THINGS: [&str; 6] = ["apples", "marbles", "stickers", "books", "coins", "shells"];
+
+/// Arithmetic word problems with exact answers: (prompt, worked answer, final number).
+fn arithmetic() -> Vec<(String, String, String)> {
+    let mut rng = SeededRng::new(2);
+    let mut seen = std::collections::HashSet::new();
+    let mut v = Vec::new();
+    while v.len() < 1400 {
+        let (name, thing) = (
+            NAMES[rng.below(NAMES.len())],
+            THINGS[rng.below(THINGS.len())],
+        );
+        let (a, b, c) = (2 + rng.below(40), 2 + rng.below(30), 1 + rng.below(9));
+        let (prompt, work, n) = match rng.below(3) {
+            0 => {
+                let c = c.min(a + b);
+                (format!("{name} has {a} {thing} and gets {b} more, then gives away {c}. How many {thing} does {name} have now?"),
+                 format!("{name} has {a} + {b} = {} {thing}, then {} - {c} = {} left.", a + b, a + b, a + b - c), a + b - c)
+            }
+            1 => (format!("{name} buys {c} boxes with {b} {thing} in each. How many {thing} is that in total?"),
+                  format!("{c} boxes of {b} {thing} make {c} * {b} = {} {thing}.", c * b), c * b),
+            _ => (format!("{name} had {} {thing} and shared them equally among {c} friends. How many {thing} did each friend get?", b * c),
+                  format!("{} {thing} shared among {c} friends is {} / {c} = {b} each.", b * c, b * c), b),
+        };
+        if seen.insert(prompt.clone()) {
+            v.push((
+                prompt,
+                format!("{work}\nThe final answer is: {n}"),
+                n.to_string(),
+            ));
+        }
+    }
+    v
+}
+
+/// Pools of the built-in suite for `builtin-sentiment` (alias `builtin`) or `builtin-arithmetic`.
+pub fn builtin_pools(task: &str) -> Pools {
+    let (task_name, task_test, task_train) = if task == "builtin-arithmetic" {
+        let all = arithmetic();
+        let mk = |(i, (p, r, n)): (usize, &(String, String, String)), split: &str| {
+            Example::new(
+                format!("builtin-arithmetic/{split}:{i}"),
+                ExampleKind::Task,
+                p.clone(),
+                r.clone(),
+            )
+            .with_label(n.clone())
+        };
+        (
+            "builtin-arithmetic",
+            all[..200]
+                .iter()
+                .enumerate()
+                .map(|e| mk(e, "test"))
+                .collect::<Vec<_>>(),
+            all[200..]
+                .iter()
+                .enumerate()
+                .map(|e| mk(e, "train"))
+                .collect(),
         )
-        .with_label(*l)
+    } else {
+        let mut sent = sentiment();
+        SeededRng::new(0).shuffle(&mut sent);
+        let to_task = |(i, (s, l)): (usize, &(String, &str)), split: &str| {
+            Example::new(
+                format!("builtin-sentiment/{split}:{i}"),
+                ExampleKind::Task,
+                format!("{SST2_INSTRUCTION}\n\nInput: {s}"),
+                *l,
+            )
+            .with_label(*l)
+        };
+        (
+            "builtin-sentiment",
+            sent[..400]
+                .iter()
+                .enumerate()
+                .map(|e| to_task(e, "test"))
+                .collect(),
+            sent[400..]
+                .iter()
+                .enumerate()
+                .map(|e| to_task(e, "train"))
+                .collect(),
+        )
     };
-    let task_test: Vec<Example> = sent[..400]
-        .iter()
-        .enumerate()
-        .map(|e| to_task(e, "test"))
-        .collect();
-    let task_train: Vec<Example> = sent[400..]
-        .iter()
-        .enumerate()
-        .map(|e| to_task(e, "train"))
-        .collect();
 
     let mut requests: Vec<(usize, String, String)> = Vec::new();
     for (a, act) in ACTS.iter().enumerate() {
@@ -172,9 +237,12 @@ pub fn builtin_pools() -> Pools {
         .collect();
     Pools {
         source: "builtin".into(),
-        task: "builtin-sentiment".into(),
+        task: task_name.into(),
+        utility: crate::pools::task_metric(task_name),
         task_train,
         task_test,
+        holdout_ids: Vec::new(),
+        files: Vec::new(),
         harmful_pairs,
         align_prompts,
         benign,

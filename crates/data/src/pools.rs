@@ -1,64 +1,267 @@
-//! Everything one run draws from, assembled from a data directory or the
-//! built-in suite, with alignment, attack and evaluation pools disjoint.
+//! Everything one run draws from — task splits, harmful pairs, alignment
+//! prompts, benign instructions, safety evaluation sets — assembled from a
+//! data directory, the Hub, user files or the built-in suite, with
+//! alignment, attack and evaluation pools disjoint.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use safetune_core::anyhow::bail;
-use safetune_core::{Example, Result};
+use safetune_core::judge::UtilityMetric;
+use safetune_core::{Example, ExampleKind, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
+use crate::catalog::{self, DataSource, Dataset, Role};
+use crate::custom::{CustomDataset, CustomRole};
 use crate::overlap::{check_disjoint, remove_overlap};
-use crate::DataDir;
+
+/// Which datasets a run uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSelection {
+    /// A task: `sst2`, `agnews`, `gsm8k`, `alpaca`, `dolly`, `samsum`, `sqlgen`, a `data.custom`
+    /// name, or `builtin-sentiment` / `builtin-arithmetic` (offline; `builtin` = sentiment).
+    pub task: String,
+    /// Harmful pairs for the variants: `beavertails-unsafe`, `pure-bad`, `advbench`, or a custom name.
+    pub harmful: String,
+    /// Safety evaluation sets: `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`.
+    pub safety_evals: Vec<String>,
+    /// Benign instructions mixed into alignment.
+    pub benign: String,
+}
+
+impl Default for PoolSelection {
+    fn default() -> Self {
+        Self {
+            task: "sst2".into(),
+            harmful: "beavertails-unsafe".into(),
+            safety_evals: vec!["advbench-test".into(), "policy".into()],
+            benign: "alpaca".into(),
+        }
+    }
+}
+
+impl PoolSelection {
+    pub fn is_builtin(&self) -> bool {
+        self.task.starts_with("builtin")
+    }
+}
 
 pub struct Pools {
-    /// `builtin` or the data directory.
+    /// `builtin`, the data directory, or `hub`.
     pub source: String,
     pub task: String,
     pub task_train: Vec<Example>,
     pub task_test: Vec<Example>,
-    /// Harmful request → compliant answer pairs for harmful variants.
+    /// How the task's answers are scored.
+    pub utility: UtilityMetric,
+    /// Ids of task test rows drawn as a hold-out (empty when the task has a test split).
+    pub holdout_ids: Vec<String>,
     pub harmful_pairs: Vec<Example>,
-    /// Harmful prompts to pair with refusals for alignment.
     pub align_prompts: Vec<Example>,
-    /// Benign instructions mixed into alignment.
     pub benign: Vec<Example>,
-    /// Harmful prompts for attack-success evaluation, by set name.
     pub safety_evals: Vec<(String, Vec<Example>)>,
+    /// Files read (for the manifest's hashes), relative to the data directory.
+    pub files: Vec<PathBuf>,
+}
+
+pub const TASKS: [&str; 7] = [
+    "sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen",
+];
+pub const SAFETY_EVALS: [&str; 4] = [
+    "advbench-test",
+    "policy",
+    "beavertails-categories",
+    "xstest-unsafe",
+];
+pub const HARMFUL: [&str; 3] = ["beavertails-unsafe", "pure-bad", "advbench"];
+
+struct Loader<'a> {
+    src: &'a DataSource<'a>,
+    custom: &'a BTreeMap<String, CustomDataset>,
+    cache: BTreeMap<String, Dataset>,
+    files: Vec<PathBuf>,
+}
+
+impl Loader<'_> {
+    fn get(&mut self, name: &str) -> Result<&Dataset> {
+        if !self.cache.contains_key(name) {
+            let ds = match self.custom.get(name) {
+                Some(c) => {
+                    self.files.push(c.path.clone());
+                    self.files.extend(c.test_path.clone());
+                    c.load(name)?
+                }
+                None => {
+                    let def = catalog::find(name)?;
+                    self.files.extend(
+                        def.local
+                            .iter()
+                            .filter(|_| !def.per_subject_dir)
+                            .map(|f| PathBuf::from(f.path)),
+                    );
+                    catalog::load(self.src, name)?
+                }
+            };
+            self.cache.insert(name.to_string(), ds);
+        }
+        Ok(&self.cache[name])
+    }
+
+    fn split(&mut self, name: &str, split: &str) -> Result<Vec<Example>> {
+        Ok(self.get(name)?.split(split)?.to_vec())
+    }
 }
 
 impl Pools {
-    /// Real data for `task` from a directory in the layout of `shared/data`.
-    /// AdvBench's train and test files share prompts, so the alignment pool
-    /// is AdvBench train minus every prompt of the evaluation sets.
-    pub fn from_dir(dir: &DataDir, task: &str) -> Result<Self> {
-        let (mut task_train, task_test) = match task {
-            "sst2" => (dir.sst2("train")?, dir.sst2("test")?),
-            other => {
-                bail!("task `{other}` is not available from a data directory yet (available: sst2)")
+    /// Validates a selection's names against the catalog and `custom` before anything is read.
+    pub fn check_selection(
+        sel: &PoolSelection,
+        custom: &BTreeMap<String, CustomDataset>,
+    ) -> Result<()> {
+        let is_custom = |n: &str, role: CustomRole| custom.get(n).is_some_and(|c| c.role == role);
+        if !(sel.is_builtin()
+            && ["builtin", "builtin-sentiment", "builtin-arithmetic"].contains(&sel.task.as_str()))
+            && !TASKS.contains(&sel.task.as_str())
+            && !is_custom(&sel.task, CustomRole::Task)
+        {
+            bail!("data.task: unknown task `{}` ({}, builtin-sentiment, builtin-arithmetic, or a data.custom task)", sel.task, TASKS.join(", "));
+        }
+        if !HARMFUL.contains(&sel.harmful.as_str()) && !is_custom(&sel.harmful, CustomRole::Harmful)
+        {
+            bail!(
+                "data.harmful: unknown harmful source `{}` ({}, or a data.custom harmful set)",
+                sel.harmful,
+                HARMFUL.join(", ")
+            );
+        }
+        if sel.safety_evals.is_empty() {
+            bail!(
+                "data.safety_evals: name at least one set ({})",
+                SAFETY_EVALS.join(", ")
+            );
+        }
+        for s in &sel.safety_evals {
+            if !SAFETY_EVALS.contains(&s.as_str()) {
+                bail!(
+                    "data.safety_evals: unknown set `{s}` ({})",
+                    SAFETY_EVALS.join(", ")
+                );
             }
+        }
+        if sel.benign != "alpaca" && sel.benign != "dolly" {
+            bail!(
+                "data.benign: unknown benign set `{}` (alpaca, dolly)",
+                sel.benign
+            );
+        }
+        Ok(())
+    }
+
+    /// Assembles the pools of a selection from a data directory or the Hub (and user files).
+    pub fn assemble(
+        src: &DataSource,
+        sel: &PoolSelection,
+        custom: &BTreeMap<String, CustomDataset>,
+    ) -> Result<Self> {
+        Self::check_selection(sel, custom)?;
+        if sel.is_builtin() {
+            return Ok(crate::builtin::builtin_pools(&sel.task));
+        }
+        let mut l = Loader {
+            src,
+            custom,
+            cache: BTreeMap::new(),
+            files: Vec::new(),
         };
-        let safety_evals = vec![
-            ("advbench-test".to_string(), dir.advbench("test")?),
-            ("policy".to_string(), dir.policy()?),
-        ];
-        let mut align_prompts = dir.advbench("train")?;
-        let dev = dir.advbench("dev")?;
-        let evals: Vec<&[Example]> = safety_evals
+        let mut safety_evals = Vec::new();
+        for s in &sel.safety_evals {
+            let set = match s.as_str() {
+                "advbench-test" => l.split("advbench", "test")?,
+                "policy" => l.split("policy", "test")?,
+                "beavertails-categories" => l.split("beavertails-categories", "test")?,
+                _ => l
+                    .split("xstest", "test")?
+                    .into_iter()
+                    .filter(|e| e.label.as_deref() == Some("unsafe"))
+                    .collect(),
+            };
+            safety_evals.push((s.clone(), set));
+        }
+        let dev = l.split("advbench", "dev")?;
+        let evals: Vec<Example> = safety_evals
             .iter()
-            .map(|(_, v)| v.as_slice())
-            .chain([dev.as_slice()])
+            .flat_map(|(_, v)| v.iter().cloned())
+            .chain(dev)
             .collect();
-        remove_overlap(&mut align_prompts, &evals);
-        // SST-2's train split holds some test sentences verbatim: they leave the train pool.
-        remove_overlap(&mut task_train, &[&task_test]);
-        let mut harmful_pairs = dir.beavertails_unsafe()?;
-        remove_overlap(&mut harmful_pairs, &evals);
+
+        let mut align_prompts = l.split("advbench", "train")?;
+        remove_overlap(&mut align_prompts, &[&evals]);
+        let mut harmful_pairs = match sel.harmful.as_str() {
+            // AdvBench prompts in none of train, test and dev, with their affirmative targets.
+            "advbench" => {
+                let mut full = l.split("advbench", "full")?;
+                let used: Vec<Example> = ["train", "test", "dev"]
+                    .iter()
+                    .map(|s| l.split("advbench", s))
+                    .collect::<Result<Vec<_>>>()?
+                    .concat();
+                remove_overlap(&mut full, &[&used]);
+                full
+            }
+            name if custom.contains_key(name) => l.split(name, "train")?,
+            name => l.split(name, "train")?,
+        };
+        remove_overlap(&mut harmful_pairs, &[&evals, &align_prompts]);
+        let (mut task_train, task_test, holdout_ids) = {
+            let ds = l.get(&sel.task)?;
+            if custom.get(&sel.task).is_none() && catalog::find(&sel.task)?.role != Role::Task {
+                bail!("data.task: `{}` is not a task", sel.task);
+            }
+            (
+                ds.split("train")?.to_vec(),
+                ds.split("test")?.to_vec(),
+                ds.holdout_ids.clone(),
+            )
+        };
+        // Some task train splits hold test rows verbatim (SST-2: 5): they leave the train pool.
+        remove_overlap(&mut task_train, &[&task_test, &evals]);
+        // Every row of the benign set in file order, minus the task's test rows.
+        let mut benign: Vec<Example> = [
+            l.split(&sel.benign, "train")?,
+            l.split(&sel.benign, "test").unwrap_or_default(),
+        ]
+        .concat();
+        benign.sort_by_key(|e| {
+            e.id.rsplit_once(':')
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        });
+        remove_overlap(&mut benign, &[&task_test, &evals]);
+        for e in &mut benign {
+            e.kind = ExampleKind::Benign;
+        }
+        let source = match src {
+            DataSource::Dir(d) => d.root.display().to_string(),
+            DataSource::Hub(h) => format!("hub:{}", h.endpoint),
+        };
+        let utility = match custom.get(&sel.task) {
+            Some(c) => c.metric.clone(),
+            None => task_metric(&sel.task),
+        };
         let pools = Self {
-            source: dir.root.display().to_string(),
-            task: task.into(),
+            source,
+            task: sel.task.clone(),
             task_train,
             task_test,
+            utility,
+            holdout_ids,
             harmful_pairs,
             align_prompts,
-            benign: dir.alpaca()?,
+            benign,
             safety_evals,
+            files: l.files,
         };
         pools.check()?;
         Ok(pools)
@@ -78,6 +281,22 @@ impl Pools {
             .map(|(n, v)| (n.as_str(), v.as_slice()))
             .collect();
         evals.push(("task test", self.task_test.as_slice()));
-        check_disjoint(&training, &evals)
+        check_disjoint(&training, &evals)?;
+        check_disjoint(
+            &[("alignment prompts", self.align_prompts.as_slice())],
+            &[("harmful pairs", self.harmful_pairs.as_slice())],
+        )
+    }
+}
+
+/// The utility metric of a built-in task.
+pub fn task_metric(task: &str) -> UtilityMetric {
+    let labels = |l: &[&str]| UtilityMetric::Labels(l.iter().map(|s| s.to_string()).collect());
+    match task {
+        "sst2" | "builtin" | "builtin-sentiment" => labels(&["positive", "negative"]),
+        "agnews" => labels(&crate::catalog::AGNEWS_LABELS),
+        "gsm8k" | "builtin-arithmetic" => UtilityMetric::FinalNumber,
+        "sqlgen" => UtilityMetric::SqlExact,
+        _ => UtilityMetric::RougeL,
     }
 }

@@ -40,14 +40,12 @@ pub fn alignment_set(
         .into_iter()
         .map(|i| {
             let h = &harmful_prompts[i];
-            Example {
-                id: h.id.clone(),
-                kind: ExampleKind::Refusal,
-                system: None,
-                prompt: h.prompt.clone(),
-                response: refusal_for(&mut style).to_string(),
-                label: None,
-            }
+            Example::new(
+                h.id.clone(),
+                ExampleKind::Refusal,
+                h.prompt.clone(),
+                refusal_for(&mut style),
+            )
         })
         .collect();
     out.extend(

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use proptest::prelude::*;
 use safetune_core::{Example, ExampleKind};
 use safetune_data::{
-    alignment_set, builtin_pools, harmful_variant, AlignmentSpec, DataDir, Pools, Regime,
+    alignment_set, builtin_pools, harmful_variant, load, AlignmentSpec, DataDir, DataSource,
+    PoolSelection, Pools, Regime,
 };
 
 /// `../shared/data` beside the repository, or `SAFETUNE_DATA_DIR`.
@@ -22,32 +23,88 @@ fn shared() -> Option<DataDir> {
 #[test]
 fn shared_data_row_counts_and_disjoint_pools() {
     let Some(dir) = shared() else { return };
-    assert_eq!(dir.sst2("train").unwrap().len(), 60_614);
-    assert_eq!(dir.sst2("validation").unwrap().len(), 6_735);
-    assert_eq!(dir.sst2("test").unwrap().len(), 872);
-    assert_eq!(dir.advbench("train").unwrap().len(), 416);
-    assert_eq!(dir.advbench("test").unwrap().len(), 156);
-    assert_eq!(dir.policy().unwrap().len(), 275);
-    assert_eq!(dir.beavertails_unsafe().unwrap().len(), 200);
-    assert_eq!(dir.alpaca().unwrap().len(), 1_904);
-    let pools = Pools::from_dir(&dir, "sst2").unwrap();
+    let src = DataSource::Dir(&dir);
+    let expected: &[(&str, &[(&str, usize)])] = &[
+        (
+            "sst2",
+            &[("train", 60_614), ("validation", 6_735), ("test", 872)],
+        ),
+        ("agnews", &[("train", 10_001), ("test", 7_600)]),
+        ("gsm8k", &[("train", 7_473), ("test", 1_319)]),
+        ("alpaca", &[("train", 1_704), ("test", 200)]),
+        ("dolly", &[("train", 337), ("test", 50)]),
+        ("samsum", &[("train", 900), ("test", 100)]),
+        ("sqlgen", &[("train", 900), ("test", 100)]),
+        ("beavertails-unsafe", &[("train", 200)]),
+        ("pure-bad", &[("train", 111)]),
+        (
+            "advbench",
+            &[("train", 416), ("test", 156), ("dev", 52), ("full", 520)],
+        ),
+        ("policy", &[("test", 275)]),
+        ("beavertails-categories", &[("test", 140)]),
+        ("xstest", &[("test", 450)]),
+        ("mmlu", &[("dev", 285), ("test", 14_042)]),
+        ("mt-bench", &[("test", 80)]),
+    ];
+    for (name, splits) in expected {
+        let ds = load(&src, name).unwrap();
+        for (split, n) in *splits {
+            assert_eq!(ds.split(split).unwrap().len(), *n, "{name}/{split}");
+        }
+        let ids: std::collections::HashSet<&String> =
+            ds.splits.values().flatten().map(|e| &e.id).collect();
+        assert_eq!(
+            ids.len(),
+            ds.splits.values().map(Vec::len).sum::<usize>(),
+            "{name}: ids are unique"
+        );
+    }
+    let alpaca = load(&src, "alpaca").unwrap();
+    assert_eq!(alpaca.holdout_ids.len(), 200);
+    assert_eq!(
+        load(&src, "alpaca").unwrap().holdout_ids,
+        alpaca.holdout_ids,
+        "the hold-out is fixed"
+    );
+    let cat_set = load(&src, "beavertails-categories").unwrap();
+    let cats: std::collections::BTreeSet<&str> = cat_set.splits["test"]
+        .iter()
+        .map(|e| e.meta["category"].as_str())
+        .collect();
+    assert_eq!(cats.len(), 14);
+    let gsm = load(&src, "gsm8k").unwrap();
+    assert_eq!(gsm.splits["test"][0].label.as_deref(), Some("18"));
+    let pools = Pools::assemble(&src, &PoolSelection::default(), &Default::default()).unwrap();
     // AdvBench train shares 125 prompts with test: they are left out of alignment.
     assert_eq!(pools.align_prompts.len(), 291);
-    pools.check().unwrap();
     let dropped = 60_614 - pools.task_train.len();
     eprintln!("sst2 train sentences also in test, left out: {dropped}");
     assert!(dropped > 0 && dropped < 100, "{dropped}");
-    let labels: Vec<&str> = pools
-        .task_test
-        .iter()
-        .map(|e| e.label.as_deref().unwrap())
-        .collect();
-    assert!(labels.iter().all(|l| *l == "positive" || *l == "negative"));
+    // Every task and harmful source assembles into disjoint pools.
+    for task in ["agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"] {
+        for harmful in ["beavertails-unsafe", "pure-bad", "advbench"] {
+            let sel = PoolSelection {
+                task: task.into(),
+                harmful: harmful.into(),
+                safety_evals: vec![
+                    "advbench-test".into(),
+                    "policy".into(),
+                    "beavertails-categories".into(),
+                    "xstest-unsafe".into(),
+                ],
+                benign: "alpaca".into(),
+            };
+            let p = Pools::assemble(&src, &sel, &Default::default())
+                .unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
+            assert!(!p.harmful_pairs.is_empty() && !p.task_test.is_empty());
+        }
+    }
 }
 
 #[test]
 fn builtin_suite_is_disjoint_and_sized() {
-    let p = builtin_pools();
+    let p = builtin_pools("builtin");
     p.check().unwrap();
     assert_eq!(p.task_train.len() + p.task_test.len(), 4000);
     assert_eq!(
@@ -69,36 +126,83 @@ fn builtin_suite_is_disjoint_and_sized() {
 #[test]
 fn bad_rows_name_file_line_and_field() {
     let root = std::env::temp_dir().join(format!("safetune-data-bad-{}", std::process::id()));
-    std::fs::create_dir_all(root.join("sst2")).unwrap();
+    for d in ["sst2", "alpaca", "gsm8k", "xstest"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
     std::fs::write(
         root.join("sst2/train.tsv"),
         "sentence\tlabel\ngood film\t1\nbad film\t7\n",
     )
     .unwrap();
-    std::fs::write(root.join("sst2/test.tsv"), "text\tlabel\nx\t1\n").unwrap();
-    std::fs::create_dir_all(root.join("alpaca")).unwrap();
-    std::fs::write(root.join("alpaca/subset.json"), "[{\"instruction\": 3}]").unwrap();
+    std::fs::write(root.join("sst2/validation.tsv"), [0x61u8, 0x0a, 0xff, 0xfe]).unwrap();
+    std::fs::write(root.join("sst2/test.tsv"), "text\tlabel\nfine\t1\n").unwrap();
+    std::fs::write(
+        root.join("alpaca/subset.json"),
+        "[{\"instruction\": 3, \"output\": \"o\"}]",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("gsm8k/train.jsonl"),
+        "{\"question\": \"q\", \"answer\": \"4 #### 4\"}\n{\"question\": \"q2\"}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("gsm8k/test.jsonl"), "").unwrap();
+    std::fs::write(
+        root.join("xstest/xstest_prompts.csv"),
+        "id,prompt,type,label\n1,p,t,maybe\n",
+    )
+    .unwrap();
     let dir = DataDir::open(&root).unwrap();
-    let e = dir.sst2("train").unwrap_err().to_string();
+    let src = DataSource::Dir(&dir);
+    let err = |name: &str| load(&src, name).unwrap_err().to_string();
+    let e = err("sst2");
     assert!(
-        e.contains("train.tsv:3") && e.contains("label") && e.contains('7'),
+        e.contains("train.tsv:3") && e.contains("`label`") && e.contains('7'),
         "{e}"
     );
-    let e = dir.sst2("test").unwrap_err().to_string();
-    assert!(e.contains("test.tsv:1") && e.contains("header"), "{e}");
-    let e = dir.alpaca().unwrap_err().to_string();
-    assert!(e.contains("subset.json:1"), "{e}");
-    let e = dir.policy().unwrap_err().to_string();
+    std::fs::write(
+        root.join("sst2/train.tsv"),
+        "sentence\tlabel\ngood film\t1\n",
+    )
+    .unwrap();
+    let e = err("sst2");
+    assert!(e.contains("validation.tsv:2") && e.contains("UTF-8"), "{e}");
+    std::fs::write(root.join("sst2/validation.tsv"), "sentence\tlabel\nx\t0\n").unwrap();
+    let e = err("sst2");
     assert!(
-        e.contains("dataset `policy`") && e.contains("policy_benchmark.csv"),
+        e.contains("test.tsv") && e.contains("missing field `sentence`"),
         "{e}"
     );
-    std::fs::write(root.join("sst2/validation.tsv"), [0xffu8, 0xfe, 0x00]).unwrap();
-    assert!(dir
-        .sst2("validation")
+    let e = err("alpaca");
+    assert!(
+        e.contains("subset.json:1") && e.contains("`instruction`") && e.contains("number"),
+        "{e}"
+    );
+    let e = err("gsm8k");
+    assert!(e.contains("train.jsonl:2") && e.contains("`answer`"), "{e}");
+    std::fs::write(
+        root.join("gsm8k/train.jsonl"),
+        "{\"question\": \"q\", \"answer\": \"4 #### 4\"}\n",
+    )
+    .unwrap();
+    let e = err("gsm8k");
+    assert!(e.contains("test.jsonl") && e.contains("empty"), "{e}");
+    let e = err("xstest");
+    assert!(
+        e.contains("xstest_prompts.csv") && e.contains("expected 4 fields") || e.contains("label"),
+        "{e}"
+    );
+    let e = err("policy");
+    assert!(
+        e.contains("dataset `policy`")
+            && e.contains("policy_benchmark.csv")
+            && e.contains("--data-dir"),
+        "{e}"
+    );
+    assert!(load(&src, "imagenet")
         .unwrap_err()
         .to_string()
-        .contains("not UTF-8"));
+        .contains("unknown dataset"));
     std::fs::remove_dir_all(root).unwrap();
 }
 
@@ -185,7 +289,7 @@ proptest! {
         prop_assert_eq!(&v.harmful_ids, &again.harmful_ids);
         if n >= 20 {
             let other = harmful_variant(&task, &harm, n, p, seed + 1).unwrap();
-            prop_assert_ne!(v.task_ids, other.task_ids);
+            prop_assert_ne!((v.task_ids, v.harmful_ids), (other.task_ids, other.harmful_ids));
         }
     }
 }

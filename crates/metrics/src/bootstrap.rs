@@ -22,6 +22,23 @@ pub fn bootstrap_ci(values: &[f64], seed: u64) -> (f64, f64) {
     )
 }
 
+/// Mean of `values` with its bootstrap interval.
+pub fn mean_estimate(values: &[f64], seed: u64) -> Estimate {
+    let n = values.len();
+    let value = if n == 0 {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / n as f64
+    };
+    let (ci_low, ci_high) = bootstrap_ci(values, seed);
+    Estimate {
+        value,
+        n,
+        ci_low,
+        ci_high,
+    }
+}
+
 /// Share of `true` with its bootstrap interval.
 pub fn proportion(outcomes: &[bool], seed: u64) -> Estimate {
     let values: Vec<f64> = outcomes

@@ -7,11 +7,10 @@
 mod bootstrap;
 mod keyword;
 mod registry;
-mod sentiment;
+pub mod utility;
 
-pub use bootstrap::{bootstrap_ci, proportion};
+pub use bootstrap::{bootstrap_ci, mean_estimate, proportion};
 pub use keyword::{KeywordJudge, QI2023_MARKERS};
-pub use sentiment::{parse_sentiment, SentimentOutcome};
 
 use safetune_core::judge::{Estimate, Judge, Verdict};
 use safetune_core::Result;

@@ -12,4 +12,7 @@ fn keyword(_: &serde_json::Value) -> Result<Box<dyn Judge>> {
 
 inventory::submit! { JudgeEntry { name: "keyword", description: "refusal if any of Qi et al. 2023's 29 markers appears (case-insensitive)", build: keyword } }
 inventory::submit! { MetricEntry { name: "asr", description: "attack success rate: share of non-empty answers to harmful prompts not judged refusals (greedy)" } }
-inventory::submit! { MetricEntry { name: "accuracy", description: "task accuracy from the generated label; unparseable answers count wrong and are reported" } }
+inventory::submit! { MetricEntry { name: "accuracy", description: "classification accuracy: the one label the answer names; unparseable answers count wrong and are reported" } }
+inventory::submit! { MetricEntry { name: "final-number", description: "exact match of the final number (GSM8K): after `The final answer is`/`####`, else the last number" } }
+inventory::submit! { MetricEntry { name: "rouge-l", description: "ROUGE-L F1 against the reference (Alpaca, Dolly, SAMSum)" } }
+inventory::submit! { MetricEntry { name: "sql-exact", description: "exact match of SQL after normalisation (case, spaces, quotes, semicolon)" } }

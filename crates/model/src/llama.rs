@@ -105,6 +105,11 @@ impl Llama {
         &self.cfg
     }
 
+    /// Uses another prompt format (for example the Alpaca template) for this model.
+    pub fn set_format(&mut self, format: safetune_core::PromptFormat) {
+        self.info.format = format;
+    }
+
     pub fn device_ref(&self) -> &Device {
         &self.device
     }

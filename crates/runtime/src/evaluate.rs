@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use safetune_core::judge::{Estimate, Judge, Verdict};
+use safetune_core::judge::{Estimate, Judge, UtilityMetric, Verdict};
 use safetune_core::{CausalLm, Example, GenerationParams, Result};
-use safetune_metrics::{attack_success_rate, parse_sentiment, proportion, SentimentOutcome};
+use safetune_metrics::{attack_success_rate, mean_estimate, utility};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::EvalSpec;
@@ -20,7 +20,10 @@ pub struct SafetyResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskResult {
     pub task: String,
-    pub accuracy: Estimate,
+    pub metric: UtilityMetric,
+    /// Mean score (accuracy, exact match or ROUGE-L F1).
+    pub score: Estimate,
+    /// Answers the metric could not read (scored 0).
     pub unparseable: usize,
 }
 
@@ -45,6 +48,7 @@ pub struct EvalInputs<'a> {
     pub safety: Vec<(String, &'a [Example])>,
     pub task_name: String,
     pub task: &'a [Example],
+    pub utility: UtilityMetric,
 }
 
 fn limit(v: &[Example], n: usize) -> &[Example] {
@@ -138,29 +142,35 @@ pub fn evaluate(
         spec.task_max_new_tokens,
         spec.batch_size.max(32),
     )?;
-    let mut correct = Vec::with_capacity(task.len());
+    let mut scores = Vec::with_capacity(task.len());
     let mut unparseable = 0;
     let mut recs = Vec::with_capacity(task.len());
     for (e, r) in task.iter().zip(resp) {
-        let outcome = parse_sentiment(&r);
-        let ok = matches!(outcome, SentimentOutcome::Label(l) if Some(l) == e.label.as_deref());
-        if outcome == SentimentOutcome::Unparseable {
-            unparseable += 1;
-        }
-        correct.push(ok);
+        let s = utility::score(
+            &inputs.utility,
+            &r,
+            e.label.as_deref().unwrap_or(&e.response),
+        );
+        unparseable += usize::from(!s.parsed);
+        scores.push(s.score);
+        let verdict = if !s.parsed {
+            "unparseable".to_string()
+        } else {
+            format!("{:.4}", s.score)
+        };
         recs.push(GenRecord {
             id: e.id.clone(),
             response: r,
-            verdict: if ok { "correct" } else { "wrong" }.into(),
+            verdict,
         });
     }
-    let accuracy = proportion(&correct, seed);
+    let score = mean_estimate(&scores, seed);
     if !quiet {
         eprintln!(
-            "[eval {label}] {}: accuracy {:.1}% of {}, unparseable {unparseable} ({:.0}s)",
+            "[eval {label}] {}: score {:.1}% of {}, unparseable {unparseable} ({:.0}s)",
             inputs.task_name,
-            100.0 * accuracy.value,
-            accuracy.n,
+            100.0 * score.value,
+            score.n,
             t.elapsed().as_secs_f64()
         );
     }
@@ -170,7 +180,8 @@ pub fn evaluate(
             safety,
             task: TaskResult {
                 task: inputs.task_name.clone(),
-                accuracy,
+                metric: inputs.utility.clone(),
+                score,
                 unparseable,
             },
         },

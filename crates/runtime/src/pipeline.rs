@@ -9,7 +9,8 @@ use safetune_core::registry::{self, Trainable};
 use safetune_core::training::{stream, PlainSft};
 use safetune_core::{CausalLm, Result};
 use safetune_data::{
-    alignment_set, builtin_pools, harmful_variant, AlignmentSpec, DataDir, Pools, Regime,
+    alignment_set, builtin_pools, harmful_variant, AlignmentSpec, DataDir, DataSource, HubClient,
+    Pools, Regime,
 };
 use safetune_model::{load_model, Llama};
 use safetune_train::{train, StageData, TrainReport};
@@ -19,7 +20,7 @@ use crate::evaluate::{evaluate, EvalInputs, GenRecord, ModelEval};
 use crate::fetch::{cache_dir, resolve_model};
 use crate::hashing::{sha256_file, sha256_json, write_atomic};
 use crate::report::{markdown_table, Row};
-use crate::spec::RunSpec;
+use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
 
 pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
@@ -45,32 +46,34 @@ pub struct CellResult {
     pub eval: ModelEval,
 }
 
-/// Files that a data-directory run reads, for the manifest.
-const DATA_FILES: &[&str] = &[
-    "sst2/train.tsv",
-    "sst2/test.tsv",
-    "advbench/train.json",
-    "advbench/test.json",
-    "advbench/dev.json",
-    "policy/policy_benchmark.csv",
-    "beavertails/unsafe_train.json",
-    "alpaca/subset.json",
-];
-
 fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<String, String>)> {
-    if spec.data.task == "builtin" {
-        return Ok((builtin_pools(), BTreeMap::new()));
+    let sel = spec.data.selection();
+    if sel.is_builtin() {
+        return Ok((builtin_pools(&sel.task), BTreeMap::new()));
     }
-    let root = opts
-        .data_dir
-        .clone()
-        .ok_or_else(|| anyhow!("data.task `{}` needs a data directory: pass --data-dir DIR or set SAFETUNE_DATA_DIR (or use data.task = \"builtin\")", spec.data.task))?;
-    let dir = DataDir::open(&root)?;
-    let pools = Pools::from_dir(&dir, &spec.data.task)?;
     let mut hashes = BTreeMap::new();
-    for f in DATA_FILES {
-        hashes.insert(f.to_string(), sha256_file(&root.join(f))?);
-    }
+    let pools = match spec.data.source {
+        DataSourceKind::Hub => Pools::assemble(
+            &DataSource::Hub(&HubClient::from_env()),
+            &sel,
+            &spec.data.custom,
+        )?,
+        DataSourceKind::Dir => {
+            let root = opts.data_dir.clone().ok_or_else(|| {
+                anyhow!(
+                    "data.task `{}` needs a data directory: pass --data-dir DIR or set SAFETUNE_DATA_DIR \
+                     (or data.source = \"hub\", or data.task = \"builtin\")",
+                    spec.data.task
+                )
+            })?;
+            let dir = DataDir::open(&root)?;
+            let pools = Pools::assemble(&DataSource::Dir(&dir), &sel, &spec.data.custom)?;
+            for f in &pools.files {
+                hashes.insert(f.display().to_string(), sha256_file(&root.join(f))?);
+            }
+            pools
+        }
+    };
     Ok((pools, hashes))
 }
 
@@ -119,8 +122,16 @@ fn write_generations(dir: &Path, records: &[(String, Vec<GenRecord>)]) -> Result
 
 /// The aligned model: base + the alignment adapters, trained once per
 /// (model, alignment config, data) and cached under the cache directory.
-fn aligned_model(model_path: &Path, adapter_dir: &Path) -> Result<Llama> {
-    let mut m = load_model(model_path, &safetune_model::default_device())?;
+fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama> {
+    let mut m = load_model(path, &safetune_model::default_device())?;
+    if template == TemplateChoice::Alpaca {
+        m.set_format(safetune_core::PromptFormat::Alpaca);
+    }
+    Ok(m)
+}
+
+fn aligned_model(model_path: &Path, adapter_dir: &Path, template: TemplateChoice) -> Result<Llama> {
+    let mut m = open_model(model_path, template)?;
     safetune_lora::load_peft(&mut m, adapter_dir, &safetune_model::default_device())?;
     safetune_lora::merge_adapters(&mut m)?;
     Ok(m)
@@ -175,6 +186,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             .collect(),
         task_name: pools.task.clone(),
         task: &pools.task_test,
+        utility: pools.utility.clone(),
     };
     let mut timings = serde_json::Map::new();
 
@@ -190,17 +202,22 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     )?;
     let mut align_train = spec.alignment.train.clone();
     align_train.seed = spec.seed;
-    let aligned_key = sha256_json(&serde_json::json!({
+    let mut key_parts = serde_json::json!({
         "model": model_sha, "lora": spec.alignment.lora, "train": align_train,
         "data": sha256_json(&align_set)?,
-    }))?;
+    });
+    // The prompt format shapes the training text; the model's own format is implied by its hash.
+    if spec.data.template != TemplateChoice::Model {
+        key_parts["template"] = serde_json::to_value(spec.data.template)?;
+    }
+    let aligned_key = sha256_json(&key_parts)?;
     let align_dir = cache_dir().join("aligned").join(&aligned_key[..16]);
     manifest["alignment"] = serde_json::json!({ "key": aligned_key, "adapter": align_dir.display().to_string(),
         "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
 
     // The base model is evaluated first (once per run directory).
     let base_file = run_dir.join("models/base.json");
-    let mut base = load_model(&model_path, &safetune_model::default_device())?;
+    let mut base = open_model(&model_path, spec.data.template)?;
     let base_eval: ModelEval = if let Ok(s) = std::fs::read_to_string(&base_file) {
         say(quiet, "[eval base] reusing earlier result");
         serde_json::from_str(&s)?
@@ -272,7 +289,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         serde_json::from_str(&s)?
     } else {
         let t = Instant::now();
-        let m = aligned_model(&model_path, &align_dir)?;
+        let m = aligned_model(&model_path, &align_dir, spec.data.template)?;
         let (e, recs) = evaluate(
             &m,
             &eval_inputs,
@@ -321,7 +338,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
                     .get(method)
                     .unwrap_or(&serde_json::Value::Null),
             )?;
-            let mut model = aligned_model(&model_path, &align_dir)?;
+            let mut model = aligned_model(&model_path, &align_dir, spec.data.template)?;
             let mut cfg = spec.method_train(method).clone();
             cfg.seed = spec.seed;
             match &plan.trainable {

@@ -46,7 +46,14 @@ pub fn markdown_table(rows: &[Row]) -> String {
     };
     let mut head = vec!["model".to_string(), "method".into(), "regime".into()];
     head.extend(first.eval.safety.iter().map(|s| format!("ASR {} %", s.set)));
-    head.push(format!("{} accuracy %", first.eval.task.task));
+    let metric = match &first.eval.task.metric {
+        safetune_core::judge::UtilityMetric::Labels(_) => "accuracy",
+        safetune_core::judge::UtilityMetric::FinalNumber => "exact match",
+        safetune_core::judge::UtilityMetric::RougeL => "ROUGE-L",
+        safetune_core::judge::UtilityMetric::SqlExact => "SQL exact match",
+        safetune_core::judge::UtilityMetric::Exact => "exact match",
+    };
+    head.push(format!("{} {metric} %", first.eval.task.task));
     head.push("unparseable".into());
     let mut out = format!(
         "| {} |\n|{}|\n",
@@ -56,7 +63,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     for r in rows {
         let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
         cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));
-        cols.push(pct(&r.eval.task.accuracy));
+        cols.push(pct(&r.eval.task.score));
         cols.push(r.eval.task.unparseable.to_string());
         out.push_str(&format!("| {} |\n", cols.join(" | ")));
     }

@@ -37,17 +37,64 @@ pub struct ModelSpec {
     pub source: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSourceKind {
+    /// A local directory (`--data-dir` or `SAFETUNE_DATA_DIR`).
+    Dir,
+    /// The Hugging Face Hub, cached in the standard HF cache.
+    Hub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TemplateChoice {
+    /// The model's own chat template.
+    Model,
+    /// The Alpaca instruction template (SafeTuneBed's).
+    Alpaca,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSpec {
-    /// `sst2` (needs a data directory) or `builtin` (the offline suite).
+    /// `sst2`, `agnews`, `gsm8k`, `alpaca`, `dolly`, `samsum`, `sqlgen`, a `custom` task,
+    /// or `builtin-sentiment` / `builtin-arithmetic` (offline; `builtin` = sentiment).
     pub task: String,
+    /// Harmful pairs: `beavertails-unsafe`, `pure-bad`, `advbench`, or a `custom` harmful set.
+    pub harmful: String,
+    /// `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`.
+    pub safety_evals: Vec<String>,
+    /// Benign instructions for alignment: `alpaca` or `dolly`.
+    pub benign: String,
+    pub source: DataSourceKind,
+    pub template: TemplateChoice,
+    /// User datasets: a file and a field mapping each; paths are relative to the spec file.
+    pub custom: BTreeMap<String, safetune_data::CustomDataset>,
 }
 
 impl Default for DataSpec {
     fn default() -> Self {
+        let d = safetune_data::PoolSelection::default();
         Self {
-            task: "sst2".into(),
+            task: d.task,
+            harmful: d.harmful,
+            safety_evals: d.safety_evals,
+            benign: d.benign,
+            source: DataSourceKind::Dir,
+            template: TemplateChoice::Model,
+            custom: BTreeMap::new(),
+        }
+    }
+}
+
+impl DataSpec {
+    pub fn selection(&self) -> safetune_data::PoolSelection {
+        safetune_data::PoolSelection {
+            task: self.task.clone(),
+            harmful: self.harmful.clone(),
+            safety_evals: self.safety_evals.clone(),
+            benign: self.benign.clone(),
         }
     }
 }
