@@ -17,6 +17,8 @@ pub struct HubClient {
     pub cache: PathBuf,
     pub token: Option<String>,
     pub offline: bool,
+    /// Whole-request timeout.
+    pub timeout: Duration,
 }
 
 impl HubClient {
@@ -40,6 +42,7 @@ impl HubClient {
             cache,
             token: var("HF_TOKEN"),
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| v != "0"),
+            timeout: Duration::from_secs(600),
         }
     }
 
@@ -81,7 +84,7 @@ impl HubClient {
             );
         }
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(600)))
+            .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
             .build()
             .new_agent();
