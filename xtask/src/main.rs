@@ -5,9 +5,9 @@ use std::process::{exit, Command};
 
 const USAGE: &str = "cargo xtask <command>
 
-  bench-all [--preset NAME] [--data-dir DIR] [--out DIR] [--quiet]
+  bench-all [--preset NAME|FILE.toml] [--overlay FILE.toml]... [--data-dir DIR] [--out DIR] [--quiet]
       Fetches SmolLM2-135M-Instruct if missing, then runs presets/NAME.toml
-      (default: smoke). Data: --data-dir, else $SAFETUNE_DATA_DIR, else
+      (default: smoke) with any overlays merged in (for example a user dataset). Data: --data-dir, else $SAFETUNE_DATA_DIR, else
       ../shared/data beside the repository; with none, the built-in offline suite.
   presets   list the presets";
 
@@ -52,6 +52,7 @@ fn bench_all(args: &[String]) {
     let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
     let mut out = root().join("results");
     let mut quiet = false;
+    let mut overlays = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |flag: &str| {
@@ -64,10 +65,16 @@ fn bench_all(args: &[String]) {
             "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir"))),
             "--out" => out = PathBuf::from(value("--out")),
             "--quiet" => quiet = true,
+            "--overlay" => overlays.push(PathBuf::from(value("--overlay"))),
             other => fail(&format!("bench-all: unknown argument `{other}`")),
         }
     }
-    let spec = root().join("presets").join(format!("{preset}.toml"));
+    // A preset name, or the path of any spec file.
+    let spec = if preset.ends_with(".toml") {
+        PathBuf::from(&preset)
+    } else {
+        root().join("presets").join(format!("{preset}.toml"))
+    };
     if !spec.exists() {
         fail(&format!(
             "unknown preset `{preset}` (known: {})",

@@ -25,7 +25,8 @@ pub struct PoolSelection {
     pub task: String,
     /// Harmful pairs for the variants: `beavertails-unsafe`, `pure-bad`, `advbench`, or a custom name.
     pub harmful: String,
-    /// Safety evaluation sets: `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`.
+    /// Safety evaluation sets: `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`,
+    /// and `advbench-dev` (validation: AdvBench dev minus the prompts it shares with test).
     pub safety_evals: Vec<String>,
     /// Benign instructions mixed into alignment.
     pub benign: String,
@@ -69,11 +70,12 @@ pub struct Pools {
 pub const TASKS: [&str; 7] = [
     "sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen",
 ];
-pub const SAFETY_EVALS: [&str; 4] = [
+pub const SAFETY_EVALS: [&str; 5] = [
     "advbench-test",
     "policy",
     "beavertails-categories",
     "xstest-unsafe",
+    "advbench-dev",
 ];
 pub const HARMFUL: [&str; 3] = ["beavertails-unsafe", "pure-bad", "advbench"];
 
@@ -181,6 +183,12 @@ impl Pools {
                 "advbench-test" => l.split("advbench", "test")?,
                 "policy" => l.split("policy", "test")?,
                 "beavertails-categories" => l.split("beavertails-categories", "test")?,
+                // For choosing budgets without touching the test prompts: dev minus its 18 test prompts.
+                "advbench-dev" => {
+                    let mut dev = l.split("advbench", "dev")?;
+                    remove_overlap(&mut dev, &[&l.split("advbench", "test")?]);
+                    dev
+                }
                 _ => l
                     .split("xstest", "test")?
                     .into_iter()
@@ -263,6 +271,33 @@ impl Pools {
             safety_evals,
             files: l.files,
         };
+        pools.check()?;
+        Ok(pools)
+    }
+
+    /// With no data directory: the built-in suite's safety side (alignment
+    /// prompts, harmful pairs, evaluation prompts) around the user's own task
+    /// (and harmful set, if custom).
+    pub fn builtin_around_custom(
+        sel: &PoolSelection,
+        custom: &BTreeMap<String, CustomDataset>,
+    ) -> Result<Self> {
+        let Some(c) = custom.get(&sel.task) else {
+            bail!("data.task `{}` is not a data.custom task", sel.task)
+        };
+        let mut pools = crate::builtin::builtin_pools("builtin");
+        let ds = c.load(&sel.task)?;
+        pools.task = sel.task.clone();
+        pools.utility = c.metric.clone();
+        pools.task_train = ds.split("train")?.to_vec();
+        pools.task_test = ds.split("test")?.to_vec();
+        pools.holdout_ids = ds.holdout_ids;
+        pools.files = vec![c.path.clone()];
+        if let Some(h) = custom.get(&sel.harmful) {
+            pools.harmful_pairs = h.load(&sel.harmful)?.split("train")?.to_vec();
+            pools.files.push(h.path.clone());
+        }
+        remove_overlap(&mut pools.task_train, &[&pools.task_test]);
         pools.check()?;
         Ok(pools)
     }

@@ -12,9 +12,9 @@ use crate::spec::RunSpec;
 pub const USAGE: &str = "safetune — how safe does an LLM stay when it is fine-tuned?
 
 usage:
-  safetune run SPEC.toml [--data-dir DIR] [--task TASK] [--out DIR] [--quiet]
+  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet]
       align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
-      (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR)
+      (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order)
   safetune model fetch NAME      download a known model into the cache (smollm2-135m-instruct)
   safetune model path NAME       print where a known model is cached
   safetune list datasets|methods|defenses|metrics|judges
@@ -36,6 +36,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             let mut out = PathBuf::from("results");
             let mut quiet = false;
             let mut task = None;
+            let mut overlays = Vec::new();
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
@@ -52,6 +53,10 @@ pub fn main_with(args: &[String]) -> Result<String> {
                         )
                     }
                     "--quiet" => quiet = true,
+                    "--overlay" => overlays.push(PathBuf::from(
+                        it.next()
+                            .ok_or_else(|| anyhow!("--overlay needs a TOML file"))?,
+                    )),
                     "--task" => {
                         task = Some(
                             it.next()
@@ -66,7 +71,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             }
             let spec_path = spec_path
                 .ok_or_else(|| anyhow!("run: give a spec file (safetune run SPEC.toml)"))?;
-            let mut spec = RunSpec::load(&spec_path)?;
+            let mut spec = RunSpec::load_with_overlays(&spec_path, &overlays)?;
             if let Some(t) = task {
                 spec.data.task = t;
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;

@@ -59,13 +59,19 @@ fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<Stri
             &spec.data.custom,
         )?,
         DataSourceKind::Dir => {
-            let root = opts.data_dir.clone().ok_or_else(|| {
-                anyhow!(
+            let Some(root) = opts.data_dir.clone() else {
+                if spec.data.custom.contains_key(&sel.task) {
+                    return Ok((
+                        Pools::builtin_around_custom(&sel, &spec.data.custom)?,
+                        custom_hashes(spec)?,
+                    ));
+                }
+                return Err(anyhow!(
                     "data.task `{}` needs a data directory: pass --data-dir DIR or set SAFETUNE_DATA_DIR \
                      (or data.source = \"hub\", or data.task = \"builtin\")",
                     spec.data.task
-                )
-            })?;
+                ));
+            };
             let dir = DataDir::open(&root)?;
             let pools = Pools::assemble(&DataSource::Dir(&dir), &sel, &spec.data.custom)?;
             for f in &pools.files {
@@ -75,6 +81,17 @@ fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<Stri
         }
     };
     Ok((pools, hashes))
+}
+
+/// sha256 of the user's dataset files.
+fn custom_hashes(spec: &RunSpec) -> Result<BTreeMap<String, String>> {
+    let mut h = BTreeMap::new();
+    for c in spec.data.custom.values() {
+        for p in std::iter::once(&c.path).chain(c.test_path.as_ref()) {
+            h.insert(p.display().to_string(), sha256_file(p)?);
+        }
+    }
+    Ok(h)
 }
 
 fn git_revision() -> String {

@@ -2,7 +2,7 @@
 //! checked before anything runs, with errors that name the field.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::config::{LoraConfig, TrainConfig};
@@ -159,18 +159,31 @@ impl Default for EvalSpec {
 
 impl RunSpec {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let spec: RunSpec = toml::from_str(&text).map_err(|e| {
-            let msg = e.message().to_string();
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
-            match line {
-                Some(l) => anyhow!("{}:{l}: {msg}", path.display()),
-                None => anyhow!("{}: {msg}", path.display()),
-            }
-        })?;
-        spec.validate()
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Self::load_with_overlays(path, &[])
+    }
+
+    /// Reads a base spec and applies overlays in order: tables merge key by
+    /// key, any other value replaces the base's. Relative file paths in
+    /// `data.custom` are relative to the file that names them.
+    pub fn load_with_overlays(base: &Path, overlays: &[PathBuf]) -> Result<Self> {
+        let mut merged = read_table(base)?;
+        for o in overlays {
+            merge(&mut merged, read_table(o)?);
+        }
+        let shown = if overlays.is_empty() {
+            base.display().to_string()
+        } else {
+            format!("{} (with overlays)", base.display())
+        };
+        if overlays.is_empty() {
+            // Parsed once from text so that an error carries its line number.
+            let text = std::fs::read_to_string(base)
+                .with_context(|| format!("{}: cannot read", base.display()))?;
+            toml::from_str::<RunSpec>(&text).map_err(|e| located(base, &text, &e))?;
+        }
+        let spec = RunSpec::deserialize(toml::Value::Table(merged))
+            .map_err(|e| anyhow!("{shown}: {}", e.message()))?;
+        spec.validate().map_err(|e| anyhow!("{shown}: {e}"))?;
         Ok(spec)
     }
 
@@ -178,12 +191,7 @@ impl RunSpec {
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
             bail!("name: must be a plain directory name");
         }
-        if !["sst2", "builtin"].contains(&self.data.task.as_str()) {
-            bail!(
-                "data.task: unknown task `{}` (sst2, builtin)",
-                self.data.task
-            );
-        }
+        safetune_data::Pools::check_selection(&self.data.selection(), &self.data.custom)?;
         self.alignment.train.validate("alignment.train")?;
         self.alignment.lora.validate("alignment.lora")?;
         self.finetune.train.validate("finetune.train")?;
@@ -236,5 +244,43 @@ impl RunSpec {
             .method_train
             .get(method)
             .unwrap_or(&self.finetune.train)
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut t: toml::Table = text.parse().map_err(|e| located(path, &text, &e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(toml::Value::Table(custom)) = t.get_mut("data").and_then(|d| d.get_mut("custom")) {
+        for (_, ds) in custom.iter_mut() {
+            for key in ["path", "test_path"] {
+                if let Some(v) = ds.get_mut(key) {
+                    if let Some(p) = v.as_str().filter(|p| Path::new(p).is_relative()) {
+                        *v = toml::Value::String(dir.join(p).display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `file:line: message` for a TOML error.
+fn located(path: &Path, text: &str, e: &toml::de::Error) -> safetune_core::anyhow::Error {
+    match e.span().map(|s| text[..s.start].lines().count().max(1)) {
+        Some(l) => anyhow!("{}:{l}: {}", path.display(), e.message()),
+        None => anyhow!("{}: {}", path.display(), e.message()),
     }
 }

@@ -222,3 +222,53 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_user_csv_task_runs_through_the_pipeline_with_an_overlay() {
+    let d = tmp("custom");
+    let spec = tiny_spec(&d);
+    std::fs::create_dir_all(d.join("user")).unwrap();
+    let mut csv = String::from("text,answer\n");
+    for i in 0..40 {
+        csv.push_str(&format!(
+            "item {i} is {},{}\n",
+            if i % 2 == 0 { "good" } else { "bad" },
+            if i % 2 == 0 { "yes" } else { "no" }
+        ));
+    }
+    std::fs::write(d.join("user/data.csv"), csv).unwrap();
+    std::fs::write(
+        d.join("user/overlay.toml"),
+        "name = \"tiny-custom\"\n[data]\ntask = \"mine\"\ntemplate = \"alpaca\"\n[data.custom.mine]\npath = \"data.csv\"\nprompt = \"Good? {text}\"\nresponse = \"{answer}\"\nmetric = { labels = [\"yes\", \"no\"] }\nholdout = 10\n",
+    )
+    .unwrap();
+    // The builtin suite supplies safety data; the task is the user's file.
+    let r = safetune(
+        &[
+            "run",
+            spec.to_str().unwrap(),
+            "--overlay",
+            d.join("user/overlay.toml").to_str().unwrap(),
+            "--out",
+            d.join("out").to_str().unwrap(),
+        ],
+        &d.join("cache"),
+    );
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    let cell: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("out/tiny-custom/cells/sft-lora__benign.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cell["eval"]["task"]["task"], "mine");
+    assert_eq!(
+        cell["eval"]["task"]["score"]["n"], 6,
+        "task_limit of the base spec"
+    );
+    assert!(cell["task_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|id| id.as_str().unwrap().starts_with("mine/train:")));
+    std::fs::remove_dir_all(&d).unwrap();
+}
