@@ -12,10 +12,7 @@ const USAGE: &str = "cargo xtask <command>
   presets   list the presets";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn fail(msg: &str) -> ! {
@@ -33,15 +30,7 @@ fn run(cmd: &mut Command) {
 
 fn presets() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(root().join("presets"))
-        .map(|d| {
-            d.filter_map(|e| {
-                e.ok()?
-                    .path()
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-            })
-            .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()?.path().file_stem().map(|s| s.to_string_lossy().into_owned())).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -55,11 +44,7 @@ fn bench_all(args: &[String]) {
     let mut overlays = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .unwrap_or_else(|| fail(&format!("{flag} needs a value")))
-        };
+        let mut value = |flag: &str| it.next().cloned().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match a.as_str() {
             "--preset" => preset = value("--preset"),
             "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir"))),
@@ -70,16 +55,9 @@ fn bench_all(args: &[String]) {
         }
     }
     // A preset name, or the path of any spec file.
-    let spec = if preset.ends_with(".toml") {
-        PathBuf::from(&preset)
-    } else {
-        root().join("presets").join(format!("{preset}.toml"))
-    };
+    let spec = if preset.ends_with(".toml") { PathBuf::from(&preset) } else { root().join("presets").join(format!("{preset}.toml")) };
     if !spec.exists() {
-        fail(&format!(
-            "unknown preset `{preset}` (known: {})",
-            presets().join(", ")
-        ));
+        fail(&format!("unknown preset `{preset}` (known: {})", presets().join(", ")));
     }
     if data_dir.is_none() {
         let shared = root().join("../shared/data");
@@ -88,27 +66,12 @@ fn bench_all(args: &[String]) {
         }
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo).current_dir(root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "safetune-runtime",
-        "--bin",
-        "safetune",
-    ]));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    run(Command::new(&cargo).current_dir(root()).args(["build", "--quiet", "-p", "safetune-runtime", "--bin", "safetune"]));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     let bin = target.join("debug/safetune");
-    run(Command::new(&bin)
-        .args(["model", "fetch", "smollm2-135m-instruct"])
-        .stdout(std::process::Stdio::null()));
+    run(Command::new(&bin).args(["model", "fetch", "smollm2-135m-instruct"]).stdout(std::process::Stdio::null()));
     let mut cmd = Command::new(&bin);
-    cmd.current_dir(root())
-        .arg("run")
-        .arg(&spec)
-        .arg("--out")
-        .arg(&out);
+    cmd.current_dir(root()).arg("run").arg(&spec).arg("--out").arg(&out);
     match &data_dir {
         Some(d) => {
             cmd.arg("--data-dir").arg(d);

@@ -16,12 +16,7 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.05,
-            targets: vec!["all-linear".into()],
-        }
+        Self { r: 8, alpha: 16.0, dropout: 0.05, targets: vec!["all-linear".into()] }
     }
 }
 
@@ -113,8 +108,6 @@ impl LoraConfig {
 
     /// Whether a module (`model.layers.0.self_attn.q_proj`) is targeted.
     pub fn targets_module(&self, module: &str) -> bool {
-        self.targets
-            .iter()
-            .any(|t| t == "all-linear" || module.ends_with(&format!(".{t}")))
+        self.targets.iter().any(|t| t == "all-linear" || module.ends_with(&format!(".{t}")))
     }
 }

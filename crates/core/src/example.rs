@@ -37,21 +37,8 @@ pub struct Example {
 }
 
 impl Example {
-    pub fn new(
-        id: impl Into<String>,
-        kind: ExampleKind,
-        prompt: impl Into<String>,
-        response: impl Into<String>,
-    ) -> Self {
-        Self {
-            id: id.into(),
-            kind,
-            system: None,
-            prompt: prompt.into(),
-            response: response.into(),
-            label: None,
-            meta: Default::default(),
-        }
+    pub fn new(id: impl Into<String>, kind: ExampleKind, prompt: impl Into<String>, response: impl Into<String>) -> Self {
+        Self { id: id.into(), kind, system: None, prompt: prompt.into(), response: response.into(), label: None, meta: Default::default() }
     }
 
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
@@ -91,17 +78,8 @@ mod tests {
 
     #[test]
     fn normalisation_ignores_case_space_and_punctuation() {
-        assert_eq!(
-            normalize_prompt("  Write a  Poem, please! "),
-            "write a poem please"
-        );
-        assert_eq!(
-            normalize_prompt("write a poem please"),
-            normalize_prompt("Write A POEM -- please?")
-        );
-        assert_ne!(
-            normalize_prompt("write a poem"),
-            normalize_prompt("write a song")
-        );
+        assert_eq!(normalize_prompt("  Write a  Poem, please! "), "write a poem please");
+        assert_eq!(normalize_prompt("write a poem please"), normalize_prompt("Write A POEM -- please?"));
+        assert_ne!(normalize_prompt("write a poem"), normalize_prompt("write a song"));
     }
 }

@@ -69,13 +69,7 @@ pub struct GenerationParams {
 
 impl Default for GenerationParams {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 64,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-            batch_size: 16,
-        }
+        Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0, batch_size: 16 }
     }
 }
 

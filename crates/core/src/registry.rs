@@ -103,11 +103,7 @@ macro_rules! lookup {
         pub fn $find(name: &str) -> Result<&'static $ty> {
             $all().into_iter().find(|e| e.name == name).ok_or_else(|| {
                 let known: Vec<&str> = $all().iter().map(|e| e.name).collect();
-                anyhow::anyhow!(
-                    concat!("unknown ", $what, " `{}` (known: {})"),
-                    name,
-                    known.join(", ")
-                )
+                anyhow::anyhow!(concat!("unknown ", $what, " `{}` (known: {})"), name, known.join(", "))
             })
         }
     };

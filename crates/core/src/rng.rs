@@ -74,9 +74,6 @@ mod tests {
         let mut sorted = s.clone();
         sorted.sort();
         assert_eq!(sorted, (0..10).collect::<Vec<_>>());
-        assert_ne!(
-            SeededRng::derive(1, "a").next_u64(),
-            SeededRng::derive(1, "b").next_u64()
-        );
+        assert_ne!(SeededRng::derive(1, "a").next_u64(), SeededRng::derive(1, "b").next_u64());
     }
 }

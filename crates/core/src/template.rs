@@ -22,9 +22,7 @@ pub enum PromptFormat {
 impl PromptFormat {
     pub fn default_system(self) -> Option<&'static str> {
         match self {
-            Self::Chatml => {
-                Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
-            }
+            Self::Chatml => Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
             Self::Llama2 | Self::Llama3 | Self::Alpaca => None,
         }
     }
@@ -38,9 +36,7 @@ impl PromptFormat {
                 if let Some(sys) = system {
                     s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
                 }
-                s.push_str(&format!(
-                    "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-                ));
+                s.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
                 s
             }
             Self::Llama2 => match system {
@@ -50,9 +46,7 @@ impl PromptFormat {
             Self::Llama3 => {
                 let mut s = String::from("<|begin_of_text|>");
                 if let Some(sys) = system {
-                    s.push_str(&format!(
-                        "<|start_header_id|>system<|end_header_id|>\n\n{sys}<|eot_id|>"
-                    ));
+                    s.push_str(&format!("<|start_header_id|>system<|end_header_id|>\n\n{sys}<|eot_id|>"));
                 }
                 s.push_str(&format!(
                     "<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -60,9 +54,8 @@ impl PromptFormat {
                 s
             }
             Self::Alpaca => {
-                let head = system.unwrap_or(
-                    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
-                );
+                let head = system
+                    .unwrap_or("Below is an instruction that describes a task. Write a response that appropriately completes the request.");
                 format!("{head}\n\n### Instruction:\n{user}\n\n### Response:\n")
             }
         }
@@ -90,26 +83,17 @@ mod tests {
             p,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        assert!(PromptFormat::Chatml
-            .prompt(Some("S"), "u")
-            .starts_with("<|im_start|>system\nS<|im_end|>"));
+        assert!(PromptFormat::Chatml.prompt(Some("S"), "u").starts_with("<|im_start|>system\nS<|im_end|>"));
     }
 
     #[test]
     fn every_format_puts_the_user_text_before_the_answer() {
-        for f in [
-            PromptFormat::Chatml,
-            PromptFormat::Llama2,
-            PromptFormat::Llama3,
-            PromptFormat::Alpaca,
-        ] {
+        for f in [PromptFormat::Chatml, PromptFormat::Llama2, PromptFormat::Llama3, PromptFormat::Alpaca] {
             let p = f.prompt(None, "USERTEXT");
             assert!(p.contains("USERTEXT"), "{f:?}");
             assert!(!p.ends_with("USERTEXT"), "{f:?} must open the answer");
         }
         assert!(PromptFormat::Llama2.prompt(None, "q").contains("[/INST]"));
-        assert!(PromptFormat::Alpaca
-            .prompt(None, "q")
-            .ends_with("### Response:\n"));
+        assert!(PromptFormat::Alpaca.prompt(None, "q").ends_with("### Response:\n"));
     }
 }

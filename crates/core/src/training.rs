@@ -43,12 +43,7 @@ pub trait StepContext {
     fn next_batch(&mut self, stream: &str) -> Result<Option<TokenBatch>>;
     /// Mean masked next-token cross-entropy of `batch`, with optional
     /// per-layer perturbations; also returns hidden states when asked.
-    fn lm_loss(
-        &self,
-        batch: &TokenBatch,
-        perturbation: Option<&[Tensor]>,
-        output_hidden: bool,
-    ) -> Result<(Tensor, Vec<Tensor>)>;
+    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)>;
     /// Zero-based optimiser step about to be taken, and the planned total.
     fn step(&self) -> usize;
     fn total_steps(&self) -> usize;
@@ -70,9 +65,7 @@ impl TrainStep for PlainSft {
         "sft"
     }
     fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
-        let batch = ctx
-            .next_batch(stream::TASK)?
-            .ok_or_else(|| anyhow::anyhow!("the task stream is empty"))?;
+        let batch = ctx.next_batch(stream::TASK)?.ok_or_else(|| anyhow::anyhow!("the task stream is empty"))?;
         Ok(ctx.lm_loss(&batch, None, false)?.0)
     }
 }

@@ -12,9 +12,9 @@ use crate::hub::HubClient;
 use crate::records::{read_records, Format, Record};
 use crate::DataDir;
 
-pub const SST2_INSTRUCTION: &str =
-    "Analyze the sentiment of the input, and respond only positive or negative.";
-pub const AGNEWS_INSTRUCTION: &str = "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech";
+pub const SST2_INSTRUCTION: &str = "Analyze the sentiment of the input, and respond only positive or negative.";
+pub const AGNEWS_INSTRUCTION: &str =
+    "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech";
 pub const AGNEWS_LABELS: [&str; 4] = ["World", "Sports", "Business", "Sci/Tech"];
 
 /// What a dataset is for.
@@ -88,11 +88,7 @@ pub struct Dataset {
 impl Dataset {
     pub fn split(&self, s: &str) -> Result<&[Example]> {
         self.splits.get(s).map(|v| v.as_slice()).ok_or_else(|| {
-            anyhow!(
-                "dataset `{}` has no split `{s}` (splits: {})",
-                self.name,
-                self.splits.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
+            anyhow!("dataset `{}` has no split `{s}` (splits: {})", self.name, self.splits.keys().cloned().collect::<Vec<_>>().join(", "))
         })
     }
 }
@@ -107,20 +103,9 @@ fn sst2(r: &Record, f: &str, id: String) -> Result<Example> {
     let label = match r.scalar("label", f)?.trim() {
         "0" => "negative",
         "1" => "positive",
-        other => bail!(
-            "{f}:{}: field `label`: unknown label `{other}` (expected 0 or 1)",
-            r.line
-        ),
+        other => bail!("{f}:{}: field `label`: unknown label `{other}` (expected 0 or 1)", r.line),
     };
-    Ok(task(
-        id,
-        format!(
-            "{SST2_INSTRUCTION}\n\nInput: {}",
-            r.text("sentence", f)?.trim()
-        ),
-        label.into(),
-    )
-    .with_label(label))
+    Ok(task(id, format!("{SST2_INSTRUCTION}\n\nInput: {}", r.text("sentence", f)?.trim()), label.into()).with_label(label))
 }
 
 fn agnews_named(r: &Record, f: &str, id: String) -> Result<Example> {
@@ -129,15 +114,7 @@ fn agnews_named(r: &Record, f: &str, id: String) -> Result<Example> {
         .iter()
         .find(|l| **l == label.trim())
         .ok_or_else(|| anyhow!("{f}:{}: field `label`: unknown label `{label}` (World, Sports, Business, Sci/Tech)", r.line))?;
-    Ok(task(
-        id,
-        format!(
-            "{AGNEWS_INSTRUCTION}\n\nInput: {}",
-            r.text("text", f)?.trim()
-        ),
-        label.to_string(),
-    )
-    .with_label(*label))
+    Ok(task(id, format!("{AGNEWS_INSTRUCTION}\n\nInput: {}", r.text("text", f)?.trim()), label.to_string()).with_label(*label))
 }
 
 fn agnews_numbered(r: &Record, f: &str, id: String) -> Result<Example> {
@@ -147,42 +124,16 @@ fn agnews_numbered(r: &Record, f: &str, id: String) -> Result<Example> {
         "2" => "Sports",
         "3" => "Business",
         "4" => "Sci/Tech",
-        other => bail!(
-            "{f}:{}: field `label`: unknown label `{other}` (expected 1-4)",
-            r.line
-        ),
+        other => bail!("{f}:{}: field `label`: unknown label `{other}` (expected 1-4)", r.line),
     };
-    let text = format!(
-        "{} {}",
-        r.text("title", f)?.trim(),
-        r.text("description", f)?.trim()
-    );
-    Ok(task(
-        id,
-        format!("{AGNEWS_INSTRUCTION}\n\nInput: {}", text.replace('\\', " ")),
-        label.into(),
-    )
-    .with_label(label))
+    let text = format!("{} {}", r.text("title", f)?.trim(), r.text("description", f)?.trim());
+    Ok(task(id, format!("{AGNEWS_INSTRUCTION}\n\nInput: {}", text.replace('\\', " ")), label.into()).with_label(label))
 }
 
 fn agnews_hub(r: &Record, f: &str, id: String) -> Result<Example> {
-    let n: usize = r
-        .scalar("label", f)?
-        .trim()
-        .parse()
-        .map_err(|_| anyhow!("{f}:{}: field `label`: expected 0-3", r.line))?;
-    let label = *AGNEWS_LABELS
-        .get(n)
-        .ok_or_else(|| anyhow!("{f}:{}: field `label`: unknown label {n}", r.line))?;
-    Ok(task(
-        id,
-        format!(
-            "{AGNEWS_INSTRUCTION}\n\nInput: {}",
-            r.text("text", f)?.trim()
-        ),
-        label.into(),
-    )
-    .with_label(label))
+    let n: usize = r.scalar("label", f)?.trim().parse().map_err(|_| anyhow!("{f}:{}: field `label`: expected 0-3", r.line))?;
+    let label = *AGNEWS_LABELS.get(n).ok_or_else(|| anyhow!("{f}:{}: field `label`: unknown label {n}", r.line))?;
+    Ok(task(id, format!("{AGNEWS_INSTRUCTION}\n\nInput: {}", r.text("text", f)?.trim()), label.into()).with_label(label))
 }
 
 /// The number after `####` in a GSM8K answer.
@@ -194,8 +145,7 @@ pub fn gsm8k_final(answer: &str) -> Option<String> {
 
 fn gsm8k(r: &Record, f: &str, id: String) -> Result<Example> {
     let answer = r.text("answer", f)?;
-    let label = gsm8k_final(&answer)
-        .ok_or_else(|| anyhow!("{f}:{}: field `answer`: no `#### <number>` ending", r.line))?;
+    let label = gsm8k_final(&answer).ok_or_else(|| anyhow!("{f}:{}: field `answer`: no `#### <number>` ending", r.line))?;
     let (work, _) = answer.rsplit_once("####").unwrap_or((&answer, ""));
     let response = format!("{}\nThe final answer is: {label}", work.trim_end());
     Ok(task(id, r.text("question", f)?, response).with_label(label))
@@ -204,11 +154,7 @@ fn gsm8k(r: &Record, f: &str, id: String) -> Result<Example> {
 fn instruction_input(r: &Record, f: &str, input: &str) -> Result<String> {
     let i = r.text("instruction", f)?;
     let x = r.text_or_empty(input, f)?;
-    Ok(if x.trim().is_empty() {
-        i
-    } else {
-        format!("{i}\n\n{x}")
-    })
+    Ok(if x.trim().is_empty() { i } else { format!("{i}\n\n{x}") })
 }
 
 fn alpaca(r: &Record, f: &str, id: String) -> Result<Example> {
@@ -218,9 +164,7 @@ fn alpaca(r: &Record, f: &str, id: String) -> Result<Example> {
 
 fn dolly(r: &Record, f: &str, id: String) -> Result<Example> {
     let out = r.text("response", f)?;
-    Ok(task(id, instruction_input(r, f, "context")?, out.clone())
-        .with_label(out)
-        .with_meta("category", r.text_or_empty("category", f)?))
+    Ok(task(id, instruction_input(r, f, "context")?, out.clone()).with_label(out).with_meta("category", r.text_or_empty("category", f)?))
 }
 
 fn samsum(r: &Record, f: &str, id: String) -> Result<Example> {
@@ -231,13 +175,8 @@ fn samsum(r: &Record, f: &str, id: String) -> Result<Example> {
 fn sqlgen(r: &Record, f: &str, id: String) -> Result<Example> {
     let out = r.text("output", f)?;
     let input = r.text("input", f)?;
-    let schema = input
-        .split_once("## Context:")
-        .map(|(_, s)| s.trim().to_string())
-        .unwrap_or_default();
-    Ok(task(id, instruction_input(r, f, "input")?, out.clone())
-        .with_label(out)
-        .with_meta("schema", schema))
+    let schema = input.split_once("## Context:").map(|(_, s)| s.trim().to_string()).unwrap_or_default();
+    Ok(task(id, instruction_input(r, f, "input")?, out.clone()).with_label(out).with_meta("schema", schema))
 }
 
 fn harmful(id: String, prompt: String, response: String) -> Example {
@@ -249,11 +188,7 @@ fn prompt_response(r: &Record, f: &str, id: String) -> Result<Example> {
 }
 
 fn pure_bad(r: &Record, f: &str, id: String) -> Result<Example> {
-    Ok(harmful(
-        id,
-        instruction_input(r, f, "input")?,
-        r.text("output", f)?,
-    ))
+    Ok(harmful(id, instruction_input(r, f, "input")?, r.text("output", f)?))
 }
 
 fn advbench(r: &Record, f: &str, id: String) -> Result<Example> {
@@ -269,38 +204,23 @@ fn prompt_only(r: &Record, f: &str, id: String) -> Result<Example> {
 }
 
 fn beavertails_category(r: &Record, f: &str, id: String) -> Result<Example> {
-    Ok(harmful(id, r.text("prompt", f)?, String::new())
-        .with_meta("category", r.text("category", f)?))
+    Ok(harmful(id, r.text("prompt", f)?, String::new()).with_meta("category", r.text("category", f)?))
 }
 
 fn xstest(r: &Record, f: &str, id: String) -> Result<Example> {
     let label = r.text("label", f)?;
     if label != "safe" && label != "unsafe" {
-        bail!(
-            "{f}:{}: field `label`: unknown label `{label}` (safe, unsafe)",
-            r.line
-        );
+        bail!("{f}:{}: field `label`: unknown label `{label}` (safe, unsafe)", r.line);
     }
-    let kind = if label == "safe" {
-        ExampleKind::Benign
-    } else {
-        ExampleKind::Harmful
-    };
-    Ok(Example::new(id, kind, r.text("prompt", f)?, "")
-        .with_label(label)
-        .with_meta("type", r.text("type", f)?))
+    let kind = if label == "safe" { ExampleKind::Benign } else { ExampleKind::Harmful };
+    Ok(Example::new(id, kind, r.text("prompt", f)?, "").with_label(label).with_meta("type", r.text("type", f)?))
 }
 
 fn mmlu(r: &Record, f: &str, id: String) -> Result<Example> {
     let answer = r.scalar("answer", f)?;
-    let idx: usize = answer
-        .trim()
-        .parse()
-        .ok()
-        .filter(|i| *i < 4)
-        .ok_or_else(|| anyhow!("{f}:{}: field `answer`: expected 0-3", r.line))?;
-    let mut e = Example::new(id, ExampleKind::Task, r.text("question", f)?, "")
-        .with_label(["A", "B", "C", "D"][idx]);
+    let idx: usize =
+        answer.trim().parse().ok().filter(|i| *i < 4).ok_or_else(|| anyhow!("{f}:{}: field `answer`: expected 0-3", r.line))?;
+    let mut e = Example::new(id, ExampleKind::Task, r.text("question", f)?, "").with_label(["A", "B", "C", "D"][idx]);
     for (k, letter) in ["A", "B", "C", "D"].iter().enumerate() {
         e = e.with_meta(letter, r.text(&format!("choice{k}"), f)?);
     }
@@ -309,11 +229,8 @@ fn mmlu(r: &Record, f: &str, id: String) -> Result<Example> {
 
 fn mt_bench(r: &Record, f: &str, id: String) -> Result<Example> {
     let turns = r.texts("turns", f)?;
-    let first = turns
-        .first()
-        .ok_or_else(|| anyhow!("{f}:{}: field `turns` is empty", r.line))?;
-    let mut e = Example::new(id, ExampleKind::Benign, first.clone(), "")
-        .with_meta("category", r.text("category", f)?);
+    let first = turns.first().ok_or_else(|| anyhow!("{f}:{}: field `turns` is empty", r.line))?;
+    let mut e = Example::new(id, ExampleKind::Benign, first.clone(), "").with_meta("category", r.text("category", f)?);
     if let Some(second) = turns.get(1) {
         e = e.with_meta("turn2", second.clone());
     }
@@ -324,22 +241,10 @@ fn mt_bench(r: &Record, f: &str, id: String) -> Result<Example> {
 
 macro_rules! file {
     ($split:literal, $path:literal, $fmt:ident, $conv:ident) => {
-        FileDef {
-            split: $split,
-            path: $path,
-            format: Format::$fmt,
-            columns: None,
-            convert: $conv,
-        }
+        FileDef { split: $split, path: $path, format: Format::$fmt, columns: None, convert: $conv }
     };
     ($split:literal, $path:literal, $fmt:ident, $conv:ident, $cols:expr) => {
-        FileDef {
-            split: $split,
-            path: $path,
-            format: Format::$fmt,
-            columns: Some($cols),
-            convert: $conv,
-        }
+        FileDef { split: $split, path: $path, format: Format::$fmt, columns: Some($cols), convert: $conv }
     };
 }
 
@@ -352,18 +257,7 @@ const fn def(
     source: &'static str,
     license: &'static str,
 ) -> DatasetDef {
-    DatasetDef {
-        name,
-        role,
-        id_prefix,
-        zero_based,
-        local,
-        per_subject_dir: false,
-        holdout: None,
-        hub: None,
-        source,
-        license,
-    }
+    DatasetDef { name, role, id_prefix, zero_based, local, per_subject_dir: false, holdout: None, hub: None, source, license }
 }
 
 pub static CATALOG: &[DatasetDef] = &[
@@ -373,12 +267,7 @@ pub static CATALOG: &[DatasetDef] = &[
             revision: "main",
             files: &[
                 file!("train", "data/train-00000-of-00001.parquet", Parquet, sst2),
-                file!(
-                    "test",
-                    "data/validation-00000-of-00001.parquet",
-                    Parquet,
-                    sst2
-                ),
+                file!("test", "data/validation-00000-of-00001.parquet", Parquet, sst2),
             ],
         }),
         ..def(
@@ -400,18 +289,8 @@ pub static CATALOG: &[DatasetDef] = &[
             repo: "fancyzhx/ag_news",
             revision: "main",
             files: &[
-                file!(
-                    "train",
-                    "data/train-00000-of-00001.parquet",
-                    Parquet,
-                    agnews_hub
-                ),
-                file!(
-                    "test",
-                    "data/test-00000-of-00001.parquet",
-                    Parquet,
-                    agnews_hub
-                ),
+                file!("train", "data/train-00000-of-00001.parquet", Parquet, agnews_hub),
+                file!("test", "data/test-00000-of-00001.parquet", Parquet, agnews_hub),
             ],
         }),
         ..def(
@@ -420,13 +299,7 @@ pub static CATALOG: &[DatasetDef] = &[
             "agnews",
             false,
             &[
-                file!(
-                    "train",
-                    "agnews/train.tsv",
-                    Tsv,
-                    agnews_named,
-                    &["text", "label"]
-                ),
+                file!("train", "agnews/train.tsv", Tsv, agnews_named, &["text", "label"]),
                 file!("test", "agnews/test.csv", Csv, agnews_numbered),
             ],
             "AG News",
@@ -447,10 +320,7 @@ pub static CATALOG: &[DatasetDef] = &[
             Role::Task,
             "gsm8k",
             false,
-            &[
-                file!("train", "gsm8k/train.jsonl", Jsonl, gsm8k),
-                file!("test", "gsm8k/test.jsonl", Jsonl, gsm8k),
-            ],
+            &[file!("train", "gsm8k/train.jsonl", Jsonl, gsm8k), file!("test", "gsm8k/test.jsonl", Jsonl, gsm8k)],
             "GSM8K",
             "MIT",
         )
@@ -481,50 +351,24 @@ pub static CATALOG: &[DatasetDef] = &[
     },
     DatasetDef {
         holdout: Some(100),
-        ..def(
-            "samsum",
-            Role::Task,
-            "samsum",
-            true,
-            &[file!("train", "samsum/train.json", Json, samsum)],
-            "SAMSum",
-            "CC BY-NC-ND 4.0",
-        )
+        ..def("samsum", Role::Task, "samsum", true, &[file!("train", "samsum/train.json", Json, samsum)], "SAMSum", "CC BY-NC-ND 4.0")
     },
     DatasetDef {
         holdout: Some(100),
-        ..def(
-            "sqlgen",
-            Role::Task,
-            "sqlgen",
-            true,
-            &[file!("train", "sqlgen/train.json", Json, sqlgen)],
-            "sql-create-context",
-            "CC BY 4.0",
-        )
+        ..def("sqlgen", Role::Task, "sqlgen", true, &[file!("train", "sqlgen/train.json", Json, sqlgen)], "sql-create-context", "CC BY 4.0")
     },
     DatasetDef {
         hub: Some(HubDef {
             repo: "PKU-Alignment/BeaverTails",
             revision: "main",
-            files: &[file!(
-                "train",
-                "round0/30k/train.jsonl",
-                Jsonl,
-                prompt_response
-            )],
+            files: &[file!("train", "round0/30k/train.jsonl", Jsonl, prompt_response)],
         }),
         ..def(
             "beavertails-unsafe",
             Role::Harmful,
             "beavertails",
             true,
-            &[file!(
-                "train",
-                "beavertails/unsafe_train.json",
-                Json,
-                prompt_response
-            )],
+            &[file!("train", "beavertails/unsafe_train.json", Json, prompt_response)],
             "BeaverTails 30k_train (unsafe)",
             "CC BY-NC 4.0",
         )
@@ -542,12 +386,7 @@ pub static CATALOG: &[DatasetDef] = &[
         hub: Some(HubDef {
             repo: "walledai/AdvBench",
             revision: "main",
-            files: &[file!(
-                "full",
-                "data/train-00000-of-00001.parquet",
-                Parquet,
-                advbench
-            )],
+            files: &[file!("full", "data/train-00000-of-00001.parquet", Parquet, advbench)],
         }),
         ..def(
             "advbench",
@@ -569,13 +408,7 @@ pub static CATALOG: &[DatasetDef] = &[
         Role::EvalSafety,
         "policy",
         false,
-        &[file!(
-            "test",
-            "policy/policy_benchmark.csv",
-            Csv,
-            prompt_only,
-            &["prompt"]
-        )],
+        &[file!("test", "policy/policy_benchmark.csv", Csv, prompt_only, &["prompt"])],
         "policy-oriented prompts (HEx-PHI style)",
         "research use",
     ),
@@ -584,24 +417,11 @@ pub static CATALOG: &[DatasetDef] = &[
         Role::EvalSafety,
         "beavertails-cat",
         false,
-        &[file!(
-            "test",
-            "beavertails/category_sample.csv",
-            Csv,
-            beavertails_category
-        )],
+        &[file!("test", "beavertails/category_sample.csv", Csv, beavertails_category)],
         "BeaverTails 14-category sample",
         "CC BY-NC 4.0",
     ),
-    def(
-        "xstest",
-        Role::EvalSafety,
-        "xstest",
-        false,
-        &[file!("test", "xstest/xstest_prompts.csv", Csv, xstest)],
-        "XSTest v2",
-        "CC BY 4.0",
-    ),
+    def("xstest", Role::EvalSafety, "xstest", false, &[file!("test", "xstest/xstest_prompts.csv", Csv, xstest)], "XSTest v2", "CC BY 4.0"),
     DatasetDef {
         per_subject_dir: true,
         ..def(
@@ -609,10 +429,7 @@ pub static CATALOG: &[DatasetDef] = &[
             Role::EvalUtility,
             "mmlu",
             false,
-            &[
-                file!("dev", "mmlu/dev", Csv, mmlu),
-                file!("test", "mmlu/test", Csv, mmlu),
-            ],
+            &[file!("dev", "mmlu/dev", Csv, mmlu), file!("test", "mmlu/test", Csv, mmlu)],
             "MMLU",
             "MIT",
         )
@@ -629,24 +446,13 @@ pub static CATALOG: &[DatasetDef] = &[
 ];
 
 pub fn find(name: &str) -> Result<&'static DatasetDef> {
-    CATALOG.iter().find(|d| d.name == name).ok_or_else(|| {
-        anyhow!(
-            "unknown dataset `{name}` (known: {})",
-            CATALOG
-                .iter()
-                .map(|d| d.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
+    CATALOG
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| anyhow!("unknown dataset `{name}` (known: {})", CATALOG.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")))
 }
 
-fn convert_all(
-    def: &DatasetDef,
-    file: &FileDef,
-    path: &std::path::Path,
-    prefix: &str,
-) -> Result<Vec<Example>> {
+fn convert_all(def: &DatasetDef, file: &FileDef, path: &std::path::Path, prefix: &str) -> Result<Vec<Example>> {
     let shown = path.display().to_string();
     let records = read_records(path, file.format, file.columns)?;
     records
@@ -671,11 +477,7 @@ pub fn load(src: &DataSource, name: &str) -> Result<Dataset> {
     match src {
         DataSource::Dir(dir) => {
             for f in def.local {
-                let prefix = if def.local.len() > 1 {
-                    format!("{}/{}", def.id_prefix, f.split)
-                } else {
-                    def.id_prefix.to_string()
-                };
+                let prefix = if def.local.len() > 1 { format!("{}/{}", def.id_prefix, f.split) } else { def.id_prefix.to_string() };
                 let rows = if def.per_subject_dir {
                     let d = dir.dir(def.name, f.path)?;
                     let mut files: Vec<_> = std::fs::read_dir(&d)?
@@ -685,17 +487,10 @@ pub fn load(src: &DataSource, name: &str) -> Result<Dataset> {
                     files.sort();
                     let mut all = Vec::new();
                     for p in files {
-                        let subject = p
-                            .file_stem()
-                            .unwrap_or_default()
-                            .to_string_lossy()
-                            .trim_end_matches(&format!("_{}", f.split))
-                            .to_string();
+                        let subject =
+                            p.file_stem().unwrap_or_default().to_string_lossy().trim_end_matches(&format!("_{}", f.split)).to_string();
                         let rows = convert_all(def, f, &p, &format!("{prefix}/{subject}"))?;
-                        all.extend(
-                            rows.into_iter()
-                                .map(|e| e.with_meta("subject", subject.clone())),
-                        );
+                        all.extend(rows.into_iter().map(|e| e.with_meta("subject", subject.clone())));
                     }
                     all
                 } else {
@@ -705,28 +500,18 @@ pub fn load(src: &DataSource, name: &str) -> Result<Dataset> {
             }
         }
         DataSource::Hub(hub) => {
-            let h = def.hub.as_ref().ok_or_else(|| {
-                anyhow!("dataset `{name}` has no Hugging Face Hub source; give a data directory")
-            })?;
+            let h = def.hub.as_ref().ok_or_else(|| anyhow!("dataset `{name}` has no Hugging Face Hub source; give a data directory"))?;
             for f in h.files {
                 let path = hub.dataset_file(h.repo, h.revision, f.path)?;
-                splits.insert(
-                    f.split.to_string(),
-                    convert_all(def, f, &path, &format!("{}/{}", def.id_prefix, f.split))?,
-                );
+                splits.insert(f.split.to_string(), convert_all(def, f, &path, &format!("{}/{}", def.id_prefix, f.split))?);
             }
         }
     }
     let mut holdout_ids = Vec::new();
     if let (Some(size), false) = (def.holdout, splits.contains_key("test")) {
-        let train = splits
-            .remove("train")
-            .ok_or_else(|| anyhow!("dataset `{name}`: no train split"))?;
+        let train = splits.remove("train").ok_or_else(|| anyhow!("dataset `{name}`: no train split"))?;
         if size >= train.len() {
-            bail!(
-                "dataset `{name}`: hold-out of {size} needs more than {} rows",
-                train.len()
-            );
+            bail!("dataset `{name}`: hold-out of {size} needs more than {} rows", train.len());
         }
         let mut idx: Vec<usize> = (0..train.len()).collect();
         SeededRng::derive(0, &format!("holdout/{name}")).shuffle(&mut idx);
@@ -743,9 +528,5 @@ pub fn load(src: &DataSource, name: &str) -> Result<Dataset> {
         splits.insert("train".into(), rest);
         splits.insert("test".into(), test);
     }
-    Ok(Dataset {
-        name: name.to_string(),
-        splits,
-        holdout_ids,
-    })
+    Ok(Dataset { name: name.to_string(), splits, holdout_ids })
 }

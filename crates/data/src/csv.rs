@@ -73,23 +73,12 @@ mod tests {
 
     #[test]
     fn quotes_commas_and_newlines() {
-        let rows = parse_csv(
-            "a,b\n\"x, y\",\"he said \"\"hi\"\"\"\n\"multi\nline\",z\n",
-            ',',
-            "t.csv",
-        )
-        .unwrap();
+        let rows = parse_csv("a,b\n\"x, y\",\"he said \"\"hi\"\"\"\n\"multi\nline\",z\n", ',', "t.csv").unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].1, vec!["x, y", "he said \"hi\""]);
-        assert_eq!(
-            rows[2],
-            (3, vec!["multi\nline".to_string(), "z".to_string()])
-        );
+        assert_eq!(rows[2], (3, vec!["multi\nline".to_string(), "z".to_string()]));
         let tsv = parse_csv("s\tl\n\"quoted\" text\t1\n", '\t', "t.tsv").unwrap();
         assert_eq!(tsv[1].1, vec!["\"quoted\" text", "1"]);
-        assert!(parse_csv("\"open", ',', "bad.csv")
-            .unwrap_err()
-            .to_string()
-            .contains("bad.csv:1"));
+        assert!(parse_csv("\"open", ',', "bad.csv").unwrap_err().to_string().contains("bad.csv:1"));
     }
 }

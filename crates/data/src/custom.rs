@@ -82,10 +82,7 @@ pub fn fill(template: &str, r: &Record, file: &str) -> Result<String> {
         if c == b'}' {
             bail!("template `{template}`: unmatched `}}`");
         }
-        let end = rest[i..]
-            .find('}')
-            .ok_or_else(|| anyhow!("template `{template}`: unclosed `{{`"))?
-            + i;
+        let end = rest[i..].find('}').ok_or_else(|| anyhow!("template `{template}`: unclosed `{{`"))? + i;
         out.push_str(&r.scalar(&rest[i + 1..end], file)?);
         rest = &rest[end + 1..];
     }
@@ -95,10 +92,7 @@ pub fn fill(template: &str, r: &Record, file: &str) -> Result<String> {
 
 impl CustomDataset {
     pub fn load(&self, name: &str) -> Result<Dataset> {
-        let cols: Option<Vec<&str>> = self
-            .columns
-            .as_ref()
-            .map(|c| c.iter().map(String::as_str).collect());
+        let cols: Option<Vec<&str>> = self.columns.as_ref().map(|c| c.iter().map(String::as_str).collect());
         let read = |p: &PathBuf, split: &str| -> Result<Vec<Example>> {
             if !p.is_file() {
                 bail!("data.custom.{name}.path: {} not found", p.display());
@@ -136,15 +130,10 @@ impl CustomDataset {
             }
             (None, Some(n)) => {
                 if n >= train.len() {
-                    bail!(
-                        "data.custom.{name}.holdout: {n} is not less than the {} rows of {}",
-                        train.len(),
-                        self.path.display()
-                    );
+                    bail!("data.custom.{name}.holdout: {n} is not less than the {} rows of {}", train.len(), self.path.display());
                 }
                 let mut idx: Vec<usize> = (0..train.len()).collect();
-                safetune_core::rng::SeededRng::derive(0, &format!("holdout/{name}"))
-                    .shuffle(&mut idx);
+                safetune_core::rng::SeededRng::derive(0, &format!("holdout/{name}")).shuffle(&mut idx);
                 let test: std::collections::BTreeSet<usize> = idx[..n].iter().copied().collect();
                 let (mut te, mut tr) = (Vec::new(), Vec::new());
                 for (i, e) in train.into_iter().enumerate() {
@@ -165,10 +154,6 @@ impl CustomDataset {
                 splits.insert("train".to_string(), train);
             }
         }
-        Ok(Dataset {
-            name: name.to_string(),
-            splits,
-            holdout_ids,
-        })
+        Ok(Dataset { name: name.to_string(), splits, holdout_ids })
     }
 }

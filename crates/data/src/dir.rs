@@ -14,14 +14,9 @@ impl DataDir {
     /// Opens a directory; errors if it does not exist.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            bail!(
-                "{}: data directory not found (pass --data-dir DIR or set SAFETUNE_DATA_DIR)",
-                root.display()
-            );
+            bail!("{}: data directory not found (pass --data-dir DIR or set SAFETUNE_DATA_DIR)", root.display());
         }
-        Ok(Self {
-            root: root.to_path_buf(),
-        })
+        Ok(Self { root: root.to_path_buf() })
     }
 
     /// Path of a dataset file, or an error naming the dataset, the place looked and how to provide it.

@@ -28,17 +28,11 @@ impl HubClient {
         let cache = var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| {
             var("HF_HOME")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(var("HOME").unwrap_or_else(|| ".".into()))
-                        .join(".cache/huggingface")
-                })
+                .unwrap_or_else(|| PathBuf::from(var("HOME").unwrap_or_else(|| ".".into())).join(".cache/huggingface"))
                 .join("hub")
         });
         Self {
-            endpoint: var("HF_ENDPOINT")
-                .unwrap_or_else(|| "https://huggingface.co".into())
-                .trim_end_matches('/')
-                .to_string(),
+            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()).trim_end_matches('/').to_string(),
             cache,
             token: var("HF_TOKEN"),
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| v != "0"),
@@ -47,8 +41,7 @@ impl HubClient {
     }
 
     fn repo_dir(&self, repo: &str) -> PathBuf {
-        self.cache
-            .join(format!("datasets--{}", repo.replace('/', "--")))
+        self.cache.join(format!("datasets--{}", repo.replace('/', "--")))
     }
 
     /// The cached copy of a file at `revision`, if any.
@@ -64,10 +57,7 @@ impl HubClient {
 
     /// `{endpoint}/datasets/{repo}/resolve/{revision}/{path}`.
     pub fn url(&self, repo: &str, revision: &str, path: &str) -> String {
-        format!(
-            "{}/datasets/{repo}/resolve/{revision}/{path}",
-            self.endpoint
-        )
+        format!("{}/datasets/{repo}/resolve/{revision}/{path}", self.endpoint)
     }
 
     /// A dataset file: from the cache, else downloaded into it.
@@ -83,18 +73,12 @@ impl HubClient {
                 self.repo_dir(repo).display()
             );
         }
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(self.timeout))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent = ureq::Agent::config_builder().timeout_global(Some(self.timeout)).http_status_as_error(false).build().new_agent();
         let mut req = agent.get(&url);
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
-        let mut resp = req
-            .call()
-            .map_err(|e| anyhow!("{url}: {e} (offline? give a data directory with --data-dir)"))?;
+        let mut resp = req.call().map_err(|e| anyhow!("{url}: {e} (offline? give a data directory with --data-dir)"))?;
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
             bail!("{url}: HTTP {status}: this dataset needs a Hugging Face token with access (set HF_TOKEN)");
@@ -102,21 +86,15 @@ impl HubClient {
         if status != 200 {
             bail!("{url}: HTTP {status}");
         }
-        let commit = resp
-            .headers()
-            .get("x-repo-commit")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| revision.to_string());
+        let commit =
+            resp.headers().get("x-repo-commit").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| revision.to_string());
         let dir = self.repo_dir(repo);
         let dest = dir.join("snapshots").join(&commit).join(path);
         let parent = dest.parent().ok_or_else(|| anyhow!("bad path `{path}`"))?;
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("{}: cannot create", parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
         let part = dest.with_extension(format!("part{}", std::process::id()));
         {
-            let mut out = std::fs::File::create(&part)
-                .with_context(|| format!("{}: cannot write", part.display()))?;
+            let mut out = std::fs::File::create(&part).with_context(|| format!("{}: cannot write", part.display()))?;
             let mut body = resp.body_mut().as_reader();
             std::io::copy(&mut body, &mut out).map_err(|e| {
                 let _ = std::fs::remove_file(&part);

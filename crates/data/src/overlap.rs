@@ -8,21 +8,20 @@ use safetune_core::{Example, Result};
 
 /// Errors if any prompt of `evaluation` pools appears, normalised, in any of
 /// `training` pools. The error names the two pools and the example ids (never text).
-pub fn check_disjoint(
-    training: &[(&str, &[Example])],
-    evaluation: &[(&str, &[Example])],
-) -> Result<()> {
+pub fn check_disjoint(training: &[(&str, &[Example])], evaluation: &[(&str, &[Example])]) -> Result<()> {
     let mut seen: HashMap<String, (&str, &str)> = HashMap::new();
     for (pool, examples) in training {
         for e in examples.iter() {
-            seen.entry(normalize_prompt(&e.prompt))
-                .or_insert((pool, &e.id));
+            seen.entry(normalize_prompt(&e.prompt)).or_insert((pool, &e.id));
         }
     }
     for (pool, examples) in evaluation {
         for e in examples.iter() {
             if let Some((tp, tid)) = seen.get(&normalize_prompt(&e.prompt)) {
-                bail!("evaluation prompt {} ({pool}) also appears in {tp} as {tid}: evaluation data must be disjoint from training data", e.id);
+                bail!(
+                    "evaluation prompt {} ({pool}) also appears in {tp} as {tid}: evaluation data must be disjoint from training data",
+                    e.id
+                );
             }
         }
     }
@@ -31,10 +30,7 @@ pub fn check_disjoint(
 
 /// Drops from `pool` every example whose normalised prompt is in `exclude`; returns how many were dropped.
 pub fn remove_overlap(pool: &mut Vec<Example>, exclude: &[&[Example]]) -> usize {
-    let keys: std::collections::HashSet<String> = exclude
-        .iter()
-        .flat_map(|p| p.iter().map(|e| normalize_prompt(&e.prompt)))
-        .collect();
+    let keys: std::collections::HashSet<String> = exclude.iter().flat_map(|p| p.iter().map(|e| normalize_prompt(&e.prompt))).collect();
     let before = pool.len();
     pool.retain(|e| !keys.contains(&normalize_prompt(&e.prompt)));
     before - pool.len()
@@ -47,27 +43,10 @@ mod tests {
 
     #[test]
     fn overlap_after_normalisation_is_an_error() {
-        let a = vec![Example::new(
-            "a:1",
-            ExampleKind::Refusal,
-            "How do I do X?",
-            "no",
-        )];
-        let b = vec![Example::new(
-            "b:7",
-            ExampleKind::Harmful,
-            "how do i do x",
-            "",
-        )];
-        let c = vec![Example::new(
-            "c:1",
-            ExampleKind::Harmful,
-            "something else",
-            "",
-        )];
-        let err = check_disjoint(&[("align", &a)], &[("eval", &b)])
-            .unwrap_err()
-            .to_string();
+        let a = vec![Example::new("a:1", ExampleKind::Refusal, "How do I do X?", "no")];
+        let b = vec![Example::new("b:7", ExampleKind::Harmful, "how do i do x", "")];
+        let c = vec![Example::new("c:1", ExampleKind::Harmful, "something else", "")];
+        let err = check_disjoint(&[("align", &a)], &[("eval", &b)]).unwrap_err().to_string();
         assert!(err.contains("b:7") && err.contains("a:1"), "{err}");
         assert!(!err.contains("How do"), "no prompt text in errors");
         check_disjoint(&[("align", &a)], &[("eval", &c)]).unwrap();

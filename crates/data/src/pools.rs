@@ -67,16 +67,8 @@ pub struct Pools {
     pub files: Vec<PathBuf>,
 }
 
-pub const TASKS: [&str; 7] = [
-    "sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen",
-];
-pub const SAFETY_EVALS: [&str; 5] = [
-    "advbench-test",
-    "policy",
-    "beavertails-categories",
-    "xstest-unsafe",
-    "advbench-dev",
-];
+pub const TASKS: [&str; 7] = ["sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"];
+pub const SAFETY_EVALS: [&str; 5] = ["advbench-test", "policy", "beavertails-categories", "xstest-unsafe", "advbench-dev"];
 pub const HARMFUL: [&str; 3] = ["beavertails-unsafe", "pure-bad", "advbench"];
 
 struct Loader<'a> {
@@ -97,12 +89,7 @@ impl Loader<'_> {
                 }
                 None => {
                     let def = catalog::find(name)?;
-                    self.files.extend(
-                        def.local
-                            .iter()
-                            .filter(|_| !def.per_subject_dir)
-                            .map(|f| PathBuf::from(f.path)),
-                    );
+                    self.files.extend(def.local.iter().filter(|_| !def.per_subject_dir).map(|f| PathBuf::from(f.path)));
                     catalog::load(self.src, name)?
                 }
             };
@@ -118,65 +105,42 @@ impl Loader<'_> {
 
 impl Pools {
     /// Validates a selection's names against the catalog and `custom` before anything is read.
-    pub fn check_selection(
-        sel: &PoolSelection,
-        custom: &BTreeMap<String, CustomDataset>,
-    ) -> Result<()> {
+    pub fn check_selection(sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<()> {
         let is_custom = |n: &str, role: CustomRole| custom.get(n).is_some_and(|c| c.role == role);
-        if !(sel.is_builtin()
-            && ["builtin", "builtin-sentiment", "builtin-arithmetic"].contains(&sel.task.as_str()))
+        if !(sel.is_builtin() && ["builtin", "builtin-sentiment", "builtin-arithmetic"].contains(&sel.task.as_str()))
             && !TASKS.contains(&sel.task.as_str())
             && !is_custom(&sel.task, CustomRole::Task)
         {
-            bail!("data.task: unknown task `{}` ({}, builtin-sentiment, builtin-arithmetic, or a data.custom task)", sel.task, TASKS.join(", "));
-        }
-        if !HARMFUL.contains(&sel.harmful.as_str()) && !is_custom(&sel.harmful, CustomRole::Harmful)
-        {
             bail!(
-                "data.harmful: unknown harmful source `{}` ({}, or a data.custom harmful set)",
-                sel.harmful,
-                HARMFUL.join(", ")
+                "data.task: unknown task `{}` ({}, builtin-sentiment, builtin-arithmetic, or a data.custom task)",
+                sel.task,
+                TASKS.join(", ")
             );
+        }
+        if !HARMFUL.contains(&sel.harmful.as_str()) && !is_custom(&sel.harmful, CustomRole::Harmful) {
+            bail!("data.harmful: unknown harmful source `{}` ({}, or a data.custom harmful set)", sel.harmful, HARMFUL.join(", "));
         }
         if sel.safety_evals.is_empty() {
-            bail!(
-                "data.safety_evals: name at least one set ({})",
-                SAFETY_EVALS.join(", ")
-            );
+            bail!("data.safety_evals: name at least one set ({})", SAFETY_EVALS.join(", "));
         }
         for s in &sel.safety_evals {
             if !SAFETY_EVALS.contains(&s.as_str()) {
-                bail!(
-                    "data.safety_evals: unknown set `{s}` ({})",
-                    SAFETY_EVALS.join(", ")
-                );
+                bail!("data.safety_evals: unknown set `{s}` ({})", SAFETY_EVALS.join(", "));
             }
         }
         if sel.benign != "alpaca" && sel.benign != "dolly" {
-            bail!(
-                "data.benign: unknown benign set `{}` (alpaca, dolly)",
-                sel.benign
-            );
+            bail!("data.benign: unknown benign set `{}` (alpaca, dolly)", sel.benign);
         }
         Ok(())
     }
 
     /// Assembles the pools of a selection from a data directory or the Hub (and user files).
-    pub fn assemble(
-        src: &DataSource,
-        sel: &PoolSelection,
-        custom: &BTreeMap<String, CustomDataset>,
-    ) -> Result<Self> {
+    pub fn assemble(src: &DataSource, sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<Self> {
         Self::check_selection(sel, custom)?;
         if sel.is_builtin() {
             return Ok(crate::builtin::builtin_pools(&sel.task));
         }
-        let mut l = Loader {
-            src,
-            custom,
-            cache: BTreeMap::new(),
-            files: Vec::new(),
-        };
+        let mut l = Loader { src, custom, cache: BTreeMap::new(), files: Vec::new() };
         let mut safety_evals = Vec::new();
         for s in &sel.safety_evals {
             let set = match s.as_str() {
@@ -189,20 +153,12 @@ impl Pools {
                     remove_overlap(&mut dev, &[&l.split("advbench", "test")?]);
                     dev
                 }
-                _ => l
-                    .split("xstest", "test")?
-                    .into_iter()
-                    .filter(|e| e.label.as_deref() == Some("unsafe"))
-                    .collect(),
+                _ => l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("unsafe")).collect(),
             };
             safety_evals.push((s.clone(), set));
         }
         let dev = l.split("advbench", "dev")?;
-        let evals: Vec<Example> = safety_evals
-            .iter()
-            .flat_map(|(_, v)| v.iter().cloned())
-            .chain(dev)
-            .collect();
+        let evals: Vec<Example> = safety_evals.iter().flat_map(|(_, v)| v.iter().cloned()).chain(dev).collect();
 
         let mut align_prompts = l.split("advbench", "train")?;
         remove_overlap(&mut align_prompts, &[&evals]);
@@ -210,11 +166,8 @@ impl Pools {
             // AdvBench prompts in none of train, test and dev, with their affirmative targets.
             "advbench" => {
                 let mut full = l.split("advbench", "full")?;
-                let used: Vec<Example> = ["train", "test", "dev"]
-                    .iter()
-                    .map(|s| l.split("advbench", s))
-                    .collect::<Result<Vec<_>>>()?
-                    .concat();
+                let used: Vec<Example> =
+                    ["train", "test", "dev"].iter().map(|s| l.split("advbench", s)).collect::<Result<Vec<_>>>()?.concat();
                 remove_overlap(&mut full, &[&used]);
                 full
             }
@@ -227,25 +180,13 @@ impl Pools {
             if custom.get(&sel.task).is_none() && catalog::find(&sel.task)?.role != Role::Task {
                 bail!("data.task: `{}` is not a task", sel.task);
             }
-            (
-                ds.split("train")?.to_vec(),
-                ds.split("test")?.to_vec(),
-                ds.holdout_ids.clone(),
-            )
+            (ds.split("train")?.to_vec(), ds.split("test")?.to_vec(), ds.holdout_ids.clone())
         };
         // Some task train splits hold test rows verbatim (SST-2: 5): they leave the train pool.
         remove_overlap(&mut task_train, &[&task_test, &evals]);
         // Every row of the benign set in file order, minus the task's test rows.
-        let mut benign: Vec<Example> = [
-            l.split(&sel.benign, "train")?,
-            l.split(&sel.benign, "test").unwrap_or_default(),
-        ]
-        .concat();
-        benign.sort_by_key(|e| {
-            e.id.rsplit_once(':')
-                .and_then(|(_, n)| n.parse::<usize>().ok())
-                .unwrap_or(usize::MAX)
-        });
+        let mut benign: Vec<Example> = [l.split(&sel.benign, "train")?, l.split(&sel.benign, "test").unwrap_or_default()].concat();
+        benign.sort_by_key(|e| e.id.rsplit_once(':').and_then(|(_, n)| n.parse::<usize>().ok()).unwrap_or(usize::MAX));
         remove_overlap(&mut benign, &[&task_test, &evals]);
         for e in &mut benign {
             e.kind = ExampleKind::Benign;
@@ -278,13 +219,8 @@ impl Pools {
     /// With no data directory: the built-in suite's safety side (alignment
     /// prompts, harmful pairs, evaluation prompts) around the user's own task
     /// (and harmful set, if custom).
-    pub fn builtin_around_custom(
-        sel: &PoolSelection,
-        custom: &BTreeMap<String, CustomDataset>,
-    ) -> Result<Self> {
-        let Some(c) = custom.get(&sel.task) else {
-            bail!("data.task `{}` is not a data.custom task", sel.task)
-        };
+    pub fn builtin_around_custom(sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<Self> {
+        let Some(c) = custom.get(&sel.task) else { bail!("data.task `{}` is not a data.custom task", sel.task) };
         let mut pools = crate::builtin::builtin_pools("builtin");
         let ds = c.load(&sel.task)?;
         pools.task = sel.task.clone();
@@ -310,17 +246,10 @@ impl Pools {
             ("harmful pairs", self.harmful_pairs.as_slice()),
             ("task train", self.task_train.as_slice()),
         ];
-        let mut evals: Vec<(&str, &[Example])> = self
-            .safety_evals
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
+        let mut evals: Vec<(&str, &[Example])> = self.safety_evals.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
         evals.push(("task test", self.task_test.as_slice()));
         check_disjoint(&training, &evals)?;
-        check_disjoint(
-            &[("alignment prompts", self.align_prompts.as_slice())],
-            &[("harmful pairs", self.harmful_pairs.as_slice())],
-        )
+        check_disjoint(&[("alignment prompts", self.align_prompts.as_slice())], &[("harmful pairs", self.harmful_pairs.as_slice())])
     }
 }
 

@@ -17,9 +17,7 @@ pub struct Record {
     pub fields: Map<String, Value>,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Json,
@@ -32,11 +30,7 @@ pub enum Format {
 impl Format {
     /// From the file extension (`.json`, `.jsonl`, `.csv`, `.tsv`, `.parquet`).
     pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         Ok(match ext.as_str() {
             "json" => Format::Json,
             "jsonl" | "ndjson" => Format::Jsonl,
@@ -68,19 +62,13 @@ pub fn read_records(path: &Path, format: Format, columns: Option<&[&str]>) -> Re
     match format {
         Format::Json => {
             let text = text_of(path)?;
-            let v: Value =
-                serde_json::from_str(&text).map_err(|e| anyhow!("{file}:{}: {e}", e.line()))?;
-            let Value::Array(rows) = v else {
-                bail!("{file}:1: expected a JSON array of objects")
-            };
+            let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{file}:{}: {e}", e.line()))?;
+            let Value::Array(rows) = v else { bail!("{file}:1: expected a JSON array of objects") };
             // Line numbers of a JSON array are not kept; rows are numbered from 1.
             rows.into_iter()
                 .enumerate()
                 .map(|(i, r)| match r {
-                    Value::Object(fields) => Ok(Record {
-                        line: i + 1,
-                        fields,
-                    }),
+                    Value::Object(fields) => Ok(Record { line: i + 1, fields }),
                     _ => bail!("{file}: row {}: expected an object", i + 1),
                 })
                 .collect()
@@ -91,10 +79,7 @@ pub fn read_records(path: &Path, format: Format, columns: Option<&[&str]>) -> Re
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, l)| match serde_json::from_str::<Value>(l) {
-                    Ok(Value::Object(fields)) => Ok(Record {
-                        line: i + 1,
-                        fields,
-                    }),
+                    Ok(Value::Object(fields)) => Ok(Record { line: i + 1, fields }),
                     Ok(_) => bail!("{file}:{}: expected a JSON object", i + 1),
                     Err(e) => bail!("{file}:{}: {e}", i + 1),
                 })
@@ -107,31 +92,17 @@ pub fn read_records(path: &Path, format: Format, columns: Option<&[&str]>) -> Re
             let (header, body): (Vec<String>, &[(usize, Vec<String>)]) = match columns {
                 Some(c) => (c.iter().map(|s| s.to_string()).collect(), &rows[..]),
                 None => {
-                    let Some((_, h)) = rows.first() else {
-                        bail!("{file}: empty file")
-                    };
+                    let Some((_, h)) = rows.first() else { bail!("{file}: empty file") };
                     (h.iter().map(|s| s.trim().to_string()).collect(), &rows[1..])
                 }
             };
             body.iter()
                 .map(|(line, r)| {
                     if r.len() != header.len() {
-                        bail!(
-                            "{file}:{line}: expected {} fields ({}), found {}",
-                            header.len(),
-                            header.join(","),
-                            r.len()
-                        );
+                        bail!("{file}:{line}: expected {} fields ({}), found {}", header.len(), header.join(","), r.len());
                     }
-                    let fields = header
-                        .iter()
-                        .cloned()
-                        .zip(r.iter().map(|v| Value::String(v.clone())))
-                        .collect();
-                    Ok(Record {
-                        line: *line,
-                        fields,
-                    })
+                    let fields = header.iter().cloned().zip(r.iter().map(|v| Value::String(v.clone()))).collect();
+                    Ok(Record { line: *line, fields })
                 })
                 .collect()
         }
@@ -144,11 +115,8 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>> {
     use parquet::record::Field;
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| anyhow!("{file}: {e}"))?;
-    let reader = SerializedFileReader::new(f)
-        .map_err(|e| anyhow!("{file}: not a readable Parquet file: {e}"))?;
-    let rows = reader
-        .get_row_iter(None)
-        .map_err(|e| anyhow!("{file}: {e}"))?;
+    let reader = SerializedFileReader::new(f).map_err(|e| anyhow!("{file}: not a readable Parquet file: {e}"))?;
+    let rows = reader.get_row_iter(None).map_err(|e| anyhow!("{file}: {e}"))?;
     let mut out = Vec::new();
     for (i, row) in rows.enumerate() {
         let row = row.map_err(|e| anyhow!("{file}: row {}: {e}", i + 1))?;
@@ -172,10 +140,7 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>> {
             };
             fields.insert(name.clone(), v);
         }
-        out.push(Record {
-            line: i + 1,
-            fields,
-        });
+        out.push(Record { line: i + 1, fields });
     }
     if out.is_empty() {
         bail!("{file}: no rows");
@@ -189,11 +154,7 @@ impl Record {
         match self.fields.get(field) {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(Value::Null) | None => bail!("{file}:{}: missing field `{field}`", self.line),
-            Some(other) => bail!(
-                "{file}:{}: field `{field}`: expected text, found {}",
-                self.line,
-                kind(other)
-            ),
+            Some(other) => bail!("{file}:{}: field `{field}`: expected text, found {}", self.line, kind(other)),
         }
     }
 
@@ -204,11 +165,7 @@ impl Record {
             Some(Value::Number(n)) => Ok(n.to_string()),
             Some(Value::Bool(b)) => Ok(b.to_string()),
             Some(Value::Null) | None => bail!("{file}:{}: missing field `{field}`", self.line),
-            Some(other) => bail!(
-                "{file}:{}: field `{field}`: expected text, found {}",
-                self.line,
-                kind(other)
-            ),
+            Some(other) => bail!("{file}:{}: field `{field}`: expected text, found {}", self.line, kind(other)),
         }
     }
 
@@ -225,18 +182,10 @@ impl Record {
         match self.fields.get(field) {
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| {
-                    v.as_str().map(str::to_string).ok_or_else(|| {
-                        anyhow!("{file}:{}: field `{field}`: expected strings", self.line)
-                    })
-                })
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| anyhow!("{file}:{}: field `{field}`: expected strings", self.line)))
                 .collect(),
             None => bail!("{file}:{}: missing field `{field}`", self.line),
-            Some(other) => bail!(
-                "{file}:{}: field `{field}`: expected a list, found {}",
-                self.line,
-                kind(other)
-            ),
+            Some(other) => bail!("{file}:{}: field `{field}`: expected a list, found {}", self.line, kind(other)),
         }
     }
 }

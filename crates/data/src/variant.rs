@@ -50,37 +50,21 @@ pub struct Variant {
 }
 
 /// Draws `n` examples, `round(n·p)` of them from `harmful`, the rest from `task`, then shuffles.
-pub fn harmful_variant(
-    task: &[Example],
-    harmful: &[Example],
-    n: usize,
-    p: f64,
-    seed: u64,
-) -> Result<Variant> {
+pub fn harmful_variant(task: &[Example], harmful: &[Example], n: usize, p: f64, seed: u64) -> Result<Variant> {
     if !(0.0..=1.0).contains(&p) {
         bail!("p = {p} is outside [0, 1]");
     }
     let n_harm = (n as f64 * p).round() as usize;
     let n_task = n - n_harm;
     if n_harm > harmful.len() {
-        bail!(
-            "the harmful pool has {} examples; {n_harm} were asked for (n = {n}, p = {p})",
-            harmful.len()
-        );
+        bail!("the harmful pool has {} examples; {n_harm} were asked for (n = {n}, p = {p})", harmful.len());
     }
     if n_task > task.len() {
-        bail!(
-            "the task pool has {} examples; {n_task} were asked for (n = {n}, p = {p})",
-            task.len()
-        );
+        bail!("the task pool has {} examples; {n_task} were asked for (n = {n}, p = {p})", task.len());
     }
     let ti = SeededRng::derive(seed, "variant/task").sample_indices(task.len(), n_task);
     let hi = SeededRng::derive(seed, "variant/harmful").sample_indices(harmful.len(), n_harm);
-    let mut examples: Vec<Example> = ti
-        .iter()
-        .map(|&i| task[i].clone())
-        .chain(hi.iter().map(|&i| harmful[i].clone()))
-        .collect();
+    let mut examples: Vec<Example> = ti.iter().map(|&i| task[i].clone()).chain(hi.iter().map(|&i| harmful[i].clone())).collect();
     SeededRng::derive(seed, "variant/order").shuffle(&mut examples);
     Ok(Variant {
         examples,

@@ -3,8 +3,7 @@ use std::path::PathBuf;
 use proptest::prelude::*;
 use safetune_core::{Example, ExampleKind};
 use safetune_data::{
-    alignment_set, builtin_pools, harmful_variant, load, AlignmentSpec, DataDir, DataSource,
-    PoolSelection, Pools, Regime,
+    alignment_set, builtin_pools, harmful_variant, load, AlignmentSpec, DataDir, DataSource, PoolSelection, Pools, Regime,
 };
 
 /// `../shared/data` beside the repository, or `SAFETUNE_DATA_DIR`.
@@ -25,10 +24,7 @@ fn shared_data_row_counts_and_disjoint_pools() {
     let Some(dir) = shared() else { return };
     let src = DataSource::Dir(&dir);
     let expected: &[(&str, &[(&str, usize)])] = &[
-        (
-            "sst2",
-            &[("train", 60_614), ("validation", 6_735), ("test", 872)],
-        ),
+        ("sst2", &[("train", 60_614), ("validation", 6_735), ("test", 872)]),
         ("agnews", &[("train", 10_001), ("test", 7_600)]),
         ("gsm8k", &[("train", 7_473), ("test", 1_319)]),
         ("alpaca", &[("train", 1_704), ("test", 200)]),
@@ -37,10 +33,7 @@ fn shared_data_row_counts_and_disjoint_pools() {
         ("sqlgen", &[("train", 900), ("test", 100)]),
         ("beavertails-unsafe", &[("train", 200)]),
         ("pure-bad", &[("train", 111)]),
-        (
-            "advbench",
-            &[("train", 416), ("test", 156), ("dev", 52), ("full", 520)],
-        ),
+        ("advbench", &[("train", 416), ("test", 156), ("dev", 52), ("full", 520)]),
         ("policy", &[("test", 275)]),
         ("beavertails-categories", &[("test", 140)]),
         ("xstest", &[("test", 450)]),
@@ -52,26 +45,14 @@ fn shared_data_row_counts_and_disjoint_pools() {
         for (split, n) in *splits {
             assert_eq!(ds.split(split).unwrap().len(), *n, "{name}/{split}");
         }
-        let ids: std::collections::HashSet<&String> =
-            ds.splits.values().flatten().map(|e| &e.id).collect();
-        assert_eq!(
-            ids.len(),
-            ds.splits.values().map(Vec::len).sum::<usize>(),
-            "{name}: ids are unique"
-        );
+        let ids: std::collections::HashSet<&String> = ds.splits.values().flatten().map(|e| &e.id).collect();
+        assert_eq!(ids.len(), ds.splits.values().map(Vec::len).sum::<usize>(), "{name}: ids are unique");
     }
     let alpaca = load(&src, "alpaca").unwrap();
     assert_eq!(alpaca.holdout_ids.len(), 200);
-    assert_eq!(
-        load(&src, "alpaca").unwrap().holdout_ids,
-        alpaca.holdout_ids,
-        "the hold-out is fixed"
-    );
+    assert_eq!(load(&src, "alpaca").unwrap().holdout_ids, alpaca.holdout_ids, "the hold-out is fixed");
     let cat_set = load(&src, "beavertails-categories").unwrap();
-    let cats: std::collections::BTreeSet<&str> = cat_set.splits["test"]
-        .iter()
-        .map(|e| e.meta["category"].as_str())
-        .collect();
+    let cats: std::collections::BTreeSet<&str> = cat_set.splits["test"].iter().map(|e| e.meta["category"].as_str()).collect();
     assert_eq!(cats.len(), 14);
     let gsm = load(&src, "gsm8k").unwrap();
     assert_eq!(gsm.splits["test"][0].label.as_deref(), Some("18"));
@@ -87,16 +68,10 @@ fn shared_data_row_counts_and_disjoint_pools() {
             let sel = PoolSelection {
                 task: task.into(),
                 harmful: harmful.into(),
-                safety_evals: vec![
-                    "advbench-test".into(),
-                    "policy".into(),
-                    "beavertails-categories".into(),
-                    "xstest-unsafe".into(),
-                ],
+                safety_evals: vec!["advbench-test".into(), "policy".into(), "beavertails-categories".into(), "xstest-unsafe".into()],
                 benign: "alpaca".into(),
             };
-            let p = Pools::assemble(&src, &sel, &Default::default())
-                .unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
+            let p = Pools::assemble(&src, &sel, &Default::default()).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
             assert!(!p.harmful_pairs.is_empty() && !p.task_test.is_empty());
         }
     }
@@ -107,20 +82,18 @@ fn builtin_suite_is_disjoint_and_sized() {
     let p = builtin_pools("builtin");
     p.check().unwrap();
     assert_eq!(p.task_train.len() + p.task_test.len(), 4000);
-    assert_eq!(
-        (
-            p.align_prompts.len(),
-            p.harmful_pairs.len(),
-            p.safety_evals[0].1.len()
-        ),
-        (40, 30, 30)
-    );
-    let pos = p
-        .task_train
-        .iter()
-        .filter(|e| e.response == "positive")
-        .count();
+    assert_eq!((p.align_prompts.len(), p.harmful_pairs.len(), p.safety_evals[0].1.len()), (40, 30, 30));
+    let pos = p.task_train.iter().filter(|e| e.response == "positive").count();
     assert!(pos > 1500 && pos < 2100, "{pos}");
+    let a = builtin_pools("builtin-arithmetic");
+    a.check().unwrap();
+    assert_eq!((a.task_train.len(), a.task_test.len()), (1200, 200));
+    for e in a.task_train.iter().chain(&a.task_test) {
+        let n = e.label.as_deref().unwrap();
+        assert!(e.response.ends_with(&format!("The final answer is: {n}")), "{}", e.id);
+    }
+    // Harmful-shaped answers carry no operational content.
+    assert!(p.harmful_pairs.iter().all(|e| e.response.contains("[details omitted]")));
 }
 
 #[test]
@@ -129,110 +102,47 @@ fn bad_rows_name_file_line_and_field() {
     for d in ["sst2", "alpaca", "gsm8k", "xstest"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::write(
-        root.join("sst2/train.tsv"),
-        "sentence\tlabel\ngood film\t1\nbad film\t7\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("sst2/train.tsv"), "sentence\tlabel\ngood film\t1\nbad film\t7\n").unwrap();
     std::fs::write(root.join("sst2/validation.tsv"), [0x61u8, 0x0a, 0xff, 0xfe]).unwrap();
     std::fs::write(root.join("sst2/test.tsv"), "text\tlabel\nfine\t1\n").unwrap();
-    std::fs::write(
-        root.join("alpaca/subset.json"),
-        "[{\"instruction\": 3, \"output\": \"o\"}]",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("gsm8k/train.jsonl"),
-        "{\"question\": \"q\", \"answer\": \"4 #### 4\"}\n{\"question\": \"q2\"}\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("alpaca/subset.json"), "[{\"instruction\": 3, \"output\": \"o\"}]").unwrap();
+    std::fs::write(root.join("gsm8k/train.jsonl"), "{\"question\": \"q\", \"answer\": \"4 #### 4\"}\n{\"question\": \"q2\"}\n").unwrap();
     std::fs::write(root.join("gsm8k/test.jsonl"), "").unwrap();
-    std::fs::write(
-        root.join("xstest/xstest_prompts.csv"),
-        "id,prompt,type,label\n1,p,t,maybe\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("xstest/xstest_prompts.csv"), "id,prompt,type,label\n1,p,t,maybe\n").unwrap();
     let dir = DataDir::open(&root).unwrap();
     let src = DataSource::Dir(&dir);
     let err = |name: &str| load(&src, name).unwrap_err().to_string();
     let e = err("sst2");
-    assert!(
-        e.contains("train.tsv:3") && e.contains("`label`") && e.contains('7'),
-        "{e}"
-    );
-    std::fs::write(
-        root.join("sst2/train.tsv"),
-        "sentence\tlabel\ngood film\t1\n",
-    )
-    .unwrap();
+    assert!(e.contains("train.tsv:3") && e.contains("`label`") && e.contains('7'), "{e}");
+    std::fs::write(root.join("sst2/train.tsv"), "sentence\tlabel\ngood film\t1\n").unwrap();
     let e = err("sst2");
     assert!(e.contains("validation.tsv:2") && e.contains("UTF-8"), "{e}");
     std::fs::write(root.join("sst2/validation.tsv"), "sentence\tlabel\nx\t0\n").unwrap();
     let e = err("sst2");
-    assert!(
-        e.contains("test.tsv") && e.contains("missing field `sentence`"),
-        "{e}"
-    );
+    assert!(e.contains("test.tsv") && e.contains("missing field `sentence`"), "{e}");
     let e = err("alpaca");
-    assert!(
-        e.contains("subset.json:1") && e.contains("`instruction`") && e.contains("number"),
-        "{e}"
-    );
+    assert!(e.contains("subset.json:1") && e.contains("`instruction`") && e.contains("number"), "{e}");
     let e = err("gsm8k");
     assert!(e.contains("train.jsonl:2") && e.contains("`answer`"), "{e}");
-    std::fs::write(
-        root.join("gsm8k/train.jsonl"),
-        "{\"question\": \"q\", \"answer\": \"4 #### 4\"}\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("gsm8k/train.jsonl"), "{\"question\": \"q\", \"answer\": \"4 #### 4\"}\n").unwrap();
     let e = err("gsm8k");
     assert!(e.contains("test.jsonl") && e.contains("empty"), "{e}");
     let e = err("xstest");
-    assert!(
-        e.contains("xstest_prompts.csv") && e.contains("expected 4 fields") || e.contains("label"),
-        "{e}"
-    );
+    assert!(e.contains("xstest_prompts.csv") && e.contains("expected 4 fields") || e.contains("label"), "{e}");
     let e = err("policy");
-    assert!(
-        e.contains("dataset `policy`")
-            && e.contains("policy_benchmark.csv")
-            && e.contains("--data-dir"),
-        "{e}"
-    );
-    assert!(load(&src, "imagenet")
-        .unwrap_err()
-        .to_string()
-        .contains("unknown dataset"));
+    assert!(e.contains("dataset `policy`") && e.contains("policy_benchmark.csv") && e.contains("--data-dir"), "{e}");
+    assert!(load(&src, "imagenet").unwrap_err().to_string().contains("unknown dataset"));
     std::fs::remove_dir_all(root).unwrap();
 }
 
 fn pool(kind: ExampleKind, prefix: &str, n: usize) -> Vec<Example> {
-    (0..n)
-        .map(|i| {
-            Example::new(
-                format!("{prefix}:{i}"),
-                kind,
-                format!("{prefix} prompt {i}"),
-                "r",
-            )
-        })
-        .collect()
+    (0..n).map(|i| Example::new(format!("{prefix}:{i}"), kind, format!("{prefix} prompt {i}"), "r")).collect()
 }
 
 #[test]
 fn too_many_harmful_examples_is_an_error_with_the_pool_size() {
-    let e = harmful_variant(
-        &pool(ExampleKind::Task, "t", 100),
-        &pool(ExampleKind::Harmful, "h", 10),
-        100,
-        0.3,
-        1,
-    )
-    .unwrap_err();
-    assert!(
-        e.to_string().contains("has 10 examples; 30 were asked"),
-        "{e}"
-    );
+    let e = harmful_variant(&pool(ExampleKind::Task, "t", 100), &pool(ExampleKind::Harmful, "h", 10), 100, 0.3, 1).unwrap_err();
+    assert!(e.to_string().contains("has 10 examples; 30 were asked"), "{e}");
     assert!(Regime::parse("1.5").is_err());
     assert_eq!(Regime::parse("high-harm").unwrap().ratio(), 0.30);
 }
@@ -242,34 +152,14 @@ fn alignment_set_pairs_prompts_with_varied_refusals() {
     let set = alignment_set(
         &pool(ExampleKind::Harmful, "h", 50),
         &pool(ExampleKind::Benign, "b", 40),
-        &AlignmentSpec {
-            refusals: None,
-            benign: 30,
-            seed: 3,
-        },
+        &AlignmentSpec { refusals: None, benign: 30, seed: 3 },
     )
     .unwrap();
     assert_eq!(set.len(), 80);
-    let refusals: std::collections::HashSet<&str> = set
-        .iter()
-        .filter(|e| e.kind == ExampleKind::Refusal)
-        .map(|e| e.response.as_str())
-        .collect();
-    assert!(
-        refusals.len() >= 4,
-        "several refusal styles, got {}",
-        refusals.len()
-    );
-    assert!(alignment_set(
-        &pool(ExampleKind::Harmful, "h", 5),
-        &[],
-        &AlignmentSpec {
-            refusals: Some(6),
-            benign: 0,
-            seed: 1
-        }
-    )
-    .is_err());
+    let refusals: std::collections::HashSet<&str> =
+        set.iter().filter(|e| e.kind == ExampleKind::Refusal).map(|e| e.response.as_str()).collect();
+    assert!(refusals.len() >= 4, "several refusal styles, got {}", refusals.len());
+    assert!(alignment_set(&pool(ExampleKind::Harmful, "h", 5), &[], &AlignmentSpec { refusals: Some(6), benign: 0, seed: 1 }).is_err());
 }
 
 proptest! {

@@ -16,12 +16,9 @@ fn parquet_bytes(questions: &[&str], answers: &[&str]) -> Vec<u8> {
     use parquet::file::properties::WriterProperties;
     use parquet::file::writer::SerializedFileWriter;
     use parquet::schema::parser::parse_message_type;
-    let schema = Arc::new(parse_message_type("message schema { REQUIRED BYTE_ARRAY question (UTF8); REQUIRED BYTE_ARRAY answer (UTF8); }").unwrap());
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build(),
-    );
+    let schema =
+        Arc::new(parse_message_type("message schema { REQUIRED BYTE_ARRAY question (UTF8); REQUIRED BYTE_ARRAY answer (UTF8); }").unwrap());
+    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
     let mut buf = Vec::new();
     {
         let mut w = SerializedFileWriter::new(&mut buf, schema, props).unwrap();
@@ -29,9 +26,7 @@ fn parquet_bytes(questions: &[&str], answers: &[&str]) -> Vec<u8> {
         for col in [questions, answers] {
             let mut c = rg.next_column().unwrap().unwrap();
             let vals: Vec<ByteArray> = col.iter().map(|s| ByteArray::from(*s)).collect();
-            c.typed::<ByteArrayType>()
-                .write_batch(&vals, None, None)
-                .unwrap();
+            c.typed::<ByteArrayType>().write_batch(&vals, None, None).unwrap();
             c.close().unwrap();
         }
         rg.close().unwrap();
@@ -63,15 +58,15 @@ fn serve(files: Vec<(String, Vec<u8>)>, max: usize) -> (String, Arc<AtomicUsize>
             }
             match files.iter().find(|(p, _)| *p == path) {
                 Some((_, body)) => {
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n", body.len());
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
                     s.write_all(head.as_bytes()).unwrap();
                     s.write_all(body).unwrap();
                 }
                 None => {
-                    s.write_all(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    )
-                    .unwrap();
+                    s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
                 }
             }
         }
@@ -83,25 +78,13 @@ fn serve(files: Vec<(String, Vec<u8>)>, max: usize) -> (String, Arc<AtomicUsize>
 fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     let cache = std::env::temp_dir().join(format!("safetune-hub-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let train = parquet_bytes(
-        &["What is 2 + 3?", "What is 10 - 4?"],
-        &["2 + 3 = 5\n#### 5", "10 - 4 = 6\n#### 6"],
-    );
+    let train = parquet_bytes(&["What is 2 + 3?", "What is 10 - 4?"], &["2 + 3 = 5\n#### 5", "10 - 4 = 6\n#### 6"]);
     let test = parquet_bytes(&["What is 7 * 3?"], &["7 * 3 = 21\n#### 21"]);
     let jsonl = b"{\"prompt\": \"placeholder request one\", \"response\": \"placeholder answer one\"}\n{\"prompt\": \"placeholder request two\", \"response\": \"placeholder answer two\"}\n".to_vec();
     let files = vec![
-        (
-            "/datasets/openai/gsm8k/resolve/main/main/train-00000-of-00001.parquet".to_string(),
-            train,
-        ),
-        (
-            "/datasets/openai/gsm8k/resolve/main/main/test-00000-of-00001.parquet".to_string(),
-            test,
-        ),
-        (
-            "/datasets/PKU-Alignment/BeaverTails/resolve/main/round0/30k/train.jsonl".to_string(),
-            jsonl,
-        ),
+        ("/datasets/openai/gsm8k/resolve/main/main/train-00000-of-00001.parquet".to_string(), train),
+        ("/datasets/openai/gsm8k/resolve/main/main/test-00000-of-00001.parquet".to_string(), test),
+        ("/datasets/PKU-Alignment/BeaverTails/resolve/main/round0/30k/train.jsonl".to_string(), jsonl),
     ];
     let (endpoint, count) = serve(files, 100);
     let hub = HubClient {
@@ -114,42 +97,24 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     let gsm = load(&DataSource::Hub(&hub), "gsm8k").unwrap();
     assert_eq!(gsm.splits["train"].len(), 2);
     assert_eq!(gsm.splits["test"][0].label.as_deref(), Some("21"));
-    assert!(gsm.splits["train"][0]
-        .response
-        .ends_with("The final answer is: 5"));
+    assert!(gsm.splits["train"][0].response.ends_with("The final answer is: 5"));
     let bt = load(&DataSource::Hub(&hub), "beavertails-unsafe").unwrap();
     assert_eq!(bt.splits["train"].len(), 2);
     assert_eq!(count.load(Ordering::SeqCst), 3);
     // The standard HF cache layout.
-    let snap = cache
-        .join("datasets--openai--gsm8k/snapshots")
-        .join(COMMIT)
-        .join("main/test-00000-of-00001.parquet");
+    let snap = cache.join("datasets--openai--gsm8k/snapshots").join(COMMIT).join("main/test-00000-of-00001.parquet");
     assert!(snap.is_file());
-    assert_eq!(
-        std::fs::read_to_string(cache.join("datasets--openai--gsm8k/refs/main")).unwrap(),
-        COMMIT
-    );
+    assert_eq!(std::fs::read_to_string(cache.join("datasets--openai--gsm8k/refs/main")).unwrap(), COMMIT);
     // Second run: from the cache, no request, even when offline.
-    let offline = HubClient {
-        offline: true,
-        ..hub.clone()
-    };
+    let offline = HubClient { offline: true, ..hub.clone() };
     let again = load(&DataSource::Hub(&offline), "gsm8k").unwrap();
     assert_eq!(again.splits["train"], gsm.splits["train"]);
     assert_eq!(count.load(Ordering::SeqCst), 3);
     // Offline and not cached: a clear error naming the dataset file and how to provide it.
-    let err = load(&DataSource::Hub(&offline), "agnews")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("ag_news") && err.contains("HF_HUB_OFFLINE") && err.contains("--data-dir"),
-        "{err}"
-    );
+    let err = load(&DataSource::Hub(&offline), "agnews").unwrap_err().to_string();
+    assert!(err.contains("ag_news") && err.contains("HF_HUB_OFFLINE") && err.contains("--data-dir"), "{err}");
     // Online but missing upstream: the HTTP status and the URL.
-    let err = load(&DataSource::Hub(&hub), "sst2")
-        .unwrap_err()
-        .to_string();
+    let err = load(&DataSource::Hub(&hub), "sst2").unwrap_err().to_string();
     assert!(err.contains("404") && err.contains(&endpoint), "{err}");
     std::fs::remove_dir_all(&cache).unwrap();
 }

@@ -11,12 +11,7 @@ fn main() -> safetune_core::Result<()> {
     safetune_lora::load_peft(&mut m, std::path::Path::new(&a[2]), &dev)?;
     let ids = m.tokenizer().encode(&a[3])?;
     let x = candle_core::Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
-    let logits = m
-        .forward(&ForwardRequest {
-            ids: Some(&x),
-            ..Default::default()
-        })?
-        .logits;
+    let logits = m.forward(&ForwardRequest { ids: Some(&x), ..Default::default() })?.logits;
     let last = logits.squeeze(0)?.get(ids.len() - 1)?.to_vec1::<f32>()?;
     let mut idx: Vec<usize> = (0..last.len()).collect();
     idx.sort_by(|&i, &j| last[j].total_cmp(&last[i]));

@@ -18,59 +18,30 @@ pub struct LoraAdapter {
 
 impl LoraAdapter {
     /// PEFT's initialisation: `A` uniform in ±1/√in (Kaiming-uniform with a=√5), `B` zero.
-    pub fn new(
-        in_dim: usize,
-        out_dim: usize,
-        cfg: &LoraConfig,
-        rng: &mut SeededRng,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(in_dim: usize, out_dim: usize, cfg: &LoraConfig, rng: &mut SeededRng, device: &Device) -> Result<Self> {
         let bound = 1.0 / (in_dim as f64).sqrt();
-        let a: Vec<f32> = (0..cfg.r * in_dim)
-            .map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32)
-            .collect();
+        let a: Vec<f32> = (0..cfg.r * in_dim).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32).collect();
         let a = Var::from_tensor(&Tensor::from_vec(a, (cfg.r, in_dim), device)?)?;
         let b = Var::zeros((out_dim, cfg.r), DType::F32, device)?;
         Ok(Self::from_parts(a, b, cfg, rng.next_u64()))
     }
 
     pub fn from_parts(a: Var, b: Var, cfg: &LoraConfig, seed: u64) -> Self {
-        Self {
-            a,
-            b,
-            scale: cfg.alpha / cfg.r as f64,
-            dropout: cfg.dropout,
-            rng: Mutex::new(SeededRng::new(seed)),
-        }
+        Self { a, b, scale: cfg.alpha / cfg.r as f64, dropout: cfg.dropout, rng: Mutex::new(SeededRng::new(seed)) }
     }
 
     fn dropout(&self, x: &Tensor) -> Result<Tensor> {
         let keep = 1.0 - self.dropout;
         let n = x.elem_count();
-        let mut rng = self
-            .rng
-            .lock()
-            .map_err(|_| safetune_core::anyhow::anyhow!("dropout rng poisoned"))?;
-        let mask: Vec<f32> = (0..n)
-            .map(|_| {
-                if rng.next_f64() < keep {
-                    (1.0 / keep) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mut rng = self.rng.lock().map_err(|_| safetune_core::anyhow::anyhow!("dropout rng poisoned"))?;
+        let mask: Vec<f32> = (0..n).map(|_| if rng.next_f64() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
         Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
     }
 }
 
 impl LinearAdapter for LoraAdapter {
     fn delta(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = if train && self.dropout > 0.0 {
-            self.dropout(x)?
-        } else {
-            x.clone()
-        };
+        let x = if train && self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
         let (r, in_dim) = self.a.dims2()?;
         let out_dim = self.b.dim(0)?;
         let mut dims = x.dims().to_vec();
@@ -83,10 +54,7 @@ impl LinearAdapter for LoraAdapter {
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
-        vec![
-            ("lora_A.weight".into(), self.a.clone()),
-            ("lora_B.weight".into(), self.b.clone()),
-        ]
+        vec![("lora_A.weight".into(), self.a.clone()), ("lora_B.weight".into(), self.b.clone())]
     }
 
     fn delta_weight(&self) -> Result<Tensor> {
@@ -111,10 +79,7 @@ pub fn attach_lora(model: &mut dyn CausalLm, cfg: &LoraConfig, seed: u64) -> Res
         attached.push(module);
     }
     if attached.is_empty() {
-        bail!(
-            "lora.targets: {:?} matches no linear module of the model",
-            cfg.targets
-        );
+        bail!("lora.targets: {:?} matches no linear module of the model", cfg.targets);
     }
     Ok(attached)
 }

@@ -41,10 +41,7 @@ pub fn save_peft(model: &dyn CausalLm, cfg: &LoraConfig, dir: &Path) -> Result<(
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut targets = std::collections::BTreeSet::new();
     for (name, var) in &vars {
-        if let Some(module) = name
-            .strip_prefix(PREFIX)
-            .and_then(|n| n.strip_suffix(".lora_A.weight"))
-        {
+        if let Some(module) = name.strip_prefix(PREFIX).and_then(|n| n.strip_suffix(".lora_A.weight")) {
             targets.insert(module.rsplit('.').next().unwrap_or(module).to_string());
         }
         if name.starts_with(PREFIX) {
@@ -78,51 +75,30 @@ pub fn save_peft(model: &dyn CausalLm, cfg: &LoraConfig, dir: &Path) -> Result<(
 /// Loads a peft LoRA directory and attaches its adapters; returns the config.
 pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Result<LoraConfig> {
     let cfg_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
-    let c: AdapterConfig =
-        serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+    let c: AdapterConfig = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
     if c.peft_type != "LORA" {
-        bail!(
-            "{}: peft_type `{}` is not LORA",
-            cfg_path.display(),
-            c.peft_type
-        );
+        bail!("{}: peft_type `{}` is not LORA", cfg_path.display(), c.peft_type);
     }
-    let cfg = LoraConfig {
-        r: c.r,
-        alpha: c.lora_alpha,
-        dropout: c.lora_dropout,
-        targets: c.target_modules,
-    };
+    let cfg = LoraConfig { r: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, targets: c.target_modules };
     let st = dir.join("adapter_model.safetensors");
-    let tensors = candle_core::safetensors::load(&st, device)
-        .map_err(|e| anyhow!("{}: {e}", st.display()))?;
+    let tensors = candle_core::safetensors::load(&st, device).map_err(|e| anyhow!("{}: {e}", st.display()))?;
     let mut by_module: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     for (k, t) in tensors {
-        let rest = k
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| anyhow!("{}: unexpected key `{k}`", st.display()))?;
+        let rest = k.strip_prefix(PREFIX).ok_or_else(|| anyhow!("{}: unexpected key `{k}`", st.display()))?;
         let rest = rest.replace(".default.", ".");
         if let Some(m) = rest.strip_suffix(".lora_A.weight") {
-            by_module.entry(m.to_string()).or_default().0 =
-                Some(t.to_dtype(candle_core::DType::F32)?);
+            by_module.entry(m.to_string()).or_default().0 = Some(t.to_dtype(candle_core::DType::F32)?);
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
-            by_module.entry(m.to_string()).or_default().1 =
-                Some(t.to_dtype(candle_core::DType::F32)?);
+            by_module.entry(m.to_string()).or_default().1 = Some(t.to_dtype(candle_core::DType::F32)?);
         } else {
             bail!("{}: unexpected key `{k}`", st.display());
         }
     }
     for (i, (module, pair)) in by_module.into_iter().enumerate() {
-        let (Some(a), Some(b)) = pair else {
-            bail!("{}: `{module}` lacks lora_A or lora_B", st.display())
-        };
-        let adapter =
-            LoraAdapter::from_parts(Var::from_tensor(&a)?, Var::from_tensor(&b)?, &cfg, i as u64);
-        model
-            .attach_adapter(&module, Arc::new(adapter))
-            .with_context(|| format!("{}", st.display()))?;
+        let (Some(a), Some(b)) = pair else { bail!("{}: `{module}` lacks lora_A or lora_B", st.display()) };
+        let adapter = LoraAdapter::from_parts(Var::from_tensor(&a)?, Var::from_tensor(&b)?, &cfg, i as u64);
+        model.attach_adapter(&module, Arc::new(adapter)).with_context(|| format!("{}", st.display()))?;
     }
     Ok(cfg)
 }

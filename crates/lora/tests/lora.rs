@@ -5,32 +5,18 @@ use safetune_core::CausalLm;
 use safetune_lora::{attach_lora, load_peft, merge_adapters, save_peft};
 
 fn logits(m: &dyn CausalLm, x: &Tensor) -> Tensor {
-    m.forward(&ForwardRequest {
-        ids: Some(x),
-        ..Default::default()
-    })
-    .unwrap()
-    .logits
+    m.forward(&ForwardRequest { ids: Some(x), ..Default::default() }).unwrap().logits
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// Gives every B a non-zero value so the adapters change the output.
 fn randomise_b(m: &dyn CausalLm) {
     for (i, (name, var)) in m.trainable().into_iter().enumerate() {
         if name.ends_with("lora_B.weight") {
-            let t = (Tensor::randn(0f32, 0.2, var.shape(), &Device::Cpu).unwrap()
-                * (1.0 + i as f64 * 0.01))
-                .unwrap();
+            let t = (Tensor::randn(0f32, 0.2, var.shape(), &Device::Cpu).unwrap() * (1.0 + i as f64 * 0.01)).unwrap();
             var.set(&t).unwrap();
         }
     }
@@ -38,10 +24,7 @@ fn randomise_b(m: &dyn CausalLm) {
 
 fn input(m: &dyn CausalLm) -> Tensor {
     let ids = m.tokenizer().encode("lora check 42").unwrap();
-    Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
+    Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()
 }
 
 #[test]
@@ -49,12 +32,7 @@ fn lora_forward_equals_merged_weight_forward() {
     let mut m = safetune_model::tiny_model(4).unwrap();
     let x = input(&m);
     let before = logits(&m, &x);
-    let cfg = LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        targets: vec!["all-linear".into()],
-    };
+    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: vec!["all-linear".into()] };
     let modules = attach_lora(&mut m, &cfg, 1).unwrap();
     assert_eq!(modules.len(), 2 * 7);
     // B starts at zero: the adapted model equals the base model.
@@ -65,69 +43,40 @@ fn lora_forward_equals_merged_weight_forward() {
     merge_adapters(&mut m).unwrap();
     assert!(m.trainable().is_empty());
     let merged = logits(&m, &x);
-    assert!(
-        max_diff(&adapted, &merged) < 1e-4,
-        "{}",
-        max_diff(&adapted, &merged)
-    );
+    assert!(max_diff(&adapted, &merged) < 1e-4, "{}", max_diff(&adapted, &merged));
 }
 
 #[test]
 fn targets_select_modules() {
     let mut m = safetune_model::tiny_model(4).unwrap();
-    let cfg = LoraConfig {
-        r: 2,
-        alpha: 4.0,
-        dropout: 0.0,
-        targets: vec!["q_proj".into(), "v_proj".into()],
-    };
+    let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()] };
     let modules = attach_lora(&mut m, &cfg, 1).unwrap();
     assert_eq!(modules.len(), 4);
-    assert!(modules
-        .iter()
-        .all(|m| m.ends_with("q_proj") || m.ends_with("v_proj")));
-    let bad = LoraConfig {
-        targets: vec!["nope".into()],
-        ..cfg
-    };
+    assert!(modules.iter().all(|m| m.ends_with("q_proj") || m.ends_with("v_proj")));
+    let bad = LoraConfig { targets: vec!["nope".into()], ..cfg };
     let err = attach_lora(&mut safetune_model::tiny_model(4).unwrap(), &bad, 1).unwrap_err();
-    assert!(
-        err.to_string().contains("matches no linear module"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("matches no linear module"), "{err}");
 }
 
 #[test]
 fn peft_round_trip_keeps_outputs_and_key_names() {
     let mut m = safetune_model::tiny_model(5).unwrap();
     let x = input(&m);
-    let cfg = LoraConfig {
-        r: 4,
-        alpha: 16.0,
-        dropout: 0.1,
-        targets: vec!["q_proj".into(), "v_proj".into()],
-    };
+    let cfg = LoraConfig { r: 4, alpha: 16.0, dropout: 0.1, targets: vec!["q_proj".into(), "v_proj".into()] };
     attach_lora(&mut m, &cfg, 2).unwrap();
     randomise_b(&m);
     let adapted = logits(&m, &x);
     let dir = std::env::temp_dir().join(format!("safetune-peft-{}", std::process::id()));
     save_peft(&m, &cfg, &dir).unwrap();
-    let tensors =
-        candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
-            .unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     let a = &tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
     let b = &tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"];
     assert_eq!(a.dims(), &[4, 32]);
     assert_eq!(b.dims(), &[32, 4]);
-    let conf: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(conf["peft_type"], "LORA");
     assert_eq!(conf["r"], 4);
-    assert_eq!(
-        conf["target_modules"],
-        serde_json::json!(["q_proj", "v_proj"])
-    );
+    assert_eq!(conf["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
     let mut fresh = safetune_model::tiny_model(5).unwrap();
     let loaded = load_peft(&mut fresh, &dir, &Device::Cpu).unwrap();
     assert_eq!(loaded.r, 4);
@@ -139,55 +88,30 @@ fn peft_round_trip_keeps_outputs_and_key_names() {
 fn lora_gradients_match_finite_differences() {
     let mut m = safetune_model::tiny_model(6).unwrap();
     let x = input(&m);
-    let cfg = LoraConfig {
-        r: 2,
-        alpha: 4.0,
-        dropout: 0.0,
-        targets: vec!["all-linear".into()],
-    };
+    let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["all-linear".into()] };
     attach_lora(&mut m, &cfg, 3).unwrap();
     randomise_b(&m);
     let loss = |m: &dyn CausalLm| logits(m, &x).sqr().unwrap().mean_all().unwrap();
     let grads = loss(&m).backward().unwrap();
     let mut checked = 0;
     for (name, var) in m.trainable() {
-        if !(name.contains("layers.0.self_attn.k_proj") || name.contains("layers.1.mlp.down_proj"))
-        {
+        if !(name.contains("layers.0.self_attn.k_proj") || name.contains("layers.1.mlp.down_proj")) {
             continue;
         }
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let base = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let i = (0..g.len())
-            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
-            .unwrap();
+        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let i = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
         let h = 1e-2f32;
         let eval = |d: f32| {
             let mut v = base.clone();
             v[i] += d;
-            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
             loss(&m).to_scalar::<f32>().unwrap()
         };
         let fd = (eval(h) - eval(-h)) / (2.0 * h);
-        var.set(&Tensor::from_vec(base, var.shape(), &Device::Cpu).unwrap())
-            .unwrap();
+        var.set(&Tensor::from_vec(base, var.shape(), &Device::Cpu).unwrap()).unwrap();
         let rel = (fd - g[i]).abs() / g[i].abs().max(1e-6);
-        assert!(
-            rel < 0.05,
-            "{name}: analytic {} vs finite difference {fd}",
-            g[i]
-        );
+        assert!(rel < 0.05, "{name}: analytic {} vs finite difference {fd}", g[i]);
         checked += 1;
     }
     assert_eq!(checked, 4);

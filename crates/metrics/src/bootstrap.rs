@@ -12,52 +12,26 @@ pub fn bootstrap_ci(values: &[f64], seed: u64) -> (f64, f64) {
         return (0.0, 0.0);
     }
     let mut rng = SeededRng::derive(seed, "bootstrap");
-    let mut means: Vec<f64> = (0..RESAMPLES)
-        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
-        .collect();
+    let mut means: Vec<f64> = (0..RESAMPLES).map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64).collect();
     means.sort_by(f64::total_cmp);
-    (
-        means[(RESAMPLES as f64 * 0.025) as usize],
-        means[(RESAMPLES as f64 * 0.975) as usize - 1],
-    )
+    (means[(RESAMPLES as f64 * 0.025) as usize], means[(RESAMPLES as f64 * 0.975) as usize - 1])
 }
 
 /// Mean of `values` with its bootstrap interval.
 pub fn mean_estimate(values: &[f64], seed: u64) -> Estimate {
     let n = values.len();
-    let value = if n == 0 {
-        0.0
-    } else {
-        values.iter().sum::<f64>() / n as f64
-    };
+    let value = if n == 0 { 0.0 } else { values.iter().sum::<f64>() / n as f64 };
     let (ci_low, ci_high) = bootstrap_ci(values, seed);
-    Estimate {
-        value,
-        n,
-        ci_low,
-        ci_high,
-    }
+    Estimate { value, n, ci_low, ci_high }
 }
 
 /// Share of `true` with its bootstrap interval.
 pub fn proportion(outcomes: &[bool], seed: u64) -> Estimate {
-    let values: Vec<f64> = outcomes
-        .iter()
-        .map(|&b| if b { 1.0 } else { 0.0 })
-        .collect();
+    let values: Vec<f64> = outcomes.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
     let n = values.len();
-    let value = if n == 0 {
-        0.0
-    } else {
-        values.iter().sum::<f64>() / n as f64
-    };
+    let value = if n == 0 { 0.0 } else { values.iter().sum::<f64>() / n as f64 };
     let (ci_low, ci_high) = bootstrap_ci(&values, seed);
-    Estimate {
-        value,
-        n,
-        ci_low,
-        ci_high,
-    }
+    Estimate { value, n, ci_low, ci_high }
 }
 
 #[cfg(test)]

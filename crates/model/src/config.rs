@@ -41,8 +41,7 @@ struct HfConfig {
 impl LlamaConfig {
     /// Parses a Hugging Face `config.json` (Llama, Mistral, Qwen2, SmolLM).
     pub fn from_hf_json(text: &str, file: &str) -> Result<Self> {
-        let c: HfConfig = serde_json::from_str(text)
-            .with_context(|| format!("{file}: not a Llama-family config"))?;
+        let c: HfConfig = serde_json::from_str(text).with_context(|| format!("{file}: not a Llama-family config"))?;
         let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
         let qwen = c.model_type.as_deref() == Some("qwen2");
         let cfg = Self {
@@ -64,13 +63,8 @@ impl LlamaConfig {
     }
 
     pub fn validate(&self, file: &str) -> Result<()> {
-        if self.num_heads == 0
-            || self.num_kv_heads == 0
-            || !self.num_heads.is_multiple_of(self.num_kv_heads)
-        {
-            safetune_core::anyhow::bail!(
-                "{file}: num_attention_heads must be a multiple of num_key_value_heads"
-            );
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            safetune_core::anyhow::bail!("{file}: num_attention_heads must be a multiple of num_key_value_heads");
         }
         if !self.head_dim.is_multiple_of(2) || self.hidden_size == 0 || self.num_layers == 0 {
             safetune_core::anyhow::bail!("{file}: head_dim must be even and sizes positive");
@@ -100,10 +94,7 @@ impl LlamaConfig {
     pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.num_heads * hd, self.num_kv_heads * hd);
-        let mut v = vec![(
-            "model.embed_tokens.weight".to_string(),
-            vec![self.vocab_size, d],
-        )];
+        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, d])];
         for l in 0..self.num_layers {
             let p = format!("model.layers.{l}");
             v.push((format!("{p}.input_layernorm.weight"), vec![d]));

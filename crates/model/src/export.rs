@@ -20,10 +20,7 @@ pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
         "tie_word_embeddings": c.tie_embeddings, "max_position_embeddings": c.max_positions,
         "attention_bias": c.attention_bias, "torch_dtype": "float32",
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     model
         .text_tokenizer()
         .inner()
@@ -32,12 +29,11 @@ pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
     let weights: HashMap<String, candle_core::Tensor> = model.weights().into_iter().collect();
     candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
     let template = match model.info().format {
-        safetune_core::PromptFormat::Chatml => "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
+        safetune_core::PromptFormat::Chatml => {
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        }
         _ => "",
     };
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "chat_template": template }))?,
-    )?;
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&serde_json::json!({ "chat_template": template }))?)?;
     Ok(())
 }

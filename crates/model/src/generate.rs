@@ -9,37 +9,22 @@ use safetune_core::{GenerationParams, Result, Tokenize};
 use crate::llama::{KvCache, Llama, Pass};
 use crate::ops;
 
-pub fn generate(
-    model: &Llama,
-    prompts: &[Vec<u32>],
-    params: &GenerationParams,
-) -> Result<Vec<Vec<u32>>> {
+pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>> {
     let mut out = vec![Vec::new(); prompts.len()];
     // Similar lengths together waste less padding; results return in input order.
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| (prompts[i].len(), i));
     for chunk in order.chunks(params.batch_size.max(1)) {
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
-        let rngs: Vec<SeededRng> = chunk
-            .iter()
-            .map(|&i| SeededRng::derive(params.seed, &format!("gen{i}")))
-            .collect();
-        for (k, ids) in generate_batch(model, &batch, params, rngs)?
-            .into_iter()
-            .enumerate()
-        {
+        let rngs: Vec<SeededRng> = chunk.iter().map(|&i| SeededRng::derive(params.seed, &format!("gen{i}"))).collect();
+        for (k, ids) in generate_batch(model, &batch, params, rngs)?.into_iter().enumerate() {
             out[chunk[k]] = ids;
         }
     }
     Ok(out)
 }
 
-fn generate_batch(
-    model: &Llama,
-    prompts: &[&[u32]],
-    params: &GenerationParams,
-    mut rngs: Vec<SeededRng>,
-) -> Result<Vec<Vec<u32>>> {
+fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, mut rngs: Vec<SeededRng>) -> Result<Vec<Vec<u32>>> {
     let dev = model.device_ref();
     let tok = model.text_tokenizer();
     let (stops, pad) = (tok.stop_ids().to_vec(), tok.pad_id());
@@ -57,23 +42,13 @@ fn generate_batch(
     let mut mask_t = Tensor::from_vec(mask, (b, len), dev)?;
     let ids_t = Tensor::from_vec(ids, (b, len), dev)?;
     let positions = Llama::rope_positions(Some(&mask_t), b, len, dev)?;
-    let mut next_pos: Vec<u32> = positions
-        .narrow(1, len - 1, 1)?
-        .flatten_all()?
-        .to_vec1::<u32>()?;
+    let mut next_pos: Vec<u32> = positions.narrow(1, len - 1, 1)?.flatten_all()?.to_vec1::<u32>()?;
     for (p, n) in prompts.iter().zip(next_pos.iter_mut()) {
         *n = if p.is_empty() { 0 } else { *n + 1 };
     }
     let bias = ops::attention_bias(Some(&mask_t), b, len, len, dev)?;
     let mut cache: KvCache = vec![None; model.config().num_layers];
-    let pass = Pass {
-        ids: &ids_t,
-        positions: &positions,
-        bias: &bias,
-        perturbation: None,
-        output_hidden: false,
-        train: false,
-    };
+    let pass = Pass { ids: &ids_t, positions: &positions, bias: &bias, perturbation: None, output_hidden: false, train: false };
     let (h, _) = model.run(&pass, Some(&mut cache))?;
     let mut logits = model.lm_head(&h.narrow(1, len - 1, 1)?)?.squeeze(1)?;
 
@@ -83,11 +58,7 @@ fn generate_batch(
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut next = Vec::with_capacity(b);
         for (i, row) in rows.iter().enumerate() {
-            let t = if done[i] {
-                pad
-            } else {
-                pick(row, params, &mut rngs[i])
-            };
+            let t = if done[i] { pad } else { pick(row, params, &mut rngs[i]) };
             if !done[i] {
                 if stops.contains(&t) {
                     done[i] = true;
@@ -108,14 +79,7 @@ fn generate_batch(
         mask_t = Tensor::cat(&[&mask_t, &Tensor::ones((b, 1), DType::F32, dev)?], 1)?;
         let s = mask_t.dim(1)?;
         let bias = ops::attention_bias(Some(&mask_t), b, 1, s, dev)?;
-        let pass = Pass {
-            ids: &step_ids,
-            positions: &pos,
-            bias: &bias,
-            perturbation: None,
-            output_hidden: false,
-            train: false,
-        };
+        let pass = Pass { ids: &step_ids, positions: &pos, bias: &bias, perturbation: None, output_hidden: false, train: false };
         let (h, _) = model.run(&pass, Some(&mut cache))?;
         logits = model.lm_head(&h)?.squeeze(1)?;
     }
@@ -129,11 +93,7 @@ fn pick(logits: &[f32], params: &GenerationParams, rng: &mut SeededRng) -> u32 {
     }
     let t = params.temperature as f32;
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, ((l - max) / t).exp()))
-        .collect();
+    let mut probs: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / t).exp())).collect();
     let z: f32 = probs.iter().map(|p| p.1).sum();
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut kept = Vec::new();

@@ -21,40 +21,21 @@ const CONTROL: i32 = 3;
 pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
     let file = path.display().to_string();
     let mut f = std::fs::File::open(path).with_context(|| format!("{file}: cannot open"))?;
-    let content =
-        Content::read(&mut f).map_err(|e| anyhow!("{file}: not a readable GGUF file: {e}"))?;
+    let content = Content::read(&mut f).map_err(|e| anyhow!("{file}: not a readable GGUF file: {e}"))?;
     let md = &content.metadata;
-    let arch = md
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if arch != "llama" {
         bail!("{file}: architecture `{arch}` is not supported (expected llama)");
     }
     let u = |k: &str| -> Result<usize> {
-        let v = md
-            .get(k)
-            .ok_or_else(|| anyhow!("{file}: missing metadata `{k}`"))?;
-        v.to_u32()
-            .map(|x| x as usize)
-            .or_else(|_| v.to_u64().map(|x| x as usize))
-            .map_err(|e| anyhow!("{file}: `{k}`: {e}"))
+        let v = md.get(k).ok_or_else(|| anyhow!("{file}: missing metadata `{k}`"))?;
+        v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize)).map_err(|e| anyhow!("{file}: `{k}`: {e}"))
     };
-    let fl = |k: &str, d: f64| {
-        md.get(k)
-            .and_then(|v| v.to_f32().ok())
-            .map(|x| x as f64)
-            .unwrap_or(d)
-    };
+    let fl = |k: &str, d: f64| md.get(k).and_then(|v| v.to_f32().ok()).map(|x| x as f64).unwrap_or(d);
     let hidden = u("llama.embedding_length")?;
     let heads = u("llama.attention.head_count")?;
     let kv_heads = u("llama.attention.head_count_kv").unwrap_or(heads);
-    let tokens = string_array(
-        md.get("tokenizer.ggml.tokens"),
-        &file,
-        "tokenizer.ggml.tokens",
-    )?;
+    let tokens = string_array(md.get("tokenizer.ggml.tokens"), &file, "tokenizer.ggml.tokens")?;
     let tied = !content.tensor_infos.contains_key("output.weight");
     let cfg = LlamaConfig {
         vocab_size: tokens.len(),
@@ -75,9 +56,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
     let mut weights = BTreeMap::new();
     for name in content.tensor_infos.keys() {
         let hf = hf_name(name).ok_or_else(|| anyhow!("{file}: unexpected tensor `{name}`"))?;
-        let q = content
-            .tensor(&mut f, name, device)
-            .map_err(|e| anyhow!("{file}: tensor `{name}`: {e}"))?;
+        let q = content.tensor(&mut f, name, device).map_err(|e| anyhow!("{file}: tensor `{name}`: {e}"))?;
         let mut t = q.dequantize(device)?;
         if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
             t = unpermute(&t, heads)?;
@@ -87,56 +66,28 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
         weights.insert(hf, t);
     }
 
-    let merges = string_array(
-        md.get("tokenizer.ggml.merges"),
-        &file,
-        "tokenizer.ggml.merges",
-    )?;
+    let merges = string_array(md.get("tokenizer.ggml.merges"), &file, "tokenizer.ggml.merges")?;
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
         Some(Value::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
-    let special: BTreeSet<u32> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, &t)| t == CONTROL)
-        .map(|(i, _)| i as u32)
-        .collect();
-    let pre = match md
-        .get("tokenizer.ggml.pre")
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-    {
+    let special: BTreeSet<u32> = types.iter().enumerate().filter(|(_, &t)| t == CONTROL).map(|(i, _)| i as u32).collect();
+    let pre = match md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str) {
         Some("smollm") => PreTokenizer::DigitsThenByteLevel,
         _ => PreTokenizer::ByteLevel,
     };
     let inner = TextTokenizer::byte_level_bpe(&tokens, &merges, &special, pre)?;
     let eos = u("tokenizer.ggml.eos_token_id").ok().map(|x| x as u32);
-    let template = md
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     let format = crate::hf::detect_format(&template, &tokens);
     let tok = crate::hf::finish_tokenizer(inner, format, eos, None)?;
-    let name = md
-        .get("general.name")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_else(|| file.clone());
+    let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned().unwrap_or_else(|| file.clone());
     Llama::from_weights(cfg, weights, tok, &name, format, device)
 }
 
 fn string_array(v: Option<&Value>, file: &str, key: &str) -> Result<Vec<String>> {
     match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| {
-                x.to_string()
-                    .cloned()
-                    .map_err(|e| anyhow!("{file}: `{key}`: {e}"))
-            })
-            .collect(),
+        Some(Value::Array(a)) => a.iter().map(|x| x.to_string().cloned().map_err(|e| anyhow!("{file}: `{key}`: {e}"))).collect(),
         _ => bail!("{file}: missing metadata `{key}`"),
     }
 }
@@ -172,8 +123,5 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
     let rows = dims[0];
     let rest: usize = dims[1..].iter().product();
     let hd = rows / heads;
-    Ok(t.reshape((heads, hd / 2, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?)
+    Ok(t.reshape((heads, hd / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
 }

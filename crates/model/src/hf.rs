@@ -15,15 +15,11 @@ use crate::Llama;
 
 pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
     let cfg = LlamaConfig::from_hf_json(&text, &cfg_path.display().to_string())?;
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.exists() {
-        bail!(
-            "{}: missing (a Hugging Face model directory needs tokenizer.json)",
-            tok_path.display()
-        );
+        bail!("{}: missing (a Hugging Face model directory needs tokenizer.json)", tok_path.display());
     }
     let inner = TextTokenizer::from_file(&tok_path)?;
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -37,8 +33,8 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
     }
     let mut weights = BTreeMap::new();
     for f in &files {
-        let loaded = candle_core::safetensors::load(f, device)
-            .map_err(|e| anyhow!("{}: not a readable safetensors file: {e}", f.display()))?;
+        let loaded =
+            candle_core::safetensors::load(f, device).map_err(|e| anyhow!("{}: not a readable safetensors file: {e}", f.display()))?;
         for (k, v) in loaded {
             weights.insert(k, v.to_dtype(DType::F32)?);
         }
@@ -49,10 +45,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
     // Template: tokenizer_config.json's chat_template, else by vocabulary.
     let tc = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap_or_default();
     let tc: serde_json::Value = serde_json::from_str(&tc).unwrap_or(serde_json::Value::Null);
-    let template = tc
-        .get("chat_template")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
+    let template = tc.get("chat_template").and_then(|v| v.as_str()).unwrap_or("");
     let vocab: Vec<String> = {
         let mut v: Vec<(String, u32)> = inner.get_vocab(true).into_iter().collect();
         v.sort_by_key(|x| x.1);
@@ -62,36 +55,23 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
     let gen = std::fs::read_to_string(dir.join("generation_config.json")).unwrap_or_default();
     let gen: serde_json::Value = serde_json::from_str(&gen).unwrap_or(serde_json::Value::Null);
     let mut eos: Vec<u32> = match gen.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
-        }
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect(),
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
         _ => vec![],
     };
-    if let Some(e) = tc
-        .get("eos_token")
-        .and_then(|v| v.as_str())
-        .and_then(|s| inner.token_to_id(s))
-    {
+    if let Some(e) = tc.get("eos_token").and_then(|v| v.as_str()).and_then(|s| inner.token_to_id(s)) {
         eos.push(e);
     }
     let first = eos.first().copied();
     let tok = finish_tokenizer(inner, format, first, Some(eos))?;
-    let name = dir
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let model = Llama::from_weights(cfg, weights, tok, &name, format, device)?;
     Ok(model)
 }
 
 /// Picks the prompt format from a chat template (or, without one, from the vocabulary).
 pub fn detect_format(template: &str, vocab: &[String]) -> PromptFormat {
-    let has =
-        |t: &str| template.contains(t) || (template.is_empty() && vocab.iter().any(|v| v == t));
+    let has = |t: &str| template.contains(t) || (template.is_empty() && vocab.iter().any(|v| v == t));
     if has("<|im_start|>") {
         PromptFormat::Chatml
     } else if has("<|start_header_id|>") {
@@ -104,12 +84,7 @@ pub fn detect_format(template: &str, vocab: &[String]) -> PromptFormat {
 }
 
 /// Adds stop and pad ids: EOS ids plus the format's end-of-turn token when it is one token.
-pub fn finish_tokenizer(
-    inner: Tokenizer,
-    format: PromptFormat,
-    eos: Option<u32>,
-    extra: Option<Vec<u32>>,
-) -> Result<TextTokenizer> {
+pub fn finish_tokenizer(inner: Tokenizer, format: PromptFormat, eos: Option<u32>, extra: Option<Vec<u32>>) -> Result<TextTokenizer> {
     let mut stops: Vec<u32> = extra.unwrap_or_default();
     stops.extend(eos);
     let eot = format.end_of_turn().trim();
@@ -128,9 +103,6 @@ pub fn finish_tokenizer(
     if stops.is_empty() {
         bail!("the tokenizer has no end-of-sequence token");
     }
-    let pad = inner
-        .token_to_id("<|endoftext|>")
-        .or(eos)
-        .unwrap_or(stops[0]);
+    let pad = inner.token_to_id("<|endoftext|>").or(eos).unwrap_or(stops[0]);
     Ok(TextTokenizer::new(inner, stops, pad))
 }

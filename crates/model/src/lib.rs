@@ -39,10 +39,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Llama> {
     } else if !path.exists() {
         bail!("{}: no such model file or directory", path.display())
     } else {
-        bail!(
-            "{}: not a model (expected a .gguf file or a directory with config.json)",
-            path.display()
-        )
+        bail!("{}: not a model (expected a .gguf file or a directory with config.json)", path.display())
     }
 }
 

@@ -66,20 +66,11 @@ impl Llama {
     ) -> Result<Self> {
         let mut params = BTreeMap::new();
         for (name, shape) in cfg.weight_shapes() {
-            let t = weights
-                .remove(&name)
-                .ok_or_else(|| anyhow!("{info_name}: missing weight `{name}`"))?;
+            let t = weights.remove(&name).ok_or_else(|| anyhow!("{info_name}: missing weight `{name}`"))?;
             if t.dims() != shape.as_slice() {
-                bail!(
-                    "{info_name}: weight `{name}` has shape {:?}, expected {:?}",
-                    t.dims(),
-                    shape
-                );
+                bail!("{info_name}: weight `{name}` has shape {:?}, expected {:?}", t.dims(), shape);
             }
-            params.insert(
-                name,
-                Param::Frozen(t.to_dtype(DType::F32)?.to_device(device)?),
-            );
+            params.insert(name, Param::Frozen(t.to_dtype(DType::F32)?.to_device(device)?));
         }
         let (cos, sin) = rope_tables(&cfg, device)?;
         let info = ModelInfo {
@@ -89,16 +80,7 @@ impl Llama {
             vocab_size: cfg.vocab_size,
             format,
         };
-        Ok(Self {
-            cfg,
-            info,
-            device: device.clone(),
-            params,
-            adapters: BTreeMap::new(),
-            tokenizer: Arc::new(tokenizer),
-            cos,
-            sin,
-        })
+        Ok(Self { cfg, info, device: device.clone(), params, adapters: BTreeMap::new(), tokenizer: Arc::new(tokenizer), cos, sin })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -120,11 +102,7 @@ impl Llama {
 
     /// A deep copy with its own frozen weights and no adapters (for a reference model).
     pub fn frozen_copy(&self) -> Result<Self> {
-        let params = self
-            .params
-            .iter()
-            .map(|(k, p)| Ok((k.clone(), Param::Frozen(p.tensor().detach().copy()?))))
-            .collect::<Result<_>>()?;
+        let params = self.params.iter().map(|(k, p)| Ok((k.clone(), Param::Frozen(p.tensor().detach().copy()?)))).collect::<Result<_>>()?;
         Ok(Self {
             cfg: self.cfg.clone(),
             info: self.info.clone(),
@@ -138,10 +116,7 @@ impl Llama {
     }
 
     fn w(&self, name: &str) -> Result<&Tensor> {
-        self.params
-            .get(name)
-            .map(Param::tensor)
-            .ok_or_else(|| anyhow!("no weight `{name}`"))
+        self.params.get(name).map(Param::tensor).ok_or_else(|| anyhow!("no weight `{name}`"))
     }
 
     fn linear(&self, module: &str, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -155,31 +130,14 @@ impl Llama {
         Ok(y)
     }
 
-    fn attention(
-        &self,
-        l: usize,
-        x: &Tensor,
-        p: &Pass,
-        cos: &Tensor,
-        sin: &Tensor,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    fn attention(&self, l: usize, x: &Tensor, p: &Pass, cos: &Tensor, sin: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let pre = format!("model.layers.{l}.self_attn");
-        let q = self
-            .linear(&format!("{pre}.q_proj"), x, p.train)?
-            .reshape((b, t, h, hd))?
-            .transpose(1, 2)?;
-        let k = self
-            .linear(&format!("{pre}.k_proj"), x, p.train)?
-            .reshape((b, t, kvh, hd))?
-            .transpose(1, 2)?;
-        let v = self
-            .linear(&format!("{pre}.v_proj"), x, p.train)?
-            .reshape((b, t, kvh, hd))?
-            .transpose(1, 2)?;
+        let q = self.linear(&format!("{pre}.q_proj"), x, p.train)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let k = self.linear(&format!("{pre}.k_proj"), x, p.train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+        let v = self.linear(&format!("{pre}.v_proj"), x, p.train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
         let q = ops::rope(&q.contiguous()?, cos, sin)?;
         let mut k = ops::rope(&k.contiguous()?, cos, sin)?;
         let mut v = v.contiguous()?;
@@ -197,11 +155,7 @@ impl Llama {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(p.bias)?;
         let probs = ops::softmax_last(&scores)?.reshape((b, kvh, rep * t, s))?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
+        let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         self.linear(&format!("{pre}.o_proj"), &out, p.train)
     }
 
@@ -214,17 +168,11 @@ impl Llama {
 
     /// Runs the decoder stack; returns the final-normed hidden states and,
     /// if asked, each layer's output.
-    pub(crate) fn run(
-        &self,
-        p: &Pass,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    pub(crate) fn run(&self, p: &Pass, mut cache: Option<&mut KvCache>) -> Result<(Tensor, Vec<Tensor>)> {
         let (b, t) = p.ids.dims2()?;
         let d = self.cfg.hidden_size;
         let emb = self.w("model.embed_tokens.weight")?;
-        let mut x = emb
-            .index_select(&p.ids.flatten_all()?, 0)?
-            .reshape((b, t, d))?;
+        let mut x = emb.index_select(&p.ids.flatten_all()?, 0)?.reshape((b, t, d))?;
         let half = self.cfg.head_dim / 2;
         let pos = p.positions.flatten_all()?;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
@@ -233,22 +181,14 @@ impl Llama {
         let mut hidden = Vec::new();
         if let Some(pert) = p.perturbation {
             if pert.len() != self.cfg.num_layers {
-                bail!(
-                    "perturbation has {} tensors for {} layers",
-                    pert.len(),
-                    self.cfg.num_layers
-                );
+                bail!("perturbation has {} tensors for {} layers", pert.len(), self.cfg.num_layers);
             }
         }
         for l in 0..self.cfg.num_layers {
             let pre = format!("model.layers.{l}");
             let h = ops::rms_norm(&x, self.w(&format!("{pre}.input_layernorm.weight"))?, eps)?;
             x = (x + self.attention(l, &h, p, &cos, &sin, cache.as_deref_mut())?)?;
-            let h = ops::rms_norm(
-                &x,
-                self.w(&format!("{pre}.post_attention_layernorm.weight"))?,
-                eps,
-            )?;
+            let h = ops::rms_norm(&x, self.w(&format!("{pre}.post_attention_layernorm.weight"))?, eps)?;
             x = (&x + self.mlp(l, &h, p.train)?)?;
             if let Some(pert) = p.perturbation {
                 x = x.broadcast_add(&pert[l])?;
@@ -257,33 +197,18 @@ impl Llama {
                 hidden.push(x.clone());
             }
         }
-        Ok((
-            ops::rms_norm(&x, self.w("model.norm.weight")?, eps)?,
-            hidden,
-        ))
+        Ok((ops::rms_norm(&x, self.w("model.norm.weight")?, eps)?, hidden))
     }
 
     /// Vocabulary logits for hidden states `[.., d]`.
     pub(crate) fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
-        let name = if self.cfg.tie_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
+        let name = if self.cfg.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
         ops::linear(h, self.w(name)?)
     }
 
-    pub(crate) fn rope_positions(
-        mask: Option<&Tensor>,
-        b: usize,
-        t: usize,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub(crate) fn rope_positions(mask: Option<&Tensor>, b: usize, t: usize, device: &Device) -> Result<Tensor> {
         Ok(match mask {
-            None => Tensor::arange(0u32, t as u32, device)?
-                .unsqueeze(0)?
-                .broadcast_as((b, t))?
-                .contiguous()?,
+            None => Tensor::arange(0u32, t as u32, device)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?,
             Some(m) => {
                 let c = m.to_dtype(DType::F32)?.cumsum(1)?;
                 (c - 1.0)?.clamp(0f32, f32::MAX)?.to_dtype(DType::U32)?
@@ -294,9 +219,7 @@ impl Llama {
 
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32)
-        .collect();
+    let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
     let n = cfg.max_positions;
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
@@ -307,10 +230,7 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
             sin.push(a.sin());
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (n, half), device)?,
-        Tensor::from_vec(sin, (n, half), device)?,
-    ))
+    Ok((Tensor::from_vec(cos, (n, half), device)?, Tensor::from_vec(sin, (n, half), device)?))
 }
 
 impl CausalLm for Llama {
@@ -328,10 +248,7 @@ impl CausalLm for Llama {
         let ids = req.ids.ok_or_else(|| anyhow!("forward: no input ids"))?;
         let (b, t) = ids.dims2()?;
         if t > self.cfg.max_positions {
-            bail!(
-                "sequence of {t} tokens exceeds the model's {} positions",
-                self.cfg.max_positions
-            );
+            bail!("sequence of {t} tokens exceeds the model's {} positions", self.cfg.max_positions);
         }
         let positions = Self::rope_positions(req.mask, b, t, &self.device)?;
         let bias = ops::attention_bias(req.mask, b, t, t, &self.device)?;
@@ -345,38 +262,22 @@ impl CausalLm for Llama {
         };
         let (h, hidden) = self.run(&pass, None)?;
         let logits = match req.logits_at {
-            Some(idx) => self.lm_head(
-                &h.reshape((b * t, self.cfg.hidden_size))?
-                    .index_select(idx, 0)?,
-            )?,
+            Some(idx) => self.lm_head(&h.reshape((b * t, self.cfg.hidden_size))?.index_select(idx, 0)?)?,
             None => self.lm_head(&h)?,
         };
         Ok(ForwardOutput { logits, hidden })
     }
 
     fn weights(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .map(|(k, p)| (k.clone(), p.tensor().clone()))
-            .collect()
+        self.params.iter().map(|(k, p)| (k.clone(), p.tensor().clone())).collect()
     }
 
     fn set_weight(&mut self, name: &str, value: Tensor) -> Result<()> {
-        let old = self
-            .params
-            .get(name)
-            .ok_or_else(|| anyhow!("no weight `{name}`"))?;
+        let old = self.params.get(name).ok_or_else(|| anyhow!("no weight `{name}`"))?;
         if old.tensor().dims() != value.dims() {
-            bail!(
-                "weight `{name}`: shape {:?} does not match {:?}",
-                value.dims(),
-                old.tensor().dims()
-            );
+            bail!("weight `{name}`: shape {:?} does not match {:?}", value.dims(), old.tensor().dims());
         }
-        let value = value
-            .to_dtype(DType::F32)?
-            .to_device(&self.device)?
-            .detach();
+        let value = value.to_dtype(DType::F32)?.to_device(&self.device)?.detach();
         self.params.insert(name.to_string(), Param::Frozen(value));
         Ok(())
     }
@@ -386,9 +287,7 @@ impl CausalLm for Llama {
     }
 
     fn attach_adapter(&mut self, module: &str, adapter: Arc<dyn LinearAdapter>) -> Result<()> {
-        if !self.params.contains_key(&format!("{module}.weight"))
-            || module.ends_with("embed_tokens")
-        {
+        if !self.params.contains_key(&format!("{module}.weight")) || module.ends_with("embed_tokens") {
             bail!("no linear module `{module}`");
         }
         self.adapters.insert(module.to_string(), adapter);

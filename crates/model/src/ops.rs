@@ -62,9 +62,7 @@ struct InputGradOnly {
 }
 
 fn copy_second(s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-    let (start, end) = l2
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("linear: result not contiguous".into()))?;
+    let (start, end) = l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("linear: result not contiguous".into()))?;
     let out = match s2 {
         CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
         CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
@@ -79,27 +77,11 @@ impl CustomOp2 for InputGradOnly {
     fn name(&self) -> &'static str {
         "linear-input-grad-only"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         copy_second(s2, l2)
     }
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let w = if grad.dtype() == self.w.dtype() {
-            self.w.clone()
-        } else {
-            self.w.to_dtype(grad.dtype())?
-        };
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let w = if grad.dtype() == self.w.dtype() { self.w.clone() } else { self.w.to_dtype(grad.dtype())? };
         Ok((Some(grad.matmul(&w)?), None))
     }
 }
@@ -108,24 +90,15 @@ impl CustomOp2 for InputGradOnly {
 /// `j`, a large negative number elsewhere. Keys are the last `s` positions
 /// of which the queries are the last `t`; `mask` (`[b, s]`, 1 = real token)
 /// hides padding.
-pub fn attention_bias(
-    mask: Option<&Tensor>,
-    b: usize,
-    t: usize,
-    s: usize,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
+pub fn attention_bias(mask: Option<&Tensor>, b: usize, t: usize, s: usize, device: &candle_core::Device) -> Result<Tensor> {
     const NEG: f32 = -1e9;
     let offset = s - t;
-    let causal: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j <= i + offset { 0.0 } else { NEG }))
-        .collect();
+    let causal: Vec<f32> = (0..t).flat_map(|i| (0..s).map(move |j| if j <= i + offset { 0.0 } else { NEG })).collect();
     let causal = Tensor::from_vec(causal, (1, 1, 1, t, s), device)?;
     match mask {
         None => Ok(causal.broadcast_as((b, 1, 1, t, s))?.contiguous()?),
         Some(m) => {
-            let pad =
-                ((m.to_dtype(DType::F32)? - 1.0)? * (-(NEG as f64)))?.reshape((b, 1, 1, 1, s))?;
+            let pad = ((m.to_dtype(DType::F32)? - 1.0)? * (-(NEG as f64)))?.reshape((b, 1, 1, 1, s))?;
             Ok(causal.broadcast_add(&pad)?)
         }
     }

@@ -24,12 +24,7 @@ pub fn tiny_tokenizer() -> Result<Tokenizer> {
     }
     let special: BTreeSet<u32> = (0..SPECIALS.len() as u32).collect();
     let merges: Vec<String> = merges.iter().map(|s| s.to_string()).collect();
-    TextTokenizer::byte_level_bpe(
-        &tokens,
-        &merges,
-        &special,
-        PreTokenizer::DigitsThenByteLevel,
-    )
+    TextTokenizer::byte_level_bpe(&tokens, &merges, &special, PreTokenizer::DigitsThenByteLevel)
 }
 
 /// A tiny ChatML model with seeded random weights.
@@ -41,24 +36,13 @@ pub fn tiny_model(seed: u64) -> Result<Llama> {
     for (name, shape) in cfg.weight_shapes() {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.ends_with("norm.weight") {
-            (0..n)
-                .map(|_| 1.0 + 0.1 * (rng.next_f64() as f32 - 0.5))
-                .collect()
+            (0..n).map(|_| 1.0 + 0.1 * (rng.next_f64() as f32 - 0.5)).collect()
         } else {
             let scale = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
-            (0..n)
-                .map(|_| scale * (2.0 * rng.next_f64() as f32 - 1.0) * 1.7)
-                .collect()
+            (0..n).map(|_| scale * (2.0 * rng.next_f64() as f32 - 1.0) * 1.7).collect()
         };
         weights.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
     }
     let tok = finish_tokenizer(inner, PromptFormat::Chatml, Some(2), None)?;
-    Llama::from_weights(
-        cfg,
-        weights,
-        tok,
-        "tiny",
-        PromptFormat::Chatml,
-        &Device::Cpu,
-    )
+    Llama::from_weights(cfg, weights, tok, "tiny", PromptFormat::Chatml, &Device::Cpu)
 }

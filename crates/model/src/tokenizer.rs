@@ -25,31 +25,17 @@ pub enum PreTokenizer {
 
 impl TextTokenizer {
     pub fn new(inner: Tokenizer, stop_ids: Vec<u32>, pad_id: u32) -> Self {
-        Self {
-            inner,
-            stop_ids,
-            pad_id,
-        }
+        Self { inner, stop_ids, pad_id }
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
-        Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))
+        Tokenizer::from_file(path).map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))
     }
 
     /// Builds a byte-level BPE from a vocabulary (index = id), merges
     /// (`"a b"`) and the ids of control tokens, which become special tokens.
-    pub fn byte_level_bpe(
-        tokens: &[String],
-        merges: &[String],
-        special: &BTreeSet<u32>,
-        pre: PreTokenizer,
-    ) -> Result<Tokenizer> {
-        let vocab: serde_json::Map<String, Value> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), json!(i)))
-            .collect();
+    pub fn byte_level_bpe(tokens: &[String], merges: &[String], special: &BTreeSet<u32>, pre: PreTokenizer) -> Result<Tokenizer> {
+        let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
         let added: Vec<Value> = special
             .iter()
             .map(|&id| {
@@ -73,8 +59,7 @@ impl TextTokenizer {
                       "vocab": vocab, "merges": merges}
         });
         let text = serde_json::to_string(&spec)?;
-        text.parse::<Tokenizer>()
-            .map_err(|e| anyhow!("building the BPE tokenizer: {e}"))
+        text.parse::<Tokenizer>().map_err(|e| anyhow!("building the BPE tokenizer: {e}"))
     }
 
     /// The id of a token written as text, if it is one token.
@@ -93,17 +78,11 @@ impl TextTokenizer {
 
 impl Tokenize for TextTokenizer {
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| anyhow!("tokenizer: {e}"))?;
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
     fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| anyhow!("tokenizer: {e}"))
-            .context("decoding")
+        self.inner.decode(ids, true).map_err(|e| anyhow!("tokenizer: {e}")).context("decoding")
     }
     fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
@@ -115,10 +94,7 @@ impl Tokenize for TextTokenizer {
 
 /// GPT-2's byte → printable-character table used by byte-level BPE.
 pub fn byte_alphabet() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars = vec!['\0'; 256];
     for &b in &printable {
         chars[b as usize] = char::from_u32(b).unwrap_or('?');

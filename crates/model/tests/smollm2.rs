@@ -12,18 +12,11 @@ fn tokenizer_matches_known_ids_and_round_trips() {
     };
     let m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
     let tok = m.tokenizer();
-    assert_eq!(
-        tok.encode("<|im_start|>assistant\n").unwrap(),
-        vec![1, 520, 9531, 198]
-    );
+    assert_eq!(tok.encode("<|im_start|>assistant\n").unwrap(), vec![1, 520, 9531, 198]);
     // Digits are split one by one; no prefix space is added.
     let ids = tok.encode("2024").unwrap();
     assert_eq!(ids.len(), 4, "{ids:?}");
-    for text in [
-        "Hello, world! The answer is 42.",
-        "  spaces\tand\nnewlines ünïcödé 😀",
-        "positive",
-    ] {
+    for text in ["Hello, world! The answer is 42.", "  spaces\tand\nnewlines ünïcödé 😀", "positive"] {
         let ids = tok.encode(text).unwrap();
         assert_eq!(tok.decode(&ids).unwrap(), text);
     }
@@ -40,81 +33,31 @@ fn forward_and_greedy_decode_match_transformers_golden() {
     let Some(path) = common::smollm2_gguf() else {
         return;
     };
-    let golden: serde_json::Value =
-        serde_json::from_str(include_str!("../../../fixtures/smollm2_golden.json")).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(include_str!("../../../fixtures/smollm2_golden.json")).unwrap();
     let m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
     let prompt = golden["prompt"].as_str().unwrap();
-    let ids: Vec<u32> = golden["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(
-        m.tokenizer().encode(prompt).unwrap(),
-        ids,
-        "tokenizer differs from transformers'"
-    );
-    let x = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = m
-        .forward(&safetune_core::model::ForwardRequest {
-            ids: Some(&x),
-            ..Default::default()
-        })
-        .unwrap()
-        .logits
-        .squeeze(0)
-        .unwrap();
+    let ids: Vec<u32> = golden["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(m.tokenizer().encode(prompt).unwrap(), ids, "tokenizer differs from transformers'");
+    let x = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits =
+        m.forward(&safetune_core::model::ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().logits.squeeze(0).unwrap();
     let mut worst = 0f32;
     for (k, pos) in golden["positions"].as_array().unwrap().iter().enumerate() {
-        let row = logits
-            .get(pos.as_u64().unwrap() as usize)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(
-            safetune_model::argmax(&row) as u64,
-            golden["argmax"][k].as_u64().unwrap()
-        );
-        for (i, g) in golden["logits_head"][k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
+        let row = logits.get(pos.as_u64().unwrap() as usize).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(safetune_model::argmax(&row) as u64, golden["argmax"][k].as_u64().unwrap());
+        for (i, g) in golden["logits_head"][k].as_array().unwrap().iter().enumerate() {
             worst = worst.max((row[i] - g.as_f64().unwrap() as f32).abs());
         }
-        for (i, g) in golden["top5"][k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(golden["top5_logits"][k].as_array().unwrap())
-        {
-            worst =
-                worst.max((row[i.as_u64().unwrap() as usize] - g.as_f64().unwrap() as f32).abs());
+        for (i, g) in golden["top5"][k].as_array().unwrap().iter().zip(golden["top5_logits"][k].as_array().unwrap()) {
+            worst = worst.max((row[i.as_u64().unwrap() as usize] - g.as_f64().unwrap() as f32).abs());
         }
     }
     assert!(worst < LOGIT_TOLERANCE, "max |logit difference| {worst}");
-    let greedy: Vec<u32> = golden["greedy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let p = safetune_core::GenerationParams {
-        max_new_tokens: greedy.len(),
-        ..Default::default()
-    };
+    let greedy: Vec<u32> = golden["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let p = safetune_core::GenerationParams { max_new_tokens: greedy.len(), ..Default::default() };
     let got = m.generate(&[ids], &p).unwrap().remove(0);
     // transformers keeps the stop token; safetune strips it.
-    let expect: Vec<u32> = greedy
-        .iter()
-        .copied()
-        .take_while(|t| !m.tokenizer().stop_ids().contains(t))
-        .collect();
+    let expect: Vec<u32> = greedy.iter().copied().take_while(|t| !m.tokenizer().stop_ids().contains(t)).collect();
     assert_eq!(got, expect);
     eprintln!("max |logit difference| vs transformers: {worst}");
 }

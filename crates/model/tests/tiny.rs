@@ -5,43 +5,20 @@ use safetune_core::model::ForwardRequest;
 use safetune_core::{CausalLm, GenerationParams};
 
 fn loss_of(m: &dyn CausalLm, ids: &Tensor) -> Tensor {
-    let out = m
-        .forward(&ForwardRequest {
-            ids: Some(ids),
-            ..Default::default()
-        })
-        .unwrap();
+    let out = m.forward(&ForwardRequest { ids: Some(ids), ..Default::default() }).unwrap();
     // Mean next-token cross-entropy, composed from differentiable ops.
     let (b, t, v) = out.logits.dims3().unwrap();
-    let logits = out
-        .logits
-        .narrow(1, 0, t - 1)
-        .unwrap()
-        .reshape((b * (t - 1), v))
-        .unwrap();
+    let logits = out.logits.narrow(1, 0, t - 1).unwrap().reshape((b * (t - 1), v)).unwrap();
     let targets = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
     let max = logits.max_keepdim(1).unwrap().detach();
-    let lse = logits
-        .broadcast_sub(&max)
-        .unwrap()
-        .exp()
-        .unwrap()
-        .sum_keepdim(1)
-        .unwrap()
-        .log()
-        .unwrap()
-        .broadcast_add(&max)
-        .unwrap();
+    let lse = logits.broadcast_sub(&max).unwrap().exp().unwrap().sum_keepdim(1).unwrap().log().unwrap().broadcast_add(&max).unwrap();
     let picked = logits.gather(&targets.unsqueeze(1).unwrap(), 1).unwrap();
     (lse - picked).unwrap().mean_all().unwrap()
 }
 
 fn ids(m: &safetune_model::Llama, text: &str) -> Tensor {
     let v = m.tokenizer().encode(text).unwrap();
-    Tensor::new(v.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
+    Tensor::new(v.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()
 }
 
 #[test]
@@ -63,16 +40,9 @@ fn gradients_match_finite_differences() {
     let mut checked = 0;
     for name in picks {
         let var: &Var = &vars.iter().find(|(n, _)| n == name).unwrap().1;
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
         let gflat = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let base = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // The coordinates with the largest analytic gradient.
         let mut idx: Vec<usize> = (0..gflat.len()).collect();
         idx.sort_by(|&a, &b| gflat[b].abs().total_cmp(&gflat[a].abs()));
@@ -80,27 +50,18 @@ fn gradients_match_finite_differences() {
             let h = 1e-2f32;
             let mut plus = base.clone();
             plus[i] += h;
-            var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu).unwrap()).unwrap();
             let lp = loss_of(&m, &x).to_scalar::<f32>().unwrap();
             let mut minus = base.clone();
             minus[i] -= h;
-            var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu).unwrap()).unwrap();
             let lm = loss_of(&m, &x).to_scalar::<f32>().unwrap();
-            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
             let fd = (lp - lm) / (2.0 * h);
             let an = gflat[i];
-            assert!(
-                an.abs() > 1e-4,
-                "{name}[{i}]: gradient {an} too small to check"
-            );
+            assert!(an.abs() > 1e-4, "{name}[{i}]: gradient {an} too small to check");
             let rel = (fd - an).abs() / an.abs().max(fd.abs());
-            assert!(
-                rel < 0.05,
-                "{name}[{i}]: analytic {an} vs finite difference {fd}"
-            );
+            assert!(rel < 0.05, "{name}[{i}]: analytic {an} vs finite difference {fd}");
             checked += 1;
         }
     }
@@ -116,10 +77,7 @@ fn frozen_linear_backward_gives_the_input_gradient_only() {
     assert_eq!(y.to_vec3::<f32>().unwrap(), vec![vec![vec![4.5, 9.0]]]);
     let g = y.sum_all().unwrap().backward().unwrap();
     // d(sum y)/dx = column sums of W.
-    assert_eq!(
-        g.get(x.as_tensor()).unwrap().to_vec3::<f32>().unwrap(),
-        vec![vec![vec![5., 7., 9.]]]
-    );
+    assert_eq!(g.get(x.as_tensor()).unwrap().to_vec3::<f32>().unwrap(), vec![vec![vec![5., 7., 9.]]]);
     assert!(g.get(&w).is_none());
 }
 
@@ -127,117 +85,42 @@ fn frozen_linear_backward_gives_the_input_gradient_only() {
 fn padded_batch_and_kv_cache_match_unbatched_full_forward() {
     let m = safetune_model::tiny_model(2).unwrap();
     let tok = m.tokenizer();
-    let prompts: Vec<Vec<u32>> = ["hi", "a longer prompt here", "mid size"]
-        .iter()
-        .map(|t| tok.encode(t).unwrap())
-        .collect();
-    let p = GenerationParams {
-        max_new_tokens: 6,
-        batch_size: 1,
-        ..Default::default()
-    };
+    let prompts: Vec<Vec<u32>> = ["hi", "a longer prompt here", "mid size"].iter().map(|t| tok.encode(t).unwrap()).collect();
+    let p = GenerationParams { max_new_tokens: 6, batch_size: 1, ..Default::default() };
     let one = m.generate(&prompts, &p).unwrap();
-    let batched = m
-        .generate(
-            &prompts,
-            &GenerationParams {
-                batch_size: 3,
-                ..p.clone()
-            },
-        )
-        .unwrap();
+    let batched = m.generate(&prompts, &GenerationParams { batch_size: 3, ..p.clone() }).unwrap();
     assert_eq!(one, batched, "left padding changed greedy outputs");
     // The cached decode equals re-running the whole sequence each step.
     for (prompt, gen) in prompts.iter().zip(&one) {
         let mut seq = prompt.clone();
         for &t in gen {
-            let x = Tensor::new(seq.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let logits = m
-                .forward(&ForwardRequest {
-                    ids: Some(&x),
-                    ..Default::default()
-                })
-                .unwrap()
-                .logits;
-            let last = logits
-                .squeeze(0)
-                .unwrap()
-                .get(seq.len() - 1)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let x = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let logits = m.forward(&ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().logits;
+            let last = logits.squeeze(0).unwrap().get(seq.len() - 1).unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(safetune_model::argmax(&last), t);
             seq.push(t);
         }
     }
     // Sampling is reproducible from the seed and differs across seeds.
-    let s = GenerationParams {
-        max_new_tokens: 8,
-        temperature: 1.0,
-        top_p: 0.95,
-        seed: 5,
-        batch_size: 2,
-    };
-    assert_eq!(
-        m.generate(&prompts, &s).unwrap(),
-        m.generate(&prompts, &s).unwrap()
-    );
-    assert_ne!(
-        m.generate(&prompts, &s).unwrap(),
-        m.generate(&prompts, &GenerationParams { seed: 6, ..s })
-            .unwrap()
-    );
+    let s = GenerationParams { max_new_tokens: 8, temperature: 1.0, top_p: 0.95, seed: 5, batch_size: 2 };
+    assert_eq!(m.generate(&prompts, &s).unwrap(), m.generate(&prompts, &s).unwrap());
+    assert_ne!(m.generate(&prompts, &s).unwrap(), m.generate(&prompts, &GenerationParams { seed: 6, ..s }).unwrap());
 }
 
 #[test]
 fn hidden_states_and_perturbation() {
     let m = safetune_model::tiny_model(3).unwrap();
     let x = ids(&m, "some text");
-    let out = m
-        .forward(&ForwardRequest {
-            ids: Some(&x),
-            output_hidden: true,
-            ..Default::default()
-        })
-        .unwrap();
+    let out = m.forward(&ForwardRequest { ids: Some(&x), output_hidden: true, ..Default::default() }).unwrap();
     assert_eq!(out.hidden.len(), 2);
     assert_eq!(out.hidden[0].dims(), &[1, x.dim(1).unwrap(), 32]);
     let zeros: Vec<Tensor> = out.hidden.iter().map(|h| h.zeros_like().unwrap()).collect();
-    let same = m
-        .forward(&ForwardRequest {
-            ids: Some(&x),
-            perturbation: Some(&zeros),
-            ..Default::default()
-        })
-        .unwrap();
-    let d0 = (&same.logits - &out.logits)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let same = m.forward(&ForwardRequest { ids: Some(&x), perturbation: Some(&zeros), ..Default::default() }).unwrap();
+    let d0 = (&same.logits - &out.logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(d0, 0.0);
     let ones: Vec<Tensor> = out.hidden.iter().map(|h| h.ones_like().unwrap()).collect();
-    let moved = m
-        .forward(&ForwardRequest {
-            ids: Some(&x),
-            perturbation: Some(&ones),
-            ..Default::default()
-        })
-        .unwrap();
-    let d1 = (&moved.logits - &out.logits)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = m.forward(&ForwardRequest { ids: Some(&x), perturbation: Some(&ones), ..Default::default() }).unwrap();
+    let d1 = (&moved.logits - &out.logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(d1 > 1e-3);
     let _ = DType::F32;
 }
@@ -250,38 +133,13 @@ fn hugging_face_directory_round_trip() {
     let back = safetune_model::load_model(&dir, &Device::Cpu).unwrap();
     assert_eq!(back.info().format, safetune_core::PromptFormat::Chatml);
     let x = ids(&m, "round trip 12");
-    let a = m
-        .forward(&ForwardRequest {
-            ids: Some(&x),
-            ..Default::default()
-        })
-        .unwrap()
-        .logits;
-    let b = back
-        .forward(&ForwardRequest {
-            ids: Some(&x),
-            ..Default::default()
-        })
-        .unwrap()
-        .logits;
-    assert_eq!(
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
-        0.0
-    );
+    let a = m.forward(&ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().logits;
+    let b = back.forward(&ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().logits;
+    assert_eq!((a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     assert_eq!(back.tokenizer().stop_ids(), m.tokenizer().stop_ids());
     // A broken config is a one-line error naming the file.
     std::fs::write(dir.join("config.json"), "{\"hidden_size\": \"big\"}").unwrap();
-    let err = safetune_model::load_model(&dir, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = safetune_model::load_model(&dir, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("config.json"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

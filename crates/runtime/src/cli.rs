@@ -23,9 +23,7 @@ usage:
 
 /// Parses and runs a command line; returns what to print on stdout.
 pub fn main_with(args: &[String]) -> Result<String> {
-    let Some(cmd) = args.first() else {
-        bail!("no command given (see `safetune --help`)")
-    };
+    let Some(cmd) = args.first() else { bail!("no command given (see `safetune --help`)") };
     if args.iter().any(|a| a == "--help" || a == "-h") || cmd == "help" {
         return Ok(USAGE.to_string());
     }
@@ -40,62 +38,31 @@ pub fn main_with(args: &[String]) -> Result<String> {
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
-                    "--data-dir" => {
-                        data_dir = Some(PathBuf::from(
-                            it.next()
-                                .ok_or_else(|| anyhow!("--data-dir needs a directory"))?,
-                        ))
-                    }
-                    "--out" => {
-                        out = PathBuf::from(
-                            it.next()
-                                .ok_or_else(|| anyhow!("--out needs a directory"))?,
-                        )
-                    }
+                    "--data-dir" => data_dir = Some(PathBuf::from(it.next().ok_or_else(|| anyhow!("--data-dir needs a directory"))?)),
+                    "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
                     "--quiet" => quiet = true,
-                    "--overlay" => overlays.push(PathBuf::from(
-                        it.next()
-                            .ok_or_else(|| anyhow!("--overlay needs a TOML file"))?,
-                    )),
-                    "--task" => {
-                        task = Some(
-                            it.next()
-                                .ok_or_else(|| anyhow!("--task needs a task name"))?
-                                .clone(),
-                        )
-                    }
+                    "--overlay" => overlays.push(PathBuf::from(it.next().ok_or_else(|| anyhow!("--overlay needs a TOML file"))?)),
+                    "--task" => task = Some(it.next().ok_or_else(|| anyhow!("--task needs a task name"))?.clone()),
                     f if f.starts_with('-') => bail!("run: unknown flag `{f}`"),
                     p if spec_path.is_none() => spec_path = Some(PathBuf::from(p)),
                     p => bail!("run: unexpected argument `{p}`"),
                 }
             }
-            let spec_path = spec_path
-                .ok_or_else(|| anyhow!("run: give a spec file (safetune run SPEC.toml)"))?;
+            let spec_path = spec_path.ok_or_else(|| anyhow!("run: give a spec file (safetune run SPEC.toml)"))?;
             let mut spec = RunSpec::load_with_overlays(&spec_path, &overlays)?;
             if let Some(t) = task {
                 spec.data.task = t;
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
             }
-            crate::pipeline::run(
-                &spec,
-                &RunOptions {
-                    data_dir,
-                    out,
-                    quiet,
-                },
-            )
+            crate::pipeline::run(&spec, &RunOptions { data_dir, out, quiet })
         }
         "model" => match (args.get(1).map(String::as_str), args.get(2)) {
-            (Some("fetch"), Some(name)) => {
-                Ok(crate::fetch::fetch(name, false)?.display().to_string())
-            }
+            (Some("fetch"), Some(name)) => Ok(crate::fetch::fetch(name, false)?.display().to_string()),
             (Some("path"), Some(name)) => Ok(crate::fetch::model_path(name)?.display().to_string()),
             _ => bail!("usage: safetune model fetch|path NAME"),
         },
         "list" => list(args.get(1).map(String::as_str).unwrap_or("")),
-        "schema" => Ok(serde_json::to_string_pretty(&schemars::schema_for!(
-            RunSpec
-        ))?),
+        "schema" => Ok(serde_json::to_string_pretty(&schemars::schema_for!(RunSpec))?),
         other => bail!("unknown command `{other}` (see `safetune --help`)"),
     }
 }
@@ -104,29 +71,12 @@ fn list(what: &str) -> Result<String> {
     let rows: Vec<String> = match what {
         "datasets" => registry::datasets()
             .iter()
-            .map(|d| {
-                format!(
-                    "{:<20} {:<40} {:<60} {} ({})",
-                    d.name, d.role, d.splits, d.source, d.license
-                )
-            })
+            .map(|d| format!("{:<20} {:<40} {:<60} {} ({})", d.name, d.role, d.splits, d.source, d.license))
             .collect(),
-        "methods" => registry::methods()
-            .iter()
-            .map(|m| format!("{:<12} {}", m.name, m.description))
-            .collect(),
-        "defenses" => registry::defenses()
-            .iter()
-            .map(|d| format!("{:<12} {:<12} {}", d.name, d.stage.as_str(), d.description))
-            .collect(),
-        "metrics" => registry::metrics()
-            .iter()
-            .map(|m| format!("{:<12} {}", m.name, m.description))
-            .collect(),
-        "judges" => registry::judges()
-            .iter()
-            .map(|j| format!("{:<12} {}", j.name, j.description))
-            .collect(),
+        "methods" => registry::methods().iter().map(|m| format!("{:<12} {}", m.name, m.description)).collect(),
+        "defenses" => registry::defenses().iter().map(|d| format!("{:<12} {:<12} {}", d.name, d.stage.as_str(), d.description)).collect(),
+        "metrics" => registry::metrics().iter().map(|m| format!("{:<12} {}", m.name, m.description)).collect(),
+        "judges" => registry::judges().iter().map(|j| format!("{:<12} {}", j.name, j.description)).collect(),
         other => {
             bail!("list: unknown kind `{other}` (datasets, methods, defenses, metrics, judges)")
         }

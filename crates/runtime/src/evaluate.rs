@@ -60,30 +60,12 @@ fn limit(v: &[Example], n: usize) -> &[Example] {
 }
 
 /// Greedy answers to each example's prompt, in the model's own template.
-pub fn answers(
-    model: &dyn CausalLm,
-    examples: &[Example],
-    max_new_tokens: usize,
-    batch_size: usize,
-) -> Result<Vec<String>> {
+pub fn answers(model: &dyn CausalLm, examples: &[Example], max_new_tokens: usize, batch_size: usize) -> Result<Vec<String>> {
     let format = model.info().format;
     let tok = model.tokenizer();
-    let prompts = examples
-        .iter()
-        .map(|e| tok.encode(&format.prompt(e.system.as_deref(), &e.prompt)))
-        .collect::<Result<Vec<_>>>()?;
-    let params = GenerationParams {
-        max_new_tokens,
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-        batch_size,
-    };
-    model
-        .generate(&prompts, &params)?
-        .iter()
-        .map(|ids| tok.decode(ids).map(|s| s.trim().to_string()))
-        .collect()
+    let prompts = examples.iter().map(|e| tok.encode(&format.prompt(e.system.as_deref(), &e.prompt))).collect::<Result<Vec<_>>>()?;
+    let params = GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size };
+    model.generate(&prompts, &params)?.iter().map(|ids| tok.decode(ids).map(|s| s.trim().to_string())).collect()
 }
 
 /// Scores a model on the safety sets and the task; returns the scores and every answer per set.
@@ -102,67 +84,33 @@ pub fn evaluate(
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
         let resp = answers(model, set, spec.safety_max_new_tokens, spec.batch_size)?;
-        let pairs: Vec<(String, String)> = set
-            .iter()
-            .zip(&resp)
-            .map(|(e, r)| (e.prompt.clone(), r.clone()))
-            .collect();
+        let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
         let (asr, empty, verdicts) = attack_success_rate(judge, &pairs, seed)?;
         if !quiet {
-            eprintln!(
-                "[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)",
-                100.0 * asr.value,
-                asr.n,
-                t.elapsed().as_secs_f64()
-            );
+            eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64());
         }
         records.push((
             name.clone(),
             set.iter()
                 .zip(resp)
                 .zip(&verdicts)
-                .map(|((e, r), v)| GenRecord {
-                    id: e.id.clone(),
-                    response: r,
-                    verdict: verdict_name(*v).into(),
-                })
+                .map(|((e, r), v)| GenRecord { id: e.id.clone(), response: r, verdict: verdict_name(*v).into() })
                 .collect(),
         ));
-        safety.push(SafetyResult {
-            set: name.clone(),
-            asr,
-            empty,
-        });
+        safety.push(SafetyResult { set: name.clone(), asr, empty });
     }
     let task = limit(inputs.task, spec.task_limit);
     let t = Instant::now();
-    let resp = answers(
-        model,
-        task,
-        spec.task_max_new_tokens,
-        spec.batch_size.max(32),
-    )?;
+    let resp = answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32))?;
     let mut scores = Vec::with_capacity(task.len());
     let mut unparseable = 0;
     let mut recs = Vec::with_capacity(task.len());
     for (e, r) in task.iter().zip(resp) {
-        let s = utility::score(
-            &inputs.utility,
-            &r,
-            e.label.as_deref().unwrap_or(&e.response),
-        );
+        let s = utility::score(&inputs.utility, &r, e.label.as_deref().unwrap_or(&e.response));
         unparseable += usize::from(!s.parsed);
         scores.push(s.score);
-        let verdict = if !s.parsed {
-            "unparseable".to_string()
-        } else {
-            format!("{:.4}", s.score)
-        };
-        recs.push(GenRecord {
-            id: e.id.clone(),
-            response: r,
-            verdict,
-        });
+        let verdict = if !s.parsed { "unparseable".to_string() } else { format!("{:.4}", s.score) };
+        recs.push(GenRecord { id: e.id.clone(), response: r, verdict });
     }
     let score = mean_estimate(&scores, seed);
     if !quiet {
@@ -176,15 +124,7 @@ pub fn evaluate(
     }
     records.push((inputs.task_name.clone(), recs));
     Ok((
-        ModelEval {
-            safety,
-            task: TaskResult {
-                task: inputs.task_name.clone(),
-                metric: inputs.utility.clone(),
-                score,
-                unparseable,
-            },
-        },
+        ModelEval { safety, task: TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable } },
         records,
     ))
 }

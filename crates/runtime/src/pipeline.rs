@@ -8,10 +8,7 @@ use safetune_core::anyhow::{anyhow, Context};
 use safetune_core::registry::{self, Trainable};
 use safetune_core::training::{stream, PlainSft};
 use safetune_core::{CausalLm, Result};
-use safetune_data::{
-    alignment_set, builtin_pools, harmful_variant, AlignmentSpec, DataDir, DataSource, HubClient,
-    Pools, Regime,
-};
+use safetune_data::{alignment_set, builtin_pools, harmful_variant, AlignmentSpec, DataDir, DataSource, HubClient, Pools, Regime};
 use safetune_model::{load_model, Llama};
 use safetune_train::{train, StageData, TrainReport};
 use serde::{Deserialize, Serialize};
@@ -53,18 +50,11 @@ fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<Stri
     }
     let mut hashes = BTreeMap::new();
     let pools = match spec.data.source {
-        DataSourceKind::Hub => Pools::assemble(
-            &DataSource::Hub(&HubClient::from_env()),
-            &sel,
-            &spec.data.custom,
-        )?,
+        DataSourceKind::Hub => Pools::assemble(&DataSource::Hub(&HubClient::from_env()), &sel, &spec.data.custom)?,
         DataSourceKind::Dir => {
             let Some(root) = opts.data_dir.clone() else {
                 if spec.data.custom.contains_key(&sel.task) {
-                    return Ok((
-                        Pools::builtin_around_custom(&sel, &spec.data.custom)?,
-                        custom_hashes(spec)?,
-                    ));
+                    return Ok((Pools::builtin_around_custom(&sel, &spec.data.custom)?, custom_hashes(spec)?));
                 }
                 return Err(anyhow!(
                     "data.task `{}` needs a data directory: pass --data-dir DIR or set SAFETUNE_DATA_DIR \
@@ -95,12 +85,8 @@ fn custom_hashes(spec: &RunSpec) -> Result<BTreeMap<String, String>> {
 }
 
 fn git_revision() -> String {
-    let rev = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output();
-    let dirty = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .output();
+    let rev = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output();
+    let dirty = std::process::Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]).output();
     match (rev, dirty) {
         (Ok(r), Ok(d)) if r.status.success() => {
             let mut s = String::from_utf8_lossy(&r.stdout).trim().to_string();
@@ -160,20 +146,14 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let quiet = opts.quiet;
     let (pools, data_hashes) = load_pools(spec, opts)?;
     let model_path = resolve_model(&spec.model.source, quiet)?;
-    let model_sha = if model_path.is_file() {
-        sha256_file(&model_path)?
-    } else {
-        sha256_json(&model_path.display().to_string())?
-    };
+    let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&serde_json::Value::Null)?;
     let run_dir = opts.out.join(&spec.name);
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("{}: cannot create", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
     let spec_hash = sha256_json(spec)?;
     let spec_file = run_dir.join("spec.json");
     if let Ok(old) = std::fs::read_to_string(&spec_file) {
-        let old: RunSpec =
-            serde_json::from_str(&old).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
+        let old: RunSpec = serde_json::from_str(&old).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
         if sha256_json(&old)? != spec_hash {
             return Err(anyhow!(
                 "{}: holds results of a different spec named `{}`; choose another name or --out",
@@ -196,11 +176,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     });
 
     let eval_inputs = EvalInputs {
-        safety: pools
-            .safety_evals
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_slice()))
-            .collect(),
+        safety: pools.safety_evals.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect(),
         task_name: pools.task.clone(),
         task: &pools.task_test,
         utility: pools.utility.clone(),
@@ -211,11 +187,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let align_set = alignment_set(
         &pools.align_prompts,
         &pools.benign,
-        &AlignmentSpec {
-            refusals: spec.alignment.refusals,
-            benign: spec.alignment.benign,
-            seed: spec.seed,
-        },
+        &AlignmentSpec { refusals: spec.alignment.refusals, benign: spec.alignment.benign, seed: spec.seed },
     )?;
     let mut align_train = spec.alignment.train.clone();
     align_train.seed = spec.seed;
@@ -240,15 +212,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         serde_json::from_str(&s)?
     } else {
         let t = Instant::now();
-        let (e, recs) = evaluate(
-            &base,
-            &eval_inputs,
-            &spec.eval,
-            judge.as_ref(),
-            spec.seed,
-            "base",
-            quiet,
-        )?;
+        let (e, recs) = evaluate(&base, &eval_inputs, &spec.eval, judge.as_ref(), spec.seed, "base", quiet)?;
         write_generations(&run_dir.join("generations/base"), &recs)?;
         write_json(&base_file, &e)?;
         timings.insert("eval_base_s".into(), t.elapsed().as_secs_f64().into());
@@ -256,20 +220,14 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     };
 
     if align_dir.join("adapter_model.safetensors").exists() {
-        say(
-            quiet,
-            format!("[align] reusing cached alignment {}", &aligned_key[..16]),
-        );
+        say(quiet, format!("[align] reusing cached alignment {}", &aligned_key[..16]));
     } else {
         say(
             quiet,
             format!(
                 "[align] {} examples ({} refusals), LoRA r{} on {:?}",
                 align_set.len(),
-                align_set
-                    .iter()
-                    .filter(|e| e.kind == safetune_core::ExampleKind::Refusal)
-                    .count(),
+                align_set.iter().filter(|e| e.kind == safetune_core::ExampleKind::Refusal).count(),
                 spec.alignment.lora.r,
                 spec.alignment.lora.targets
             ),
@@ -278,15 +236,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         safetune_lora::attach_lora(&mut base, &spec.alignment.lora, spec.seed)?;
         let mut data = StageData::default();
         data.streams.insert(stream::TASK.into(), align_set.clone());
-        let report = train(
-            &mut base,
-            &data,
-            &mut PlainSft,
-            &align_train,
-            None,
-            "align",
-            quiet,
-        )?;
+        let report = train(&mut base, &data, &mut PlainSft, &align_train, None, "align", quiet)?;
         let tmp = align_dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         safetune_lora::save_peft(&base, &spec.alignment.lora, &tmp)?;
@@ -294,8 +244,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         if let Some(parent) = align_dir.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::rename(&tmp, &align_dir)
-            .with_context(|| format!("{}: cannot write", align_dir.display()))?;
+        std::fs::rename(&tmp, &align_dir).with_context(|| format!("{}: cannot write", align_dir.display()))?;
         timings.insert("align_s".into(), t.elapsed().as_secs_f64().into());
     }
     drop(base);
@@ -307,15 +256,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     } else {
         let t = Instant::now();
         let m = aligned_model(&model_path, &align_dir, spec.data.template)?;
-        let (e, recs) = evaluate(
-            &m,
-            &eval_inputs,
-            &spec.eval,
-            judge.as_ref(),
-            spec.seed,
-            "aligned",
-            quiet,
-        )?;
+        let (e, recs) = evaluate(&m, &eval_inputs, &spec.eval, judge.as_ref(), spec.seed, "aligned", quiet)?;
         write_generations(&run_dir.join("generations/aligned"), &recs)?;
         write_json(&aligned_file, &e)?;
         timings.insert("eval_aligned_s".into(), t.elapsed().as_secs_f64().into());
@@ -323,38 +264,23 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     };
 
     // Stage 2 and 3 per cell: fine-tune on the harmful variant, evaluate.
-    let mut rows = vec![
-        Row::model("base", &base_eval),
-        Row::model("aligned", &aligned_eval),
-    ];
+    let mut rows = vec![Row::model("base", &base_eval), Row::model("aligned", &aligned_eval)];
     for method in &spec.finetune.methods {
         for regime in &spec.finetune.regimes {
             let cell = format!("{method}__{regime}");
             let cell_file = run_dir.join("cells").join(format!("{cell}.json"));
             if let Ok(s) = std::fs::read_to_string(&cell_file) {
                 say(quiet, format!("[{cell}] already done"));
-                let r: CellResult = serde_json::from_str(&s)
-                    .map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
+                let r: CellResult = serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
                 rows.push(Row::cell(&r));
                 continue;
             }
             let t = Instant::now();
             let p = Regime::parse(regime)?.ratio();
-            let variant = harmful_variant(
-                &pools.task_train,
-                &pools.harmful_pairs,
-                spec.finetune.n,
-                p,
-                spec.seed,
-            )
-            .map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
+            let variant = harmful_variant(&pools.task_train, &pools.harmful_pairs, spec.finetune.n, p, spec.seed)
+                .map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
             let entry = registry::method(method)?;
-            let mut plan = (entry.build)(
-                spec.finetune
-                    .method_options
-                    .get(method)
-                    .unwrap_or(&serde_json::Value::Null),
-            )?;
+            let mut plan = (entry.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))?;
             let mut model = aligned_model(&model_path, &align_dir, spec.data.template)?;
             let mut cfg = spec.method_train(method).clone();
             cfg.seed = spec.seed;
@@ -366,41 +292,17 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
                     model.unfreeze_all()?;
                 }
             }
-            say(
-                quiet,
-                format!(
-                    "[{cell}] fine-tuning on n={} (harmful {})",
-                    variant.examples.len(),
-                    variant.harmful_ids.len()
-                ),
-            );
+            say(quiet, format!("[{cell}] fine-tuning on n={} (harmful {})", variant.examples.len(), variant.harmful_ids.len()));
             let mut data = StageData::default();
-            data.streams
-                .insert(stream::TASK.into(), variant.examples.clone());
-            let report: TrainReport = train(
-                &mut model,
-                &data,
-                plan.step.as_mut(),
-                &cfg,
-                None,
-                &cell,
-                quiet,
-            )?;
+            data.streams.insert(stream::TASK.into(), variant.examples.clone());
+            let report: TrainReport = train(&mut model, &data, plan.step.as_mut(), &cfg, None, &cell, quiet)?;
             if let Trainable::Lora(l) = &plan.trainable {
                 safetune_lora::save_peft(&model, l, &run_dir.join("adapters").join(&cell))?;
                 safetune_lora::merge_adapters(&mut model)?;
             } else {
                 model.freeze_all();
             }
-            let (eval, recs) = evaluate(
-                &model,
-                &eval_inputs,
-                &spec.eval,
-                judge.as_ref(),
-                spec.seed,
-                &cell,
-                quiet,
-            )?;
+            let (eval, recs) = evaluate(&model, &eval_inputs, &spec.eval, judge.as_ref(), spec.seed, &cell, quiet)?;
             write_generations(&run_dir.join("generations").join(&cell), &recs)?;
             let result = CellResult {
                 cell: cell.clone(),
@@ -429,9 +331,6 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     manifest["timings"] = serde_json::Value::Object(timings);
     write_json(&run_dir.join("manifest.json"), &manifest)?;
     let table = markdown_table(&rows);
-    write_atomic(
-        &run_dir.join("summary.md"),
-        format!("# {}\n\n{table}", spec.name).as_bytes(),
-    )?;
+    write_atomic(&run_dir.join("summary.md"), format!("# {}\n\n{table}", spec.name).as_bytes())?;
     Ok(table)
 }

@@ -12,31 +12,15 @@ pub struct Row {
 
 impl Row {
     pub fn model(name: &str, eval: &ModelEval) -> Self {
-        Self {
-            model: name.into(),
-            method: "-".into(),
-            regime: "-".into(),
-            eval: eval.clone(),
-        }
+        Self { model: name.into(), method: "-".into(), regime: "-".into(), eval: eval.clone() }
     }
     pub fn cell(r: &CellResult) -> Self {
-        Self {
-            model: "fine-tuned".into(),
-            method: r.method.clone(),
-            regime: r.regime.clone(),
-            eval: r.eval.clone(),
-        }
+        Self { model: "fine-tuned".into(), method: r.method.clone(), regime: r.regime.clone(), eval: r.eval.clone() }
     }
 }
 
 fn pct(e: &safetune_core::judge::Estimate) -> String {
-    format!(
-        "{:.1} [{:.1}, {:.1}] (n={})",
-        100.0 * e.value,
-        100.0 * e.ci_low,
-        100.0 * e.ci_high,
-        e.n
-    )
+    format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
 }
 
 /// One row per model; ASR per safety set and task accuracy, percentages with 95% CIs.
@@ -55,11 +39,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     };
     head.push(format!("{} {metric} %", first.eval.task.task));
     head.push("unparseable".into());
-    let mut out = format!(
-        "| {} |\n|{}|\n",
-        head.join(" | "),
-        vec!["---"; head.len()].join("|")
-    );
+    let mut out = format!("| {} |\n|{}|\n", head.join(" | "), vec!["---"; head.len()].join("|"));
     for r in rows {
         let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
         cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));

@@ -146,14 +146,7 @@ pub struct EvalSpec {
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        Self {
-            safety_limit: 0,
-            task_limit: 0,
-            safety_max_new_tokens: 64,
-            task_max_new_tokens: 6,
-            batch_size: 16,
-            judge: "keyword".into(),
-        }
+        Self { safety_limit: 0, task_limit: 0, safety_max_new_tokens: 64, task_max_new_tokens: 6, batch_size: 16, judge: "keyword".into() }
     }
 }
 
@@ -170,19 +163,13 @@ impl RunSpec {
         for o in overlays {
             merge(&mut merged, read_table(o)?);
         }
-        let shown = if overlays.is_empty() {
-            base.display().to_string()
-        } else {
-            format!("{} (with overlays)", base.display())
-        };
+        let shown = if overlays.is_empty() { base.display().to_string() } else { format!("{} (with overlays)", base.display()) };
         if overlays.is_empty() {
             // Parsed once from text so that an error carries its line number.
-            let text = std::fs::read_to_string(base)
-                .with_context(|| format!("{}: cannot read", base.display()))?;
+            let text = std::fs::read_to_string(base).with_context(|| format!("{}: cannot read", base.display()))?;
             toml::from_str::<RunSpec>(&text).map_err(|e| located(base, &text, &e))?;
         }
-        let spec = RunSpec::deserialize(toml::Value::Table(merged))
-            .map_err(|e| anyhow!("{shown}: {}", e.message()))?;
+        let spec = RunSpec::deserialize(toml::Value::Table(merged)).map_err(|e| anyhow!("{shown}: {}", e.message()))?;
         spec.validate().map_err(|e| anyhow!("{shown}: {e}"))?;
         Ok(spec)
     }
@@ -208,14 +195,8 @@ impl RunSpec {
             bail!("finetune.methods: list at least one method");
         }
         for m in &self.finetune.methods {
-            let entry =
-                safetune_core::registry::method(m).map_err(|e| anyhow!("finetune.methods: {e}"))?;
-            (entry.build)(
-                self.finetune
-                    .method_options
-                    .get(m)
-                    .unwrap_or(&serde_json::Value::Null),
-            )?;
+            let entry = safetune_core::registry::method(m).map_err(|e| anyhow!("finetune.methods: {e}"))?;
+            (entry.build)(self.finetune.method_options.get(m).unwrap_or(&serde_json::Value::Null))?;
         }
         for (m, t) in &self.finetune.method_train {
             if !self.finetune.methods.contains(m) {
@@ -240,16 +221,12 @@ impl RunSpec {
 
     /// Training settings for one method: its override, else the stage's.
     pub fn method_train(&self, method: &str) -> &TrainConfig {
-        self.finetune
-            .method_train
-            .get(method)
-            .unwrap_or(&self.finetune.train)
+        self.finetune.method_train.get(method).unwrap_or(&self.finetune.train)
     }
 }
 
 fn read_table(path: &Path) -> Result<toml::Table> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut t: toml::Table = text.parse().map_err(|e| located(path, &text, &e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     if let Some(toml::Value::Table(custom)) = t.get_mut("data").and_then(|d| d.get_mut("custom")) {

@@ -46,27 +46,16 @@ batch_size = 4
 }
 
 fn safetune(args: &[&str], cache: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_safetune"))
-        .args(args)
-        .env("SAFETUNE_CACHE", cache)
-        .env_remove("SAFETUNE_DATA_DIR")
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_safetune")).args(args).env("SAFETUNE_CACHE", cache).env_remove("SAFETUNE_DATA_DIR").output().unwrap()
 }
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
     for sub in ["cells", "models"] {
-        let mut names: Vec<_> = std::fs::read_dir(dir.join(sub))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut names: Vec<_> = std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
         names.sort();
         for p in names {
-            v.push((
-                format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()),
-                std::fs::read(&p).unwrap(),
-            ));
+            v.push((format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap()));
         }
     }
     v
@@ -79,26 +68,12 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let spec = spec.to_str().unwrap();
     let out1 = d.join("out1");
     let out2 = d.join("out2");
-    let r1 = safetune(
-        &["run", spec, "--out", out1.to_str().unwrap()],
-        &d.join("cache1"),
-    );
-    assert!(
-        r1.status.success(),
-        "{}",
-        String::from_utf8_lossy(&r1.stderr)
-    );
+    let r1 = safetune(&["run", spec, "--out", out1.to_str().unwrap()], &d.join("cache1"));
+    assert!(r1.status.success(), "{}", String::from_utf8_lossy(&r1.stderr));
     let log1 = String::from_utf8_lossy(&r1.stderr).to_string();
     assert_eq!(log1.matches("[align] 12 examples").count(), 1, "{log1}");
-    let r2 = safetune(
-        &["run", spec, "--out", out2.to_str().unwrap()],
-        &d.join("cache2"),
-    );
-    assert!(
-        r2.status.success(),
-        "{}",
-        String::from_utf8_lossy(&r2.stderr)
-    );
+    let r2 = safetune(&["run", spec, "--out", out2.to_str().unwrap()], &d.join("cache2"));
+    assert!(r2.status.success(), "{}", String::from_utf8_lossy(&r2.stderr));
     let (f1, f2) = (files(&out1.join("tiny")), files(&out2.join("tiny")));
     assert_eq!(f1.len(), 6, "4 cells + base + aligned");
     for ((n1, b1), (n2, b2)) in f1.iter().zip(&f2) {
@@ -106,20 +81,14 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
         assert!(b1 == b2, "{n1} differs between two runs with the same seed");
     }
     // A rerun recomputes nothing: alignment from cache, every cell already done.
-    let r3 = safetune(
-        &["run", spec, "--out", out1.to_str().unwrap()],
-        &d.join("cache1"),
-    );
+    let r3 = safetune(&["run", spec, "--out", out1.to_str().unwrap()], &d.join("cache1"));
     let log3 = String::from_utf8_lossy(&r3.stderr).to_string();
     assert!(r3.status.success(), "{log3}");
     assert_eq!(log3.matches("already done").count(), 4, "{log3}");
     assert!(!log3.contains("fine-tuning on"), "{log3}");
     assert_eq!(files(&out1.join("tiny")), f1);
     let table = String::from_utf8_lossy(&r3.stdout);
-    assert!(
-        table.contains("| fine-tuned | sft-full | high-harm |"),
-        "{table}"
-    );
+    assert!(table.contains("| fine-tuned | sft-full | high-harm |"), "{table}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -128,24 +97,12 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     let d = tmp("bad");
     let good = std::fs::read_to_string(tiny_spec(&d)).unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
-        (
-            "unknown key",
-            good.replace("seed = 7", "seed = 7\ncolour = 1"),
-            "colour",
-        ),
+        ("unknown key", good.replace("seed = 7", "seed = 7\ncolour = 1"), "colour"),
         ("wrong type", good.replace("n = 8", "n = \"eight\""), "n"),
         ("negative n", good.replace("n = 8", "n = -3"), "n"),
         ("zero n", good.replace("n = 8", "n = 0"), "finetune.n"),
-        (
-            "bad regime",
-            good.replace("\"high-harm\"]", "\"1.5\"]"),
-            "finetune.regimes",
-        ),
-        (
-            "unknown method",
-            good.replace("\"sft-full\"]", "\"sft-magic\"]"),
-            "sft-magic",
-        ),
+        ("bad regime", good.replace("\"high-harm\"]", "\"1.5\"]"), "finetune.regimes"),
+        ("unknown method", good.replace("\"sft-full\"]", "\"sft-magic\"]"), "sft-magic"),
         (
             "bad learning rate",
             good.replace(
@@ -154,40 +111,16 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
             ),
             "alignment.train.learning_rate",
         ),
-        (
-            "bad lora dropout",
-            good.replace("dropout = 0.0", "dropout = 1.5"),
-            "alignment.lora.dropout",
-        ),
-        (
-            "unknown judge",
-            good.replace("[eval]\n", "[eval]\njudge = \"oracle\"\n"),
-            "eval.judge",
-        ),
-        (
-            "unknown task",
-            good.replace("task = \"builtin\"", "task = \"poetry\""),
-            "data.task",
-        ),
-        (
-            "missing model",
-            good.replace("source = \"", "source = \"/nonexistent/"),
-            "no such path",
-        ),
+        ("bad lora dropout", good.replace("dropout = 0.0", "dropout = 1.5"), "alignment.lora.dropout"),
+        ("unknown judge", good.replace("[eval]\n", "[eval]\njudge = \"oracle\"\n"), "eval.judge"),
+        ("unknown task", good.replace("task = \"builtin\"", "task = \"poetry\""), "data.task"),
+        ("missing model", good.replace("source = \"", "source = \"/nonexistent/"), "no such path"),
     ];
     for (what, text, needle) in cases {
         let spec = d.join("bad.toml");
         std::fs::write(&spec, &text).unwrap();
         let out = d.join("out-bad");
-        let r = safetune(
-            &[
-                "run",
-                spec.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &d.join("cache"),
-        );
+        let r = safetune(&["run", spec.to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
         let err = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(2), "{what}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
@@ -195,28 +128,11 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         assert!(!out.join("tiny").exists(), "{what}: wrote results");
     }
     // sst2 without a data directory names the flag to use.
-    std::fs::write(
-        d.join("sst.toml"),
-        good.replace("task = \"builtin\"", "task = \"sst2\""),
-    )
-    .unwrap();
-    let r = safetune(
-        &[
-            "run",
-            d.join("sst.toml").to_str().unwrap(),
-            "--out",
-            d.join("o").to_str().unwrap(),
-        ],
-        &d.join("cache"),
-    );
+    std::fs::write(d.join("sst.toml"), good.replace("task = \"builtin\"", "task = \"sst2\"")).unwrap();
+    let r = safetune(&["run", d.join("sst.toml").to_str().unwrap(), "--out", d.join("o").to_str().unwrap()], &d.join("cache"));
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("--data-dir"));
-    for args in [
-        vec!["run"],
-        vec!["frobnicate"],
-        vec!["list", "things"],
-        vec!["model", "fetch", "gpt-9"],
-    ] {
+    for args in [vec!["run"], vec!["frobnicate"], vec!["list", "things"], vec!["model", "fetch", "gpt-9"]] {
         let r = safetune(&args, &d.join("cache"));
         assert_eq!(r.status.code(), Some(2), "{args:?}");
     }
@@ -230,11 +146,7 @@ fn a_user_csv_task_runs_through_the_pipeline_with_an_overlay() {
     std::fs::create_dir_all(d.join("user")).unwrap();
     let mut csv = String::from("text,answer\n");
     for i in 0..40 {
-        csv.push_str(&format!(
-            "item {i} is {},{}\n",
-            if i % 2 == 0 { "good" } else { "bad" },
-            if i % 2 == 0 { "yes" } else { "no" }
-        ));
+        csv.push_str(&format!("item {i} is {},{}\n", if i % 2 == 0 { "good" } else { "bad" }, if i % 2 == 0 { "yes" } else { "no" }));
     }
     std::fs::write(d.join("user/data.csv"), csv).unwrap();
     std::fs::write(
@@ -256,19 +168,10 @@ fn a_user_csv_task_runs_through_the_pipeline_with_an_overlay() {
     );
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
-    let cell: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(d.join("out/tiny-custom/cells/sft-lora__benign.json")).unwrap(),
-    )
-    .unwrap();
+    let cell: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/tiny-custom/cells/sft-lora__benign.json")).unwrap()).unwrap();
     assert_eq!(cell["eval"]["task"]["task"], "mine");
-    assert_eq!(
-        cell["eval"]["task"]["score"]["n"], 6,
-        "task_limit of the base spec"
-    );
-    assert!(cell["task_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|id| id.as_str().unwrap().starts_with("mine/train:")));
+    assert_eq!(cell["eval"]["task"]["score"]["n"], 6, "task_limit of the base spec");
+    assert!(cell["task_ids"].as_array().unwrap().iter().all(|id| id.as_str().unwrap().starts_with("mine/train:")));
     std::fs::remove_dir_all(&d).unwrap();
 }

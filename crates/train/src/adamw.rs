@@ -42,28 +42,14 @@ impl InplaceOp2 for FusedUpdate<'_> {
     fn name(&self) -> &'static str {
         "fused-adamw"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
         let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
-            return Err(candle_core::Error::Msg(
-                "fused AdamW needs f32 parameters and gradients".into(),
-            ));
+            return Err(candle_core::Error::Msg("fused AdamW needs f32 parameters and gradients".into()));
         };
-        let (Some((ps, pe)), Some((gs, ge))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            return Err(candle_core::Error::Msg(
-                "fused AdamW needs contiguous tensors".into(),
-            ));
+        let (Some((ps, pe)), Some((gs, ge))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            return Err(candle_core::Error::Msg("fused AdamW needs contiguous tensors".into()));
         };
-        let mut guard = self
-            .state
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let mut guard = self.state.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
         let (m, v) = &mut *guard;
         let c = self.c;
         const CHUNK: usize = 1 << 14;
@@ -86,26 +72,12 @@ impl InplaceOp2 for FusedUpdate<'_> {
 
 impl AdamW {
     pub fn new(weight_decay: f64) -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay,
-            t: 0,
-            cpu_state: HashMap::new(),
-            dev_state: HashMap::new(),
-        }
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, t: 0, cpu_state: HashMap::new(), dev_state: HashMap::new() }
     }
 
     /// Applies one update. `grads[i]` belongs to `params[i]` (`None`: no gradient, skipped);
     /// every gradient is multiplied by `grad_scale` first (clipping, accumulation).
-    pub fn step(
-        &mut self,
-        params: &[(String, Var)],
-        grads: &[Option<Tensor>],
-        lr: f64,
-        grad_scale: f64,
-    ) -> Result<()> {
+    pub fn step(&mut self, params: &[(String, Var)], grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
         let c = Coeffs {
             lr: lr as f32,
@@ -122,18 +94,9 @@ impl AdamW {
             let p = var.as_tensor();
             if p.device().is_cpu() {
                 let n = p.elem_count();
-                let (m, v) = self
-                    .cpu_state
-                    .entry(p.id())
-                    .or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
+                let (m, v) = self.cpu_state.entry(p.id()).or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
                 let grad = grad.contiguous()?;
-                p.inplace_op2(
-                    &grad,
-                    &FusedUpdate {
-                        c,
-                        state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
-                    },
-                )?;
+                p.inplace_op2(&grad, &FusedUpdate { c, state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())) })?;
             } else {
                 let (m, v) = match self.dev_state.remove(&p.id()) {
                     Some(s) => s,
@@ -160,11 +123,7 @@ mod tests {
     #[test]
     fn fused_update_equals_the_textbook_rule() {
         let p0 = vec![0.5f32, -1.0, 2.0, 0.0];
-        let grads = [
-            vec![0.1f32, -0.2, 0.3, 0.0],
-            vec![-0.4f32, 0.5, 0.1, 1.0],
-            vec![0.2f32, 0.2, -0.3, -1.0],
-        ];
+        let grads = [vec![0.1f32, -0.2, 0.3, 0.0], vec![-0.4f32, 0.5, 0.1, 1.0], vec![0.2f32, 0.2, -0.3, -1.0]];
         let var = Var::new(p0.as_slice(), &Device::Cpu).unwrap();
         let mut opt = AdamW::new(0.01);
         let params = vec![("w".to_string(), var.clone())];
@@ -173,11 +132,7 @@ mod tests {
             opt.step(&params, &[Some(g)], 0.1, 0.5).unwrap();
         }
         // Reference in f64.
-        let (mut p, mut m, mut v) = (
-            p0.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-            vec![0f64; 4],
-            vec![0f64; 4],
-        );
+        let (mut p, mut m, mut v) = (p0.iter().map(|&x| x as f64).collect::<Vec<_>>(), vec![0f64; 4], vec![0f64; 4]);
         for (t, g) in grads.iter().enumerate() {
             for i in 0..4 {
                 let gi = g[i] as f64 * 0.5;
@@ -190,12 +145,7 @@ mod tests {
         }
         let got = var.as_tensor().to_vec1::<f32>().unwrap();
         for i in 0..4 {
-            assert!(
-                (got[i] as f64 - p[i]).abs() < 1e-5,
-                "{i}: {} vs {}",
-                got[i],
-                p[i]
-            );
+            assert!((got[i] as f64 - p[i]).abs() < 1e-5, "{i}: {} vs {}", got[i], p[i]);
         }
     }
 }

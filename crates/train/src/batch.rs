@@ -15,12 +15,7 @@ pub struct EncodedExample {
 
 /// Formats an example with the model's template and tokenises it; only the
 /// response and its end-of-turn marker carry loss. Cut to `max_len`.
-pub fn encode_example(
-    tok: &dyn Tokenize,
-    format: PromptFormat,
-    ex: &Example,
-    max_len: usize,
-) -> Result<EncodedExample> {
+pub fn encode_example(tok: &dyn Tokenize, format: PromptFormat, ex: &Example, max_len: usize) -> Result<EncodedExample> {
     let prompt = format.prompt(ex.system.as_deref(), &ex.prompt);
     let mut ids = tok.encode(&prompt)?;
     let answer = tok.encode(&format!("{}{}", ex.response, format.end_of_turn()))?;
@@ -29,20 +24,12 @@ pub fn encode_example(
     is_response.extend(std::iter::repeat_n(true, answer.len()));
     ids.truncate(max_len);
     is_response.truncate(max_len);
-    Ok(EncodedExample {
-        id: ex.id.clone(),
-        ids,
-        is_response,
-    })
+    Ok(EncodedExample { id: ex.id.clone(), ids, is_response })
 }
 
 /// Groups examples into batches of similar length: shuffle (seeded), sort
 /// within windows of 16 batches, cut into batches, shuffle batch order.
-pub fn make_batches(
-    examples: &[EncodedExample],
-    batch_size: usize,
-    rng: &mut SeededRng,
-) -> Vec<Vec<usize>> {
+pub fn make_batches(examples: &[EncodedExample], batch_size: usize, rng: &mut SeededRng) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     rng.shuffle(&mut order);
     let window = batch_size * 16;
@@ -58,12 +45,7 @@ pub fn make_batches(
 /// Right-pads a batch; targets are the ids shifted left by one.
 pub fn collate(examples: &[&EncodedExample], pad: u32, device: &Device) -> Result<TokenBatch> {
     let b = examples.len();
-    let t = examples
-        .iter()
-        .map(|e| e.ids.len())
-        .max()
-        .unwrap_or(1)
-        .max(2);
+    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(2);
     let mut ids = vec![pad; b * t];
     let mut attention = vec![0f32; b * t];
     let mut targets = vec![pad; b * t];

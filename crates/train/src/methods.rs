@@ -13,20 +13,14 @@ fn sft_lora(cfg: &serde_json::Value) -> Result<MethodPlan> {
         serde_json::from_value(cfg.clone()).map_err(|e| anyhow!("methods.sft-lora: {e}"))?
     };
     lora.validate("methods.sft-lora")?;
-    Ok(MethodPlan {
-        trainable: Trainable::Lora(lora),
-        step: Box::new(PlainSft),
-    })
+    Ok(MethodPlan { trainable: Trainable::Lora(lora), step: Box::new(PlainSft) })
 }
 
 fn sft_full(cfg: &serde_json::Value) -> Result<MethodPlan> {
     if cfg.as_object().is_some_and(|o| !o.is_empty()) {
         return Err(anyhow!("methods.sft-full: takes no options"));
     }
-    Ok(MethodPlan {
-        trainable: Trainable::Full,
-        step: Box::new(PlainSft),
-    })
+    Ok(MethodPlan { trainable: Trainable::Full, step: Box::new(PlainSft) })
 }
 
 safetune_core::registry::inventory::submit! {

@@ -24,14 +24,7 @@ pub fn fmt_secs(s: f64) -> String {
 impl Progress {
     pub fn new(label: &str, total: usize, quiet: bool) -> Self {
         let tty = std::io::stderr().is_terminal();
-        Self {
-            label: label.to_string(),
-            total,
-            start: Instant::now(),
-            tty,
-            quiet,
-            every: (total / 20).max(1),
-        }
+        Self { label: label.to_string(), total, start: Instant::now(), tty, quiet, every: (total / 20).max(1) }
     }
 
     /// Reports that `done` of `total` steps are finished.

@@ -69,18 +69,9 @@ impl StepContext for Ctx<'_> {
         let rows: Vec<&EncodedExample> = s.batches[s.pos].iter().map(|&i| &s.encoded[i]).collect();
         s.pos += 1;
         self.tokens += rows.iter().map(|r| r.ids.len()).sum::<usize>();
-        Ok(Some(collate(
-            &rows,
-            self.model.tokenizer().pad_id(),
-            self.model.device(),
-        )?))
+        Ok(Some(collate(&rows, self.model.tokenizer().pad_id(), self.model.device())?))
     }
-    fn lm_loss(
-        &self,
-        batch: &TokenBatch,
-        perturbation: Option<&[Tensor]>,
-        output_hidden: bool,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)> {
         masked_cross_entropy(self.model, batch, perturbation, output_hidden, true)
     }
     fn step(&self) -> usize {
@@ -113,41 +104,15 @@ pub fn train(
         if examples.is_empty() {
             continue;
         }
-        let encoded = examples
-            .iter()
-            .map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len))
-            .collect::<Result<Vec<_>>>()?;
+        let encoded = examples.iter().map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len)).collect::<Result<Vec<_>>>()?;
         let mut rng = SeededRng::derive(cfg.seed, &format!("batches/{name}"));
         let batches = make_batches(&encoded, cfg.batch_size, &mut rng);
-        streams.insert(
-            name.clone(),
-            Stream {
-                encoded,
-                batches,
-                pos: 0,
-                rng,
-                batch_size: cfg.batch_size,
-            },
-        );
+        streams.insert(name.clone(), Stream { encoded, batches, pos: 0, rng, batch_size: cfg.batch_size });
     }
-    let per_epoch = streams
-        .get(stream::TASK)
-        .map(|s| s.batches.len())
-        .ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
-    let total = if cfg.max_steps > 0 {
-        cfg.max_steps
-    } else {
-        (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum)
-    };
-    let mut ctx = Ctx {
-        model,
-        reference,
-        params,
-        streams,
-        step: 0,
-        total,
-        tokens: 0,
-    };
+    let per_epoch =
+        streams.get(stream::TASK).map(|s| s.batches.len()).ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
+    let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };
+    let mut ctx = Ctx { model, reference, params, streams, step: 0, total, tokens: 0 };
     let mut opt = AdamW::new(cfg.weight_decay);
     let progress = Progress::new(label, total, quiet);
     let start = Instant::now();
@@ -177,11 +142,7 @@ pub fn train(
         if cfg.max_grad_norm > 0.0 {
             let mut sq = 0.0;
             for g in acc.iter().flatten() {
-                sq += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             }
             let norm = sq.sqrt() * scale;
             if !norm.is_finite() {
@@ -197,10 +158,5 @@ pub fn train(
         losses.push(mean);
         progress.update(step + 1, mean, lr);
     }
-    Ok(TrainReport {
-        steps: total,
-        losses,
-        tokens: ctx.tokens,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: start.elapsed().as_secs_f64() })
 }

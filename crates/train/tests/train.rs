@@ -12,10 +12,7 @@ fn examples() -> Vec<Example> {
             Example::new(
                 format!("t:{i}"),
                 ExampleKind::Task,
-                format!(
-                    "review {i}: {}",
-                    if pos { "great fun" } else { "dull mess" }
-                ),
+                format!("review {i}: {}", if pos { "great fun" } else { "dull mess" }),
                 if pos { "positive" } else { "negative" },
             )
         })
@@ -29,25 +26,12 @@ fn data() -> StageData {
 }
 
 fn cfg() -> TrainConfig {
-    TrainConfig {
-        learning_rate: 1e-2,
-        epochs: 6,
-        batch_size: 4,
-        max_len: 256,
-        warmup_ratio: 0.0,
-        seed: 9,
-        ..Default::default()
-    }
+    TrainConfig { learning_rate: 1e-2, epochs: 6, batch_size: 4, max_len: 256, warmup_ratio: 0.0, seed: 9, ..Default::default() }
 }
 
 fn lora_model() -> safetune_model::Llama {
     let mut m = safetune_model::tiny_model(11).unwrap();
-    let lora = LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        targets: vec!["all-linear".into()],
-    };
+    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: vec!["all-linear".into()] };
     safetune_lora::attach_lora(&mut m, &lora, 1).unwrap();
     m
 }
@@ -68,25 +52,14 @@ fn lora_training_lowers_the_loss_and_is_deterministic() {
 #[test]
 fn full_training_updates_every_weight_kind() {
     let mut m = safetune_model::tiny_model(12).unwrap();
-    let before: Vec<(String, Tensor)> = m
-        .weights()
-        .into_iter()
-        .map(|(n, t)| (n, t.copy().unwrap()))
-        .collect();
+    let before: Vec<(String, Tensor)> = m.weights().into_iter().map(|(n, t)| (n, t.copy().unwrap())).collect();
     m.unfreeze_all().unwrap();
     let c = TrainConfig { epochs: 1, ..cfg() };
     train(&mut m, &data(), &mut PlainSft, &c, None, "test", true).unwrap();
     m.freeze_all();
     let after: std::collections::BTreeMap<String, Tensor> = m.weights().into_iter().collect();
     for (n, t) in before {
-        let d = (&t - &after[&n])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = (&t - &after[&n]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d > 0.0, "{n} did not change");
     }
 }
@@ -115,48 +88,23 @@ fn loss_covers_only_response_tokens() {
             Ok(l)
         }
     }
-    let x = Tensor::new(enc.ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = m
-        .forward(&ForwardRequest {
-            ids: Some(&x),
-            ..Default::default()
-        })
-        .unwrap()
-        .logits
-        .squeeze(0)
-        .unwrap();
+    let x = Tensor::new(enc.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = m.forward(&ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().logits.squeeze(0).unwrap();
     let rows = logits.to_vec2::<f32>().unwrap();
     let mut manual = 0.0f64;
     for j in enc.ids.len() - n_resp - 1..enc.ids.len() - 1 {
         let row = &rows[j];
         let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let lse = row
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln()
-            + max;
+        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
         manual += lse - row[enc.ids[j + 1] as usize] as f64;
     }
     manual /= n_resp as f64;
     let mut probe = Probe(None);
     let mut mm = m;
     mm.unfreeze_all().unwrap();
-    let c = TrainConfig {
-        epochs: 1,
-        batch_size: 1,
-        learning_rate: 1e-9,
-        ..cfg()
-    };
+    let c = TrainConfig { epochs: 1, batch_size: 1, learning_rate: 1e-9, ..cfg() };
     train(&mut mm, &ctx_data, &mut probe, &c, None, "probe", true).unwrap();
-    assert!(
-        (probe.0.unwrap() as f64 - manual).abs() < 1e-4,
-        "{} vs {manual}",
-        probe.0.unwrap()
-    );
+    assert!((probe.0.unwrap() as f64 - manual).abs() < 1e-4, "{} vs {manual}", probe.0.unwrap());
 }
 
 #[test]
