@@ -157,8 +157,12 @@ impl Pools {
             };
             safety_evals.push((s.clone(), set));
         }
-        let dev = l.split("advbench", "dev")?;
-        let evals: Vec<Example> = safety_evals.iter().flat_map(|(_, v)| v.iter().cloned()).chain(dev).collect();
+        // Every prompt of every safety evaluation set, selected or not, stays out of training:
+        // the alignment pool does not depend on which sets a run evaluates.
+        let mut evals: Vec<Example> = Vec::new();
+        for (name, split) in [("advbench", "test"), ("advbench", "dev"), ("policy", "test"), ("beavertails-categories", "test"), ("xstest", "test")] {
+            evals.extend(l.split(name, split)?);
+        }
 
         let mut align_prompts = l.split("advbench", "train")?;
         remove_overlap(&mut align_prompts, &[&evals]);
