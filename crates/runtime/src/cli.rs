@@ -68,21 +68,31 @@ pub fn main_with(args: &[String]) -> Result<String> {
 }
 
 fn list(what: &str) -> Result<String> {
-    let rows: Vec<String> = match what {
-        "datasets" => registry::datasets()
-            .iter()
-            .map(|d| format!("{:<20} {:<40} {:<60} {} ({})", d.name, d.role, d.splits, d.source, d.license))
-            .collect(),
-        "methods" => registry::methods().iter().map(|m| format!("{:<12} {}", m.name, m.description)).collect(),
-        "defenses" => registry::defenses().iter().map(|d| format!("{:<12} {:<12} {}", d.name, d.stage.as_str(), d.description)).collect(),
-        "metrics" => registry::metrics().iter().map(|m| format!("{:<12} {}", m.name, m.description)).collect(),
-        "judges" => registry::judges().iter().map(|j| format!("{:<12} {}", j.name, j.description)).collect(),
-        other => {
-            bail!("list: unknown kind `{other}` (datasets, methods, defenses, metrics, judges)")
-        }
+    let (head, rows): (&[&str], Vec<Vec<String>>) = match what {
+        "datasets" => (
+            &["name", "role", "splits (rows)", "source", "license"],
+            registry::datasets().iter().map(|d| vec![d.name.into(), d.role.into(), d.splits.into(), d.source.into(), d.license.into()]).collect(),
+        ),
+        "methods" => (&["name", "description"], registry::methods().iter().map(|m| vec![m.name.into(), m.description.into()]).collect()),
+        "defenses" => (
+            &["name", "stage", "description"],
+            registry::defenses().iter().map(|d| vec![d.name.into(), d.stage.as_str().into(), d.description.into()]).collect(),
+        ),
+        "metrics" => (&["name", "description"], registry::metrics().iter().map(|m| vec![m.name.into(), m.description.into()]).collect()),
+        "judges" => (&["name", "description"], registry::judges().iter().map(|j| vec![j.name.into(), j.description.into()]).collect()),
+        other => bail!("list: unknown kind `{other}` (datasets, methods, defenses, metrics, judges)"),
     };
     if rows.is_empty() {
         return Ok(format!("(no {what} registered)"));
     }
-    Ok(rows.join("\n"))
+    // Aligned columns; the last one runs free.
+    let widths: Vec<usize> =
+        (0..head.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).chain([head[c].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: Vec<&str>| {
+        let n = cells.len();
+        cells.iter().enumerate().map(|(c, v)| if c + 1 == n { v.to_string() } else { format!("{v:<w$}", w = widths[c]) }).collect::<Vec<_>>().join("  ")
+    };
+    let mut out = vec![line(head.to_vec())];
+    out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
+    Ok(out.join("\n"))
 }
