@@ -160,7 +160,9 @@ impl Pools {
         // Every prompt of every safety evaluation set, selected or not, stays out of training:
         // the alignment pool does not depend on which sets a run evaluates.
         let mut evals: Vec<Example> = Vec::new();
-        for (name, split) in [("advbench", "test"), ("advbench", "dev"), ("policy", "test"), ("beavertails-categories", "test"), ("xstest", "test")] {
+        for (name, split) in
+            [("advbench", "test"), ("advbench", "dev"), ("policy", "test"), ("beavertails-categories", "test"), ("xstest", "test")]
+        {
             evals.extend(l.split(name, split)?);
         }
 

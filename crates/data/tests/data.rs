@@ -82,7 +82,8 @@ fn builtin_suite_is_disjoint_and_sized() {
     let p = builtin_pools("builtin");
     p.check().unwrap();
     assert_eq!(p.task_train.len() + p.task_test.len(), 4000);
-    assert_eq!((p.align_prompts.len(), p.harmful_pairs.len(), p.safety_evals[0].1.len()), (40, 30, 30));
+    assert_eq!((p.align_prompts.len(), p.harmful_pairs.len(), p.safety_evals[0].1.len()), (64, 48, 48));
+    assert_eq!(p.benign.len(), 112);
     let pos = p.task_train.iter().filter(|e| e.response == "positive").count();
     assert!(pos > 1500 && pos < 2100, "{pos}");
     let a = builtin_pools("builtin-arithmetic");

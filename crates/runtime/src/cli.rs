@@ -71,7 +71,10 @@ fn list(what: &str) -> Result<String> {
     let (head, rows): (&[&str], Vec<Vec<String>>) = match what {
         "datasets" => (
             &["name", "role", "splits (rows)", "source", "license"],
-            registry::datasets().iter().map(|d| vec![d.name.into(), d.role.into(), d.splits.into(), d.source.into(), d.license.into()]).collect(),
+            registry::datasets()
+                .iter()
+                .map(|d| vec![d.name.into(), d.role.into(), d.splits.into(), d.source.into(), d.license.into()])
+                .collect(),
         ),
         "methods" => (&["name", "description"], registry::methods().iter().map(|m| vec![m.name.into(), m.description.into()]).collect()),
         "defenses" => (
@@ -90,7 +93,12 @@ fn list(what: &str) -> Result<String> {
         (0..head.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).chain([head[c].len()]).max().unwrap_or(0)).collect();
     let line = |cells: Vec<&str>| {
         let n = cells.len();
-        cells.iter().enumerate().map(|(c, v)| if c + 1 == n { v.to_string() } else { format!("{v:<w$}", w = widths[c]) }).collect::<Vec<_>>().join("  ")
+        cells
+            .iter()
+            .enumerate()
+            .map(|(c, v)| if c + 1 == n { v.to_string() } else { format!("{v:<w$}", w = widths[c]) })
+            .collect::<Vec<_>>()
+            .join("  ")
     };
     let mut out = vec![line(head.to_vec())];
     out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
