@@ -184,3 +184,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary bytes in any format give rows or a clean error, never a panic.
+    #[test]
+    fn readers_never_panic_on_arbitrary_files(bytes in proptest::collection::vec(any::<u8>(), 0..400), fmt in 0usize..5) {
+        use safetune_data::records::{read_records, Format};
+        let formats = [Format::Json, Format::Jsonl, Format::Csv, Format::Tsv, Format::Parquet];
+        let p = std::env::temp_dir().join(format!("safetune-fuzz-{}-{fmt}", std::process::id()));
+        std::fs::write(&p, &bytes).unwrap();
+        let _ = read_records(&p, formats[fmt], None);
+        let _ = read_records(&p, formats[fmt], Some(&["a", "b"]));
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// Alignment sets and variants drawn from the built-in pools never touch evaluation prompts.
+    #[test]
+    fn drawn_sets_stay_disjoint_from_evaluation(seed in 0u64..500, n in 1usize..160, p in 0.0f64..0.3) {
+        let pools = builtin_pools("builtin");
+        let align = alignment_set(&pools.align_prompts, &pools.benign, &AlignmentSpec { refusals: Some(40), benign: 40, seed }).unwrap();
+        let variant = harmful_variant(&pools.task_train, &pools.harmful_pairs, n, p, seed).unwrap();
+        let evals: Vec<(&str, &[Example])> = vec![("eval", pools.safety_evals[0].1.as_slice()), ("test", pools.task_test.as_slice())];
+        prop_assert!(safetune_data::check_disjoint(&[("align", &align), ("variant", &variant.examples)], &evals).is_ok());
+    }
+}
