@@ -7,6 +7,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod defense;
 pub mod example;
 pub mod judge;
 pub mod model;

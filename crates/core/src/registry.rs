@@ -59,9 +59,11 @@ impl Stage {
 }
 
 /// A built defense: a training-step objective (alignment or fine-tuning
-/// stage) or a weight repair (post-tuning).
+/// stage), a change to the fine-tuning data (fine-tuning stage), or a weight
+/// repair (post-tuning).
 pub enum DefenseImpl {
     Step(Box<dyn TrainStep>),
+    Mix(Box<dyn crate::defense::DataMix>),
     Repair(Box<dyn Repair>),
 }
 

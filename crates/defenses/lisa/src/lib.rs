@@ -1,0 +1,133 @@
+//! Lisa (Huang et al. 2024, "Lazy Safety Alignment for Large Language Models
+//! against Harmful Fine-tuning"): bi-state optimisation with a proximal term.
+//!
+//! Training alternates `alignment_step` steps on safety data (the `safety`
+//! stream) and `finetune_step` steps on the user's data (`task`). At each
+//! switch the current weights become the anchor, and each state's loss adds
+//! `(ρ/2)·‖w − w_anchor‖²`, pulling it toward where the other state left the
+//! weights. The proximal term is off for the first `warmup_ratio` of steps.
+
+use candle_core::{Tensor, Var};
+use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::training::{stream, StepContext, TrainStep};
+use safetune_core::Result;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Defaults are those of the paper's code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LisaConfig {
+    /// Steps on safety data per cycle.
+    pub alignment_step: usize,
+    /// Steps on the user's data per cycle.
+    pub finetune_step: usize,
+    /// Proximal strength ρ.
+    pub rho: f64,
+    /// Share of all steps at the start with the proximal term off.
+    pub warmup_ratio: f64,
+}
+
+impl Default for LisaConfig {
+    fn default() -> Self {
+        Self { alignment_step: 100, finetune_step: 900, rho: 1.0, warmup_ratio: 0.1 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Alignment,
+    Finetune,
+}
+
+pub struct Lisa {
+    pub cfg: LisaConfig,
+    state: Option<State>,
+    pub anchor: Vec<Tensor>,
+    /// Step at which each switch happened (for tests and logs).
+    pub switches: Vec<(usize, State)>,
+}
+
+impl Lisa {
+    pub fn new(cfg: LisaConfig) -> Result<Self> {
+        if cfg.alignment_step == 0 || cfg.finetune_step == 0 {
+            bail!("defenses.lisa: alignment_step and finetune_step must be at least 1");
+        }
+        if !(cfg.rho >= 0.0 && cfg.rho.is_finite() && (0.0..=1.0).contains(&cfg.warmup_ratio)) {
+            bail!("defenses.lisa: rho must be ≥ 0 and warmup_ratio in [0, 1]");
+        }
+        Ok(Self { cfg, state: None, anchor: Vec::new(), switches: Vec::new() })
+    }
+
+    /// The state of optimiser step `step`: each cycle starts with alignment.
+    pub fn state_at(&self, step: usize) -> State {
+        let cycle = self.cfg.alignment_step + self.cfg.finetune_step;
+        if step % cycle < self.cfg.alignment_step {
+            State::Alignment
+        } else {
+            State::Finetune
+        }
+    }
+
+    /// `(ρ/2)·Σ‖w − anchor‖²` over the trainable tensors.
+    pub fn proximal(&self, params: &[(String, Var)]) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for ((_, w), a) in params.iter().zip(&self.anchor) {
+            let d = (w.as_tensor() - a)?.sqr()?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + d)?,
+                None => d,
+            });
+        }
+        Ok(match total {
+            Some(t) => Some((t * (self.cfg.rho / 2.0))?),
+            None => None,
+        })
+    }
+}
+
+impl TrainStep for Lisa {
+    fn name(&self) -> &str {
+        "lisa"
+    }
+
+    fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
+        let step = ctx.step();
+        let state = self.state_at(step);
+        if self.state != Some(state) {
+            // The weights the other state leaves behind anchor this one.
+            self.anchor = ctx.params().iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?;
+            self.state = Some(state);
+            self.switches.push((step, state));
+        }
+        let name = match state {
+            State::Alignment => stream::SAFETY,
+            State::Finetune => stream::TASK,
+        };
+        let batch = ctx.next_batch(name)?.ok_or_else(|| anyhow!("lisa needs a `{name}` data stream"))?;
+        let loss = ctx.lm_loss(&batch, None, false)?.0;
+        let warm = (self.cfg.warmup_ratio * ctx.total_steps() as f64).ceil() as usize;
+        if step < warm || self.cfg.rho == 0.0 {
+            return Ok(loss);
+        }
+        Ok(match self.proximal(ctx.params())? {
+            Some(p) => (loss + p)?,
+            None => loss,
+        })
+    }
+}
+
+fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
+    let cfg: LisaConfig =
+        if v.is_null() { LisaConfig::default() } else { serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.lisa: {e}"))? };
+    Ok(DefenseImpl::Step(Box::new(Lisa::new(cfg)?)))
+}
+
+fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(LisaConfig)).unwrap_or_default()
+}
+
+inventory::submit! {
+    DefenseEntry { name: "lisa", stage: Stage::Finetuning, description: "bi-state optimisation: alternate safety and task steps with a proximal pull to the other state's weights (Huang et al. 2024)", build, schema }
+}

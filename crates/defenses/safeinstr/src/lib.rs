@@ -1,0 +1,73 @@
+//! SafeInstr (Bianchi et al. 2024, "Safety-Tuned LLaMAs: Lessons from
+//! Improving the Safety of Large Language Models that Follow Instructions"):
+//! mix a fraction of safety examples — harmful prompt → refusal, disjoint
+//! from every evaluation prompt — into the user's fine-tuning data.
+
+use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::defense::DataMix;
+use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::rng::SeededRng;
+use safetune_core::{Example, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafeInstrConfig {
+    /// Safety examples added, as a fraction of the user's n (3% by default).
+    pub fraction: f64,
+}
+
+impl Default for SafeInstrConfig {
+    fn default() -> Self {
+        Self { fraction: 0.03 }
+    }
+}
+
+pub struct SafeInstr {
+    pub cfg: SafeInstrConfig,
+}
+
+impl SafeInstr {
+    /// How many safety examples `n` task examples get.
+    pub fn count(&self, n: usize) -> usize {
+        (self.cfg.fraction * n as f64).round() as usize
+    }
+}
+
+impl DataMix for SafeInstr {
+    fn name(&self) -> &str {
+        "safeinstr"
+    }
+
+    fn mix(&self, task: &mut Vec<Example>, safety: &[Example], seed: u64) -> Result<()> {
+        let k = self.count(task.len());
+        if k > safety.len() {
+            bail!("defenses.safeinstr: {k} safety examples asked for, the safety pool has {}", safety.len());
+        }
+        let mut rng = SeededRng::derive(seed, "safeinstr");
+        task.extend(rng.sample_indices(safety.len(), k).into_iter().map(|i| safety[i].clone()));
+        rng.shuffle(task);
+        Ok(())
+    }
+}
+
+fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
+    let cfg: SafeInstrConfig = if v.is_null() {
+        SafeInstrConfig::default()
+    } else {
+        serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.safeinstr: {e}"))?
+    };
+    if !(0.0..=1.0).contains(&cfg.fraction) {
+        bail!("defenses.safeinstr.fraction: must be in [0, 1]");
+    }
+    Ok(DefenseImpl::Mix(Box::new(SafeInstr { cfg })))
+}
+
+fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(SafeInstrConfig)).unwrap_or_default()
+}
+
+inventory::submit! {
+    DefenseEntry { name: "safeinstr", stage: Stage::Finetuning, description: "mix safety examples (harmful prompt → refusal) into the user's data (Bianchi et al. 2024)", build, schema }
+}
