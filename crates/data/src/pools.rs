@@ -107,10 +107,10 @@ impl Pools {
     /// Validates a selection's names against the catalog and `custom` before anything is read.
     pub fn check_selection(sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<()> {
         let is_custom = |n: &str, role: CustomRole| custom.get(n).is_some_and(|c| c.role == role);
-        if !(sel.is_builtin() && ["builtin", "builtin-sentiment", "builtin-arithmetic"].contains(&sel.task.as_str()))
-            && !TASKS.contains(&sel.task.as_str())
-            && !is_custom(&sel.task, CustomRole::Task)
-        {
+        let known_task = ["builtin", "builtin-sentiment", "builtin-arithmetic"].contains(&sel.task.as_str())
+            || TASKS.contains(&sel.task.as_str())
+            || is_custom(&sel.task, CustomRole::Task);
+        if !known_task {
             bail!(
                 "data.task: unknown task `{}` ({}, builtin-sentiment, builtin-arithmetic, or a data.custom task)",
                 sel.task,

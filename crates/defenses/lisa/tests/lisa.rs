@@ -19,7 +19,7 @@ fn proximal_gradient_is_rho_times_distance_to_anchor() {
     let gw = g.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(gw, vec![0.7 * 1.0, 0.7 * -3.0, 0.0]);
     let gv = g.get(v.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
-    let expect = [[0.7f32 * 0.3, 0.7 * 0.1], [0.7 * -1.0, 0.7 * -2.0]];
+    let expect = [[0.7f32 * 0.3, 0.7 * 0.1], [-0.7, 0.7 * -2.0]];
     for (a, b) in gv.iter().flatten().zip(expect.iter().flatten()) {
         assert!((a - b).abs() < 1e-6);
     }
