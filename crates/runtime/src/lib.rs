@@ -4,12 +4,14 @@
 //! `safetune` binary.
 
 pub mod cli;
+mod defenses;
 pub mod evaluate;
 pub mod fetch;
 pub mod hashing;
 pub mod pipeline;
 pub mod report;
 pub mod spec;
+pub mod stack;
 
 pub use pipeline::run;
 pub use spec::RunSpec;

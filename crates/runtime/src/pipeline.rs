@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use safetune_core::anyhow::{anyhow, Context};
+use safetune_core::registry::DefenseImpl;
 use safetune_core::registry::{self, Trainable};
+use safetune_core::repair::{Repair, WeightSets, Weights};
+use safetune_core::training::TrainStep;
 use safetune_core::training::{stream, PlainSft};
-use safetune_core::{CausalLm, Result};
+use safetune_core::{CausalLm, Example, ExampleKind, Result};
 use safetune_data::{alignment_set, builtin_pools, harmful_variant, AlignmentSpec, DataDir, DataSource, HubClient, Pools, Regime};
 use safetune_model::{load_model, Llama};
 use safetune_train::{train, StageData, TrainReport};
@@ -18,6 +21,7 @@ use crate::fetch::{cache_dir, resolve_model};
 use crate::hashing::{sha256_file, sha256_json, write_atomic};
 use crate::report::{markdown_table, Row};
 use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
+use crate::stack::{build_defense, build_stack, label};
 
 pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
@@ -25,12 +29,14 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-/// The result of one method × regime cell. Contains no wall times, so the
-/// same spec and seed give byte-identical files.
+/// The result of one method × defense stack × regime cell. Contains no wall
+/// times, so the same spec and seed give byte-identical files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CellResult {
     pub cell: String,
     pub method: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defenses: Vec<String>,
     pub regime: String,
     pub poison_ratio: f64,
     pub n: usize,
@@ -38,6 +44,12 @@ pub struct CellResult {
     pub aligned_key: String,
     pub task_ids: Vec<String>,
     pub harmful_ids: Vec<String>,
+    /// Safety examples a data defense added (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_ids: Vec<String>,
+    /// Weights a post-tuning defense replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
     pub train_losses: Vec<f64>,
     pub train_steps: usize,
     pub eval: ModelEval,
@@ -140,6 +152,222 @@ fn aligned_model(model_path: &Path, adapter_dir: &Path, template: TemplateChoice
     Ok(m)
 }
 
+/// Everything the stages of one run share.
+struct Run<'a> {
+    spec: &'a RunSpec,
+    quiet: bool,
+    pools: Pools,
+    model_path: PathBuf,
+    model_sha: String,
+    run_dir: PathBuf,
+    judge: Box<dyn safetune_core::judge::Judge>,
+    align_set: Vec<Example>,
+    timings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A cached aligned model: its content key and adapter directory.
+struct Aligned {
+    key: String,
+    dir: PathBuf,
+}
+
+impl Run<'_> {
+    fn eval_inputs<'b>(&self, sets: &'b [(String, Vec<Example>)], task: &'b [Example]) -> EvalInputs<'b> {
+        EvalInputs {
+            safety: sets.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect(),
+            task_name: self.pools.task.clone(),
+            task,
+            utility: self.pools.utility.clone(),
+        }
+    }
+
+    /// Evaluates a model once per run directory (`models/<label>.json`), reusing an earlier result.
+    fn evaluate_once(&mut self, label: &str, model: impl FnOnce() -> Result<Llama>) -> Result<ModelEval> {
+        let file = self.run_dir.join("models").join(format!("{label}.json"));
+        if let Ok(s) = std::fs::read_to_string(&file) {
+            say(self.quiet, format!("[eval {label}] reusing earlier result"));
+            return Ok(serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()))?);
+        }
+        let t = Instant::now();
+        let m = model()?;
+        let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.task_test);
+        let (e, recs) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
+        write_generations(&self.run_dir.join("generations").join(label), &recs)?;
+        write_json(&file, &e)?;
+        self.timings.insert(format!("eval_{label}_s"), t.elapsed().as_secs_f64().into());
+        Ok(e)
+    }
+
+    /// The aligned model for an alignment-stage defense (or none), trained once per content key and cached.
+    fn aligned(&mut self, defense: Option<&str>) -> Result<Aligned> {
+        let spec = self.spec;
+        let mut train_cfg = spec.alignment.train.clone();
+        train_cfg.seed = spec.seed;
+        let mut key_parts = serde_json::json!({
+            "model": self.model_sha, "lora": spec.alignment.lora, "train": train_cfg,
+            "data": sha256_json(&self.align_set)?,
+        });
+        // The prompt format shapes the training text; the model's own format is implied by its hash.
+        if spec.data.template != TemplateChoice::Model {
+            key_parts["template"] = serde_json::to_value(spec.data.template)?;
+        }
+        if let Some(d) = defense {
+            key_parts["defense"] = serde_json::json!({ "name": d, "options": spec.defense_options.get(d) });
+        }
+        let key = sha256_json(&key_parts)?;
+        let dir = cache_dir().join("aligned").join(&key[..16]);
+        let label = match defense {
+            Some(d) => format!("align+{d}"),
+            None => "align".into(),
+        };
+        if dir.join("adapter_model.safetensors").exists() {
+            say(self.quiet, format!("[{label}] reusing cached alignment {}", &key[..16]));
+            return Ok(Aligned { key, dir });
+        }
+        say(
+            self.quiet,
+            format!(
+                "[{label}] {} examples ({} refusals), LoRA r{} on {:?}",
+                self.align_set.len(),
+                self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).count(),
+                spec.alignment.lora.r,
+                spec.alignment.lora.targets
+            ),
+        );
+        let t = Instant::now();
+        let mut model = open_model(&self.model_path, spec.data.template)?;
+        safetune_lora::attach_lora(&mut model, &spec.alignment.lora, spec.seed)?;
+        let mut data = StageData::default();
+        data.streams.insert(stream::TASK.into(), self.align_set.clone());
+        let mut step: Box<dyn TrainStep> = match defense {
+            None => Box::new(PlainSft),
+            Some(d) => match build_defense(spec, d)?.1 {
+                DefenseImpl::Step(s) => s,
+                _ => return Err(anyhow!("defense `{d}` is not a training step")),
+            },
+        };
+        let report = train(&mut model, &data, step.as_mut(), &train_cfg, None, &label, self.quiet)?;
+        let tmp = dir.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        safetune_lora::save_peft(&model, &spec.alignment.lora, &tmp)?;
+        write_json(&tmp.join("train_report.json"), &report)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
+        self.timings.insert(format!("{label}_s"), t.elapsed().as_secs_f64().into());
+        Ok(Aligned { key, dir })
+    }
+
+    /// Fine-tunes one cell from the aligned model, applies its defenses, evaluates.
+    fn cell(&mut self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<CellResult> {
+        let spec = self.spec;
+        let cell = format!("{}__{regime}", label(method, names));
+        let t = Instant::now();
+        let mut stack = build_stack(spec, names)?;
+        let p = Regime::parse(regime)?.ratio();
+        let variant = harmful_variant(&self.pools.task_train, &self.pools.harmful_pairs, spec.finetune.n, p, spec.seed)
+            .map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
+        let safety: Vec<Example> = self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect();
+        let mut task = variant.examples.clone();
+        if let Some(mix) = &stack.mix {
+            mix.mix(&mut task, &safety, spec.seed)?;
+        }
+        let variant_ids: std::collections::HashSet<&String> = variant.examples.iter().map(|e| &e.id).collect();
+        let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();
+        let entry = registry::method(method)?;
+        let mut plan = (entry.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))?;
+        let mut model = aligned_model(&self.model_path, &aligned.dir, spec.data.template)?;
+        let mut cfg = spec.method_train(method).clone();
+        cfg.seed = spec.seed;
+        match &plan.trainable {
+            Trainable::Lora(l) => {
+                safetune_lora::attach_lora(&mut model, l, spec.seed.wrapping_add(1))?;
+            }
+            Trainable::Full => {
+                model.unfreeze_all()?;
+            }
+        }
+        say(
+            self.quiet,
+            format!("[{cell}] fine-tuning on n={} (harmful {}, added {})", task.len(), variant.harmful_ids.len(), added_ids.len()),
+        );
+        let mut data = StageData::default();
+        data.streams.insert(stream::TASK.into(), task);
+        data.streams.insert(stream::SAFETY.into(), safety);
+        let step: &mut dyn TrainStep = match stack.step.as_mut() {
+            Some(s) => s.as_mut(),
+            None => plan.step.as_mut(),
+        };
+        let report: TrainReport = train(&mut model, &data, step, &cfg, None, &cell, self.quiet)?;
+        if let Trainable::Lora(l) = &plan.trainable {
+            safetune_lora::save_peft(&model, l, &self.run_dir.join("adapters").join(&cell))?;
+            safetune_lora::merge_adapters(&mut model)?;
+        } else {
+            model.freeze_all();
+        }
+        let repaired = match &stack.repair {
+            Some(r) => self.repair(r.as_ref(), &mut model, aligned)?,
+            None => Vec::new(),
+        };
+        // A data defense may set the system prompt at inference (BEA's trigger).
+        let system = stack.mix.as_ref().and_then(|m| m.inference_system(model.info().format.default_system()));
+        let with_system = |v: &[Example]| -> Vec<Example> {
+            v.iter()
+                .cloned()
+                .map(|mut e| {
+                    if system.is_some() {
+                        e.system = system.clone();
+                    }
+                    e
+                })
+                .collect()
+        };
+        let sets: Vec<(String, Vec<Example>)> = self.pools.safety_evals.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
+        let task_test = with_system(&self.pools.task_test);
+        let inputs = self.eval_inputs(&sets, &task_test);
+        let (eval, recs) = evaluate(&model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
+        write_generations(&self.run_dir.join("generations").join(&cell), &recs)?;
+        write_json(
+            &self.run_dir.join("timings").join(format!("{cell}.json")),
+            &serde_json::json!({ "train_s": report.seconds, "total_s": t.elapsed().as_secs_f64(), "tokens": report.tokens }),
+        )?;
+        Ok(CellResult {
+            cell,
+            method: method.into(),
+            defenses: names.to_vec(),
+            regime: regime.into(),
+            poison_ratio: p,
+            n: spec.finetune.n,
+            seed: spec.seed,
+            aligned_key: aligned.key.clone(),
+            task_ids: variant.task_ids,
+            harmful_ids: variant.harmful_ids,
+            added_ids,
+            repaired,
+            train_losses: report.losses,
+            train_steps: report.steps,
+            eval,
+        })
+    }
+
+    /// Applies a post-tuning repair to the linear weights; returns the names it replaced.
+    fn repair(&self, r: &dyn Repair, model: &mut Llama, aligned: &Aligned) -> Result<Vec<String>> {
+        let linear: std::collections::HashSet<String> = model.linear_modules().into_iter().map(|m| format!("{m}.weight")).collect();
+        let pick = |w: Vec<(String, candle_core::Tensor)>| -> Weights { w.into_iter().filter(|(n, _)| linear.contains(n)).collect() };
+        let base = pick(open_model(&self.model_path, self.spec.data.template)?.weights());
+        let al = pick(aligned_model(&self.model_path, &aligned.dir, self.spec.data.template)?.weights());
+        let ft = pick(model.weights());
+        let out = r.repair(&WeightSets { base: &base, aligned: &al, finetuned: &ft })?;
+        let names: Vec<String> = out.keys().cloned().collect();
+        for (n, w) in out {
+            model.set_weight(&n, w)?;
+        }
+        say(self.quiet, format!("[{}] replaced {} of {} weights", r.name(), names.len(), ft.len()));
+        Ok(names)
+    }
+}
+
 /// Runs a spec end to end; returns the summary table.
 pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let start = Instant::now();
@@ -163,174 +391,74 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         }
     }
     write_json(&spec_file, spec)?;
-
-    let mut manifest = serde_json::json!({
-        "spec_sha256": spec_hash,
-        "seed": spec.seed,
-        "model": { "source": spec.model.source, "path": model_path.display().to_string(), "sha256": model_sha },
-        "data": { "source": pools.source, "task": pools.task, "files_sha256": data_hashes },
-        "safetune_version": env!("CARGO_PKG_VERSION"),
-        "git_revision": git_revision(),
-        "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
-                     "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
-    });
-
-    let eval_inputs = EvalInputs {
-        safety: pools.safety_evals.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect(),
-        task_name: pools.task.clone(),
-        task: &pools.task_test,
-        utility: pools.utility.clone(),
-    };
-    let mut timings = serde_json::Map::new();
-
-    // Stage 1: alignment (cached by content).
     let align_set = alignment_set(
         &pools.align_prompts,
         &pools.benign,
         &AlignmentSpec { refusals: spec.alignment.refusals, benign: spec.alignment.benign, seed: spec.seed },
     )?;
-    let mut align_train = spec.alignment.train.clone();
-    align_train.seed = spec.seed;
-    let mut key_parts = serde_json::json!({
-        "model": model_sha, "lora": spec.alignment.lora, "train": align_train,
-        "data": sha256_json(&align_set)?,
+    let mut manifest = serde_json::json!({
+        "spec_sha256": spec_hash,
+        "seed": spec.seed,
+        "model": { "source": spec.model.source, "path": model_path.display().to_string(), "sha256": model_sha },
+        "data": { "source": pools.source, "task": pools.task, "files_sha256": data_hashes, "task_holdout_ids": pools.holdout_ids },
+        "alignment": { "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() },
+        "safetune_version": env!("CARGO_PKG_VERSION"),
+        "git_revision": git_revision(),
+        "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
+                     "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
     });
-    // The prompt format shapes the training text; the model's own format is implied by its hash.
-    if spec.data.template != TemplateChoice::Model {
-        key_parts["template"] = serde_json::to_value(spec.data.template)?;
-    }
-    let aligned_key = sha256_json(&key_parts)?;
-    let align_dir = cache_dir().join("aligned").join(&aligned_key[..16]);
-    manifest["alignment"] = serde_json::json!({ "key": aligned_key, "adapter": align_dir.display().to_string(),
-        "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
+    let mut r = Run { spec, quiet, pools, model_path, model_sha, run_dir, judge, align_set, timings: serde_json::Map::new() };
 
-    // The base model is evaluated first (once per run directory).
-    let base_file = run_dir.join("models/base.json");
-    let mut base = open_model(&model_path, spec.data.template)?;
-    let base_eval: ModelEval = if let Ok(s) = std::fs::read_to_string(&base_file) {
-        say(quiet, "[eval base] reusing earlier result");
-        serde_json::from_str(&s)?
-    } else {
-        let t = Instant::now();
-        let (e, recs) = evaluate(&base, &eval_inputs, &spec.eval, judge.as_ref(), spec.seed, "base", quiet)?;
-        write_generations(&run_dir.join("generations/base"), &recs)?;
-        write_json(&base_file, &e)?;
-        timings.insert("eval_base_s".into(), t.elapsed().as_secs_f64().into());
-        e
-    };
-
-    if align_dir.join("adapter_model.safetensors").exists() {
-        say(quiet, format!("[align] reusing cached alignment {}", &aligned_key[..16]));
-    } else {
-        say(
-            quiet,
-            format!(
-                "[align] {} examples ({} refusals), LoRA r{} on {:?}",
-                align_set.len(),
-                align_set.iter().filter(|e| e.kind == safetune_core::ExampleKind::Refusal).count(),
-                spec.alignment.lora.r,
-                spec.alignment.lora.targets
-            ),
-        );
-        let t = Instant::now();
-        safetune_lora::attach_lora(&mut base, &spec.alignment.lora, spec.seed)?;
-        let mut data = StageData::default();
-        data.streams.insert(stream::TASK.into(), align_set.clone());
-        let report = train(&mut base, &data, &mut PlainSft, &align_train, None, "align", quiet)?;
-        let tmp = align_dir.with_extension("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        safetune_lora::save_peft(&base, &spec.alignment.lora, &tmp)?;
-        write_json(&tmp.join("train_report.json"), &report)?;
-        if let Some(parent) = align_dir.parent() {
-            std::fs::create_dir_all(parent)?;
+    let path = r.model_path.clone();
+    let template = spec.data.template;
+    let base_eval = r.evaluate_once("base", || open_model(&path, template))?;
+    let mut rows = vec![Row::model("base", &base_eval)];
+    // One aligned model per alignment-stage defense in use (none included when a stack lacks one).
+    let mut align_defenses: Vec<Option<String>> = Vec::new();
+    for names in &spec.finetune.defenses {
+        let a = build_stack(spec, names)?.align;
+        if !align_defenses.contains(&a) {
+            align_defenses.push(a);
         }
-        std::fs::rename(&tmp, &align_dir).with_context(|| format!("{}: cannot write", align_dir.display()))?;
-        timings.insert("align_s".into(), t.elapsed().as_secs_f64().into());
     }
-    drop(base);
+    let mut aligned: BTreeMap<Option<String>, Aligned> = BTreeMap::new();
+    let mut keys = serde_json::Map::new();
+    for d in align_defenses {
+        let a = r.aligned(d.as_deref())?;
+        let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
+        let dir = a.dir.clone();
+        let e = r.evaluate_once(&label, || aligned_model(&path, &dir, template))?;
+        rows.push(Row::model(&label, &e));
+        keys.insert(label, a.key.clone().into());
+        aligned.insert(d, a);
+    }
+    manifest["alignment"]["keys"] = serde_json::Value::Object(keys);
 
-    let aligned_file = run_dir.join("models/aligned.json");
-    let aligned_eval: ModelEval = if let Ok(s) = std::fs::read_to_string(&aligned_file) {
-        say(quiet, "[eval aligned] reusing earlier result");
-        serde_json::from_str(&s)?
-    } else {
-        let t = Instant::now();
-        let m = aligned_model(&model_path, &align_dir, spec.data.template)?;
-        let (e, recs) = evaluate(&m, &eval_inputs, &spec.eval, judge.as_ref(), spec.seed, "aligned", quiet)?;
-        write_generations(&run_dir.join("generations/aligned"), &recs)?;
-        write_json(&aligned_file, &e)?;
-        timings.insert("eval_aligned_s".into(), t.elapsed().as_secs_f64().into());
-        e
-    };
-
-    // Stage 2 and 3 per cell: fine-tune on the harmful variant, evaluate.
-    let mut rows = vec![Row::model("base", &base_eval), Row::model("aligned", &aligned_eval)];
     for method in &spec.finetune.methods {
-        for regime in &spec.finetune.regimes {
-            let cell = format!("{method}__{regime}");
-            let cell_file = run_dir.join("cells").join(format!("{cell}.json"));
-            if let Ok(s) = std::fs::read_to_string(&cell_file) {
-                say(quiet, format!("[{cell}] already done"));
-                let r: CellResult = serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
-                rows.push(Row::cell(&r));
-                continue;
+        for names in &spec.finetune.defenses {
+            let a = &aligned[&build_stack(spec, names)?.align];
+            for regime in &spec.finetune.regimes {
+                let cell = format!("{}__{regime}", label(method, names));
+                let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
+                let result = match std::fs::read_to_string(&cell_file) {
+                    Ok(s) => {
+                        say(quiet, format!("[{cell}] already done"));
+                        serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?
+                    }
+                    Err(_) => {
+                        let res = r.cell(method, names, regime, a)?;
+                        write_json(&cell_file, &res)?;
+                        res
+                    }
+                };
+                rows.push(Row::cell(&result));
             }
-            let t = Instant::now();
-            let p = Regime::parse(regime)?.ratio();
-            let variant = harmful_variant(&pools.task_train, &pools.harmful_pairs, spec.finetune.n, p, spec.seed)
-                .map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
-            let entry = registry::method(method)?;
-            let mut plan = (entry.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))?;
-            let mut model = aligned_model(&model_path, &align_dir, spec.data.template)?;
-            let mut cfg = spec.method_train(method).clone();
-            cfg.seed = spec.seed;
-            match &plan.trainable {
-                Trainable::Lora(l) => {
-                    safetune_lora::attach_lora(&mut model, l, spec.seed.wrapping_add(1))?;
-                }
-                Trainable::Full => {
-                    model.unfreeze_all()?;
-                }
-            }
-            say(quiet, format!("[{cell}] fine-tuning on n={} (harmful {})", variant.examples.len(), variant.harmful_ids.len()));
-            let mut data = StageData::default();
-            data.streams.insert(stream::TASK.into(), variant.examples.clone());
-            let report: TrainReport = train(&mut model, &data, plan.step.as_mut(), &cfg, None, &cell, quiet)?;
-            if let Trainable::Lora(l) = &plan.trainable {
-                safetune_lora::save_peft(&model, l, &run_dir.join("adapters").join(&cell))?;
-                safetune_lora::merge_adapters(&mut model)?;
-            } else {
-                model.freeze_all();
-            }
-            let (eval, recs) = evaluate(&model, &eval_inputs, &spec.eval, judge.as_ref(), spec.seed, &cell, quiet)?;
-            write_generations(&run_dir.join("generations").join(&cell), &recs)?;
-            let result = CellResult {
-                cell: cell.clone(),
-                method: method.clone(),
-                regime: regime.clone(),
-                poison_ratio: p,
-                n: spec.finetune.n,
-                seed: spec.seed,
-                aligned_key: aligned_key.clone(),
-                task_ids: variant.task_ids,
-                harmful_ids: variant.harmful_ids,
-                train_losses: report.losses.clone(),
-                train_steps: report.steps,
-                eval,
-            };
-            write_json(&cell_file, &result)?;
-            write_json(
-                &run_dir.join("timings").join(format!("{cell}.json")),
-                &serde_json::json!({
-                "train_s": report.seconds, "total_s": t.elapsed().as_secs_f64(), "tokens": report.tokens }),
-            )?;
-            rows.push(Row::cell(&result));
         }
     }
-    timings.insert("run_s".into(), start.elapsed().as_secs_f64().into());
-    manifest["timings"] = serde_json::Value::Object(timings);
-    write_json(&run_dir.join("manifest.json"), &manifest)?;
+    r.timings.insert("run_s".into(), start.elapsed().as_secs_f64().into());
+    manifest["timings"] = serde_json::Value::Object(std::mem::take(&mut r.timings));
+    write_json(&r.run_dir.join("manifest.json"), &manifest)?;
     let table = markdown_table(&rows);
-    write_atomic(&run_dir.join("summary.md"), format!("# {}\n\n{table}", spec.name).as_bytes())?;
+    write_atomic(&r.run_dir.join("summary.md"), format!("# {}\n\n{table}", spec.name).as_bytes())?;
     Ok(table)
 }

@@ -15,7 +15,12 @@ impl Row {
         Self { model: name.into(), method: "-".into(), regime: "-".into(), eval: eval.clone() }
     }
     pub fn cell(r: &CellResult) -> Self {
-        Self { model: "fine-tuned".into(), method: r.method.clone(), regime: r.regime.clone(), eval: r.eval.clone() }
+        Self {
+            model: "fine-tuned".into(),
+            method: crate::stack::label(&r.method, &r.defenses),
+            regime: r.regime.clone(),
+            eval: r.eval.clone(),
+        }
     }
 }
 

@@ -24,6 +24,9 @@ pub struct RunSpec {
     pub finetune: FinetuneStage,
     #[serde(default)]
     pub eval: EvalSpec,
+    /// Options per defense (`[defense_options.lisa]`); defaults are the papers'.
+    #[serde(default)]
+    pub defense_options: BTreeMap<String, serde_json::Value>,
 }
 
 fn default_seed() -> u64 {
@@ -129,6 +132,14 @@ pub struct FinetuneStage {
     /// Per-method training overrides (for example a lower learning rate for `sft-full`).
     #[serde(default)]
     pub method_train: BTreeMap<String, TrainConfig>,
+    /// Defense stacks crossed with methods × regimes: each a list of registered
+    /// defenses, at most one per stage (`["vaccine", "lisa", "safelora"]`); `[]` is none.
+    #[serde(default = "no_defense")]
+    pub defenses: Vec<Vec<String>>,
+}
+
+fn no_defense() -> Vec<Vec<String>> {
+    vec![vec![]]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -207,6 +218,17 @@ impl RunSpec {
         for m in self.finetune.method_options.keys() {
             if !self.finetune.methods.contains(m) {
                 bail!("finetune.method_options.{m}: `{m}` is not in finetune.methods");
+            }
+        }
+        if self.finetune.defenses.is_empty() {
+            bail!("finetune.defenses: list at least one stack (`[]` for no defense)");
+        }
+        for stack in &self.finetune.defenses {
+            crate::stack::build_stack(self, stack).map_err(|e| anyhow!("finetune.defenses: {e}"))?;
+        }
+        for name in self.defense_options.keys() {
+            if !self.finetune.defenses.iter().flatten().any(|d| d == name) {
+                bail!("defense_options.{name}: `{name}` is in no stack of finetune.defenses");
             }
         }
         if self.eval.batch_size == 0 {

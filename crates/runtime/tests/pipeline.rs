@@ -175,3 +175,50 @@ fn a_user_csv_task_runs_through_the_pipeline_with_an_overlay() {
     assert!(cell["task_ids"].as_array().unwrap().iter().all(|id| id.as_str().unwrap().starts_with("mine/train:")));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
+    let d = tmp("stack");
+    let spec = tiny_spec(&d);
+    std::fs::write(
+        d.join("stack.toml"),
+        "name = \"tiny-stack\"\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\n\
+         defenses = [[], [\"vaccine\", \"lisa\", \"safelora\"], [\"bea\"], [\"safeinstr\"]]\n\
+         [defense_options.lisa]\nalignment_step = 1\nfinetune_step = 2\n\
+         [defense_options.bea]\nexamples = 3\n[defense_options.safeinstr]\nfraction = 0.25\n",
+    )
+    .unwrap();
+    let out = d.join("out");
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", d.join("stack.toml").to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &d.join("cache"),
+    );
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert_eq!(log.matches("[align] 12 examples").count(), 1, "{log}");
+    assert_eq!(log.matches("[align+vaccine] 12 examples").count(), 1, "{log}");
+    let cell = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("tiny-stack/cells").join(format!("{name}.json"))).unwrap()).unwrap()
+    };
+    let plain = cell("sft-lora__high-harm");
+    let stacked = cell("sft-lora+vaccine+lisa+safelora__high-harm");
+    assert_ne!(plain["aligned_key"], stacked["aligned_key"], "vaccine aligns separately");
+    assert_eq!(stacked["defenses"], serde_json::json!(["vaccine", "lisa", "safelora"]));
+    assert!(stacked["repaired"].is_array() || stacked.get("repaired").is_none());
+    assert_eq!(cell("sft-lora+bea__high-harm")["added_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(cell("sft-lora+safeinstr__high-harm")["added_ids"].as_array().unwrap().len(), 2);
+    // BEA's trigger was in the prompts at evaluation: answers differ from the plain cell's or not, the
+    // generations exist for every set.
+    assert!(out.join("tiny-stack/generations/sft-lora+bea__high-harm/builtin-harmful-eval.jsonl").exists());
+    let table = String::from_utf8_lossy(&r.stdout);
+    assert!(table.contains("| aligned+vaccine |"), "{table}");
+    // Two defenses of one stage in a stack is an error naming the stage.
+    std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"lisa\", \"bea\"]]\n").unwrap();
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", d.join("bad.toml").to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &d.join("cache"),
+    );
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("more than one fine-tuning-stage defense"));
+    std::fs::remove_dir_all(&d).unwrap();
+}

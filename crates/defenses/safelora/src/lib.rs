@@ -6,8 +6,8 @@
 //! W_base` gives the projection `C = V·Vᵀ/‖V‖_F`. A layer whose update `ΔW =
 //! W_finetuned − W_aligned` is dissimilar to its projection — cosine
 //! similarity of `C·ΔW` and `ΔW` below `tau` ("threshold" mode), or among the
-//! `k` lowest ("number" mode) — gets `ΔW` replaced by `C·ΔW`. Other layers
-//! are untouched.
+//! `k` lowest ("number" mode) — gets `ΔW` replaced by `C·ΔW`. Other layers,
+//! and layers that alignment did not change, are untouched.
 
 use candle_core::{DType, Tensor};
 use safetune_core::anyhow::{anyhow, bail};
@@ -44,14 +44,15 @@ pub struct SafeLora {
     pub cfg: SafeLoraConfig,
 }
 
-/// The projection `C = V·Vᵀ/‖V‖_F` of one weight.
-pub fn projection(base: &Tensor, aligned: &Tensor) -> Result<Tensor> {
+/// The projection `C = V·Vᵀ/‖V‖_F` of one weight; `None` when alignment
+/// did not change it (no safety direction to project onto).
+pub fn projection(base: &Tensor, aligned: &Tensor) -> Result<Option<Tensor>> {
     let v = (aligned - base)?.to_dtype(DType::F32)?;
     let norm = v.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
     if norm == 0.0 {
-        bail!("alignment did not change this weight: no safety direction to project onto");
+        return Ok(None);
     }
-    Ok((v.matmul(&v.t()?)? / norm as f64)?)
+    Ok(Some((v.matmul(&v.t()?)? / norm as f64)?))
 }
 
 fn cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
@@ -75,7 +76,8 @@ impl SafeLora {
             if delta.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 {
                 continue;
             }
-            let c = projection(base, al).map_err(|e| anyhow!("safelora: `{name}`: {e}"))?;
+            // A weight alignment left alone has no safety subspace: SafeLoRA leaves it alone too.
+            let Some(c) = projection(base, al).map_err(|e| anyhow!("safelora: `{name}`: {e}"))? else { continue };
             let projected = c.matmul(&delta)?;
             out.push((name.clone(), cosine(&projected, &delta)?, projected, al.clone()));
         }

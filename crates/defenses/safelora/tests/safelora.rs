@@ -45,7 +45,8 @@ fn dissimilar_layers_are_projected_and_the_others_untouched() {
     let v = (&aligned["b.weight"] - &base["b.weight"]).unwrap();
     let norm = (5.0f64).sqrt();
     let c = (v.matmul(&v.t().unwrap()).unwrap() / norm).unwrap();
-    assert!(max_diff(&c, &projection(&base["b.weight"], &aligned["b.weight"]).unwrap()) < 1e-6);
+    assert!(max_diff(&c, &projection(&base["b.weight"], &aligned["b.weight"]).unwrap().unwrap()) < 1e-6);
+    assert!(projection(&base["b.weight"], &base["b.weight"]).unwrap().is_none());
     let delta = (&ft["b.weight"] - &aligned["b.weight"]).unwrap();
     let expect = (&aligned["b.weight"] + c.matmul(&delta).unwrap()).unwrap();
     assert!(max_diff(&out["b.weight"], &expect) < 1e-6);

@@ -1,0 +1,9 @@
+//! Links every defense crate so that its registration is in the binary.
+//! Kept by `cargo xtask new-defense`.
+// defenses:begin
+use safetune_defense_bea as _;
+use safetune_defense_lisa as _;
+use safetune_defense_safeinstr as _;
+use safetune_defense_safelora as _;
+use safetune_defense_vaccine as _;
+// defenses:end
