@@ -186,7 +186,7 @@ impl Run<'_> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
         if let Ok(s) = std::fs::read_to_string(&file) {
             say(self.quiet, format!("[eval {label}] reusing earlier result"));
-            return Ok(serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()))?);
+            return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
         }
         let t = Instant::now();
         let m = model()?;
