@@ -9,7 +9,11 @@ const USAGE: &str = "cargo xtask <command>
       Fetches SmolLM2-135M-Instruct if missing, then runs presets/NAME.toml
       (default: smoke) with any overlays merged in (for example a user dataset). Data: --data-dir, else $SAFETUNE_DATA_DIR, else
       ../shared/data beside the repository; with none, the built-in offline suite.
-  presets   list the presets";
+  presets   list the presets
+  new-defense NAME
+      Scaffolds crates/defenses/NAME: a crate that depends only on safetune-core
+      and candle, registers a fine-tuning-stage defense NAME with a config
+      struct, builds, and is linked into `safetune` (lists and grids see it).";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -92,7 +96,112 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("bench-all") => bench_all(&args[1..]),
         Some("presets") => println!("{}", presets().join("\n")),
+        Some("new-defense") => new_defense(args.get(1).map(String::as_str).unwrap_or("")),
         Some("--help") | Some("-h") | None => println!("{USAGE}"),
         Some(other) => fail(&format!("unknown xtask `{other}`\n{USAGE}")),
     }
 }
+
+/// Replaces the lines between `begin` and `end` markers with `lines`, sorted.
+fn update_marked(path: &Path, begin: &str, end: &str, add: String) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        fail(&format!("{}: markers `{begin}`/`{end}` not found", path.display()))
+    };
+    let body_start = b + begin.len() + 1;
+    let mut lines: Vec<String> = text[body_start..e].lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect();
+    lines.push(add);
+    lines.sort();
+    lines.dedup();
+    let new = format!("{}{}\n{}", &text[..body_start], lines.join("\n"), &text[e..]);
+    std::fs::write(path, new).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+}
+
+fn new_defense(name: &str) {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.starts_with('-') {
+        fail("usage: cargo xtask new-defense NAME (lower-case letters, digits and '-')");
+    }
+    let dir = root().join("crates/defenses").join(name);
+    if dir.exists() {
+        fail(&format!("{} already exists", dir.display()));
+    }
+    let krate = format!("safetune-defense-{name}");
+    let ident = krate.replace('-', "_");
+    let ty: String = name.split('-').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+    std::fs::create_dir_all(dir.join("src")).unwrap_or_else(|e| fail(&e.to_string()));
+    let cargo = format!(
+        "[package]\nname = \"{krate}\"\ndescription = \"The {name} defense for safetune.\"\nversion.workspace = true\nedition.workspace = true\nlicense.workspace = true\n\n\
+         [dependencies]\nsafetune-core.workspace = true\ncandle-core.workspace = true\nserde.workspace = true\nserde_json.workspace = true\nschemars.workspace = true\n"
+    );
+    let lib = LIB_TEMPLATE.replace("{name}", name).replace("{Type}", &ty);
+    let readme = format!(
+        "# {name}\n\nA fine-tuning-stage defense scaffolded by `cargo xtask new-defense`.\n\n\
+         - Paper: (cite it here)\n- Update rule: the task loss scaled by `weight` (replace with the defense's rule)\n- Defaults: `weight = 1.0`\n"
+    );
+    for (p, text) in [("Cargo.toml", cargo), ("src/lib.rs", lib), ("README.md", readme)] {
+        std::fs::write(dir.join(p), text).unwrap_or_else(|e| fail(&e.to_string()));
+    }
+    update_marked(
+        &root().join("crates/runtime/Cargo.toml"),
+        "# defenses:begin",
+        "# defenses:end",
+        format!("{krate} = {{ path = \"../defenses/{name}\" }}"),
+    );
+    update_marked(&root().join("crates/runtime/src/defenses.rs"), "// defenses:begin", "// defenses:end", format!("use {ident} as _;"));
+    println!("created {} (registered as `{name}`); build with `cargo build`, see it in `safetune list defenses`", dir.display());
+}
+
+const LIB_TEMPLATE: &str = r#"//! The `{name}` defense (fine-tuning stage). Scaffolded by `cargo xtask new-defense`:
+//! replace the loss below with the defense's update rule and cite its paper.
+
+use candle_core::Tensor;
+use safetune_core::anyhow::anyhow;
+use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::training::{stream, StepContext, TrainStep};
+use safetune_core::Result;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Hyperparameters; defaults are the paper's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct {Type}Config {
+    /// Multiplies the task loss.
+    pub weight: f64,
+}
+
+impl Default for {Type}Config {
+    fn default() -> Self {
+        Self { weight: 1.0 }
+    }
+}
+
+pub struct {Type} {
+    pub cfg: {Type}Config,
+}
+
+impl TrainStep for {Type} {
+    fn name(&self) -> &str {
+        "{name}"
+    }
+
+    fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
+        let batch = ctx.next_batch(stream::TASK)?.ok_or_else(|| anyhow!("{name} needs the task stream"))?;
+        Ok((ctx.lm_loss(&batch, None, false)?.0 * self.cfg.weight)?)
+    }
+}
+
+fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
+    let cfg: {Type}Config =
+        if v.is_null() { {Type}Config::default() } else { serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.{name}: {e}"))? };
+    Ok(DefenseImpl::Step(Box::new({Type} { cfg })))
+}
+
+fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!({Type}Config)).unwrap_or_default()
+}
+
+inventory::submit! {
+    DefenseEntry { name: "{name}", stage: Stage::Finetuning, description: "{name} (scaffolded)", build, schema }
+}
+"#;
