@@ -513,20 +513,28 @@ pub fn load(src: &DataSource, name: &str) -> Result<Dataset> {
         if size >= train.len() {
             bail!("dataset `{name}`: hold-out of {size} needs more than {} rows", train.len());
         }
-        let mut idx: Vec<usize> = (0..train.len()).collect();
-        SeededRng::derive(0, &format!("holdout/{name}")).shuffle(&mut idx);
-        let test_idx: std::collections::BTreeSet<usize> = idx[..size].iter().copied().collect();
-        let (mut test, mut rest) = (Vec::new(), Vec::new());
-        for (i, e) in train.into_iter().enumerate() {
-            if test_idx.contains(&i) {
-                holdout_ids.push(e.id.clone());
-                test.push(e);
-            } else {
-                rest.push(e);
-            }
-        }
+        let (rest, test, ids) = holdout_split(train, size, name);
+        holdout_ids = ids;
         splits.insert("train".into(), rest);
         splits.insert("test".into(), test);
     }
     Ok(Dataset { name: name.to_string(), splits, holdout_ids })
+}
+
+/// Draws a fixed (seeded by the dataset's name) test split of `size` rows
+/// from `train`: returns the rest, the test rows and their ids. `size < train.len()`.
+pub(crate) fn holdout_split(train: Vec<Example>, size: usize, name: &str) -> (Vec<Example>, Vec<Example>, Vec<String>) {
+    let mut idx: Vec<usize> = (0..train.len()).collect();
+    SeededRng::derive(0, &format!("holdout/{name}")).shuffle(&mut idx);
+    let test_idx: std::collections::BTreeSet<usize> = idx[..size].iter().copied().collect();
+    let (mut test, mut rest, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, e) in train.into_iter().enumerate() {
+        if test_idx.contains(&i) {
+            ids.push(e.id.clone());
+            test.push(e);
+        } else {
+            rest.push(e);
+        }
+    }
+    (rest, test, ids)
 }

@@ -132,18 +132,8 @@ impl CustomDataset {
                 if n >= train.len() {
                     bail!("data.custom.{name}.holdout: {n} is not less than the {} rows of {}", train.len(), self.path.display());
                 }
-                let mut idx: Vec<usize> = (0..train.len()).collect();
-                safetune_core::rng::SeededRng::derive(0, &format!("holdout/{name}")).shuffle(&mut idx);
-                let test: std::collections::BTreeSet<usize> = idx[..n].iter().copied().collect();
-                let (mut te, mut tr) = (Vec::new(), Vec::new());
-                for (i, e) in train.into_iter().enumerate() {
-                    if test.contains(&i) {
-                        holdout_ids.push(e.id.clone());
-                        te.push(e);
-                    } else {
-                        tr.push(e);
-                    }
-                }
+                let (tr, te, ids) = crate::catalog::holdout_split(train, n, name);
+                holdout_ids = ids;
                 splits.insert("train".into(), tr);
                 splits.insert("test".into(), te);
             }
