@@ -156,7 +156,7 @@ const LIB_TEMPLATE: &str = r#"//! The `{name}` defense (fine-tuning stage). Scaf
 
 use candle_core::Tensor;
 use safetune_core::anyhow::anyhow;
-use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
 use safetune_core::training::{stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -192,13 +192,12 @@ impl TrainStep for {Type} {
 }
 
 fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: {Type}Config =
-        if v.is_null() { {Type}Config::default() } else { serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.{name}: {e}"))? };
+    let cfg: {Type}Config = options(v, "defenses.{name}")?;
     Ok(DefenseImpl::Step(Box::new({Type} { cfg })))
 }
 
 fn schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!({Type}Config)).unwrap_or_default()
+    schema_of::<{Type}Config>()
 }
 
 inventory::submit! {

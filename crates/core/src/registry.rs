@@ -116,3 +116,16 @@ lookup!(methods, method, MethodEntry, "method");
 lookup!(defenses, defense, DefenseEntry, "defense");
 lookup!(judges, judge, JudgeEntry, "judge");
 lookup!(metrics, metric, MetricEntry, "metric");
+
+/// A config table from a spec (`null` → the defaults); errors name `path`.
+pub fn options<T: serde::de::DeserializeOwned + Default>(v: &serde_json::Value, path: &str) -> Result<T> {
+    if v.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("{path}: {e}"))
+}
+
+/// The JSON Schema of a config type.
+pub fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default()
+}

@@ -7,11 +7,7 @@ use safetune_core::training::PlainSft;
 use safetune_core::Result;
 
 fn sft_lora(cfg: &serde_json::Value) -> Result<MethodPlan> {
-    let lora: LoraConfig = if cfg.is_null() {
-        LoraConfig::default()
-    } else {
-        serde_json::from_value(cfg.clone()).map_err(|e| anyhow!("methods.sft-lora: {e}"))?
-    };
+    let lora: LoraConfig = safetune_core::registry::options(cfg, "methods.sft-lora")?;
     lora.validate("methods.sft-lora")?;
     Ok(MethodPlan { trainable: Trainable::Lora(lora), step: Box::new(PlainSft) })
 }

@@ -4,9 +4,9 @@
 //! prompt of a handful of safety examples mixed into the user's data; the
 //! same trigger is prefixed at inference, where it calls up the refusals.
 
-use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::anyhow::bail;
 use safetune_core::defense::DataMix;
-use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
 use safetune_core::rng::SeededRng;
 use safetune_core::{Example, Result};
 use schemars::JsonSchema;
@@ -81,13 +81,12 @@ impl DataMix for Bea {
 }
 
 fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: BeaConfig =
-        if v.is_null() { BeaConfig::default() } else { serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.bea: {e}"))? };
+    let cfg: BeaConfig = options(v, "defenses.bea")?;
     Ok(DefenseImpl::Mix(Box::new(Bea::new(cfg)?)))
 }
 
 fn schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(BeaConfig)).unwrap_or_default()
+    schema_of::<BeaConfig>()
 }
 
 inventory::submit! {

@@ -9,7 +9,7 @@
 
 use candle_core::{Tensor, Var};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
 use safetune_core::training::{stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -119,13 +119,12 @@ impl TrainStep for Lisa {
 }
 
 fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: LisaConfig =
-        if v.is_null() { LisaConfig::default() } else { serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.lisa: {e}"))? };
+    let cfg: LisaConfig = options(v, "defenses.lisa")?;
     Ok(DefenseImpl::Step(Box::new(Lisa::new(cfg)?)))
 }
 
 fn schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(LisaConfig)).unwrap_or_default()
+    schema_of::<LisaConfig>()
 }
 
 inventory::submit! {

@@ -3,9 +3,9 @@
 //! mix a fraction of safety examples — harmful prompt → refusal, disjoint
 //! from every evaluation prompt — into the user's fine-tuning data.
 
-use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::anyhow::bail;
 use safetune_core::defense::DataMix;
-use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
 use safetune_core::rng::SeededRng;
 use safetune_core::{Example, Result};
 use schemars::JsonSchema;
@@ -53,11 +53,7 @@ impl DataMix for SafeInstr {
 }
 
 fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: SafeInstrConfig = if v.is_null() {
-        SafeInstrConfig::default()
-    } else {
-        serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.safeinstr: {e}"))?
-    };
+    let cfg: SafeInstrConfig = options(v, "defenses.safeinstr")?;
     if !(0.0..=1.0).contains(&cfg.fraction) {
         bail!("defenses.safeinstr.fraction: must be in [0, 1]");
     }
@@ -65,7 +61,7 @@ fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
 }
 
 fn schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(SafeInstrConfig)).unwrap_or_default()
+    schema_of::<SafeInstrConfig>()
 }
 
 inventory::submit! {

@@ -11,7 +11,7 @@
 
 use candle_core::{DType, Tensor};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
 use safetune_core::repair::{Repair, WeightSets, Weights};
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -112,11 +112,7 @@ impl Repair for SafeLora {
 }
 
 fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: SafeLoraConfig = if v.is_null() {
-        SafeLoraConfig::default()
-    } else {
-        serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.safelora: {e}"))?
-    };
+    let cfg: SafeLoraConfig = options(v, "defenses.safelora")?;
     if !(-1.0..=1.0).contains(&cfg.tau) {
         bail!("defenses.safelora.tau: must be in [-1, 1]");
     }
@@ -124,7 +120,7 @@ fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
 }
 
 fn schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(SafeLoraConfig)).unwrap_or_default()
+    schema_of::<SafeLoraConfig>()
 }
 
 inventory::submit! {

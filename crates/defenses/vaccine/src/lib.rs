@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Tensor, Var};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::registry::{inventory, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
 use safetune_core::training::{stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -84,16 +84,12 @@ impl TrainStep for Vaccine {
 }
 
 fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: VaccineConfig = if v.is_null() {
-        VaccineConfig::default()
-    } else {
-        serde_json::from_value(v.clone()).map_err(|e| anyhow!("defenses.vaccine: {e}"))?
-    };
+    let cfg: VaccineConfig = options(v, "defenses.vaccine")?;
     Ok(DefenseImpl::Step(Box::new(Vaccine::new(cfg)?)))
 }
 
 fn schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(VaccineConfig)).unwrap_or_default()
+    schema_of::<VaccineConfig>()
 }
 
 inventory::submit! {
