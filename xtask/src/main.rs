@@ -15,8 +15,19 @@ const USAGE: &str = "cargo xtask <command>
       and candle, registers a fine-tuning-stage defense NAME with a config
       struct, builds, and is linked into `safetune` (lists and grids see it).";
 
+/// The workspace root: from `cargo run`'s environment (the checkout being run), else where xtask was built.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// A path given on the command line, made absolute against the caller's directory.
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+    }
 }
 
 fn fail(msg: &str) -> ! {
@@ -51,15 +62,16 @@ fn bench_all(args: &[String]) {
         let mut value = |flag: &str| it.next().cloned().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match a.as_str() {
             "--preset" => preset = value("--preset"),
-            "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir"))),
-            "--out" => out = PathBuf::from(value("--out")),
+            "--data-dir" => data_dir = Some(absolute(PathBuf::from(value("--data-dir")))),
+            "--out" => out = absolute(PathBuf::from(value("--out"))),
             "--quiet" => quiet = true,
-            "--overlay" => overlays.push(PathBuf::from(value("--overlay"))),
+            "--overlay" => overlays.push(absolute(PathBuf::from(value("--overlay")))),
             other => fail(&format!("bench-all: unknown argument `{other}`")),
         }
     }
     // A preset name, or the path of any spec file.
-    let spec = if preset.ends_with(".toml") { PathBuf::from(&preset) } else { root().join("presets").join(format!("{preset}.toml")) };
+    let spec =
+        if preset.ends_with(".toml") { absolute(PathBuf::from(&preset)) } else { root().join("presets").join(format!("{preset}.toml")) };
     if !spec.exists() {
         fail(&format!("unknown preset `{preset}` (known: {})", presets().join(", ")));
     }
