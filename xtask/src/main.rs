@@ -88,6 +88,9 @@ fn bench_all(args: &[String]) {
     run(Command::new(&bin).args(["model", "fetch", "smollm2-135m-instruct"]).stdout(std::process::Stdio::null()));
     let mut cmd = Command::new(&bin);
     cmd.current_dir(root()).arg("run").arg(&spec).arg("--out").arg(&out);
+    for o in &overlays {
+        cmd.arg("--overlay").arg(o);
+    }
     match &data_dir {
         Some(d) => {
             cmd.arg("--data-dir").arg(d);
