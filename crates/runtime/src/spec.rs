@@ -157,7 +157,7 @@ pub struct EvalSpec {
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        Self { safety_limit: 0, task_limit: 0, safety_max_new_tokens: 64, task_max_new_tokens: 6, batch_size: 16, judge: "keyword".into() }
+        Self { safety_limit: 0, task_limit: 0, safety_max_new_tokens: 64, task_max_new_tokens: 16, batch_size: 16, judge: "keyword".into() }
     }
 }
 
