@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod report;
 pub mod spec;
 pub mod stack;
+pub mod stage_cache;
 
 pub use pipeline::run;
 pub use spec::RunSpec;

@@ -22,6 +22,7 @@ use crate::hashing::{sha256_file, sha256_json, write_atomic};
 use crate::report::{markdown_table, Row};
 use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
 use crate::stack::{build_defense, build_stack, label};
+use crate::stage_cache::StageCache;
 
 pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
@@ -181,21 +182,72 @@ impl Run<'_> {
         }
     }
 
-    /// Evaluates a model once per run directory (`models/<label>.json`), reusing an earlier result.
-    fn evaluate_once(&mut self, label: &str, model: impl FnOnce() -> Result<Llama>) -> Result<ModelEval> {
+    /// Evaluates a model once per run directory (`models/<label>.json`), reusing an earlier
+    /// result: the run directory's, else the evaluation cache's, which is keyed by the
+    /// model's identity (`identity`: hashes of its weights) and everything the scores depend on.
+    fn evaluate_once(&mut self, label: &str, identity: serde_json::Value, model: impl FnOnce() -> Result<Llama>) -> Result<ModelEval> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
+        let gen_dir = self.run_dir.join("generations").join(label);
         if let Ok(s) = std::fs::read_to_string(&file) {
             say(self.quiet, format!("[eval {label}] reusing earlier result"));
+            return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
+        }
+        let key = sha256_json(&serde_json::json!({ "model": identity, "eval": self.eval_key()? }))?;
+        let rels = [PathBuf::from("models").join(format!("{label}.json")), PathBuf::from("generations").join(label)];
+        let cache = StageCache::new("evals");
+        if cache.restore(&key, &self.run_dir, &rels)? {
+            say(self.quiet, format!("[eval {label}] reusing cached evaluation {}", &key[..16]));
+            let s = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
             return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
         }
         let t = Instant::now();
         let m = model()?;
         let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.task_test);
         let (e, recs) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
-        write_generations(&self.run_dir.join("generations").join(label), &recs)?;
+        write_generations(&gen_dir, &recs)?;
         write_json(&file, &e)?;
         self.timings.insert(format!("eval_{label}_s"), t.elapsed().as_secs_f64().into());
+        cache.publish(&key, &self.run_dir, &rels)?;
         Ok(e)
+    }
+
+    /// Everything evaluation scores depend on besides the model.
+    fn eval_key(&self) -> Result<serde_json::Value> {
+        let spec = self.spec;
+        Ok(serde_json::json!({
+            "eval": spec.eval, "seed": spec.seed, "template": spec.data.template,
+            "safety": sha256_json(&self.pools.safety_evals)?, "task": sha256_json(&self.pools.task_test)?,
+            "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"),
+        }))
+    }
+
+    /// The files a cell writes, relative to the run directory.
+    fn cell_files(&self, method: &str, cell: &str) -> Result<Vec<PathBuf>> {
+        let entry = registry::method(method)?;
+        let plan = (entry.build)(self.spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))?;
+        let mut rels = vec![
+            PathBuf::from("cells").join(format!("{cell}.json")),
+            PathBuf::from("timings").join(format!("{cell}.json")),
+            PathBuf::from("generations").join(cell),
+        ];
+        if matches!(plan.trainable, Trainable::Lora(_)) {
+            rels.push(PathBuf::from("adapters").join(cell));
+        }
+        Ok(rels)
+    }
+
+    /// The content key of a cell: the aligned model, the method and its
+    /// settings, the stack and its options, the data and the evaluation.
+    fn cell_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
+        let spec = self.spec;
+        let options: BTreeMap<&String, Option<&serde_json::Value>> = names.iter().map(|n| (n, spec.defense_options.get(n))).collect();
+        sha256_json(&serde_json::json!({
+            "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
+            "train": spec.method_train(method), "defenses": names, "defense_options": options,
+            "regime": regime, "n": spec.finetune.n,
+            "task_train": sha256_json(&self.pools.task_train)?, "harmful": sha256_json(&self.pools.harmful_pairs)?,
+            "eval": self.eval_key()?,
+        }))
     }
 
     /// The aligned model for an alignment-stage defense (or none), trained once per content key and cached.
@@ -411,7 +463,8 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
 
     let path = r.model_path.clone();
     let template = spec.data.template;
-    let base_eval = r.evaluate_once("base", || open_model(&path, template))?;
+    let base_id = serde_json::json!({ "base": r.model_sha });
+    let base_eval = r.evaluate_once("base", base_id, || open_model(&path, template))?;
     let mut rows = vec![Row::model("base", &base_eval)];
     // One aligned model per alignment-stage defense in use (none included when a stack lacks one).
     let mut align_defenses: Vec<Option<String>> = Vec::new();
@@ -427,7 +480,8 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         let a = r.aligned(d.as_deref())?;
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
         let dir = a.dir.clone();
-        let e = r.evaluate_once(&label, || aligned_model(&path, &dir, template))?;
+        let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
+        let e = r.evaluate_once(&label, id, || aligned_model(&path, &dir, template))?;
         rows.push(Row::model(&label, &e));
         keys.insert(label, a.key.clone().into());
         aligned.insert(d, a);
@@ -446,9 +500,19 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
                         serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?
                     }
                     Err(_) => {
-                        let res = r.cell(method, names, regime, a)?;
-                        write_json(&cell_file, &res)?;
-                        res
+                        let key = r.cell_key(method, names, regime, a)?;
+                        let rels = r.cell_files(method, &cell)?;
+                        let cache = StageCache::new("cells");
+                        if cache.restore(&key, &r.run_dir, &rels)? {
+                            say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
+                            let s = std::fs::read_to_string(&cell_file).with_context(|| format!("{}: cannot read", cell_file.display()))?;
+                            serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?
+                        } else {
+                            let res = r.cell(method, names, regime, a)?;
+                            write_json(&cell_file, &res)?;
+                            cache.publish(&key, &r.run_dir, &rels)?;
+                            res
+                        }
                     }
                 };
                 rows.push(Row::cell(&result));

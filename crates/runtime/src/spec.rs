@@ -122,7 +122,8 @@ pub struct FinetuneStage {
     pub n: usize,
     /// `benign`, `low-harm`, `high-harm`, `pure-bad` or a ratio in [0, 1].
     pub regimes: Vec<String>,
-    /// Registered method names (`sft-lora`, `sft-full`).
+    /// Registered method names (`sft-lora`, `sft-full`); empty: align and evaluate only
+    /// (for choosing an alignment budget on a validation set).
     pub methods: Vec<String>,
     #[serde(default)]
     pub train: TrainConfig,
@@ -201,9 +202,6 @@ impl RunSpec {
         }
         for r in &self.finetune.regimes {
             safetune_data::Regime::parse(r).map_err(|e| anyhow!("finetune.regimes: {e}"))?;
-        }
-        if self.finetune.methods.is_empty() {
-            bail!("finetune.methods: list at least one method");
         }
         for m in &self.finetune.methods {
             let entry = safetune_core::registry::method(m).map_err(|e| anyhow!("finetune.methods: {e}"))?;

@@ -89,6 +89,17 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     assert_eq!(files(&out1.join("tiny")), f1);
     let table = String::from_utf8_lossy(&r3.stdout);
     assert!(table.contains("| fine-tuned | sft-full | high-harm |"), "{table}");
+    // A new results directory with the same cache restores every stage by content key.
+    let out3 = d.join("out3");
+    let r4 = safetune(&["run", spec, "--out", out3.to_str().unwrap()], &d.join("cache1"));
+    let log4 = String::from_utf8_lossy(&r4.stderr).to_string();
+    assert!(r4.status.success(), "{log4}");
+    assert_eq!(log4.matches("reusing cached cell").count(), 4, "{log4}");
+    assert_eq!(log4.matches("reusing cached evaluation").count(), 2, "{log4}");
+    assert!(!log4.contains("fine-tuning on"), "{log4}");
+    assert_eq!(files(&out3.join("tiny")), f1);
+    assert!(out3.join("tiny/adapters/sft-lora__high-harm/adapter_model.safetensors").exists());
+    assert!(out3.join("tiny/generations/sft-full__benign").is_dir());
     std::fs::remove_dir_all(&d).unwrap();
 }
 
