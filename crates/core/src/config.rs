@@ -92,6 +92,9 @@ impl TrainConfig {
     }
 }
 
+/// The linear modules of a Llama-family decoder layer, and `all-linear`.
+pub const LORA_TARGETS: [&str; 8] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "all-linear"];
+
 impl LoraConfig {
     pub fn validate(&self, path: &str) -> crate::Result<()> {
         if self.r == 0 {
@@ -102,6 +105,9 @@ impl LoraConfig {
         }
         if self.targets.is_empty() {
             anyhow::bail!("{path}.targets: name at least one module or `all-linear`");
+        }
+        if let Some(t) = self.targets.iter().find(|t| !LORA_TARGETS.contains(&t.as_str())) {
+            anyhow::bail!("{path}.targets: unknown module `{t}` (one of {})", LORA_TARGETS.join(", "));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ mod defenses;
 pub mod evaluate;
 pub mod fetch;
 pub mod hashing;
+pub mod lock;
 pub mod pipeline;
 pub mod report;
 pub mod spec;

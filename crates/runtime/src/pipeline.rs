@@ -428,8 +428,20 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let model_path = resolve_model(&spec.model.source, quiet)?;
     let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&serde_json::Value::Null)?;
+    // Everything that can reject the input is checked before the results directory exists.
+    let align_set = alignment_set(
+        &pools.align_prompts,
+        &pools.benign,
+        &AlignmentSpec { refusals: spec.alignment.refusals, benign: spec.alignment.benign, seed: spec.seed },
+    )?;
+    for regime in &spec.finetune.regimes {
+        let p = Regime::parse(regime)?.ratio();
+        harmful_variant(&pools.task_train, &pools.harmful_pairs, spec.finetune.n, p, spec.seed)
+            .map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
+    }
     let run_dir = opts.out.join(&spec.name);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
+    let _lock = crate::lock::RunLock::acquire(&run_dir)?;
     let spec_hash = sha256_json(spec)?;
     let spec_file = run_dir.join("spec.json");
     if let Ok(old) = std::fs::read_to_string(&spec_file) {
@@ -443,11 +455,6 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         }
     }
     write_json(&spec_file, spec)?;
-    let align_set = alignment_set(
-        &pools.align_prompts,
-        &pools.benign,
-        &AlignmentSpec { refusals: spec.alignment.refusals, benign: spec.alignment.benign, seed: spec.seed },
-    )?;
     let mut manifest = serde_json::json!({
         "spec_sha256": spec_hash,
         "seed": spec.seed,

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
+    /// Another spec file (relative to this one) that this file overlays; resolved by the loader.
+    #[serde(default, skip_serializing)]
+    pub extends: Option<String>,
     /// Results go to `<out>/<name>/`.
     pub name: String,
     #[serde(default = "default_seed")]
@@ -176,9 +179,9 @@ impl RunSpec {
             merge(&mut merged, read_table(o)?);
         }
         let shown = if overlays.is_empty() { base.display().to_string() } else { format!("{} (with overlays)", base.display()) };
-        if overlays.is_empty() {
+        let text = std::fs::read_to_string(base).with_context(|| format!("{}: cannot read", base.display()))?;
+        if overlays.is_empty() && !text.parse::<toml::Table>().is_ok_and(|t| t.contains_key("extends")) {
             // Parsed once from text so that an error carries its line number.
-            let text = std::fs::read_to_string(base).with_context(|| format!("{}: cannot read", base.display()))?;
             toml::from_str::<RunSpec>(&text).map_err(|e| located(base, &text, &e))?;
         }
         let spec = RunSpec::deserialize(toml::Value::Table(merged)).map_err(|e| anyhow!("{shown}: {}", e.message()))?;
@@ -246,9 +249,31 @@ impl RunSpec {
 }
 
 fn read_table(path: &Path) -> Result<toml::Table> {
+    read_table_within(path, 0)
+}
+
+/// A spec file's table; `extends = "other.toml"` (relative to the file) reads
+/// that file first and applies this one on top as an overlay.
+fn read_table_within(path: &Path, depth: usize) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut t: toml::Table = text.parse().map_err(|e| located(path, &text, &e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(parent) = t.remove("extends") {
+        let Some(parent) = parent.as_str() else {
+            bail!("{}: extends: must be the path of another spec file", path.display());
+        };
+        if depth >= 8 {
+            bail!("{}: extends: more than 8 levels (a cycle?)", path.display());
+        }
+        let mut base = read_table_within(&dir.join(parent), depth + 1).map_err(|e| anyhow!("{}: extends: {e}", path.display()))?;
+        merge(&mut base, resolve_paths(t, dir));
+        return Ok(base);
+    }
+    Ok(resolve_paths(t, dir))
+}
+
+/// Makes the relative data paths of `data.custom` relative to `dir`.
+fn resolve_paths(mut t: toml::Table, dir: &Path) -> toml::Table {
     if let Some(toml::Value::Table(custom)) = t.get_mut("data").and_then(|d| d.get_mut("custom")) {
         for (_, ds) in custom.iter_mut() {
             for key in ["path", "test_path"] {
@@ -260,7 +285,7 @@ fn read_table(path: &Path) -> Result<toml::Table> {
             }
         }
     }
-    Ok(t)
+    t
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -274,10 +299,16 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// `file:line: message` for a TOML error.
+/// `file:line: key: message` for a TOML error (the key when the line assigns one).
 fn located(path: &Path, text: &str, e: &toml::de::Error) -> safetune_core::anyhow::Error {
-    match e.span().map(|s| text[..s.start].lines().count().max(1)) {
-        Some(l) => anyhow!("{}:{l}: {}", path.display(), e.message()),
-        None => anyhow!("{}: {}", path.display(), e.message()),
+    let Some(span) = e.span() else {
+        return anyhow!("{}: {}", path.display(), e.message());
+    };
+    let line_no = text[..span.start].lines().count().max(1);
+    let line_start = text[..span.start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    match line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('[')) {
+        Some(key) => anyhow!("{}:{line_no}: {key}: {}", path.display(), e.message()),
+        None => anyhow!("{}:{line_no}: {}", path.display(), e.message()),
     }
 }

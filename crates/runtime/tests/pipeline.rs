@@ -126,9 +126,54 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         ("unknown judge", good.replace("[eval]\n", "[eval]\njudge = \"oracle\"\n"), "eval.judge"),
         ("unknown task", good.replace("task = \"builtin\"", "task = \"poetry\""), "data.task"),
         ("missing model", good.replace("source = \"", "source = \"/nonexistent/"), "no such path"),
+        ("unknown defense", good.replace("[eval]\n", "defenses = [[\"nope\"]]\n[eval]\n"), "finetune.defenses"),
+        ("two defenses of one stage", good.replace("[eval]\n", "defenses = [[\"lisa\", \"safeinstr\"]]\n[eval]\n"), "more than one"),
+        ("options of an absent defense", format!("{good}\n[defense_options.lisa]\nrho = 2.0\n"), "defense_options.lisa"),
+        (
+            "unknown defense option",
+            format!("{}\n[defense_options.lisa]\ncolour = 2.0\n", good.replace("[eval]\n", "defenses = [[\"lisa\"]]\n[eval]\n")),
+            "colour",
+        ),
+        (
+            "zero eval batch",
+            good.replace("task_max_new_tokens = 3\nbatch_size = 4", "task_max_new_tokens = 3\nbatch_size = 0"),
+            "eval.batch_size",
+        ),
+        ("zero new tokens", good.replace("task_max_new_tokens = 3", "task_max_new_tokens = 0"), "max_new_tokens"),
+        ("name with a slash", good.replace("name = \"tiny\"", "name = \"a/b\""), "name"),
+        ("unknown safety set", good.replace("task = \"builtin\"", "task = \"builtin\"\nsafety_evals = [\"nope\"]"), "data.safety_evals"),
+        ("zero lora rank", good.replace("r = 4,", "r = 0,"), "alignment.lora.r"),
+        ("unknown lora target", good.replace("\"v_proj\"]", "\"x_proj\"]"), "alignment.lora.targets"),
+        ("toml syntax", good.replace("seed = 7", "seed = = 7"), "spec.toml:"),
+        (
+            "method_train of an absent method",
+            format!("{good}\n[finetune.method_train.sft-magic]\nlearning_rate = 1e-3\n"),
+            "finetune.method_train",
+        ),
+        (
+            "missing data file",
+            good.replace(
+                "task = \"builtin\"",
+                "task = \"mine\"\n[data.custom.mine]\npath = \"/nonexistent/x.csv\"\nprompt = \"{text}\"\nresponse = \"{label}\"",
+            ),
+            "data.custom.mine.path",
+        ),
+        ("misspelt section", good.replace("[alignment]", "[alignmnt]"), "alignmnt"),
+        ("missing extended file", format!("extends = \"nope.toml\"\n{good}"), "extends"),
+        ("negative seed", good.replace("seed = 7", "seed = -7"), "seed"),
+        (
+            "warmup ratio above 1",
+            good.replace("max_len = 384 }\n[eval]", "max_len = 384, warmup_ratio = 2.0 }\n[eval]"),
+            "finetune.train.warmup_ratio",
+        ),
+        ("too many benign", good.replace("benign = 4", "benign = 100000"), "alignment.benign"),
+        ("n above the pool", good.replace("n = 8", "n = 10000000"), "finetune.n"),
+        ("unknown harmful set", good.replace("task = \"builtin\"", "task = \"builtin\"\nharmful = \"evil\""), "data.harmful"),
+        ("unknown data source", good.replace("task = \"builtin\"", "task = \"builtin\"\nsource = \"ftp\""), "ftp"),
     ];
+    assert!(cases.len() >= 30);
     for (what, text, needle) in cases {
-        let spec = d.join("bad.toml");
+        let spec = d.join("spec.toml");
         std::fs::write(&spec, &text).unwrap();
         let out = d.join("out-bad");
         let r = safetune(&["run", spec.to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
