@@ -62,7 +62,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             _ => bail!("usage: safetune model fetch|path NAME"),
         },
         "list" => list(args.get(1).map(String::as_str).unwrap_or("")),
-        "schema" => Ok(serde_json::to_string_pretty(&schemars::schema_for!(RunSpec))?),
+        "schema" => crate::spec::schema_json(),
         other => bail!("unknown command `{other}` (see `safetune --help`)"),
     }
 }

@@ -32,6 +32,12 @@ pub struct RunSpec {
     pub defense_options: BTreeMap<String, serde_json::Value>,
 }
 
+/// The JSON Schema of run specs, as `safetune schema` prints it and
+/// `docs/spec.schema.json` keeps it (a test checks the two agree).
+pub fn schema_json() -> Result<String> {
+    Ok(serde_json::to_string_pretty(&schemars::schema_for!(RunSpec))?)
+}
+
 fn default_seed() -> u64 {
     42
 }
@@ -310,5 +316,18 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> safetune_core::anyho
     match line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('[')) {
         Some(key) => anyhow!("{}:{line_no}: {key}: {}", path.display(), e.message()),
         None => anyhow!("{}:{line_no}: {}", path.display(), e.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_schema_matches_the_spec_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/spec.schema.json");
+        let committed = std::fs::read_to_string(path).expect("docs/spec.schema.json");
+        assert!(
+            committed.trim_end() == super::schema_json().unwrap().trim_end(),
+            "docs/spec.schema.json is out of date: run `cargo run -p safetune-runtime --bin safetune -- schema > docs/spec.schema.json`"
+        );
     }
 }
