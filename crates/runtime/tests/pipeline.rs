@@ -54,7 +54,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     for sub in ["cells", "models"] {
         let mut names: Vec<_> = std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
         names.sort();
-        for p in names {
+        for p in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
             v.push((format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap()));
         }
     }
@@ -276,5 +276,49 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     );
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("more than one fine-tuning-stage defense"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn sigkill_mid_run_then_rerun_gives_the_uninterrupted_results_without_recomputing_finished_cells() {
+    let d = tmp("kill");
+    let spec = tiny_spec(&d);
+    let spec = spec.to_str().unwrap();
+    let clean = d.join("clean");
+    let r = safetune(&["run", spec, "--out", clean.to_str().unwrap()], &d.join("cache-clean"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+
+    let out = d.join("killed");
+    let cells = out.join("tiny/cells");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args(["run", spec, "--out", out.to_str().unwrap(), "--quiet"])
+        .env("SAFETUNE_CACHE", d.join("cache-killed"))
+        .env_remove("SAFETUNE_DATA_DIR")
+        .spawn()
+        .unwrap();
+    // SIGKILL as soon as the first cell is on disk: the other three are in flight or to come.
+    let done_at_kill = loop {
+        let n = std::fs::read_dir(&cells)
+            .map(|r| r.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count());
+        if let Ok(n @ 1..) = n {
+            child.kill().unwrap();
+            break n;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.wait().unwrap();
+    assert!(done_at_kill < 4, "killed after the last cell");
+    assert!(out.join("tiny/.lock").exists(), "a killed runner leaves its lock behind");
+
+    let r = safetune(&["run", spec, "--out", out.to_str().unwrap()], &d.join("cache-killed"));
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    let finished_now = std::fs::read_dir(&cells).unwrap().count();
+    assert_eq!(log.matches("already done").count(), done_at_kill, "{log}");
+    assert_eq!(log.matches("fine-tuning on").count(), 4 - done_at_kill, "{log}");
+    assert_eq!(finished_now, 4);
+    assert_eq!(files(&out.join("tiny")), files(&clean.join("tiny")), "results differ from the uninterrupted run");
+    assert!(!out.join("tiny/.lock").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
