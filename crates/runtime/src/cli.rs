@@ -12,9 +12,12 @@ use crate::spec::RunSpec;
 pub const USAGE: &str = "safetune — how safe does an LLM stay when it is fine-tuned?
 
 usage:
-  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet]
+  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json]
       align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
       (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order)
+  safetune report RUN_DIR [--json]
+      rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
+      SVG plots) from its results, and print the table (--json: the rows as JSON)
   safetune model fetch NAME      download a known model into the cache (smollm2-135m-instruct)
   safetune model path NAME       print where a known model is cached
   safetune list datasets|methods|defenses|metrics|judges
@@ -34,6 +37,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             let mut out = PathBuf::from("results");
             let mut quiet = false;
             let mut task = None;
+            let mut json = false;
             let mut overlays = Vec::new();
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
@@ -41,6 +45,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
                     "--data-dir" => data_dir = Some(PathBuf::from(it.next().ok_or_else(|| anyhow!("--data-dir needs a directory"))?)),
                     "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
                     "--quiet" => quiet = true,
+                    "--json" => json = true,
                     "--overlay" => overlays.push(PathBuf::from(it.next().ok_or_else(|| anyhow!("--overlay needs a TOML file"))?)),
                     "--task" => task = Some(it.next().ok_or_else(|| anyhow!("--task needs a task name"))?.clone()),
                     f if f.starts_with('-') => bail!("run: unknown flag `{f}`"),
@@ -54,7 +59,33 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 spec.data.task = t;
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
             }
-            crate::pipeline::run(&spec, &RunOptions { data_dir, out, quiet })
+            let table = crate::pipeline::run(&spec, &RunOptions { data_dir: data_dir.clone(), out: out.clone(), quiet })?;
+            if json {
+                return rows_json(&out.join(&spec.name));
+            }
+            Ok(table)
+        }
+        "report" => {
+            let mut dir = None;
+            let mut json = false;
+            for a in &args[1..] {
+                match a.as_str() {
+                    "--json" => json = true,
+                    f if f.starts_with('-') => bail!("report: unknown flag `{f}`"),
+                    p if dir.is_none() => dir = Some(PathBuf::from(p)),
+                    p => bail!("report: unexpected argument `{p}`"),
+                }
+            }
+            let dir = dir.ok_or_else(|| anyhow!("report: give a results directory (safetune report results/NAME)"))?;
+            if !dir.is_dir() {
+                bail!("{}: no such results directory", dir.display());
+            }
+            let title = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "results".into());
+            let table = crate::report::write_report(&dir, &title)?;
+            if json {
+                return rows_json(&dir);
+            }
+            Ok(table)
         }
         "model" => match (args.get(1).map(String::as_str), args.get(2)) {
             (Some("fetch"), Some(name)) => Ok(crate::fetch::fetch(name, false)?.display().to_string()),
@@ -103,4 +134,8 @@ fn list(what: &str) -> Result<String> {
     let mut out = vec![line(head.to_vec())];
     out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
     Ok(out.join("\n"))
+}
+
+fn rows_json(run_dir: &std::path::Path) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&crate::report::rows_from_dir(run_dir)?)?)
 }

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use crate::evaluate::{evaluate, EvalInputs, GenRecord, ModelEval};
 use crate::fetch::{cache_dir, resolve_model};
 use crate::hashing::{sha256_file, sha256_json, write_atomic};
-use crate::report::{markdown_table, Row};
 use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
 use crate::stack::{build_defense, build_stack, label};
 use crate::stage_cache::StageCache;
@@ -471,8 +470,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let path = r.model_path.clone();
     let template = spec.data.template;
     let base_id = serde_json::json!({ "base": r.model_sha });
-    let base_eval = r.evaluate_once("base", base_id, || open_model(&path, template))?;
-    let mut rows = vec![Row::model("base", &base_eval)];
+    r.evaluate_once("base", base_id, || open_model(&path, template))?;
     // One aligned model per alignment-stage defense in use (none included when a stack lacks one).
     let mut align_defenses: Vec<Option<String>> = Vec::new();
     for names in &spec.finetune.defenses {
@@ -488,8 +486,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
         let dir = a.dir.clone();
         let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
-        let e = r.evaluate_once(&label, id, || aligned_model(&path, &dir, template))?;
-        rows.push(Row::model(&label, &e));
+        r.evaluate_once(&label, id, || aligned_model(&path, &dir, template))?;
         keys.insert(label, a.key.clone().into());
         aligned.insert(d, a);
     }
@@ -501,35 +498,26 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             for regime in &spec.finetune.regimes {
                 let cell = format!("{}__{regime}", label(method, names));
                 let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
-                let result = match std::fs::read_to_string(&cell_file) {
-                    Ok(s) => {
-                        say(quiet, format!("[{cell}] already done"));
-                        serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?
-                    }
-                    Err(_) => {
-                        let key = r.cell_key(method, names, regime, a)?;
-                        let rels = r.cell_files(method, &cell)?;
-                        let cache = StageCache::new("cells");
-                        if cache.restore(&key, &r.run_dir, &rels)? {
-                            say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
-                            let s = std::fs::read_to_string(&cell_file).with_context(|| format!("{}: cannot read", cell_file.display()))?;
-                            serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?
-                        } else {
-                            let res = r.cell(method, names, regime, a)?;
-                            write_json(&cell_file, &res)?;
-                            cache.publish(&key, &r.run_dir, &rels)?;
-                            res
-                        }
-                    }
-                };
-                rows.push(Row::cell(&result));
+                if let Ok(s) = std::fs::read_to_string(&cell_file) {
+                    say(quiet, format!("[{cell}] already done"));
+                    serde_json::from_str::<CellResult>(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
+                    continue;
+                }
+                let key = r.cell_key(method, names, regime, a)?;
+                let rels = r.cell_files(method, &cell)?;
+                let cache = StageCache::new("cells");
+                if cache.restore(&key, &r.run_dir, &rels)? {
+                    say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
+                } else {
+                    let res = r.cell(method, names, regime, a)?;
+                    write_json(&cell_file, &res)?;
+                    cache.publish(&key, &r.run_dir, &rels)?;
+                }
             }
         }
     }
     r.timings.insert("run_s".into(), start.elapsed().as_secs_f64().into());
     manifest["timings"] = serde_json::Value::Object(std::mem::take(&mut r.timings));
     write_json(&r.run_dir.join("manifest.json"), &manifest)?;
-    let table = markdown_table(&rows);
-    write_atomic(&r.run_dir.join("summary.md"), format!("# {}\n\n{table}", spec.name).as_bytes())?;
-    Ok(table)
+    crate::report::write_report(&r.run_dir, &spec.name)
 }

@@ -89,6 +89,21 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     assert_eq!(files(&out1.join("tiny")), f1);
     let table = String::from_utf8_lossy(&r3.stdout);
     assert!(table.contains("| fine-tuned | sft-full | high-harm |"), "{table}");
+    // The report: four table formats and three plots, rebuilt identically by `safetune report`.
+    let run1 = out1.join("tiny");
+    let csv = std::fs::read_to_string(run1.join("report/table.csv")).unwrap();
+    let sets = 1; // the built-in suite has one safety set
+    assert_eq!(csv.lines().count(), 1 + 6 * (sets + 1), "{csv}");
+    let scatter = std::fs::read_to_string(run1.join("report/safety_utility.svg")).unwrap();
+    assert_eq!(scatter.matches("<circle").count(), 6 + 4, "6 models and a 4-entry legend");
+    assert!(std::fs::read_to_string(run1.join("report/heatmap.svg")).unwrap().contains("high-harm"));
+    assert!(std::fs::read_to_string(run1.join("report/table.tex")).unwrap().contains("\\bottomrule"));
+    let summary = std::fs::read(run1.join("summary.md")).unwrap();
+    let rep = safetune(&["report", run1.to_str().unwrap(), "--json"], &d.join("cache1"));
+    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert_eq!(rows.as_array().map(|a| a.len()), Some(6));
+    assert_eq!(std::fs::read(run1.join("summary.md")).unwrap(), summary);
     // A new results directory with the same cache restores every stage by content key.
     let out3 = d.join("out3");
     let r4 = safetune(&["run", spec, "--out", out3.to_str().unwrap()], &d.join("cache1"));

@@ -1,0 +1,102 @@
+//! The summary table in Markdown, CSV and LaTeX.
+
+use safetune_core::judge::{Estimate, UtilityMetric};
+
+use super::Row;
+
+fn pct(e: &Estimate) -> String {
+    format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
+}
+
+pub(crate) fn metric_name(m: &UtilityMetric) -> &'static str {
+    match m {
+        UtilityMetric::Labels(_) => "accuracy",
+        UtilityMetric::FinalNumber => "exact match",
+        UtilityMetric::RougeL => "ROUGE-L",
+        UtilityMetric::SqlExact => "SQL exact match",
+        UtilityMetric::Exact => "exact match",
+    }
+}
+
+/// One row per model; ASR per safety set and task utility, percentages with 95% CIs.
+pub fn markdown_table(rows: &[Row]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let mut head = vec!["model".to_string(), "method".into(), "regime".into()];
+    head.extend(first.eval.safety.iter().map(|s| format!("ASR {} %", s.set)));
+    head.push(format!("{} {} %", first.eval.task.task, metric_name(&first.eval.task.metric)));
+    head.push("unparseable".into());
+    let mut out = format!("| {} |\n|{}|\n", head.join(" | "), vec!["---"; head.len()].join("|"));
+    for r in rows {
+        let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
+        cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));
+        cols.push(pct(&r.eval.task.score));
+        cols.push(r.eval.task.unparseable.to_string());
+        out.push_str(&format!("| {} |\n", cols.join(" | ")));
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Long format, one line per model × metric: fractions in [0, 1] with their interval.
+pub fn csv_table(rows: &[Row]) -> String {
+    let mut out = String::from("model,method,regime,poison_ratio,metric,set,value,ci_low,ci_high,n,unparseable\n");
+    for r in rows {
+        let p = r.poison_ratio.map(|p| p.to_string()).unwrap_or_default();
+        let lead = [csv_field(&r.model), csv_field(&r.method), csv_field(&r.regime), p].join(",");
+        for s in &r.eval.safety {
+            let e = &s.asr;
+            out.push_str(&format!("{lead},asr,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+        }
+        let t = &r.eval.task;
+        let e = &t.score;
+        out.push_str(&format!(
+            "{lead},{},{},{},{},{},{},{}\n",
+            csv_field(metric_name(&t.metric)),
+            csv_field(&t.task),
+            e.value,
+            e.ci_low,
+            e.ci_high,
+            e.n,
+            t.unparseable
+        ));
+    }
+    out
+}
+
+fn tex(s: &str) -> String {
+    s.replace('\\', "\\textbackslash{}").replace('_', "\\_").replace('%', "\\%").replace('&', "\\&").replace('#', "\\#")
+}
+
+/// A `booktabs` table: value with its interval in a smaller font.
+pub fn latex_table(rows: &[Row], caption: &str) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let mut head = vec!["model".to_string(), "method".into(), "regime".into()];
+    head.extend(first.eval.safety.iter().map(|s| format!("ASR {} (\\%)", tex(&s.set))));
+    head.push(format!("{} {} (\\%)", tex(&first.eval.task.task), tex(metric_name(&first.eval.task.metric))));
+    let cell = |e: &Estimate| format!("{:.1} {{\\scriptsize [{:.1}, {:.1}]}}", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high);
+    let mut out = String::from("% needs \\usepackage{booktabs}\n\\begin{table}[t]\n\\centering\n");
+    out.push_str(&format!("\\begin{{tabular}}{{lll{}}}\n\\toprule\n", "r".repeat(head.len() - 3)));
+    out.push_str(&format!("{} \\\\\n\\midrule\n", head.join(" & ")));
+    for r in rows {
+        let mut cols = vec![tex(&r.model), tex(&r.method), tex(&r.regime)];
+        cols.extend(r.eval.safety.iter().map(|s| cell(&s.asr)));
+        cols.push(cell(&r.eval.task.score));
+        out.push_str(&format!("{} \\\\\n", cols.join(" & ")));
+    }
+    out.push_str(&format!(
+        "\\bottomrule\n\\end{{tabular}}\n\\caption{{{}: attack success rate and task utility, 95\\% bootstrap intervals.}}\n\\end{{table}}\n",
+        tex(caption)
+    ));
+    out
+}
