@@ -15,6 +15,7 @@ usage:
   safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json]
       align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
       (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order)
+{eval}
   safetune report RUN_DIR [--json]
       rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
       SVG plots) from its results, and print the table (--json: the rows as JSON)
@@ -28,7 +29,7 @@ usage:
 pub fn main_with(args: &[String]) -> Result<String> {
     let Some(cmd) = args.first() else { bail!("no command given (see `safetune --help`)") };
     if args.iter().any(|a| a == "--help" || a == "-h") || cmd == "help" {
-        return Ok(USAGE.to_string());
+        return Ok(USAGE.replace("{eval}", crate::eval_cmd::USAGE));
     }
     match cmd.as_str() {
         "run" => {
@@ -65,6 +66,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             }
             Ok(table)
         }
+        "eval" => crate::eval_cmd::main(&args[1..]),
         "report" => {
             let mut dir = None;
             let mut json = false;

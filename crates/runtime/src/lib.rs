@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod defenses;
+pub mod eval_cmd;
 pub mod evaluate;
 pub mod fetch;
 pub mod hashing;

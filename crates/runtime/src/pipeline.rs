@@ -117,7 +117,7 @@ fn say(quiet: bool, msg: impl AsRef<str>) {
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let mut s = serde_json::to_string_pretty(v)?;
     s.push('\n');
     write_atomic(path, s.as_bytes())
@@ -137,7 +137,7 @@ fn write_generations(dir: &Path, records: &[(String, Vec<GenRecord>)]) -> Result
 
 /// The aligned model: base + the alignment adapters, trained once per
 /// (model, alignment config, data) and cached under the cache directory.
-fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama> {
+pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama> {
     let mut m = load_model(path, &safetune_model::default_device())?;
     if template == TemplateChoice::Alpaca {
         m.set_format(safetune_core::PromptFormat::Alpaca);
@@ -153,16 +153,16 @@ fn aligned_model(model_path: &Path, adapter_dir: &Path, template: TemplateChoice
 }
 
 /// Everything the stages of one run share.
-struct Run<'a> {
-    spec: &'a RunSpec,
-    quiet: bool,
-    pools: Pools,
-    model_path: PathBuf,
-    model_sha: String,
-    run_dir: PathBuf,
-    judge: Box<dyn safetune_core::judge::Judge>,
-    align_set: Vec<Example>,
-    timings: serde_json::Map<String, serde_json::Value>,
+pub(crate) struct Run<'a> {
+    pub spec: &'a RunSpec,
+    pub quiet: bool,
+    pub pools: Pools,
+    pub model_path: PathBuf,
+    pub model_sha: String,
+    pub run_dir: PathBuf,
+    pub judge: Box<dyn safetune_core::judge::Judge>,
+    pub align_set: Vec<Example>,
+    pub timings: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A cached aligned model: its content key and adapter directory.
@@ -184,7 +184,12 @@ impl Run<'_> {
     /// Evaluates a model once per run directory (`models/<label>.json`), reusing an earlier
     /// result: the run directory's, else the evaluation cache's, which is keyed by the
     /// model's identity (`identity`: hashes of its weights) and everything the scores depend on.
-    fn evaluate_once(&mut self, label: &str, identity: serde_json::Value, model: impl FnOnce() -> Result<Llama>) -> Result<ModelEval> {
+    pub(crate) fn evaluate_once(
+        &mut self,
+        label: &str,
+        identity: serde_json::Value,
+        model: impl FnOnce() -> Result<Llama>,
+    ) -> Result<ModelEval> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
         let gen_dir = self.run_dir.join("generations").join(label);
         if let Ok(s) = std::fs::read_to_string(&file) {
@@ -419,28 +424,29 @@ impl Run<'_> {
     }
 }
 
-/// Runs a spec end to end; returns the summary table.
-pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
-    let start = Instant::now();
-    let quiet = opts.quiet;
+/// What every command that evaluates models resolves before it writes anything.
+pub(crate) struct Prepared {
+    pub pools: Pools,
+    pub data_hashes: BTreeMap<String, String>,
+    pub model_path: PathBuf,
+    pub model_sha: String,
+    pub judge: Box<dyn safetune_core::judge::Judge>,
+}
+
+pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
     let (pools, data_hashes) = load_pools(spec, opts)?;
-    let model_path = resolve_model(&spec.model.source, quiet)?;
+    let model_path = resolve_model(&spec.model.source, opts.quiet)?;
     let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&serde_json::Value::Null)?;
-    // Everything that can reject the input is checked before the results directory exists.
-    let align_set = alignment_set(
-        &pools.align_prompts,
-        &pools.benign,
-        &AlignmentSpec { refusals: spec.alignment.refusals, benign: spec.alignment.benign, seed: spec.seed },
-    )?;
-    for regime in &spec.finetune.regimes {
-        let p = Regime::parse(regime)?.ratio();
-        harmful_variant(&pools.task_train, &pools.harmful_pairs, spec.finetune.n, p, spec.seed)
-            .map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
-    }
-    let run_dir = opts.out.join(&spec.name);
+    Ok(Prepared { pools, data_hashes, model_path, model_sha, judge })
+}
+
+/// Creates and locks `<out>/<name>/`, refusing one that holds another spec's
+/// results; writes `spec.json`. Returns the directory, its lock and the spec hash.
+pub(crate) fn open_run_dir(spec: &RunSpec, out: &Path) -> Result<(PathBuf, crate::lock::RunLock, String)> {
+    let run_dir = out.join(&spec.name);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
-    let _lock = crate::lock::RunLock::acquire(&run_dir)?;
+    let lock = crate::lock::RunLock::acquire(&run_dir)?;
     let spec_hash = sha256_json(spec)?;
     let spec_file = run_dir.join("spec.json");
     if let Ok(old) = std::fs::read_to_string(&spec_file) {
@@ -454,17 +460,45 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         }
     }
     write_json(&spec_file, spec)?;
-    let mut manifest = serde_json::json!({
+    Ok((run_dir, lock, spec_hash))
+}
+
+/// The manifest fields every results directory records.
+pub(crate) fn manifest_base(spec: &RunSpec, spec_hash: &str, p: &Prepared) -> serde_json::Value {
+    serde_json::json!({
         "spec_sha256": spec_hash,
         "seed": spec.seed,
-        "model": { "source": spec.model.source, "path": model_path.display().to_string(), "sha256": model_sha },
-        "data": { "source": pools.source, "task": pools.task, "files_sha256": data_hashes, "task_holdout_ids": pools.holdout_ids },
-        "alignment": { "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() },
+        "model": { "source": spec.model.source, "path": p.model_path.display().to_string(), "sha256": p.model_sha },
+        "data": { "source": p.pools.source, "task": p.pools.task, "files_sha256": p.data_hashes, "task_holdout_ids": p.pools.holdout_ids },
         "safetune_version": env!("CARGO_PKG_VERSION"),
         "git_revision": git_revision(),
         "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
                      "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
-    });
+    })
+}
+
+/// Runs a spec end to end; returns the summary table.
+pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
+    let start = Instant::now();
+    let quiet = opts.quiet;
+    let prepared = prepare(spec, opts)?;
+    let pools = &prepared.pools;
+    // Everything that can reject the input is checked before the results directory exists.
+    let align_set = alignment_set(
+        &pools.align_prompts,
+        &pools.benign,
+        &AlignmentSpec { refusals: spec.alignment.refusals, benign: spec.alignment.benign, seed: spec.seed },
+    )?;
+    for regime in &spec.finetune.regimes {
+        let p = Regime::parse(regime)?.ratio();
+        harmful_variant(&pools.task_train, &pools.harmful_pairs, spec.finetune.n, p, spec.seed)
+            .map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
+    }
+    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out)?;
+    let mut manifest = manifest_base(spec, &spec_hash, &prepared);
+    manifest["alignment"] =
+        serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
+    let Prepared { pools, model_path, model_sha, judge, .. } = prepared;
     let mut r = Run { spec, quiet, pools, model_path, model_sha, run_dir, judge, align_set, timings: serde_json::Map::new() };
 
     let path = r.model_path.clone();

@@ -104,6 +104,54 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let rows: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
     assert_eq!(rows.as_array().map(|a| a.len()), Some(6));
     assert_eq!(std::fs::read(run1.join("summary.md")).unwrap(), summary);
+    // `safetune eval` on the base model plus the cached alignment adapter and a
+    // cell's adapter (PEFT directories, merged in order) reproduces that cell's scores exactly.
+    let aligned_dir = std::fs::read_dir(d.join("cache1/aligned")).unwrap().next().unwrap().unwrap().path();
+    let cell_adapter = run1.join("adapters/sft-lora__high-harm");
+    let ev_out = d.join("ev");
+    let model_dir = d.join("model");
+    let ev = safetune(
+        &[
+            "eval",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--adapter",
+            aligned_dir.to_str().unwrap(),
+            "--adapter",
+            cell_adapter.to_str().unwrap(),
+            "--task",
+            "builtin",
+            "--safety-limit",
+            "4",
+            "--task-limit",
+            "6",
+            "--safety-tokens",
+            "6",
+            "--task-tokens",
+            "3",
+            "--batch-size",
+            "4",
+            "--seed",
+            "7",
+            "--name",
+            "ev",
+            "--out",
+            ev_out.to_str().unwrap(),
+        ],
+        &d.join("cache-ev"),
+    );
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    let gens = |dir: &Path, label: &str| std::fs::read(dir.join(format!("generations/{label}/builtin-sentiment.jsonl"))).unwrap();
+    assert_ne!(gens(&run1, "sft-lora__high-harm"), gens(&run1, "base"), "the adapters must matter");
+    assert_eq!(gens(&ev_out.join("ev"), "sft-lora__high-harm"), gens(&run1, "sft-lora__high-harm"));
+    let cell: serde_json::Value = serde_json::from_slice(&std::fs::read(run1.join("cells/sft-lora__high-harm.json")).unwrap()).unwrap();
+    let evald: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ev_out.join("ev/models/sft-lora__high-harm.json")).unwrap()).unwrap();
+    assert_eq!(cell["eval"], evald);
+    assert!(ev_out.join("ev/report/table.csv").exists() && ev_out.join("ev/manifest.json").exists());
+    let bad = safetune(&["eval", "--model", model_dir.to_str().unwrap(), "--adapter", "/nonexistent"], &d.join("cache-ev"));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a PEFT adapter"));
     // A new results directory with the same cache restores every stage by content key.
     let out3 = d.join("out3");
     let r4 = safetune(&["run", spec, "--out", out3.to_str().unwrap()], &d.join("cache1"));
