@@ -12,6 +12,7 @@ pub mod hashing;
 pub mod lock;
 pub mod pipeline;
 pub mod report;
+pub mod resources;
 pub mod spec;
 pub mod stack;
 pub mod stage_cache;

@@ -204,13 +204,13 @@ impl Run<'_> {
             let s = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
             return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
         }
-        let t = Instant::now();
+        let t = crate::resources::StageMeter::start();
         let m = model()?;
         let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.task_test);
         let (e, recs) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
         write_generations(&gen_dir, &recs)?;
         write_json(&file, &e)?;
-        self.timings.insert(format!("eval_{label}_s"), t.elapsed().as_secs_f64().into());
+        self.timings.insert(format!("eval_{label}"), t.report());
         cache.publish(&key, &self.run_dir, &rels)?;
         Ok(e)
     }
@@ -290,7 +290,7 @@ impl Run<'_> {
                 spec.alignment.lora.targets
             ),
         );
-        let t = Instant::now();
+        let t = crate::resources::StageMeter::start();
         let mut model = open_model(&self.model_path, spec.data.template)?;
         safetune_lora::attach_lora(&mut model, &spec.alignment.lora, spec.seed)?;
         let mut data = StageData::default();
@@ -311,7 +311,7 @@ impl Run<'_> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
-        self.timings.insert(format!("{label}_s"), t.elapsed().as_secs_f64().into());
+        self.timings.insert(label.clone(), t.report());
         Ok(Aligned { key, dir })
     }
 
@@ -355,7 +355,9 @@ impl Run<'_> {
             Some(s) => s.as_mut(),
             None => plan.step.as_mut(),
         };
+        let train_meter = crate::resources::StageMeter::start();
         let report: TrainReport = train(&mut model, &data, step, &cfg, None, &cell, self.quiet)?;
+        let train_stage = train_meter.report();
         if let Trainable::Lora(l) = &plan.trainable {
             safetune_lora::save_peft(&model, l, &self.run_dir.join("adapters").join(&cell))?;
             safetune_lora::merge_adapters(&mut model)?;
@@ -382,11 +384,15 @@ impl Run<'_> {
         let sets: Vec<(String, Vec<Example>)> = self.pools.safety_evals.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
         let task_test = with_system(&self.pools.task_test);
         let inputs = self.eval_inputs(&sets, &task_test);
+        let eval_meter = crate::resources::StageMeter::start();
         let (eval, recs) = evaluate(&model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
         write_generations(&self.run_dir.join("generations").join(&cell), &recs)?;
         write_json(
             &self.run_dir.join("timings").join(format!("{cell}.json")),
-            &serde_json::json!({ "train_s": report.seconds, "total_s": t.elapsed().as_secs_f64(), "tokens": report.tokens }),
+            &serde_json::json!({
+                "train": train_stage, "eval": eval_meter.report(), "total_s": t.elapsed().as_secs_f64(),
+                "tokens": report.tokens, "steps": report.steps,
+            }),
         )?;
         Ok(CellResult {
             cell,
@@ -471,6 +477,7 @@ pub(crate) fn manifest_base(spec: &RunSpec, spec_hash: &str, p: &Prepared) -> se
         "model": { "source": spec.model.source, "path": p.model_path.display().to_string(), "sha256": p.model_sha },
         "data": { "source": p.pools.source, "task": p.pools.task, "files_sha256": p.data_hashes, "task_holdout_ids": p.pools.holdout_ids },
         "safetune_version": env!("CARGO_PKG_VERSION"),
+        "crate_versions": crate::resources::crate_versions(),
         "git_revision": git_revision(),
         "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
                      "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
