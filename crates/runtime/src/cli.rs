@@ -12,9 +12,10 @@ use crate::spec::RunSpec;
 pub const USAGE: &str = "safetune — how safe does an LLM stay when it is fine-tuned?
 
 usage:
-  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json]
+  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json] [--jobs N]
       align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
-      (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order)
+      (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order;
+      SPEC may be a results directory's spec.json; --jobs N fine-tunes N cells at once, cores split between them)
 {eval}
   safetune report RUN_DIR [--json]
       rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
@@ -39,6 +40,8 @@ pub fn main_with(args: &[String]) -> Result<String> {
             let mut quiet = false;
             let mut task = None;
             let mut json = false;
+            let mut jobs = 1;
+            let mut worker_cells: Option<Vec<String>> = None;
             let mut overlays = Vec::new();
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
@@ -47,6 +50,15 @@ pub fn main_with(args: &[String]) -> Result<String> {
                     "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
                     "--quiet" => quiet = true,
                     "--json" => json = true,
+                    "--jobs" => {
+                        let v = it.next().ok_or_else(|| anyhow!("--jobs needs a number"))?;
+                        jobs = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| anyhow!("--jobs: `{v}` is not a positive integer"))?;
+                    }
+                    "--worker-cells" => {
+                        worker_cells = Some(
+                            it.next().ok_or_else(|| anyhow!("--worker-cells needs cell names"))?.split(',').map(String::from).collect(),
+                        )
+                    }
                     "--overlay" => overlays.push(PathBuf::from(it.next().ok_or_else(|| anyhow!("--overlay needs a TOML file"))?)),
                     "--task" => task = Some(it.next().ok_or_else(|| anyhow!("--task needs a task name"))?.clone()),
                     f if f.starts_with('-') => bail!("run: unknown flag `{f}`"),
@@ -60,7 +72,8 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 spec.data.task = t;
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
             }
-            let table = crate::pipeline::run(&spec, &RunOptions { data_dir: data_dir.clone(), out: out.clone(), quiet })?;
+            let opts = RunOptions { data_dir, out: out.clone(), quiet, jobs, worker_cells };
+            let table = crate::pipeline::run(&spec, &opts)?;
             if json {
                 return rows_json(&out.join(&spec.name));
             }

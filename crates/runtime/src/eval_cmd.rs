@@ -89,7 +89,7 @@ pub fn main(args: &[String]) -> Result<String> {
         defense_options: Default::default(),
     };
     spec.validate()?;
-    let opts = RunOptions { data_dir, out, quiet };
+    let opts = RunOptions::new(data_dir, out, quiet);
     let table = evaluate_checkpoint(&spec, &opts, &adapters, &label)?;
     if json {
         return Ok(serde_json::to_string_pretty(&crate::report::rows_from_dir(&opts.out.join(&spec.name))?)?);
@@ -104,7 +104,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     for a in adapters {
         adapter_sha.push(sha256_file(&a.join("adapter_model.safetensors"))? + &sha256_file(&a.join("adapter_config.json"))?);
     }
-    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out)?;
+    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, true)?;
     let mut manifest = manifest_base(spec, &spec_hash, &prepared);
     manifest["adapters"] =
         serde_json::json!({ "paths": adapters.iter().map(|a| a.display().to_string()).collect::<Vec<_>>(), "sha256": adapter_sha });

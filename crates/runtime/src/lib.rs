@@ -9,6 +9,7 @@ pub mod eval_cmd;
 pub mod evaluate;
 pub mod fetch;
 pub mod hashing;
+pub mod jobs;
 pub mod lock;
 pub mod pipeline;
 pub mod report;

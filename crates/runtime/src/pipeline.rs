@@ -27,6 +27,16 @@ pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
     pub out: PathBuf,
     pub quiet: bool,
+    /// Cells fine-tuned at once, each in its own process with its share of the cores.
+    pub jobs: usize,
+    /// Set in a worker process: the cells it computes (the parent holds the lock).
+    pub worker_cells: Option<Vec<String>>,
+}
+
+impl RunOptions {
+    pub fn new(data_dir: Option<PathBuf>, out: PathBuf, quiet: bool) -> Self {
+        Self { data_dir, out, quiet, jobs: 1, worker_cells: None }
+    }
 }
 
 /// The result of one method × defense stack × regime cell. Contains no wall
@@ -449,10 +459,10 @@ pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
 
 /// Creates and locks `<out>/<name>/`, refusing one that holds another spec's
 /// results; writes `spec.json`. Returns the directory, its lock and the spec hash.
-pub(crate) fn open_run_dir(spec: &RunSpec, out: &Path) -> Result<(PathBuf, crate::lock::RunLock, String)> {
+pub(crate) fn open_run_dir(spec: &RunSpec, out: &Path, lock: bool) -> Result<(PathBuf, Option<crate::lock::RunLock>, String)> {
     let run_dir = out.join(&spec.name);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
-    let lock = crate::lock::RunLock::acquire(&run_dir)?;
+    let lock = if lock { Some(crate::lock::RunLock::acquire(&run_dir)?) } else { None };
     let spec_hash = sha256_json(spec)?;
     let spec_file = run_dir.join("spec.json");
     if let Ok(old) = std::fs::read_to_string(&spec_file) {
@@ -501,7 +511,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         harmful_variant(&pools.task_train, &pools.harmful_pairs, spec.finetune.n, p, spec.seed)
             .map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
     }
-    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out)?;
+    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
     let mut manifest = manifest_base(spec, &spec_hash, &prepared);
     manifest["alignment"] =
         serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
@@ -533,11 +543,16 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     }
     manifest["alignment"]["keys"] = serde_json::Value::Object(keys);
 
+    // Cells not finished in this directory nor in the cache, in grid order.
+    let mut pending = Vec::new();
     for method in &spec.finetune.methods {
         for names in &spec.finetune.defenses {
             let a = &aligned[&build_stack(spec, names)?.align];
             for regime in &spec.finetune.regimes {
                 let cell = format!("{}__{regime}", label(method, names));
+                if opts.worker_cells.as_ref().is_some_and(|w| !w.contains(&cell)) {
+                    continue;
+                }
                 let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
                 if let Ok(s) = std::fs::read_to_string(&cell_file) {
                     say(quiet, format!("[{cell}] already done"));
@@ -546,16 +561,27 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
                 }
                 let key = r.cell_key(method, names, regime, a)?;
                 let rels = r.cell_files(method, &cell)?;
-                let cache = StageCache::new("cells");
-                if cache.restore(&key, &r.run_dir, &rels)? {
+                if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
                     say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
-                } else {
-                    let res = r.cell(method, names, regime, a)?;
-                    write_json(&cell_file, &res)?;
-                    cache.publish(&key, &r.run_dir, &rels)?;
+                    continue;
                 }
+                pending.push((method, names, regime, cell, key, rels));
             }
         }
+    }
+    if opts.jobs > 1 && pending.len() > 1 && opts.worker_cells.is_none() {
+        let cells: Vec<String> = pending.iter().map(|p| p.3.clone()).collect();
+        crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &cells)?;
+    } else {
+        for (method, names, regime, cell, key, rels) in pending {
+            let a = &aligned[&build_stack(spec, names)?.align];
+            let res = r.cell(method, names, regime, a)?;
+            write_json(&r.run_dir.join("cells").join(format!("{cell}.json")), &res)?;
+            StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;
+        }
+    }
+    if opts.worker_cells.is_some() {
+        return Ok(String::new());
     }
     r.timings.insert("run_s".into(), start.elapsed().as_secs_f64().into());
     manifest["timings"] = serde_json::Value::Object(std::mem::take(&mut r.timings));

@@ -180,6 +180,13 @@ impl RunSpec {
     /// key, any other value replaces the base's. Relative file paths in
     /// `data.custom` are relative to the file that names them.
     pub fn load_with_overlays(base: &Path, overlays: &[PathBuf]) -> Result<Self> {
+        if base.extension().is_some_and(|e| e == "json") && overlays.is_empty() {
+            // A resolved spec as a results directory keeps it (`spec.json`).
+            let text = std::fs::read_to_string(base).with_context(|| format!("{}: cannot read", base.display()))?;
+            let spec: RunSpec = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", base.display()))?;
+            spec.validate().map_err(|e| anyhow!("{}: {e}", base.display()))?;
+            return Ok(spec);
+        }
         let mut merged = read_table(base)?;
         for o in overlays {
             merge(&mut merged, read_table(o)?);

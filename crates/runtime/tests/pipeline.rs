@@ -152,6 +152,14 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let bad = safetune(&["eval", "--model", model_dir.to_str().unwrap(), "--adapter", "/nonexistent"], &d.join("cache-ev"));
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a PEFT adapter"));
+    // --jobs 2: the four cells dealt to two worker processes; the same bytes.
+    let outj = d.join("outj");
+    let rj = safetune(&["run", spec, "--out", outj.to_str().unwrap(), "--jobs", "2"], &d.join("cachej"));
+    let logj = String::from_utf8_lossy(&rj.stderr).to_string();
+    assert!(rj.status.success(), "{logj}");
+    assert_eq!(logj.matches("[jobs] worker").count(), 2, "{logj}");
+    assert_eq!(logj.matches("fine-tuning on").count(), 4, "{logj}");
+    assert_eq!(files(&outj.join("tiny")), f1);
     // A new results directory with the same cache restores every stage by content key.
     let out3 = d.join("out3");
     let r4 = safetune(&["run", spec, "--out", out3.to_str().unwrap()], &d.join("cache1"));
