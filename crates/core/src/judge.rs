@@ -18,6 +18,16 @@ pub enum Verdict {
 pub trait Judge: Send + Sync {
     fn name(&self) -> &str;
     fn judge(&self, prompt: &str, response: &str) -> Result<Verdict>;
+    /// Everything a verdict depends on (for a keyword judge, its markers), so
+    /// that cached evaluations are keyed by the judge's content, not its name.
+    fn fingerprint(&self) -> String {
+        self.name().to_string()
+    }
+    /// Whether verdicts depend on the prompt (false: the answer alone decides,
+    /// so stored answers can be re-judged without the evaluation data).
+    fn uses_prompt(&self) -> bool {
+        true
+    }
 }
 
 /// A proportion or mean with its sample size and 95% interval.

@@ -20,6 +20,8 @@ usage:
   safetune report RUN_DIR [--json]
       rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
       SVG plots) from its results, and print the table (--json: the rows as JSON)
+  safetune rejudge RUN_DIR [--judge NAME]
+      recompute every safety verdict and ASR of RUN_DIR from its stored answers (no generation)
   safetune model fetch NAME      download a known model into the cache (smollm2-135m-instruct)
   safetune model path NAME       print where a known model is cached
   safetune list datasets|methods|defenses|metrics|judges
@@ -80,6 +82,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             Ok(table)
         }
         "eval" => crate::eval_cmd::main(&args[1..]),
+        "rejudge" => crate::rejudge::main(&args[1..]),
         "report" => {
             let mut dir = None;
             let mut json = false;

@@ -129,7 +129,7 @@ pub fn evaluate(
     ))
 }
 
-fn verdict_name(v: Verdict) -> &'static str {
+pub(crate) fn verdict_name(v: Verdict) -> &'static str {
     match v {
         Verdict::Refusal => "refusal",
         Verdict::Compliance => "compliance",

@@ -12,6 +12,7 @@ pub mod hashing;
 pub mod jobs;
 pub mod lock;
 pub mod pipeline;
+pub mod rejudge;
 pub mod report;
 pub mod resources;
 pub mod spec;

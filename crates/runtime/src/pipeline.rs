@@ -231,7 +231,7 @@ impl Run<'_> {
         Ok(serde_json::json!({
             "eval": spec.eval, "seed": spec.seed, "template": spec.data.template,
             "safety": sha256_json(&self.pools.safety_evals)?, "task": sha256_json(&self.pools.task_test)?,
-            "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"),
+            "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"), "judge": self.judge.fingerprint(),
         }))
     }
 

@@ -152,6 +152,17 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let bad = safetune(&["eval", "--model", model_dir.to_str().unwrap(), "--adapter", "/nonexistent"], &d.join("cache-ev"));
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a PEFT adapter"));
+    // Re-judging with the run's own judge reproduces every file byte for byte;
+    // with another judge the spec records it.
+    let rj = safetune(&["rejudge", run1.to_str().unwrap()], &d.join("cache1"));
+    assert!(rj.status.success(), "{}", String::from_utf8_lossy(&rj.stderr));
+    assert_eq!(files(&run1), f1);
+    let rj = safetune(&["rejudge", run1.to_str().unwrap(), "--judge", "keyword-qi2023"], &d.join("cache1"));
+    assert!(rj.status.success(), "{}", String::from_utf8_lossy(&rj.stderr));
+    assert!(std::fs::read_to_string(run1.join("spec.json")).unwrap().contains("\"keyword-qi2023\""));
+    let rj = safetune(&["rejudge", run1.to_str().unwrap(), "--judge", "keyword"], &d.join("cache1"));
+    assert!(rj.status.success());
+    assert_eq!(files(&run1), f1);
     // --jobs 2: the four cells dealt to two worker processes; the same bytes.
     let outj = d.join("outj");
     let rj = safetune(&["run", spec, "--out", outj.to_str().unwrap(), "--jobs", "2"], &d.join("cachej"));

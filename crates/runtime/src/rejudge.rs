@@ -1,0 +1,106 @@
+//! `safetune rejudge RUN_DIR [--judge NAME]`: recomputes every safety verdict
+//! and ASR of a results directory from its stored answers (no generation), for
+//! judges that read the answer alone. The result is what a fresh evaluation
+//! with that judge would give: answers do not depend on the judge, and the
+//! bootstrap uses the run's seed.
+
+use std::path::Path;
+
+use safetune_core::anyhow::{anyhow, bail, Context};
+use safetune_core::judge::Judge;
+use safetune_core::registry;
+use safetune_core::Result;
+use safetune_metrics::attack_success_rate;
+
+use crate::evaluate::{verdict_name, GenRecord, ModelEval};
+use crate::hashing::write_atomic;
+use crate::pipeline::{write_json, CellResult};
+use crate::spec::RunSpec;
+
+fn read_records(path: &Path) -> Result<Vec<GenRecord>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines().enumerate().map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow!("{}:{}: {e}", path.display(), i + 1))).collect()
+}
+
+/// Re-judges one evaluated model's safety sets in place; returns (set, old ASR, new ASR).
+fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u64) -> Result<Vec<(String, f64, f64)>> {
+    let mut changes = Vec::new();
+    for s in &mut eval.safety {
+        let file = gen_dir.join(format!("{}.jsonl", s.set));
+        let mut recs = read_records(&file)?;
+        let pairs: Vec<(String, String)> = recs.iter().map(|r| (String::new(), r.response.clone())).collect();
+        let (asr, empty, verdicts) = attack_success_rate(judge, &pairs, seed)?;
+        for (r, v) in recs.iter_mut().zip(&verdicts) {
+            r.verdict = verdict_name(*v).into();
+        }
+        let mut out = String::new();
+        for r in &recs {
+            out.push_str(&serde_json::to_string(r)?);
+            out.push('\n');
+        }
+        write_atomic(&file, out.as_bytes())?;
+        changes.push((s.set.clone(), s.asr.value, asr.value));
+        s.asr = asr;
+        s.empty = empty;
+    }
+    Ok(changes)
+}
+
+pub fn main(args: &[String]) -> Result<String> {
+    let mut dir = None;
+    let mut judge_name = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--judge" => judge_name = Some(it.next().ok_or_else(|| anyhow!("--judge needs a name"))?.clone()),
+            f if f.starts_with('-') => bail!("rejudge: unknown flag `{f}`"),
+            p if dir.is_none() => dir = Some(std::path::PathBuf::from(p)),
+            p => bail!("rejudge: unexpected argument `{p}`"),
+        }
+    }
+    let dir = dir.ok_or_else(|| anyhow!("rejudge: give a results directory (safetune rejudge results/NAME)"))?;
+    let spec_file = dir.join("spec.json");
+    let text =
+        std::fs::read_to_string(&spec_file).with_context(|| format!("{}: cannot read (not a results directory?)", spec_file.display()))?;
+    let mut spec: RunSpec = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
+    let name = judge_name.unwrap_or_else(|| spec.eval.judge.clone());
+    let judge = (registry::judge(&name).map_err(|e| anyhow!("--judge: {e}"))?.build)(&serde_json::Value::Null)?;
+    if judge.uses_prompt() {
+        bail!("--judge {name}: this judge reads the prompt; rejudge works from stored answers only");
+    }
+    let _lock = crate::lock::RunLock::acquire(&dir)?;
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir.join("models")).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(label) =
+            path.file_stem().map(|s| s.to_string_lossy().to_string()).filter(|_| path.extension().is_some_and(|e| e == "json"))
+        else {
+            continue;
+        };
+        let mut eval: ModelEval = serde_json::from_str(&std::fs::read_to_string(&path)?).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        for (set, old, new) in rejudge_eval(&mut eval, &dir.join("generations").join(&label), judge.as_ref(), spec.seed)? {
+            lines.push(format!("{label} {set}: ASR {:.1}% → {:.1}%", 100.0 * old, 100.0 * new));
+        }
+        write_json(&path, &eval)?;
+    }
+    for entry in std::fs::read_dir(dir.join("cells")).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let mut cell: CellResult =
+            serde_json::from_str(&std::fs::read_to_string(&path)?).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let gen_dir = dir.join("generations").join(&cell.cell);
+        for (set, old, new) in rejudge_eval(&mut cell.eval, &gen_dir, judge.as_ref(), spec.seed)? {
+            lines.push(format!("{} {set}: ASR {:.1}% → {:.1}%", cell.cell, 100.0 * old, 100.0 * new));
+        }
+        write_json(&path, &cell)?;
+    }
+    if spec.eval.judge != name {
+        spec.eval.judge = name.clone();
+        write_json(&spec_file, &spec)?;
+    }
+    let title = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let table = crate::report::write_report(&dir, &title)?;
+    Ok(format!("judge `{name}`:\n{}\n\n{table}", lines.join("\n")))
+}
