@@ -76,6 +76,10 @@ impl TrainStep for Vaccine {
         let grads = loss1.backward()?;
         let g: Vec<Tensor> =
             zeros.iter().map(|v| grads.get(v.as_tensor()).cloned().unwrap_or_else(|| v.as_tensor().zeros_like().expect("zeros"))).collect();
+        // The first pass's graph (every activation) must be freed before the
+        // second pass builds its own, or the step holds two graphs at once.
+        drop(grads);
+        drop(loss1);
         let (e, norm) = perturbations(&g, self.cfg.rho)?;
         self.last_norm = norm;
         // Pass 2: the loss under the perturbation; its gradient is applied.
