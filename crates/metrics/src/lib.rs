@@ -4,13 +4,15 @@
 //! aggregates per-prompt outcomes into an [`safetune_core::judge::Estimate`]
 //! with a seeded bootstrap 95% interval. Registered by name; no I/O here.
 
+mod agreement;
 mod bootstrap;
 mod keyword;
 mod registry;
 pub mod utility;
 
+pub use agreement::Agreement;
 pub use bootstrap::{bootstrap_ci, mean_estimate, proportion};
-pub use keyword::{KeywordJudge, QI2023_MARKERS};
+pub use keyword::{KeywordJudge, QI2023_MARKERS, REFUSAL_OPENINGS};
 
 use safetune_core::judge::{Estimate, Judge, Verdict};
 use safetune_core::Result;

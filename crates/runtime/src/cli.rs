@@ -22,6 +22,8 @@ usage:
       SVG plots) from its results, and print the table (--json: the rows as JSON)
   safetune rejudge RUN_DIR [--judge NAME]
       recompute every safety verdict and ASR of RUN_DIR from its stored answers (no generation)
+  safetune judge-check [--data-dir DIR] [--judge NAME]... [--json]
+      agreement (accuracy, Cohen's kappa) of refusal judges with XSTest's human labels
   safetune model fetch NAME      download a known model into the cache (smollm2-135m-instruct)
   safetune model path NAME       print where a known model is cached
   safetune list datasets|methods|defenses|metrics|judges
@@ -83,6 +85,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
         }
         "eval" => crate::eval_cmd::main(&args[1..]),
         "rejudge" => crate::rejudge::main(&args[1..]),
+        "judge-check" => crate::judge_check::main(&args[1..]),
         "report" => {
             let mut dir = None;
             let mut json = false;

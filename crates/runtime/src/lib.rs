@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod fetch;
 pub mod hashing;
 pub mod jobs;
+pub mod judge_check;
 pub mod lock;
 pub mod pipeline;
 pub mod rejudge;
