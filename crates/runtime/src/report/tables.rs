@@ -27,12 +27,18 @@ pub fn markdown_table(rows: &[Row]) -> String {
     head.extend(first.eval.safety.iter().map(|s| format!("ASR {} %", s.set)));
     head.push(format!("{} {} %", first.eval.task.task, metric_name(&first.eval.task.metric)));
     head.push("unparseable".into());
+    let retention_sets: Vec<String> =
+        rows.iter().find(|r| !r.retention.is_empty()).map(|r| r.retention.iter().map(|(s, _)| s.clone()).collect()).unwrap_or_default();
+    head.extend(retention_sets.iter().map(|s| format!("refusals kept {s} %")));
     let mut out = format!("| {} |\n|{}|\n", head.join(" | "), vec!["---"; head.len()].join("|"));
     for r in rows {
         let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
         cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));
         cols.push(pct(&r.eval.task.score));
         cols.push(r.eval.task.unparseable.to_string());
+        for set in &retention_sets {
+            cols.push(r.retention.iter().find(|(s, _)| s == set).map(|(_, e)| pct(e)).unwrap_or_else(|| "-".into()));
+        }
         out.push_str(&format!("| {} |\n", cols.join(" | ")));
     }
     out
@@ -55,6 +61,9 @@ pub fn csv_table(rows: &[Row]) -> String {
         for s in &r.eval.safety {
             let e = &s.asr;
             out.push_str(&format!("{lead},asr,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+        }
+        for (set, e) in &r.retention {
+            out.push_str(&format!("{lead},refusal-retention,{},{},{},{},{},\n", csv_field(set), e.value, e.ci_low, e.ci_high, e.n));
         }
         let t = &r.eval.task;
         let e = &t.score;
