@@ -7,6 +7,7 @@
 
 mod config;
 mod export;
+mod fused;
 mod generate;
 mod gguf;
 mod hf;

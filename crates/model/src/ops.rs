@@ -10,16 +10,42 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 
 use safetune_core::Result;
 
-/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension.
+/// Whether the fused CPU kernels apply (f32, contiguous, on the CPU, and not
+/// switched off with `SAFETUNE_COMPOSED_OPS=1`, which benchmarks use to time
+/// the plain path).
+fn fusable(x: &Tensor) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("SAFETUNE_COMPOSED_OPS").is_ok_and(|v| v == "1"));
+    !off && x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous()
+}
+
+/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension: the fused
+/// kernel on CPU f32, else the composition.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fusable(x) && fusable(weight) && weight.rank() == 1 {
+        return Ok(x.apply_op2(weight, crate::fused::RmsNorm { eps: eps as f32 })?);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+/// RMSNorm from differentiable candle ops (the reference for the fused kernel).
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
 }
 
-/// Softmax over the last dimension. The max is a constant shift (softmax is
-/// shift invariant), so it is detached.
+/// Softmax over the last dimension: the fused kernel on CPU f32, else the composition.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) {
+        return Ok(x.apply_op1(crate::fused::SoftmaxLast)?);
+    }
+    softmax_last_composed(x)
+}
+
+/// Softmax from differentiable candle ops. The max is a constant shift
+/// (softmax is shift invariant), so it is detached.
+pub fn softmax_last_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
