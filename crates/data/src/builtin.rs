@@ -213,5 +213,6 @@ pub fn builtin_pools(task: &str) -> Pools {
         align_prompts,
         benign,
         safety_evals: vec![("builtin-harmful-eval".into(), eval)],
+        over_refusal: Vec::new(),
     }
 }

@@ -28,6 +28,8 @@ pub struct PoolSelection {
     /// Safety evaluation sets: `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`,
     /// and `advbench-dev` (validation: AdvBench dev minus the prompts it shares with test).
     pub safety_evals: Vec<String>,
+    /// Benign prompts that only look risky, for over-refusal: `xstest-safe`.
+    pub over_refusal: Vec<String>,
     /// Benign instructions mixed into alignment.
     pub benign: String,
 }
@@ -38,6 +40,7 @@ impl Default for PoolSelection {
             task: "sst2".into(),
             harmful: "beavertails-unsafe".into(),
             safety_evals: vec!["advbench-test".into(), "policy".into()],
+            over_refusal: Vec::new(),
             benign: "alpaca".into(),
         }
     }
@@ -63,12 +66,15 @@ pub struct Pools {
     pub align_prompts: Vec<Example>,
     pub benign: Vec<Example>,
     pub safety_evals: Vec<(String, Vec<Example>)>,
+    /// Over-refusal sets: benign prompts a safe model should answer.
+    pub over_refusal: Vec<(String, Vec<Example>)>,
     /// Files read (for the manifest's hashes), relative to the data directory.
     pub files: Vec<PathBuf>,
 }
 
 pub const TASKS: [&str; 7] = ["sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"];
 pub const SAFETY_EVALS: [&str; 5] = ["advbench-test", "policy", "beavertails-categories", "xstest-unsafe", "advbench-dev"];
+pub const OVER_REFUSAL_SETS: [&str; 1] = ["xstest-safe"];
 pub const HARMFUL: [&str; 3] = ["beavertails-unsafe", "pure-bad", "advbench"];
 
 struct Loader<'a> {
@@ -128,6 +134,11 @@ impl Pools {
                 bail!("data.safety_evals: unknown set `{s}` ({})", SAFETY_EVALS.join(", "));
             }
         }
+        for s in &sel.over_refusal {
+            if !OVER_REFUSAL_SETS.contains(&s.as_str()) {
+                bail!("data.over_refusal: unknown set `{s}` ({})", OVER_REFUSAL_SETS.join(", "));
+            }
+        }
         if sel.benign != "alpaca" && sel.benign != "dolly" {
             bail!("data.benign: unknown benign set `{}` (alpaca, dolly)", sel.benign);
         }
@@ -156,6 +167,12 @@ impl Pools {
                 _ => l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("unsafe")).collect(),
             };
             safety_evals.push((s.clone(), set));
+        }
+        let mut over_refusal = Vec::new();
+        for s in &sel.over_refusal {
+            // The only set so far: XSTest's 250 safe prompts.
+            let set: Vec<Example> = l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("safe")).collect();
+            over_refusal.push((s.clone(), set));
         }
         // Every prompt of every safety evaluation set, selected or not, stays out of training:
         // the alignment pool does not depend on which sets a run evaluates.
@@ -216,6 +233,7 @@ impl Pools {
             align_prompts,
             benign,
             safety_evals,
+            over_refusal,
             files: l.files,
         };
         pools.check()?;
@@ -252,7 +270,8 @@ impl Pools {
             ("harmful pairs", self.harmful_pairs.as_slice()),
             ("task train", self.task_train.as_slice()),
         ];
-        let mut evals: Vec<(&str, &[Example])> = self.safety_evals.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let mut evals: Vec<(&str, &[Example])> =
+            self.safety_evals.iter().chain(&self.over_refusal).map(|(n, v)| (n.as_str(), v.as_slice())).collect();
         evals.push(("task test", self.task_test.as_slice()));
         check_disjoint(&training, &evals)?;
         check_disjoint(&[("alignment prompts", self.align_prompts.as_slice())], &[("harmful pairs", self.harmful_pairs.as_slice())])

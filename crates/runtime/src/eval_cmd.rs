@@ -11,7 +11,7 @@ use crate::hashing::sha256_file;
 use crate::pipeline::{manifest_base, open_model, open_run_dir, prepare, write_json, Prepared, Run, RunOptions};
 use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
-pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--suite SET,SET] [--data-dir DIR]
+pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--suite SET,SET] [--over-refusal xstest-safe] [--data-dir DIR]
                 [--name NAME] [--label LABEL] [--out DIR] [--seed N] [--judge NAME] [--safety-limit N]
                 [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--quiet] [--json]
       score a model (with PEFT adapters merged into it in order) without training; results in OUT/NAME/";
@@ -38,6 +38,9 @@ pub fn main(args: &[String]) -> Result<String> {
             "--model" => model = Some(val()?.clone()),
             "--adapter" => adapters.push(PathBuf::from(val()?)),
             "--task" => spec_data.task = val()?.clone(),
+            "--over-refusal" => {
+                spec_data.over_refusal = val()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            }
             "--suite" => spec_data.safety_evals = val()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             "--data-dir" => data_dir = Some(PathBuf::from(val()?)),
             "--name" => name = Some(val()?.clone()),

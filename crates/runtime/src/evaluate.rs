@@ -27,10 +27,21 @@ pub struct TaskResult {
     pub unparseable: usize,
 }
 
+/// Over-refusal on benign prompts that look risky.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverRefusalResult {
+    pub set: String,
+    /// Share of the non-empty answers judged refusals.
+    pub refusal_rate: Estimate,
+    pub empty: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelEval {
     pub safety: Vec<SafetyResult>,
     pub task: TaskResult,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub over_refusal: Vec<OverRefusalResult>,
 }
 
 /// One generated answer (no prompt text: ids only).
@@ -46,6 +57,7 @@ pub type Generations = Vec<(String, Vec<GenRecord>)>;
 
 pub struct EvalInputs<'a> {
     pub safety: Vec<(String, &'a [Example])>,
+    pub over_refusal: Vec<(String, &'a [Example])>,
     pub task_name: String,
     pub task: &'a [Example],
     pub utility: UtilityMetric,
@@ -99,6 +111,31 @@ pub fn evaluate(
         ));
         safety.push(SafetyResult { set: name.clone(), asr, empty });
     }
+    let mut over_refusal = Vec::new();
+    for (name, set) in &inputs.over_refusal {
+        let set = limit(set, spec.safety_limit);
+        let t = Instant::now();
+        let resp = answers(model, set, spec.safety_max_new_tokens, spec.batch_size)?;
+        let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
+        let (refusal_rate, empty, verdicts) = refusal_rate(judge, &pairs, seed)?;
+        if !quiet {
+            eprintln!(
+                "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
+                100.0 * refusal_rate.value,
+                refusal_rate.n,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        records.push((
+            name.clone(),
+            set.iter()
+                .zip(resp)
+                .zip(&verdicts)
+                .map(|((e, r), v)| GenRecord { id: e.id.clone(), response: r, verdict: verdict_name(*v).into() })
+                .collect(),
+        ));
+        over_refusal.push(OverRefusalResult { set: name.clone(), refusal_rate, empty });
+    }
     let task = limit(inputs.task, spec.task_limit);
     let t = Instant::now();
     let resp = answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32))?;
@@ -124,9 +161,22 @@ pub fn evaluate(
     }
     records.push((inputs.task_name.clone(), recs));
     Ok((
-        ModelEval { safety, task: TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable } },
+        ModelEval {
+            safety,
+            task: TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable },
+            over_refusal,
+        },
         records,
     ))
+}
+
+/// The share of non-empty answers judged refusals, with the verdicts.
+pub(crate) fn refusal_rate(judge: &dyn Judge, pairs: &[(String, String)], seed: u64) -> Result<(Estimate, usize, Vec<Verdict>)> {
+    let (asr, empty, verdicts) = attack_success_rate(judge, pairs, seed)?;
+    let refused: Vec<bool> = verdicts.iter().filter(|v| **v != Verdict::Empty).map(|v| *v == Verdict::Refusal).collect();
+    let rate = safetune_metrics::proportion(&refused, seed);
+    debug_assert!(asr.n == rate.n);
+    Ok((rate, empty, verdicts))
 }
 
 pub(crate) fn verdict_name(v: Verdict) -> &'static str {
@@ -134,5 +184,20 @@ pub(crate) fn verdict_name(v: Verdict) -> &'static str {
         Verdict::Refusal => "refusal",
         Verdict::Compliance => "compliance",
         Verdict::Empty => "empty",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn refusal_rate_counts_refusals_among_non_empty_answers() {
+        let judge = safetune_metrics::KeywordJudge::extended();
+        let pairs: Vec<(String, String)> = ["I'm sorry, I can't.", "Here is how to bake bread.", "", "I can't help with that.", "Sure."]
+            .iter()
+            .map(|a| (String::new(), a.to_string()))
+            .collect();
+        let (rate, empty, verdicts) = super::refusal_rate(&judge, &pairs, 3).unwrap();
+        assert_eq!((rate.n, empty, verdicts.len()), (4, 1, 5));
+        assert!((rate.value - 0.5).abs() < 1e-12);
     }
 }

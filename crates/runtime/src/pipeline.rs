@@ -182,9 +182,15 @@ struct Aligned {
 }
 
 impl Run<'_> {
-    fn eval_inputs<'b>(&self, sets: &'b [(String, Vec<Example>)], task: &'b [Example]) -> EvalInputs<'b> {
+    fn eval_inputs<'b>(
+        &self,
+        sets: &'b [(String, Vec<Example>)],
+        over: &'b [(String, Vec<Example>)],
+        task: &'b [Example],
+    ) -> EvalInputs<'b> {
         EvalInputs {
             safety: sets.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect(),
+            over_refusal: over.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect(),
             task_name: self.pools.task.clone(),
             task,
             utility: self.pools.utility.clone(),
@@ -216,7 +222,7 @@ impl Run<'_> {
         }
         let t = crate::resources::StageMeter::start();
         let m = model()?;
-        let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.task_test);
+        let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.over_refusal, &self.pools.task_test);
         let (e, recs) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
         write_generations(&gen_dir, &recs)?;
         write_json(&file, &e)?;
@@ -231,6 +237,7 @@ impl Run<'_> {
         Ok(serde_json::json!({
             "eval": spec.eval, "seed": spec.seed, "template": spec.data.template,
             "safety": sha256_json(&self.pools.safety_evals)?, "task": sha256_json(&self.pools.task_test)?,
+            "over_refusal": sha256_json(&self.pools.over_refusal)?,
             "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"), "judge": self.judge.fingerprint(),
         }))
     }
@@ -392,8 +399,9 @@ impl Run<'_> {
                 .collect()
         };
         let sets: Vec<(String, Vec<Example>)> = self.pools.safety_evals.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
+        let over: Vec<(String, Vec<Example>)> = self.pools.over_refusal.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
         let task_test = with_system(&self.pools.task_test);
-        let inputs = self.eval_inputs(&sets, &task_test);
+        let inputs = self.eval_inputs(&sets, &over, &task_test);
         let eval_meter = crate::resources::StageMeter::start();
         let (eval, recs) = evaluate(&model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
         write_generations(&self.run_dir.join("generations").join(&cell), &recs)?;

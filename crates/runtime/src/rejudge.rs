@@ -12,10 +12,19 @@ use safetune_core::registry;
 use safetune_core::Result;
 use safetune_metrics::attack_success_rate;
 
-use crate::evaluate::{verdict_name, GenRecord, ModelEval};
+use crate::evaluate::{refusal_rate, verdict_name, GenRecord, ModelEval};
 use crate::hashing::write_atomic;
 use crate::pipeline::{write_json, CellResult};
 use crate::spec::RunSpec;
+
+fn write_records(path: &Path, recs: &[GenRecord]) -> Result<()> {
+    let mut out = String::new();
+    for r in recs {
+        out.push_str(&serde_json::to_string(r)?);
+        out.push('\n');
+    }
+    write_atomic(path, out.as_bytes())
+}
 
 fn read_records(path: &Path) -> Result<Vec<GenRecord>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -33,14 +42,22 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         for (r, v) in recs.iter_mut().zip(&verdicts) {
             r.verdict = verdict_name(*v).into();
         }
-        let mut out = String::new();
-        for r in &recs {
-            out.push_str(&serde_json::to_string(r)?);
-            out.push('\n');
-        }
-        write_atomic(&file, out.as_bytes())?;
+        write_records(&file, &recs)?;
         changes.push((s.set.clone(), s.asr.value, asr.value));
         s.asr = asr;
+        s.empty = empty;
+    }
+    for s in &mut eval.over_refusal {
+        let file = gen_dir.join(format!("{}.jsonl", s.set));
+        let mut recs = read_records(&file)?;
+        let pairs: Vec<(String, String)> = recs.iter().map(|r| (String::new(), r.response.clone())).collect();
+        let (rate, empty, verdicts) = refusal_rate(judge, &pairs, seed)?;
+        for (r, v) in recs.iter_mut().zip(&verdicts) {
+            r.verdict = verdict_name(*v).into();
+        }
+        write_records(&file, &recs)?;
+        changes.push((format!("{} (refused)", s.set), s.refusal_rate.value, rate.value));
+        s.refusal_rate = rate;
         s.empty = empty;
     }
     Ok(changes)

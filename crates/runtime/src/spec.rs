@@ -75,8 +75,10 @@ pub struct DataSpec {
     pub task: String,
     /// Harmful pairs: `beavertails-unsafe`, `pure-bad`, `advbench`, or a `custom` harmful set.
     pub harmful: String,
-    /// `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`.
+    /// `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`, `advbench-dev`.
     pub safety_evals: Vec<String>,
+    /// Over-refusal sets (benign prompts that look risky; the share refused): `xstest-safe`.
+    pub over_refusal: Vec<String>,
     /// Benign instructions for alignment: `alpaca` or `dolly`.
     pub benign: String,
     pub source: DataSourceKind,
@@ -92,6 +94,7 @@ impl Default for DataSpec {
             task: d.task,
             harmful: d.harmful,
             safety_evals: d.safety_evals,
+            over_refusal: d.over_refusal,
             benign: d.benign,
             source: DataSourceKind::Dir,
             template: TemplateChoice::Model,
@@ -106,6 +109,7 @@ impl DataSpec {
             task: self.task.clone(),
             harmful: self.harmful.clone(),
             safety_evals: self.safety_evals.clone(),
+            over_refusal: self.over_refusal.clone(),
             benign: self.benign.clone(),
         }
     }

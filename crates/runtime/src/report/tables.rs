@@ -25,6 +25,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     };
     let mut head = vec!["model".to_string(), "method".into(), "regime".into()];
     head.extend(first.eval.safety.iter().map(|s| format!("ASR {} %", s.set)));
+    head.extend(first.eval.over_refusal.iter().map(|s| format!("over-refusal {} %", s.set)));
     head.push(format!("{} {} %", first.eval.task.task, metric_name(&first.eval.task.metric)));
     head.push("unparseable".into());
     let retention_sets: Vec<String> =
@@ -34,6 +35,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     for r in rows {
         let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
         cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));
+        cols.extend(r.eval.over_refusal.iter().map(|s| pct(&s.refusal_rate)));
         cols.push(pct(&r.eval.task.score));
         cols.push(r.eval.task.unparseable.to_string());
         for set in &retention_sets {
@@ -61,6 +63,10 @@ pub fn csv_table(rows: &[Row]) -> String {
         for s in &r.eval.safety {
             let e = &s.asr;
             out.push_str(&format!("{lead},asr,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+        }
+        for s in &r.eval.over_refusal {
+            let e = &s.refusal_rate;
+            out.push_str(&format!("{lead},over-refusal,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
         }
         for (set, e) in &r.retention {
             out.push_str(&format!("{lead},refusal-retention,{},{},{},{},{},\n", csv_field(set), e.value, e.ci_low, e.ci_high, e.n));
