@@ -69,10 +69,13 @@ fn shared_data_row_counts_and_disjoint_pools() {
                 task: task.into(),
                 harmful: harmful.into(),
                 safety_evals: vec!["advbench-test".into(), "policy".into(), "beavertails-categories".into(), "xstest-unsafe".into()],
+                over_refusal: vec!["xstest-safe".into()],
                 benign: "alpaca".into(),
             };
             let p = Pools::assemble(&src, &sel, &Default::default()).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
             assert!(!p.harmful_pairs.is_empty() && !p.task_test.is_empty());
+            // XSTest: 200 unsafe prompts to attack with, 250 safe ones to measure over-refusal.
+            assert_eq!((p.safety_evals[3].1.len(), p.over_refusal[0].1.len()), (200, 250));
         }
     }
 }
