@@ -8,11 +8,13 @@ mod agreement;
 mod bootstrap;
 mod keyword;
 mod registry;
+mod sampled;
 pub mod utility;
 
 pub use agreement::Agreement;
 pub use bootstrap::{bootstrap_ci, mean_estimate, proportion};
 pub use keyword::{KeywordJudge, QI2023_MARKERS, REFUSAL_OPENINGS};
+pub use sampled::sampled_safety;
 
 use safetune_core::judge::{Estimate, Judge, Verdict};
 use safetune_core::Result;

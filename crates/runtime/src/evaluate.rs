@@ -15,6 +15,12 @@ pub struct SafetyResult {
     pub asr: Estimate,
     /// Answers with no text (not counted in the ASR).
     pub empty: usize,
+    /// With `eval.samples = K`: some of K sampled answers complies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr_at_k: Option<Estimate>,
+    /// With `eval.samples = K`: all K sampled answers refuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_consistency: Option<Estimate>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,11 +79,15 @@ fn limit(v: &[Example], n: usize) -> &[Example] {
 
 /// Greedy answers to each example's prompt, in the model's own template.
 pub fn answers(model: &dyn CausalLm, examples: &[Example], max_new_tokens: usize, batch_size: usize) -> Result<Vec<String>> {
+    answers_with(model, examples, &GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size })
+}
+
+/// Answers with the given decoding parameters (sampling when temperature > 0).
+pub fn answers_with(model: &dyn CausalLm, examples: &[Example], params: &GenerationParams) -> Result<Vec<String>> {
     let format = model.info().format;
     let tok = model.tokenizer();
     let prompts = examples.iter().map(|e| tok.encode(&format.prompt(e.system.as_deref(), &e.prompt))).collect::<Result<Vec<_>>>()?;
-    let params = GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size };
-    model.generate(&prompts, &params)?.iter().map(|ids| tok.decode(ids).map(|s| s.trim().to_string())).collect()
+    model.generate(&prompts, params)?.iter().map(|ids| tok.decode(ids).map(|s| s.trim().to_string())).collect()
 }
 
 /// Scores a model on the safety sets and the task; returns the scores and every answer per set.
@@ -109,7 +119,40 @@ pub fn evaluate(
                 .map(|((e, r), v)| GenRecord { id: e.id.clone(), response: r, verdict: verdict_name(*v).into() })
                 .collect(),
         ));
-        safety.push(SafetyResult { set: name.clone(), asr, empty });
+        let (mut asr_at_k, mut refusal_consistency) = (None, None);
+        if spec.samples > 0 {
+            let t = Instant::now();
+            let mut per_prompt: Vec<Vec<Verdict>> = vec![Vec::with_capacity(spec.samples); set.len()];
+            let mut sample_recs = Vec::new();
+            for k in 0..spec.samples {
+                let params = GenerationParams {
+                    max_new_tokens: spec.safety_max_new_tokens,
+                    temperature: spec.sample_temperature,
+                    top_p: spec.sample_top_p,
+                    seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
+                    batch_size: spec.batch_size,
+                };
+                let resp = answers_with(model, set, &params)?;
+                for (i, (e, r)) in set.iter().zip(resp).enumerate() {
+                    let v = judge.judge(&e.prompt, &r)?;
+                    per_prompt[i].push(v);
+                    sample_recs.push(GenRecord { id: format!("{}#{k}", e.id), response: r, verdict: verdict_name(v).into() });
+                }
+            }
+            let (at_k, consistency) = safetune_metrics::sampled_safety(&per_prompt, seed);
+            if !quiet {
+                eprintln!(
+                    "[eval {label}] {name}: ASR@{} {:.1}%, refused in all samples {:.1}% ({:.0}s)",
+                    spec.samples,
+                    100.0 * at_k.value,
+                    100.0 * consistency.value,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            records.push((format!("{name}.samples"), sample_recs));
+            (asr_at_k, refusal_consistency) = (Some(at_k), Some(consistency));
+        }
+        safety.push(SafetyResult { set: name.clone(), asr, empty, asr_at_k, refusal_consistency });
     }
     let mut over_refusal = Vec::new();
     for (name, set) in &inputs.over_refusal {

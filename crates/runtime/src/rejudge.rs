@@ -46,6 +46,28 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         changes.push((s.set.clone(), s.asr.value, asr.value));
         s.asr = asr;
         s.empty = empty;
+        if s.asr_at_k.is_some() {
+            // Sampled answers: ids `<prompt id>#<k>`, grouped back per prompt in file order.
+            let file = gen_dir.join(format!("{}.samples.jsonl", s.set));
+            let mut recs = read_records(&file)?;
+            let mut order: Vec<String> = Vec::new();
+            let mut per: std::collections::HashMap<String, Vec<safetune_core::judge::Verdict>> = Default::default();
+            for r in recs.iter_mut() {
+                let v = judge.judge("", &r.response)?;
+                r.verdict = verdict_name(v).into();
+                let prompt = r.id.rsplit_once('#').map(|(p, _)| p.to_string()).unwrap_or_else(|| r.id.clone());
+                if !per.contains_key(&prompt) {
+                    order.push(prompt.clone());
+                }
+                per.entry(prompt).or_default().push(v);
+            }
+            write_records(&file, &recs)?;
+            let grouped: Vec<_> = order.iter().map(|p| per.remove(p).unwrap_or_default()).collect();
+            let (at_k, consistency) = safetune_metrics::sampled_safety(&grouped, seed);
+            changes.push((format!("{} (ASR@K)", s.set), s.asr_at_k.as_ref().map(|e| e.value).unwrap_or(0.0), at_k.value));
+            s.asr_at_k = Some(at_k);
+            s.refusal_consistency = Some(consistency);
+        }
     }
     for s in &mut eval.over_refusal {
         let file = gen_dir.join(format!("{}.jsonl", s.set));

@@ -167,11 +167,26 @@ pub struct EvalSpec {
     pub task_max_new_tokens: usize,
     pub batch_size: usize,
     pub judge: String,
+    /// Sampled answers per harmful prompt for ASR@K and refusal consistency (0: off).
+    pub samples: usize,
+    /// Temperature of those samples (nucleus `sample_top_p`), seeded from the run's seed.
+    pub sample_temperature: f64,
+    pub sample_top_p: f64,
 }
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        Self { safety_limit: 0, task_limit: 0, safety_max_new_tokens: 64, task_max_new_tokens: 16, batch_size: 16, judge: "keyword".into() }
+        Self {
+            safety_limit: 0,
+            task_limit: 0,
+            safety_max_new_tokens: 64,
+            task_max_new_tokens: 16,
+            batch_size: 16,
+            judge: "keyword".into(),
+            samples: 0,
+            sample_temperature: 0.7,
+            sample_top_p: 1.0,
+        }
     }
 }
 
@@ -251,6 +266,12 @@ impl RunSpec {
         }
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size: must be at least 1");
+        }
+        if self.eval.samples > 0 && !(self.eval.sample_temperature > 0.0 && self.eval.sample_temperature.is_finite()) {
+            bail!("eval.sample_temperature: must be a positive number when eval.samples > 0");
+        }
+        if !(self.eval.sample_top_p > 0.0 && self.eval.sample_top_p <= 1.0) {
+            bail!("eval.sample_top_p: must be in (0, 1]");
         }
         if self.eval.safety_max_new_tokens == 0 || self.eval.task_max_new_tokens == 0 {
             bail!("eval.*_max_new_tokens: must be at least 1");

@@ -37,6 +37,7 @@ task_limit = 6
 safety_max_new_tokens = 6
 task_max_new_tokens = 3
 batch_size = 4
+samples = 2
 "#,
         model.display()
     );
@@ -93,7 +94,9 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let run1 = out1.join("tiny");
     let csv = std::fs::read_to_string(run1.join("report/table.csv")).unwrap();
     let sets = 1; // the built-in suite has one safety set
-    assert_eq!(csv.lines().count(), 1 + 6 * (sets + 1), "{csv}");
+                  // Per model: ASR, ASR@K and refusal consistency per safety set, and the task
+                  // score; per cell also refusal retention per set.
+    assert_eq!(csv.lines().count(), 1 + 6 * (3 * sets + 1) + 4 * sets, "{csv}");
     let scatter = std::fs::read_to_string(run1.join("report/safety_utility.svg")).unwrap();
     assert_eq!(scatter.matches("<circle").count(), 6 + 4, "6 models and a 4-entry legend");
     assert!(std::fs::read_to_string(run1.join("report/heatmap.svg")).unwrap().contains("high-harm"));
@@ -131,6 +134,8 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
             "3",
             "--batch-size",
             "4",
+            "--samples",
+            "2",
             "--seed",
             "7",
             "--name",

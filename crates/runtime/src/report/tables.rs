@@ -25,6 +25,10 @@ pub fn markdown_table(rows: &[Row]) -> String {
     };
     let mut head = vec!["model".to_string(), "method".into(), "regime".into()];
     head.extend(first.eval.safety.iter().map(|s| format!("ASR {} %", s.set)));
+    for s in first.eval.safety.iter().filter(|s| s.asr_at_k.is_some()) {
+        head.push(format!("ASR@K {} %", s.set));
+        head.push(format!("refused in all K {} %", s.set));
+    }
     head.extend(first.eval.over_refusal.iter().map(|s| format!("over-refusal {} %", s.set)));
     head.push(format!("{} {} %", first.eval.task.task, metric_name(&first.eval.task.metric)));
     head.push("unparseable".into());
@@ -35,6 +39,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
     for r in rows {
         let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
         cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));
+        for s in r.eval.safety.iter().filter(|s| s.asr_at_k.is_some()) {
+            cols.extend([&s.asr_at_k, &s.refusal_consistency].iter().map(|e| e.as_ref().map(pct).unwrap_or_else(|| "-".into())));
+        }
         cols.extend(r.eval.over_refusal.iter().map(|s| pct(&s.refusal_rate)));
         cols.push(pct(&r.eval.task.score));
         cols.push(r.eval.task.unparseable.to_string());
@@ -63,6 +70,13 @@ pub fn csv_table(rows: &[Row]) -> String {
         for s in &r.eval.safety {
             let e = &s.asr;
             out.push_str(&format!("{lead},asr,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+        }
+        for s in &r.eval.safety {
+            for (metric, e) in [("asr@k", &s.asr_at_k), ("refusal-consistency", &s.refusal_consistency)] {
+                if let Some(e) = e {
+                    out.push_str(&format!("{lead},{metric},{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+                }
+            }
         }
         for s in &r.eval.over_refusal {
             let e = &s.refusal_rate;
