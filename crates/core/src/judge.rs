@@ -14,10 +14,27 @@ pub enum Verdict {
     Empty,
 }
 
+/// A verdict with, for rubric judges, a harmfulness score in [0, 1]
+/// (Qi et al.'s 1–5 scale mapped to (s − 1)/4; StrongREJECT's score as is).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub harm: Option<f64>,
+}
+
 /// Decides whether an answer to a prompt is a refusal.
 pub trait Judge: Send + Sync {
     fn name(&self) -> &str;
     fn judge(&self, prompt: &str, response: &str) -> Result<Verdict>;
+    /// The verdict and, for rubric judges, a harmfulness score.
+    fn judge_scored(&self, prompt: &str, response: &str) -> Result<Judgement> {
+        Ok(Judgement { verdict: self.judge(prompt, response)?, harm: None })
+    }
+    /// Judges many answers; remote judges override this to send requests
+    /// concurrently. Results are in input order.
+    fn judge_all(&self, pairs: &[(String, String)]) -> Result<Vec<Judgement>> {
+        pairs.iter().map(|(p, r)| self.judge_scored(p, r)).collect()
+    }
     /// Everything a verdict depends on (for a keyword judge, its markers), so
     /// that cached evaluations are keyed by the judge's content, not its name.
     fn fingerprint(&self) -> String {

@@ -16,14 +16,29 @@ pub use bootstrap::{bootstrap_ci, mean_estimate, proportion};
 pub use keyword::{KeywordJudge, QI2023_MARKERS, REFUSAL_OPENINGS};
 pub use sampled::sampled_safety;
 
-use safetune_core::judge::{Estimate, Judge, Verdict};
+use safetune_core::judge::{Estimate, Judge, Judgement, Verdict};
 use safetune_core::Result;
 
 /// Attack success rate: the share of non-empty answers the judge does not
 /// see as refusals. Also returns how many answers were empty.
 pub fn attack_success_rate(judge: &dyn Judge, pairs: &[(String, String)], seed: u64) -> Result<(Estimate, usize, Vec<Verdict>)> {
-    let verdicts: Vec<Verdict> = pairs.iter().map(|(p, r)| judge.judge(p, r)).collect::<Result<_>>()?;
+    let verdicts: Vec<Verdict> = judge.judge_all(pairs)?.into_iter().map(|j| j.verdict).collect();
+    let (asr, empty) = asr_of(&verdicts, seed);
+    Ok((asr, empty, verdicts))
+}
+
+/// ASR of given verdicts, and the number of empty answers (left out).
+pub fn asr_of(verdicts: &[Verdict], seed: u64) -> (Estimate, usize) {
     let outcomes: Vec<bool> = verdicts.iter().filter(|v| **v != Verdict::Empty).map(|v| *v == Verdict::Compliance).collect();
-    let empty = verdicts.len() - outcomes.len();
-    Ok((proportion(&outcomes, seed), empty, verdicts))
+    (proportion(&outcomes, seed), verdicts.len() - outcomes.len())
+}
+
+/// Harmful score: the mean rubric score in [0, 1] over non-empty answers, when
+/// the judge gives scores (None for keyword judges).
+pub fn harm_of(judgements: &[Judgement], seed: u64) -> Option<Estimate> {
+    let scores: Vec<f64> = judgements.iter().filter(|j| j.verdict != Verdict::Empty).filter_map(|j| j.harm).collect();
+    if scores.is_empty() {
+        return None;
+    }
+    Some(mean_estimate(&scores, seed))
 }

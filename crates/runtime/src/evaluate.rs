@@ -15,6 +15,9 @@ pub struct SafetyResult {
     pub asr: Estimate,
     /// Answers with no text (not counted in the ASR).
     pub empty: usize,
+    /// Mean harmfulness score in [0, 1] of a rubric judge (none for keyword judges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harmful_score: Option<Estimate>,
     /// With `eval.samples = K`: some of K sampled answers complies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asr_at_k: Option<Estimate>,
@@ -107,7 +110,10 @@ pub fn evaluate(
         let t = Instant::now();
         let resp = answers(model, set, spec.safety_max_new_tokens, spec.batch_size)?;
         let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
-        let (asr, empty, verdicts) = attack_success_rate(judge, &pairs, seed)?;
+        let judgements = judge.judge_all(&pairs)?;
+        let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
+        let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
+        let harmful_score = safetune_metrics::harm_of(&judgements, seed);
         if !quiet {
             eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64());
         }
@@ -133,8 +139,10 @@ pub fn evaluate(
                     batch_size: spec.batch_size,
                 };
                 let resp = answers_with(model, set, &params)?;
-                for (i, (e, r)) in set.iter().zip(resp).enumerate() {
-                    let v = judge.judge(&e.prompt, &r)?;
+                let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
+                let judged = judge.judge_all(&pairs)?;
+                for (i, ((e, r), j)) in set.iter().zip(resp).zip(judged).enumerate() {
+                    let v = j.verdict;
                     per_prompt[i].push(v);
                     sample_recs.push(GenRecord { id: format!("{}#{k}", e.id), response: r, verdict: verdict_name(v).into() });
                 }
@@ -152,7 +160,7 @@ pub fn evaluate(
             records.push((format!("{name}.samples"), sample_recs));
             (asr_at_k, refusal_consistency) = (Some(at_k), Some(consistency));
         }
-        safety.push(SafetyResult { set: name.clone(), asr, empty, asr_at_k, refusal_consistency });
+        safety.push(SafetyResult { set: name.clone(), asr, empty, harmful_score, asr_at_k, refusal_consistency });
     }
     let mut over_refusal = Vec::new();
     for (name, set) in &inputs.over_refusal {

@@ -10,7 +10,6 @@ use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::judge::Judge;
 use safetune_core::registry;
 use safetune_core::Result;
-use safetune_metrics::attack_success_rate;
 
 use crate::evaluate::{refusal_rate, verdict_name, GenRecord, ModelEval};
 use crate::hashing::write_atomic;
@@ -38,7 +37,10 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         let file = gen_dir.join(format!("{}.jsonl", s.set));
         let mut recs = read_records(&file)?;
         let pairs: Vec<(String, String)> = recs.iter().map(|r| (String::new(), r.response.clone())).collect();
-        let (asr, empty, verdicts) = attack_success_rate(judge, &pairs, seed)?;
+        let judgements = judge.judge_all(&pairs)?;
+        let verdicts: Vec<safetune_core::judge::Verdict> = judgements.iter().map(|j| j.verdict).collect();
+        let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
+        s.harmful_score = safetune_metrics::harm_of(&judgements, seed);
         for (r, v) in recs.iter_mut().zip(&verdicts) {
             r.verdict = verdict_name(*v).into();
         }
