@@ -27,3 +27,13 @@ pub use candle_core as candle;
 /// The error type used across the workspace.
 pub type Result<T> = anyhow::Result<T>;
 pub use anyhow;
+
+/// Where safetune keeps downloads and content-addressed stage outputs:
+/// `$SAFETUNE_CACHE`, else `~/.cache/safetune`.
+pub fn cache_dir() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SAFETUNE_CACHE") {
+        return std::path::PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::PathBuf::from("."));
+    home.join(".cache/safetune")
+}

@@ -31,6 +31,9 @@ fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, 
     let b = prompts.len();
     let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
     let max_pos = model.config().max_positions;
+    if len > max_pos {
+        safetune_core::anyhow::bail!("a prompt of {len} tokens exceeds the model's {max_pos} positions");
+    }
     let budget = params.max_new_tokens.min(max_pos.saturating_sub(len));
     let mut ids = Vec::with_capacity(b * len);
     let mut mask = Vec::with_capacity(b * len);

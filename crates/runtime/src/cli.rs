@@ -22,6 +22,7 @@ usage:
       SVG plots) from its results, and print the table (--json: the rows as JSON)
   safetune rejudge RUN_DIR [--judge NAME]
       recompute every safety verdict and ASR of RUN_DIR from its stored answers (no generation)
+{serve}
   safetune judge-check [--data-dir DIR] [--judge NAME]... [--json]
       agreement (accuracy, Cohen's kappa) of refusal judges with XSTest's human labels
   safetune model fetch NAME      download a known model into the cache (smollm2-135m-instruct)
@@ -34,7 +35,7 @@ usage:
 pub fn main_with(args: &[String]) -> Result<String> {
     let Some(cmd) = args.first() else { bail!("no command given (see `safetune --help`)") };
     if args.iter().any(|a| a == "--help" || a == "-h") || cmd == "help" {
-        return Ok(USAGE.replace("{eval}", crate::eval_cmd::USAGE));
+        return Ok(USAGE.replace("{eval}", crate::eval_cmd::USAGE).replace("{serve}", crate::serve::USAGE));
     }
     match cmd.as_str() {
         "run" => {
@@ -86,6 +87,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
         "eval" => crate::eval_cmd::main(&args[1..]),
         "rejudge" => crate::rejudge::main(&args[1..]),
         "judge-check" => crate::judge_check::main(&args[1..]),
+        "serve" => crate::serve::main(&args[1..]),
         "report" => {
             let mut dir = None;
             let mut json = false;

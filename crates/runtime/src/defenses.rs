@@ -7,3 +7,5 @@ use safetune_defense_safeinstr as _;
 use safetune_defense_safelora as _;
 use safetune_defense_vaccine as _;
 // defenses:end
+// Judges outside the metrics crate.
+use safetune_judge_remote as _;

@@ -25,14 +25,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[KnownModel {
     file_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 }];
 
-/// `$SAFETUNE_CACHE`, else `~/.cache/safetune`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("SAFETUNE_CACHE") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache/safetune")
-}
+pub use safetune_core::cache_dir;
 
 fn known(name: &str) -> Result<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.name == name).ok_or_else(|| {

@@ -46,13 +46,17 @@ fn rows_for(judge: &str, answers: &[LabelledAnswer], decide: impl Fn(&LabelledAn
 
 /// Agreement rows for the named judges (all registered ones when empty), and
 /// for the GPT-4 labels stored beside the human ones.
-pub fn check(data_dir: &std::path::Path, judges: &[String]) -> Result<Vec<CheckRow>> {
+/// With no names: every registered judge that needs no options.
+pub fn check(data_dir: &std::path::Path, judges: &[String], options: &serde_json::Value) -> Result<Vec<CheckRow>> {
     let answers = xstest_completions(data_dir)?;
-    let names: Vec<String> =
-        if judges.is_empty() { registry::judges().iter().map(|j| j.name.to_string()).collect() } else { judges.to_vec() };
+    let names: Vec<String> = if judges.is_empty() {
+        registry::judges().iter().filter(|j| j.name.starts_with("keyword")).map(|j| j.name.to_string()).collect()
+    } else {
+        judges.to_vec()
+    };
     let mut rows = Vec::new();
     for name in &names {
-        let judge = (registry::judge(name).map_err(|e| anyhow!("--judge: {e}"))?.build)(&serde_json::Value::Null)?;
+        let judge = (registry::judge(name).map_err(|e| anyhow!("--judge: {e}"))?.build)(options)?;
         rows.extend(rows_for(name, &answers, |a| {
             Ok(match judge.judge(&a.prompt, &a.answer)? {
                 Verdict::Refusal => Some(true),
@@ -78,17 +82,22 @@ pub fn main(args: &[String]) -> Result<String> {
     let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
     let mut judges = Vec::new();
     let mut json = false;
+    let mut options = serde_json::Value::Null;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--data-dir" => data_dir = Some(PathBuf::from(it.next().ok_or_else(|| anyhow!("--data-dir needs a directory"))?)),
             "--judge" => judges.push(it.next().ok_or_else(|| anyhow!("--judge needs a name"))?.clone()),
             "--json" => json = true,
+            "--judge-options" => {
+                let v = it.next().ok_or_else(|| anyhow!("--judge-options needs a JSON object"))?;
+                options = serde_json::from_str(v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?;
+            }
             f => bail!("judge-check: unexpected argument `{f}`"),
         }
     }
     let dir = data_dir.ok_or_else(|| anyhow!("judge-check: pass --data-dir DIR or set SAFETUNE_DATA_DIR (needs xstest/completions/)"))?;
-    let rows = check(&dir, &judges)?;
+    let rows = check(&dir, &judges, &options)?;
     if json {
         return Ok(serde_json::to_string_pretty(&rows)?);
     }
@@ -119,7 +128,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let rows = super::check(&root, &["keyword".into(), "keyword-qi2023".into()]).unwrap();
+        let rows = super::check(&root, &["keyword".into(), "keyword-qi2023".into()], &serde_json::Value::Null).unwrap();
         let get = |j: &str, s: &str| rows.iter().find(|r| r.judge == j && r.source == s).unwrap();
         // a: both judges agree with people on both answers.
         assert_eq!(get("keyword", "a").counts, [1, 0, 0, 1]);

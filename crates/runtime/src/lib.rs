@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod rejudge;
 pub mod report;
 pub mod resources;
+pub mod serve;
 pub mod spec;
 pub mod stack;
 pub mod stage_cache;

@@ -90,10 +90,15 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
 pub fn main(args: &[String]) -> Result<String> {
     let mut dir = None;
     let mut judge_name = None;
+    let mut judge_options: Option<serde_json::Value> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--judge" => judge_name = Some(it.next().ok_or_else(|| anyhow!("--judge needs a name"))?.clone()),
+            "--judge-options" => {
+                let v = it.next().ok_or_else(|| anyhow!("--judge-options needs a JSON object"))?;
+                judge_options = Some(serde_json::from_str::<serde_json::Value>(v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?);
+            }
             f if f.starts_with('-') => bail!("rejudge: unknown flag `{f}`"),
             p if dir.is_none() => dir = Some(std::path::PathBuf::from(p)),
             p => bail!("rejudge: unexpected argument `{p}`"),
@@ -105,7 +110,12 @@ pub fn main(args: &[String]) -> Result<String> {
         std::fs::read_to_string(&spec_file).with_context(|| format!("{}: cannot read (not a results directory?)", spec_file.display()))?;
     let mut spec: RunSpec = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
     let name = judge_name.unwrap_or_else(|| spec.eval.judge.clone());
-    let judge = (registry::judge(&name).map_err(|e| anyhow!("--judge: {e}"))?.build)(&serde_json::Value::Null)?;
+    let judge_options = match judge_options {
+        Some(o) => o,
+        None if name == spec.eval.judge => spec.eval.judge_options.clone(),
+        None => serde_json::Value::Null,
+    };
+    let judge = (registry::judge(&name).map_err(|e| anyhow!("--judge: {e}"))?.build)(&judge_options)?;
     if judge.uses_prompt() {
         bail!("--judge {name}: this judge reads the prompt; rejudge works from stored answers only");
     }
@@ -137,8 +147,9 @@ pub fn main(args: &[String]) -> Result<String> {
         }
         write_json(&path, &cell)?;
     }
-    if spec.eval.judge != name {
+    if spec.eval.judge != name || spec.eval.judge_options != judge_options {
         spec.eval.judge = name.clone();
+        spec.eval.judge_options = judge_options;
         write_json(&spec_file, &spec)?;
     }
     let title = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();

@@ -167,6 +167,9 @@ pub struct EvalSpec {
     pub task_max_new_tokens: usize,
     pub batch_size: usize,
     pub judge: String,
+    /// Options of the judge (for `remote`: base_url, model, rubric, api_key_env, ...).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub judge_options: serde_json::Value,
     /// Sampled answers per harmful prompt for ASR@K and refusal consistency (0: off).
     pub samples: usize,
     /// Temperature of those samples (nucleus `sample_top_p`), seeded from the run's seed.
@@ -183,6 +186,7 @@ impl Default for EvalSpec {
             task_max_new_tokens: 16,
             batch_size: 16,
             judge: "keyword".into(),
+            judge_options: serde_json::Value::Null,
             samples: 0,
             sample_temperature: 0.7,
             sample_top_p: 1.0,
@@ -276,7 +280,8 @@ impl RunSpec {
         if self.eval.safety_max_new_tokens == 0 || self.eval.task_max_new_tokens == 0 {
             bail!("eval.*_max_new_tokens: must be at least 1");
         }
-        safetune_core::registry::judge(&self.eval.judge).map_err(|e| anyhow!("eval.judge: {e}"))?;
+        let judge = safetune_core::registry::judge(&self.eval.judge).map_err(|e| anyhow!("eval.judge: {e}"))?;
+        (judge.build)(&self.eval.judge_options)?;
         Ok(())
     }
 

@@ -40,7 +40,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
     for r in rows {
         let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
         cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));
-        cols.extend(r.eval.safety.iter().filter(|s| s.harmful_score.is_some()).map(|s| s.harmful_score.as_ref().map(pct).unwrap_or_default()));
+        cols.extend(
+            r.eval.safety.iter().filter(|s| s.harmful_score.is_some()).map(|s| s.harmful_score.as_ref().map(pct).unwrap_or_default()),
+        );
         for s in r.eval.safety.iter().filter(|s| s.asr_at_k.is_some()) {
             cols.extend([&s.asr_at_k, &s.refusal_consistency].iter().map(|e| e.as_ref().map(pct).unwrap_or_else(|| "-".into())));
         }
@@ -74,7 +76,9 @@ pub fn csv_table(rows: &[Row]) -> String {
             out.push_str(&format!("{lead},asr,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
         }
         for s in &r.eval.safety {
-            for (metric, e) in [("harmful-score", &s.harmful_score), ("asr@k", &s.asr_at_k), ("refusal-consistency", &s.refusal_consistency)] {
+            for (metric, e) in
+                [("harmful-score", &s.harmful_score), ("asr@k", &s.asr_at_k), ("refusal-consistency", &s.refusal_consistency)]
+            {
                 if let Some(e) = e {
                     out.push_str(&format!("{lead},{metric},{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
                 }

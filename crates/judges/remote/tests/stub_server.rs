@@ -1,0 +1,148 @@
+//! The remote judge against a scripted chat-completions server on loopback:
+//! replies, retries, timeouts, malformed replies, authentication, concurrency.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use safetune_core::judge::{Judge, Verdict};
+use safetune_judge_remote::{RemoteConfig, RemoteJudge, Rubric};
+
+/// What the stub does with the n-th request (0-based) and its body.
+type Script = dyn Fn(usize, &str) -> Option<(u16, String)> + Send + Sync;
+
+/// Serves until the test ends; `None` from the script means: never answer.
+fn stub(script: Arc<Script>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let script = script.clone();
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = r.read_exact(&mut body);
+                match script(n, &String::from_utf8_lossy(&body)) {
+                    Some((status, text)) => {
+                        let msg = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                            text.len()
+                        );
+                        let _ = stream.write_all(msg.as_bytes());
+                    }
+                    None => std::thread::sleep(std::time::Duration::from_secs(5)),
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+fn chat(content: &str) -> String {
+    serde_json::json!({ "choices": [{ "index": 0, "message": { "role": "assistant", "content": content } }] }).to_string()
+}
+
+fn judge(url: &str, f: impl FnOnce(&mut RemoteConfig)) -> RemoteJudge {
+    let mut cfg = RemoteConfig {
+        base_url: url.into(),
+        api_key_env: "SAFETUNE_TEST_KEY_THAT_IS_NOT_SET".into(),
+        cache: false,
+        timeout_s: 2.0,
+        retries: 2,
+        ..Default::default()
+    };
+    f(&mut cfg);
+    RemoteJudge::new(cfg).unwrap()
+}
+
+#[test]
+fn scores_become_verdicts_in_order_with_bounded_concurrency() {
+    // The grade is the digit in the answer: "grade-3" → #score: 3.
+    let (url, count) = stub(Arc::new(|_, body: &str| {
+        let digit = body.split("grade-").nth(1).and_then(|s| s.chars().next()).unwrap_or('1');
+        Some((200, chat(&format!("#score: {digit}"))))
+    }));
+    let j = judge(&url, |c| c.concurrency = 3);
+    let pairs: Vec<(String, String)> =
+        (1..=5).map(|i| ("a request".to_string(), format!("grade-{i}"))).chain([("p".into(), "  ".into())]).collect();
+    let out = j.judge_all(&pairs).unwrap();
+    let verdicts: Vec<Verdict> = out.iter().map(|x| x.verdict).collect();
+    assert_eq!(
+        verdicts,
+        [Verdict::Refusal, Verdict::Compliance, Verdict::Compliance, Verdict::Compliance, Verdict::Compliance, Verdict::Empty]
+    );
+    let harms: Vec<Option<f64>> = out.iter().map(|x| x.harm).collect();
+    assert_eq!(harms, [Some(0.0), Some(0.25), Some(0.5), Some(0.75), Some(1.0), None]);
+    assert_eq!(count.load(Ordering::SeqCst), 5, "an empty answer is not sent");
+}
+
+#[test]
+fn server_errors_are_retried_then_succeed() {
+    let (url, count) = stub(Arc::new(|n, _: &str| if n < 2 { Some((503, "busy".into())) } else { Some((200, chat("#score: 5"))) }));
+    let j = judge(&url, |c| c.rubric = Rubric::QiHarmfulness);
+    assert_eq!(j.judge("p", "an answer").unwrap(), Verdict::Compliance);
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_with_a_clear_error() {
+    let (url, _) = stub(Arc::new(|_, _: &str| None));
+    let j = judge(&url, |c| {
+        c.timeout_s = 0.5;
+        c.retries = 1;
+    });
+    let t = std::time::Instant::now();
+    let err = j.judge("p", "an answer").unwrap_err().to_string();
+    assert!(err.contains("timed out") && err.contains("2 attempts"), "{err}");
+    assert!(t.elapsed().as_secs_f64() < 4.0, "{:?}", t.elapsed());
+}
+
+#[test]
+fn malformed_replies_and_auth_failures_are_one_line_errors() {
+    let (url, _) = stub(Arc::new(|_, _: &str| Some((200, "{\"choices\": []}".into()))));
+    let err = judge(&url, |_| {}).judge("p", "an answer").unwrap_err().to_string();
+    assert!(err.contains("malformed reply") && err.contains("choices[0].message.content"), "{err}");
+    let (url, _) = stub(Arc::new(|_, _: &str| Some((200, chat("I think it is fine.")))));
+    let err = judge(&url, |_| {}).judge("p", "an answer").unwrap_err().to_string();
+    assert!(err.contains("malformed reply") && err.contains("#score:"), "{err}");
+    let (url, count) = stub(Arc::new(|_, _: &str| Some((401, "{}".into()))));
+    let err = judge(&url, |_| {}).judge("p", "an answer").unwrap_err().to_string();
+    assert!(err.contains("authentication failed") && err.contains("SAFETUNE_TEST_KEY_THAT_IS_NOT_SET"), "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "authentication failures are not retried");
+    assert!(!err.contains('\n'));
+}
+
+#[test]
+fn replies_are_cached_on_disk_by_content() {
+    let cache = std::env::temp_dir().join(format!("safetune-judge-cache-{}", std::process::id()));
+    let (url, count) = stub(Arc::new(|_, _: &str| Some((200, chat("#score: 4")))));
+    let j = RemoteJudge::with_cache_dir(
+        RemoteConfig { base_url: url.clone(), cache: true, api_key_env: "UNSET_X".into(), ..Default::default() },
+        &cache,
+    )
+    .unwrap();
+    assert_eq!(j.judge_scored("p", "answer").unwrap().harm, Some(0.75));
+    let again = RemoteJudge::with_cache_dir(
+        RemoteConfig { base_url: url, cache: true, api_key_env: "UNSET_X".into(), ..Default::default() },
+        &cache,
+    )
+    .unwrap();
+    assert_eq!(again.judge_scored("p", "answer").unwrap().harm, Some(0.75));
+    assert_eq!(count.load(Ordering::SeqCst), 1, "the second judge read the cache");
+    std::fs::remove_dir_all(&cache).unwrap();
+}

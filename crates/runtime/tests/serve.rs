@@ -1,0 +1,113 @@
+//! `safetune serve` on loopback with a tiny model: chat completions, model
+//! list, bad requests, API keys, and the `remote` judge talking to it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use safetune_core::judge::Judge;
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safetune"));
+    cmd.args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--name", "tiny"]).args(extra).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
+    Served { child, url }
+}
+
+fn post(url: &str, body: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut req = agent.post(&format!("{url}/chat/completions")).header("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.header("Authorization", &format!("Bearer {k}"));
+    }
+    let resp = req.send(body.as_bytes()).unwrap();
+    let status = resp.status().as_u16();
+    (status, serde_json::from_str(&resp.into_body().read_to_string().unwrap()).unwrap())
+}
+
+/// The tiny model with a 4096-position context, room for a grading prompt
+/// in its byte-level tokens.
+fn tiny_model_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("safetune-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    safetune_model::export_hf(&safetune_model::tiny_model(3).unwrap(), &d).unwrap();
+    let cfg = d.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["max_position_embeddings"] = 4096.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    d
+}
+
+#[test]
+fn chat_completions_models_and_bad_requests() {
+    let dir = tiny_model_dir("chat");
+    let s = serve(&dir, &[], &[]);
+    let (status, v) =
+        post(&s.url, r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello"}],"max_tokens":5}"#, None);
+    assert_eq!(status, 200, "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    assert_eq!(v["model"], "tiny");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 5);
+    // Greedy decoding: the same request gives the same answer.
+    let (_, again) =
+        post(&s.url, r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello"}],"max_tokens":5}"#, None);
+    assert_eq!(again["choices"][0]["message"]["content"], v["choices"][0]["message"]["content"]);
+    let models: serde_json::Value =
+        serde_json::from_str(&ureq::get(&format!("{}/models", s.url)).call().unwrap().into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny");
+    // Longer than the context: a clear 400, not a crash.
+    let long = format!(r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#, "word ".repeat(5000));
+    let (status, v) = post(&s.url, &long, None);
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("exceeds the model's 4096 positions"), "{v}");
+    for (body, needle) in [
+        ("not json", "not JSON"),
+        (r#"{"messages":[]}"#, "non-empty"),
+        (r#"{"messages":[{"role":"robot","content":"x"}]}"#, "unknown role"),
+    ] {
+        let (status, v) = post(&s.url, body, None);
+        assert_eq!(status, 400, "{body}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{v}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn api_key_and_the_remote_judge_end_to_end() {
+    let dir = tiny_model_dir("judge");
+    let s = serve(&dir, &["--api-key-env", "SERVE_TEST_KEY"], &[("SERVE_TEST_KEY", "s3cret")]);
+    let body = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":3}"#;
+    assert_eq!(post(&s.url, body, None).0, 401);
+    assert_eq!(post(&s.url, body, Some("wrong")).0, 401);
+    assert_eq!(post(&s.url, body, Some("s3cret")).0, 200);
+    // The remote judge without the key: a one-line authentication error.
+    let opts = |key_env: &str| serde_json::json!({ "base_url": s.url, "model": "tiny", "api_key_env": key_env, "cache": false, "retries": 0, "timeout_s": 30.0 });
+    let build = |v: serde_json::Value| safetune_judge_remote::RemoteJudge::new(serde_json::from_value(v).unwrap()).unwrap();
+    let judge = build(opts("SAFETUNE_UNSET_KEY_VAR"));
+    let err = judge.judge("a request", "an answer").unwrap_err().to_string();
+    assert!(err.contains("authentication failed"), "{err}");
+    // Unprotected server: the request reaches the tiny model, whose random text is no
+    // rubric reply — the judge says so instead of guessing a verdict.
+    let open = serve(&dir, &[], &[]);
+    let judge = build(serde_json::json!({ "base_url": open.url, "cache": false, "retries": 0 }));
+    let err = judge.judge("a request", "an answer").unwrap_err().to_string();
+    assert!(err.contains("malformed reply") && err.contains("#score:"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
