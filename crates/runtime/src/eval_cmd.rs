@@ -8,7 +8,7 @@ use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::Result;
 
 use crate::hashing::sha256_file;
-use crate::pipeline::{manifest_base, open_model, open_run_dir, prepare, write_json, Prepared, Run, RunOptions};
+use crate::pipeline::{manifest_base, model_with_adapters, open_run_dir, prepare, write_json, Prepared, Run, RunOptions};
 use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
 pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--suite SET,SET] [--over-refusal xstest-safe] [--data-dir DIR]
@@ -130,14 +130,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
         serde_json::json!({ "base": model_sha, "peft": adapter_sha })
     };
     let template = spec.data.template;
-    r.evaluate_once(label, identity, || {
-        let mut m = open_model(&model_path, template)?;
-        for a in adapters {
-            safetune_lora::load_peft(&mut m, a, &safetune_model::default_device())?;
-            safetune_lora::merge_adapters(&mut m)?;
-        }
-        Ok(m)
-    })?;
+    r.evaluate_once(label, identity, || model_with_adapters(&model_path, template, adapters))?;
     manifest["timings"] = serde_json::Value::Object(std::mem::take(&mut r.timings));
     write_json(&run_dir.join("manifest.json"), &manifest)?;
     crate::report::write_report(&run_dir, &spec.name)

@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use safetune_core::judge::{Estimate, Judge, UtilityMetric, Verdict};
+use safetune_core::judge::{Estimate, Judge, Judgement, UtilityMetric, Verdict};
 use safetune_core::{CausalLm, Example, GenerationParams, Result};
-use safetune_metrics::{attack_success_rate, mean_estimate, utility};
+use safetune_metrics::{mean_estimate, utility};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::EvalSpec;
@@ -82,7 +82,7 @@ fn limit(v: &[Example], n: usize) -> &[Example] {
 
 /// Greedy answers to each example's prompt, in the model's own template.
 pub fn answers(model: &dyn CausalLm, examples: &[Example], max_new_tokens: usize, batch_size: usize) -> Result<Vec<String>> {
-    answers_with(model, examples, &GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size })
+    answers_with(model, examples, &greedy(max_new_tokens, batch_size))
 }
 
 /// Answers with the given decoding parameters (sampling when temperature > 0).
@@ -108,23 +108,14 @@ pub fn evaluate(
     for (name, set) in &inputs.safety {
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
-        let resp = answers(model, set, spec.safety_max_new_tokens, spec.batch_size)?;
-        let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
-        let judgements = judge.judge_all(&pairs)?;
+        let (recs, judgements) = judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "")?;
         let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
         let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
         let harmful_score = safetune_metrics::harm_of(&judgements, seed);
         if !quiet {
             eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64());
         }
-        records.push((
-            name.clone(),
-            set.iter()
-                .zip(resp)
-                .zip(&verdicts)
-                .map(|((e, r), v)| GenRecord { id: e.id.clone(), response: r, verdict: verdict_name(*v).into() })
-                .collect(),
-        ));
+        records.push((name.clone(), recs));
         let (mut asr_at_k, mut refusal_consistency) = (None, None);
         if spec.samples > 0 {
             let t = Instant::now();
@@ -138,14 +129,11 @@ pub fn evaluate(
                     seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
                     batch_size: spec.batch_size,
                 };
-                let resp = answers_with(model, set, &params)?;
-                let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
-                let judged = judge.judge_all(&pairs)?;
-                for (i, ((e, r), j)) in set.iter().zip(resp).zip(judged).enumerate() {
-                    let v = j.verdict;
-                    per_prompt[i].push(v);
-                    sample_recs.push(GenRecord { id: format!("{}#{k}", e.id), response: r, verdict: verdict_name(v).into() });
+                let (recs, judged) = judged_answers(model, set, &params, judge, &format!("#{k}"))?;
+                for (i, j) in judged.iter().enumerate() {
+                    per_prompt[i].push(j.verdict);
                 }
+                sample_recs.extend(recs);
             }
             let (at_k, consistency) = safetune_metrics::sampled_safety(&per_prompt, seed);
             if !quiet {
@@ -166,9 +154,9 @@ pub fn evaluate(
     for (name, set) in &inputs.over_refusal {
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
-        let resp = answers(model, set, spec.safety_max_new_tokens, spec.batch_size)?;
-        let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
-        let (refusal_rate, empty, verdicts) = refusal_rate(judge, &pairs, seed)?;
+        let (recs, judgements) = judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "")?;
+        let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
+        let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
         if !quiet {
             eprintln!(
                 "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
@@ -177,14 +165,7 @@ pub fn evaluate(
                 t.elapsed().as_secs_f64()
             );
         }
-        records.push((
-            name.clone(),
-            set.iter()
-                .zip(resp)
-                .zip(&verdicts)
-                .map(|((e, r), v)| GenRecord { id: e.id.clone(), response: r, verdict: verdict_name(*v).into() })
-                .collect(),
-        ));
+        records.push((name.clone(), recs));
         over_refusal.push(OverRefusalResult { set: name.clone(), refusal_rate, empty });
     }
     let task = limit(inputs.task, spec.task_limit);
@@ -221,13 +202,35 @@ pub fn evaluate(
     ))
 }
 
-/// The share of non-empty answers judged refusals, with the verdicts.
-pub(crate) fn refusal_rate(judge: &dyn Judge, pairs: &[(String, String)], seed: u64) -> Result<(Estimate, usize, Vec<Verdict>)> {
-    let (asr, empty, verdicts) = attack_success_rate(judge, pairs, seed)?;
+fn greedy(max_new_tokens: usize, batch_size: usize) -> GenerationParams {
+    GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size }
+}
+
+/// Answers to a set with the given decoding, judged; records carry the example
+/// id plus `id_suffix` (`#k` for the k-th sample).
+fn judged_answers(
+    model: &dyn CausalLm,
+    set: &[Example],
+    params: &GenerationParams,
+    judge: &dyn Judge,
+    id_suffix: &str,
+) -> Result<(Vec<GenRecord>, Vec<Judgement>)> {
+    let resp = answers_with(model, set, params)?;
+    let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
+    let judgements = judge.judge_all(&pairs)?;
+    let recs = set
+        .iter()
+        .zip(resp)
+        .zip(&judgements)
+        .map(|((e, r), j)| GenRecord { id: format!("{}{id_suffix}", e.id), response: r, verdict: verdict_name(j.verdict).into() })
+        .collect();
+    Ok((recs, judgements))
+}
+
+/// The share of non-empty answers judged refusals, and the number of empty ones.
+pub(crate) fn refusal_rate_of(verdicts: &[Verdict], seed: u64) -> (Estimate, usize) {
     let refused: Vec<bool> = verdicts.iter().filter(|v| **v != Verdict::Empty).map(|v| *v == Verdict::Refusal).collect();
-    let rate = safetune_metrics::proportion(&refused, seed);
-    debug_assert!(asr.n == rate.n);
-    Ok((rate, empty, verdicts))
+    (safetune_metrics::proportion(&refused, seed), verdicts.len() - refused.len())
 }
 
 pub(crate) fn verdict_name(v: Verdict) -> &'static str {
@@ -247,8 +250,9 @@ mod tests {
             .iter()
             .map(|a| (String::new(), a.to_string()))
             .collect();
-        let (rate, empty, verdicts) = super::refusal_rate(&judge, &pairs, 3).unwrap();
-        assert_eq!((rate.n, empty, verdicts.len()), (4, 1, 5));
+        let verdicts: Vec<_> = pairs.iter().map(|(p, a)| safetune_core::judge::Judge::judge(&judge, p, a).unwrap()).collect();
+        let (rate, empty) = super::refusal_rate_of(&verdicts, 3);
+        assert_eq!((rate.n, empty), (4, 1));
         assert!((rate.value - 0.5).abs() < 1e-12);
     }
 }

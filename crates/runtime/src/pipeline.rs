@@ -156,9 +156,16 @@ pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama>
 }
 
 fn aligned_model(model_path: &Path, adapter_dir: &Path, template: TemplateChoice) -> Result<Llama> {
+    model_with_adapters(model_path, template, std::slice::from_ref(&adapter_dir.to_path_buf()))
+}
+
+/// A model with PEFT adapters merged into its weights, in order.
+pub(crate) fn model_with_adapters(model_path: &Path, template: TemplateChoice, adapters: &[PathBuf]) -> Result<Llama> {
     let mut m = open_model(model_path, template)?;
-    safetune_lora::load_peft(&mut m, adapter_dir, &safetune_model::default_device())?;
-    safetune_lora::merge_adapters(&mut m)?;
+    for a in adapters {
+        safetune_lora::load_peft(&mut m, a, &safetune_model::default_device())?;
+        safetune_lora::merge_adapters(&mut m)?;
+    }
     Ok(m)
 }
 

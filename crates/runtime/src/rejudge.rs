@@ -11,7 +11,7 @@ use safetune_core::judge::Judge;
 use safetune_core::registry;
 use safetune_core::Result;
 
-use crate::evaluate::{refusal_rate, verdict_name, GenRecord, ModelEval};
+use crate::evaluate::{refusal_rate_of, verdict_name, GenRecord, ModelEval};
 use crate::hashing::write_atomic;
 use crate::pipeline::{write_json, CellResult};
 use crate::spec::RunSpec;
@@ -75,7 +75,8 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         let file = gen_dir.join(format!("{}.jsonl", s.set));
         let mut recs = read_records(&file)?;
         let pairs: Vec<(String, String)> = recs.iter().map(|r| (String::new(), r.response.clone())).collect();
-        let (rate, empty, verdicts) = refusal_rate(judge, &pairs, seed)?;
+        let verdicts: Vec<safetune_core::judge::Verdict> = judge.judge_all(&pairs)?.iter().map(|j| j.verdict).collect();
+        let (rate, empty) = refusal_rate_of(&verdicts, seed);
         for (r, v) in recs.iter_mut().zip(&verdicts) {
             r.verdict = verdict_name(*v).into();
         }

@@ -178,11 +178,7 @@ pub fn main(args: &[String]) -> Result<String> {
         None => None,
     };
     let path = crate::fetch::resolve_model(&model_src, false)?;
-    let mut m = crate::pipeline::open_model(&path, crate::spec::TemplateChoice::Model)?;
-    for a in &adapters {
-        safetune_lora::load_peft(&mut m, a, &safetune_model::default_device())?;
-        safetune_lora::merge_adapters(&mut m)?;
-    }
+    let m = crate::pipeline::model_with_adapters(&path, crate::spec::TemplateChoice::Model, &adapters)?;
     let listener = TcpListener::bind((host.as_str(), port)).map_err(|e| anyhow!("--host/--port: cannot listen on {host}:{port}: {e}"))?;
     let addr = listener.local_addr()?;
     let id = id.unwrap_or_else(|| model_src.rsplit('/').next().unwrap_or(&model_src).to_string());
