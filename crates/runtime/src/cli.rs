@@ -104,6 +104,21 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 bail!("{}: no such results directory", dir.display());
             }
             let title = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "results".into());
+            if dir.join("runs").is_dir() {
+                // A grid over tasks × seeds: every sub-run in the spec's order, then the aggregate.
+                let spec_file = dir.join("spec.json");
+                let text = std::fs::read_to_string(&spec_file).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
+                let top: RunSpec = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
+                let mut runs = Vec::new();
+                for s in top.expand() {
+                    let sub = dir.join("runs").join(&s.name);
+                    if sub.join("spec.json").exists() {
+                        crate::report::write_report(&sub, &s.name)?;
+                        runs.push((s.data.task.clone(), s.seed, sub));
+                    }
+                }
+                return crate::report::write_seed_report(&dir, &top.name, &runs);
+            }
             let table = crate::report::write_report(&dir, &title)?;
             if json {
                 return rows_json(&dir);

@@ -77,6 +77,7 @@ pub fn main(args: &[String]) -> Result<String> {
         extends: None,
         name: name.unwrap_or_else(|| format!("eval-{label}")),
         seed,
+        seeds: Vec::new(),
         model: ModelSpec { source: model },
         data: spec_data,
         alignment: AlignmentStage { refusals: None, benign: 0, train: Default::default(), lora: Default::default() },

@@ -509,8 +509,38 @@ pub(crate) fn manifest_base(spec: &RunSpec, spec_hash: &str, p: &Prepared) -> se
     })
 }
 
-/// Runs a spec end to end; returns the summary table.
+/// Runs a spec end to end; returns the summary table. A spec over several
+/// tasks or seeds runs one sub-run each under `<out>/<name>/runs/` and
+/// aggregates them across seeds.
 pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
+    let subs = spec.expand();
+    if subs.is_empty() {
+        return run_single(spec, opts);
+    }
+    // Every task's data is read once before anything is written, so that a bad
+    // data directory or file leaves no results directory behind.
+    let mut checked = Vec::new();
+    for s in &subs {
+        if !checked.contains(&s.data.task) {
+            load_pools(s, opts)?;
+            checked.push(s.data.task.clone());
+        }
+    }
+    resolve_model(&spec.model.source, opts.quiet)?;
+    let (top, _lock, _) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
+    let runs = top.join("runs");
+    let mut dirs = Vec::new();
+    for s in &subs {
+        say(opts.quiet, format!("[grid] {} of {}: task {}, seed {}", dirs.len() + 1, subs.len(), s.data.task, s.seed));
+        let sub_opts =
+            RunOptions { data_dir: opts.data_dir.clone(), out: runs.clone(), quiet: opts.quiet, jobs: opts.jobs, worker_cells: None };
+        run_single(s, &sub_opts)?;
+        dirs.push((s.data.task.clone(), s.seed, runs.join(&s.name)));
+    }
+    crate::report::write_seed_report(&top, &spec.name, &dirs)
+}
+
+fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let start = Instant::now();
     let quiet = opts.quiet;
     let prepared = prepare(spec, opts)?;

@@ -20,6 +20,10 @@ pub struct RunSpec {
     pub name: String,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Several seeds: one sub-run per seed (and per task of `data.tasks`) under
+    /// `<out>/<name>/runs/<task>-s<seed>/`, aggregated across seeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     pub model: ModelSpec,
     #[serde(default)]
     pub data: DataSpec,
@@ -73,6 +77,9 @@ pub struct DataSpec {
     /// `sst2`, `agnews`, `gsm8k`, `alpaca`, `dolly`, `samsum`, `sqlgen`, a `custom` task,
     /// or `builtin-sentiment` / `builtin-arithmetic` (offline; `builtin` = sentiment).
     pub task: String,
+    /// Several tasks: one sub-run per task (and per seed of `seeds`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
     /// Harmful pairs: `beavertails-unsafe`, `pure-bad`, `advbench`, or a `custom` harmful set.
     pub harmful: String,
     /// `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`, `advbench-dev`.
@@ -92,6 +99,7 @@ impl Default for DataSpec {
         let d = safetune_data::PoolSelection::default();
         Self {
             task: d.task,
+            tasks: Vec::new(),
             harmful: d.harmful,
             safety_evals: d.safety_evals,
             over_refusal: d.over_refusal,
@@ -225,7 +233,44 @@ impl RunSpec {
         Ok(spec)
     }
 
+    /// The single-task, single-seed specs of a grid over `data.tasks` × `seeds`
+    /// (empty when the spec names neither), each named `<task>-s<seed>`.
+    pub fn expand(&self) -> Vec<RunSpec> {
+        if self.seeds.is_empty() && self.data.tasks.is_empty() {
+            return Vec::new();
+        }
+        let tasks = if self.data.tasks.is_empty() { vec![self.data.task.clone()] } else { self.data.tasks.clone() };
+        let seeds = if self.seeds.is_empty() { vec![self.seed] } else { self.seeds.clone() };
+        let mut out = Vec::new();
+        for task in &tasks {
+            for &seed in &seeds {
+                let mut s = self.clone();
+                s.name = format!("{task}-s{seed}");
+                s.seed = seed;
+                s.seeds = Vec::new();
+                s.data.task = task.clone();
+                s.data.tasks = Vec::new();
+                out.push(s);
+            }
+        }
+        out
+    }
+
     pub fn validate(&self) -> Result<()> {
+        let subs = self.expand();
+        if !subs.is_empty() {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(s) = self.seeds.iter().find(|s| !seen.insert(**s)) {
+                bail!("seeds: {s} appears twice");
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(t) = self.data.tasks.iter().find(|t| !seen.insert(t.as_str())) {
+                bail!("data.tasks: `{t}` appears twice");
+            }
+            for s in &subs {
+                s.validate().map_err(|e| anyhow!("{} (task {}, seed {})", e, s.data.task, s.seed))?;
+            }
+        }
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
             bail!("name: must be a plain directory name");
         }

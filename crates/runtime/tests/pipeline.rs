@@ -409,3 +409,48 @@ fn sigkill_mid_run_then_rerun_gives_the_uninterrupted_results_without_recomputin
     assert!(!out.join("tiny/.lock").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
+    let d = tmp("seeds");
+    let base = std::fs::read_to_string(tiny_spec(&d)).unwrap();
+    let text = base
+        .replace("seed = 7", "seed = 7\nseeds = [7, 8]")
+        .replace("task = \"builtin\"", "task = \"builtin-sentiment\"\ntasks = [\"builtin-sentiment\", \"builtin-arithmetic\"]")
+        .replace("regimes = [\"benign\", \"high-harm\"]", "regimes = [\"high-harm\"]")
+        .replace("methods = [\"sft-lora\", \"sft-full\"]", "methods = [\"sft-lora\"]");
+    let spec = d.join("grid.toml");
+    std::fs::write(&spec, text).unwrap();
+    let out = d.join("out");
+    let r = safetune(&["run", spec.to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    let top = out.join("tiny");
+    for sub in ["builtin-sentiment-s7", "builtin-sentiment-s8", "builtin-arithmetic-s7", "builtin-arithmetic-s8"] {
+        assert!(top.join("runs").join(sub).join("cells/sft-lora__high-harm.json").exists(), "{sub}");
+    }
+    // The alignment set does not depend on the task: one alignment per seed, reused by the other task.
+    assert_eq!(log.matches("[align] 12 examples").count(), 2, "{log}");
+    let summary = std::fs::read_to_string(top.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("## builtin-sentiment: mean over 2 seeds") && summary.contains("## builtin-arithmetic: mean over 2 seeds"),
+        "{summary}"
+    );
+    // The aggregate is the mean of the two seeds' scores.
+    let score = |sub: &str| -> f64 {
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(top.join("runs").join(sub).join("cells/sft-lora__high-harm.json")).unwrap()).unwrap();
+        c["eval"]["task"]["score"]["value"].as_f64().unwrap()
+    };
+    let want = (score("builtin-sentiment-s7") + score("builtin-sentiment-s8")) / 2.0;
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(top.join("report/table.json")).unwrap()).unwrap();
+    let row = json.as_array().unwrap().iter().find(|r| r["task"] == "builtin-sentiment" && r["row"]["method"] == "sft-lora").unwrap();
+    assert!((row["row"]["eval"]["task"]["score"]["value"].as_f64().unwrap() - want).abs() < 1e-12);
+    assert_eq!(row["seeds"], serde_json::json!([7, 8]));
+    assert!(top.join("report/builtin-arithmetic_safety_utility.svg").exists());
+    // `safetune report` on the grid rebuilds the same summary.
+    let rep = safetune(&["report", top.to_str().unwrap()], &d.join("cache"));
+    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    assert_eq!(std::fs::read_to_string(top.join("summary.md")).unwrap(), summary);
+    std::fs::remove_dir_all(&d).unwrap();
+}

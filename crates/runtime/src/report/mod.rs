@@ -3,6 +3,7 @@
 //! `cells/*.json`), so `safetune report DIR` and the end of a run agree.
 
 mod plots;
+mod seeds;
 mod svg;
 mod tables;
 
@@ -122,6 +123,11 @@ fn retention(run_dir: &Path, c: &CellResult) -> Vec<(String, Estimate)> {
         out.push((s.set.clone(), safetune_metrics::proportion(&kept, c.seed)));
     }
     out
+}
+
+/// The report of a grid over tasks and seeds: see [`seeds::write`].
+pub fn write_seed_report(top: &Path, title: &str, runs: &[(String, u64, std::path::PathBuf)]) -> Result<String> {
+    seeds::write(top, title, runs)
 }
 
 /// Writes `summary.md` and `report/` (tables in four formats, three SVG plots)

@@ -1,0 +1,183 @@
+//! Aggregating sub-runs across seeds: per task, each model row's every
+//! estimate becomes the mean over seeds with a 95% t-interval across seeds
+//! (n = the number of seeds), so the single-run tables and plots render it.
+
+use std::path::{Path, PathBuf};
+
+use safetune_core::judge::Estimate;
+use safetune_core::Result;
+
+use super::Row;
+
+/// Student t quantile (0.975) for `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    match df {
+        0 => f64::NAN,
+        1..=10 => T[df - 1],
+        11..=20 => 2.1,
+        21..=30 => 2.05,
+        _ => 1.96,
+    }
+}
+
+/// Mean, sample standard deviation and 95% t-interval of values across seeds.
+pub fn across(values: &[f64]) -> (Estimate, f64) {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (Estimate { value: mean, n, ci_low: mean, ci_high: mean }, 0.0);
+    }
+    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let half = t975(n - 1) * sd / (n as f64).sqrt();
+    (Estimate { value: mean, n, ci_low: (mean - half).max(0.0), ci_high: (mean + half).min(1.0) }, sd)
+}
+
+/// One aggregated row and the standard deviation of each of its estimates, by name.
+pub struct SeedRow {
+    pub task: String,
+    pub row: Row,
+    pub sd: Vec<(String, f64)>,
+    pub seeds: Vec<u64>,
+}
+
+fn key(task: &str, r: &Row) -> (String, String, String, String) {
+    (task.to_string(), r.model.clone(), r.method.clone(), r.regime.clone())
+}
+
+/// Groups the rows of every sub-run by (task, model, method, regime), in the
+/// order first seen, and averages each estimate across seeds.
+pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
+    let mut groups: Vec<((String, String, String, String), Vec<(u64, Row)>)> = Vec::new();
+    for (task, seed, dir) in runs {
+        for r in super::rows_from_dir(dir)? {
+            let k = key(task, &r);
+            match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, v)) => v.push((*seed, r)),
+                None => groups.push((k, vec![(*seed, r)])),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((task, ..), members) in groups {
+        let mut row = members[0].1.clone();
+        let mut sd = Vec::new();
+        let mut avg = |name: String, pick: &dyn Fn(&Row) -> Option<f64>| -> Option<Estimate> {
+            let values: Vec<f64> = members.iter().filter_map(|(_, r)| pick(r)).collect();
+            if values.is_empty() {
+                return None;
+            }
+            let (e, s) = across(&values);
+            sd.push((name, s));
+            Some(e)
+        };
+        for (i, s) in row.eval.safety.iter_mut().enumerate() {
+            if let Some(e) = avg(format!("asr {}", s.set), &|r| r.eval.safety.get(i).map(|x| x.asr.value)) {
+                s.asr = e;
+            }
+            s.harmful_score = s.harmful_score.as_ref().and_then(|_| {
+                avg(format!("harmful-score {}", s.set), &|r| r.eval.safety.get(i).and_then(|x| x.harmful_score.as_ref().map(|e| e.value)))
+            });
+            s.asr_at_k = s.asr_at_k.as_ref().and_then(|_| {
+                avg(format!("asr@k {}", s.set), &|r| r.eval.safety.get(i).and_then(|x| x.asr_at_k.as_ref().map(|e| e.value)))
+            });
+            s.refusal_consistency = s.refusal_consistency.as_ref().and_then(|_| {
+                avg(format!("refusal-consistency {}", s.set), &|r| {
+                    r.eval.safety.get(i).and_then(|x| x.refusal_consistency.as_ref().map(|e| e.value))
+                })
+            });
+        }
+        for (i, s) in row.eval.over_refusal.iter_mut().enumerate() {
+            if let Some(e) = avg(format!("over-refusal {}", s.set), &|r| r.eval.over_refusal.get(i).map(|x| x.refusal_rate.value)) {
+                s.refusal_rate = e;
+            }
+        }
+        if let Some(e) = avg(format!("{} score", row.eval.task.task), &|r| Some(r.eval.task.score.value)) {
+            row.eval.task.score = e;
+        }
+        row.eval.task.unparseable = members.iter().map(|(_, r)| r.eval.task.unparseable).sum::<usize>() / members.len();
+        for (i, (set, e)) in row.retention.iter_mut().enumerate() {
+            if let Some(x) = avg(format!("refusal-retention {set}"), &|r| r.retention.get(i).map(|(_, e)| e.value)) {
+                *e = x;
+            }
+        }
+        out.push(SeedRow { task, row, sd, seeds: members.iter().map(|(s, _)| *s).collect() });
+    }
+    Ok(out)
+}
+
+/// Writes `<top>/summary.md` and `<top>/report/` (per task: a table and the
+/// plots of the means; all tasks: CSV and JSON with standard deviations).
+pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result<String> {
+    use crate::hashing::write_atomic;
+    let rows = aggregate(runs)?;
+    let dir = top.join("report");
+    let mut md = String::new();
+    let mut tasks: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !tasks.contains(&r.task.as_str()) {
+            tasks.push(&r.task);
+        }
+    }
+    let mut csv = String::from("task,model,method,regime,metric,mean,sd,ci_low,ci_high,seeds\n");
+    for task in &tasks {
+        let these: Vec<&SeedRow> = rows.iter().filter(|r| r.task == *task).collect();
+        let plain: Vec<Row> = these.iter().map(|r| r.row.clone()).collect();
+        let n = these.iter().map(|r| r.seeds.len()).max().unwrap_or(0);
+        md.push_str(&format!(
+            "## {task}: mean over {n} seeds [95% t-interval across seeds] (n = seeds)\n\n{}\n",
+            super::markdown_table(&plain)
+        ));
+        for (file, svg) in super::plots::all(&plain, &format!("{title} / {task} (mean of {n} seeds)")) {
+            write_atomic(&dir.join(format!("{task}_{file}")), svg.as_bytes())?;
+        }
+        for r in &these {
+            for (metric, sd) in &r.sd {
+                let e = find(&r.row, metric);
+                if let Some(e) = e {
+                    csv.push_str(&format!(
+                        "{task},{},{},{},{metric},{},{sd},{},{},{}\n",
+                        r.row.model, r.row.method, r.row.regime, e.value, e.ci_low, e.ci_high, e.n
+                    ));
+                }
+            }
+        }
+    }
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({ "task": r.task, "seeds": r.seeds, "row": r.row, "sd": r.sd.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>() }))
+        .collect();
+    write_atomic(&top.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
+    write_atomic(&dir.join("table.md"), md.as_bytes())?;
+    write_atomic(&dir.join("table.csv"), csv.as_bytes())?;
+    write_atomic(&dir.join("table.json"), (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
+    Ok(md)
+}
+
+/// The estimate a metric name of [`aggregate`] refers to.
+fn find<'a>(row: &'a Row, metric: &str) -> Option<&'a Estimate> {
+    let (kind, set) = metric.split_once(' ').unwrap_or((metric, ""));
+    match kind {
+        "asr" => row.eval.safety.iter().find(|s| s.set == set).map(|s| &s.asr),
+        "harmful-score" => row.eval.safety.iter().find(|s| s.set == set).and_then(|s| s.harmful_score.as_ref()),
+        "asr@k" => row.eval.safety.iter().find(|s| s.set == set).and_then(|s| s.asr_at_k.as_ref()),
+        "refusal-consistency" => row.eval.safety.iter().find(|s| s.set == set).and_then(|s| s.refusal_consistency.as_ref()),
+        "over-refusal" => row.eval.over_refusal.iter().find(|s| s.set == set).map(|s| &s.refusal_rate),
+        "refusal-retention" => row.retention.iter().find(|(s, _)| s == set).map(|(_, e)| e),
+        _ => Some(&row.eval.task.score),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mean_sd_and_t_interval_across_seeds() {
+        let (e, sd) = super::across(&[0.2, 0.4, 0.6]);
+        assert!((e.value - 0.4).abs() < 1e-12 && (sd - 0.2).abs() < 1e-12);
+        // 4.303 · 0.2 / √3 = 0.4969
+        assert!((e.ci_high - 0.8969).abs() < 1e-3 && e.ci_low == 0.0, "{e:?}");
+        assert_eq!(e.n, 3);
+        let (one, sd1) = super::across(&[0.5]);
+        assert_eq!((one.value, one.ci_low, one.ci_high, sd1), (0.5, 0.5, 0.5, 0.0));
+    }
+}
