@@ -41,14 +41,17 @@ pub struct SeedRow {
     pub seeds: Vec<u64>,
 }
 
-fn key(task: &str, r: &Row) -> (String, String, String, String) {
+/// (task, model, method, regime).
+type GroupKey = (String, String, String, String);
+
+fn key(task: &str, r: &Row) -> GroupKey {
     (task.to_string(), r.model.clone(), r.method.clone(), r.regime.clone())
 }
 
 /// Groups the rows of every sub-run by (task, model, method, regime), in the
 /// order first seen, and averages each estimate across seeds.
 pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
-    let mut groups: Vec<((String, String, String, String), Vec<(u64, Row)>)> = Vec::new();
+    let mut groups: Vec<(GroupKey, Vec<(u64, Row)>)> = Vec::new();
     for (task, seed, dir) in runs {
         for r in super::rows_from_dir(dir)? {
             let k = key(task, &r);
