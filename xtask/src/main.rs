@@ -1,5 +1,7 @@
 //! Project automation: `cargo xtask bench-all [--preset NAME]`.
 
+mod perf;
+
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
@@ -10,6 +12,10 @@ const USAGE: &str = "cargo xtask <command>
       (default: smoke) with any overlays merged in (for example a user dataset). Data: --data-dir, else $SAFETUNE_DATA_DIR, else
       ../shared/data beside the repository; with none, the built-in offline suite.
   presets   list the presets
+  perf [--reps N] [--quick] [--compare-torch]
+      Times training steps, batched decoding and prefill on SmolLM2-135M (fused
+      kernels against plain compositions; with --compare-torch also PyTorch + PEFT
+      from a venv in target/perf-venv) and prints medians, ratios and peak memory.
   new-defense NAME
       Scaffolds crates/defenses/NAME: a crate that depends only on safetune-core
       and candle, registers a fine-tuning-stage defense NAME with a config
@@ -111,6 +117,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("bench-all") => bench_all(&args[1..]),
         Some("presets") => println!("{}", presets().join("\n")),
+        Some("perf") => perf::perf(&args[1..]),
         Some("new-defense") => new_defense(args.get(1).map(String::as_str).unwrap_or("")),
         Some("--help") | Some("-h") | None => println!("{USAGE}"),
         Some(other) => fail(&format!("unknown xtask `{other}`\n{USAGE}")),

@@ -1,0 +1,154 @@
+//! `cargo xtask perf [--reps N] [--quick] [--compare-torch]`: times the
+//! training step (LoRA q,v; LoRA all-linear; full), batched decoding (batch
+//! 1, 8, 32 × 64 new tokens) and prefill (512 tokens) on SmolLM2-135M with the
+//! fused kernels and with the plain compositions (`SAFETUNE_COMPOSED_OPS=1`),
+//! runs alternating, and prints medians, peak memory and ratios. With
+//! `--compare-torch` it also runs the same workloads through PyTorch + PEFT
+//! (`xtask/perf/torch_ref.py`, in a venv under `target/perf-venv` installed
+//! from PyPI: dev tooling, never a runtime dependency) and prints
+//! candle / PyTorch. Timings belong to a quiet machine: nothing else running.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{fail, root, run};
+
+struct Workload {
+    name: &'static str,
+    args: Vec<String>,
+    /// Lower is better (seconds) or higher is better (tokens per second).
+    lower_better: bool,
+}
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let steps = if quick { "2" } else { "3" };
+    vec![
+        Workload { name: "lora-qv", args: s(&["lora-qv", "--batch", "4", "--tokens", "128", "--steps", steps]), lower_better: true },
+        Workload { name: "lora-all", args: s(&["lora-all", "--batch", "4", "--tokens", "128", "--steps", steps]), lower_better: true },
+        Workload { name: "full", args: s(&["full", "--batch", "4", "--tokens", "128", "--steps", steps]), lower_better: true },
+        Workload { name: "decode b1", args: s(&["decode", "--batch", "1", "--new", "64"]), lower_better: false },
+        Workload { name: "decode b8", args: s(&["decode", "--batch", "8", "--new", "64"]), lower_better: false },
+        Workload { name: "decode b32", args: s(&["decode", "--batch", "32", "--new", "64"]), lower_better: false },
+        Workload { name: "prefill 512", args: s(&["prefill", "--tokens", "512"]), lower_better: false },
+    ]
+}
+
+fn json_line(out: &[u8]) -> Option<(f64, f64)> {
+    let text = String::from_utf8_lossy(out);
+    let line = text.lines().rev().find(|l| l.starts_with('{'))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some((v["value"].as_f64()?, v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn measure(cmd: &mut Command, what: &str) -> (f64, f64) {
+    let out = cmd.output().unwrap_or_else(|e| fail(&format!("{what}: {e}")));
+    if !out.status.success() {
+        fail(&format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")));
+    }
+    json_line(&out.stdout).unwrap_or_else(|| fail(&format!("{what}: no result line")))
+}
+
+/// A venv with torch, transformers and peft from PyPI.
+fn torch_python() -> PathBuf {
+    let venv = root().join("target/perf-venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        eprintln!("[perf] creating {} and installing torch, transformers, peft from PyPI", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "torch", "transformers", "peft"]));
+    }
+    py
+}
+
+pub fn perf(args: &[String]) {
+    let reps: usize = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(3);
+    let quick = args.iter().any(|a| a == "--quick");
+    let torch = args.iter().any(|a| a == "--compare-torch");
+    let root = root();
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "safetune-train",
+        "--example",
+        "perf",
+    ]));
+    let exe = root.join(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("release/examples/perf");
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "run",
+        "--quiet",
+        "-p",
+        "safetune-runtime",
+        "--bin",
+        "safetune",
+        "--",
+        "model",
+        "fetch",
+        "smollm2-135m-instruct",
+    ]));
+    let model = String::from_utf8(
+        Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["run", "--quiet", "-p", "safetune-runtime", "--bin", "safetune", "--", "model", "path", "smollm2-135m-instruct"])
+            .output()
+            .unwrap_or_else(|e| fail(&format!("model path: {e}")))
+            .stdout,
+    )
+    .unwrap_or_default()
+    .trim()
+    .to_string();
+    let hf_dir = root.join("target/perf-hf");
+    let py = torch.then(|| {
+        if !hf_dir.join("config.json").exists() {
+            measure(Command::new(&exe).arg(&model).arg("export").arg(&hf_dir), "export");
+        }
+        torch_python()
+    });
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string();
+    println!(
+        "| workload | fused | plain compositions | plain / fused | PyTorch | candle / PyTorch | peak RSS fused / plain / PyTorch (MB) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for w in workloads(quick) {
+        let (mut fused, mut plain, mut reference) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut mem_f, mut mem_p, mut mem_t) = (0f64, 0f64, 0f64);
+        for _ in 0..reps {
+            let (v, m) = measure(Command::new(&exe).arg(&model).args(&w.args).env("SAFETUNE_COMPOSED_OPS", "0"), w.name);
+            fused.push(v);
+            mem_f = mem_f.max(m);
+            let (v, m) = measure(Command::new(&exe).arg(&model).args(&w.args).env("SAFETUNE_COMPOSED_OPS", "1"), w.name);
+            plain.push(v);
+            mem_p = mem_p.max(m);
+            if let Some(py) = &py {
+                let script = root.join("xtask/perf/torch_ref.py");
+                let (v, m) = measure(Command::new(py).arg(&script).arg(&hf_dir).args(&w.args).args(["--threads", &threads]), w.name);
+                reference.push(v);
+                mem_t = mem_t.max(m);
+            }
+        }
+        let (f, p, t) = (median(fused), median(plain), median(reference));
+        let unit = if w.lower_better { "s/step" } else { "tok/s" };
+        // Ratios > 1 mean the first is slower.
+        let slower = |a: f64, b: f64| if w.lower_better { a / b } else { b / a };
+        let torch_cols = if py.is_some() { (format!("{t:.3} {unit}"), format!("{:.2}", slower(f, t))) } else { ("-".into(), "-".into()) };
+        println!(
+            "| {} | {f:.3} {unit} | {p:.3} {unit} | {:.2} | {} | {} | {mem_f:.0} / {mem_p:.0} / {} |",
+            w.name,
+            slower(p, f),
+            torch_cols.0,
+            torch_cols.1,
+            if py.is_some() { format!("{mem_t:.0}") } else { "-".into() }
+        );
+    }
+}
