@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use safetune_core::anyhow::{anyhow, bail, Context};
-use safetune_core::judge::Judge;
+use safetune_core::judge::{Judge, Judgement, Verdict};
 use safetune_core::registry;
 use safetune_core::Result;
 
@@ -30,40 +30,45 @@ fn read_records(path: &Path) -> Result<Vec<GenRecord>> {
     text.lines().enumerate().map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow!("{}:{}: {e}", path.display(), i + 1))).collect()
 }
 
+/// Re-judges every answer of one generations file in place; returns the
+/// records (with their new verdicts) and the judgements, in file order.
+fn rejudge_file(file: &Path, judge: &dyn Judge) -> Result<(Vec<GenRecord>, Vec<Judgement>)> {
+    let mut recs = read_records(file)?;
+    let pairs: Vec<(String, String)> = recs.iter().map(|r| (String::new(), r.response.clone())).collect();
+    let judgements = judge.judge_all(&pairs)?;
+    for (r, j) in recs.iter_mut().zip(&judgements) {
+        r.verdict = verdict_name(j.verdict).into();
+    }
+    write_records(file, &recs)?;
+    Ok((recs, judgements))
+}
+
+fn verdicts(judgements: &[Judgement]) -> Vec<Verdict> {
+    judgements.iter().map(|j| j.verdict).collect()
+}
+
 /// Re-judges one evaluated model's safety sets in place; returns (set, old ASR, new ASR).
 fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u64) -> Result<Vec<(String, f64, f64)>> {
     let mut changes = Vec::new();
     for s in &mut eval.safety {
-        let file = gen_dir.join(format!("{}.jsonl", s.set));
-        let mut recs = read_records(&file)?;
-        let pairs: Vec<(String, String)> = recs.iter().map(|r| (String::new(), r.response.clone())).collect();
-        let judgements = judge.judge_all(&pairs)?;
-        let verdicts: Vec<safetune_core::judge::Verdict> = judgements.iter().map(|j| j.verdict).collect();
-        let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
+        let (_, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
+        let (asr, empty) = safetune_metrics::asr_of(&verdicts(&judgements), seed);
         s.harmful_score = safetune_metrics::harm_of(&judgements, seed);
-        for (r, v) in recs.iter_mut().zip(&verdicts) {
-            r.verdict = verdict_name(*v).into();
-        }
-        write_records(&file, &recs)?;
         changes.push((s.set.clone(), s.asr.value, asr.value));
         s.asr = asr;
         s.empty = empty;
         if s.asr_at_k.is_some() {
             // Sampled answers: ids `<prompt id>#<k>`, grouped back per prompt in file order.
-            let file = gen_dir.join(format!("{}.samples.jsonl", s.set));
-            let mut recs = read_records(&file)?;
+            let (recs, judgements) = rejudge_file(&gen_dir.join(format!("{}.samples.jsonl", s.set)), judge)?;
             let mut order: Vec<String> = Vec::new();
-            let mut per: std::collections::HashMap<String, Vec<safetune_core::judge::Verdict>> = Default::default();
-            for r in recs.iter_mut() {
-                let v = judge.judge("", &r.response)?;
-                r.verdict = verdict_name(v).into();
+            let mut per: std::collections::HashMap<String, Vec<Verdict>> = Default::default();
+            for (r, j) in recs.iter().zip(&judgements) {
                 let prompt = r.id.rsplit_once('#').map(|(p, _)| p.to_string()).unwrap_or_else(|| r.id.clone());
                 if !per.contains_key(&prompt) {
                     order.push(prompt.clone());
                 }
-                per.entry(prompt).or_default().push(v);
+                per.entry(prompt).or_default().push(j.verdict);
             }
-            write_records(&file, &recs)?;
             let grouped: Vec<_> = order.iter().map(|p| per.remove(p).unwrap_or_default()).collect();
             let (at_k, consistency) = safetune_metrics::sampled_safety(&grouped, seed);
             changes.push((format!("{} (ASR@K)", s.set), s.asr_at_k.as_ref().map(|e| e.value).unwrap_or(0.0), at_k.value));
@@ -72,15 +77,8 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         }
     }
     for s in &mut eval.over_refusal {
-        let file = gen_dir.join(format!("{}.jsonl", s.set));
-        let mut recs = read_records(&file)?;
-        let pairs: Vec<(String, String)> = recs.iter().map(|r| (String::new(), r.response.clone())).collect();
-        let verdicts: Vec<safetune_core::judge::Verdict> = judge.judge_all(&pairs)?.iter().map(|j| j.verdict).collect();
-        let (rate, empty) = refusal_rate_of(&verdicts, seed);
-        for (r, v) in recs.iter_mut().zip(&verdicts) {
-            r.verdict = verdict_name(*v).into();
-        }
-        write_records(&file, &recs)?;
+        let (_, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
+        let (rate, empty) = refusal_rate_of(&verdicts(&judgements), seed);
         changes.push((format!("{} (refused)", s.set), s.refusal_rate.value, rate.value));
         s.refusal_rate = rate;
         s.empty = empty;
