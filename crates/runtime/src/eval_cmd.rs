@@ -124,6 +124,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
         judge,
         align_set: Vec::new(),
         timings: Default::default(),
+        pool_hashes: Default::default(),
     };
     let identity = if adapter_sha.is_empty() {
         serde_json::json!({ "base": model_sha })

@@ -180,6 +180,18 @@ pub(crate) struct Run<'a> {
     pub judge: Box<dyn safetune_core::judge::Judge>,
     pub align_set: Vec<Example>,
     pub timings: serde_json::Map<String, serde_json::Value>,
+    /// Hashes of the pools the cache keys name, computed on first use.
+    pub pool_hashes: std::cell::OnceCell<PoolHashes>,
+}
+
+/// sha256 of each pool a cache key depends on (hashing SST-2's 67k training
+/// rows for every cell and evaluation would repeat the same work).
+pub(crate) struct PoolHashes {
+    safety: String,
+    task_test: String,
+    over_refusal: String,
+    task_train: String,
+    harmful: String,
 }
 
 /// A cached aligned model: its content key and adapter directory.
@@ -238,13 +250,29 @@ impl Run<'_> {
         Ok(e)
     }
 
+    fn pool_hashes(&self) -> Result<&PoolHashes> {
+        if let Some(h) = self.pool_hashes.get() {
+            return Ok(h);
+        }
+        let p = &self.pools;
+        let h = PoolHashes {
+            safety: sha256_json(&p.safety_evals)?,
+            task_test: sha256_json(&p.task_test)?,
+            over_refusal: sha256_json(&p.over_refusal)?,
+            task_train: sha256_json(&p.task_train)?,
+            harmful: sha256_json(&p.harmful_pairs)?,
+        };
+        Ok(self.pool_hashes.get_or_init(|| h))
+    }
+
     /// Everything evaluation scores depend on besides the model.
     fn eval_key(&self) -> Result<serde_json::Value> {
         let spec = self.spec;
+        let h = self.pool_hashes()?;
         Ok(serde_json::json!({
             "eval": spec.eval, "seed": spec.seed, "template": spec.data.template,
-            "safety": sha256_json(&self.pools.safety_evals)?, "task": sha256_json(&self.pools.task_test)?,
-            "over_refusal": sha256_json(&self.pools.over_refusal)?,
+            "safety": h.safety, "task": h.task_test,
+            "over_refusal": h.over_refusal,
             "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"), "judge": self.judge.fingerprint(),
         }))
     }
@@ -273,7 +301,7 @@ impl Run<'_> {
             "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
             "train": spec.method_train(method), "defenses": names, "defense_options": options,
             "regime": regime, "n": spec.finetune.n,
-            "task_train": sha256_json(&self.pools.task_train)?, "harmful": sha256_json(&self.pools.harmful_pairs)?,
+            "task_train": self.pool_hashes()?.task_train, "harmful": self.pool_hashes()?.harmful,
             "eval": self.eval_key()?,
         }))
     }
@@ -561,7 +589,18 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     manifest["alignment"] =
         serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
     let Prepared { pools, model_path, model_sha, judge, .. } = prepared;
-    let mut r = Run { spec, quiet, pools, model_path, model_sha, run_dir, judge, align_set, timings: serde_json::Map::new() };
+    let mut r = Run {
+        spec,
+        quiet,
+        pools,
+        model_path,
+        model_sha,
+        run_dir,
+        judge,
+        align_set,
+        timings: serde_json::Map::new(),
+        pool_hashes: Default::default(),
+    };
 
     let path = r.model_path.clone();
     let template = spec.data.template;
