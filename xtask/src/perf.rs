@@ -1,4 +1,4 @@
-//! `cargo xtask perf [--reps N] [--quick] [--compare-torch]`: times the
+//! `cargo xtask perf [--reps N] [--quick] [--only WORKLOAD]... [--compare-torch]`: times the
 //! training step (LoRA q,v; LoRA all-linear; full), batched decoding (batch
 //! 1, 8, 32 × 64 new tokens) and prefill (512 tokens) on SmolLM2-135M with the
 //! fused kernels and with the plain compositions (`SAFETUNE_COMPOSED_OPS=1`),
@@ -58,8 +58,12 @@ fn measure(cmd: &mut Command, what: &str) -> (f64, f64) {
     json_line(&out.stdout).unwrap_or_else(|| fail(&format!("{what}: no result line")))
 }
 
-/// A venv with torch, transformers and peft from PyPI.
+/// A venv with torch, transformers and peft from PyPI, or
+/// `SAFETUNE_PERF_PYTHON` names an interpreter that already has them.
 fn torch_python() -> PathBuf {
+    if let Some(py) = std::env::var_os("SAFETUNE_PERF_PYTHON") {
+        return PathBuf::from(py);
+    }
     let venv = root().join("target/perf-venv");
     let py = venv.join("bin/python");
     if !py.exists() {
@@ -73,6 +77,8 @@ fn torch_python() -> PathBuf {
 pub fn perf(args: &[String]) {
     let reps: usize = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(3);
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only NAME`: one workload (repeatable).
+    let only: Vec<&String> = args.windows(2).filter(|w| w[0] == "--only").map(|w| &w[1]).collect();
     let torch = args.iter().any(|a| a == "--compare-torch");
     let root = root();
     run(Command::new(env!("CARGO")).current_dir(&root).args([
@@ -120,7 +126,7 @@ pub fn perf(args: &[String]) {
         "| workload | fused | plain compositions | plain / fused | PyTorch | candle / PyTorch | peak RSS fused / plain / PyTorch (MB) |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for w in workloads(quick) {
+    for w in workloads(quick).into_iter().filter(|w| only.is_empty() || only.iter().any(|o| *o == w.name)) {
         let (mut fused, mut plain, mut reference) = (Vec::new(), Vec::new(), Vec::new());
         let (mut mem_f, mut mem_p, mut mem_t) = (0f64, 0f64, 0f64);
         for _ in 0..reps {

@@ -202,6 +202,7 @@ pub fn builtin_pools(task: &str) -> Pools {
         .map(|(i, (p, r))| Example::new(format!("builtin-benign:{i}"), ExampleKind::Benign, p, r))
         .collect();
     Pools {
+        mmlu: None,
         source: "builtin".into(),
         task: task_name.into(),
         utility: crate::pools::task_metric(task_name),

@@ -32,6 +32,9 @@ pub struct PoolSelection {
     pub over_refusal: Vec<String>,
     /// Benign instructions mixed into alignment.
     pub benign: String,
+    /// Utility benchmarks besides the task: `mmlu` (log-likelihood accuracy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub utility_evals: Vec<String>,
 }
 
 impl Default for PoolSelection {
@@ -42,6 +45,7 @@ impl Default for PoolSelection {
             safety_evals: vec!["advbench-test".into(), "policy".into()],
             over_refusal: Vec::new(),
             benign: "alpaca".into(),
+            utility_evals: Vec::new(),
         }
     }
 }
@@ -68,13 +72,23 @@ pub struct Pools {
     pub safety_evals: Vec<(String, Vec<Example>)>,
     /// Over-refusal sets: benign prompts a safe model should answer.
     pub over_refusal: Vec<(String, Vec<Example>)>,
+    /// MMLU's dev (few-shot examples) and test questions, when selected.
+    pub mmlu: Option<MultipleChoice>,
     /// Files read (for the manifest's hashes), relative to the data directory.
     pub files: Vec<PathBuf>,
+}
+
+/// A multiple-choice benchmark: solved examples to show and questions to ask.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultipleChoice {
+    pub dev: Vec<Example>,
+    pub test: Vec<Example>,
 }
 
 pub const TASKS: [&str; 7] = ["sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"];
 pub const SAFETY_EVALS: [&str; 5] = ["advbench-test", "policy", "beavertails-categories", "xstest-unsafe", "advbench-dev"];
 pub const OVER_REFUSAL_SETS: [&str; 1] = ["xstest-safe"];
+pub const UTILITY_EVALS: [&str; 1] = ["mmlu"];
 pub const HARMFUL: [&str; 3] = ["beavertails-unsafe", "pure-bad", "advbench"];
 
 struct Loader<'a> {
@@ -137,6 +151,11 @@ impl Pools {
         for s in &sel.over_refusal {
             if !OVER_REFUSAL_SETS.contains(&s.as_str()) {
                 bail!("data.over_refusal: unknown set `{s}` ({})", OVER_REFUSAL_SETS.join(", "));
+            }
+        }
+        for s in &sel.utility_evals {
+            if !UTILITY_EVALS.contains(&s.as_str()) {
+                bail!("data.utility_evals: unknown benchmark `{s}` ({})", UTILITY_EVALS.join(", "));
             }
         }
         if sel.benign != "alpaca" && sel.benign != "dolly" {
@@ -222,7 +241,13 @@ impl Pools {
             Some(c) => c.metric.clone(),
             None => task_metric(&sel.task),
         };
+        let mmlu = if sel.utility_evals.iter().any(|u| u == "mmlu") {
+            Some(MultipleChoice { dev: l.split("mmlu", "dev")?, test: l.split("mmlu", "test")? })
+        } else {
+            None
+        };
         let pools = Self {
+            mmlu,
             source,
             task: sel.task.clone(),
             task_train,

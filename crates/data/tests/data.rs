@@ -71,9 +71,13 @@ fn shared_data_row_counts_and_disjoint_pools() {
                 safety_evals: vec!["advbench-test".into(), "policy".into(), "beavertails-categories".into(), "xstest-unsafe".into()],
                 over_refusal: vec!["xstest-safe".into()],
                 benign: "alpaca".into(),
+                utility_evals: if task == "agnews" { vec!["mmlu".into()] } else { Vec::new() },
             };
             let p = Pools::assemble(&src, &sel, &Default::default()).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
             assert!(!p.harmful_pairs.is_empty() && !p.task_test.is_empty());
+            // MMLU only when asked for: 285 dev (5 per subject) and 14,042 test questions.
+            let mmlu = p.mmlu.as_ref().map(|m| (m.dev.len(), m.test.len()));
+            assert_eq!(mmlu, (task == "agnews").then_some((285, 14_042)));
             // XSTest: 200 unsafe prompts to attack with, 250 safe ones to measure over-refusal.
             assert_eq!((p.safety_evals[3].1.len(), p.over_refusal[0].1.len()), (200, 250));
         }

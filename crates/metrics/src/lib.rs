@@ -9,6 +9,7 @@ mod bootstrap;
 mod keyword;
 mod registry;
 mod sampled;
+pub mod sql;
 pub mod utility;
 
 pub use agreement::Agreement;

@@ -22,7 +22,7 @@ pub fn score(metric: &UtilityMetric, answer: &str, reference: &str) -> UtilitySc
             None => UtilityScore { score: 0.0, parsed: false },
         },
         UtilityMetric::RougeL => UtilityScore { score: rouge_l(answer, reference), parsed: true },
-        UtilityMetric::SqlExact => yes(normalize_sql(answer) == normalize_sql(reference)),
+        UtilityMetric::SqlExact => yes(normalize_sql(&crate::sql::extract_sql(answer)) == normalize_sql(reference)),
         UtilityMetric::Exact => yes(answer.trim().to_lowercase() == reference.trim().to_lowercase()),
     }
 }
@@ -101,6 +101,41 @@ pub fn rouge_l(candidate: &str, reference: &str) -> f64 {
     2.0 * p * rec / (p + rec)
 }
 
+/// ROUGE-N F1 over lower-cased word tokens (n-gram counts clipped).
+pub fn rouge_n(candidate: &str, reference: &str, n: usize) -> f64 {
+    let grams = |s: &str| -> std::collections::HashMap<Vec<String>, usize> {
+        let w = words(s);
+        let mut m = std::collections::HashMap::new();
+        for g in w.windows(n) {
+            *m.entry(g.to_vec()).or_insert(0) += 1;
+        }
+        m
+    };
+    let (c, r) = (grams(candidate), grams(reference));
+    let (cn, rn) = (c.values().sum::<usize>(), r.values().sum::<usize>());
+    let overlap: usize = c.iter().map(|(g, k)| (*k).min(r.get(g).copied().unwrap_or(0))).sum();
+    if overlap == 0 || cn == 0 || rn == 0 {
+        return 0.0;
+    }
+    let (p, rec) = (overlap as f64 / cn as f64, overlap as f64 / rn as f64);
+    2.0 * p * rec / (p + rec)
+}
+
+/// Scores reported beside a metric's main one: ROUGE-1 and ROUGE-2 beside
+/// ROUGE-L; execution accuracy beside SQL exact match (`schema`: the task's
+/// CREATE TABLE statements). `None`: this answer has no such score (the gold
+/// query does not run, or no schema), left out of the mean.
+pub fn secondary_scores(metric: &UtilityMetric, answer: &str, reference: &str, schema: Option<&str>) -> Vec<(&'static str, Option<f64>)> {
+    match metric {
+        UtilityMetric::RougeL => vec![("ROUGE-1", Some(rouge_n(answer, reference, 1))), ("ROUGE-2", Some(rouge_n(answer, reference, 2)))],
+        UtilityMetric::SqlExact => {
+            let exec = schema.and_then(|s| crate::sql::same_execution(s, reference, &crate::sql::extract_sql(answer)));
+            vec![("execution accuracy", exec.map(|ok| if ok { 1.0 } else { 0.0 }))]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Lower case, single spaces, no trailing semicolon, double quotes as single.
 pub fn normalize_sql(s: &str) -> String {
     let s = s.trim().trim_end_matches(';').replace('"', "'").to_lowercase();
@@ -133,5 +168,28 @@ mod tests {
         assert_eq!(rouge_l("", "a"), 0.0);
         assert_eq!(normalize_sql("SELECT COUNT(*) FROM head WHERE age > 56;"), normalize_sql("select count( * ) from head where age>56"));
         assert_ne!(normalize_sql("SELECT a FROM t"), normalize_sql("SELECT b FROM t"));
+        assert_eq!(score(&UtilityMetric::SqlExact, "```sql\nselect a from t;\n```", "SELECT a FROM t").score, 1.0);
+    }
+
+    #[test]
+    fn rouge_n_textbook_example() {
+        // Lin (2004)-style example: candidate "the cat was under the bed",
+        // reference "the cat was found under the bed".
+        let (c, r) = ("the cat was under the bed", "the cat was found under the bed");
+        let f = |p: f64, r: f64| 2.0 * p * r / (p + r);
+        assert!((rouge_n(c, r, 1) - f(6.0 / 6.0, 6.0 / 7.0)).abs() < 1e-12);
+        assert!((rouge_n(c, r, 2) - f(4.0 / 5.0, 4.0 / 6.0)).abs() < 1e-12);
+        // Counts are clipped: "the the the" against "the cat" has one matching unigram.
+        assert!((rouge_n("the the the", "the cat", 1) - f(1.0 / 3.0, 1.0 / 2.0)).abs() < 1e-12);
+        assert_eq!(rouge_n("a", "a", 2), 0.0, "no bigrams");
+        let s = secondary_scores(&UtilityMetric::RougeL, c, r, None);
+        assert_eq!(s.iter().map(|x| x.0).collect::<Vec<_>>(), ["ROUGE-1", "ROUGE-2"]);
+        let sql = secondary_scores(
+            &UtilityMetric::SqlExact,
+            "SELECT count(*) FROM t WHERE 3 < x",
+            "SELECT COUNT(*) FROM t WHERE x > 3",
+            Some("CREATE TABLE t (x INTEGER)"),
+        );
+        assert_eq!(sql, vec![("execution accuracy", Some(1.0))]);
     }
 }

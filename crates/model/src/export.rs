@@ -20,6 +20,13 @@ pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
         "tie_word_embeddings": c.tie_embeddings, "max_position_embeddings": c.max_positions,
         "attention_bias": c.attention_bias, "torch_dtype": "float32",
     });
+    // The ids that end an answer and pad a batch, so that other tools
+    // (transformers' `generate`) stop and pad as safetune does.
+    let tok = model.tokenizer();
+    let (stops, pad) = (tok.stop_ids().to_vec(), tok.pad_id());
+    let mut config = config;
+    config["eos_token_id"] = serde_json::json!(stops);
+    config["pad_token_id"] = serde_json::json!(pad);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     model
         .text_tokenizer()
@@ -34,6 +41,14 @@ pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
         }
         _ => "",
     };
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&serde_json::json!({ "chat_template": template }))?)?;
+    let name = |id: u32| model.text_tokenizer().inner().id_to_token(id);
+    let mut tok_config = serde_json::json!({ "chat_template": template });
+    if let Some(eos) = stops.first().and_then(|&id| name(id)) {
+        tok_config["eos_token"] = serde_json::json!(eos);
+    }
+    if let Some(p) = name(pad) {
+        tok_config["pad_token"] = serde_json::json!(p);
+    }
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tok_config)?)?;
     Ok(())
 }

@@ -4,9 +4,10 @@
 //! gradient, so the model is built from compositions of ops that do, plus
 //! one custom op: a matmul against a frozen weight whose backward returns
 //! only the input gradient (candle's matmul backward always computes the
-//! weight gradient too, which doubles the cost for frozen weights).
+//! weight gradient too, which doubles the cost for frozen weights), and
+//! which keeps nothing but its input for the backward pass.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 
 use safetune_core::Result;
 
@@ -73,42 +74,74 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let x2 = x.reshape((rows, in_dim))?;
     dims[last] = out_dim;
     let frozen = !w.track_op();
-    if frozen && x.track_op() && x.device().is_cpu() {
-        let y = x2.detach().matmul(&w.t()?)?;
-        let y = x2.apply_op2(&y, InputGradOnly { w: w.clone() })?;
+    if frozen && x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() {
+        let y = x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?;
         return Ok(y.reshape(dims)?);
     }
     Ok(x2.matmul(&w.t()?)?.reshape(dims)?)
 }
 
-/// Forward: returns `y` (its second argument) unchanged.
-/// Backward: `dx = dy · W`, nothing for `y` or `W`.
-struct InputGradOnly {
+/// `y = x Wᵀ` for a frozen `W` in one op: the product is written straight
+/// into the result (the graph keeps only `x`), and backward returns only
+/// `dx = dy · W` — no weight gradient, which candle's matmul would compute.
+struct FrozenLinear {
     w: Tensor,
 }
 
-fn copy_second(s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-    let (start, end) = l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("linear: result not contiguous".into()))?;
-    let out = match s2 {
-        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
-        CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
-        CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
-        _ => return Err(candle_core::Error::Msg("linear: unsupported dtype".into())),
-    };
-    Ok((out, l2.shape().clone()))
-}
-
-impl CustomOp2 for InputGradOnly {
+impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
-        "linear-input-grad-only"
+        "frozen-linear"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        copy_second(s2, l2)
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let err = |m: &str| candle_core::Error::Msg(format!("frozen linear: {m}"));
+        let (m, k) = l.shape().dims2()?;
+        let (start, end) = l.contiguous_offsets().ok_or_else(|| err("input not contiguous"))?;
+        let CpuStorage::F32(x) = s else { return Err(err("f32 only")) };
+        let x = &x[start..end];
+        let (storage, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(w)) = &*storage else { return Err(err("weight not f32 on the CPU")) };
+        let (n, wk) = wl.shape().dims2()?;
+        let (ws, we) = wl.contiguous_offsets().ok_or_else(|| err("weight not contiguous"))?;
+        if wk != k {
+            return Err(err(&format!("input has {k} features, weight {wk}")));
+        }
+        let w = &w[ws..we];
+        let mut y = vec![0f32; m * n];
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: `y` is m × n, row-major (row stride n, column stride 1);
+        // `x` is m × k row-major; Wᵀ is read from `w` (n × k row-major) as a
+        // k × n matrix with row stride 1 and column stride k. All three
+        // slices have exactly those lengths, checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let w = if grad.dtype() == self.w.dtype() { self.w.clone() } else { self.w.to_dtype(grad.dtype())? };
-        Ok((Some(grad.matmul(&w)?), None))
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 

@@ -8,5 +8,6 @@ use safetune_defense_safelora as _;
 use safetune_defense_vaccine as _;
 // defenses:end
 // Judges outside the metrics crate.
+use safetune_judge_embed as _;
 use safetune_judge_local as _;
 use safetune_judge_remote as _;

@@ -13,7 +13,8 @@ use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
 pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--suite SET,SET] [--over-refusal xstest-safe] [--data-dir DIR]
                 [--name NAME] [--label LABEL] [--out DIR] [--seed N] [--judge NAME] [--safety-limit N]
-                [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--samples K] [--quiet] [--json]
+                [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--samples K]
+                [--mmlu N (questions; 0: all)] [--mmlu-shots 0,5] [--quiet] [--json]
       score a model (with PEFT adapters merged into it in order) without training; results in OUT/NAME/";
 
 fn number(flag: &str, v: Option<&String>) -> Result<usize> {
@@ -54,6 +55,13 @@ pub fn main(args: &[String]) -> Result<String> {
             "--task-tokens" => eval.task_max_new_tokens = number(a, it.next())?,
             "--batch-size" => eval.batch_size = number(a, it.next())?,
             "--samples" => eval.samples = number(a, it.next())?,
+            "--mmlu" => {
+                spec_data.utility_evals = vec!["mmlu".into()];
+                eval.mmlu_questions = number(a, it.next())?;
+            }
+            "--mmlu-shots" => {
+                eval.mmlu_shots = val()?.split(',').map(|k| number("--mmlu-shots", Some(&k.trim().to_string()))).collect::<Result<_>>()?
+            }
             "--quiet" => quiet = true,
             "--json" => json = true,
             f if f.starts_with('-') => bail!("eval: unknown flag `{f}`"),

@@ -24,6 +24,9 @@ pub struct SafetyResult {
     /// With `eval.samples = K`: all K sampled answers refuse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal_consistency: Option<Estimate>,
+    /// ASR per harm category, for sets whose prompts carry one (BeaverTails' 14).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_category: Vec<Named>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +37,17 @@ pub struct TaskResult {
     pub score: Estimate,
     /// Answers the metric could not read (scored 0).
     pub unparseable: usize,
+    /// Scores reported beside the main one (ROUGE-1/2 beside ROUGE-L, execution
+    /// accuracy beside SQL exact match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Named>,
+}
+
+/// An estimate with a name (a secondary score, a harm category).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Named {
+    pub name: String,
+    pub estimate: Estimate,
 }
 
 /// Over-refusal on benign prompts that look risky.
@@ -51,6 +65,9 @@ pub struct ModelEval {
     pub task: TaskResult,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub over_refusal: Vec<OverRefusalResult>,
+    /// MMLU accuracy per few-shot setting, when selected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mmlu: Vec<crate::mmlu::MmluResult>,
 }
 
 /// One generated answer (no prompt text: ids only).
@@ -59,6 +76,9 @@ pub struct GenRecord {
     pub id: String,
     pub response: String,
     pub verdict: String,
+    /// The prompt's harm category, for sets that have them (for per-category ASR on re-judging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 /// Every answer, per evaluation set.
@@ -70,6 +90,7 @@ pub struct EvalInputs<'a> {
     pub task_name: String,
     pub task: &'a [Example],
     pub utility: UtilityMetric,
+    pub mmlu: Option<&'a safetune_data::MultipleChoice>,
 }
 
 fn limit(v: &[Example], n: usize) -> &[Example] {
@@ -115,6 +136,7 @@ pub fn evaluate(
         if !quiet {
             eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64());
         }
+        let by_category = per_category(&recs, &verdicts, seed);
         records.push((name.clone(), recs));
         let (mut asr_at_k, mut refusal_consistency) = (None, None);
         if spec.samples > 0 {
@@ -148,7 +170,7 @@ pub fn evaluate(
             records.push((format!("{name}.samples"), sample_recs));
             (asr_at_k, refusal_consistency) = (Some(at_k), Some(consistency));
         }
-        safety.push(SafetyResult { set: name.clone(), asr, empty, harmful_score, asr_at_k, refusal_consistency });
+        safety.push(SafetyResult { set: name.clone(), asr, empty, harmful_score, asr_at_k, refusal_consistency, by_category });
     }
     let mut over_refusal = Vec::new();
     for (name, set) in &inputs.over_refusal {
@@ -174,14 +196,34 @@ pub fn evaluate(
     let mut scores = Vec::with_capacity(task.len());
     let mut unparseable = 0;
     let mut recs = Vec::with_capacity(task.len());
+    let mut secondary: Vec<(&'static str, Vec<f64>)> = Vec::new();
     for (e, r) in task.iter().zip(resp) {
-        let s = utility::score(&inputs.utility, &r, e.label.as_deref().unwrap_or(&e.response));
+        let reference = e.label.as_deref().unwrap_or(&e.response);
+        let s = utility::score(&inputs.utility, &r, reference);
         unparseable += usize::from(!s.parsed);
         scores.push(s.score);
+        for (name, v) in utility::secondary_scores(&inputs.utility, &r, reference, e.meta.get("schema").map(String::as_str)) {
+            let slot = match secondary.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    secondary.push((name, Vec::new()));
+                    secondary.len() - 1
+                }
+            };
+            secondary[slot].1.extend(v);
+        }
         let verdict = if !s.parsed { "unparseable".to_string() } else { format!("{:.4}", s.score) };
-        recs.push(GenRecord { id: e.id.clone(), response: r, verdict });
+        recs.push(GenRecord { id: e.id.clone(), response: r, verdict, category: None });
     }
     let score = mean_estimate(&scores, seed);
+    let also: Vec<Named> = secondary
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| Named { name: n.to_string(), estimate: mean_estimate(&v, seed) })
+        .collect();
+    for a in &also {
+        say(quiet, format!("[eval {label}] {}: {} {:.1}% of {}", inputs.task_name, a.name, 100.0 * a.estimate.value, a.estimate.n));
+    }
     if !quiet {
         eprintln!(
             "[eval {label}] {}: score {:.1}% of {}, unparseable {unparseable} ({:.0}s)",
@@ -192,14 +234,51 @@ pub fn evaluate(
         );
     }
     records.push((inputs.task_name.clone(), recs));
+    let mut mmlu = Vec::new();
+    if let Some(mc) = inputs.mmlu {
+        let questions = crate::mmlu::select(&mc.test, spec.mmlu_questions);
+        for &shots in &spec.mmlu_shots {
+            let t = Instant::now();
+            let (r, recs) = crate::mmlu::accuracy(model, &mc.dev, &questions, shots, seed)?;
+            say(
+                quiet,
+                format!(
+                    "[eval {label}] mmlu {shots}-shot: accuracy {:.1}% of {} ({:.0}s)",
+                    100.0 * r.accuracy.value,
+                    r.accuracy.n,
+                    t.elapsed().as_secs_f64()
+                ),
+            );
+            records.push((format!("mmlu-{shots}shot"), recs));
+            mmlu.push(r);
+        }
+    }
     Ok((
         ModelEval {
             safety,
-            task: TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable },
+            task: TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable, also },
             over_refusal,
+            mmlu,
         },
         records,
     ))
+}
+
+fn say(quiet: bool, msg: String) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// ASR per harm category, when the set's prompts carry one.
+pub(crate) fn per_category(recs: &[GenRecord], verdicts: &[Verdict], seed: u64) -> Vec<Named> {
+    let mut by: std::collections::BTreeMap<&str, Vec<Verdict>> = std::collections::BTreeMap::new();
+    for (r, v) in recs.iter().zip(verdicts) {
+        if let Some(c) = &r.category {
+            by.entry(c.as_str()).or_default().push(*v);
+        }
+    }
+    by.into_iter().map(|(c, v)| Named { name: c.to_string(), estimate: safetune_metrics::asr_of(&v, seed).0 }).collect()
 }
 
 fn greedy(max_new_tokens: usize, batch_size: usize) -> GenerationParams {
@@ -222,7 +301,12 @@ fn judged_answers(
         .iter()
         .zip(resp)
         .zip(&judgements)
-        .map(|((e, r), j)| GenRecord { id: format!("{}{id_suffix}", e.id), response: r, verdict: verdict_name(j.verdict).into() })
+        .map(|((e, r), j)| GenRecord {
+            id: format!("{}{id_suffix}", e.id),
+            response: r,
+            verdict: verdict_name(j.verdict).into(),
+            category: e.meta.get("category").filter(|_| e.kind == safetune_core::ExampleKind::Harmful).cloned(),
+        })
         .collect();
     Ok((recs, judgements))
 }

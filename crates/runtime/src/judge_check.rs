@@ -23,11 +23,15 @@ pub struct CheckRow {
     pub counts: [usize; 4],
 }
 
-fn rows_for(judge: &str, answers: &[LabelledAnswer], decide: impl Fn(&LabelledAnswer) -> Result<Option<bool>>) -> Result<Vec<CheckRow>> {
+fn rows_for(
+    judge: &str,
+    answers: &[LabelledAnswer],
+    decide: impl Fn(usize, &LabelledAnswer) -> Result<Option<bool>>,
+) -> Result<Vec<CheckRow>> {
     let mut by_source: BTreeMap<String, Agreement> = BTreeMap::new();
     let mut all = Agreement::default();
-    for a in answers {
-        let Some(refused) = decide(a)? else { continue };
+    for (i, a) in answers.iter().enumerate() {
+        let Some(refused) = decide(i, a)? else { continue };
         by_source.entry(a.source.clone()).or_default().add(refused, a.human.is_refusal());
         all.add(refused, a.human.is_refusal());
     }
@@ -56,8 +60,12 @@ pub fn check(data_dir: &std::path::Path, judges: &[String], options: &serde_json
     };
     let mut rows = Vec::new();
     for name in &names {
+        if name == "minilm" {
+            rows.extend(minilm_rows(&answers)?);
+            continue;
+        }
         let judge = (registry::judge(name).map_err(|e| anyhow!("--judge: {e}"))?.build)(options)?;
-        rows.extend(rows_for(name, &answers, |a| {
+        rows.extend(rows_for(name, &answers, |_, a| {
             Ok(match judge.judge(&a.prompt, &a.answer)? {
                 Verdict::Refusal => Some(true),
                 Verdict::Compliance => Some(false),
@@ -66,7 +74,57 @@ pub fn check(data_dir: &std::path::Path, judges: &[String], options: &serde_json
             })
         })?);
     }
-    rows.extend(rows_for("gpt4-labels (in the file)", &answers, |a| Ok(a.gpt4.map(|l| l.is_refusal())))?);
+    rows.extend(rows_for("gpt4-labels (in the file)", &answers, |_, a| Ok(a.gpt4.map(|l| l.is_refusal())))?);
+    Ok(rows)
+}
+
+/// The `minilm` judge checked honestly: for each source model, a classifier
+/// fitted on the other models' answers (its penalty chosen among those
+/// models alone) judges this model's answers — leave one model out — with
+/// and without the keyword feature. Then the classifier with the keyword
+/// feature is fitted on every answer and stored where the judge finds it.
+fn minilm_rows(answers: &[LabelledAnswer]) -> Result<Vec<CheckRow>> {
+    use safetune_judge_embed as embed;
+    let encoder = crate::fetch::fetch("all-minilm-l6-v2", false)?;
+    let texts: Vec<String> = answers.iter().map(|a| a.answer.clone()).collect();
+    let started = std::time::Instant::now();
+    let with_kw = embed::answer_features(&embed::Embedder::load(&encoder)?, &texts, true)?;
+    eprintln!("[judge-check] embedded {} answers in {:.1} s", texts.len(), started.elapsed().as_secs_f64());
+    let human: Vec<bool> = answers.iter().map(|a| a.human.is_refusal()).collect();
+    let groups: Vec<String> = answers.iter().map(|a| a.source.clone()).collect();
+    let mut sources = groups.clone();
+    sources.sort();
+    sources.dedup();
+    let mut rows = Vec::new();
+    for (name, keyword) in [("minilm, embeddings only (held-out model)", false), ("minilm (held-out model)", true)] {
+        let feats: Vec<Vec<f64>> = with_kw.iter().map(|f| if keyword { f.clone() } else { f[..f.len() - 1].to_vec() }).collect();
+        let mut pred = vec![false; answers.len()];
+        for s in &sources {
+            let (train, test): (Vec<usize>, Vec<usize>) = (0..answers.len()).partition(|&i| &groups[i] != s);
+            let pick = |v: &[usize]| -> (Vec<Vec<f64>>, Vec<bool>, Vec<String>) {
+                (
+                    v.iter().map(|&i| feats[i].clone()).collect(),
+                    v.iter().map(|&i| human[i]).collect(),
+                    v.iter().map(|&i| groups[i].clone()).collect(),
+                )
+            };
+            let (x, y, g) = pick(&train);
+            let clf = embed::fit(&x, &y, &g, keyword, String::new())?;
+            eprintln!("[judge-check] {name}: answers of {s} judged by a classifier fitted on the others (l2 {})", clf.l2);
+            for i in test {
+                pred[i] = !texts[i].trim().is_empty() && clf.model.prob(&feats[i]) > 0.5;
+            }
+        }
+        rows.extend(rows_for(name, answers, |i, _| Ok(Some(pred[i])))?);
+    }
+    let fitted_on = format!("XSTest v2 completions ({}; {} answers, human final_label)", sources.join(", "), answers.len());
+    let clf = embed::fit(&with_kw, &human, &groups, true, fitted_on)?;
+    let path = embed::default_classifier_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::hashing::write_atomic(&path, serde_json::to_string(&clf)?.as_bytes())?;
+    eprintln!("[judge-check] minilm classifier fitted on all {} answers (l2 {}): {}", answers.len(), clf.l2, path.display());
     Ok(rows)
 }
 

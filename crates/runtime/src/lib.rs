@@ -12,6 +12,7 @@ pub mod hashing;
 pub mod jobs;
 pub mod judge_check;
 pub mod lock;
+pub mod mmlu;
 pub mod pipeline;
 pub mod rejudge;
 pub mod report;

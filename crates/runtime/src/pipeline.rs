@@ -192,6 +192,7 @@ pub(crate) struct PoolHashes {
     over_refusal: String,
     task_train: String,
     harmful: String,
+    mmlu: Option<String>,
 }
 
 /// A cached aligned model: its content key and adapter directory.
@@ -202,7 +203,7 @@ struct Aligned {
 
 impl Run<'_> {
     fn eval_inputs<'b>(
-        &self,
+        &'b self,
         sets: &'b [(String, Vec<Example>)],
         over: &'b [(String, Vec<Example>)],
         task: &'b [Example],
@@ -213,6 +214,7 @@ impl Run<'_> {
             task_name: self.pools.task.clone(),
             task,
             utility: self.pools.utility.clone(),
+            mmlu: self.pools.mmlu.as_ref(),
         }
     }
 
@@ -261,6 +263,7 @@ impl Run<'_> {
             over_refusal: sha256_json(&p.over_refusal)?,
             task_train: sha256_json(&p.task_train)?,
             harmful: sha256_json(&p.harmful_pairs)?,
+            mmlu: p.mmlu.as_ref().map(sha256_json).transpose()?,
         };
         Ok(self.pool_hashes.get_or_init(|| h))
     }
@@ -269,12 +272,17 @@ impl Run<'_> {
     fn eval_key(&self) -> Result<serde_json::Value> {
         let spec = self.spec;
         let h = self.pool_hashes()?;
-        Ok(serde_json::json!({
+        let mut key = serde_json::json!({
             "eval": spec.eval, "seed": spec.seed, "template": spec.data.template,
             "safety": h.safety, "task": h.task_test,
             "over_refusal": h.over_refusal,
             "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"), "judge": self.judge.fingerprint(),
-        }))
+        });
+        // Only runs that ask for MMLU carry it (keys of other runs stay as they were).
+        if let Some(m) = &h.mmlu {
+            key["mmlu"] = serde_json::json!(m);
+        }
+        Ok(key)
     }
 
     /// The files a cell writes, relative to the run directory.

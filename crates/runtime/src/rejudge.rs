@@ -51,8 +51,9 @@ fn verdicts(judgements: &[Judgement]) -> Vec<Verdict> {
 fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u64) -> Result<Vec<(String, f64, f64)>> {
     let mut changes = Vec::new();
     for s in &mut eval.safety {
-        let (_, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
+        let (recs, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
         let (asr, empty) = safetune_metrics::asr_of(&verdicts(&judgements), seed);
+        s.by_category = crate::evaluate::per_category(&recs, &verdicts(&judgements), seed);
         s.harmful_score = safetune_metrics::harm_of(&judgements, seed);
         changes.push((s.set.clone(), s.asr.value, asr.value));
         s.asr = asr;

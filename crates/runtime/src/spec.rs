@@ -88,6 +88,10 @@ pub struct DataSpec {
     pub over_refusal: Vec<String>,
     /// Benign instructions for alignment: `alpaca` or `dolly`.
     pub benign: String,
+    /// Utility benchmarks besides the task: `mmlu` (accuracy by log-likelihood,
+    /// `eval.mmlu_questions` questions, `eval.mmlu_shots`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub utility_evals: Vec<String>,
     pub source: DataSourceKind,
     pub template: TemplateChoice,
     /// User datasets: a file and a field mapping each; paths are relative to the spec file.
@@ -104,6 +108,7 @@ impl Default for DataSpec {
             safety_evals: d.safety_evals,
             over_refusal: d.over_refusal,
             benign: d.benign,
+            utility_evals: d.utility_evals,
             source: DataSourceKind::Dir,
             template: TemplateChoice::Model,
             custom: BTreeMap::new(),
@@ -119,6 +124,7 @@ impl DataSpec {
             safety_evals: self.safety_evals.clone(),
             over_refusal: self.over_refusal.clone(),
             benign: self.benign.clone(),
+            utility_evals: self.utility_evals.clone(),
         }
     }
 }
@@ -183,6 +189,21 @@ pub struct EvalSpec {
     /// Temperature of those samples (nucleus `sample_top_p`), seeded from the run's seed.
     pub sample_temperature: f64,
     pub sample_top_p: f64,
+    /// MMLU questions asked (spread over the 57 subjects; 0: all 14,042), when
+    /// `data.utility_evals` names `mmlu`.
+    #[serde(skip_serializing_if = "is_default_mmlu_questions")]
+    pub mmlu_questions: usize,
+    /// Few-shot settings MMLU is scored at (solved dev questions of the same subject first).
+    #[serde(skip_serializing_if = "is_default_mmlu_shots")]
+    pub mmlu_shots: Vec<usize>,
+}
+
+const MMLU_QUESTIONS: usize = 570;
+fn is_default_mmlu_questions(n: &usize) -> bool {
+    *n == MMLU_QUESTIONS
+}
+fn is_default_mmlu_shots(v: &[usize]) -> bool {
+    v == [0, 5]
 }
 
 impl Default for EvalSpec {
@@ -198,6 +219,8 @@ impl Default for EvalSpec {
             samples: 0,
             sample_temperature: 0.7,
             sample_top_p: 1.0,
+            mmlu_questions: MMLU_QUESTIONS,
+            mmlu_shots: vec![0, 5],
         }
     }
 }
@@ -312,6 +335,9 @@ impl RunSpec {
             if !self.finetune.defenses.iter().flatten().any(|d| d == name) {
                 bail!("defense_options.{name}: `{name}` is in no stack of finetune.defenses");
             }
+        }
+        if let Some(k) = self.eval.mmlu_shots.iter().find(|&&k| k > 5) {
+            bail!("eval.mmlu_shots: {k} shots, but MMLU's dev split has 5 questions per subject");
         }
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size: must be at least 1");

@@ -109,5 +109,9 @@ fn api_key_and_the_remote_judge_end_to_end() {
     let judge = build(serde_json::json!({ "base_url": open.url, "cache": false, "retries": 0 }));
     let err = judge.judge("a request", "an answer").unwrap_err().to_string();
     assert!(err.contains("malformed reply") && err.contains("#score:"), "{err}");
+    // A deadline shorter than the server's answer: retried, then one line saying so.
+    let judge = build(serde_json::json!({ "base_url": open.url, "cache": false, "retries": 1, "timeout_s": 0.001 }));
+    let err = judge.judge("a request", "an answer").unwrap_err().to_string();
+    assert!(err.contains("timed out") && err.contains("2 attempts"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

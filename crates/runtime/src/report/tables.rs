@@ -32,7 +32,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
     }
     head.extend(first.eval.over_refusal.iter().map(|s| format!("over-refusal {} %", s.set)));
     head.push(format!("{} {} %", first.eval.task.task, metric_name(&first.eval.task.metric)));
+    head.extend(first.eval.task.also.iter().map(|a| format!("{} {} %", first.eval.task.task, a.name)));
     head.push("unparseable".into());
+    head.extend(first.eval.mmlu.iter().map(|m| format!("MMLU {}-shot %", m.shots)));
     let retention_sets: Vec<String> =
         rows.iter().find(|r| !r.retention.is_empty()).map(|r| r.retention.iter().map(|(s, _)| s.clone()).collect()).unwrap_or_default();
     head.extend(retention_sets.iter().map(|s| format!("refusals kept {s} %")));
@@ -48,11 +50,49 @@ pub fn markdown_table(rows: &[Row]) -> String {
         }
         cols.extend(r.eval.over_refusal.iter().map(|s| pct(&s.refusal_rate)));
         cols.push(pct(&r.eval.task.score));
+        for a in &first.eval.task.also {
+            cols.push(r.eval.task.also.iter().find(|b| b.name == a.name).map(|b| pct(&b.estimate)).unwrap_or_else(|| "-".into()));
+        }
         cols.push(r.eval.task.unparseable.to_string());
+        for m in &first.eval.mmlu {
+            cols.push(r.eval.mmlu.iter().find(|x| x.shots == m.shots).map(|x| pct(&x.accuracy)).unwrap_or_else(|| "-".into()));
+        }
         for set in &retention_sets {
             cols.push(r.retention.iter().find(|(s, _)| s == set).map(|(_, e)| pct(e)).unwrap_or_else(|| "-".into()));
         }
         out.push_str(&format!("| {} |\n", cols.join(" | ")));
+    }
+    out.push_str(&category_table(rows));
+    out
+}
+
+/// ASR per harm category (sets whose prompts carry one), one column per model.
+fn category_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let Some(first) = rows.first() else { return out };
+    for s in first.eval.safety.iter().filter(|s| !s.by_category.is_empty()) {
+        let names: Vec<String> = rows.iter().map(|r| format!("{} {} {}", r.model, r.method, r.regime).trim().to_string()).collect();
+        out.push_str(&format!(
+            "\nASR % per category of {}:\n\n| category | {} |\n|---|{}|\n",
+            s.set,
+            names.join(" | "),
+            vec!["---"; names.len()].join("|")
+        ));
+        for c in &s.by_category {
+            let cols: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    r.eval
+                        .safety
+                        .iter()
+                        .find(|x| x.set == s.set)
+                        .and_then(|x| x.by_category.iter().find(|y| y.name == c.name))
+                        .map(|y| format!("{:.0} (n={})", 100.0 * y.estimate.value, y.estimate.n))
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect();
+            out.push_str(&format!("| {} | {} |\n", c.name, cols.join(" | ")));
+        }
     }
     out
 }
@@ -91,7 +131,37 @@ pub fn csv_table(rows: &[Row]) -> String {
         for (set, e) in &r.retention {
             out.push_str(&format!("{lead},refusal-retention,{},{},{},{},{},\n", csv_field(set), e.value, e.ci_low, e.ci_high, e.n));
         }
+        for s in &r.eval.safety {
+            for c in &s.by_category {
+                let e = &c.estimate;
+                out.push_str(&format!(
+                    "{lead},asr,{}/{},{},{},{},{},\n",
+                    csv_field(&s.set),
+                    csv_field(&c.name),
+                    e.value,
+                    e.ci_low,
+                    e.ci_high,
+                    e.n
+                ));
+            }
+        }
+        for m in &r.eval.mmlu {
+            let e = &m.accuracy;
+            out.push_str(&format!("{lead},mmlu-{}shot,mmlu,{},{},{},{},0\n", m.shots, e.value, e.ci_low, e.ci_high, e.n));
+        }
         let t = &r.eval.task;
+        for a in &t.also {
+            let e = &a.estimate;
+            out.push_str(&format!(
+                "{lead},{},{},{},{},{},{},\n",
+                csv_field(&a.name),
+                csv_field(&t.task),
+                e.value,
+                e.ci_low,
+                e.ci_high,
+                e.n
+            ));
+        }
         let e = &t.score;
         out.push_str(&format!(
             "{lead},{},{},{},{},{},{},{}\n",

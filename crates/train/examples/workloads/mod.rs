@@ -1,0 +1,94 @@
+//! The timed workloads shared by `examples/perf.rs` (`cargo xtask perf`) and
+//! `benches/workloads.rs` (criterion).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use safetune_core::config::{LoraConfig, TrainConfig};
+use safetune_core::training::PlainSft;
+use safetune_core::{CausalLm, Example, ExampleKind, GenerationParams, Result};
+use safetune_model::Llama;
+use safetune_train::{train, StageData};
+
+/// The SmolLM2 GGUF from `SAFETUNE_SMOLLM2_GGUF` or the model cache.
+pub fn smollm2() -> Option<PathBuf> {
+    let p = std::env::var_os("SAFETUNE_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| safetune_core::cache_dir().join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.exists() {
+        return Some(p);
+    }
+    eprintln!("skipped: {} not present (safetune model fetch smollm2-135m-instruct)", p.display());
+    None
+}
+
+/// Peak resident set since the last reset, in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Starts a new peak-RSS measurement (Linux: `5` to /proc/self/clear_refs).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The model ready for a workload: `lora-qv`, `lora-all` (adapters r8
+/// attached), `full` (every weight trainable) or `inference`.
+pub fn prepared(path: &Path, kind: &str) -> Result<Llama> {
+    let mut m = safetune_model::load_model(path, &candle_core::Device::Cpu)?;
+    match kind {
+        "lora-qv" | "lora-all" => {
+            let targets = if kind == "lora-qv" { vec!["q_proj".into(), "v_proj".into()] } else { vec!["all-linear".into()] };
+            safetune_lora::attach_lora(&mut m, &LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, targets }, 0)?;
+        }
+        "full" => {
+            m.unfreeze_all()?;
+        }
+        _ => {}
+    }
+    Ok(m)
+}
+
+/// Seconds per training step over `steps` steps (after the first call's
+/// warm-up, which callers do themselves by calling once).
+pub fn train_steps(m: &mut Llama, batch: usize, tokens: usize, steps: usize) -> Result<f64> {
+    // "word " is one token; prompt and answer split the length.
+    let half = "word ".repeat(tokens / 2 - 8);
+    let examples: Vec<Example> =
+        (0..batch * steps).map(|i| Example::new(format!("x{i}"), ExampleKind::Task, half.clone(), half.clone())).collect();
+    let cfg = TrainConfig { batch_size: batch, max_len: tokens + 16, epochs: 1, max_steps: steps, ..Default::default() };
+    let mut d = StageData::default();
+    d.streams.insert("task".into(), examples);
+    let r = train(m, &d, &mut PlainSft, &cfg, None, "timed", true)?;
+    Ok(r.seconds / r.steps as f64)
+}
+
+/// Generates `new` tokens for `batch` copies of one prompt (sampling at a
+/// fixed seed); returns the number of tokens generated.
+pub fn decode(m: &Llama, batch: usize, new: usize) -> Result<usize> {
+    let tok = m.tokenizer();
+    let prompt = tok.encode(&m.info().format.prompt(None, "Write a short story about a lighthouse keeper."))?;
+    let prompts = vec![prompt; batch];
+    let params = GenerationParams { max_new_tokens: new, temperature: 1.0, top_p: 1.0, seed: 1, batch_size: batch };
+    Ok(m.generate(&prompts, &params)?.iter().map(|o| o.len()).sum())
+}
+
+/// One forward pass over a `tokens`-token prompt (and one generated token).
+pub fn prefill(m: &Llama, tokens: usize) -> Result<usize> {
+    let ids: Vec<u32> = m.tokenizer().encode(&"word ".repeat(tokens))?.into_iter().take(tokens).collect();
+    let params = GenerationParams { max_new_tokens: 1, temperature: 0.0, top_p: 1.0, seed: 0, batch_size: 1 };
+    m.generate(std::slice::from_ref(&ids), &params)?;
+    Ok(ids.len())
+}
+
+/// Tokens per second of a closure returning a token count.
+pub fn rate(f: impl FnOnce() -> Result<usize>) -> Result<f64> {
+    let t = Instant::now();
+    let n = f()?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
