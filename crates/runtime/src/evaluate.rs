@@ -114,7 +114,11 @@ pub fn answers_with(model: &dyn CausalLm, examples: &[Example], params: &Generat
     model.generate(&prompts, params)?.iter().map(|ids| tok.decode(ids).map(|s| s.trim().to_string())).collect()
 }
 
-/// Scores a model on the safety sets and the task; returns the scores and every answer per set.
+/// Seconds each metric took (generation and judging), in evaluation order.
+pub type MetricTimes = Vec<(String, f64)>;
+
+/// Scores a model on the safety sets and the task; returns the scores, every
+/// answer per set, and the time each metric took.
 pub fn evaluate(
     model: &dyn CausalLm,
     inputs: &EvalInputs,
@@ -123,9 +127,10 @@ pub fn evaluate(
     seed: u64,
     label: &str,
     quiet: bool,
-) -> Result<(ModelEval, Generations)> {
+) -> Result<(ModelEval, Generations, MetricTimes)> {
     let mut safety = Vec::new();
     let mut records = Vec::new();
+    let mut times: MetricTimes = Vec::new();
     for (name, set) in &inputs.safety {
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
@@ -133,6 +138,7 @@ pub fn evaluate(
         let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
         let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
         let harmful_score = safetune_metrics::harm_of(&judgements, seed);
+        times.push((format!("{name}: ASR"), t.elapsed().as_secs_f64()));
         if !quiet {
             eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64());
         }
@@ -158,6 +164,7 @@ pub fn evaluate(
                 sample_recs.extend(recs);
             }
             let (at_k, consistency) = safetune_metrics::sampled_safety(&per_prompt, seed);
+            times.push((format!("{name}: ASR@{0} and refusal consistency ({0} samples)", spec.samples), t.elapsed().as_secs_f64()));
             if !quiet {
                 eprintln!(
                     "[eval {label}] {name}: ASR@{} {:.1}%, refused in all samples {:.1}% ({:.0}s)",
@@ -179,6 +186,7 @@ pub fn evaluate(
         let (recs, judgements) = judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "")?;
         let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
         let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
+        times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
         if !quiet {
             eprintln!(
                 "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
@@ -216,6 +224,7 @@ pub fn evaluate(
         recs.push(GenRecord { id: e.id.clone(), response: r, verdict, category: None });
     }
     let score = mean_estimate(&scores, seed);
+    times.push((format!("{}: {}", inputs.task_name, crate::report::metric_name(&inputs.utility)), t.elapsed().as_secs_f64()));
     let also: Vec<Named> = secondary
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
@@ -240,6 +249,7 @@ pub fn evaluate(
         for &shots in &spec.mmlu_shots {
             let t = Instant::now();
             let (r, recs) = crate::mmlu::accuracy(model, &mc.dev, &questions, shots, seed)?;
+            times.push((format!("mmlu {shots}-shot"), t.elapsed().as_secs_f64()));
             say(
                 quiet,
                 format!(
@@ -261,7 +271,13 @@ pub fn evaluate(
             mmlu,
         },
         records,
+        times,
     ))
+}
+
+/// Metric times as a JSON object (seconds), for timings files and the manifest.
+pub fn times_json(times: &MetricTimes) -> serde_json::Value {
+    serde_json::Value::Object(times.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect())
 }
 
 fn say(quiet: bool, msg: String) {

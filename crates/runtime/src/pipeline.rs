@@ -244,10 +244,12 @@ impl Run<'_> {
         let t = crate::resources::StageMeter::start();
         let m = model()?;
         let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.over_refusal, &self.pools.task_test);
-        let (e, recs) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
+        let (e, recs, times) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
         write_generations(&gen_dir, &recs)?;
         write_json(&file, &e)?;
-        self.timings.insert(format!("eval_{label}"), t.report());
+        let mut report = t.report();
+        report["metrics_s"] = crate::evaluate::times_json(&times);
+        self.timings.insert(format!("eval_{label}"), report);
         cache.publish(&key, &self.run_dir, &rels)?;
         Ok(e)
     }
@@ -446,12 +448,13 @@ impl Run<'_> {
         let task_test = with_system(&self.pools.task_test);
         let inputs = self.eval_inputs(&sets, &over, &task_test);
         let eval_meter = crate::resources::StageMeter::start();
-        let (eval, recs) = evaluate(&model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
+        let (eval, recs, times) = evaluate(&model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
         write_generations(&self.run_dir.join("generations").join(&cell), &recs)?;
         write_json(
             &self.run_dir.join("timings").join(format!("{cell}.json")),
             &serde_json::json!({
-                "train": train_stage, "eval": eval_meter.report(), "total_s": t.elapsed().as_secs_f64(),
+                "train": train_stage, "eval": eval_meter.report(), "eval_metrics_s": crate::evaluate::times_json(&times),
+                "total_s": t.elapsed().as_secs_f64(),
                 "tokens": report.tokens, "steps": report.steps,
             }),
         )?;

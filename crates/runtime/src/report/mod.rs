@@ -18,6 +18,7 @@ use crate::evaluate::{GenRecord, ModelEval};
 use crate::hashing::write_atomic;
 use crate::pipeline::CellResult;
 
+pub(crate) use tables::metric_name;
 pub use tables::{csv_table, latex_table, markdown_table};
 
 /// One evaluated model: the base, an aligned model or a fine-tuned cell.
