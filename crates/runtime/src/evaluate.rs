@@ -7,6 +7,7 @@ use safetune_core::{CausalLm, Example, GenerationParams, Result};
 use safetune_metrics::{mean_estimate, utility};
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::say;
 use crate::spec::EvalSpec;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,14 +212,10 @@ pub fn evaluate(
         unparseable += usize::from(!s.parsed);
         scores.push(s.score);
         for (name, v) in utility::secondary_scores(&inputs.utility, &r, reference, e.meta.get("schema").map(String::as_str)) {
-            let slot = match secondary.iter().position(|(n, _)| *n == name) {
-                Some(i) => i,
-                None => {
-                    secondary.push((name, Vec::new()));
-                    secondary.len() - 1
-                }
-            };
-            secondary[slot].1.extend(v);
+            match secondary.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, values)) => values.extend(v),
+                None => secondary.push((name, v.into_iter().collect())),
+            }
         }
         let verdict = if !s.parsed { "unparseable".to_string() } else { format!("{:.4}", s.score) };
         recs.push(GenRecord { id: e.id.clone(), response: r, verdict, category: None });
@@ -278,12 +275,6 @@ pub fn evaluate(
 /// Metric times as a JSON object (seconds), for timings files and the manifest.
 pub fn times_json(times: &MetricTimes) -> serde_json::Value {
     serde_json::Value::Object(times.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect())
-}
-
-fn say(quiet: bool, msg: String) {
-    if !quiet {
-        eprintln!("{msg}");
-    }
 }
 
 /// ASR per harm category, when the set's prompts carry one.

@@ -121,7 +121,7 @@ fn git_revision() -> String {
     }
 }
 
-fn say(quiet: bool, msg: impl AsRef<str>) {
+pub(crate) fn say(quiet: bool, msg: impl AsRef<str>) {
     if !quiet {
         eprintln!("{}", msg.as_ref());
     }

@@ -111,68 +111,41 @@ pub fn csv_table(rows: &[Row]) -> String {
     for r in rows {
         let p = r.poison_ratio.map(|p| p.to_string()).unwrap_or_default();
         let lead = [csv_field(&r.model), csv_field(&r.method), csv_field(&r.regime), p].join(",");
+        // `set` comes already as a CSV field; `unparseable` is empty where it does not apply.
+        let mut line = |metric: &str, set: &str, e: &Estimate, unparseable: &str| {
+            out.push_str(&format!("{lead},{},{set},{},{},{},{},{unparseable}\n", csv_field(metric), e.value, e.ci_low, e.ci_high, e.n));
+        };
         for s in &r.eval.safety {
-            let e = &s.asr;
-            out.push_str(&format!("{lead},asr,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+            line("asr", &csv_field(&s.set), &s.asr, "");
         }
         for s in &r.eval.safety {
             for (metric, e) in
                 [("harmful-score", &s.harmful_score), ("asr@k", &s.asr_at_k), ("refusal-consistency", &s.refusal_consistency)]
             {
                 if let Some(e) = e {
-                    out.push_str(&format!("{lead},{metric},{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+                    line(metric, &csv_field(&s.set), e, "");
                 }
             }
         }
         for s in &r.eval.over_refusal {
-            let e = &s.refusal_rate;
-            out.push_str(&format!("{lead},over-refusal,{},{},{},{},{},\n", csv_field(&s.set), e.value, e.ci_low, e.ci_high, e.n));
+            line("over-refusal", &csv_field(&s.set), &s.refusal_rate, "");
         }
         for (set, e) in &r.retention {
-            out.push_str(&format!("{lead},refusal-retention,{},{},{},{},{},\n", csv_field(set), e.value, e.ci_low, e.ci_high, e.n));
+            line("refusal-retention", &csv_field(set), e, "");
         }
         for s in &r.eval.safety {
             for c in &s.by_category {
-                let e = &c.estimate;
-                out.push_str(&format!(
-                    "{lead},asr,{}/{},{},{},{},{},\n",
-                    csv_field(&s.set),
-                    csv_field(&c.name),
-                    e.value,
-                    e.ci_low,
-                    e.ci_high,
-                    e.n
-                ));
+                line("asr", &format!("{}/{}", csv_field(&s.set), csv_field(&c.name)), &c.estimate, "");
             }
         }
         for m in &r.eval.mmlu {
-            let e = &m.accuracy;
-            out.push_str(&format!("{lead},mmlu-{}shot,mmlu,{},{},{},{},0\n", m.shots, e.value, e.ci_low, e.ci_high, e.n));
+            line(&format!("mmlu-{}shot", m.shots), "mmlu", &m.accuracy, "0");
         }
         let t = &r.eval.task;
         for a in &t.also {
-            let e = &a.estimate;
-            out.push_str(&format!(
-                "{lead},{},{},{},{},{},{},\n",
-                csv_field(&a.name),
-                csv_field(&t.task),
-                e.value,
-                e.ci_low,
-                e.ci_high,
-                e.n
-            ));
+            line(&a.name, &csv_field(&t.task), &a.estimate, "");
         }
-        let e = &t.score;
-        out.push_str(&format!(
-            "{lead},{},{},{},{},{},{},{}\n",
-            csv_field(metric_name(&t.metric)),
-            csv_field(&t.task),
-            e.value,
-            e.ci_low,
-            e.ci_high,
-            e.n,
-            t.unparseable
-        ));
+        line(metric_name(&t.metric), &csv_field(&t.task), &t.score, &t.unparseable.to_string());
     }
     out
 }
