@@ -185,4 +185,30 @@ mod tests {
         assert!(csv_table(&rows).contains(",refusal-retention,harm,"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn category_names_with_commas_stay_one_csv_field() {
+        let est = r#"{"value":0.5,"n":2,"ci_low":0.0,"ci_high":1.0}"#;
+        let eval: crate::evaluate::ModelEval = serde_json::from_str(&format!(
+            r#"{{"safety":[{{"set":"bt","asr":{est},"empty":0,"by_category":[{{"name":"politics,controversial","estimate":{est}}}]}}],
+               "task":{{"task":"t","metric":"exact","score":{est},"unparseable":0}}}}"#
+        ))
+        .unwrap();
+        let row = super::Row { model: "m".into(), method: "-".into(), regime: "-".into(), poison_ratio: None, eval, retention: Vec::new() };
+        let csv = csv_table(&[row]);
+        assert!(csv.contains(r#",asr,"bt/politics,controversial",0.5,"#), "{csv}");
+        for line in csv.lines() {
+            // 11 columns: a quoted field's comma does not count.
+            let mut fields = 1;
+            let mut quoted = false;
+            for ch in line.chars() {
+                match ch {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => fields += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(fields, 11, "{line}");
+        }
+    }
 }

@@ -135,7 +135,7 @@ pub fn csv_table(rows: &[Row]) -> String {
         }
         for s in &r.eval.safety {
             for c in &s.by_category {
-                line("asr", &format!("{}/{}", csv_field(&s.set), csv_field(&c.name)), &c.estimate, "");
+                line("asr", &csv_field(&format!("{}/{}", s.set, c.name)), &c.estimate, "");
             }
         }
         for m in &r.eval.mmlu {
