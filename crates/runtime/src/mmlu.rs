@@ -81,9 +81,9 @@ pub fn select(test: &[Example], n: usize) -> Vec<&Example> {
 /// The token id of ` A` … ` D` (the last token of each encoding).
 fn letter_ids(model: &dyn CausalLm) -> Result<[u32; 4]> {
     let mut ids = [0u32; 4];
+    let base = model.tokenizer().encode("Answer:")?;
     for (i, l) in LETTERS.iter().enumerate() {
         let enc = model.tokenizer().encode(&format!("Answer: {l}"))?;
-        let base = model.tokenizer().encode("Answer:")?;
         if enc.len() != base.len() + 1 || enc[..base.len()] != base[..] {
             bail!("the tokenizer does not give ` {l}` one token after `Answer:`");
         }
