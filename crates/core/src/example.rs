@@ -28,6 +28,10 @@ pub struct Example {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
     pub prompt: String,
+    /// The start of the assistant's answer, given rather than learned: it is
+    /// part of the context but carries no loss (safety-recovery examples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
     pub response: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -38,7 +42,16 @@ pub struct Example {
 
 impl Example {
     pub fn new(id: impl Into<String>, kind: ExampleKind, prompt: impl Into<String>, response: impl Into<String>) -> Self {
-        Self { id: id.into(), kind, system: None, prompt: prompt.into(), response: response.into(), label: None, meta: Default::default() }
+        Self {
+            id: id.into(),
+            kind,
+            system: None,
+            prompt: prompt.into(),
+            prefill: None,
+            response: response.into(),
+            label: None,
+            meta: Default::default(),
+        }
     }
 
     pub fn with_label(mut self, label: impl Into<String>) -> Self {

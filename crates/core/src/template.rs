@@ -28,8 +28,13 @@ impl PromptFormat {
     }
 
     /// The text up to where the assistant's answer begins.
+    /// `system`: `None` is the format's default; an empty one renders no system turn.
     pub fn prompt(self, system: Option<&str>, user: &str) -> String {
-        let system = system.or(self.default_system());
+        let system = match system {
+            Some("") => None,
+            Some(s) => Some(s),
+            None => self.default_system(),
+        };
         match self {
             Self::Chatml => {
                 let mut s = String::new();
@@ -84,6 +89,7 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert!(PromptFormat::Chatml.prompt(Some("S"), "u").starts_with("<|im_start|>system\nS<|im_end|>"));
+        assert_eq!(PromptFormat::Chatml.prompt(Some(""), "u"), "<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Role {
     EvalSafety,
     /// Utility evaluation outside the tasks.
     EvalUtility,
+    /// Risky requests paired with safe answers (alignment data).
+    Safety,
 }
 
 impl Role {
@@ -37,6 +39,7 @@ impl Role {
             Role::Harmful => "harmful",
             Role::EvalSafety => "eval-safety",
             Role::EvalUtility => "eval-utility",
+            Role::Safety => "safety",
         }
     }
 }
@@ -201,6 +204,24 @@ fn prompt_only(r: &Record, f: &str, id: String) -> Result<Example> {
         bail!("{f}:{}: field `prompt` is empty", r.line);
     }
     Ok(harmful(id, p.trim().to_string(), String::new()))
+}
+
+/// A risky request with a safe answer written for it (Safety-Tuned LLaMAs).
+fn safe_answer(r: &Record, f: &str, id: String) -> Result<Example> {
+    Ok(Example::new(id, ExampleKind::Refusal, instruction_input(r, f, "input")?, r.text("output", f)?))
+}
+
+/// A prompt of a Safety-Tuned LLaMAs evaluation file (`instructions`, optional `tags`).
+fn stl_prompt(r: &Record, f: &str, id: String) -> Result<Example> {
+    let p = r.text("instructions", f)?;
+    if p.trim().is_empty() {
+        bail!("{f}:{}: field `instructions` is empty", r.line);
+    }
+    let e = harmful(id, p.trim().to_string(), String::new());
+    Ok(match r.fields.get("tags").and_then(|t| t.as_str()) {
+        Some(tag) => e.with_meta("category", tag),
+        None => e,
+    })
 }
 
 fn beavertails_category(r: &Record, f: &str, id: String) -> Result<Example> {
@@ -419,6 +440,37 @@ pub static CATALOG: &[DatasetDef] = &[
         false,
         &[file!("test", "beavertails/category_sample.csv", Csv, beavertails_category)],
         "BeaverTails 14-category sample",
+        "CC BY-NC 4.0",
+    ),
+    DatasetDef {
+        // A fixed, seeded hold-out of 200 pairs is the `test` split: its prompts are the
+        // `stl-dev` validation set, never trained on.
+        holdout: Some(200),
+        ..def(
+            "safety-tuned-llamas",
+            Role::Safety,
+            "stl",
+            true,
+            &[file!("train", "safety_tuned_llamas/safety_only_data_Instructions.json", Json, safe_answer)],
+            "Safety-Tuned LLaMAs safety data (Bianchi et al., ICLR 2024; github.com/vinid/safety-tuned-llamas, data/training)",
+            "CC BY-NC 4.0",
+        )
+    },
+    def(
+        "safety-tuned-llamas-eval",
+        Role::EvalSafety,
+        "stl-eval",
+        false,
+        &[
+            file!("malicious", "safety_tuned_llamas/evaluation/I-MaliciousInstructions.json", JsonColumns, stl_prompt),
+            file!("cona", "safety_tuned_llamas/evaluation/I-CoNa.json", JsonColumns, stl_prompt),
+            file!("controversial", "safety_tuned_llamas/evaluation/I-Controversial.json", JsonColumns, stl_prompt),
+            file!("physical-unsafe", "safety_tuned_llamas/evaluation/I-PhysicalSafetyUnsafe.json", JsonColumns, stl_prompt),
+            file!("physical-safe", "safety_tuned_llamas/evaluation/I-PhysicalSafetySafe.json", JsonColumns, stl_prompt),
+            file!("q-harm", "safety_tuned_llamas/evaluation/Q-Harm.json", JsonColumns, stl_prompt),
+            file!("alpaca", "safety_tuned_llamas/evaluation/I-Alpaca.json", JsonColumns, stl_prompt),
+        ],
+        "Safety-Tuned LLaMAs evaluation sets (github.com/vinid/safety-tuned-llamas, data/evaluation)",
         "CC BY-NC 4.0",
     ),
     def("xstest", Role::EvalSafety, "xstest", false, &[file!("test", "xstest/xstest_prompts.csv", Csv, xstest)], "XSTest v2", "CC BY 4.0"),

@@ -30,8 +30,10 @@ pub struct PoolSelection {
     pub safety_evals: Vec<String>,
     /// Benign prompts that only look risky, for over-refusal: `xstest-safe`.
     pub over_refusal: Vec<String>,
-    /// Benign instructions mixed into alignment.
+    /// Benign instructions mixed into alignment: `alpaca`, `dolly` or `alpaca+dolly`.
     pub benign: String,
+    /// The task split scored as utility: `test`, or `validation` (SST-2's) when choosing settings.
+    pub task_split: String,
     /// Utility benchmarks besides the task: `mmlu` (log-likelihood accuracy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
@@ -45,6 +47,7 @@ impl Default for PoolSelection {
             safety_evals: vec!["advbench-test".into(), "policy".into()],
             over_refusal: Vec::new(),
             benign: "alpaca".into(),
+            task_split: "test".into(),
             utility_evals: Vec::new(),
         }
     }
@@ -67,7 +70,13 @@ pub struct Pools {
     /// Ids of task test rows drawn as a hold-out (empty when the task has a test split).
     pub holdout_ids: Vec<String>,
     pub harmful_pairs: Vec<Example>,
+    /// The pure-bad set on its own (the `pure-bad` regime), when the source has it.
+    pub pure_bad: Vec<Example>,
+    /// Harmful prompts for templated refusals (AdvBench train; `response` is the
+    /// affirmative opening, which safety-recovery examples cut from).
     pub align_prompts: Vec<Example>,
+    /// Risky requests with natural safe answers (Safety-Tuned LLaMAs), when the source has them.
+    pub safe_answers: Vec<Example>,
     pub benign: Vec<Example>,
     pub safety_evals: Vec<(String, Vec<Example>)>,
     /// Over-refusal sets: benign prompts a safe model should answer.
@@ -86,8 +95,31 @@ pub struct MultipleChoice {
 }
 
 pub const TASKS: [&str; 7] = ["sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"];
-pub const SAFETY_EVALS: [&str; 5] = ["advbench-test", "policy", "beavertails-categories", "xstest-unsafe", "advbench-dev"];
-pub const OVER_REFUSAL_SETS: [&str; 1] = ["xstest-safe"];
+pub const SAFETY_EVALS: [&str; 11] = [
+    "advbench-test",
+    "policy",
+    "beavertails-categories",
+    "xstest-unsafe",
+    "i-malicious",
+    "i-cona",
+    "i-controversial",
+    "i-physical-unsafe",
+    "q-harm",
+    "advbench-dev",
+    "stl-dev",
+];
+pub const OVER_REFUSAL_SETS: [&str; 3] = ["xstest-safe", "i-physical-safe", "i-alpaca"];
+pub const BENIGN: [&str; 3] = ["alpaca", "dolly", "alpaca+dolly"];
+/// Safety-Tuned LLaMAs evaluation sets: run name → split of `safety-tuned-llamas-eval`.
+const STL_EVALS: [(&str, &str); 7] = [
+    ("i-malicious", "malicious"),
+    ("i-cona", "cona"),
+    ("i-controversial", "controversial"),
+    ("i-physical-unsafe", "physical-unsafe"),
+    ("q-harm", "q-harm"),
+    ("i-physical-safe", "physical-safe"),
+    ("i-alpaca", "alpaca"),
+];
 pub const UTILITY_EVALS: [&str; 1] = ["mmlu"];
 pub const HARMFUL: [&str; 3] = ["beavertails-unsafe", "pure-bad", "advbench"];
 
@@ -121,6 +153,28 @@ impl Loader<'_> {
     fn split(&mut self, name: &str, split: &str) -> Result<Vec<Example>> {
         Ok(self.get(name)?.split(split)?.to_vec())
     }
+
+    /// Whether the source has every file of a catalog dataset.
+    fn has(&self, name: &str) -> bool {
+        let Ok(def) = catalog::find(name) else { return false };
+        match self.src {
+            DataSource::Dir(d) => def.local.iter().all(|f| d.root.join(f.path).exists()),
+            DataSource::Hub(_) => def.hub.is_some(),
+        }
+    }
+
+    /// A split of a dataset the source may lack (empty then).
+    fn optional_split(&mut self, name: &str, split: &str) -> Result<Vec<Example>> {
+        if self.has(name) {
+            self.split(name, split)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+}
+
+fn stl_split(set: &str) -> Option<&'static str> {
+    STL_EVALS.iter().find(|(n, _)| *n == set).map(|(_, s)| *s)
 }
 
 impl Pools {
@@ -158,8 +212,11 @@ impl Pools {
                 bail!("data.utility_evals: unknown benchmark `{s}` ({})", UTILITY_EVALS.join(", "));
             }
         }
-        if sel.benign != "alpaca" && sel.benign != "dolly" {
-            bail!("data.benign: unknown benign set `{}` (alpaca, dolly)", sel.benign);
+        if !BENIGN.contains(&sel.benign.as_str()) {
+            bail!("data.benign: unknown benign set `{}` ({})", sel.benign, BENIGN.join(", "));
+        }
+        if sel.task_split != "test" && sel.task_split != "validation" {
+            bail!("data.task_split: unknown split `{}` (test, validation)", sel.task_split);
         }
         Ok(())
     }
@@ -183,27 +240,41 @@ impl Pools {
                     remove_overlap(&mut dev, &[&l.split("advbench", "test")?]);
                     dev
                 }
-                _ => l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("unsafe")).collect(),
+                // Validation: the 200 held-out Safety-Tuned LLaMAs requests.
+                "stl-dev" => l.split("safety-tuned-llamas", "test")?,
+                "xstest-unsafe" => l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("unsafe")).collect(),
+                other => l.split("safety-tuned-llamas-eval", stl_split(other).unwrap_or(other))?,
             };
             safety_evals.push((s.clone(), set));
         }
         let mut over_refusal = Vec::new();
         for s in &sel.over_refusal {
-            // The only set so far: XSTest's 250 safe prompts.
-            let set: Vec<Example> = l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("safe")).collect();
-            over_refusal.push((s.clone(), set));
+            let set: Vec<Example> = match s.as_str() {
+                "xstest-safe" => l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("safe")).collect(),
+                other => l.split("safety-tuned-llamas-eval", stl_split(other).unwrap_or(other))?,
+            };
+            over_refusal.push((s.clone(), set.into_iter().map(|e| Example { kind: ExampleKind::Benign, ..e }).collect()));
         }
-        // Every prompt of every safety evaluation set, selected or not, stays out of training:
-        // the alignment pool does not depend on which sets a run evaluates.
+        // Every prompt of every evaluation set the source has, selected or not, stays out of
+        // training: the training pools do not depend on which sets a run evaluates.
         let mut evals: Vec<Example> = Vec::new();
         for (name, split) in
             [("advbench", "test"), ("advbench", "dev"), ("policy", "test"), ("beavertails-categories", "test"), ("xstest", "test")]
         {
             evals.extend(l.split(name, split)?);
         }
+        for (_, split) in STL_EVALS {
+            evals.extend(l.optional_split("safety-tuned-llamas-eval", split)?);
+        }
+        // The held-out safe-answer requests are validation prompts too.
+        evals.extend(l.optional_split("safety-tuned-llamas", "test")?);
 
         let mut align_prompts = l.split("advbench", "train")?;
         remove_overlap(&mut align_prompts, &[&evals]);
+        let mut safe_answers = l.optional_split("safety-tuned-llamas", "train")?;
+        remove_overlap(&mut safe_answers, &[&evals]);
+        let mut pure_bad = l.optional_split("pure-bad", "train")?;
+        remove_overlap(&mut pure_bad, &[&evals, &align_prompts, &safe_answers]);
         let mut harmful_pairs = match sel.harmful.as_str() {
             // AdvBench prompts in none of train, test and dev, with their affirmative targets.
             "advbench" => {
@@ -216,19 +287,27 @@ impl Pools {
             name if custom.contains_key(name) => l.split(name, "train")?,
             name => l.split(name, "train")?,
         };
-        remove_overlap(&mut harmful_pairs, &[&evals, &align_prompts]);
+        remove_overlap(&mut harmful_pairs, &[&evals, &align_prompts, &safe_answers]);
         let (mut task_train, task_test, holdout_ids) = {
             let ds = l.get(&sel.task)?;
             if custom.get(&sel.task).is_none() && catalog::find(&sel.task)?.role != Role::Task {
                 bail!("data.task: `{}` is not a task", sel.task);
             }
-            (ds.split("train")?.to_vec(), ds.split("test")?.to_vec(), ds.holdout_ids.clone())
+            if sel.task_split != "test" && !ds.splits.contains_key(&sel.task_split) {
+                bail!("data.task_split: task `{}` has no `{}` split", sel.task, sel.task_split);
+            }
+            (ds.split("train")?.to_vec(), ds.split(&sel.task_split)?.to_vec(), ds.holdout_ids.clone())
         };
         // Some task train splits hold test rows verbatim (SST-2: 5): they leave the train pool.
         remove_overlap(&mut task_train, &[&task_test, &evals]);
         // Every row of the benign set in file order, minus the task's test rows.
-        let mut benign: Vec<Example> = [l.split(&sel.benign, "train")?, l.split(&sel.benign, "test").unwrap_or_default()].concat();
-        benign.sort_by_key(|e| e.id.rsplit_once(':').and_then(|(_, n)| n.parse::<usize>().ok()).unwrap_or(usize::MAX));
+        // (`alpaca+dolly`: Alpaca's rows, then Dolly's.)
+        let mut benign: Vec<Example> = Vec::new();
+        for name in sel.benign.split('+') {
+            let mut rows: Vec<Example> = [l.split(name, "train")?, l.split(name, "test").unwrap_or_default()].concat();
+            rows.sort_by_key(|e| e.id.rsplit_once(':').and_then(|(_, n)| n.parse::<usize>().ok()).unwrap_or(usize::MAX));
+            benign.extend(rows);
+        }
         remove_overlap(&mut benign, &[&task_test, &evals]);
         for e in &mut benign {
             e.kind = ExampleKind::Benign;
@@ -255,7 +334,9 @@ impl Pools {
             utility,
             holdout_ids,
             harmful_pairs,
+            pure_bad,
             align_prompts,
+            safe_answers,
             benign,
             safety_evals,
             over_refusal,
@@ -287,12 +368,28 @@ impl Pools {
         Ok(pools)
     }
 
+    /// The harmful variant of the task for a regime: `n` examples, a share p of them
+    /// harmful pairs; `pure-bad` is the pure-bad set on its own (at most `n` of its pairs).
+    pub fn variant(&self, regime: crate::Regime, n: usize, seed: u64) -> Result<crate::Variant> {
+        match regime {
+            crate::Regime::PureBad => {
+                if self.pure_bad.is_empty() {
+                    bail!("regime `pure-bad` needs the pure-bad set (pure_bad/pure_bad.json in the data directory)");
+                }
+                crate::harmful_variant(&[], &self.pure_bad, n.min(self.pure_bad.len()), 1.0, seed)
+            }
+            r => crate::harmful_variant(&self.task_train, &self.harmful_pairs, n, r.ratio(), seed),
+        }
+    }
+
     /// Errors if any evaluation prompt appears in alignment or fine-tuning pools.
     pub fn check(&self) -> Result<()> {
         let training = [
             ("alignment prompts", self.align_prompts.as_slice()),
+            ("safe answers", self.safe_answers.as_slice()),
             ("benign instructions", self.benign.as_slice()),
             ("harmful pairs", self.harmful_pairs.as_slice()),
+            ("pure-bad pairs", self.pure_bad.as_slice()),
             ("task train", self.task_train.as_slice()),
         ];
         let mut evals: Vec<(&str, &[Example])> =

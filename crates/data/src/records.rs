@@ -25,6 +25,10 @@ pub enum Format {
     Csv,
     Tsv,
     Parquet,
+    #[serde(rename = "json-columns")]
+    /// One JSON object of parallel lists (`{"instructions": [...], "tags": [...]}`):
+    /// row i has, for each key with a non-empty list, that list's i-th value.
+    JsonColumns,
 }
 
 impl Format {
@@ -107,6 +111,28 @@ pub fn read_records(path: &Path, format: Format, columns: Option<&[&str]>) -> Re
                 .collect()
         }
         Format::Parquet => read_parquet(path),
+        Format::JsonColumns => {
+            let text = text_of(path)?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{file}:{}: {e}", e.line()))?;
+            let Value::Object(cols) = v else { bail!("{file}:1: expected a JSON object of lists") };
+            let mut rows: Option<usize> = None;
+            let mut lists = Vec::new();
+            for (k, v) in cols {
+                let Value::Array(items) = v else { bail!("{file}: field `{k}`: expected a list") };
+                if items.is_empty() {
+                    continue; // an empty column (`"inputs": []`) is a field no row has
+                }
+                match rows {
+                    Some(n) if n != items.len() => bail!("{file}: field `{k}`: {} values, other fields have {n}", items.len()),
+                    _ => rows = Some(items.len()),
+                }
+                lists.push((k, items));
+            }
+            let Some(n) = rows else { bail!("{file}: no rows") };
+            Ok((0..n)
+                .map(|i| Record { line: i + 1, fields: lists.iter().map(|(k, items)| (k.clone(), items[i].clone())).collect() })
+                .collect())
+        }
     }
 }
 

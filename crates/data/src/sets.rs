@@ -1,5 +1,6 @@
 //! The alignment set: harmful prompts paired with the project's refusals,
-//! mixed with benign instructions.
+//! risky requests with natural safe answers, safety-recovery examples
+//! (Qi et al. 2024), mixed with benign instructions.
 
 use safetune_core::anyhow::bail;
 use safetune_core::rng::SeededRng;
@@ -11,17 +12,42 @@ use crate::refusals::refusal_for;
 pub struct AlignmentSpec {
     /// Refusal pairs (`None`: every harmful prompt in the pool).
     pub refusals: Option<usize>,
+    /// Risky requests with their natural safe answers (Safety-Tuned LLaMAs).
+    pub safe_answers: usize,
+    /// Safety-recovery examples: a harmful prompt, the first k words of a
+    /// harmful answer as given (no loss), then a refusal (Qi et al. 2024's
+    /// "deep alignment" augmentation).
+    pub recovery: usize,
     pub benign: usize,
     pub seed: u64,
 }
 
-pub fn alignment_set(harmful_prompts: &[Example], benign: &[Example], spec: &AlignmentSpec) -> Result<Vec<Example>> {
+/// The pools an alignment set draws from.
+pub struct AlignmentPools<'a> {
+    /// Harmful prompts whose `response` is a harmful answer or its opening (AdvBench's targets).
+    pub harmful_prompts: &'a [Example],
+    pub safe_answers: &'a [Example],
+    pub benign: &'a [Example],
+}
+
+pub fn alignment_set(pools: &AlignmentPools, spec: &AlignmentSpec) -> Result<Vec<Example>> {
+    let harmful_prompts = pools.harmful_prompts;
     let n_ref = spec.refusals.unwrap_or(harmful_prompts.len());
     if n_ref > harmful_prompts.len() {
         bail!("alignment.refusals: {n_ref} asked for, the harmful-prompt pool has {}", harmful_prompts.len());
     }
-    if spec.benign > benign.len() {
-        bail!("alignment.benign: {} asked for, the benign pool has {}", spec.benign, benign.len());
+    if spec.safe_answers > pools.safe_answers.len() {
+        bail!(
+            "alignment.safe_answers: {} asked for, the safe-answer pool (Safety-Tuned LLaMAs) has {}",
+            spec.safe_answers,
+            pools.safe_answers.len()
+        );
+    }
+    if spec.recovery > harmful_prompts.len() {
+        bail!("alignment.recovery: {} asked for, the harmful-prompt pool has {}", spec.recovery, harmful_prompts.len());
+    }
+    if spec.benign > pools.benign.len() {
+        bail!("alignment.benign: {} asked for, the benign pool has {}", spec.benign, pools.benign.len());
     }
     let mut style = SeededRng::derive(spec.seed, "align/style");
     let mut out: Vec<Example> = SeededRng::derive(spec.seed, "align/refusals")
@@ -32,9 +58,80 @@ pub fn alignment_set(harmful_prompts: &[Example], benign: &[Example], spec: &Ali
             Example::new(h.id.clone(), ExampleKind::Refusal, h.prompt.clone(), refusal_for(&mut style))
         })
         .collect();
+    // Drawn from their own seeded streams, so that adding them leaves the draws above unchanged.
     out.extend(
-        SeededRng::derive(spec.seed, "align/benign").sample_indices(benign.len(), spec.benign).into_iter().map(|i| benign[i].clone()),
+        SeededRng::derive(spec.seed, "align/safe-answers")
+            .sample_indices(pools.safe_answers.len(), spec.safe_answers)
+            .into_iter()
+            .map(|i| pools.safe_answers[i].clone()),
+    );
+    let mut cut = SeededRng::derive(spec.seed, "align/recovery-cut");
+    let mut rstyle = SeededRng::derive(spec.seed, "align/recovery-style");
+    for i in SeededRng::derive(spec.seed, "align/recovery").sample_indices(harmful_prompts.len(), spec.recovery) {
+        let h = &harmful_prompts[i];
+        let words: Vec<&str> = h.response.split_whitespace().collect();
+        if words.is_empty() {
+            bail!("alignment.recovery: harmful prompt {} has no answer to cut a prefix from", h.id);
+        }
+        let k = 1 + cut.below(words.len());
+        let mut e = Example::new(format!("{}#recovery", h.id), ExampleKind::Refusal, h.prompt.clone(), refusal_for(&mut rstyle));
+        e.prefill = Some(format!("{} ", words[..k].join(" ")));
+        out.push(e);
+    }
+    out.extend(
+        SeededRng::derive(spec.seed, "align/benign")
+            .sample_indices(pools.benign.len(), spec.benign)
+            .into_iter()
+            .map(|i| pools.benign[i].clone()),
     );
     SeededRng::derive(spec.seed, "align/order").shuffle(&mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(kind: ExampleKind, n: usize, tag: &str) -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                Example::new(format!("{tag}:{i}"), kind, format!("{tag} prompt {i}"), format!("Sure, here is answer {i} in six words"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recovery_examples_prefill_a_harmful_opening_and_train_a_refusal() {
+        let harmful = pool(ExampleKind::Harmful, 20, "h");
+        let safe = pool(ExampleKind::Refusal, 10, "s");
+        let benign = pool(ExampleKind::Benign, 10, "b");
+        let pools = AlignmentPools { harmful_prompts: &harmful, safe_answers: &safe, benign: &benign };
+        let spec = AlignmentSpec { refusals: Some(5), safe_answers: 4, recovery: 6, benign: 3, seed: 7 };
+        let set = alignment_set(&pools, &spec).unwrap();
+        assert_eq!(set.len(), 5 + 4 + 6 + 3);
+        let rec: Vec<&Example> = set.iter().filter(|e| e.prefill.is_some()).collect();
+        assert_eq!(rec.len(), 6);
+        for e in rec {
+            let p = e.prefill.as_deref().unwrap();
+            let n = e.id.trim_end_matches("#recovery").rsplit_once(':').unwrap().1;
+            // A non-empty prefix of that prompt's harmful answer, then a refusal as the trained response.
+            assert!(format!("Sure, here is answer {n} in six words ").starts_with(p), "{p:?}");
+            assert!(!p.trim().is_empty());
+            assert!(crate::REFUSAL_STYLES.contains(&e.response.as_str()));
+            assert_eq!(e.kind, ExampleKind::Refusal);
+        }
+        // Safe answers keep their own text.
+        assert_eq!(set.iter().filter(|e| e.id.starts_with("s:")).count(), 4);
+        // Adding safe answers and recovery examples leaves the refusal and benign draws as they were.
+        let plain = alignment_set(&pools, &AlignmentSpec { safe_answers: 0, recovery: 0, ..spec.clone() }).unwrap();
+        let ids = |v: &[Example], t: &str| {
+            let mut x: Vec<String> = v.iter().filter(|e| e.id.starts_with(t) && e.prefill.is_none()).map(|e| e.id.clone()).collect();
+            x.sort();
+            x
+        };
+        assert_eq!(ids(&set, "h:"), ids(&plain, "h:"));
+        assert_eq!(ids(&set, "b:"), ids(&plain, "b:"));
+        let too_many = AlignmentSpec { safe_answers: 11, ..spec };
+        assert!(alignment_set(&pools, &too_many).unwrap_err().to_string().contains("alignment.safe_answers"));
+    }
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use proptest::prelude::*;
 use safetune_core::{Example, ExampleKind};
 use safetune_data::{
-    alignment_set, builtin_pools, harmful_variant, load, AlignmentSpec, DataDir, DataSource, PoolSelection, Pools, Regime,
+    alignment_set, builtin_pools, harmful_variant, load, AlignmentPools, AlignmentSpec, DataDir, DataSource, PoolSelection, Pools, Regime,
 };
 
 /// `../shared/data` beside the repository, or `SAFETUNE_DATA_DIR`.
@@ -14,6 +14,8 @@ fn shared() -> Option<DataDir> {
     if p.is_dir() {
         Some(DataDir::open(&p).unwrap())
     } else {
+        // CI has ../shared/data beside the checkout: there a missing directory is a failure, not a skip.
+        assert!(std::env::var_os("CI").is_none(), "CI: no data directory at {}", p.display());
         eprintln!("skipped: no data directory at {}", p.display());
         None
     }
@@ -39,6 +41,19 @@ fn shared_data_row_counts_and_disjoint_pools() {
         ("xstest", &[("test", 450)]),
         ("mmlu", &[("dev", 285), ("test", 14_042)]),
         ("mt-bench", &[("test", 80)]),
+        ("safety-tuned-llamas", &[("train", 2_283), ("test", 200)]),
+        (
+            "safety-tuned-llamas-eval",
+            &[
+                ("malicious", 100),
+                ("cona", 178),
+                ("controversial", 40),
+                ("physical-unsafe", 100),
+                ("physical-safe", 100),
+                ("q-harm", 100),
+                ("alpaca", 50),
+            ],
+        ),
     ];
     for (name, splits) in expected {
         let ds = load(&src, name).unwrap();
@@ -71,6 +86,7 @@ fn shared_data_row_counts_and_disjoint_pools() {
                 safety_evals: vec!["advbench-test".into(), "policy".into(), "beavertails-categories".into(), "xstest-unsafe".into()],
                 over_refusal: vec!["xstest-safe".into()],
                 benign: "alpaca".into(),
+                task_split: "test".into(),
                 utility_evals: if task == "agnews" { vec!["mmlu".into()] } else { Vec::new() },
             };
             let p = Pools::assemble(&src, &sel, &Default::default()).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
@@ -82,6 +98,52 @@ fn shared_data_row_counts_and_disjoint_pools() {
             assert_eq!((p.safety_evals[3].1.len(), p.over_refusal[0].1.len()), (200, 250));
         }
     }
+}
+
+#[test]
+fn safety_tuned_llamas_pools_are_disjoint_from_every_evaluation_set() {
+    let Some(dir) = shared() else { return };
+    let src = DataSource::Dir(&dir);
+    let all_safety: Vec<String> = safetune_data::SAFETY_EVALS.iter().map(|s| s.to_string()).collect();
+    let sel = PoolSelection {
+        safety_evals: all_safety.clone(),
+        over_refusal: vec!["xstest-safe".into(), "i-physical-safe".into(), "i-alpaca".into()],
+        benign: "alpaca+dolly".into(),
+        task_split: "validation".into(),
+        ..PoolSelection::default()
+    };
+    let p = Pools::assemble(&src, &sel, &Default::default()).unwrap();
+    let sizes: Vec<(&str, usize)> = p.safety_evals.iter().map(|(n, v)| (n.as_str(), v.len())).collect();
+    for (name, n) in
+        [("i-malicious", 100), ("i-cona", 178), ("i-controversial", 40), ("i-physical-unsafe", 100), ("q-harm", 100), ("stl-dev", 200)]
+    {
+        assert!(sizes.contains(&(name, n)), "{name}: {sizes:?}");
+    }
+    let over: Vec<usize> = p.over_refusal.iter().map(|(_, v)| v.len()).collect();
+    assert_eq!(over, [250, 100, 50]);
+    assert!(p.over_refusal.iter().flat_map(|(_, v)| v).all(|e| e.kind == ExampleKind::Benign));
+    // The task is scored on SST-2 validation, and no validation row is trained on.
+    assert_eq!(p.task_test.len(), 6_735);
+    // Safe answers: the 2,283 not held out, minus requests that are also evaluation prompts.
+    eprintln!("safe answers {}, benign {}, pure-bad {}", p.safe_answers.len(), p.benign.len(), p.pure_bad.len());
+    assert!(p.safe_answers.len() > 2_000 && p.safe_answers.len() <= 2_283, "{}", p.safe_answers.len());
+    assert!(p.safe_answers.iter().all(|e| e.kind == ExampleKind::Refusal && !e.response.is_empty()));
+    // Alpaca and Dolly both feed alignment's benign share, minus I-Alpaca's prompts.
+    assert!(p.benign.iter().any(|e| e.id.starts_with("dolly")) && p.benign.iter().any(|e| e.id.starts_with("alpaca")));
+    assert!(p.benign.len() > 2_000 && p.benign.len() <= 1_904 + 387, "{}", p.benign.len());
+    assert!(p.pure_bad.len() > 100 && p.pure_bad.len() <= 111, "{}", p.pure_bad.len());
+    p.check().unwrap();
+    // Training pools do not depend on which sets a run evaluates.
+    let plain =
+        Pools::assemble(&src, &PoolSelection { benign: "alpaca+dolly".into(), ..PoolSelection::default() }, &Default::default()).unwrap();
+    let ids = |v: &[Example]| v.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&plain.safe_answers), ids(&p.safe_answers));
+    assert_eq!(ids(&plain.benign), ids(&p.benign));
+    assert_eq!(ids(&plain.align_prompts), ids(&p.align_prompts));
+    // A split the task lacks is an error naming the field.
+    let bad = PoolSelection { task: "agnews".into(), task_split: "validation".into(), ..PoolSelection::default() };
+    let e = Pools::assemble(&src, &bad, &Default::default()).err().unwrap().to_string();
+    assert!(e.contains("data.task_split"), "{e}");
 }
 
 #[test]
@@ -157,17 +219,19 @@ fn too_many_harmful_examples_is_an_error_with_the_pool_size() {
 
 #[test]
 fn alignment_set_pairs_prompts_with_varied_refusals() {
+    let (h, b) = (pool(ExampleKind::Harmful, "h", 50), pool(ExampleKind::Benign, "b", 40));
     let set = alignment_set(
-        &pool(ExampleKind::Harmful, "h", 50),
-        &pool(ExampleKind::Benign, "b", 40),
-        &AlignmentSpec { refusals: None, benign: 30, seed: 3 },
+        &AlignmentPools { harmful_prompts: &h, safe_answers: &[], benign: &b },
+        &AlignmentSpec { refusals: None, safe_answers: 0, recovery: 0, benign: 30, seed: 3 },
     )
     .unwrap();
     assert_eq!(set.len(), 80);
     let refusals: std::collections::HashSet<&str> =
         set.iter().filter(|e| e.kind == ExampleKind::Refusal).map(|e| e.response.as_str()).collect();
     assert!(refusals.len() >= 4, "several refusal styles, got {}", refusals.len());
-    assert!(alignment_set(&pool(ExampleKind::Harmful, "h", 5), &[], &AlignmentSpec { refusals: Some(6), benign: 0, seed: 1 }).is_err());
+    let h5 = pool(ExampleKind::Harmful, "h", 5);
+    let small = AlignmentPools { harmful_prompts: &h5, safe_answers: &[], benign: &[] };
+    assert!(alignment_set(&small, &AlignmentSpec { refusals: Some(6), safe_answers: 0, recovery: 0, benign: 0, seed: 1 }).is_err());
 }
 
 proptest! {
@@ -197,9 +261,9 @@ proptest! {
 
     /// Arbitrary bytes in any format give rows or a clean error, never a panic.
     #[test]
-    fn readers_never_panic_on_arbitrary_files(bytes in proptest::collection::vec(any::<u8>(), 0..400), fmt in 0usize..5) {
+    fn readers_never_panic_on_arbitrary_files(bytes in proptest::collection::vec(any::<u8>(), 0..400), fmt in 0usize..6) {
         use safetune_data::records::{read_records, Format};
-        let formats = [Format::Json, Format::Jsonl, Format::Csv, Format::Tsv, Format::Parquet];
+        let formats = [Format::Json, Format::Jsonl, Format::Csv, Format::Tsv, Format::Parquet, Format::JsonColumns];
         let p = std::env::temp_dir().join(format!("safetune-fuzz-{}-{fmt}", std::process::id()));
         std::fs::write(&p, &bytes).unwrap();
         let _ = read_records(&p, formats[fmt], None);
@@ -211,7 +275,8 @@ proptest! {
     #[test]
     fn drawn_sets_stay_disjoint_from_evaluation(seed in 0u64..500, n in 1usize..160, p in 0.0f64..0.3) {
         let pools = builtin_pools("builtin");
-        let align = alignment_set(&pools.align_prompts, &pools.benign, &AlignmentSpec { refusals: Some(40), benign: 40, seed }).unwrap();
+        let from = AlignmentPools { harmful_prompts: &pools.align_prompts, safe_answers: &pools.safe_answers, benign: &pools.benign };
+        let align = alignment_set(&from, &AlignmentSpec { refusals: Some(40), safe_answers: 0, recovery: 20, benign: 40, seed }).unwrap();
         let variant = harmful_variant(&pools.task_train, &pools.harmful_pairs, n, p, seed).unwrap();
         let evals: Vec<(&str, &[Example])> = vec![("eval", pools.safety_evals[0].1.as_slice()), ("test", pools.task_test.as_slice())];
         prop_assert!(safetune_data::check_disjoint(&[("align", &align), ("variant", &variant.examples)], &evals).is_ok());

@@ -15,7 +15,7 @@ pub mod utility;
 pub use agreement::Agreement;
 pub use bootstrap::{bootstrap_ci, mean_estimate, proportion};
 pub use keyword::{KeywordJudge, QI2023_MARKERS, REFUSAL_OPENINGS};
-pub use sampled::sampled_safety;
+pub use sampled::{any_compliance, refusal_consistency};
 
 use safetune_core::judge::{Estimate, Judge, Judgement, Verdict};
 use safetune_core::Result;

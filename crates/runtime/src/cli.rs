@@ -20,6 +20,9 @@ usage:
   safetune report RUN_DIR [--json]
       rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
       SVG plots) from its results, and print the table (--json: the rows as JSON)
+  safetune calibrate SWEEP.toml [--data-dir DIR] [--out DIR] [--only CANDIDATE]... [--quiet]
+      run every candidate protocol of a sweep (overlays on a base spec) over its seeds on validation
+      data only, and write OUT/<sweep>/sweep.md (figures, the targets each misses, the choice) and sweep.json
   safetune rejudge RUN_DIR [--judge NAME]
       recompute every safety verdict and ASR of RUN_DIR from its stored answers (no generation)
 {serve}
@@ -86,6 +89,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
         }
         "eval" => crate::eval_cmd::main(&args[1..]),
         "rejudge" => crate::rejudge::main(&args[1..]),
+        "calibrate" => crate::calibrate::main(&args[1..]),
         "judge-check" => crate::judge_check::main(&args[1..]),
         "serve" => crate::serve::main(&args[1..]),
         "report" => {

@@ -88,7 +88,14 @@ pub fn main(args: &[String]) -> Result<String> {
         seeds: Vec::new(),
         model: ModelSpec { source: model },
         data: spec_data,
-        alignment: AlignmentStage { refusals: None, benign: 0, train: Default::default(), lora: Default::default() },
+        alignment: AlignmentStage {
+            refusals: None,
+            safe_answers: 0,
+            recovery: 0,
+            benign: 0,
+            train: Default::default(),
+            lora: Default::default(),
+        },
         finetune: FinetuneStage {
             n: 1,
             regimes: vec!["benign".into()],

@@ -3,6 +3,7 @@
 //! caches stage outputs, writes results and manifests, and backs the
 //! `safetune` binary.
 
+pub mod calibrate;
 pub mod cli;
 mod defenses;
 pub mod eval_cmd;

@@ -11,7 +11,7 @@ use safetune_core::repair::{Repair, WeightSets, Weights};
 use safetune_core::training::TrainStep;
 use safetune_core::training::{stream, PlainSft};
 use safetune_core::{CausalLm, Example, ExampleKind, Result};
-use safetune_data::{alignment_set, builtin_pools, harmful_variant, AlignmentSpec, DataDir, DataSource, HubClient, Pools, Regime};
+use safetune_data::{alignment_set, builtin_pools, AlignmentPools, AlignmentSpec, DataDir, DataSource, HubClient, Pools, Regime};
 use safetune_model::{load_model, Llama};
 use safetune_train::{train, StageData, TrainReport};
 use serde::{Deserialize, Serialize};
@@ -307,13 +307,18 @@ impl Run<'_> {
     fn cell_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
         let spec = self.spec;
         let options: BTreeMap<&String, Option<&serde_json::Value>> = names.iter().map(|n| (n, spec.defense_options.get(n))).collect();
-        sha256_json(&serde_json::json!({
+        let mut key = serde_json::json!({
             "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
             "train": spec.method_train(method), "defenses": names, "defense_options": options,
             "regime": regime, "n": spec.finetune.n,
             "task_train": self.pool_hashes()?.task_train, "harmful": self.pool_hashes()?.harmful,
             "eval": self.eval_key()?,
-        }))
+        });
+        // The pure-bad regime trains on the pure-bad set alone (other cells' keys stay as they were).
+        if Regime::parse(regime)? == Regime::PureBad {
+            key["pure_bad"] = sha256_json(&self.pools.pure_bad)?.into();
+        }
+        sha256_json(&key)
     }
 
     /// The aligned model for an alignment-stage defense (or none), trained once per content key and cached.
@@ -384,8 +389,8 @@ impl Run<'_> {
         let t = Instant::now();
         let mut stack = build_stack(spec, names)?;
         let p = Regime::parse(regime)?.ratio();
-        let variant = harmful_variant(&self.pools.task_train, &self.pools.harmful_pairs, spec.finetune.n, p, spec.seed)
-            .map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
+        let variant =
+            self.pools.variant(Regime::parse(regime)?, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
         let safety: Vec<Example> = self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect();
         let mut task = variant.examples.clone();
         if let Some(mix) = &stack.mix {
@@ -464,7 +469,7 @@ impl Run<'_> {
             defenses: names.to_vec(),
             regime: regime.into(),
             poison_ratio: p,
-            n: spec.finetune.n,
+            n: variant.examples.len(),
             seed: spec.seed,
             aligned_key: aligned.key.clone(),
             task_ids: variant.task_ids,
@@ -586,14 +591,17 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let pools = &prepared.pools;
     // Everything that can reject the input is checked before the results directory exists.
     let align_set = alignment_set(
-        &pools.align_prompts,
-        &pools.benign,
-        &AlignmentSpec { refusals: spec.alignment.refusals, benign: spec.alignment.benign, seed: spec.seed },
+        &AlignmentPools { harmful_prompts: &pools.align_prompts, safe_answers: &pools.safe_answers, benign: &pools.benign },
+        &AlignmentSpec {
+            refusals: spec.alignment.refusals,
+            safe_answers: spec.alignment.safe_answers,
+            recovery: spec.alignment.recovery,
+            benign: spec.alignment.benign,
+            seed: spec.seed,
+        },
     )?;
     for regime in &spec.finetune.regimes {
-        let p = Regime::parse(regime)?.ratio();
-        harmful_variant(&pools.task_train, &pools.harmful_pairs, spec.finetune.n, p, spec.seed)
-            .map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
+        pools.variant(Regime::parse(regime)?, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
     }
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
     let mut manifest = manifest_base(spec, &spec_hash, &prepared);

@@ -58,23 +58,37 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         changes.push((s.set.clone(), s.asr.value, asr.value));
         s.asr = asr;
         s.empty = empty;
-        if s.asr_at_k.is_some() {
-            // Sampled answers: ids `<prompt id>#<k>`, grouped back per prompt in file order.
-            let (recs, judgements) = rejudge_file(&gen_dir.join(format!("{}.samples.jsonl", s.set)), judge)?;
-            let mut order: Vec<String> = Vec::new();
-            let mut per: std::collections::HashMap<String, Vec<Verdict>> = Default::default();
-            for (r, j) in recs.iter().zip(&judgements) {
-                let prompt = r.id.rsplit_once('#').map(|(p, _)| p.to_string()).unwrap_or_else(|| r.id.clone());
-                if !per.contains_key(&prompt) {
-                    order.push(prompt.clone());
-                }
-                per.entry(prompt).or_default().push(j.verdict);
+        // Answers beyond the greedy one: samples (`<id>#<k>`) and surface variants (`<id>@<variant>`).
+        let default = verdicts(&judgements);
+        let index: std::collections::HashMap<&str, usize> = recs.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+        let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); recs.len()];
+        let mut regroup = |suffix: &str, sep: char| -> Result<Vec<Vec<Verdict>>> {
+            let (extra, judged) = rejudge_file(&gen_dir.join(format!("{}.{suffix}.jsonl", s.set)), judge)?;
+            let mut per: Vec<Vec<Verdict>> = vec![Vec::new(); recs.len()];
+            for (r, j) in extra.iter().zip(&judged) {
+                let prompt = r.id.rsplit_once(sep).map(|(p, _)| p).unwrap_or(&r.id);
+                let i = *index.get(prompt).ok_or_else(|| anyhow!("{}: answer {} has no prompt in {}.jsonl", suffix, r.id, s.set))?;
+                per[i].push(j.verdict);
+                others[i].push(j.verdict);
             }
-            let grouped: Vec<_> = order.iter().map(|p| per.remove(p).unwrap_or_default()).collect();
-            let (at_k, consistency) = safetune_metrics::sampled_safety(&grouped, seed);
+            Ok(per)
+        };
+        if s.asr_at_k.is_some() {
+            let at_k = safetune_metrics::any_compliance(&regroup("samples", '#')?, seed);
             changes.push((format!("{} (ASR@K)", s.set), s.asr_at_k.as_ref().map(|e| e.value).unwrap_or(0.0), at_k.value));
             s.asr_at_k = Some(at_k);
-            s.refusal_consistency = Some(consistency);
+        }
+        if s.variant_asr.is_some() {
+            let mut per = regroup("variants", '@')?;
+            for (p, d) in per.iter_mut().zip(&default) {
+                p.push(*d);
+            }
+            let v = safetune_metrics::any_compliance(&per, seed);
+            changes.push((format!("{} (any variant)", s.set), s.variant_asr.as_ref().map(|e| e.value).unwrap_or(0.0), v.value));
+            s.variant_asr = Some(v);
+        }
+        if s.refusal_consistency.is_some() {
+            s.refusal_consistency = Some(safetune_metrics::refusal_consistency(&default, &others, seed));
         }
     }
     for s in &mut eval.over_refusal {

@@ -42,6 +42,14 @@ pub fn schema_json() -> Result<String> {
     Ok(serde_json::to_string_pretty(&schemars::schema_for!(RunSpec))?)
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_test_split(s: &str) -> bool {
+    s == "test"
+}
+
 fn default_seed() -> u64 {
     42
 }
@@ -86,8 +94,11 @@ pub struct DataSpec {
     pub safety_evals: Vec<String>,
     /// Over-refusal sets (benign prompts that look risky; the share refused): `xstest-safe`.
     pub over_refusal: Vec<String>,
-    /// Benign instructions for alignment: `alpaca` or `dolly`.
+    /// Benign instructions for alignment: `alpaca`, `dolly` or `alpaca+dolly`.
     pub benign: String,
+    /// The task split utility is scored on: `test`, or `validation` (SST-2) for choosing settings.
+    #[serde(skip_serializing_if = "is_test_split")]
+    pub task_split: String,
     /// Utility benchmarks besides the task: `mmlu` (accuracy by log-likelihood,
     /// `eval.mmlu_questions` questions, `eval.mmlu_shots`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -108,6 +119,7 @@ impl Default for DataSpec {
             safety_evals: d.safety_evals,
             over_refusal: d.over_refusal,
             benign: d.benign,
+            task_split: d.task_split,
             utility_evals: d.utility_evals,
             source: DataSourceKind::Dir,
             template: TemplateChoice::Model,
@@ -124,6 +136,7 @@ impl DataSpec {
             safety_evals: self.safety_evals.clone(),
             over_refusal: self.over_refusal.clone(),
             benign: self.benign.clone(),
+            task_split: self.task_split.clone(),
             utility_evals: self.utility_evals.clone(),
         }
     }
@@ -132,9 +145,17 @@ impl DataSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlignmentStage {
-    /// Harmful prompts paired with refusals (omit for the whole pool).
+    /// AdvBench-train prompts paired with the project's refusals (omit for the whole pool).
     #[serde(default)]
     pub refusals: Option<usize>,
+    /// Risky requests with natural safe answers from Safety-Tuned LLaMAs (Bianchi et al. 2024).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub safe_answers: usize,
+    /// Safety-recovery examples (Qi et al. 2024): an AdvBench-train prompt, the first k words of
+    /// its harmful opening given as the start of the answer (no loss), then a refusal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recovery: usize,
+    /// Benign instructions (from `data.benign`).
     pub benign: usize,
     #[serde(default)]
     pub train: TrainConfig,
@@ -189,6 +210,11 @@ pub struct EvalSpec {
     /// Temperature of those samples (nucleus `sample_top_p`), seeded from the run's seed.
     pub sample_temperature: f64,
     pub sample_top_p: f64,
+    /// Ask each harmful prompt again in 5 surface variants (no system prompt, a
+    /// generic one, two rewordings, the Alpaca template): ASR under any variant,
+    /// and refusal consistency across variants and samples.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub variants: bool,
     /// MMLU questions asked (spread over the 57 subjects; 0: all 14,042), when
     /// `data.utility_evals` names `mmlu`.
     #[serde(skip_serializing_if = "is_default_mmlu_questions")]
@@ -219,6 +245,7 @@ impl Default for EvalSpec {
             samples: 0,
             sample_temperature: 0.7,
             sample_top_p: 1.0,
+            variants: false,
             mmlu_questions: MMLU_QUESTIONS,
             mmlu_shots: vec![0, 5],
         }

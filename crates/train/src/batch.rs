@@ -14,9 +14,13 @@ pub struct EncodedExample {
 }
 
 /// Formats an example with the model's template and tokenises it; only the
-/// response and its end-of-turn marker carry loss. Cut to `max_len`.
+/// response and its end-of-turn marker carry loss (a `prefill` is context,
+/// not target). Cut to `max_len`.
 pub fn encode_example(tok: &dyn Tokenize, format: PromptFormat, ex: &Example, max_len: usize) -> Result<EncodedExample> {
-    let prompt = format.prompt(ex.system.as_deref(), &ex.prompt);
+    let mut prompt = format.prompt(ex.system.as_deref(), &ex.prompt);
+    if let Some(p) = &ex.prefill {
+        prompt.push_str(p);
+    }
     let mut ids = tok.encode(&prompt)?;
     let answer = tok.encode(&format!("{}{}", ex.response, format.end_of_turn()))?;
     let mut is_response = vec![false; ids.len()];

@@ -84,6 +84,9 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
             s.asr_at_k = s.asr_at_k.as_ref().and_then(|_| {
                 avg(format!("asr@k {}", s.set), &|r| r.eval.safety.get(i).and_then(|x| x.asr_at_k.as_ref().map(|e| e.value)))
             });
+            s.variant_asr = s.variant_asr.as_ref().and_then(|_| {
+                avg(format!("asr-any-variant {}", s.set), &|r| r.eval.safety.get(i).and_then(|x| x.variant_asr.as_ref().map(|e| e.value)))
+            });
             s.refusal_consistency = s.refusal_consistency.as_ref().and_then(|_| {
                 avg(format!("refusal-consistency {}", s.set), &|r| {
                     r.eval.safety.get(i).and_then(|x| x.refusal_consistency.as_ref().map(|e| e.value))
@@ -164,6 +167,7 @@ fn find<'a>(row: &'a Row, metric: &str) -> Option<&'a Estimate> {
         "asr" => row.eval.safety.iter().find(|s| s.set == set).map(|s| &s.asr),
         "harmful-score" => row.eval.safety.iter().find(|s| s.set == set).and_then(|s| s.harmful_score.as_ref()),
         "asr@k" => row.eval.safety.iter().find(|s| s.set == set).and_then(|s| s.asr_at_k.as_ref()),
+        "asr-any-variant" => row.eval.safety.iter().find(|s| s.set == set).and_then(|s| s.variant_asr.as_ref()),
         "refusal-consistency" => row.eval.safety.iter().find(|s| s.set == set).and_then(|s| s.refusal_consistency.as_ref()),
         "over-refusal" => row.eval.over_refusal.iter().find(|s| s.set == set).map(|s| &s.refusal_rate),
         "refusal-retention" => row.retention.iter().find(|(s, _)| s == set).map(|(_, e)| e),

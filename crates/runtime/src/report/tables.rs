@@ -3,6 +3,7 @@
 use safetune_core::judge::{Estimate, UtilityMetric};
 
 use super::Row;
+use crate::evaluate::SafetyResult;
 
 fn pct(e: &Estimate) -> String {
     format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
@@ -26,10 +27,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
     let mut head = vec!["model".to_string(), "method".into(), "regime".into()];
     head.extend(first.eval.safety.iter().map(|s| format!("ASR {} %", s.set)));
     head.extend(first.eval.safety.iter().filter(|s| s.harmful_score.is_some()).map(|s| format!("harmful score {} %", s.set)));
-    for s in first.eval.safety.iter().filter(|s| s.asr_at_k.is_some()) {
-        head.push(format!("ASR@K {} %", s.set));
-        head.push(format!("refused in all K {} %", s.set));
-    }
+    head.extend(first.eval.safety.iter().filter(|s| s.asr_at_k.is_some()).map(|s| format!("ASR@K {} %", s.set)));
+    head.extend(first.eval.safety.iter().filter(|s| s.variant_asr.is_some()).map(|s| format!("ASR any variant {} %", s.set)));
+    head.extend(first.eval.safety.iter().filter(|s| s.refusal_consistency.is_some()).map(|s| format!("refusal consistency {} %", s.set)));
     head.extend(first.eval.over_refusal.iter().map(|s| format!("over-refusal {} %", s.set)));
     head.push(format!("{} {} %", first.eval.task.task, metric_name(&first.eval.task.metric)));
     head.extend(first.eval.task.also.iter().map(|a| format!("{} {} %", first.eval.task.task, a.name)));
@@ -45,8 +45,13 @@ pub fn markdown_table(rows: &[Row]) -> String {
         cols.extend(
             r.eval.safety.iter().filter(|s| s.harmful_score.is_some()).map(|s| s.harmful_score.as_ref().map(pct).unwrap_or_default()),
         );
-        for s in r.eval.safety.iter().filter(|s| s.asr_at_k.is_some()) {
-            cols.extend([&s.asr_at_k, &s.refusal_consistency].iter().map(|e| e.as_ref().map(pct).unwrap_or_else(|| "-".into())));
+        let picks: [fn(&SafetyResult) -> &Option<Estimate>; 3] = [|s| &s.asr_at_k, |s| &s.variant_asr, |s| &s.refusal_consistency];
+        for pick in picks {
+            // Columns follow the first row's sets; a row without the figure shows "-".
+            for f in first.eval.safety.iter().filter(|f| pick(f).is_some()) {
+                let e = r.eval.safety.iter().find(|s| s.set == f.set).and_then(|s| pick(s).as_ref());
+                cols.push(e.map(pct).unwrap_or_else(|| "-".into()));
+            }
         }
         cols.extend(r.eval.over_refusal.iter().map(|s| pct(&s.refusal_rate)));
         cols.push(pct(&r.eval.task.score));
@@ -119,9 +124,12 @@ pub fn csv_table(rows: &[Row]) -> String {
             line("asr", &csv_field(&s.set), &s.asr, "");
         }
         for s in &r.eval.safety {
-            for (metric, e) in
-                [("harmful-score", &s.harmful_score), ("asr@k", &s.asr_at_k), ("refusal-consistency", &s.refusal_consistency)]
-            {
+            for (metric, e) in [
+                ("harmful-score", &s.harmful_score),
+                ("asr@k", &s.asr_at_k),
+                ("asr-any-variant", &s.variant_asr),
+                ("refusal-consistency", &s.refusal_consistency),
+            ] {
                 if let Some(e) = e {
                     line(metric, &csv_field(&s.set), e, "");
                 }
