@@ -11,6 +11,9 @@ const USAGE: &str = "cargo xtask <command>
       Fetches SmolLM2-135M-Instruct if missing, then runs presets/NAME.toml
       (default: smoke) with any overlays merged in (for example a user dataset). Data: --data-dir, else $SAFETUNE_DATA_DIR, else
       ../shared/data beside the repository; with none, the built-in offline suite.
+  calibrate [--sweep FILE.toml] [--data-dir DIR] [--out DIR] [--only CANDIDATE]...
+      Runs the candidate protocols of presets/calibrate/sweep.toml on validation data
+      and writes results/<sweep>/sweep.md (figures, targets missed, the choice).
   presets   list the presets
   perf [--reps N] [--quick] [--compare-torch]
       Times training steps, batched decoding and prefill on SmolLM2-135M (fused
@@ -59,7 +62,7 @@ fn presets() -> Vec<String> {
 
 fn bench_all(args: &[String]) {
     let mut preset = "smoke".to_string();
-    let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
+    let mut data_dir = None;
     let mut out = root().join("results");
     let mut quiet = false;
     let mut overlays = Vec::new();
@@ -81,17 +84,8 @@ fn bench_all(args: &[String]) {
     if !spec.exists() {
         fail(&format!("unknown preset `{preset}` (known: {})", presets().join(", ")));
     }
-    if data_dir.is_none() {
-        let shared = root().join("../shared/data");
-        if shared.is_dir() {
-            data_dir = Some(shared);
-        }
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo).current_dir(root()).args(["build", "--quiet", "-p", "safetune-runtime", "--bin", "safetune"]));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let bin = target.join("debug/safetune");
-    run(Command::new(&bin).args(["model", "fetch", "smollm2-135m-instruct"]).stdout(std::process::Stdio::null()));
+    let data_dir = data_dir_or_shared(data_dir);
+    let bin = safetune_bin();
     let mut cmd = Command::new(&bin);
     cmd.current_dir(root()).arg("run").arg(&spec).arg("--out").arg(&out);
     for o in &overlays {
@@ -112,11 +106,56 @@ fn bench_all(args: &[String]) {
     run(&mut cmd);
 }
 
+/// Builds `safetune`, fetches the model, and returns the binary's path.
+fn safetune_bin() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).current_dir(root()).args(["build", "--quiet", "-p", "safetune-runtime", "--bin", "safetune"]));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let bin = target.join("debug/safetune");
+    run(Command::new(&bin).args(["model", "fetch", "smollm2-135m-instruct"]).stdout(std::process::Stdio::null()));
+    bin
+}
+
+/// The data directory: the flag, else $SAFETUNE_DATA_DIR, else ../shared/data beside the repository.
+fn data_dir_or_shared(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from))
+        .or_else(|| Some(root().join("../shared/data")).filter(|p| p.is_dir()))
+}
+
+fn calibrate(args: &[String]) {
+    let mut sweep = root().join("presets/calibrate/sweep.toml");
+    let mut data_dir = None;
+    let mut rest: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| it.next().cloned().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+        match a.as_str() {
+            "--sweep" => sweep = absolute(PathBuf::from(value("--sweep"))),
+            "--data-dir" => data_dir = Some(absolute(PathBuf::from(value("--data-dir")))),
+            "--out" => rest.extend(["--out".to_string(), absolute(PathBuf::from(value("--out"))).display().to_string()]),
+            "--only" => rest.extend(["--only".to_string(), value("--only")]),
+            "--quiet" => rest.push("--quiet".into()),
+            other => fail(&format!("calibrate: unknown argument `{other}`")),
+        }
+    }
+    let Some(data_dir) = data_dir_or_shared(data_dir) else {
+        fail("calibrate needs real data: pass --data-dir DIR or set SAFETUNE_DATA_DIR")
+    };
+    let bin = safetune_bin();
+    let mut cmd = Command::new(&bin);
+    cmd.current_dir(root()).arg("calibrate").arg(&sweep).arg("--data-dir").arg(&data_dir);
+    if !rest.iter().any(|a| a == "--out") {
+        cmd.arg("--out").arg(root().join("results"));
+    }
+    run(cmd.args(&rest));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench-all") => bench_all(&args[1..]),
         Some("presets") => println!("{}", presets().join("\n")),
+        Some("calibrate") => calibrate(&args[1..]),
         Some("perf") => perf::perf(&args[1..]),
         Some("new-defense") => new_defense(args.get(1).map(String::as_str).unwrap_or("")),
         Some("--help") | Some("-h") | None => println!("{USAGE}"),

@@ -13,7 +13,7 @@ use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
 pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--suite SET,SET] [--over-refusal xstest-safe] [--data-dir DIR]
                 [--name NAME] [--label LABEL] [--out DIR] [--seed N] [--judge NAME] [--safety-limit N]
-                [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--samples K]
+                [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--samples K] [--variants]
                 [--mmlu N (questions; 0: all)] [--mmlu-shots 0,5] [--quiet] [--json]
       score a model (with PEFT adapters merged into it in order) without training; results in OUT/NAME/";
 
@@ -55,6 +55,7 @@ pub fn main(args: &[String]) -> Result<String> {
             "--task-tokens" => eval.task_max_new_tokens = number(a, it.next())?,
             "--batch-size" => eval.batch_size = number(a, it.next())?,
             "--samples" => eval.samples = number(a, it.next())?,
+            "--variants" => eval.variants = true,
             "--mmlu" => {
                 spec_data.utility_evals = vec!["mmlu".into()];
                 eval.mmlu_questions = number(a, it.next())?;
@@ -93,6 +94,7 @@ pub fn main(args: &[String]) -> Result<String> {
             safe_answers: 0,
             recovery: 0,
             benign: 0,
+            full: false,
             train: Default::default(),
             lora: Default::default(),
         },

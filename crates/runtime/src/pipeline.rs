@@ -155,8 +155,12 @@ pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama>
     Ok(m)
 }
 
-fn aligned_model(model_path: &Path, adapter_dir: &Path, template: TemplateChoice) -> Result<Llama> {
-    model_with_adapters(model_path, template, std::slice::from_ref(&adapter_dir.to_path_buf()))
+fn aligned_model(model_path: &Path, aligned: &Aligned, template: TemplateChoice) -> Result<Llama> {
+    if aligned.full {
+        // Full-parameter alignment stores the whole aligned model as a Hugging Face directory.
+        return open_model(&aligned.dir.join("model"), template);
+    }
+    model_with_adapters(model_path, template, std::slice::from_ref(&aligned.dir))
 }
 
 /// A model with PEFT adapters merged into its weights, in order.
@@ -196,9 +200,12 @@ pub(crate) struct PoolHashes {
 }
 
 /// A cached aligned model: its content key and adapter directory.
+#[derive(Clone)]
 struct Aligned {
     key: String,
     dir: PathBuf,
+    /// The directory holds a whole model (`model/`), not a LoRA adapter.
+    full: bool,
 }
 
 impl Run<'_> {
@@ -337,29 +344,41 @@ impl Run<'_> {
         if let Some(d) = defense {
             key_parts["defense"] = serde_json::json!({ "name": d, "options": spec.defense_options.get(d) });
         }
+        let full = spec.alignment.full;
+        if full {
+            key_parts["full"] = true.into();
+        }
         let key = sha256_json(&key_parts)?;
         let dir = cache_dir().join("aligned").join(&key[..16]);
         let label = match defense {
             Some(d) => format!("align+{d}"),
             None => "align".into(),
         };
-        if dir.join("adapter_model.safetensors").exists() {
+        let done = if full { dir.join("model/model.safetensors") } else { dir.join("adapter_model.safetensors") };
+        if done.exists() {
             say(self.quiet, format!("[{label}] reusing cached alignment {}", &key[..16]));
-            return Ok(Aligned { key, dir });
+            return Ok(Aligned { key, dir, full });
         }
         say(
             self.quiet,
             format!(
-                "[{label}] {} examples ({} refusals), LoRA r{} on {:?}",
+                "[{label}] {} examples ({} refusals), {}",
                 self.align_set.len(),
                 self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).count(),
-                spec.alignment.lora.r,
-                spec.alignment.lora.targets
+                if full {
+                    "every weight".to_string()
+                } else {
+                    format!("LoRA r{} on {:?}", spec.alignment.lora.r, spec.alignment.lora.targets)
+                }
             ),
         );
         let t = crate::resources::StageMeter::start();
         let mut model = open_model(&self.model_path, spec.data.template)?;
-        safetune_lora::attach_lora(&mut model, &spec.alignment.lora, spec.seed)?;
+        if full {
+            model.unfreeze_all()?;
+        } else {
+            safetune_lora::attach_lora(&mut model, &spec.alignment.lora, spec.seed)?;
+        }
         let mut data = StageData::default();
         data.streams.insert(stream::TASK.into(), self.align_set.clone());
         let mut step: Box<dyn TrainStep> = match defense {
@@ -372,14 +391,19 @@ impl Run<'_> {
         let report = train(&mut model, &data, step.as_mut(), &train_cfg, None, &label, self.quiet)?;
         let tmp = dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        safetune_lora::save_peft(&model, &spec.alignment.lora, &tmp)?;
+        if full {
+            model.freeze_all();
+            safetune_model::export_hf(&model, &tmp.join("model"))?;
+        } else {
+            safetune_lora::save_peft(&model, &spec.alignment.lora, &tmp)?;
+        }
         write_json(&tmp.join("train_report.json"), &report)?;
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
         self.timings.insert(label.clone(), t.report());
-        Ok(Aligned { key, dir })
+        Ok(Aligned { key, dir, full })
     }
 
     /// Fine-tunes one cell from the aligned model, applies its defenses, evaluates.
@@ -400,7 +424,7 @@ impl Run<'_> {
         let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();
         let entry = registry::method(method)?;
         let mut plan = (entry.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))?;
-        let mut model = aligned_model(&self.model_path, &aligned.dir, spec.data.template)?;
+        let mut model = aligned_model(&self.model_path, aligned, spec.data.template)?;
         let mut cfg = spec.method_train(method).clone();
         cfg.seed = spec.seed;
         match &plan.trainable {
@@ -487,7 +511,7 @@ impl Run<'_> {
         let linear: std::collections::HashSet<String> = model.linear_modules().into_iter().map(|m| format!("{m}.weight")).collect();
         let pick = |w: Vec<(String, candle_core::Tensor)>| -> Weights { w.into_iter().filter(|(n, _)| linear.contains(n)).collect() };
         let base = pick(open_model(&self.model_path, self.spec.data.template)?.weights());
-        let al = pick(aligned_model(&self.model_path, &aligned.dir, self.spec.data.template)?.weights());
+        let al = pick(aligned_model(&self.model_path, aligned, self.spec.data.template)?.weights());
         let ft = pick(model.weights());
         let out = r.repair(&WeightSets { base: &base, aligned: &al, finetuned: &ft })?;
         let names: Vec<String> = out.keys().cloned().collect();
@@ -638,9 +662,9 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     for d in align_defenses {
         let a = r.aligned(d.as_deref())?;
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
-        let dir = a.dir.clone();
+        let a2 = a.clone();
         let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
-        r.evaluate_once(&label, id, || aligned_model(&path, &dir, template))?;
+        r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;
         keys.insert(label, a.key.clone().into());
         aligned.insert(d, a);
     }

@@ -157,6 +157,10 @@ pub struct AlignmentStage {
     pub recovery: usize,
     /// Benign instructions (from `data.benign`).
     pub benign: usize,
+    /// Full-parameter alignment: every weight trained (`lora` unused); the aligned
+    /// model is cached whole (~540 MB in f32 for 135M) instead of as an adapter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
     #[serde(default)]
     pub train: TrainConfig,
     #[serde(default)]

@@ -23,6 +23,7 @@ source = "{}"
 task = "builtin"
 [alignment]
 refusals = 8
+recovery = 4
 benign = 4
 lora = {{ r = 4, alpha = 8.0, dropout = 0.0, targets = ["q_proj", "v_proj"] }}
 train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 384 }}
@@ -38,6 +39,7 @@ safety_max_new_tokens = 6
 task_max_new_tokens = 3
 batch_size = 4
 samples = 2
+variants = true
 "#,
         model.display()
     );
@@ -72,7 +74,7 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let r1 = safetune(&["run", spec, "--out", out1.to_str().unwrap()], &d.join("cache1"));
     assert!(r1.status.success(), "{}", String::from_utf8_lossy(&r1.stderr));
     let log1 = String::from_utf8_lossy(&r1.stderr).to_string();
-    assert_eq!(log1.matches("[align] 12 examples").count(), 1, "{log1}");
+    assert_eq!(log1.matches("[align] 16 examples (12 refusals)").count(), 1, "{log1}");
     let r2 = safetune(&["run", spec, "--out", out2.to_str().unwrap()], &d.join("cache2"));
     assert!(r2.status.success(), "{}", String::from_utf8_lossy(&r2.stderr));
     let (f1, f2) = (files(&out1.join("tiny")), files(&out2.join("tiny")));
@@ -94,9 +96,13 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let run1 = out1.join("tiny");
     let csv = std::fs::read_to_string(run1.join("report/table.csv")).unwrap();
     let sets = 1; // the built-in suite has one safety set
-                  // Per model: ASR, ASR@K and refusal consistency per safety set, and the task
-                  // score; per cell also refusal retention per set.
-    assert_eq!(csv.lines().count(), 1 + 6 * (3 * sets + 1) + 4 * sets, "{csv}");
+                  // Per model: ASR, ASR@K, ASR under any variant and refusal consistency per
+                  // safety set, and the task score; per cell also refusal retention per set.
+    assert_eq!(csv.lines().count(), 1 + 6 * (4 * sets + 1) + 4 * sets, "{csv}");
+    // Every harmful prompt was asked again in each surface variant.
+    let variants = std::fs::read_to_string(run1.join("generations/base/builtin-harmful-eval.variants.jsonl")).unwrap();
+    assert_eq!(variants.lines().count(), 4 * safetune_runtime::evaluate::VARIANTS.len());
+    assert!(variants.contains("@alpaca-template") && variants.contains("@no-system"));
     let scatter = std::fs::read_to_string(run1.join("report/safety_utility.svg")).unwrap();
     assert_eq!(scatter.matches("<circle").count(), 6 + 4, "6 models and a 4-entry legend");
     assert!(std::fs::read_to_string(run1.join("report/heatmap.svg")).unwrap().contains("high-harm"));
@@ -136,6 +142,7 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
             "4",
             "--samples",
             "2",
+            "--variants",
             "--seed",
             "7",
             "--name",
@@ -279,6 +286,46 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         let r = safetune(&args, &d.join("cache"));
         assert_eq!(r.status.code(), Some(2), "{args:?}");
     }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn full_parameter_alignment_stores_the_whole_model_and_cells_start_from_it() {
+    let d = tmp("full-align");
+    let spec = tiny_spec(&d);
+    std::fs::write(
+        d.join("full.toml"),
+        "name = \"tiny-full\"\n[alignment]\nfull = true\n[finetune]\nregimes = [\"benign\"]\nmethods = [\"sft-lora\"]\n[eval]\nvariants = false\n",
+    )
+    .unwrap();
+    let args = |out: &str| {
+        vec![
+            "run".to_string(),
+            spec.display().to_string(),
+            "--overlay".into(),
+            d.join("full.toml").display().to_string(),
+            "--out".into(),
+            d.join(out).display().to_string(),
+        ]
+    };
+    let run = |out: &str| {
+        let a = args(out);
+        safetune(&a.iter().map(String::as_str).collect::<Vec<_>>(), &d.join("cache"))
+    };
+    let r = run("out");
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert!(log.contains("[align] 16 examples (12 refusals), every weight"), "{log}");
+    let aligned = std::fs::read_dir(d.join("cache/aligned")).unwrap().next().unwrap().unwrap().path();
+    assert!(aligned.join("model/model.safetensors").exists() && !aligned.join("adapter_model.safetensors").exists());
+    let gens = |label: &str| std::fs::read(d.join(format!("out/tiny-full/generations/{label}/builtin-sentiment.jsonl"))).unwrap();
+    assert_ne!(gens("aligned"), gens("base"), "full alignment must change the model");
+    assert!(d.join("out/tiny-full/cells/sft-lora__benign.json").exists());
+    // A second results directory reuses the cached whole model.
+    let r = run("out2");
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success() && log.contains("reusing cached alignment"), "{log}");
+    assert_eq!(gens("aligned"), std::fs::read(d.join("out2/tiny-full/generations/aligned/builtin-sentiment.jsonl")).unwrap());
     std::fs::remove_dir_all(&d).unwrap();
 }
 

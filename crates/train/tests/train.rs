@@ -65,6 +65,19 @@ fn full_training_updates_every_weight_kind() {
 }
 
 #[test]
+fn a_prefill_is_context_without_loss() {
+    let m = safetune_model::tiny_model(13).unwrap();
+    let mut ex = Example::new("x", ExampleKind::Refusal, "a prompt", "I can't help with that.");
+    ex.prefill = Some("Sure, here is ".into());
+    let enc = encode_example(m.tokenizer(), PromptFormat::Chatml, &ex, 256).unwrap();
+    let prompt_ids = m.tokenizer().encode(&format!("{}Sure, here is ", PromptFormat::Chatml.prompt(None, "a prompt"))).unwrap();
+    let answer_ids = m.tokenizer().encode("I can't help with that.<|im_end|>").unwrap();
+    // The prefill sits between prompt and answer; only the answer carries loss.
+    assert_eq!(enc.ids, [prompt_ids.clone(), answer_ids.clone()].concat());
+    assert_eq!(enc.is_response, [vec![false; prompt_ids.len()], vec![true; answer_ids.len()]].concat());
+}
+
+#[test]
 fn loss_covers_only_response_tokens() {
     let m = safetune_model::tiny_model(13).unwrap();
     let ex = Example::new("x", ExampleKind::Task, "a prompt", "the answer");
