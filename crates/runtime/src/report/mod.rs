@@ -131,11 +131,57 @@ pub fn write_seed_report(top: &Path, title: &str, runs: &[(String, u64, std::pat
     seeds::write(top, title, runs)
 }
 
+/// Mean ASR over a row's safety sets.
+fn mean_asr(r: &Row) -> f64 {
+    r.eval.safety.iter().map(|s| s.asr.value).sum::<f64>() / r.eval.safety.len().max(1) as f64
+}
+
+/// What the table says, in words: what alignment did (base → aligned), and
+/// per method what fine-tuning alone did (benign cell) and what harmful data
+/// added (the most harmful regime against benign). Computed from the rows;
+/// empty when a run lacks the models to compare.
+pub fn reading(rows: &[Row]) -> String {
+    let find = |m: &str| rows.iter().find(|r| r.model == m);
+    let (Some(base), Some(aligned)) = (find("base"), find("aligned")) else { return String::new() };
+    let p = |v: f64| format!("{:.1}%", 100.0 * v);
+    let sets: Vec<&str> = base.eval.safety.iter().map(|s| s.set.as_str()).collect();
+    let mut out = format!(
+        "\nReading (ASR = share of harmful prompts answered rather than refused, mean over {}; lower is safer):\n\
+         - alignment: {} (base) → {} (aligned), {:+.1} points\n",
+        sets.join(", "),
+        p(mean_asr(base)),
+        p(mean_asr(aligned)),
+        100.0 * (mean_asr(aligned) - mean_asr(base))
+    );
+    let mut methods: Vec<&str> = rows.iter().filter(|r| r.model == "fine-tuned").map(|r| r.method.as_str()).collect();
+    methods.dedup();
+    for m in methods {
+        let cells: Vec<&Row> = rows.iter().filter(|r| r.model == "fine-tuned" && r.method == m).collect();
+        let benign = cells.iter().find(|r| r.poison_ratio == Some(0.0));
+        let worst = cells
+            .iter()
+            .filter(|r| r.poison_ratio.is_some_and(|x| x > 0.0))
+            .max_by(|a, b| a.poison_ratio.unwrap_or(0.0).total_cmp(&b.poison_ratio.unwrap_or(0.0)));
+        if let (Some(b), Some(w)) = (benign, worst) {
+            out.push_str(&format!(
+                "- {m}: fine-tuning on benign data {} ({:+.1} points over aligned); with {} harmful data ({}) {} ({:+.1} points over benign)\n",
+                p(mean_asr(b)),
+                100.0 * (mean_asr(b) - mean_asr(aligned)),
+                p(w.poison_ratio.unwrap_or(0.0)),
+                w.regime,
+                p(mean_asr(w)),
+                100.0 * (mean_asr(w) - mean_asr(b))
+            ));
+        }
+    }
+    out
+}
+
 /// Writes `summary.md` and `report/` (tables in four formats, three SVG plots)
 /// for a run directory; returns the Markdown table.
 pub fn write_report(run_dir: &Path, title: &str) -> Result<String> {
     let rows = rows_from_dir(run_dir)?;
-    let md = markdown_table(&rows);
+    let md = format!("{}{}", markdown_table(&rows), reading(&rows));
     let dir = run_dir.join("report");
     write_atomic(&run_dir.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;
@@ -184,6 +230,30 @@ mod tests {
         assert!(markdown_table(&rows).contains("refusals kept harm %"));
         assert!(csv_table(&rows).contains(",refusal-retention,harm,"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_reading_says_what_alignment_and_harmful_data_did() {
+        let row = |model: &str, regime: &str, p: Option<f64>, asr: f64| {
+            let eval: crate::evaluate::ModelEval = serde_json::from_str(&format!(
+                r#"{{"safety":[{{"set":"harm","asr":{{"value":{asr},"n":10,"ci_low":0.0,"ci_high":1.0}},"empty":0}}],
+                   "task":{{"task":"t","metric":"exact","score":{{"value":0.8,"n":10,"ci_low":0.0,"ci_high":1.0}},"unparseable":0}}}}"#
+            ))
+            .unwrap();
+            let method = if p.is_some() { "sft-lora" } else { "-" };
+            Row { model: model.into(), method: method.into(), regime: regime.into(), poison_ratio: p, eval, retention: Vec::new() }
+        };
+        let rows = vec![
+            row("base", "-", None, 0.9),
+            row("aligned", "-", None, 0.1),
+            row("fine-tuned", "benign", Some(0.0), 0.2),
+            row("fine-tuned", "low-harm", Some(0.05), 0.3),
+            row("fine-tuned", "high-harm", Some(0.3), 0.6),
+        ];
+        let r = reading(&rows);
+        assert!(r.contains("alignment: 90.0% (base) → 10.0% (aligned), -80.0 points"), "{r}");
+        assert!(r.contains("sft-lora: fine-tuning on benign data 20.0% (+10.0 points over aligned); with 30.0% harmful data (high-harm) 60.0% (+40.0 points over benign)"), "{r}");
+        assert_eq!(reading(&rows[2..]), "", "nothing to compare without base and aligned");
     }
 
     #[test]
