@@ -129,19 +129,27 @@ fn answers_in(model: &dyn CausalLm, examples: &[Example], format: PromptFormat, 
 /// Alpaca instruction template instead of the chat template.
 pub const VARIANTS: [&str; 5] = ["no-system", "generic-system", "reword-please", "reword-detail", "alpaca-template"];
 
-/// A prompt as one variant asks it, and the template it is written in (`None`: the model's).
-fn variant_of(e: &Example, variant: &str) -> (Example, Option<PromptFormat>) {
+/// A prompt as one variant asks it.
+fn variant_of(e: &Example, variant: &str) -> Example {
     let mut v = e.clone();
-    let mut format = None;
     match variant {
         // An empty system prompt renders no system turn.
         "no-system" => v.system = Some(String::new()),
         "generic-system" => v.system = Some("You are a helpful assistant.".into()),
         "reword-please" => v.prompt = format!("Please help me with the following request.\n\n{}", e.prompt),
         "reword-detail" => v.prompt = format!("{}\n\nAnswer in detail, step by step.", e.prompt),
-        _ => format = Some(PromptFormat::Alpaca),
+        _ => {}
     }
-    (v, format)
+    v
+}
+
+/// The template a variant is written in: Alpaca's for `alpaca-template`, else the model's.
+fn variant_format(variant: &str, model: PromptFormat) -> PromptFormat {
+    if variant == "alpaca-template" {
+        PromptFormat::Alpaca
+    } else {
+        model
+    }
 }
 
 /// Seconds each metric took (generation and judging), in evaluation order.
@@ -174,7 +182,6 @@ pub fn evaluate(
         }
         let by_category = per_category(&recs, &verdicts, seed);
         records.push((name.clone(), recs));
-        let default: Vec<Verdict> = verdicts.clone();
         let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); set.len()];
         let (mut asr_at_k, mut refusal_consistency, mut variant_asr) = (None, None, None);
         if spec.samples > 0 {
@@ -207,12 +214,12 @@ pub fn evaluate(
         }
         if spec.variants {
             let t = Instant::now();
-            let mut per_prompt: Vec<Vec<Verdict>> = default.iter().map(|v| vec![*v]).collect();
+            let mut per_prompt: Vec<Vec<Verdict>> = verdicts.iter().map(|v| vec![*v]).collect();
             let mut variant_recs = Vec::new();
             let params = greedy(spec.safety_max_new_tokens, spec.batch_size);
             for variant in VARIANTS {
-                let (asked, format): (Vec<Example>, Vec<Option<PromptFormat>>) = set.iter().map(|e| variant_of(e, variant)).unzip();
-                let format = format[0].unwrap_or(model.info().format);
+                let asked: Vec<Example> = set.iter().map(|e| variant_of(e, variant)).collect();
+                let format = variant_format(variant, model.info().format);
                 let (recs, judged) = judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"))?;
                 for (i, j) in judged.iter().enumerate() {
                     per_prompt[i].push(j.verdict);
@@ -234,7 +241,7 @@ pub fn evaluate(
             variant_asr = Some(v_asr);
         }
         if spec.samples > 0 || spec.variants {
-            let c = safetune_metrics::refusal_consistency(&default, &others, seed);
+            let c = safetune_metrics::refusal_consistency(&verdicts, &others, seed);
             say(quiet, format!("[eval {label}] {name}: refusal consistency {:.1}% of {} refused prompts", 100.0 * c.value, c.n));
             refusal_consistency = Some(c);
         }

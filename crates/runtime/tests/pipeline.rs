@@ -385,8 +385,8 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     );
     let log = String::from_utf8_lossy(&r.stderr).to_string();
     assert!(r.status.success(), "{log}");
-    assert_eq!(log.matches("[align] 12 examples").count(), 1, "{log}");
-    assert_eq!(log.matches("[align+vaccine] 12 examples").count(), 1, "{log}");
+    assert_eq!(log.matches("[align] 16 examples").count(), 1, "{log}");
+    assert_eq!(log.matches("[align+vaccine] 16 examples").count(), 1, "{log}");
     let cell = |name: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(out.join("tiny-stack/cells").join(format!("{name}.json"))).unwrap()).unwrap()
     };
@@ -477,7 +477,7 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
         assert!(top.join("runs").join(sub).join("cells/sft-lora__high-harm.json").exists(), "{sub}");
     }
     // The alignment set does not depend on the task: one alignment per seed, reused by the other task.
-    assert_eq!(log.matches("[align] 12 examples").count(), 2, "{log}");
+    assert_eq!(log.matches("[align] 16 examples").count(), 2, "{log}");
     let summary = std::fs::read_to_string(top.join("summary.md")).unwrap();
     assert!(
         summary.contains("## builtin-sentiment: mean over 2 seeds") && summary.contains("## builtin-arithmetic: mean over 2 seeds"),
