@@ -282,3 +282,11 @@ proptest! {
         prop_assert!(safetune_data::check_disjoint(&[("align", &align), ("variant", &variant.examples)], &evals).is_ok());
     }
 }
+
+#[test]
+fn every_catalog_dataset_is_listed() {
+    let listed: Vec<&str> = safetune_core::registry::datasets().iter().map(|d| d.name).collect();
+    for d in safetune_data::catalog::CATALOG {
+        assert!(listed.contains(&d.name), "`{}` is in the catalog but not in `safetune list datasets`", d.name);
+    }
+}
