@@ -228,7 +228,11 @@ pub fn table(outcomes: &[Outcome], chosen: Option<usize>) -> String {
     head.push("misses".into());
     let mut out = format!("| {} |\n|{}|\n", head.join(" | "), vec!["---"; head.len()].join("|"));
     for (i, o) in outcomes.iter().enumerate() {
-        let mark = if Some(i) == chosen { " **(chosen)**" } else { "" };
+        let mark = match (Some(i) == chosen, o.misses.is_empty()) {
+            (true, true) => " **(chosen)**",
+            (true, false) => " **(closest)**",
+            _ => "",
+        };
         let mut cols = vec![format!("{}{mark}", o.name), o.seeds.len().to_string()];
         cols.extend(sets.iter().map(|s| o.aligned_asr.get(*s).copied().map(pct).unwrap_or_else(|| "-".into())));
         cols.push(pct(o.aligned_answered));
@@ -378,6 +382,7 @@ mod tests {
         assert!(md.contains("better **(chosen)**") && md.contains("Chosen: `better`"));
         // None passing: the closest is named as such.
         let none = vec![all[0].clone(), all[4].clone()];
-        assert!(table(&none, choose(&none)).contains("No candidate meets every target"));
+        let md = table(&none, choose(&none));
+        assert!(md.contains("No candidate meets every target") && md.contains("wipes **(closest)**"), "{md}");
     }
 }
