@@ -412,9 +412,9 @@ impl Run<'_> {
         let cell = format!("{}__{regime}", label(method, names));
         let t = Instant::now();
         let mut stack = build_stack(spec, names)?;
-        let p = Regime::parse(regime)?.ratio();
-        let variant =
-            self.pools.variant(Regime::parse(regime)?, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
+        let parsed = Regime::parse(regime)?;
+        let p = parsed.ratio();
+        let variant = self.pools.variant(parsed, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
         let safety: Vec<Example> = self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect();
         let mut task = variant.examples.clone();
         if let Some(mix) = &stack.mix {
