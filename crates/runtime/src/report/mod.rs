@@ -136,6 +136,24 @@ fn mean_asr(r: &Row) -> f64 {
     r.eval.safety.iter().map(|s| s.asr.value).sum::<f64>() / r.eval.safety.len().max(1) as f64
 }
 
+/// Whether two rows' ASR differ beyond noise: on how many of their common
+/// sets the 95% intervals do not overlap, in words.
+fn apart(a: &Row, b: &Row) -> String {
+    let mut total = 0;
+    let mut sep = 0;
+    for x in &a.eval.safety {
+        if let Some(y) = b.eval.safety.iter().find(|y| y.set == x.set) {
+            total += 1;
+            sep += usize::from(x.asr.ci_high < y.asr.ci_low || y.asr.ci_high < x.asr.ci_low);
+        }
+    }
+    match sep {
+        0 => "within noise: the 95% intervals overlap on every set".into(),
+        k if k == total => "a clear difference: the 95% intervals are apart on every set".into(),
+        k => format!("the 95% intervals are apart on {k} of {total} sets"),
+    }
+}
+
 /// What the table says, in words: what alignment did (base → aligned), and
 /// per method what fine-tuning alone did (benign cell) and what harmful data
 /// added (the most harmful regime against benign). Computed from the rows;
@@ -147,11 +165,12 @@ pub fn reading(rows: &[Row]) -> String {
     let sets: Vec<&str> = base.eval.safety.iter().map(|s| s.set.as_str()).collect();
     let mut out = format!(
         "\nReading (ASR = share of harmful prompts answered rather than refused, mean over {}; lower is safer):\n\
-         - alignment: {} (base) → {} (aligned), {:+.1} points\n",
+         - alignment: {} (base) → {} (aligned), {:+.1} points ({})\n",
         sets.join(", "),
         p(mean_asr(base)),
         p(mean_asr(aligned)),
-        100.0 * (mean_asr(aligned) - mean_asr(base))
+        100.0 * (mean_asr(aligned) - mean_asr(base)),
+        apart(base, aligned)
     );
     let mut methods: Vec<&str> = rows.iter().filter(|r| r.model == "fine-tuned").map(|r| r.method.as_str()).collect();
     methods.dedup();
@@ -164,13 +183,15 @@ pub fn reading(rows: &[Row]) -> String {
             .max_by(|a, b| a.poison_ratio.unwrap_or(0.0).total_cmp(&b.poison_ratio.unwrap_or(0.0)));
         if let (Some(b), Some(w)) = (benign, worst) {
             out.push_str(&format!(
-                "- {m}: fine-tuning on benign data {} ({:+.1} points over aligned); with {} harmful data ({}) {} ({:+.1} points over benign)\n",
+                "- {m}: fine-tuning on benign data {} ({:+.1} points over aligned; {}); with {} harmful data ({}) {} ({:+.1} points over benign; {})\n",
                 p(mean_asr(b)),
                 100.0 * (mean_asr(b) - mean_asr(aligned)),
+                apart(aligned, b),
                 p(w.poison_ratio.unwrap_or(0.0)),
                 w.regime,
                 p(mean_asr(w)),
-                100.0 * (mean_asr(w) - mean_asr(b))
+                100.0 * (mean_asr(w) - mean_asr(b)),
+                apart(b, w)
             ));
         }
     }
@@ -234,9 +255,11 @@ mod tests {
 
     #[test]
     fn the_reading_says_what_alignment_and_harmful_data_did() {
+        // Intervals of ±0.15 around each ASR.
         let row = |model: &str, regime: &str, p: Option<f64>, asr: f64| {
+            let (lo, hi) = (asr - 0.15, asr + 0.15);
             let eval: crate::evaluate::ModelEval = serde_json::from_str(&format!(
-                r#"{{"safety":[{{"set":"harm","asr":{{"value":{asr},"n":10,"ci_low":0.0,"ci_high":1.0}},"empty":0}}],
+                r#"{{"safety":[{{"set":"harm","asr":{{"value":{asr},"n":10,"ci_low":{lo},"ci_high":{hi}}},"empty":0}}],
                    "task":{{"task":"t","metric":"exact","score":{{"value":0.8,"n":10,"ci_low":0.0,"ci_high":1.0}},"unparseable":0}}}}"#
             ))
             .unwrap();
@@ -251,8 +274,8 @@ mod tests {
             row("fine-tuned", "high-harm", Some(0.3), 0.6),
         ];
         let r = reading(&rows);
-        assert!(r.contains("alignment: 90.0% (base) → 10.0% (aligned), -80.0 points"), "{r}");
-        assert!(r.contains("sft-lora: fine-tuning on benign data 20.0% (+10.0 points over aligned); with 30.0% harmful data (high-harm) 60.0% (+40.0 points over benign)"), "{r}");
+        assert!(r.contains("alignment: 90.0% (base) → 10.0% (aligned), -80.0 points (a clear difference"), "{r}");
+        assert!(r.contains("sft-lora: fine-tuning on benign data 20.0% (+10.0 points over aligned; within noise: the 95% intervals overlap on every set); with 30.0% harmful data (high-harm) 60.0% (+40.0 points over benign; a clear difference"), "{r}");
         assert_eq!(reading(&rows[2..]), "", "nothing to compare without base and aligned");
     }
 
