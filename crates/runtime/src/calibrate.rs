@@ -9,8 +9,8 @@
 //! the aligned model's refusals, mean ASR rises strictly with the harmful
 //! share, and the most harmful cell's mean ASR is at least `harm_gap_min`
 //! above the benign cell's (a rise of a point or two is noise, not the
-//! effect a benchmark has to show). Among passing candidates the one with the lowest benign-cell ASR is
-//! chosen; if none passes, the one with the fewest misses (then the lowest
+//! effect a benchmark has to show). Among passing candidates the one with the
+//! lowest benign-cell ASR is chosen; if none passes, the one with the fewest misses (then the lowest
 //! benign-cell ASR), and the table says that no candidate meets every target.
 
 use std::collections::BTreeMap;
