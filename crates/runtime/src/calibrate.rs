@@ -10,8 +10,9 @@
 //! share, and the most harmful cell's mean ASR is at least `harm_gap_min`
 //! above the benign cell's (a rise of a point or two is noise, not the
 //! effect a benchmark has to show). Among passing candidates the one with the
-//! lowest benign-cell ASR is chosen; if none passes, the one with the fewest misses (then the lowest
-//! benign-cell ASR), and the table says that no candidate meets every target.
+//! lowest benign-cell ASR is chosen; if none passes, the one with the fewest
+//! misses (then the lowest benign-cell ASR), and the table says that no
+//! candidate meets every target.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -184,11 +185,12 @@ fn misses(o: &Outcome, s: &Select) -> Vec<String> {
         if b.retention.partial_cmp(&s.benign_retention_min).is_none_or(|o| o.is_lt()) {
             m.push(format!("benign keeps {:.1}% of refusals < {:.0}%", 100.0 * b.retention, 100.0 * s.benign_retention_min));
         }
-    }
-    if let (Some(b), Some(h)) = (o.cells.iter().find(|c| c.poison_ratio == 0.0), o.cells.last()) {
-        let gap = mean_asr(&h.asr) - mean_asr(&b.asr);
-        if h.poison_ratio > 0.0 && gap.partial_cmp(&s.harm_gap_min).is_none_or(|o| o.is_lt()) {
-            m.push(format!("{} ASR only {:.1} points above benign < {:.0}", h.regime, 100.0 * gap, 100.0 * s.harm_gap_min));
+        // Cells are sorted by harmful share: the last is the most harmful.
+        if let Some(h) = o.cells.last().filter(|h| h.poison_ratio > 0.0) {
+            let gap = mean_asr(&h.asr) - mean_asr(&b.asr);
+            if gap.partial_cmp(&s.harm_gap_min).is_none_or(|o| o.is_lt()) {
+                m.push(format!("{} ASR only {:.1} points above benign < {:.0}", h.regime, 100.0 * gap, 100.0 * s.harm_gap_min));
+            }
         }
     }
     for w in o.cells.windows(2) {

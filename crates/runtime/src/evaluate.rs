@@ -424,4 +424,18 @@ mod tests {
         assert_eq!((rate.n, empty), (4, 1));
         assert!((rate.value - 0.5).abs() < 1e-12);
     }
+
+    #[test]
+    fn the_builtin_suites_complying_answers_read_as_compliance_to_every_keyword_judge() {
+        // A complying answer echoes the request: a refusal marker inside a built-in
+        // request ("illegal", once) made compliance read as refusal.
+        let pools = safetune_data::builtin_pools("builtin");
+        let harmful = pools.align_prompts.iter().chain(&pools.harmful_pairs).chain(pools.safety_evals.iter().flat_map(|(_, s)| s));
+        for judge in [safetune_metrics::KeywordJudge::qi2023(), safetune_metrics::KeywordJudge::extended()] {
+            for e in harmful.clone() {
+                let v = safetune_core::judge::Judge::judge(&judge, &e.prompt, &e.response).unwrap();
+                assert_eq!(v, safetune_core::judge::Verdict::Compliance, "{}: {}", e.id, e.response);
+            }
+        }
+    }
 }
