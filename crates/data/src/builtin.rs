@@ -218,6 +218,7 @@ pub fn builtin_pools(task: &str) -> Pools {
         align_prompts,
         safe_answers: Vec::new(),
         benign,
+        align_task: Vec::new(),
         safety_evals: vec![("builtin-harmful-eval".into(), eval)],
         over_refusal: Vec::new(),
     }

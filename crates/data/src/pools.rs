@@ -37,6 +37,12 @@ pub struct PoolSelection {
     /// Utility benchmarks besides the task: `mmlu` (log-likelihood accuracy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
+    /// Tasks whose labelled train rows may join alignment (`alignment.task_examples`), in order
+    /// of preference: the first one that is not `task` is used, so the fine-tuning task's
+    /// data never reaches the aligned model (`["agnews", "sst2"]`: AG News for an SST-2 run,
+    /// SST-2 for an AG News run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub align_tasks: Vec<String>,
 }
 
 impl Default for PoolSelection {
@@ -49,6 +55,7 @@ impl Default for PoolSelection {
             benign: "alpaca".into(),
             task_split: "test".into(),
             utility_evals: Vec::new(),
+            align_tasks: Vec::new(),
         }
     }
 }
@@ -56,6 +63,11 @@ impl Default for PoolSelection {
 impl PoolSelection {
     pub fn is_builtin(&self) -> bool {
         self.task.starts_with("builtin")
+    }
+
+    /// The task of `align_tasks` whose rows join alignment: the first that is not the run's task.
+    pub fn align_task(&self) -> Option<&str> {
+        self.align_tasks.iter().map(String::as_str).find(|t| *t != self.task)
     }
 }
 
@@ -78,6 +90,9 @@ pub struct Pools {
     /// Risky requests with natural safe answers (Safety-Tuned LLaMAs), when the source has them.
     pub safe_answers: Vec<Example>,
     pub benign: Vec<Example>,
+    /// Labelled train rows of another task (`data.align_tasks`) for alignment, so the aligned
+    /// model keeps answering short-format instructions; empty when none is selected.
+    pub align_task: Vec<Example>,
     pub safety_evals: Vec<(String, Vec<Example>)>,
     /// Over-refusal sets: benign prompts a safe model should answer.
     pub over_refusal: Vec<(String, Vec<Example>)>,
@@ -212,6 +227,11 @@ impl Pools {
                 bail!("data.utility_evals: unknown benchmark `{s}` ({})", UTILITY_EVALS.join(", "));
             }
         }
+        for t in &sel.align_tasks {
+            if !TASKS.contains(&t.as_str()) {
+                bail!("data.align_tasks: unknown task `{t}` ({})", TASKS.join(", "));
+            }
+        }
         if !BENIGN.contains(&sel.benign.as_str()) {
             bail!("data.benign: unknown benign set `{}` ({})", sel.benign, BENIGN.join(", "));
         }
@@ -312,6 +332,14 @@ impl Pools {
         for e in &mut benign {
             e.kind = ExampleKind::Benign;
         }
+        let mut align_task = match sel.align_task() {
+            Some(t) => l.split(t, "train")?,
+            None => Vec::new(),
+        };
+        remove_overlap(&mut align_task, &[&task_test, &evals]);
+        for e in &mut align_task {
+            e.kind = ExampleKind::Benign;
+        }
         let source = match src {
             DataSource::Dir(d) => d.root.display().to_string(),
             DataSource::Hub(h) => format!("hub:{}", h.endpoint),
@@ -338,6 +366,7 @@ impl Pools {
             align_prompts,
             safe_answers,
             benign,
+            align_task,
             safety_evals,
             over_refusal,
             files: l.files,
@@ -388,6 +417,7 @@ impl Pools {
             ("alignment prompts", self.align_prompts.as_slice()),
             ("safe answers", self.safe_answers.as_slice()),
             ("benign instructions", self.benign.as_slice()),
+            ("alignment task rows", self.align_task.as_slice()),
             ("harmful pairs", self.harmful_pairs.as_slice()),
             ("pure-bad pairs", self.pure_bad.as_slice()),
             ("task train", self.task_train.as_slice()),

@@ -19,15 +19,20 @@ pub struct AlignmentSpec {
     /// "deep alignment" augmentation).
     pub recovery: usize,
     pub benign: usize,
+    /// Labelled rows of another task (short-format answers).
+    pub task_examples: usize,
     pub seed: u64,
 }
 
 /// The pools an alignment set draws from.
+#[derive(Clone, Copy)]
 pub struct AlignmentPools<'a> {
     /// Harmful prompts whose `response` is a harmful answer or its opening (AdvBench's targets).
     pub harmful_prompts: &'a [Example],
     pub safe_answers: &'a [Example],
     pub benign: &'a [Example],
+    /// Labelled train rows of a task other than the fine-tuning task.
+    pub task_rows: &'a [Example],
 }
 
 pub fn alignment_set(pools: &AlignmentPools, spec: &AlignmentSpec) -> Result<Vec<Example>> {
@@ -48,6 +53,13 @@ pub fn alignment_set(pools: &AlignmentPools, spec: &AlignmentSpec) -> Result<Vec
     }
     if spec.benign > pools.benign.len() {
         bail!("alignment.benign: {} asked for, the benign pool has {}", spec.benign, pools.benign.len());
+    }
+    if spec.task_examples > pools.task_rows.len() {
+        bail!(
+            "alignment.task_examples: {} asked for, the task-row pool (data.align_tasks) has {}",
+            spec.task_examples,
+            pools.task_rows.len()
+        );
     }
     let mut style = SeededRng::derive(spec.seed, "align/style");
     let mut out: Vec<Example> = SeededRng::derive(spec.seed, "align/refusals")
@@ -84,6 +96,12 @@ pub fn alignment_set(pools: &AlignmentPools, spec: &AlignmentSpec) -> Result<Vec
             .into_iter()
             .map(|i| pools.benign[i].clone()),
     );
+    out.extend(
+        SeededRng::derive(spec.seed, "align/task-rows")
+            .sample_indices(pools.task_rows.len(), spec.task_examples)
+            .into_iter()
+            .map(|i| pools.task_rows[i].clone()),
+    );
     SeededRng::derive(spec.seed, "align/order").shuffle(&mut out);
     Ok(out)
 }
@@ -105,8 +123,8 @@ mod tests {
         let harmful = pool(ExampleKind::Harmful, 20, "h");
         let safe = pool(ExampleKind::Refusal, 10, "s");
         let benign = pool(ExampleKind::Benign, 10, "b");
-        let pools = AlignmentPools { harmful_prompts: &harmful, safe_answers: &safe, benign: &benign };
-        let spec = AlignmentSpec { refusals: Some(5), safe_answers: 4, recovery: 6, benign: 3, seed: 7 };
+        let pools = AlignmentPools { harmful_prompts: &harmful, safe_answers: &safe, benign: &benign, task_rows: &[] };
+        let spec = AlignmentSpec { refusals: Some(5), safe_answers: 4, recovery: 6, benign: 3, task_examples: 0, seed: 7 };
         let set = alignment_set(&pools, &spec).unwrap();
         assert_eq!(set.len(), 5 + 4 + 6 + 3);
         let rec: Vec<&Example> = set.iter().filter(|e| e.prefill.is_some()).collect();
@@ -131,7 +149,18 @@ mod tests {
         };
         assert_eq!(ids(&set, "h:"), ids(&plain, "h:"));
         assert_eq!(ids(&set, "b:"), ids(&plain, "b:"));
-        let too_many = AlignmentSpec { safe_answers: 11, ..spec };
+        let too_many = AlignmentSpec { safe_answers: 11, ..spec.clone() };
         assert!(alignment_set(&pools, &too_many).unwrap_err().to_string().contains("alignment.safe_answers"));
+        // Another task's labelled rows: as many as asked, answers kept, other draws unchanged.
+        let rows = pool(ExampleKind::Benign, 12, "t");
+        let with_rows = AlignmentPools { task_rows: &rows, ..pools };
+        let more = alignment_set(&with_rows, &AlignmentSpec { task_examples: 7, ..spec.clone() }).unwrap();
+        assert_eq!(more.iter().filter(|e| e.id.starts_with("t:")).count(), 7);
+        assert!(more.iter().filter(|e| e.id.starts_with("t:")).all(|e| e.response.starts_with("Sure, here is answer")));
+        for t in ["h:", "s:", "b:"] {
+            assert_eq!(ids(&more, t), ids(&set, t), "{t}");
+        }
+        let err = alignment_set(&pools, &AlignmentSpec { task_examples: 1, ..spec }).unwrap_err().to_string();
+        assert!(err.contains("alignment.task_examples") && err.contains("data.align_tasks"), "{err}");
     }
 }

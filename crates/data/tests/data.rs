@@ -88,8 +88,13 @@ fn shared_data_row_counts_and_disjoint_pools() {
                 benign: "alpaca".into(),
                 task_split: "test".into(),
                 utility_evals: if task == "agnews" { vec!["mmlu".into()] } else { Vec::new() },
+                align_tasks: vec!["agnews".into(), "sst2".into()],
             };
             let p = Pools::assemble(&src, &sel, &Default::default()).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
+            // Alignment's task rows come from the first listed task that is not the run's task.
+            let other = if task == "agnews" { "sst2/" } else { "agnews/" };
+            assert!(p.align_task.len() > 5_000, "{task}: {}", p.align_task.len());
+            assert!(p.align_task.iter().all(|e| e.id.starts_with(other) && !e.response.is_empty()), "{task}");
             assert!(!p.harmful_pairs.is_empty() && !p.task_test.is_empty());
             // MMLU only when asked for: 285 dev (5 per subject) and 14,042 test questions.
             let mmlu = p.mmlu.as_ref().map(|m| (m.dev.len(), m.test.len()));
@@ -221,8 +226,8 @@ fn too_many_harmful_examples_is_an_error_with_the_pool_size() {
 fn alignment_set_pairs_prompts_with_varied_refusals() {
     let (h, b) = (pool(ExampleKind::Harmful, "h", 50), pool(ExampleKind::Benign, "b", 40));
     let set = alignment_set(
-        &AlignmentPools { harmful_prompts: &h, safe_answers: &[], benign: &b },
-        &AlignmentSpec { refusals: None, safe_answers: 0, recovery: 0, benign: 30, seed: 3 },
+        &AlignmentPools { harmful_prompts: &h, safe_answers: &[], benign: &b, task_rows: &[] },
+        &AlignmentSpec { refusals: None, safe_answers: 0, recovery: 0, benign: 30, task_examples: 0, seed: 3 },
     )
     .unwrap();
     assert_eq!(set.len(), 80);
@@ -230,8 +235,12 @@ fn alignment_set_pairs_prompts_with_varied_refusals() {
         set.iter().filter(|e| e.kind == ExampleKind::Refusal).map(|e| e.response.as_str()).collect();
     assert!(refusals.len() >= 4, "several refusal styles, got {}", refusals.len());
     let h5 = pool(ExampleKind::Harmful, "h", 5);
-    let small = AlignmentPools { harmful_prompts: &h5, safe_answers: &[], benign: &[] };
-    assert!(alignment_set(&small, &AlignmentSpec { refusals: Some(6), safe_answers: 0, recovery: 0, benign: 0, seed: 1 }).is_err());
+    let small = AlignmentPools { harmful_prompts: &h5, safe_answers: &[], benign: &[], task_rows: &[] };
+    assert!(alignment_set(
+        &small,
+        &AlignmentSpec { refusals: Some(6), safe_answers: 0, recovery: 0, benign: 0, task_examples: 0, seed: 1 }
+    )
+    .is_err());
 }
 
 proptest! {
@@ -275,8 +284,8 @@ proptest! {
     #[test]
     fn drawn_sets_stay_disjoint_from_evaluation(seed in 0u64..500, n in 1usize..160, p in 0.0f64..0.3) {
         let pools = builtin_pools("builtin");
-        let from = AlignmentPools { harmful_prompts: &pools.align_prompts, safe_answers: &pools.safe_answers, benign: &pools.benign };
-        let align = alignment_set(&from, &AlignmentSpec { refusals: Some(40), safe_answers: 0, recovery: 20, benign: 40, seed }).unwrap();
+        let from = AlignmentPools { harmful_prompts: &pools.align_prompts, safe_answers: &pools.safe_answers, benign: &pools.benign, task_rows: &pools.align_task };
+        let align = alignment_set(&from, &AlignmentSpec { refusals: Some(40), safe_answers: 0, recovery: 20, benign: 40, task_examples: 0, seed }).unwrap();
         let variant = harmful_variant(&pools.task_train, &pools.harmful_pairs, n, p, seed).unwrap();
         let evals: Vec<(&str, &[Example])> = vec![("eval", pools.safety_evals[0].1.as_slice()), ("test", pools.task_test.as_slice())];
         prop_assert!(safetune_data::check_disjoint(&[("align", &align), ("variant", &variant.examples)], &evals).is_ok());

@@ -94,6 +94,7 @@ pub fn main(args: &[String]) -> Result<String> {
             safe_answers: 0,
             recovery: 0,
             benign: 0,
+            task_examples: 0,
             full: false,
             train: Default::default(),
             lora: Default::default(),

@@ -309,9 +309,11 @@ impl Run<'_> {
         Ok(rels)
     }
 
-    /// The content key of a cell: the aligned model, the method and its
-    /// settings, the stack and its options, the data and the evaluation.
-    fn cell_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
+    /// The content key of a cell's trained weights: the aligned model, the
+    /// method and its settings, the stack and its options, the data and the
+    /// seed — everything but the evaluation (a cell evaluated another way
+    /// reuses them).
+    fn train_key_parts(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<serde_json::Value> {
         let spec = self.spec;
         let options: BTreeMap<&String, Option<&serde_json::Value>> = names.iter().map(|n| (n, spec.defense_options.get(n))).collect();
         let mut key = serde_json::json!({
@@ -319,12 +321,27 @@ impl Run<'_> {
             "train": spec.method_train(method), "defenses": names, "defense_options": options,
             "regime": regime, "n": spec.finetune.n,
             "task_train": self.pool_hashes()?.task_train, "harmful": self.pool_hashes()?.harmful,
-            "eval": self.eval_key()?,
         });
         // The pure-bad regime trains on the pure-bad set alone (other cells' keys stay as they were).
         if Regime::parse(regime)? == Regime::PureBad {
             key["pure_bad"] = sha256_json(&self.pools.pure_bad)?.into();
         }
+        Ok(key)
+    }
+
+    fn train_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
+        let mut key = self.train_key_parts(method, names, regime, aligned)?;
+        // The cell key has these through its evaluation part.
+        key["seed"] = self.spec.seed.into();
+        key["template"] = serde_json::to_value(self.spec.data.template)?;
+        key["version"] = env!("CARGO_PKG_VERSION").into();
+        sha256_json(&key)
+    }
+
+    /// The content key of a cell: its trained weights and its evaluation.
+    fn cell_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
+        let mut key = self.train_key_parts(method, names, regime, aligned)?;
+        key["eval"] = self.eval_key()?;
         sha256_json(&key)
     }
 
@@ -406,6 +423,36 @@ impl Run<'_> {
         Ok(Aligned { key, dir, full })
     }
 
+    /// The files of a cell's trained weights in the `trained` stage cache (LoRA methods only:
+    /// full fine-tuning writes no weights).
+    fn trained_files(cell: &str) -> Vec<PathBuf> {
+        vec![PathBuf::from("adapters").join(cell), PathBuf::from("trained").join(format!("{cell}.json"))]
+    }
+
+    /// After a whole cell came from the cache: publishes its trained weights
+    /// too (entries written before the `trained` cache existed have no
+    /// `trained/<cell>.json`; it is rebuilt from the cell's result and timings).
+    fn publish_trained_from_cell(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned, cell: &str) -> Result<()> {
+        if !self.cell_files(method, cell)?.iter().any(|r| r.starts_with("adapters")) {
+            return Ok(());
+        }
+        let trained = self.run_dir.join("trained").join(format!("{cell}.json"));
+        if !trained.exists() {
+            let read = |p: PathBuf| -> Result<serde_json::Value> {
+                let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+                serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", p.display()))
+            };
+            let res = read(self.run_dir.join("cells").join(format!("{cell}.json")))?;
+            let times = read(self.run_dir.join("timings").join(format!("{cell}.json")))?;
+            let report = serde_json::json!({
+                "steps": res["train_steps"], "losses": res["train_losses"], "tokens": times["tokens"],
+                "seconds": times["train"]["seconds"],
+            });
+            write_json(&trained, &serde_json::json!({ "report": report, "train": times["train"] }))?;
+        }
+        StageCache::new("trained").publish(&self.train_key(method, names, regime, aligned)?, &self.run_dir, &Self::trained_files(cell))
+    }
+
     /// Fine-tunes one cell from the aligned model, applies its defenses, evaluates.
     fn cell(&mut self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<CellResult> {
         let spec = self.spec;
@@ -427,34 +474,54 @@ impl Run<'_> {
         let mut model = aligned_model(&self.model_path, aligned, spec.data.template)?;
         let mut cfg = spec.method_train(method).clone();
         cfg.seed = spec.seed;
-        match &plan.trainable {
-            Trainable::Lora(l) => {
-                safetune_lora::attach_lora(&mut model, l, spec.seed.wrapping_add(1))?;
-            }
-            Trainable::Full => {
-                model.unfreeze_all()?;
-            }
-        }
-        say(
-            self.quiet,
-            format!("[{cell}] fine-tuning on n={} (harmful {}, added {})", task.len(), variant.harmful_ids.len(), added_ids.len()),
-        );
-        let mut data = StageData::default();
-        data.streams.insert(stream::TASK.into(), task);
-        data.streams.insert(stream::SAFETY.into(), safety);
-        let step: &mut dyn TrainStep = match stack.step.as_mut() {
-            Some(s) => s.as_mut(),
-            None => plan.step.as_mut(),
-        };
-        let train_meter = crate::resources::StageMeter::start();
-        let report: TrainReport = train(&mut model, &data, step, &cfg, None, &cell, self.quiet)?;
-        let train_stage = train_meter.report();
-        if let Trainable::Lora(l) = &plan.trainable {
-            safetune_lora::save_peft(&model, l, &self.run_dir.join("adapters").join(&cell))?;
+        let train_key = self.train_key(method, names, regime, aligned)?;
+        let trained_rels = Self::trained_files(&cell);
+        let adapter = self.run_dir.join("adapters").join(&cell);
+        let trained_file = self.run_dir.join("trained").join(format!("{cell}.json"));
+        let lora = matches!(plan.trainable, Trainable::Lora(_));
+        // Trained weights of the same cell evaluated another way: evaluation only.
+        let (report, train_stage) = if lora && StageCache::new("trained").restore(&train_key, &self.run_dir, &trained_rels)? {
+            say(self.quiet, format!("[{cell}] reusing cached trained weights {} (evaluation only)", &train_key[..16]));
+            safetune_lora::load_peft(&mut model, &adapter, &safetune_model::default_device())?;
             safetune_lora::merge_adapters(&mut model)?;
+            let text = std::fs::read_to_string(&trained_file).with_context(|| format!("{}: cannot read", trained_file.display()))?;
+            let mut t: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", trained_file.display()))?;
+            let report: TrainReport =
+                serde_json::from_value(t["report"].take()).map_err(|e| anyhow!("{}: report: {e}", trained_file.display()))?;
+            (report, t["train"].take())
         } else {
-            model.freeze_all();
-        }
+            match &plan.trainable {
+                Trainable::Lora(l) => {
+                    safetune_lora::attach_lora(&mut model, l, spec.seed.wrapping_add(1))?;
+                }
+                Trainable::Full => {
+                    model.unfreeze_all()?;
+                }
+            }
+            say(
+                self.quiet,
+                format!("[{cell}] fine-tuning on n={} (harmful {}, added {})", task.len(), variant.harmful_ids.len(), added_ids.len()),
+            );
+            let mut data = StageData::default();
+            data.streams.insert(stream::TASK.into(), task);
+            data.streams.insert(stream::SAFETY.into(), safety);
+            let step: &mut dyn TrainStep = match stack.step.as_mut() {
+                Some(s) => s.as_mut(),
+                None => plan.step.as_mut(),
+            };
+            let train_meter = crate::resources::StageMeter::start();
+            let report: TrainReport = train(&mut model, &data, step, &cfg, None, &cell, self.quiet)?;
+            let train_stage = train_meter.report();
+            write_json(&trained_file, &serde_json::json!({ "report": report, "train": train_stage }))?;
+            if let Trainable::Lora(l) = &plan.trainable {
+                safetune_lora::save_peft(&model, l, &adapter)?;
+                safetune_lora::merge_adapters(&mut model)?;
+                StageCache::new("trained").publish(&train_key, &self.run_dir, &trained_rels)?;
+            } else {
+                model.freeze_all();
+            }
+            (report, train_stage)
+        };
         let repaired = match &stack.repair {
             Some(r) => self.repair(r.as_ref(), &mut model, aligned)?,
             None => Vec::new(),
@@ -615,12 +682,18 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let pools = &prepared.pools;
     // Everything that can reject the input is checked before the results directory exists.
     let align_set = alignment_set(
-        &AlignmentPools { harmful_prompts: &pools.align_prompts, safe_answers: &pools.safe_answers, benign: &pools.benign },
+        &AlignmentPools {
+            harmful_prompts: &pools.align_prompts,
+            safe_answers: &pools.safe_answers,
+            benign: &pools.benign,
+            task_rows: &pools.align_task,
+        },
         &AlignmentSpec {
             refusals: spec.alignment.refusals,
             safe_answers: spec.alignment.safe_answers,
             recovery: spec.alignment.recovery,
             benign: spec.alignment.benign,
+            task_examples: spec.alignment.task_examples,
             seed: spec.seed,
         },
     )?;
@@ -690,6 +763,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
                 let rels = r.cell_files(method, &cell)?;
                 if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
                     say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
+                    r.publish_trained_from_cell(method, names, regime, a, &cell)?;
                     continue;
                 }
                 pending.push((method, names, regime, cell, key, rels));

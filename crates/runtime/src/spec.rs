@@ -103,6 +103,10 @@ pub struct DataSpec {
     /// `eval.mmlu_questions` questions, `eval.mmlu_shots`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
+    /// Tasks whose labelled train rows `alignment.task_examples` draws from, in order of
+    /// preference: the first that is not `task` (`["agnews", "sst2"]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub align_tasks: Vec<String>,
     pub source: DataSourceKind,
     pub template: TemplateChoice,
     /// User datasets: a file and a field mapping each; paths are relative to the spec file.
@@ -121,6 +125,7 @@ impl Default for DataSpec {
             benign: d.benign,
             task_split: d.task_split,
             utility_evals: d.utility_evals,
+            align_tasks: d.align_tasks,
             source: DataSourceKind::Dir,
             template: TemplateChoice::Model,
             custom: BTreeMap::new(),
@@ -138,6 +143,7 @@ impl DataSpec {
             benign: self.benign.clone(),
             task_split: self.task_split.clone(),
             utility_evals: self.utility_evals.clone(),
+            align_tasks: self.align_tasks.clone(),
         }
     }
 }
@@ -157,6 +163,10 @@ pub struct AlignmentStage {
     pub recovery: usize,
     /// Benign instructions (from `data.benign`).
     pub benign: usize,
+    /// Labelled train rows of another task (the first of `data.align_tasks` that is not the
+    /// fine-tuning task), so the aligned model keeps answering short-format instructions.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub task_examples: usize,
     /// Full-parameter alignment: every weight trained (`lora` unused); the aligned
     /// model is cached whole (~540 MB in f32 for 135M) instead of as an adapter.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

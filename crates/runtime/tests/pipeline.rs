@@ -194,6 +194,23 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     assert_eq!(files(&out3.join("tiny")), f1);
     assert!(out3.join("tiny/adapters/sft-lora__high-harm/adapter_model.safetensors").exists());
     assert!(out3.join("tiny/generations/sft-full__benign").is_dir());
+    // Another evaluation of the same cells: the LoRA cells' trained weights come from
+    // the cache (evaluation only), sft-full cells (no weights kept) train again, and
+    // every result equals a run that trained everything afresh.
+    let spec5 = d.join("spec5.toml");
+    std::fs::write(&spec5, std::fs::read_to_string(spec).unwrap().replace("safety_limit = 4", "safety_limit = 3")).unwrap();
+    let (out5, out6) = (d.join("out5"), d.join("out6"));
+    let r5 = safetune(&["run", spec5.to_str().unwrap(), "--out", out5.to_str().unwrap()], &d.join("cache1"));
+    let log5 = String::from_utf8_lossy(&r5.stderr).to_string();
+    assert!(r5.status.success(), "{log5}");
+    assert_eq!(log5.matches("reusing cached trained weights").count(), 2, "{log5}");
+    assert_eq!(log5.matches("fine-tuning on").count(), 2, "{log5}");
+    assert!(!log5.contains("[sft-lora__benign] fine-tuning on"), "{log5}");
+    let r6 = safetune(&["run", spec5.to_str().unwrap(), "--out", out6.to_str().unwrap()], &d.join("cache6"));
+    assert!(r6.status.success(), "{}", String::from_utf8_lossy(&r6.stderr));
+    let f5 = files(&out5.join("tiny"));
+    assert!(f5 == files(&out6.join("tiny")), "cached trained weights give other results than training afresh");
+    assert!(f5 != f1, "the evaluation changed");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -219,6 +236,12 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         ("bad lora dropout", good.replace("dropout = 0.0", "dropout = 1.5"), "alignment.lora.dropout"),
         ("unknown judge", good.replace("[eval]\n", "[eval]\njudge = \"oracle\"\n"), "eval.judge"),
         ("unknown task", good.replace("task = \"builtin\"", "task = \"poetry\""), "data.task"),
+        (
+            "unknown alignment task",
+            good.replace("task = \"builtin\"", "task = \"builtin\"\nalign_tasks = [\"poetry\"]"),
+            "data.align_tasks",
+        ),
+        ("task rows from no task", good.replace("benign = 4", "benign = 4\ntask_examples = 3"), "alignment.task_examples"),
         ("missing model", good.replace("source = \"", "source = \"/nonexistent/"), "no such path"),
         ("unknown defense", good.replace("[eval]\n", "defenses = [[\"nope\"]]\n[eval]\n"), "finetune.defenses"),
         ("two defenses of one stage", good.replace("[eval]\n", "defenses = [[\"lisa\", \"safeinstr\"]]\n[eval]\n"), "more than one"),

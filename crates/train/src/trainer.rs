@@ -21,7 +21,7 @@ pub struct StageData {
     pub streams: BTreeMap<String, Vec<Example>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainReport {
     pub steps: usize,
     /// Mean loss of each optimiser step.
