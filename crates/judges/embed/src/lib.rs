@@ -45,6 +45,10 @@ pub struct RefusalClassifier {
     pub model: Logistic,
     /// What it was fitted on (free text, for the record).
     pub fitted_on: String,
+    /// The `keyword` judge's fingerprint when fitted (with `keyword_feature`): a
+    /// classifier fitted on another version of that feature is refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub keyword_judge: String,
 }
 
 /// The first sentence of an answer (up to `.`, `!` or `?` before white
@@ -88,6 +92,11 @@ pub fn keyword_refusals(answers: &[String]) -> Result<Vec<bool>> {
     answers.iter().map(|a| Ok(judge.judge("", a)? == Verdict::Refusal)).collect()
 }
 
+/// The fingerprint of the `keyword` judge the feature comes from.
+pub fn keyword_fingerprint() -> Result<String> {
+    Ok((registry::judge("keyword")?.build)(&serde_json::Value::Null)?.fingerprint())
+}
+
 fn fit_l2(rows: &[Vec<f64>], refused: &[bool], l2: f64) -> Result<Logistic> {
     Logistic::fit(rows, refused, l2, 25).ok_or_else(|| anyhow!("cannot fit a refusal classifier: need answers of both kinds"))
 }
@@ -116,7 +125,15 @@ pub fn fit(rows: &[Vec<f64>], refused: &[bool], groups: &[String], keyword_featu
             }
         }
     }
-    Ok(RefusalClassifier { encoder: "all-minilm-l6-v2".into(), keyword_feature, l2, model: fit_l2(rows, refused, l2)?, fitted_on })
+    let keyword_judge = if keyword_feature { keyword_fingerprint()? } else { String::new() };
+    Ok(RefusalClassifier {
+        encoder: "all-minilm-l6-v2".into(),
+        keyword_feature,
+        l2,
+        model: fit_l2(rows, refused, l2)?,
+        fitted_on,
+        keyword_judge,
+    })
 }
 
 /// Where the encoder and the fitted classifier live by default.
@@ -160,6 +177,12 @@ impl MiniLmJudge {
         })?;
         let classifier: RefusalClassifier =
             serde_json::from_str(&text).map_err(|e| anyhow!("eval.judge_options.classifier: {}: {e}", path.display()))?;
+        if classifier.keyword_feature && classifier.keyword_judge != keyword_fingerprint()? {
+            return Err(anyhow!(
+                "eval.judge_options.classifier: {}: fitted on another version of the keyword judge's verdicts; refit it with `safetune judge-check --judge minilm --data-dir DIR`",
+                path.display()
+            ));
+        }
         let embedder = Embedder::load(&enc)?;
         let fingerprint = format!("minilm:{:x}", Sha256::digest(text.as_bytes()));
         Ok(Self { embedder, classifier, fingerprint })

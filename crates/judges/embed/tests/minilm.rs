@@ -97,5 +97,10 @@ fn a_fitted_judge_tells_refusals_from_answers() {
     let bad = safetune_judge_embed::MiniLmConfig { encoder: cfg.encoder.clone(), classifier: Some(tmp.with_extension("missing")) };
     let err = safetune_judge_embed::MiniLmJudge::load(&bad).err().unwrap().to_string();
     assert!(err.contains("eval.judge_options.classifier"), "{err}");
+    // A classifier whose keyword feature came from another version of that judge is refused.
+    let stale = safetune_judge_embed::RefusalClassifier { keyword_judge: "keyword:an older marker list".into(), ..clf };
+    std::fs::write(&tmp, serde_json::to_string(&stale).unwrap()).unwrap();
+    let err = safetune_judge_embed::MiniLmJudge::load(&cfg).err().unwrap().to_string();
+    assert!(err.contains("refit it with `safetune judge-check --judge minilm"), "{err}");
     std::fs::remove_file(&tmp).unwrap();
 }
