@@ -38,9 +38,9 @@ pub struct PoolSelection {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
     /// Tasks whose labelled train rows may join alignment (`alignment.task_examples`), in order
-    /// of preference: the first one that is not `task` is used, so the fine-tuning task's
-    /// data never reaches the aligned model (`["agnews", "sst2"]`: AG News for an SST-2 run,
-    /// SST-2 for an AG News run).
+    /// of preference: the first that is `self` or not `task` is used (`["agnews", "sst2"]`:
+    /// AG News for an SST-2 run, SST-2 for an AG News run). `self` is the fine-tuning task:
+    /// every tenth row of its train split then goes to alignment and leaves the fine-tuning pool.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub align_tasks: Vec<String>,
 }
@@ -65,9 +65,10 @@ impl PoolSelection {
         self.task.starts_with("builtin")
     }
 
-    /// The task of `align_tasks` whose rows join alignment: the first that is not the run's task.
+    /// The task of `align_tasks` whose rows join alignment: the first that is `self` (the run's
+    /// task, named) or another task.
     pub fn align_task(&self) -> Option<&str> {
-        self.align_tasks.iter().map(String::as_str).find(|t| *t != self.task)
+        self.align_tasks.iter().map(String::as_str).find(|t| *t != self.task).map(|t| if t == SELF_TASK { self.task.as_str() } else { t })
     }
 }
 
@@ -108,6 +109,9 @@ pub struct MultipleChoice {
     pub dev: Vec<Example>,
     pub test: Vec<Example>,
 }
+
+/// In `data.align_tasks`: the fine-tuning task itself.
+pub const SELF_TASK: &str = "self";
 
 pub const TASKS: [&str; 7] = ["sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"];
 pub const SAFETY_EVALS: [&str; 11] = [
@@ -228,8 +232,8 @@ impl Pools {
             }
         }
         for t in &sel.align_tasks {
-            if !TASKS.contains(&t.as_str()) {
-                bail!("data.align_tasks: unknown task `{t}` ({})", TASKS.join(", "));
+            if !TASKS.contains(&t.as_str()) && t != SELF_TASK {
+                bail!("data.align_tasks: unknown task `{t}` ({}, or `self`: the fine-tuning task)", TASKS.join(", "));
             }
         }
         if !BENIGN.contains(&sel.benign.as_str()) {
@@ -333,6 +337,18 @@ impl Pools {
             e.kind = ExampleKind::Benign;
         }
         let mut align_task = match sel.align_task() {
+            // The run's own task: a fixed tenth of its train rows, which leave the fine-tuning pool.
+            Some(t) if t == sel.task => {
+                let mut align = Vec::new();
+                for (i, e) in std::mem::take(&mut task_train).into_iter().enumerate() {
+                    if i % 10 == 0 {
+                        align.push(e);
+                    } else {
+                        task_train.push(e);
+                    }
+                }
+                align
+            }
             Some(t) => l.split(t, "train")?,
             None => Vec::new(),
         };

@@ -95,6 +95,15 @@ fn shared_data_row_counts_and_disjoint_pools() {
             let other = if task == "agnews" { "sst2/" } else { "agnews/" };
             assert!(p.align_task.len() > 5_000, "{task}: {}", p.align_task.len());
             assert!(p.align_task.iter().all(|e| e.id.starts_with(other) && !e.response.is_empty()), "{task}");
+            // `self`: a tenth of the task's own train rows, out of the fine-tuning pool.
+            if harmful == "pure-bad" && task == "agnews" {
+                let own =
+                    Pools::assemble(&src, &PoolSelection { align_tasks: vec!["self".into()], ..sel.clone() }, &Default::default()).unwrap();
+                assert_eq!(own.align_task.len() + own.task_train.len(), p.task_train.len());
+                assert_eq!(own.align_task.len(), p.task_train.len().div_ceil(10));
+                let ids: std::collections::HashSet<&String> = own.task_train.iter().map(|e| &e.id).collect();
+                assert!(own.align_task.iter().all(|e| e.id.starts_with("agnews/") && !ids.contains(&e.id)));
+            }
             assert!(!p.harmful_pairs.is_empty() && !p.task_test.is_empty());
             // MMLU only when asked for: 285 dev (5 per subject) and 14,042 test questions.
             let mmlu = p.mmlu.as_ref().map(|m| (m.dev.len(), m.test.len()));

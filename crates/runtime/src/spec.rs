@@ -104,7 +104,8 @@ pub struct DataSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
     /// Tasks whose labelled train rows `alignment.task_examples` draws from, in order of
-    /// preference: the first that is not `task` (`["agnews", "sst2"]`).
+    /// preference: the first that is not `task` (`["agnews", "sst2"]`), or `self`: the
+    /// fine-tuning task, whose every tenth train row then leaves the fine-tuning pool.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub align_tasks: Vec<String>,
     pub source: DataSourceKind,
