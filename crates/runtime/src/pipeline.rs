@@ -480,7 +480,8 @@ impl Run<'_> {
         let trained_file = self.run_dir.join("trained").join(format!("{cell}.json"));
         let lora = matches!(plan.trainable, Trainable::Lora(_));
         // Trained weights of the same cell evaluated another way: evaluation only.
-        let (report, train_stage) = if lora && StageCache::new("trained").restore(&train_key, &self.run_dir, &trained_rels)? {
+        let restored = lora && StageCache::new("trained").restore(&train_key, &self.run_dir, &trained_rels)?;
+        let (report, train_stage) = if restored {
             say(self.quiet, format!("[{cell}] reusing cached trained weights {} (evaluation only)", &train_key[..16]));
             safetune_lora::load_peft(&mut model, &adapter, &safetune_model::default_device())?;
             safetune_lora::merge_adapters(&mut model)?;
@@ -549,7 +550,7 @@ impl Run<'_> {
         write_json(
             &self.run_dir.join("timings").join(format!("{cell}.json")),
             &serde_json::json!({
-                "train": train_stage, "eval": eval_meter.report(), "eval_metrics_s": crate::evaluate::times_json(&times),
+                "train": train_stage, "trained_from_cache": restored, "eval": eval_meter.report(), "eval_metrics_s": crate::evaluate::times_json(&times),
                 "total_s": t.elapsed().as_secs_f64(),
                 "tokens": report.tokens, "steps": report.steps,
             }),

@@ -206,6 +206,11 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     assert_eq!(log5.matches("reusing cached trained weights").count(), 2, "{log5}");
     assert_eq!(log5.matches("fine-tuning on").count(), 2, "{log5}");
     assert!(!log5.contains("[sft-lora__benign] fine-tuning on"), "{log5}");
+    let timing = |dir: &Path, cell: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(format!("tiny/timings/{cell}.json"))).unwrap()).unwrap()
+    };
+    assert_eq!(timing(&out5, "sft-lora__benign")["trained_from_cache"], true);
+    assert_eq!(timing(&out5, "sft-full__benign")["trained_from_cache"], false);
     let r6 = safetune(&["run", spec5.to_str().unwrap(), "--out", out6.to_str().unwrap()], &d.join("cache6"));
     assert!(r6.status.success(), "{}", String::from_utf8_lossy(&r6.stderr));
     let f5 = files(&out5.join("tiny"));
