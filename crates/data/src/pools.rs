@@ -91,8 +91,9 @@ pub struct Pools {
     /// Risky requests with natural safe answers (Safety-Tuned LLaMAs), when the source has them.
     pub safe_answers: Vec<Example>,
     pub benign: Vec<Example>,
-    /// Labelled train rows of another task (`data.align_tasks`) for alignment, so the aligned
-    /// model keeps answering short-format instructions; empty when none is selected.
+    /// Labelled train rows of the task `data.align_tasks` picks (another task, or a tenth of
+    /// this one's, then out of `task_train`) for alignment, so the aligned model keeps
+    /// answering short-format instructions; empty when none is selected.
     pub align_task: Vec<Example>,
     pub safety_evals: Vec<(String, Vec<Example>)>,
     /// Over-refusal sets: benign prompts a safe model should answer.

@@ -19,7 +19,7 @@ pub struct AlignmentSpec {
     /// "deep alignment" augmentation).
     pub recovery: usize,
     pub benign: usize,
-    /// Labelled rows of another task (short-format answers).
+    /// Labelled task rows (short-format answers; see `Pools::align_task`).
     pub task_examples: usize,
     pub seed: u64,
 }
@@ -31,7 +31,7 @@ pub struct AlignmentPools<'a> {
     pub harmful_prompts: &'a [Example],
     pub safe_answers: &'a [Example],
     pub benign: &'a [Example],
-    /// Labelled train rows of a task other than the fine-tuning task.
+    /// Labelled task rows disjoint from the fine-tuning pool (`Pools::align_task`).
     pub task_rows: &'a [Example],
 }
 
