@@ -37,10 +37,11 @@ pub struct PoolSelection {
     /// Utility benchmarks besides the task: `mmlu` (log-likelihood accuracy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
-    /// Tasks whose labelled train rows may join alignment (`alignment.task_examples`), in order
-    /// of preference: the first that is `self` or not `task` is used (`["agnews", "sst2"]`:
-    /// AG News for an SST-2 run, SST-2 for an AG News run). `self` is the fine-tuning task:
-    /// every tenth row of its train split then goes to alignment and leaves the fine-tuning pool.
+    /// Tasks whose labelled train rows join alignment (`alignment.task_examples` from each): a
+    /// task gives a fixed tenth of its train rows (every tenth, after its held-out rows leave),
+    /// and that tenth leaves the task's fine-tuning pool. `self` is the run's task. The rows
+    /// depend only on the list, so a multi-task run listing all its tasks (`["sst2", "agnews"]`)
+    /// aligns once for every task.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub align_tasks: Vec<String>,
 }
@@ -65,10 +66,16 @@ impl PoolSelection {
         self.task.starts_with("builtin")
     }
 
-    /// The task of `align_tasks` whose rows join alignment: the first that is `self` (the run's
-    /// task, named) or another task.
-    pub fn align_task(&self) -> Option<&str> {
-        self.align_tasks.iter().map(String::as_str).find(|t| *t != self.task).map(|t| if t == SELF_TASK { self.task.as_str() } else { t })
+    /// The tasks of `align_tasks`, `self` named, each once, in order.
+    pub fn align_task_names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for t in &self.align_tasks {
+            let t = if t == SELF_TASK { self.task.as_str() } else { t.as_str() };
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
     }
 }
 
@@ -91,10 +98,10 @@ pub struct Pools {
     /// Risky requests with natural safe answers (Safety-Tuned LLaMAs), when the source has them.
     pub safe_answers: Vec<Example>,
     pub benign: Vec<Example>,
-    /// Labelled train rows of the task `data.align_tasks` picks (another task, or a tenth of
-    /// this one's, then out of `task_train`) for alignment, so the aligned model keeps
-    /// answering short-format instructions; empty when none is selected.
-    pub align_task: Vec<Example>,
+    /// Per task of `data.align_tasks`: its alignment tenth of labelled train rows (out of
+    /// `task_train` for the run's own task), so the aligned model keeps answering
+    /// short-format instructions; empty when none is selected.
+    pub align_task: Vec<(String, Vec<Example>)>,
     pub safety_evals: Vec<(String, Vec<Example>)>,
     /// Over-refusal sets: benign prompts a safe model should answer.
     pub over_refusal: Vec<(String, Vec<Example>)>,
@@ -109,6 +116,32 @@ pub struct Pools {
 pub struct MultipleChoice {
     pub dev: Vec<Example>,
     pub test: Vec<Example>,
+}
+
+/// A task's train rows that may be trained on: its train split minus every row of its other
+/// splits (test and validation alike, so the pool does not depend on which split a run scores;
+/// SST-2 train repeats 1,675 short phrases of them) and every evaluation prompt. Also returns
+/// the held-out rows.
+fn train_pool(ds: &catalog::Dataset, evals: &[Example]) -> Result<(Vec<Example>, Vec<Example>)> {
+    let held_out: Vec<Example> =
+        ds.splits.iter().filter(|(name, _)| name.as_str() != "train").flat_map(|(_, rows)| rows.iter().cloned()).collect();
+    let mut train = ds.split("train")?.to_vec();
+    remove_overlap(&mut train, &[&held_out, evals]);
+    Ok((train, held_out))
+}
+
+/// Splits a task's train pool into the rows left for fine-tuning and its alignment tenth (every
+/// tenth row, in file order).
+fn alignment_tenth(rows: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
+    let (mut rest, mut tenth) = (Vec::new(), Vec::new());
+    for (i, e) in rows.into_iter().enumerate() {
+        if i % 10 == 0 {
+            tenth.push(e);
+        } else {
+            rest.push(e);
+        }
+    }
+    (rest, tenth)
 }
 
 /// In `data.align_tasks`: the fine-tuning task itself.
@@ -313,7 +346,7 @@ impl Pools {
             name => l.split(name, "train")?,
         };
         remove_overlap(&mut harmful_pairs, &[&evals, &align_prompts, &safe_answers]);
-        let (mut task_train, task_test, holdout_ids) = {
+        let (mut task_train, task_test, holdout_ids, task_held_out) = {
             let ds = l.get(&sel.task)?;
             if custom.get(&sel.task).is_none() && catalog::find(&sel.task)?.role != Role::Task {
                 bail!("data.task: `{}` is not a task", sel.task);
@@ -321,11 +354,10 @@ impl Pools {
             if sel.task_split != "test" && !ds.splits.contains_key(&sel.task_split) {
                 bail!("data.task_split: task `{}` has no `{}` split", sel.task, sel.task_split);
             }
-            (ds.split("train")?.to_vec(), ds.split(&sel.task_split)?.to_vec(), ds.holdout_ids.clone())
+            let (train, held_out) = train_pool(ds, &evals)?;
+            (train, ds.split(&sel.task_split)?.to_vec(), ds.holdout_ids.clone(), held_out)
         };
-        // Some task train splits hold test rows verbatim (SST-2: 5): they leave the train pool.
-        remove_overlap(&mut task_train, &[&task_test, &evals]);
-        // Every row of the benign set in file order, minus the task's test rows.
+        // Every row of the benign set in file order, minus the task's held-out rows.
         // (`alpaca+dolly`: Alpaca's rows, then Dolly's.)
         let mut benign: Vec<Example> = Vec::new();
         for name in sel.benign.split('+') {
@@ -333,29 +365,24 @@ impl Pools {
             rows.sort_by_key(|e| e.id.rsplit_once(':').and_then(|(_, n)| n.parse::<usize>().ok()).unwrap_or(usize::MAX));
             benign.extend(rows);
         }
-        remove_overlap(&mut benign, &[&task_test, &evals]);
+        remove_overlap(&mut benign, &[&task_held_out, &evals]);
         for e in &mut benign {
             e.kind = ExampleKind::Benign;
         }
-        let mut align_task = match sel.align_task() {
-            // The run's own task: a fixed tenth of its train rows, which leave the fine-tuning pool.
-            Some(t) if t == sel.task => {
-                let mut align = Vec::new();
-                for (i, e) in std::mem::take(&mut task_train).into_iter().enumerate() {
-                    if i % 10 == 0 {
-                        align.push(e);
-                    } else {
-                        task_train.push(e);
-                    }
-                }
-                align
+        let mut align_task = Vec::new();
+        for t in sel.align_task_names() {
+            let mut tenth = if t == sel.task {
+                let (rest, tenth) = alignment_tenth(std::mem::take(&mut task_train));
+                task_train = rest;
+                tenth
+            } else {
+                alignment_tenth(train_pool(l.get(t)?, &evals)?.0).1
+            };
+            remove_overlap(&mut tenth, &[&task_held_out, &evals]);
+            for e in &mut tenth {
+                e.kind = ExampleKind::Benign;
             }
-            Some(t) => l.split(t, "train")?,
-            None => Vec::new(),
-        };
-        remove_overlap(&mut align_task, &[&task_test, &evals]);
-        for e in &mut align_task {
-            e.kind = ExampleKind::Benign;
+            align_task.push((t.to_string(), tenth));
         }
         let source = match src {
             DataSource::Dir(d) => d.root.display().to_string(),
@@ -430,15 +457,15 @@ impl Pools {
 
     /// Errors if any evaluation prompt appears in alignment or fine-tuning pools.
     pub fn check(&self) -> Result<()> {
-        let training = [
+        let mut training = vec![
             ("alignment prompts", self.align_prompts.as_slice()),
             ("safe answers", self.safe_answers.as_slice()),
             ("benign instructions", self.benign.as_slice()),
-            ("alignment task rows", self.align_task.as_slice()),
             ("harmful pairs", self.harmful_pairs.as_slice()),
             ("pure-bad pairs", self.pure_bad.as_slice()),
             ("task train", self.task_train.as_slice()),
         ];
+        training.extend(self.align_task.iter().map(|(_, rows)| ("alignment task rows", rows.as_slice())));
         let mut evals: Vec<(&str, &[Example])> =
             self.safety_evals.iter().chain(&self.over_refusal).map(|(n, v)| (n.as_str(), v.as_slice())).collect();
         evals.push(("task test", self.task_test.as_slice()));

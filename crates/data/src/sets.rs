@@ -19,7 +19,8 @@ pub struct AlignmentSpec {
     /// "deep alignment" augmentation).
     pub recovery: usize,
     pub benign: usize,
-    /// Labelled task rows (short-format answers; see `Pools::align_task`).
+    /// Labelled task rows from each task of `data.align_tasks` (short-format answers; see
+    /// `Pools::align_task`).
     pub task_examples: usize,
     pub seed: u64,
 }
@@ -31,8 +32,8 @@ pub struct AlignmentPools<'a> {
     pub harmful_prompts: &'a [Example],
     pub safe_answers: &'a [Example],
     pub benign: &'a [Example],
-    /// Labelled task rows disjoint from the fine-tuning pool (`Pools::align_task`).
-    pub task_rows: &'a [Example],
+    /// Per task, labelled rows disjoint from the fine-tuning pool (`Pools::align_task`).
+    pub task_rows: &'a [(String, Vec<Example>)],
 }
 
 pub fn alignment_set(pools: &AlignmentPools, spec: &AlignmentSpec) -> Result<Vec<Example>> {
@@ -54,12 +55,13 @@ pub fn alignment_set(pools: &AlignmentPools, spec: &AlignmentSpec) -> Result<Vec
     if spec.benign > pools.benign.len() {
         bail!("alignment.benign: {} asked for, the benign pool has {}", spec.benign, pools.benign.len());
     }
-    if spec.task_examples > pools.task_rows.len() {
-        bail!(
-            "alignment.task_examples: {} asked for, the task-row pool (data.align_tasks) has {}",
-            spec.task_examples,
-            pools.task_rows.len()
-        );
+    if spec.task_examples > 0 && pools.task_rows.is_empty() {
+        bail!("alignment.task_examples: {} asked for, but data.align_tasks names no task", spec.task_examples);
+    }
+    for (task, rows) in pools.task_rows {
+        if spec.task_examples > rows.len() {
+            bail!("alignment.task_examples: {} asked for, task `{task}` of data.align_tasks has {}", spec.task_examples, rows.len());
+        }
     }
     let mut style = SeededRng::derive(spec.seed, "align/style");
     let mut out: Vec<Example> = SeededRng::derive(spec.seed, "align/refusals")
@@ -96,12 +98,14 @@ pub fn alignment_set(pools: &AlignmentPools, spec: &AlignmentSpec) -> Result<Vec
             .into_iter()
             .map(|i| pools.benign[i].clone()),
     );
-    out.extend(
-        SeededRng::derive(spec.seed, "align/task-rows")
-            .sample_indices(pools.task_rows.len(), spec.task_examples)
-            .into_iter()
-            .map(|i| pools.task_rows[i].clone()),
-    );
+    for (task, rows) in pools.task_rows {
+        out.extend(
+            SeededRng::derive(spec.seed, &format!("align/task-rows/{task}"))
+                .sample_indices(rows.len(), spec.task_examples)
+                .into_iter()
+                .map(|i| rows[i].clone()),
+        );
+    }
     SeededRng::derive(spec.seed, "align/order").shuffle(&mut out);
     Ok(out)
 }
@@ -151,15 +155,22 @@ mod tests {
         assert_eq!(ids(&set, "b:"), ids(&plain, "b:"));
         let too_many = AlignmentSpec { safe_answers: 11, ..spec.clone() };
         assert!(alignment_set(&pools, &too_many).unwrap_err().to_string().contains("alignment.safe_answers"));
-        // Another task's labelled rows: as many as asked, answers kept, other draws unchanged.
-        let rows = pool(ExampleKind::Benign, 12, "t");
+        // Tasks' labelled rows: as many as asked from each task, answers kept, other draws unchanged.
+        let rows = [("t".to_string(), pool(ExampleKind::Benign, 12, "t")), ("u".to_string(), pool(ExampleKind::Benign, 9, "u"))];
         let with_rows = AlignmentPools { task_rows: &rows, ..pools };
         let more = alignment_set(&with_rows, &AlignmentSpec { task_examples: 7, ..spec.clone() }).unwrap();
         assert_eq!(more.iter().filter(|e| e.id.starts_with("t:")).count(), 7);
+        assert_eq!(more.iter().filter(|e| e.id.starts_with("u:")).count(), 7);
         assert!(more.iter().filter(|e| e.id.starts_with("t:")).all(|e| e.response.starts_with("Sure, here is answer")));
         for t in ["h:", "s:", "b:"] {
             assert_eq!(ids(&more, t), ids(&set, t), "{t}");
         }
+        // A task's draw does not depend on the other tasks listed.
+        let one = AlignmentPools { task_rows: &rows[..1], ..pools };
+        let fewer = alignment_set(&one, &AlignmentSpec { task_examples: 7, ..spec.clone() }).unwrap();
+        assert_eq!(ids(&fewer, "t:"), ids(&more, "t:"));
+        let err = alignment_set(&with_rows, &AlignmentSpec { task_examples: 10, ..spec.clone() }).unwrap_err().to_string();
+        assert!(err.contains("alignment.task_examples") && err.contains("task `u`") && err.contains("has 9"), "{err}");
         let err = alignment_set(&pools, &AlignmentSpec { task_examples: 1, ..spec }).unwrap_err().to_string();
         assert!(err.contains("alignment.task_examples") && err.contains("data.align_tasks"), "{err}");
     }

@@ -74,10 +74,24 @@ fn shared_data_row_counts_and_disjoint_pools() {
     let pools = Pools::assemble(&src, &PoolSelection::default(), &Default::default()).unwrap();
     // AdvBench train shares 125 prompts with test: they are left out of alignment.
     assert_eq!(pools.align_prompts.len(), 291);
+    // SST-2 train phrases also in test (5) or validation (short phrases recur): left out.
     let dropped = 60_614 - pools.task_train.len();
-    eprintln!("sst2 train sentences also in test, left out: {dropped}");
-    assert!(dropped > 0 && dropped < 100, "{dropped}");
+    assert_eq!(dropped, 1_675);
+    // The training pools do not depend on the split a run scores: a calibration on validation
+    // trains on exactly what a run on test trains on (and on no validation sentence).
+    let sel = PoolSelection { align_tasks: vec!["self".into()], ..PoolSelection::default() };
+    let on_test = Pools::assemble(&src, &sel, &Default::default()).unwrap();
+    let on_val = Pools::assemble(&src, &PoolSelection { task_split: "validation".into(), ..sel }, &Default::default()).unwrap();
+    assert_eq!(on_val.task_test.len(), 6_735);
+    for (a, b) in
+        [(&on_test.task_train, &on_val.task_train), (&on_test.align_task[0].1, &on_val.align_task[0].1), (&on_test.benign, &on_val.benign)]
+    {
+        assert_eq!(a.iter().map(|e| &e.id).collect::<Vec<_>>(), b.iter().map(|e| &e.id).collect::<Vec<_>>());
+    }
+    let val: std::collections::HashSet<&str> = on_val.task_test.iter().map(|e| e.prompt.as_str()).collect();
+    assert!(on_val.task_train.iter().chain(&on_val.align_task[0].1).all(|e| !val.contains(e.prompt.as_str())));
     // Every task and harmful source assembles into disjoint pools.
+    let mut shared_align: Option<Vec<(String, Vec<String>)>> = None;
     for task in ["agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"] {
         for harmful in ["beavertails-unsafe", "pure-bad", "advbench"] {
             let sel = PoolSelection {
@@ -91,18 +105,26 @@ fn shared_data_row_counts_and_disjoint_pools() {
                 align_tasks: vec!["agnews".into(), "sst2".into()],
             };
             let p = Pools::assemble(&src, &sel, &Default::default()).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
-            // Alignment's task rows come from the first listed task that is not the run's task.
-            let other = if task == "agnews" { "sst2/" } else { "agnews/" };
-            assert!(p.align_task.len() > 5_000, "{task}: {}", p.align_task.len());
-            assert!(p.align_task.iter().all(|e| e.id.starts_with(other) && !e.response.is_empty()), "{task}");
+            // Alignment's task rows: a tenth of each listed task's train rows, out of the run's own
+            // fine-tuning pool, the same whichever task the run fine-tunes on.
+            assert_eq!(p.align_task.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["agnews", "sst2"]);
+            for (t, rows) in &p.align_task {
+                assert!(rows.len() > 1_000 && rows.iter().all(|e| e.id.starts_with(&format!("{t}/")) && !e.response.is_empty()), "{t}");
+            }
+            let ids: std::collections::HashSet<&String> = p.task_train.iter().map(|e| &e.id).collect();
+            assert!(p.align_task.iter().flat_map(|(_, r)| r).all(|e| !ids.contains(&e.id)), "{task}");
+            if let Some(a) = &shared_align {
+                assert_eq!(a, &p.align_task.iter().map(|(t, r)| (t.clone(), r.iter().map(|e| e.id.clone()).collect())).collect::<Vec<_>>());
+            }
+            shared_align = Some(p.align_task.iter().map(|(t, r)| (t.clone(), r.iter().map(|e| e.id.clone()).collect())).collect());
             // `self`: a tenth of the task's own train rows, out of the fine-tuning pool.
             if harmful == "pure-bad" && task == "agnews" {
                 let own =
                     Pools::assemble(&src, &PoolSelection { align_tasks: vec!["self".into()], ..sel.clone() }, &Default::default()).unwrap();
-                assert_eq!(own.align_task.len() + own.task_train.len(), p.task_train.len());
-                assert_eq!(own.align_task.len(), p.task_train.len().div_ceil(10));
-                let ids: std::collections::HashSet<&String> = own.task_train.iter().map(|e| &e.id).collect();
-                assert!(own.align_task.iter().all(|e| e.id.starts_with("agnews/") && !ids.contains(&e.id)));
+                let tenth = &own.align_task[0].1;
+                assert_eq!(own.align_task[0].0, "agnews");
+                assert_eq!(tenth.len() + own.task_train.len(), p.task_train.len() + p.align_task[0].1.len());
+                assert_eq!(tenth.iter().map(|e| &e.id).collect::<Vec<_>>(), p.align_task[0].1.iter().map(|e| &e.id).collect::<Vec<_>>());
             }
             assert!(!p.harmful_pairs.is_empty() && !p.task_test.is_empty());
             // MMLU only when asked for: 285 dev (5 per subject) and 14,042 test questions.

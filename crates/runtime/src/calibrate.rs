@@ -50,6 +50,9 @@ struct Candidate {
     overlays: Vec<String>,
     #[serde(default)]
     note: String,
+    /// Seeds for this candidate instead of the sweep's (a short list to screen, the full one to confirm).
+    #[serde(default)]
+    seeds: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +91,10 @@ pub struct Outcome {
     /// Per regime: ASR per set, mean refusal retention, task score.
     pub cells: Vec<CellOutcome>,
     pub misses: Vec<String>,
+    /// Read from the run directories of an earlier `calibrate` (a candidate left out by
+    /// `--only`), not run now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub earlier: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +164,7 @@ fn outcome(name: &str, note: &str, seeds: &[u64], runs: &[Vec<Row>], select: &Se
         aligned_task: mean(&aligned_task),
         cells,
         misses: Vec::new(),
+        earlier: false,
     };
     o.misses = misses(&o, select);
     Ok(o)
@@ -245,7 +253,8 @@ pub fn table(outcomes: &[Outcome], chosen: Option<usize>) -> String {
             (true, false) => " **(closest)**",
             _ => "",
         };
-        let mut cols = vec![format!("{}{mark}", o.name), o.seeds.len().to_string()];
+        let earlier = if o.earlier { " †" } else { "" };
+        let mut cols = vec![format!("{}{earlier}{mark}", o.name), o.seeds.len().to_string()];
         cols.extend(sets.iter().map(|s| o.aligned_asr.get(*s).copied().map(pct).unwrap_or_else(|| "-".into())));
         cols.push(pct(o.aligned_answered));
         for r in &regimes {
@@ -262,6 +271,9 @@ pub fn table(outcomes: &[Outcome], chosen: Option<usize>) -> String {
         out.push_str(&format!("| {} |\n", cols.join(" | ")));
     }
     out.push('\n');
+    if outcomes.iter().any(|o| o.earlier) {
+        out.push_str("† not rerun: read from the run directories of an earlier `calibrate` (left out by `--only`).\n\n");
+    }
     for o in outcomes.iter().filter(|o| !o.note.is_empty()) {
         out.push_str(&format!("- `{}`: {}\n", o.name, o.note));
     }
@@ -327,11 +339,18 @@ pub fn main(args: &[String]) -> Result<String> {
     let runs_dir = out.join(&sweep_name).join("runs");
     let mut outcomes = Vec::new();
     for (c, spec) in sweep.candidates.iter().zip(&specs) {
+        let seeds = if c.seeds.is_empty() { &seeds } else { &c.seeds };
         if !only.is_empty() && !only.contains(&c.name) {
+            // Left out: its figures still belong in the table if every seed's run finished earlier.
+            let dirs: Vec<PathBuf> = seeds.iter().map(|seed| runs_dir.join(format!("{}-s{seed}", c.name))).collect();
+            if dirs.iter().all(|d| d.join("summary.md").is_file()) {
+                let rows = dirs.iter().map(|d| rows_from_dir(d)).collect::<Result<Vec<_>>>()?;
+                outcomes.push(Outcome { earlier: true, ..outcome(&c.name, &c.note, seeds, &rows, &sweep.select)? });
+            }
             continue;
         }
         let mut rows = Vec::new();
-        for &seed in &seeds {
+        for &seed in seeds {
             let mut s = spec.clone();
             s.name = format!("{}-s{seed}", c.name);
             s.seed = seed;
@@ -340,7 +359,7 @@ pub fn main(args: &[String]) -> Result<String> {
             crate::pipeline::run(&s, &RunOptions::new(data_dir.clone(), runs_dir.clone(), quiet))?;
             rows.push(rows_from_dir(&runs_dir.join(&s.name))?);
         }
-        outcomes.push(outcome(&c.name, &c.note, &seeds, &rows, &sweep.select)?);
+        outcomes.push(outcome(&c.name, &c.note, seeds, &rows, &sweep.select)?);
     }
     let chosen = choose(&outcomes);
     let md = table(&outcomes, chosen);
@@ -371,6 +390,7 @@ mod tests {
                 CellOutcome { regime: "high-harm".into(), poison_ratio: 0.3, asr: asr(high), retention: 0.1, task: 0.85 },
             ],
             misses: Vec::new(),
+            earlier: false,
         };
         x.misses = misses(&x, &Select::default());
         x
@@ -399,5 +419,9 @@ mod tests {
         let none = vec![all[0].clone(), all[5].clone()];
         let md = table(&none, choose(&none));
         assert!(md.contains("No candidate meets every target") && md.contains("unsafe **(closest)**"), "{md}");
+        // A candidate read from an earlier run is marked and explained.
+        let old = vec![Outcome { earlier: true, ..all[3].clone() }, all[4].clone()];
+        let md = table(&old, choose(&old));
+        assert!(md.contains("good † |") && md.contains("† not rerun") && !md.contains("better †"), "{md}");
     }
 }

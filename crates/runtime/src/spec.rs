@@ -164,8 +164,9 @@ pub struct AlignmentStage {
     pub recovery: usize,
     /// Benign instructions (from `data.benign`).
     pub benign: usize,
-    /// Labelled train rows of another task (the first of `data.align_tasks` that is not the
-    /// fine-tuning task), so the aligned model keeps answering short-format instructions.
+    /// Labelled train rows from each task of `data.align_tasks` (its alignment tenth, which
+    /// leaves that task's fine-tuning pool), so the aligned model keeps answering
+    /// short-format instructions.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub task_examples: usize,
     /// Full-parameter alignment: every weight trained (`lora` unused); the aligned
