@@ -295,6 +295,7 @@ pub fn main(args: &[String]) -> Result<String> {
     let mut out = PathBuf::from("results");
     let mut quiet = false;
     let mut only = Vec::new();
+    let mut dry_run = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -302,6 +303,7 @@ pub fn main(args: &[String]) -> Result<String> {
             "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
             "--only" => only.push(it.next().ok_or_else(|| anyhow!("--only needs a candidate name"))?.clone()),
             "--quiet" => quiet = true,
+            "--dry-run" => dry_run = true,
             f if f.starts_with('-') => bail!("calibrate: unknown flag `{f}`"),
             p if sweep_path.is_none() => sweep_path = Some(PathBuf::from(p)),
             p => bail!("calibrate: unexpected argument `{p}`"),
@@ -337,10 +339,35 @@ pub fn main(args: &[String]) -> Result<String> {
     }
     let seeds = if sweep.seeds.is_empty() { vec![specs.first().map(|s| s.seed).unwrap_or(42)] } else { sweep.seeds.clone() };
     let runs_dir = out.join(&sweep_name).join("runs");
+    let selected = |c: &Candidate| only.is_empty() || only.contains(&c.name);
+    let seed_specs = |c: &Candidate, spec: &RunSpec| -> Vec<RunSpec> {
+        let seeds = if c.seeds.is_empty() { &seeds } else { &c.seeds };
+        seeds
+            .iter()
+            .map(|&seed| {
+                let mut s = spec.clone();
+                s.name = format!("{}-s{seed}", c.name);
+                s.seed = seed;
+                s.seeds = Vec::new();
+                s
+            })
+            .collect()
+    };
+    // Every run's data, alignment set and variants are checked before the first one trains.
+    let mut plan = String::new();
+    for (c, spec) in sweep.candidates.iter().zip(&specs).filter(|(c, _)| selected(c)) {
+        for s in seed_specs(c, spec) {
+            let opts = RunOptions { dry_run: true, ..RunOptions::new(data_dir.clone(), runs_dir.clone(), true) };
+            plan.push_str(&crate::pipeline::run(&s, &opts).map_err(|e| anyhow!("candidate {}: {e}", c.name))?);
+        }
+    }
+    if dry_run {
+        return Ok(plan);
+    }
     let mut outcomes = Vec::new();
     for (c, spec) in sweep.candidates.iter().zip(&specs) {
         let seeds = if c.seeds.is_empty() { &seeds } else { &c.seeds };
-        if !only.is_empty() && !only.contains(&c.name) {
+        if !selected(c) {
             // Left out: its figures still belong in the table if every seed's run finished earlier.
             let dirs: Vec<PathBuf> = seeds.iter().map(|seed| runs_dir.join(format!("{}-s{seed}", c.name))).collect();
             if dirs.iter().all(|d| d.join("summary.md").is_file()) {
@@ -350,12 +377,8 @@ pub fn main(args: &[String]) -> Result<String> {
             continue;
         }
         let mut rows = Vec::new();
-        for &seed in seeds {
-            let mut s = spec.clone();
-            s.name = format!("{}-s{seed}", c.name);
-            s.seed = seed;
-            s.seeds = Vec::new();
-            crate::pipeline::say(quiet, format!("[calibrate] candidate {} seed {seed}", c.name));
+        for s in seed_specs(c, spec) {
+            crate::pipeline::say(quiet, format!("[calibrate] candidate {} seed {}", c.name, s.seed));
             crate::pipeline::run(&s, &RunOptions::new(data_dir.clone(), runs_dir.clone(), quiet))?;
             rows.push(rows_from_dir(&runs_dir.join(&s.name))?);
         }

@@ -12,15 +12,16 @@ use crate::spec::RunSpec;
 pub const USAGE: &str = "safetune — how safe does an LLM stay when it is fine-tuned?
 
 usage:
-  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json] [--jobs N]
+  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json] [--jobs N] [--dry-run]
       align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
       (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order;
-      SPEC may be a results directory's spec.json; --jobs N fine-tunes N cells at once, cores split between them)
+      SPEC may be a results directory's spec.json; --jobs N fine-tunes N cells at once, cores split between them;
+      --dry-run checks every input of every sub-run and prints the plan, writing nothing)
 {eval}
   safetune report RUN_DIR [--json]
       rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
       SVG plots) from its results, and print the table (--json: the rows as JSON)
-  safetune calibrate SWEEP.toml [--data-dir DIR] [--out DIR] [--only CANDIDATE]... [--quiet]
+  safetune calibrate SWEEP.toml [--data-dir DIR] [--out DIR] [--only CANDIDATE]... [--quiet] [--dry-run]
       run every candidate protocol of a sweep (overlays on a base spec) over its seeds on validation
       data only, and write OUT/<sweep>/sweep.md (figures, the targets each misses, the choice) and sweep.json
   safetune rejudge RUN_DIR [--judge NAME]
@@ -51,6 +52,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             let mut jobs = 1;
             let mut worker_cells: Option<Vec<String>> = None;
             let mut overlays = Vec::new();
+            let mut dry_run = false;
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
@@ -58,6 +60,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
                     "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
                     "--quiet" => quiet = true,
                     "--json" => json = true,
+                    "--dry-run" => dry_run = true,
                     "--jobs" => {
                         let v = it.next().ok_or_else(|| anyhow!("--jobs needs a number"))?;
                         jobs = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| anyhow!("--jobs: `{v}` is not a positive integer"))?;
@@ -80,9 +83,9 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 spec.data.task = t;
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
             }
-            let opts = RunOptions { data_dir, out: out.clone(), quiet, jobs, worker_cells };
+            let opts = RunOptions { data_dir, out: out.clone(), quiet, jobs, worker_cells, dry_run };
             let table = crate::pipeline::run(&spec, &opts)?;
-            if json {
+            if json && !dry_run {
                 return rows_json(&out.join(&spec.name));
             }
             Ok(table)

@@ -23,6 +23,7 @@ use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
 use crate::stack::{build_defense, build_stack, label};
 use crate::stage_cache::StageCache;
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
     pub out: PathBuf,
@@ -31,11 +32,13 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Set in a worker process: the cells it computes (the parent holds the lock).
     pub worker_cells: Option<Vec<String>>,
+    /// Check every input and print the plan; train, evaluate and write nothing.
+    pub dry_run: bool,
 }
 
 impl RunOptions {
     pub fn new(data_dir: Option<PathBuf>, out: PathBuf, quiet: bool) -> Self {
-        Self { data_dir, out, quiet, jobs: 1, worker_cells: None }
+        Self { data_dir, out, quiet, jobs: 1, worker_cells: None, dry_run: false }
     }
 }
 
@@ -653,35 +656,55 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     if subs.is_empty() {
         return run_single(spec, opts);
     }
-    // Every task's data is read once before anything is written, so that a bad
-    // data directory or file leaves no results directory behind.
-    let mut checked = Vec::new();
+    // Every sub-run's input is checked before anything is written or trained, so that a
+    // bad data file or an impossible budget in the last sub-run stops the grid at once.
+    let mut plan = Vec::new();
     for s in &subs {
-        if !checked.contains(&s.data.task) {
-            load_pools(s, opts)?;
-            checked.push(s.data.task.clone());
-        }
+        let (_, align_set) = checked(s, opts).map_err(|e| anyhow!("{e} (task {}, seed {})", s.data.task, s.seed))?;
+        plan.push(plan_line(s, align_set.len()));
     }
-    resolve_model(&spec.model.source, opts.quiet)?;
+    if opts.dry_run {
+        return Ok(format!(
+            "{}: {} sub-runs under {}\n{}",
+            spec.name,
+            subs.len(),
+            opts.out.join(&spec.name).join("runs").display(),
+            plan.join("")
+        ));
+    }
     let (top, _lock, _) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
     let runs = top.join("runs");
     let mut dirs = Vec::new();
     for s in &subs {
         say(opts.quiet, format!("[grid] {} of {}: task {}, seed {}", dirs.len() + 1, subs.len(), s.data.task, s.seed));
-        let sub_opts =
-            RunOptions { data_dir: opts.data_dir.clone(), out: runs.clone(), quiet: opts.quiet, jobs: opts.jobs, worker_cells: None };
+        let sub_opts = RunOptions { out: runs.clone(), worker_cells: None, ..opts.clone() };
         run_single(s, &sub_opts)?;
         dirs.push((s.data.task.clone(), s.seed, runs.join(&s.name)));
     }
     crate::report::write_seed_report(&top, &spec.name, &dirs)
 }
 
-fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
-    let start = Instant::now();
-    let quiet = opts.quiet;
+/// One run's plan in a line: what it trains and scores.
+fn plan_line(spec: &RunSpec, align_examples: usize) -> String {
+    let cells = spec.finetune.methods.len() * spec.finetune.defenses.len() * spec.finetune.regimes.len();
+    format!(
+        "  {}: task {}, seed {}; alignment on {align_examples} examples; {cells} cells ({} × {} stacks × {}) on n = {}; safety sets {}\n",
+        spec.name,
+        spec.data.task,
+        spec.seed,
+        spec.finetune.methods.join(", "),
+        spec.finetune.defenses.len(),
+        spec.finetune.regimes.join(", "),
+        spec.finetune.n,
+        spec.data.safety_evals.join(", "),
+    )
+}
+
+/// Everything that can reject one run's input — data, model, judge, the alignment set and
+/// every regime's variant — checked before its results directory exists.
+fn checked(spec: &RunSpec, opts: &RunOptions) -> Result<(Prepared, Vec<Example>)> {
     let prepared = prepare(spec, opts)?;
     let pools = &prepared.pools;
-    // Everything that can reject the input is checked before the results directory exists.
     let align_set = alignment_set(
         &AlignmentPools {
             harmful_prompts: &pools.align_prompts,
@@ -700,6 +723,16 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     )?;
     for regime in &spec.finetune.regimes {
         pools.variant(Regime::parse(regime)?, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
+    }
+    Ok((prepared, align_set))
+}
+
+fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
+    let start = Instant::now();
+    let quiet = opts.quiet;
+    let (prepared, align_set) = checked(spec, opts)?;
+    if opts.dry_run {
+        return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, align_set.len())));
     }
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
     let mut manifest = manifest_base(spec, &spec_hash, &prepared);

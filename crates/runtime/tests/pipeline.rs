@@ -529,3 +529,49 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     assert_eq!(std::fs::read_to_string(top.join("summary.md")).unwrap(), summary);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Every preset and every calibration candidate checks out against `../shared/data`
+/// (`--dry-run`: data, model, every sub-run's alignment set and variants), so no preset asks
+/// for more than the data holds and none fails hours into a grid. `paper` is left out: its
+/// model is a Llama-2-7B-chat directory a GPU user brings.
+#[test]
+fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("../shared/data"));
+    let cache = std::env::var_os("SAFETUNE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/safetune"));
+    let model = cache.join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !data.is_dir() || !model.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI: needs {} and {}", data.display(), model.display());
+        eprintln!("skipped: needs {} and {}", data.display(), model.display());
+        return;
+    }
+    let out = tmp("dry-run");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_safetune"))
+            .args(args)
+            .args(["--dry-run", "--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .env("SAFETUNE_CACHE", &cache)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{args:?}: {}{text}", String::from_utf8_lossy(&o.stderr));
+        text
+    };
+    let mut presets: Vec<PathBuf> = std::fs::read_dir(root.join("presets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && !p.ends_with("paper.toml"))
+        .collect();
+    presets.sort();
+    assert!(presets.len() >= 4, "{presets:?}");
+    for p in &presets {
+        let plan = run(&["run", p.to_str().unwrap()]);
+        assert!(plan.contains("alignment on") && plan.contains("cells"), "{}: {plan}", p.display());
+    }
+    let plan = run(&["calibrate", root.join("presets/calibrate/sweep.toml").to_str().unwrap()]);
+    assert!(plan.matches("one run in").count() >= 10, "{plan}");
+    // Nothing written.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}
