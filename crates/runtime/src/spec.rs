@@ -103,9 +103,10 @@ pub struct DataSpec {
     /// `eval.mmlu_questions` questions, `eval.mmlu_shots`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
-    /// Tasks whose labelled train rows `alignment.task_examples` draws from, in order of
-    /// preference: the first that is not `task` (`["agnews", "sst2"]`), or `self`: the
-    /// fine-tuning task, whose every tenth train row then leaves the fine-tuning pool.
+    /// Tasks whose labelled train rows join alignment (`alignment.task_examples` from each):
+    /// each task's fixed tenth (every tenth train row), which leaves that task's fine-tuning
+    /// pool; `self` is the fine-tuning task. Runs listing the same tasks (`["sst2", "agnews"]`)
+    /// share one aligned model.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub align_tasks: Vec<String>,
     pub source: DataSourceKind,
