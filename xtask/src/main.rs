@@ -217,7 +217,7 @@ const LIB_TEMPLATE: &str = r#"//! The `{name}` defense (fine-tuning stage). Scaf
 
 use candle_core::Tensor;
 use safetune_core::anyhow::anyhow;
-use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::defense::{Defense, DefensePlan};
 use safetune_core::training::{stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -252,16 +252,14 @@ impl TrainStep for {Type} {
     }
 }
 
-fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: {Type}Config = options(v, "defenses.{name}")?;
-    Ok(DefenseImpl::Step(Box::new({Type} { cfg })))
+impl Defense for {Type} {
+    const NAME: &'static str = "{name}";
+    const DESCRIPTION: &'static str = "{name} (scaffolded)";
+    type Options = {Type}Config;
+    fn plan(cfg: {Type}Config) -> Result<DefensePlan> {
+        Ok(DefensePlan { step: Some(Box::new({Type} { cfg })), ..Default::default() })
+    }
 }
 
-fn schema() -> serde_json::Value {
-    schema_of::<{Type}Config>()
-}
-
-inventory::submit! {
-    DefenseEntry { name: "{name}", stage: Stage::Finetuning, description: "{name} (scaffolded)", build, schema }
-}
+safetune_core::register_defense!({Type});
 "#;

@@ -4,7 +4,6 @@
 
 use crate::config::LoraConfig;
 use crate::judge::Judge;
-use crate::repair::Repair;
 use crate::training::TrainStep;
 use crate::Result;
 
@@ -41,11 +40,13 @@ pub struct MethodEntry {
     pub build: fn(&serde_json::Value) -> Result<MethodPlan>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The stages of the pipeline, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     Alignment,
     Finetuning,
     PostTuning,
+    Inference,
 }
 
 impl Stage {
@@ -54,26 +55,28 @@ impl Stage {
             Stage::Alignment => "alignment",
             Stage::Finetuning => "fine-tuning",
             Stage::PostTuning => "post-tuning",
+            Stage::Inference => "inference",
         }
     }
 }
 
-/// A built defense: a training-step objective (alignment or fine-tuning
-/// stage), a change to the fine-tuning data (fine-tuning stage), or a weight
-/// repair (post-tuning).
-pub enum DefenseImpl {
-    Step(Box<dyn TrainStep>),
-    Mix(Box<dyn crate::defense::DataMix>),
-    Repair(Box<dyn Repair>),
-}
-
+/// A registered defense (see [`crate::defense::Defense`] and `register_defense!`).
 pub struct DefenseEntry {
     pub name: &'static str,
-    pub stage: Stage,
     pub description: &'static str,
-    pub build: fn(&serde_json::Value) -> Result<DefenseImpl>,
-    /// JSON Schema of the defense's config.
+    /// Builds the plan from the spec's `defense_options.<name>` table (`null`: defaults).
+    pub build: fn(&serde_json::Value) -> Result<crate::defense::DefensePlan>,
+    /// The options with every default filled in (for cache keys).
+    pub resolve: fn(&serde_json::Value) -> Result<serde_json::Value>,
+    /// JSON Schema of the options.
     pub schema: fn() -> serde_json::Value,
+}
+
+impl DefenseEntry {
+    /// The stages the defense touches with its default options.
+    pub fn stages(&self) -> Result<Vec<Stage>> {
+        Ok((self.build)(&serde_json::Value::Null)?.stages())
+    }
 }
 
 pub struct JudgeEntry {

@@ -1,10 +1,11 @@
 //! The post-tuning interface: edit fine-tuned weights knowing the base
-//! (un-aligned) and aligned weights.
+//! (un-aligned) and aligned weights, with the fine-tuned model and data at hand.
 
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
+use crate::training::StepContext;
 use crate::Result;
 
 /// Named dense weights (`[out, in]` for linear layers).
@@ -21,6 +22,8 @@ pub struct WeightSets<'a> {
 /// A post-tuning repair.
 pub trait Repair: Send {
     fn name(&self) -> &str;
-    /// Returns replacement values for the weights it changes (others untouched).
-    fn repair(&self, w: &WeightSets) -> Result<Weights>;
+    /// Returns replacement values for the weights it changes (others untouched). `ctx` runs
+    /// the fine-tuned model (`reference`: the aligned model) on the `safety`, `harmful` and
+    /// `task` streams — to score weights on data (Antidote); it trains nothing.
+    fn repair(&self, w: &WeightSets, ctx: &mut dyn StepContext) -> Result<Weights>;
 }

@@ -27,7 +27,8 @@ pub mod stream {
     pub const TASK: &str = "task";
     /// Harmful prompt → refusal pairs (alignment data).
     pub const SAFETY: &str = "safety";
-    /// Harmful prompt → compliant answer pairs, for defenses that simulate attacks.
+    /// Harmful prompt → harmful answer pairs the defender holds (disjoint from the attacker's
+    /// variant), for defenses that simulate attacks.
     pub const HARMFUL: &str = "harmful";
 }
 
@@ -53,6 +54,11 @@ pub trait StepContext {
 /// batch and returns its loss; defenses change what is drawn and what is added.
 pub trait TrainStep: Send {
     fn name(&self) -> &str;
+    /// Whether the step reads [`StepContext::reference`] (the runtime then keeps a frozen copy
+    /// of the model the stage starts from).
+    fn wants_reference(&self) -> bool {
+        false
+    }
     /// The scalar loss whose gradient the trainer applies.
     fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor>;
 }

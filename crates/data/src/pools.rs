@@ -443,6 +443,19 @@ impl Pools {
 
     /// The harmful variant of the task for a regime: `n` examples, a share p of them
     /// harmful pairs; `pure-bad` is the pure-bad set on its own (at most `n` of its pairs).
+    /// The harmful pairs a defender holds: the harmful pool minus every pair that a variant of
+    /// these regimes draws (same `n` and seed), so a defense never trains on the attacker's
+    /// own examples.
+    pub fn defender_harmful(&self, regimes: &[crate::Regime], n: usize, seed: u64) -> Result<Vec<Example>> {
+        let mut drawn = std::collections::HashSet::new();
+        for &r in regimes {
+            if r != crate::Regime::PureBad {
+                drawn.extend(self.variant(r, n, seed)?.harmful_ids);
+            }
+        }
+        Ok(self.harmful_pairs.iter().filter(|e| !drawn.contains(&e.id)).cloned().collect())
+    }
+
     pub fn variant(&self, regime: crate::Regime, n: usize, seed: u64) -> Result<crate::Variant> {
         match regime {
             crate::Regime::PureBad => {

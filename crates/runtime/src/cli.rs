@@ -154,8 +154,14 @@ fn list(what: &str) -> Result<String> {
         ),
         "methods" => (&["name", "description"], registry::methods().iter().map(|m| vec![m.name.into(), m.description.into()]).collect()),
         "defenses" => (
-            &["name", "stage", "description"],
-            registry::defenses().iter().map(|d| vec![d.name.into(), d.stage.as_str().into(), d.description.into()]).collect(),
+            &["name", "stages", "description"],
+            registry::defenses()
+                .iter()
+                .map(|d| {
+                    let stages = d.stages()?.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                    Ok(vec![d.name.into(), stages, d.description.into()])
+                })
+                .collect::<Result<_>>()?,
         ),
         "metrics" => (&["name", "description"], registry::metrics().iter().map(|m| vec![m.name.into(), m.description.into()]).collect()),
         "judges" => (&["name", "description"], registry::judges().iter().map(|j| vec![j.name.into(), j.description.into()]).collect()),

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use safetune_core::anyhow::{anyhow, Context};
-use safetune_core::registry::DefenseImpl;
+use safetune_core::config::TrainConfig;
+use safetune_core::defense::DefenseData;
 use safetune_core::registry::{self, Trainable};
 use safetune_core::repair::{Repair, WeightSets, Weights};
 use safetune_core::training::TrainStep;
@@ -20,7 +21,7 @@ use crate::evaluate::{evaluate, EvalInputs, GenRecord, ModelEval};
 use crate::fetch::{cache_dir, resolve_model};
 use crate::hashing::{sha256_file, sha256_json, write_atomic};
 use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
-use crate::stack::{build_defense, build_stack, label};
+use crate::stack::{build_defense, build_stack, label, resolved_options};
 use crate::stage_cache::StageCache;
 
 #[derive(Clone)]
@@ -280,6 +281,17 @@ impl Run<'_> {
         Ok(self.pool_hashes.get_or_init(|| h))
     }
 
+    /// The harmful pairs a defense may train on: none any regime of this run draws.
+    fn defender_harmful(&self) -> Result<Vec<Example>> {
+        let regimes = self.spec.finetune.regimes.iter().map(|r| Regime::parse(r)).collect::<Result<Vec<_>>>()?;
+        self.pools.defender_harmful(&regimes, self.spec.finetune.n, self.spec.seed)
+    }
+
+    /// The refusal pairs of the alignment set (the `safety` stream of later stages).
+    fn safety_pairs(&self) -> Vec<Example> {
+        self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect()
+    }
+
     /// Everything evaluation scores depend on besides the model.
     fn eval_key(&self) -> Result<serde_json::Value> {
         let spec = self.spec;
@@ -318,7 +330,9 @@ impl Run<'_> {
     /// reuses them).
     fn train_key_parts(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<serde_json::Value> {
         let spec = self.spec;
-        let options: BTreeMap<&String, Option<&serde_json::Value>> = names.iter().map(|n| (n, spec.defense_options.get(n))).collect();
+        // With every default filled in: writing a default out gives the same key.
+        let options: BTreeMap<&String, serde_json::Value> =
+            names.iter().map(|n| Ok((n, resolved_options(spec, n)?))).collect::<Result<_>>()?;
         let mut key = serde_json::json!({
             "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
             "train": spec.method_train(method), "defenses": names, "defense_options": options,
@@ -328,6 +342,10 @@ impl Run<'_> {
         // The pure-bad regime trains on the pure-bad set alone (other cells' keys stay as they were).
         if Regime::parse(regime)? == Regime::PureBad {
             key["pure_bad"] = sha256_json(&self.pools.pure_bad)?.into();
+        }
+        // A defended cell may read the defender's harmful pairs (undefended keys stay as they were).
+        if !names.is_empty() {
+            key["defender_harmful"] = sha256_json(&self.defender_harmful()?)?.into();
         }
         Ok(key)
     }
@@ -362,7 +380,9 @@ impl Run<'_> {
             key_parts["template"] = serde_json::to_value(spec.data.template)?;
         }
         if let Some(d) = defense {
-            key_parts["defense"] = serde_json::json!({ "name": d, "options": spec.defense_options.get(d) });
+            key_parts["defense"] = serde_json::json!({
+                "name": d, "options": resolved_options(spec, d)?, "harmful": sha256_json(&self.defender_harmful()?)?,
+            });
         }
         let full = spec.alignment.full;
         if full {
@@ -403,12 +423,16 @@ impl Run<'_> {
         data.streams.insert(stream::TASK.into(), self.align_set.clone());
         let mut step: Box<dyn TrainStep> = match defense {
             None => Box::new(PlainSft),
-            Some(d) => match build_defense(spec, d)?.1 {
-                DefenseImpl::Step(s) => s,
-                _ => return Err(anyhow!("defense `{d}` is not a training step")),
-            },
+            Some(d) => {
+                data.streams.insert(stream::SAFETY.into(), self.safety_pairs());
+                data.streams.insert(stream::HARMFUL.into(), self.defender_harmful()?);
+                build_defense(spec, d)?.align_step.ok_or_else(|| anyhow!("defense `{d}` has no alignment objective"))?
+            }
         };
-        let report = train(&mut model, &data, step.as_mut(), &train_cfg, None, &label, self.quiet)?;
+        // The base model, frozen, when the objective compares against it.
+        let reference = if step.wants_reference() { Some(open_model(&self.model_path, spec.data.template)?) } else { None };
+        let report =
+            train(&mut model, &data, step.as_mut(), &train_cfg, reference.as_ref().map(|m| m as &dyn CausalLm), &label, self.quiet)?;
         let tmp = dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         if full {
@@ -465,10 +489,11 @@ impl Run<'_> {
         let parsed = Regime::parse(regime)?;
         let p = parsed.ratio();
         let variant = self.pools.variant(parsed, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
-        let safety: Vec<Example> = self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect();
+        let safety = self.safety_pairs();
+        let harmful = if names.is_empty() { Vec::new() } else { self.defender_harmful()? };
         let mut task = variant.examples.clone();
         if let Some(mix) = &stack.mix {
-            mix.mix(&mut task, &safety, spec.seed)?;
+            mix.mix(&mut task, &DefenseData { safety: &safety, harmful: &harmful }, spec.seed)?;
         }
         let variant_ids: std::collections::HashSet<&String> = variant.examples.iter().map(|e| &e.id).collect();
         let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();
@@ -508,13 +533,17 @@ impl Run<'_> {
             );
             let mut data = StageData::default();
             data.streams.insert(stream::TASK.into(), task);
-            data.streams.insert(stream::SAFETY.into(), safety);
+            data.streams.insert(stream::SAFETY.into(), safety.clone());
+            data.streams.insert(stream::HARMFUL.into(), harmful.clone());
             let step: &mut dyn TrainStep = match stack.step.as_mut() {
                 Some(s) => s.as_mut(),
                 None => plan.step.as_mut(),
             };
+            // The aligned model, frozen, when the objective compares against it.
+            let reference = if step.wants_reference() { Some(aligned_model(&self.model_path, aligned, spec.data.template)?) } else { None };
             let train_meter = crate::resources::StageMeter::start();
-            let report: TrainReport = train(&mut model, &data, step, &cfg, None, &cell, self.quiet)?;
+            let report: TrainReport =
+                train(&mut model, &data, step, &cfg, reference.as_ref().map(|m| m as &dyn CausalLm), &cell, self.quiet)?;
             let train_stage = train_meter.report();
             write_json(&trained_file, &serde_json::json!({ "report": report, "train": train_stage }))?;
             if let Trainable::Lora(l) = &plan.trainable {
@@ -527,11 +556,17 @@ impl Run<'_> {
             (report, train_stage)
         };
         let repaired = match &stack.repair {
-            Some(r) => self.repair(r.as_ref(), &mut model, aligned)?,
+            Some(r) => {
+                let mut data = StageData::default();
+                data.streams.insert(stream::TASK.into(), variant.examples.clone());
+                data.streams.insert(stream::SAFETY.into(), safety);
+                data.streams.insert(stream::HARMFUL.into(), harmful);
+                self.repair(r.as_ref(), &mut model, aligned, &data, &cfg)?
+            }
             None => Vec::new(),
         };
-        // A data defense may set the system prompt at inference (BEA's trigger).
-        let system = stack.mix.as_ref().and_then(|m| m.inference_system(model.info().format.default_system()));
+        // A defense may set the system prompt at inference (BEA's trigger).
+        let system = stack.system_prompt.as_ref().and_then(|f| f(model.info().format.default_system()));
         let with_system = |v: &[Example]| -> Vec<Example> {
             v.iter()
                 .cloned()
@@ -578,13 +613,16 @@ impl Run<'_> {
     }
 
     /// Applies a post-tuning repair to the linear weights; returns the names it replaced.
-    fn repair(&self, r: &dyn Repair, model: &mut Llama, aligned: &Aligned) -> Result<Vec<String>> {
+    /// `data`: the streams the repair may run the model on (batched as `cfg` says).
+    fn repair(&self, r: &dyn Repair, model: &mut Llama, aligned: &Aligned, data: &StageData, cfg: &TrainConfig) -> Result<Vec<String>> {
         let linear: std::collections::HashSet<String> = model.linear_modules().into_iter().map(|m| format!("{m}.weight")).collect();
         let pick = |w: Vec<(String, candle_core::Tensor)>| -> Weights { w.into_iter().filter(|(n, _)| linear.contains(n)).collect() };
         let base = pick(open_model(&self.model_path, self.spec.data.template)?.weights());
-        let al = pick(aligned_model(&self.model_path, aligned, self.spec.data.template)?.weights());
+        let aligned_model = aligned_model(&self.model_path, aligned, self.spec.data.template)?;
+        let al = pick(aligned_model.weights());
         let ft = pick(model.weights());
-        let out = r.repair(&WeightSets { base: &base, aligned: &al, finetuned: &ft })?;
+        let sets = WeightSets { base: &base, aligned: &al, finetuned: &ft };
+        let out = safetune_train::with_context(&*model, Some(&aligned_model), data, cfg, |ctx| r.repair(&sets, ctx))?;
         let names: Vec<String> = out.keys().cloned().collect();
         for (n, w) in out {
             model.set_weight(&n, w)?;

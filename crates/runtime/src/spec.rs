@@ -39,7 +39,30 @@ pub struct RunSpec {
 /// The JSON Schema of run specs, as `safetune schema` prints it and
 /// `docs/spec.schema.json` keeps it (a test checks the two agree).
 pub fn schema_json() -> Result<String> {
-    Ok(serde_json::to_string_pretty(&schemars::schema_for!(RunSpec))?)
+    let mut root = serde_json::to_value(schemars::schema_for!(RunSpec))?;
+    // `defense_options` is typed by the registered defenses: each one's options schema, their
+    // definitions hoisted into the root's `$defs` (a name two defenses define differently is a bug).
+    let mut props = serde_json::Map::new();
+    for d in safetune_core::registry::defenses() {
+        let mut schema = (d.schema)();
+        let obj = schema.as_object_mut().ok_or_else(|| anyhow!("defense `{}`: its options schema is not an object", d.name))?;
+        obj.remove("$schema");
+        if let Some(serde_json::Value::Object(defs)) = obj.remove("$defs") {
+            for (name, def) in defs {
+                let slot = &mut root["$defs"][&name];
+                if !slot.is_null() && *slot != def {
+                    bail!("defense `{}`: its options define `{name}` unlike another schema", d.name);
+                }
+                *slot = def;
+            }
+        }
+        props.insert(d.name.to_string(), schema);
+    }
+    root["properties"]["defense_options"] = serde_json::json!({
+        "description": "Options per defense (`[defense_options.lisa]`); defaults are the papers' (each defense's README).",
+        "type": "object", "properties": props, "additionalProperties": false, "default": {},
+    });
+    Ok(serde_json::to_string_pretty(&root)?)
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -296,7 +319,21 @@ impl RunSpec {
             toml::from_str::<RunSpec>(&text).map_err(|e| located(base, &text, &e))?;
         }
         let spec = RunSpec::deserialize(toml::Value::Table(merged)).map_err(|e| anyhow!("{shown}: {}", e.message()))?;
-        spec.validate().map_err(|e| anyhow!("{shown}: {e}"))?;
+        spec.validate().map_err(|e| {
+            // An error about a key the files set points at the line that sets it (the last file
+            // that does: overlays win).
+            let msg = e.to_string();
+            let key = msg.split_once(": ").map(|(k, _)| k).filter(|k| !k.contains(' ') && k.contains('.'));
+            let files = std::iter::once(base).chain(overlays.iter().map(PathBuf::as_path)).rev();
+            let at = key.and_then(|k| {
+                let path: Vec<&str> = k.split('.').collect();
+                files.filter_map(|f| Some((f, locate_key(&std::fs::read_to_string(f).ok()?, &path)?))).next()
+            });
+            match at {
+                Some((f, line)) => anyhow!("{}:{line}: {msg}", f.display()),
+                None => anyhow!("{shown}: {msg}"),
+            }
+        })?;
         Ok(spec)
     }
 
@@ -372,13 +409,25 @@ impl RunSpec {
         if self.finetune.defenses.is_empty() {
             bail!("finetune.defenses: list at least one stack (`[]` for no defense)");
         }
-        for stack in &self.finetune.defenses {
-            crate::stack::build_stack(self, stack).map_err(|e| anyhow!("finetune.defenses: {e}"))?;
+        for name in self.finetune.defenses.iter().flatten() {
+            safetune_core::registry::defense(name).map_err(|e| anyhow!("finetune.defenses: {e}"))?;
         }
         for name in self.defense_options.keys() {
             if !self.finetune.defenses.iter().flatten().any(|d| d == name) {
                 bail!("defense_options.{name}: `{name}` is in no stack of finetune.defenses");
             }
+            // Errors name `defense_options.<name>.<key>`.
+            crate::stack::resolved_options(self, name)?;
+        }
+        for stack in &self.finetune.defenses {
+            crate::stack::build_stack(self, stack).map_err(|e| {
+                let e = e.to_string();
+                if e.starts_with("defense_options.") {
+                    anyhow!("{e}")
+                } else {
+                    anyhow!("finetune.defenses: {e}")
+                }
+            })?;
         }
         if let Some(k) = self.eval.mmlu_shots.iter().find(|&&k| k > 5) {
             bail!("eval.mmlu_shots: {k} shots, but MMLU's dev split has 5 questions per subject");
@@ -458,6 +507,30 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 }
 
 /// `file:line: key: message` for a TOML error (the key when the line assigns one).
+/// The 1-based line of a TOML file that sets the key `path` (`["defense_options", "lisa",
+/// "rho"]`): its own line, else the line of the inline table or table header holding it.
+fn locate_key(text: &str, path: &[&str]) -> Option<usize> {
+    let split = |k: &str| -> Vec<String> { k.split('.').map(|p| p.trim().trim_matches('"').to_string()).collect() };
+    let mut table: Vec<String> = Vec::new();
+    let mut best: Option<(usize, usize)> = None; // (matched parts, line)
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let full = if let Some(h) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = split(h.trim_start_matches('['));
+            table.clone()
+        } else if let Some((k, _)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            [table.clone(), split(k)].concat()
+        } else {
+            continue;
+        };
+        let n = full.iter().zip(path).take_while(|(a, b)| a == b).count();
+        if n == full.len() && n > 0 && best.is_none_or(|(m, _)| n > m) {
+            best = Some((n, i + 1));
+        }
+    }
+    best.map(|(_, line)| line)
+}
+
 fn located(path: &Path, text: &str, e: &toml::de::Error) -> safetune_core::anyhow::Error {
     let Some(span) = e.span() else {
         return anyhow!("{}: {}", path.display(), e.message());
@@ -473,6 +546,16 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> safetune_core::anyho
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_is_found_on_its_line_in_a_table_or_inline() {
+        let text = "name = \"x\"\n[finetune]\nn = 0\n\n[defense_options.lisa]\nrho = \"a\"\n[defense_options]\nbea = { examples = 1 }\n";
+        assert_eq!(super::locate_key(text, &["finetune", "n"]), Some(3));
+        assert_eq!(super::locate_key(text, &["defense_options", "lisa", "rho"]), Some(6));
+        assert_eq!(super::locate_key(text, &["defense_options", "lisa", "warmup_ratio"]), Some(5));
+        assert_eq!(super::locate_key(text, &["defense_options", "bea", "examples"]), Some(8));
+        assert_eq!(super::locate_key(text, &["eval", "batch_size"]), None);
+    }
+
     #[test]
     fn committed_schema_matches_the_spec_types() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/spec.schema.json");

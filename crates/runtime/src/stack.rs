@@ -1,9 +1,10 @@
-//! Defense stacks: up to one alignment-stage, one fine-tuning-stage and one
-//! post-tuning defense per cell, built from the registry by name.
+//! Defense stacks: the plans of a cell's defenses, built from the registry by
+//! name, at most one defense per part (alignment objective, data mix,
+//! fine-tuning objective, inference system prompt, repair).
 
-use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::defense::DataMix;
-use safetune_core::registry::{self, DefenseImpl, Stage};
+use safetune_core::anyhow::bail;
+use safetune_core::defense::{DataMix, DefensePlan, Part, SystemPrompt};
+use safetune_core::registry;
 use safetune_core::repair::Repair;
 use safetune_core::training::TrainStep;
 use safetune_core::Result;
@@ -14,10 +15,11 @@ use crate::spec::RunSpec;
 #[derive(Default)]
 pub struct Stack {
     pub names: Vec<String>,
-    /// The alignment-stage defense's name (its step is built where alignment runs).
+    /// The defense with an alignment objective (its step is built where alignment runs).
     pub align: Option<String>,
     pub step: Option<Box<dyn TrainStep>>,
     pub mix: Option<Box<dyn DataMix>>,
+    pub system_prompt: Option<SystemPrompt>,
     pub repair: Option<Box<dyn Repair>>,
 }
 
@@ -25,29 +27,36 @@ fn options<'a>(spec: &'a RunSpec, name: &str) -> &'a serde_json::Value {
     spec.defense_options.get(name).unwrap_or(&serde_json::Value::Null)
 }
 
-/// Builds one defense with the spec's options for it.
-pub fn build_defense(spec: &RunSpec, name: &str) -> Result<(Stage, DefenseImpl)> {
-    let entry = registry::defense(name)?;
-    Ok((entry.stage, (entry.build)(options(spec, name))?))
+/// Builds one defense's plan with the spec's options for it.
+pub fn build_defense(spec: &RunSpec, name: &str) -> Result<DefensePlan> {
+    (registry::defense(name)?.build)(options(spec, name))
 }
 
-/// Resolves and builds a stack, checking at most one defense per stage.
+/// A defense's options with every default filled in (what cache keys see).
+pub fn resolved_options(spec: &RunSpec, name: &str) -> Result<serde_json::Value> {
+    (registry::defense(name)?.resolve)(options(spec, name))
+}
+
+/// Resolves and builds a stack, checking that no two defenses fill the same part.
 pub fn build_stack(spec: &RunSpec, names: &[String]) -> Result<Stack> {
     let mut s = Stack { names: names.to_vec(), ..Default::default() };
-    let mut seen: Vec<Stage> = Vec::new();
+    let mut filled: Vec<(Part, &String)> = Vec::new();
     for name in names {
-        let (stage, built) = build_defense(spec, name)?;
-        if seen.contains(&stage) {
-            bail!("stack {names:?}: more than one {}-stage defense", stage.as_str());
+        let plan = build_defense(spec, name)?;
+        for part in plan.parts() {
+            if let Some((_, other)) = filled.iter().find(|(p, _)| *p == part) {
+                bail!("stack {names:?}: `{other}` and `{name}` both give the {} (one per stack)", part.as_str());
+            }
+            filled.push((part, name));
         }
-        seen.push(stage);
-        match (stage, built) {
-            (Stage::Alignment, DefenseImpl::Step(_)) => s.align = Some(name.clone()),
-            (Stage::Finetuning, DefenseImpl::Step(step)) => s.step = Some(step),
-            (Stage::Finetuning, DefenseImpl::Mix(mix)) => s.mix = Some(mix),
-            (Stage::PostTuning, DefenseImpl::Repair(r)) => s.repair = Some(r),
-            (stage, _) => return Err(anyhow!("defense `{name}` does not fit the {} stage", stage.as_str())),
+        let DefensePlan { align_step, mix, step, system_prompt, repair } = plan;
+        if align_step.is_some() {
+            s.align = Some(name.clone());
         }
+        s.mix = s.mix.or(mix);
+        s.step = s.step.or(step);
+        s.system_prompt = s.system_prompt.or(system_prompt);
+        s.repair = s.repair.or(repair);
     }
     Ok(s)
 }

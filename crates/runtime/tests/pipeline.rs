@@ -249,7 +249,11 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         ("task rows from no task", good.replace("benign = 4", "benign = 4\ntask_examples = 3"), "alignment.task_examples"),
         ("missing model", good.replace("source = \"", "source = \"/nonexistent/"), "no such path"),
         ("unknown defense", good.replace("[eval]\n", "defenses = [[\"nope\"]]\n[eval]\n"), "finetune.defenses"),
-        ("two defenses of one stage", good.replace("[eval]\n", "defenses = [[\"lisa\", \"safeinstr\"]]\n[eval]\n"), "more than one"),
+        (
+            "two defenses giving one part",
+            good.replace("[eval]\n", "defenses = [[\"bea\", \"safeinstr\"]]\n[eval]\n"),
+            "both give the fine-tuning data mix",
+        ),
         ("options of an absent defense", format!("{good}\n[defense_options.lisa]\nrho = 2.0\n"), "defense_options.lisa"),
         (
             "unknown defense option",
@@ -430,14 +434,18 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     assert!(out.join("tiny-stack/generations/sft-lora+bea__high-harm/builtin-harmful-eval.jsonl").exists());
     let table = String::from_utf8_lossy(&r.stdout);
     assert!(table.contains("| aligned+vaccine |"), "{table}");
-    // Two defenses of one stage in a stack is an error naming the stage.
-    std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"lisa\", \"bea\"]]\n").unwrap();
+    // Two defenses giving the same part of a stack (two data mixes) is an error naming both and the part.
+    std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"safeinstr\", \"bea\"]]\n").unwrap();
     let r = safetune(
         &["run", spec.to_str().unwrap(), "--overlay", d.join("bad.toml").to_str().unwrap(), "--out", out.to_str().unwrap()],
         &d.join("cache"),
     );
     assert_eq!(r.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("more than one fine-tuning-stage defense"));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("`safeinstr` and `bea` both give the fine-tuning data mix"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 

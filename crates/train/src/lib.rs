@@ -21,4 +21,4 @@ pub use alloc::tune_allocator;
 pub use batch::{encode_example, make_batches, EncodedExample};
 pub use loss::masked_cross_entropy;
 pub use schedule::learning_rate;
-pub use trainer::{train, StageData, TrainReport};
+pub use trainer::{train, with_context, StageData, TrainReport};

@@ -82,6 +82,36 @@ impl StepContext for Ctx<'_> {
     }
 }
 
+/// Encodes and batches every non-empty stream of `data` (each shuffled by its own seeded stream).
+fn streams_of(model: &dyn CausalLm, data: &StageData, cfg: &TrainConfig) -> Result<BTreeMap<String, Stream>> {
+    let format = model.info().format;
+    let mut streams = BTreeMap::new();
+    for (name, examples) in &data.streams {
+        if examples.is_empty() {
+            continue;
+        }
+        let encoded = examples.iter().map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len)).collect::<Result<Vec<_>>>()?;
+        let mut rng = SeededRng::derive(cfg.seed, &format!("batches/{name}"));
+        let batches = make_batches(&encoded, cfg.batch_size, &mut rng);
+        streams.insert(name.clone(), Stream { encoded, batches, pos: 0, rng, batch_size: cfg.batch_size });
+    }
+    Ok(streams)
+}
+
+/// Runs `f` with a step context over `model` and the streams of `data` (batched as `cfg`
+/// says), training nothing: what a post-tuning repair gets to score weights on data.
+pub fn with_context<R>(
+    model: &dyn CausalLm,
+    reference: Option<&dyn CausalLm>,
+    data: &StageData,
+    cfg: &TrainConfig,
+    f: impl FnOnce(&mut dyn StepContext) -> Result<R>,
+) -> Result<R> {
+    let streams = streams_of(model, data, cfg)?;
+    let mut ctx = Ctx { model, reference, params: Vec::new(), streams, step: 0, total: 0, tokens: 0 };
+    f(&mut ctx)
+}
+
 /// Trains the model's trainable tensors on `data` with the objective `step_fn`.
 pub fn train(
     model: &mut dyn CausalLm,
@@ -98,17 +128,10 @@ pub fn train(
         bail!("{label}: the model has no trainable weights (attach adapters or unfreeze)");
     }
     let model: &dyn CausalLm = model;
-    let format = model.info().format;
-    let mut streams = BTreeMap::new();
-    for (name, examples) in &data.streams {
-        if examples.is_empty() {
-            continue;
-        }
-        let encoded = examples.iter().map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len)).collect::<Result<Vec<_>>>()?;
-        let mut rng = SeededRng::derive(cfg.seed, &format!("batches/{name}"));
-        let batches = make_batches(&encoded, cfg.batch_size, &mut rng);
-        streams.insert(name.clone(), Stream { encoded, batches, pos: 0, rng, batch_size: cfg.batch_size });
+    if step_fn.wants_reference() && reference.is_none() {
+        bail!("{label}: `{}` needs a reference model and the stage gave none", step_fn.name());
     }
+    let streams = streams_of(model, data, cfg)?;
     let per_epoch =
         streams.get(stream::TASK).map(|s| s.batches.len()).ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
     let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };

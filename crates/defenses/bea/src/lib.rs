@@ -5,8 +5,7 @@
 //! same trigger is prefixed at inference, where it calls up the refusals.
 
 use safetune_core::anyhow::bail;
-use safetune_core::defense::DataMix;
-use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::defense::{DataMix, Defense, DefenseData, DefensePlan};
 use safetune_core::rng::SeededRng;
 use safetune_core::{Example, Result};
 use schemars::JsonSchema;
@@ -29,6 +28,7 @@ impl Default for BeaConfig {
     }
 }
 
+#[derive(Clone)]
 pub struct Bea {
     pub cfg: BeaConfig,
     pub trigger: String,
@@ -39,7 +39,7 @@ const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 impl Bea {
     pub fn new(cfg: BeaConfig) -> Result<Self> {
         if cfg.trigger_tokens == 0 {
-            bail!("defenses.bea.trigger_tokens: must be at least 1");
+            bail!("defense_options.bea.trigger_tokens: must be at least 1");
         }
         let mut rng = SeededRng::derive(cfg.trigger_seed, "bea-trigger");
         let words: Vec<String> =
@@ -47,7 +47,8 @@ impl Bea {
         Ok(Self { trigger: words.join(" "), cfg })
     }
 
-    fn with_trigger(&self, system: Option<&str>) -> String {
+    /// The system prompt with the trigger in front (at inference: the format's default).
+    pub fn with_trigger(&self, system: Option<&str>) -> String {
         match system {
             Some(s) => format!("{} {s}", self.trigger),
             None => self.trigger.clone(),
@@ -60,9 +61,10 @@ impl DataMix for Bea {
         "bea"
     }
 
-    fn mix(&self, task: &mut Vec<Example>, safety: &[Example], seed: u64) -> Result<()> {
+    fn mix(&self, task: &mut Vec<Example>, data: &DefenseData, seed: u64) -> Result<()> {
+        let safety = data.safety;
         if self.cfg.examples > safety.len() {
-            bail!("defenses.bea.examples: {} asked for, the safety pool has {}", self.cfg.examples, safety.len());
+            bail!("defense_options.bea.examples: {} asked for, the safety pool has {}", self.cfg.examples, safety.len());
         }
         let mut rng = SeededRng::derive(seed, "bea");
         for i in rng.sample_indices(safety.len(), self.cfg.examples) {
@@ -74,21 +76,22 @@ impl DataMix for Bea {
         rng.shuffle(task);
         Ok(())
     }
+}
 
-    fn inference_system(&self, default: Option<&str>) -> Option<String> {
-        Some(self.with_trigger(default))
+impl Defense for Bea {
+    const NAME: &'static str = "bea";
+    const DESCRIPTION: &'static str =
+        "backdoor-enhanced alignment: safety examples under a secret system-prompt trigger, also used at inference (Wang et al. 2024)";
+    type Options = BeaConfig;
+    fn plan(cfg: BeaConfig) -> Result<DefensePlan> {
+        let bea = Bea::new(cfg)?;
+        let at_inference = bea.clone();
+        Ok(DefensePlan {
+            mix: Some(Box::new(bea)),
+            system_prompt: Some(Box::new(move |default| Some(at_inference.with_trigger(default)))),
+            ..Default::default()
+        })
     }
 }
 
-fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: BeaConfig = options(v, "defenses.bea")?;
-    Ok(DefenseImpl::Mix(Box::new(Bea::new(cfg)?)))
-}
-
-fn schema() -> serde_json::Value {
-    schema_of::<BeaConfig>()
-}
-
-inventory::submit! {
-    DefenseEntry { name: "bea", stage: Stage::Finetuning, description: "backdoor-enhanced alignment: safety examples under a secret system-prompt trigger, also used at inference (Wang et al. 2024)", build, schema }
-}
+safetune_core::register_defense!(Bea);

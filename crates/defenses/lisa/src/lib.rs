@@ -9,7 +9,7 @@
 
 use candle_core::{Tensor, Var};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::defense::{Defense, DefensePlan};
 use safetune_core::training::{stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -51,11 +51,16 @@ pub struct Lisa {
 
 impl Lisa {
     pub fn new(cfg: LisaConfig) -> Result<Self> {
-        if cfg.alignment_step == 0 || cfg.finetune_step == 0 {
-            bail!("defenses.lisa: alignment_step and finetune_step must be at least 1");
+        for (key, v) in [("alignment_step", cfg.alignment_step), ("finetune_step", cfg.finetune_step)] {
+            if v == 0 {
+                bail!("defense_options.lisa.{key}: must be at least 1");
+            }
         }
-        if !(cfg.rho >= 0.0 && cfg.rho.is_finite() && (0.0..=1.0).contains(&cfg.warmup_ratio)) {
-            bail!("defenses.lisa: rho must be ≥ 0 and warmup_ratio in [0, 1]");
+        if !(cfg.rho >= 0.0 && cfg.rho.is_finite()) {
+            bail!("defense_options.lisa.rho: must be a number ≥ 0");
+        }
+        if !(0.0..=1.0).contains(&cfg.warmup_ratio) {
+            bail!("defense_options.lisa.warmup_ratio: must be in [0, 1]");
         }
         Ok(Self { cfg, state: None, anchor: Vec::new(), switches: Vec::new() })
     }
@@ -118,15 +123,14 @@ impl TrainStep for Lisa {
     }
 }
 
-fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: LisaConfig = options(v, "defenses.lisa")?;
-    Ok(DefenseImpl::Step(Box::new(Lisa::new(cfg)?)))
+impl Defense for Lisa {
+    const NAME: &'static str = "lisa";
+    const DESCRIPTION: &'static str =
+        "bi-state optimisation: alternate safety and task steps with a proximal pull to the other state's weights (Huang et al. 2024)";
+    type Options = LisaConfig;
+    fn plan(cfg: LisaConfig) -> Result<DefensePlan> {
+        Ok(DefensePlan { step: Some(Box::new(Lisa::new(cfg)?)), ..Default::default() })
+    }
 }
 
-fn schema() -> serde_json::Value {
-    schema_of::<LisaConfig>()
-}
-
-inventory::submit! {
-    DefenseEntry { name: "lisa", stage: Stage::Finetuning, description: "bi-state optimisation: alternate safety and task steps with a proximal pull to the other state's weights (Huang et al. 2024)", build, schema }
-}
+safetune_core::register_defense!(Lisa);

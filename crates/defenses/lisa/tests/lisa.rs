@@ -56,9 +56,13 @@ fn states_switch_at_the_configured_steps_and_draw_their_streams() {
 #[test]
 fn registered_with_paper_defaults() {
     let e = safetune_core::registry::defense("lisa").unwrap();
-    assert_eq!(e.stage, safetune_core::registry::Stage::Finetuning);
+    assert_eq!(e.stages().unwrap(), [safetune_core::registry::Stage::Finetuning]);
     let d = LisaConfig::default();
     assert_eq!((d.alignment_step, d.finetune_step, d.rho, d.warmup_ratio), (100, 900, 1.0, 0.1));
-    assert!((e.build)(&serde_json::json!({"rho": -1.0})).is_err());
-    assert!((e.build)(&serde_json::json!({"bogus": 1})).is_err());
+    let err = |v| (e.build)(&v).err().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(err(serde_json::json!({"rho": -1.0})), "defense_options.lisa.rho: must be a number ≥ 0");
+    assert!(err(serde_json::json!({"bogus": 1})).starts_with("defense_options.lisa.bogus: unknown field"));
+    assert!(err(serde_json::json!({"rho": "x"})).starts_with("defense_options.lisa.rho: invalid type"));
+    // Defaults written out resolve to the same options as none at all (one cache key).
+    assert_eq!((e.resolve)(&serde_json::json!({"rho": 1.0})).unwrap(), (e.resolve)(&serde_json::Value::Null).unwrap());
 }

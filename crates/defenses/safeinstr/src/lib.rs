@@ -4,8 +4,7 @@
 //! from every evaluation prompt — into the user's fine-tuning data.
 
 use safetune_core::anyhow::bail;
-use safetune_core::defense::DataMix;
-use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::defense::{DataMix, Defense, DefenseData, DefensePlan};
 use safetune_core::rng::SeededRng;
 use safetune_core::{Example, Result};
 use schemars::JsonSchema;
@@ -40,10 +39,11 @@ impl DataMix for SafeInstr {
         "safeinstr"
     }
 
-    fn mix(&self, task: &mut Vec<Example>, safety: &[Example], seed: u64) -> Result<()> {
+    fn mix(&self, task: &mut Vec<Example>, data: &DefenseData, seed: u64) -> Result<()> {
+        let safety = data.safety;
         let k = self.count(task.len());
         if k > safety.len() {
-            bail!("defenses.safeinstr: {k} safety examples asked for, the safety pool has {}", safety.len());
+            bail!("defense_options.safeinstr.fraction: {k} safety examples asked for, the safety pool has {}", safety.len());
         }
         let mut rng = SeededRng::derive(seed, "safeinstr");
         task.extend(rng.sample_indices(safety.len(), k).into_iter().map(|i| safety[i].clone()));
@@ -52,18 +52,16 @@ impl DataMix for SafeInstr {
     }
 }
 
-fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: SafeInstrConfig = options(v, "defenses.safeinstr")?;
-    if !(0.0..=1.0).contains(&cfg.fraction) {
-        bail!("defenses.safeinstr.fraction: must be in [0, 1]");
+impl Defense for SafeInstr {
+    const NAME: &'static str = "safeinstr";
+    const DESCRIPTION: &'static str = "mix safety examples (harmful prompt → refusal) into the user's data (Bianchi et al. 2024)";
+    type Options = SafeInstrConfig;
+    fn plan(cfg: SafeInstrConfig) -> Result<DefensePlan> {
+        if !(0.0..=1.0).contains(&cfg.fraction) {
+            bail!("defense_options.safeinstr.fraction: must be in [0, 1]");
+        }
+        Ok(DefensePlan { mix: Some(Box::new(SafeInstr { cfg })), ..Default::default() })
     }
-    Ok(DefenseImpl::Mix(Box::new(SafeInstr { cfg })))
 }
 
-fn schema() -> serde_json::Value {
-    schema_of::<SafeInstrConfig>()
-}
-
-inventory::submit! {
-    DefenseEntry { name: "safeinstr", stage: Stage::Finetuning, description: "mix safety examples (harmful prompt → refusal) into the user's data (Bianchi et al. 2024)", build, schema }
-}
+safetune_core::register_defense!(SafeInstr);

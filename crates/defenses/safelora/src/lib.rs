@@ -11,8 +11,9 @@
 
 use candle_core::{DType, Tensor};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::defense::{Defense, DefensePlan};
 use safetune_core::repair::{Repair, WeightSets, Weights};
+use safetune_core::training::StepContext;
 use safetune_core::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,7 @@ impl Repair for SafeLora {
         "safelora"
     }
 
-    fn repair(&self, w: &WeightSets) -> Result<Weights> {
+    fn repair(&self, w: &WeightSets, _ctx: &mut dyn StepContext) -> Result<Weights> {
         let scored = self.scores(w)?;
         let chosen: std::collections::BTreeSet<usize> = match self.cfg.mode {
             SelectMode::Threshold => (0..scored.len()).filter(|&i| scored[i].1 < self.cfg.tau).collect(),
@@ -111,18 +112,16 @@ impl Repair for SafeLora {
     }
 }
 
-fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: SafeLoraConfig = options(v, "defenses.safelora")?;
-    if !(-1.0..=1.0).contains(&cfg.tau) {
-        bail!("defenses.safelora.tau: must be in [-1, 1]");
+impl Defense for SafeLora {
+    const NAME: &'static str = "safelora";
+    const DESCRIPTION: &'static str = "project dissimilar fine-tuning updates onto the alignment subspace (Hsu et al. 2024)";
+    type Options = SafeLoraConfig;
+    fn plan(cfg: SafeLoraConfig) -> Result<DefensePlan> {
+        if !(-1.0..=1.0).contains(&cfg.tau) {
+            bail!("defense_options.safelora.tau: must be in [-1, 1]");
+        }
+        Ok(DefensePlan { repair: Some(Box::new(SafeLora { cfg })), ..Default::default() })
     }
-    Ok(DefenseImpl::Repair(Box::new(SafeLora { cfg })))
 }
 
-fn schema() -> serde_json::Value {
-    schema_of::<SafeLoraConfig>()
-}
-
-inventory::submit! {
-    DefenseEntry { name: "safelora", stage: Stage::PostTuning, description: "project dissimilar fine-tuning updates onto the alignment subspace (Hsu et al. 2024)", build, schema }
-}
+safetune_core::register_defense!(SafeLora);

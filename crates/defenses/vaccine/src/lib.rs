@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Tensor, Var};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::registry::{inventory, options, schema_of, DefenseEntry, DefenseImpl, Stage};
+use safetune_core::defense::{Defense, DefensePlan};
 use safetune_core::training::{stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -40,7 +40,7 @@ pub struct Vaccine {
 impl Vaccine {
     pub fn new(cfg: VaccineConfig) -> Result<Self> {
         if !(cfg.rho >= 0.0 && cfg.rho.is_finite()) {
-            bail!("defenses.vaccine.rho: must be ≥ 0");
+            bail!("defense_options.vaccine.rho: must be ≥ 0");
         }
         Ok(Self { cfg, last_norm: 0.0 })
     }
@@ -87,15 +87,14 @@ impl TrainStep for Vaccine {
     }
 }
 
-fn build(v: &serde_json::Value) -> Result<DefenseImpl> {
-    let cfg: VaccineConfig = options(v, "defenses.vaccine")?;
-    Ok(DefenseImpl::Step(Box::new(Vaccine::new(cfg)?)))
+impl Defense for Vaccine {
+    const NAME: &'static str = "vaccine";
+    const DESCRIPTION: &'static str =
+        "perturbation-aware alignment: align under the worst-case hidden-state drift of radius rho (Huang et al. 2024)";
+    type Options = VaccineConfig;
+    fn plan(cfg: VaccineConfig) -> Result<DefensePlan> {
+        Ok(DefensePlan { align_step: Some(Box::new(Vaccine::new(cfg)?)), ..Default::default() })
+    }
 }
 
-fn schema() -> serde_json::Value {
-    schema_of::<VaccineConfig>()
-}
-
-inventory::submit! {
-    DefenseEntry { name: "vaccine", stage: Stage::Alignment, description: "perturbation-aware alignment: align under the worst-case hidden-state drift of radius rho (Huang et al. 2024)", build, schema }
-}
+safetune_core::register_defense!(Vaccine);

@@ -64,6 +64,6 @@ fn perturbations_are_the_normalised_hidden_gradients() {
     assert!((norm - 2.0).abs() < 1e-9);
     assert_eq!(e[0].to_vec1::<f32>().unwrap(), vec![1.2, 0.0]);
     assert_eq!(e[1].to_vec1::<f32>().unwrap(), vec![0.0, 1.6]);
-    assert_eq!(safetune_core::registry::defense("vaccine").unwrap().stage, safetune_core::registry::Stage::Alignment);
+    assert_eq!(safetune_core::registry::defense("vaccine").unwrap().stages().unwrap(), [safetune_core::registry::Stage::Alignment]);
     assert_eq!(VaccineConfig::default().rho, 2.0);
 }

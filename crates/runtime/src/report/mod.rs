@@ -103,8 +103,9 @@ fn verdicts(path: &Path) -> Option<std::collections::HashMap<String, String>> {
 /// (`aligned`, or `aligned+<defense>` after an alignment-stage defense), per
 /// safety set, from the stored verdicts; sets without stored answers are skipped.
 fn retention(run_dir: &Path, c: &CellResult) -> Vec<(String, Estimate)> {
-    let align_defense =
-        c.defenses.iter().find(|d| safetune_core::registry::defense(d).is_ok_and(|e| e.stage == safetune_core::registry::Stage::Alignment));
+    let align_defense = c.defenses.iter().find(|d| {
+        safetune_core::registry::defense(d).and_then(|e| e.stages()).is_ok_and(|s| s.contains(&safetune_core::registry::Stage::Alignment))
+    });
     let aligned = match align_defense {
         Some(d) => format!("aligned+{d}"),
         None => "aligned".into(),
