@@ -1,8 +1,9 @@
 //! Project automation: `cargo xtask bench-all [--preset NAME]`.
 
 mod perf;
+mod scaffold;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{exit, Command};
 
 const USAGE: &str = "cargo xtask <command>
@@ -19,10 +20,15 @@ const USAGE: &str = "cargo xtask <command>
       Times training steps, batched decoding and prefill on SmolLM2-135M (fused
       kernels against plain compositions; with --compare-torch also PyTorch + PEFT
       from a venv in target/perf-venv) and prints medians, ratios and peak memory.
-  new-defense NAME
-      Scaffolds crates/defenses/NAME: a crate that depends only on safetune-core
-      and candle, registers a fine-tuning-stage defense NAME with a config
-      struct, builds, and is linked into `safetune` (lists and grids see it).";
+  new-defense NAME --stage alignment|finetune|repair
+      Scaffolds crates/defenses/NAME from crates/defense-template (a crate that builds
+      and tests in the workspace): the chosen stage's toy defense renamed NAME, its
+      options, README and mechanism tests; links it into `safetune` (lists, grids, schema).
+  sync-defenses
+      Rewrites the generated list of defense crates the binary links (after removing one).
+  check-defenses
+      Fails when a defense crate depends on anything but safetune-core and general-purpose
+      libraries, or is not linked into the binary (also a test of `cargo test --workspace`).";
 
 /// The workspace root: from `cargo run`'s environment (the checkout being run), else where xtask was built.
 fn root() -> PathBuf {
@@ -157,109 +163,45 @@ fn main() {
         Some("presets") => println!("{}", presets().join("\n")),
         Some("calibrate") => calibrate(&args[1..]),
         Some("perf") => perf::perf(&args[1..]),
-        Some("new-defense") => new_defense(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("new-defense") => {
+            let mut name = "";
+            let mut stage = "";
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--stage" => {
+                        stage = it.next().map(String::as_str).unwrap_or_else(|| fail("--stage needs alignment, finetune or repair"))
+                    }
+                    f if f.starts_with('-') => fail(&format!("new-defense: unknown flag `{f}`")),
+                    n => name = n,
+                }
+            }
+            if stage.is_empty() {
+                fail("new-defense: give --stage alignment|finetune|repair");
+            }
+            match scaffold::new_defense(&root(), name, stage) {
+                Ok(dir) => {
+                    run(Command::new("cargo").args(["fmt", "-p", &format!("safetune-defense-{name}")]).current_dir(root()));
+                    println!(
+                        "created {} ({stage}-stage defense `{name}`, linked into `safetune`); `cargo test -p safetune-defense-{name}` runs its mechanism tests",
+                        dir.display()
+                    );
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Some("sync-defenses") => scaffold::sync_registration(&root()).unwrap_or_else(|e| fail(&e)),
+        Some("check-defenses") => {
+            let problems = scaffold::check(&root()).unwrap_or_else(|e| fail(&e));
+            if !problems.is_empty() {
+                fail(&problems.join("\n"));
+            }
+            println!(
+                "{} defense crates: dependencies and registration ok",
+                scaffold::defense_crates(&root()).map(|v| v.len()).unwrap_or(0)
+            );
+        }
         Some("--help") | Some("-h") | None => println!("{USAGE}"),
         Some(other) => fail(&format!("unknown xtask `{other}`\n{USAGE}")),
     }
 }
-
-/// Replaces the lines between `begin` and `end` markers with `lines`, sorted.
-fn update_marked(path: &Path, begin: &str, end: &str, add: String) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
-    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
-        fail(&format!("{}: markers `{begin}`/`{end}` not found", path.display()))
-    };
-    let body_start = b + begin.len() + 1;
-    let mut lines: Vec<String> = text[body_start..e].lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect();
-    lines.push(add);
-    lines.sort();
-    lines.dedup();
-    let new = format!("{}{}\n{}", &text[..body_start], lines.join("\n"), &text[e..]);
-    std::fs::write(path, new).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
-}
-
-fn new_defense(name: &str) {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.starts_with('-') {
-        fail("usage: cargo xtask new-defense NAME (lower-case letters, digits and '-')");
-    }
-    let dir = root().join("crates/defenses").join(name);
-    if dir.exists() {
-        fail(&format!("{} already exists", dir.display()));
-    }
-    let krate = format!("safetune-defense-{name}");
-    let ident = krate.replace('-', "_");
-    let ty: String = name.split('-').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
-    std::fs::create_dir_all(dir.join("src")).unwrap_or_else(|e| fail(&e.to_string()));
-    let cargo = format!(
-        "[package]\nname = \"{krate}\"\ndescription = \"The {name} defense for safetune.\"\nversion.workspace = true\nedition.workspace = true\nlicense.workspace = true\n\n\
-         [dependencies]\nsafetune-core.workspace = true\ncandle-core.workspace = true\nserde.workspace = true\nserde_json.workspace = true\nschemars.workspace = true\n"
-    );
-    let lib = LIB_TEMPLATE.replace("{name}", name).replace("{Type}", &ty);
-    let readme = format!(
-        "# {name}\n\nA fine-tuning-stage defense scaffolded by `cargo xtask new-defense`.\n\n\
-         - Paper: (cite it here)\n- Update rule: the task loss scaled by `weight` (replace with the defense's rule)\n- Defaults: `weight = 1.0`\n"
-    );
-    for (p, text) in [("Cargo.toml", cargo), ("src/lib.rs", lib), ("README.md", readme)] {
-        std::fs::write(dir.join(p), text).unwrap_or_else(|e| fail(&e.to_string()));
-    }
-    update_marked(
-        &root().join("crates/runtime/Cargo.toml"),
-        "# defenses:begin",
-        "# defenses:end",
-        format!("{krate} = {{ path = \"../defenses/{name}\" }}"),
-    );
-    update_marked(&root().join("crates/runtime/src/defenses.rs"), "// defenses:begin", "// defenses:end", format!("use {ident} as _;"));
-    println!("created {} (registered as `{name}`); build with `cargo build`, see it in `safetune list defenses`", dir.display());
-}
-
-const LIB_TEMPLATE: &str = r#"//! The `{name}` defense (fine-tuning stage). Scaffolded by `cargo xtask new-defense`:
-//! replace the loss below with the defense's update rule and cite its paper.
-
-use candle_core::Tensor;
-use safetune_core::anyhow::anyhow;
-use safetune_core::defense::{Defense, DefensePlan};
-use safetune_core::training::{stream, StepContext, TrainStep};
-use safetune_core::Result;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-/// Hyperparameters; defaults are the paper's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct {Type}Config {
-    /// Multiplies the task loss.
-    pub weight: f64,
-}
-
-impl Default for {Type}Config {
-    fn default() -> Self {
-        Self { weight: 1.0 }
-    }
-}
-
-pub struct {Type} {
-    pub cfg: {Type}Config,
-}
-
-impl TrainStep for {Type} {
-    fn name(&self) -> &str {
-        "{name}"
-    }
-
-    fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
-        let batch = ctx.next_batch(stream::TASK)?.ok_or_else(|| anyhow!("{name} needs the task stream"))?;
-        Ok((ctx.lm_loss(&batch, None, false)?.0 * self.cfg.weight)?)
-    }
-}
-
-impl Defense for {Type} {
-    const NAME: &'static str = "{name}";
-    const DESCRIPTION: &'static str = "{name} (scaffolded)";
-    type Options = {Type}Config;
-    fn plan(cfg: {Type}Config) -> Result<DefensePlan> {
-        Ok(DefensePlan { step: Some(Box::new({Type} { cfg })), ..Default::default() })
-    }
-}
-
-safetune_core::register_defense!({Type});
-"#;
