@@ -43,7 +43,6 @@ mod alignment {
     use super::*;
     use safetune_defense_template::alignment::*;
     // template-only:end
-    // scaffold: use super::*;
     // scaffold: use safetune_defense_template::*;
     use safetune_core::training::TrainStep;
 
@@ -77,7 +76,6 @@ mod finetune {
     use super::*;
     use safetune_defense_template::finetune::*;
     // template-only:end
-    // scaffold: use super::*;
     // scaffold: use safetune_defense_template::*;
     use safetune_core::training::TrainStep;
 
@@ -114,7 +112,6 @@ mod repair {
     use super::*;
     use safetune_defense_template::repair::*;
     // template-only:end
-    // scaffold: use super::*;
     // scaffold: use safetune_defense_template::*;
     use candle_core::Device;
     use safetune_core::repair::{Repair, WeightSets, Weights};
