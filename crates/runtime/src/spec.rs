@@ -218,7 +218,8 @@ pub struct FinetuneStage {
     /// Per-method options (for `sft-lora`: a LoRA config).
     #[serde(default)]
     pub method_options: BTreeMap<String, serde_json::Value>,
-    /// Per-method training overrides (for example a lower learning rate for `sft-full`).
+    /// Per-method training overrides (for example a lower learning rate for `sft-full`): an
+    /// overlay on `finetune.train`, so the keys it leaves out keep `finetune.train`'s values.
     #[serde(default)]
     pub method_train: BTreeMap<String, TrainConfig>,
     /// Defense stacks crossed with methods × regimes: each a list of registered
@@ -318,10 +319,9 @@ impl RunSpec {
             // Parsed once from text so that an error carries its line number.
             toml::from_str::<RunSpec>(&text).map_err(|e| located(base, &text, &e))?;
         }
-        let spec = RunSpec::deserialize(toml::Value::Table(merged)).map_err(|e| anyhow!("{shown}: {}", e.message()))?;
-        spec.validate().map_err(|e| {
-            // An error about a key the files set points at the line that sets it (the last file
-            // that does: overlays win).
+        // An error about a key the files set points at the line that sets it (the last file
+        // that does: overlays win).
+        let locate = |e: safetune_core::anyhow::Error| {
             let msg = e.to_string();
             let key = msg.split_once(": ").map(|(k, _)| k).filter(|k| !k.contains(' ') && k.contains('.'));
             let files = std::iter::once(base).chain(overlays.iter().map(PathBuf::as_path)).rev();
@@ -333,7 +333,10 @@ impl RunSpec {
                 Some((f, line)) => anyhow!("{}:{line}: {msg}", f.display()),
                 None => anyhow!("{shown}: {msg}"),
             }
-        })?;
+        };
+        resolve_train_tables(&mut merged).map_err(locate)?;
+        let spec = RunSpec::deserialize(toml::Value::Table(merged)).map_err(|e| anyhow!("{shown}: {}", e.message()))?;
+        spec.validate().map_err(locate)?;
         Ok(spec)
     }
 
@@ -455,6 +458,41 @@ impl RunSpec {
     }
 }
 
+/// Training tables as written: a `seed` in one is an error (the run's top-level `seed` sets it),
+/// and `finetune.method_train.<m>` is an overlay on `finetune.train` (keys it leaves out keep
+/// `finetune.train`'s values, not the defaults).
+fn resolve_train_tables(spec: &mut toml::Table) -> Result<()> {
+    let table = |v: Option<&toml::Value>| v.and_then(|v| v.as_table()).cloned();
+    let mut tables: Vec<(String, toml::Table)> = Vec::new();
+    if let Some(t) = table(spec.get("alignment").and_then(|a| a.get("train"))) {
+        tables.push(("alignment.train".into(), t));
+    }
+    let finetune = table(spec.get("finetune")).unwrap_or_default();
+    let base = table(finetune.get("train")).unwrap_or_default();
+    if finetune.contains_key("train") {
+        tables.push(("finetune.train".into(), base.clone()));
+    }
+    let mut merged_methods = toml::Table::new();
+    for (m, t) in table(finetune.get("method_train")).unwrap_or_default() {
+        let own = t.as_table().cloned().unwrap_or_default();
+        tables.push((format!("finetune.method_train.{m}"), own.clone()));
+        let mut full = base.clone();
+        full.extend(own);
+        merged_methods.insert(m, toml::Value::Table(full));
+    }
+    for (path, t) in &tables {
+        if t.contains_key("seed") {
+            bail!("{path}.seed: set by the run's top-level `seed` (or `seeds`); remove it here");
+        }
+    }
+    if !merged_methods.is_empty() {
+        if let Some(toml::Value::Table(f)) = spec.get_mut("finetune") {
+            f.insert("method_train".into(), toml::Value::Table(merged_methods));
+        }
+    }
+    Ok(())
+}
+
 fn read_table(path: &Path) -> Result<toml::Table> {
     read_table_within(path, 0)
 }
@@ -546,6 +584,25 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> safetune_core::anyho
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn method_train_overlays_finetune_train_and_a_train_seed_is_refused() {
+        let dir = std::env::temp_dir().join(format!("safetune-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = "name = \"t\"\n[model]\nsource = \"m\"\n[alignment]\nbenign = 1\n[finetune]\nn = 4\nregimes = [\"benign\"]\n\
+                    methods = [\"sft-lora\", \"sft-full\"]\ntrain = { learning_rate = 1e-4, epochs = 3, batch_size = 2 }\n\
+                    [finetune.method_train.sft-full]\nlearning_rate = 2e-5\n";
+        let p = dir.join("s.toml");
+        std::fs::write(&p, spec).unwrap();
+        let s = super::RunSpec::load(&p).unwrap();
+        let full = s.method_train("sft-full");
+        assert_eq!((full.learning_rate, full.epochs, full.batch_size), (2e-5, 3, 2));
+        assert_eq!(s.method_train("sft-lora").learning_rate, 1e-4);
+        std::fs::write(&p, format!("{spec}seed = 3\n")).unwrap();
+        let err = super::RunSpec::load(&p).unwrap_err().to_string();
+        assert!(err.ends_with("s.toml:13: finetune.method_train.sft-full.seed: set by the run's top-level `seed` (or `seeds`); remove it here"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_key_is_found_on_its_line_in_a_table_or_inline() {
         let text = "name = \"x\"\n[finetune]\nn = 0\n\n[defense_options.lisa]\nrho = \"a\"\n[defense_options]\nbea = { examples = 1 }\n";
