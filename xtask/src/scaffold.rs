@@ -197,7 +197,10 @@ mod tests {
             assert_eq!(s.matches("register_defense!").count(), 1, "{stage}");
             assert!(!s.contains("template") && !s.contains("Template") && !s.contains("stage:") && !s.contains("pub mod"), "{stage}:\n{s}");
             let t = specialise(&tests, stage, "my-guard");
-            assert!(t.contains("use safetune_defense_my_guard::*;") && !t.contains("mod ") && !t.contains("super::") && !t.contains("template"), "{stage}:\n{t}");
+            assert!(
+                t.contains("use safetune_defense_my_guard::*;") && !t.contains("mod ") && !t.contains("super::") && !t.contains("template"),
+                "{stage}:\n{t}"
+            );
             assert_eq!(t.matches("#[test]").count(), 2, "{stage}");
             let r = specialise(&readme, stage, "my-guard");
             assert!(r.starts_with("# my-guard\n") && !r.contains("template") && !r.contains("<!--"), "{stage}:\n{r}");

@@ -1,7 +1,7 @@
 //! The defense contract. A defense crate implements [`Defense`] — typed options
 //! (whose JSON Schema enters `safetune schema`) and the [`DefensePlan`] they
 //! give: what the defense contributes to each stage it touches — and registers
-//! it with [`register_defense!`](crate::register_defense). The runtime fills
+//! it with `safetune_core::register_defense!`. The runtime fills
 //! every data stream a step or mix may ask for, gives training steps a frozen
 //! reference model when they ask, and gives repairs the model and data.
 
@@ -9,10 +9,29 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::registry::Stage;
 use crate::repair::Repair;
 use crate::training::TrainStep;
 use crate::{Example, Result};
+
+/// The stages of the pipeline, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Alignment,
+    Finetuning,
+    PostTuning,
+    Inference,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Alignment => "alignment",
+            Stage::Finetuning => "fine-tuning",
+            Stage::PostTuning => "post-tuning",
+            Stage::Inference => "inference",
+        }
+    }
+}
 
 /// Data the runtime hands a defense, disjoint from every evaluation prompt.
 #[derive(Clone, Copy)]
@@ -166,21 +185,4 @@ pub fn resolve_options<D: Defense>(v: &serde_json::Value) -> Result<serde_json::
 /// The JSON Schema of `D`'s options.
 pub fn options_schema<D: Defense>() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(D::Options)).unwrap_or_default()
-}
-
-/// Registers a [`Defense`] so that the runtime finds it by name:
-/// `safetune_core::register_defense!(Lisa);`
-#[macro_export]
-macro_rules! register_defense {
-    ($t:ty) => {
-        $crate::registry::inventory::submit! {
-            $crate::registry::DefenseEntry {
-                name: <$t as $crate::defense::Defense>::NAME,
-                description: <$t as $crate::defense::Defense>::DESCRIPTION,
-                build: $crate::defense::build_plan::<$t>,
-                resolve: $crate::defense::resolve_options::<$t>,
-                schema: $crate::defense::options_schema::<$t>,
-            }
-        }
-    };
 }

@@ -40,25 +40,7 @@ pub struct MethodEntry {
     pub build: fn(&serde_json::Value) -> Result<MethodPlan>,
 }
 
-/// The stages of the pipeline, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
-    Alignment,
-    Finetuning,
-    PostTuning,
-    Inference,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Alignment => "alignment",
-            Stage::Finetuning => "fine-tuning",
-            Stage::PostTuning => "post-tuning",
-            Stage::Inference => "inference",
-        }
-    }
-}
+pub use crate::defense::Stage;
 
 /// A registered defense (see [`crate::defense::Defense`] and `register_defense!`).
 pub struct DefenseEntry {
@@ -131,4 +113,21 @@ pub fn options<T: serde::de::DeserializeOwned + Default>(v: &serde_json::Value, 
 /// The JSON Schema of a config type.
 pub fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default()
+}
+
+/// Registers a [`crate::defense::Defense`] so that the runtime finds it by name:
+/// `safetune_core::register_defense!(Lisa);`
+#[macro_export]
+macro_rules! register_defense {
+    ($t:ty) => {
+        $crate::registry::inventory::submit! {
+            $crate::registry::DefenseEntry {
+                name: <$t as $crate::defense::Defense>::NAME,
+                description: <$t as $crate::defense::Defense>::DESCRIPTION,
+                build: $crate::defense::build_plan::<$t>,
+                resolve: $crate::defense::resolve_options::<$t>,
+                schema: $crate::defense::options_schema::<$t>,
+            }
+        }
+    };
 }

@@ -5,6 +5,7 @@
 //! ops, and generates in batches with a key/value cache. It implements
 //! [`safetune_core::CausalLm`] and knows nothing of datasets or defenses.
 
+mod causal_lm;
 mod config;
 mod export;
 mod fused;

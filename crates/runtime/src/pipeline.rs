@@ -332,7 +332,7 @@ impl Run<'_> {
         let spec = self.spec;
         // With every default filled in: writing a default out gives the same key.
         let options: BTreeMap<&String, serde_json::Value> =
-            names.iter().map(|n| Ok((n, resolved_options(spec, n)?))).collect::<Result<_>>()?;
+            names.iter().map(|n| Ok((n, resolved_options(&spec.defense_options, n)?))).collect::<Result<_>>()?;
         let mut key = serde_json::json!({
             "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
             "train": spec.method_train(method), "defenses": names, "defense_options": options,
@@ -381,7 +381,7 @@ impl Run<'_> {
         }
         if let Some(d) = defense {
             key_parts["defense"] = serde_json::json!({
-                "name": d, "options": resolved_options(spec, d)?, "harmful": sha256_json(&self.defender_harmful()?)?,
+                "name": d, "options": resolved_options(&spec.defense_options, d)?, "harmful": sha256_json(&self.defender_harmful()?)?,
             });
         }
         let full = spec.alignment.full;
@@ -426,7 +426,7 @@ impl Run<'_> {
             Some(d) => {
                 data.streams.insert(stream::SAFETY.into(), self.safety_pairs());
                 data.streams.insert(stream::HARMFUL.into(), self.defender_harmful()?);
-                build_defense(spec, d)?.align_step.ok_or_else(|| anyhow!("defense `{d}` has no alignment objective"))?
+                build_defense(&spec.defense_options, d)?.align_step.ok_or_else(|| anyhow!("defense `{d}` has no alignment objective"))?
             }
         };
         // The base model, frozen, when the objective compares against it.
@@ -485,7 +485,7 @@ impl Run<'_> {
         let spec = self.spec;
         let cell = format!("{}__{regime}", label(method, names));
         let t = Instant::now();
-        let mut stack = build_stack(spec, names)?;
+        let mut stack = build_stack(&spec.defense_options, names)?;
         let parsed = Regime::parse(regime)?;
         let p = parsed.ratio();
         let variant = self.pools.variant(parsed, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
@@ -797,7 +797,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     // One aligned model per alignment-stage defense in use (none included when a stack lacks one).
     let mut align_defenses: Vec<Option<String>> = Vec::new();
     for names in &spec.finetune.defenses {
-        let a = build_stack(spec, names)?.align;
+        let a = build_stack(&spec.defense_options, names)?.align;
         if !align_defenses.contains(&a) {
             align_defenses.push(a);
         }
@@ -819,7 +819,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let mut pending = Vec::new();
     for method in &spec.finetune.methods {
         for names in &spec.finetune.defenses {
-            let a = &aligned[&build_stack(spec, names)?.align];
+            let a = &aligned[&build_stack(&spec.defense_options, names)?.align];
             for regime in &spec.finetune.regimes {
                 let cell = format!("{}__{regime}", label(method, names));
                 if opts.worker_cells.as_ref().is_some_and(|w| !w.contains(&cell)) {
@@ -847,7 +847,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &cells)?;
     } else {
         for (method, names, regime, cell, key, rels) in pending {
-            let a = &aligned[&build_stack(spec, names)?.align];
+            let a = &aligned[&build_stack(&spec.defense_options, names)?.align];
             let res = r.cell(method, names, regime, a)?;
             write_json(&r.run_dir.join("cells").join(format!("{cell}.json")), &res)?;
             StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;

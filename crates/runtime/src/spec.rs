@@ -420,10 +420,10 @@ impl RunSpec {
                 bail!("defense_options.{name}: `{name}` is in no stack of finetune.defenses");
             }
             // Errors name `defense_options.<name>.<key>`.
-            crate::stack::resolved_options(self, name)?;
+            crate::stack::resolved_options(&self.defense_options, name)?;
         }
         for stack in &self.finetune.defenses {
-            crate::stack::build_stack(self, stack).map_err(|e| {
+            crate::stack::build_stack(&self.defense_options, stack).map_err(|e| {
                 let e = e.to_string();
                 if e.starts_with("defense_options.") {
                     anyhow!("{e}")
@@ -599,7 +599,10 @@ mod tests {
         assert_eq!(s.method_train("sft-lora").learning_rate, 1e-4);
         std::fs::write(&p, format!("{spec}seed = 3\n")).unwrap();
         let err = super::RunSpec::load(&p).unwrap_err().to_string();
-        assert!(err.ends_with("s.toml:13: finetune.method_train.sft-full.seed: set by the run's top-level `seed` (or `seeds`); remove it here"), "{err}");
+        assert!(
+            err.ends_with("s.toml:13: finetune.method_train.sft-full.seed: set by the run's top-level `seed` (or `seeds`); remove it here"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -9,7 +9,8 @@ use safetune_core::repair::Repair;
 use safetune_core::training::TrainStep;
 use safetune_core::Result;
 
-use crate::spec::RunSpec;
+/// A spec's `defense_options` table.
+pub type DefenseOptions = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// A built stack.
 #[derive(Default)]
@@ -23,26 +24,26 @@ pub struct Stack {
     pub repair: Option<Box<dyn Repair>>,
 }
 
-fn options<'a>(spec: &'a RunSpec, name: &str) -> &'a serde_json::Value {
-    spec.defense_options.get(name).unwrap_or(&serde_json::Value::Null)
+fn options<'a>(all: &'a DefenseOptions, name: &str) -> &'a serde_json::Value {
+    all.get(name).unwrap_or(&serde_json::Value::Null)
 }
 
 /// Builds one defense's plan with the spec's options for it.
-pub fn build_defense(spec: &RunSpec, name: &str) -> Result<DefensePlan> {
-    (registry::defense(name)?.build)(options(spec, name))
+pub fn build_defense(all: &DefenseOptions, name: &str) -> Result<DefensePlan> {
+    (registry::defense(name)?.build)(options(all, name))
 }
 
 /// A defense's options with every default filled in (what cache keys see).
-pub fn resolved_options(spec: &RunSpec, name: &str) -> Result<serde_json::Value> {
-    (registry::defense(name)?.resolve)(options(spec, name))
+pub fn resolved_options(all: &DefenseOptions, name: &str) -> Result<serde_json::Value> {
+    (registry::defense(name)?.resolve)(options(all, name))
 }
 
 /// Resolves and builds a stack, checking that no two defenses fill the same part.
-pub fn build_stack(spec: &RunSpec, names: &[String]) -> Result<Stack> {
+pub fn build_stack(all: &DefenseOptions, names: &[String]) -> Result<Stack> {
     let mut s = Stack { names: names.to_vec(), ..Default::default() };
     let mut filled: Vec<(Part, &String)> = Vec::new();
     for name in names {
-        let plan = build_defense(spec, name)?;
+        let plan = build_defense(all, name)?;
         for part in plan.parts() {
             if let Some((_, other)) = filled.iter().find(|(p, _)| *p == part) {
                 bail!("stack {names:?}: `{other}` and `{name}` both give the {} (one per stack)", part.as_str());
