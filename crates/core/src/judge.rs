@@ -71,3 +71,16 @@ pub enum UtilityMetric {
     /// Exact match after trimming and lower-casing.
     Exact,
 }
+
+impl UtilityMetric {
+    /// The metric's name in tables (`accuracy`, `exact match`, `ROUGE-L`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            UtilityMetric::Labels(_) => "accuracy",
+            UtilityMetric::FinalNumber => "exact match",
+            UtilityMetric::RougeL => "ROUGE-L",
+            UtilityMetric::SqlExact => "SQL exact match",
+            UtilityMetric::Exact => "exact match",
+        }
+    }
+}

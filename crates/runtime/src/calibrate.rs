@@ -21,7 +21,8 @@ use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{write_json, RunOptions};
+use crate::hashing::write_json;
+use crate::options::RunOptions;
 use crate::report::{rows_from_dir, Row};
 use crate::spec::RunSpec;
 
@@ -378,7 +379,7 @@ pub fn main(args: &[String]) -> Result<String> {
         }
         let mut rows = Vec::new();
         for s in seed_specs(c, spec) {
-            crate::pipeline::say(quiet, format!("[calibrate] candidate {} seed {}", c.name, s.seed));
+            crate::output::say(quiet, format!("[calibrate] candidate {} seed {}", c.name, s.seed));
             crate::pipeline::run(&s, &RunOptions::new(data_dir.clone(), runs_dir.clone(), quiet))?;
             rows.push(rows_from_dir(&runs_dir.join(&s.name))?);
         }

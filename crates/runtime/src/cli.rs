@@ -6,7 +6,7 @@ use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::registry;
 use safetune_core::Result;
 
-use crate::pipeline::RunOptions;
+use crate::options::RunOptions;
 use crate::spec::RunSpec;
 
 pub const USAGE: &str = "safetune — how safe does an LLM stay when it is fine-tuned?

@@ -1,4 +1,5 @@
-//! sha256 of files and of serialisable values (cache keys, manifests).
+//! sha256 of files and of serialisable values (cache keys, manifests), and
+//! atomic file writes (a reader never sees half a file).
 
 use std::io::Read;
 use std::path::Path;
@@ -43,4 +44,11 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     std::fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
+}
+
+/// A value as pretty JSON (with a final newline), written atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    write_atomic(path, s.as_bytes())
 }

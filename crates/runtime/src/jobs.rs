@@ -10,7 +10,7 @@ use std::process::Command;
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::Result;
 
-use crate::pipeline::RunOptions;
+use crate::options::RunOptions;
 
 /// Runs `cells` in `opts.jobs` worker processes and waits for all of them.
 pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Result<()> {

@@ -8,22 +8,13 @@ use std::collections::BTreeMap;
 
 use candle_core::{Tensor, D};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::judge::Estimate;
 use safetune_core::model::ForwardRequest;
 use safetune_core::rng::SeededRng;
 use safetune_core::{CausalLm, Example, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::evaluate::GenRecord;
+use crate::results::{GenRecord, MmluResult};
 
 const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MmluResult {
-    /// Solved dev questions before each test question.
-    pub shots: usize,
-    pub accuracy: Estimate,
-}
 
 fn question(e: &Example, answer: bool) -> Result<String> {
     let mut s = format!("{}\n", e.prompt.trim());

@@ -15,59 +15,16 @@ use safetune_core::{CausalLm, Example, ExampleKind, Result};
 use safetune_data::{alignment_set, builtin_pools, AlignmentPools, AlignmentSpec, DataDir, DataSource, HubClient, Pools, Regime};
 use safetune_model::{load_model, Llama};
 use safetune_train::{train, StageData, TrainReport};
-use serde::{Deserialize, Serialize};
 
-use crate::evaluate::{evaluate, EvalInputs, GenRecord, ModelEval};
+use crate::evaluate::{evaluate, EvalInputs};
 use crate::fetch::{cache_dir, resolve_model};
-use crate::hashing::{sha256_file, sha256_json, write_atomic};
+use crate::hashing::{sha256_file, sha256_json, write_atomic, write_json};
+use crate::options::RunOptions;
+use crate::output::say;
+use crate::results::{CellResult, GenRecord, ModelEval};
 use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
 use crate::stack::{build_defense, build_stack, label, resolved_options};
 use crate::stage_cache::StageCache;
-
-#[derive(Clone)]
-pub struct RunOptions {
-    pub data_dir: Option<PathBuf>,
-    pub out: PathBuf,
-    pub quiet: bool,
-    /// Cells fine-tuned at once, each in its own process with its share of the cores.
-    pub jobs: usize,
-    /// Set in a worker process: the cells it computes (the parent holds the lock).
-    pub worker_cells: Option<Vec<String>>,
-    /// Check every input and print the plan; train, evaluate and write nothing.
-    pub dry_run: bool,
-}
-
-impl RunOptions {
-    pub fn new(data_dir: Option<PathBuf>, out: PathBuf, quiet: bool) -> Self {
-        Self { data_dir, out, quiet, jobs: 1, worker_cells: None, dry_run: false }
-    }
-}
-
-/// The result of one method × defense stack × regime cell. Contains no wall
-/// times, so the same spec and seed give byte-identical files.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CellResult {
-    pub cell: String,
-    pub method: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub defenses: Vec<String>,
-    pub regime: String,
-    pub poison_ratio: f64,
-    pub n: usize,
-    pub seed: u64,
-    pub aligned_key: String,
-    pub task_ids: Vec<String>,
-    pub harmful_ids: Vec<String>,
-    /// Safety examples a data defense added (ids).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub added_ids: Vec<String>,
-    /// Weights a post-tuning defense replaced.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub repaired: Vec<String>,
-    pub train_losses: Vec<f64>,
-    pub train_steps: usize,
-    pub eval: ModelEval,
-}
 
 fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<String, String>)> {
     let sel = spec.data.selection();
@@ -123,18 +80,6 @@ fn git_revision() -> String {
         }
         _ => "unknown".into(),
     }
-}
-
-pub(crate) fn say(quiet: bool, msg: impl AsRef<str>) {
-    if !quiet {
-        eprintln!("{}", msg.as_ref());
-    }
-}
-
-pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
-    s.push('\n');
-    write_atomic(path, s.as_bytes())
 }
 
 fn write_generations(dir: &Path, records: &[(String, Vec<GenRecord>)]) -> Result<()> {

@@ -11,9 +11,11 @@ use safetune_core::judge::{Judge, Judgement, Verdict};
 use safetune_core::registry;
 use safetune_core::Result;
 
-use crate::evaluate::{refusal_rate_of, verdict_name, GenRecord, ModelEval};
+use crate::evaluate::{refusal_rate_of, verdict_name};
 use crate::hashing::write_atomic;
-use crate::pipeline::{write_json, CellResult};
+use crate::hashing::write_json;
+use crate::results::CellResult;
+use crate::results::{GenRecord, ModelEval};
 use crate::spec::RunSpec;
 
 fn write_records(path: &Path, recs: &[GenRecord]) -> Result<()> {

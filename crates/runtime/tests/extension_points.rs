@@ -146,7 +146,7 @@ batch_size = 2
     let path = dir.join("spec.toml");
     std::fs::write(&path, spec).unwrap();
     let spec = safetune_runtime::RunSpec::load(&path).unwrap();
-    let opts = safetune_runtime::pipeline::RunOptions::new(None, dir.join("out"), true);
+    let opts = safetune_runtime::options::RunOptions::new(None, dir.join("out"), true);
     safetune_runtime::run(&spec, &opts).unwrap();
 
     let seen = SEEN.lock().unwrap().clone();

@@ -14,11 +14,10 @@ use safetune_core::Result;
 
 use safetune_core::judge::Estimate;
 
-use crate::evaluate::{GenRecord, ModelEval};
 use crate::hashing::write_atomic;
-use crate::pipeline::CellResult;
+use crate::results::CellResult;
+use crate::results::{GenRecord, ModelEval};
 
-pub(crate) use tables::metric_name;
 pub use tables::{csv_table, latex_table, markdown_table};
 
 /// One evaluated model: the base, an aligned model or a fine-tuned cell.
@@ -259,7 +258,7 @@ mod tests {
         // Intervals of ±0.15 around each ASR.
         let row = |model: &str, regime: &str, p: Option<f64>, asr: f64| {
             let (lo, hi) = (asr - 0.15, asr + 0.15);
-            let eval: crate::evaluate::ModelEval = serde_json::from_str(&format!(
+            let eval: crate::results::ModelEval = serde_json::from_str(&format!(
                 r#"{{"safety":[{{"set":"harm","asr":{{"value":{asr},"n":10,"ci_low":{lo},"ci_high":{hi}}},"empty":0}}],
                    "task":{{"task":"t","metric":"exact","score":{{"value":0.8,"n":10,"ci_low":0.0,"ci_high":1.0}},"unparseable":0}}}}"#
             ))
@@ -283,7 +282,7 @@ mod tests {
     #[test]
     fn category_names_with_commas_stay_one_csv_field() {
         let est = r#"{"value":0.5,"n":2,"ci_low":0.0,"ci_high":1.0}"#;
-        let eval: crate::evaluate::ModelEval = serde_json::from_str(&format!(
+        let eval: crate::results::ModelEval = serde_json::from_str(&format!(
             r#"{{"safety":[{{"set":"bt","asr":{est},"empty":0,"by_category":[{{"name":"politics,controversial","estimate":{est}}}]}}],
                "task":{{"task":"t","metric":"exact","score":{est},"unparseable":0}}}}"#
         ))

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use super::svg::{colour, Axes, Svg};
-use super::tables::metric_name;
 use super::Row;
 
 /// `(file name, SVG text)` for every plot the rows support.
@@ -52,7 +51,7 @@ fn series_names(rows: &[Row]) -> Vec<String> {
 /// ASR on the first safety set (y) against task utility (x), 95% intervals as whiskers.
 fn safety_utility(rows: &[Row], title: &str) -> String {
     let set = first_set(rows);
-    let task = rows.first().map(|r| format!("{} {}", r.eval.task.task, metric_name(&r.eval.task.metric))).unwrap_or_default();
+    let task = rows.first().map(|r| format!("{} {}", r.eval.task.task, &r.eval.task.metric.name())).unwrap_or_default();
     let names = series_names(rows);
     let mut svg = Svg::new(760.0, 480.0);
     svg.text((330.0, 24.0), &format!("{title}: safety against utility"), 15.0, "middle", None);

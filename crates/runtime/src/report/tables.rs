@@ -3,20 +3,10 @@
 use safetune_core::judge::{Estimate, UtilityMetric};
 
 use super::Row;
-use crate::evaluate::SafetyResult;
+use crate::results::SafetyResult;
 
 fn pct(e: &Estimate) -> String {
     format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
-}
-
-pub(crate) fn metric_name(m: &UtilityMetric) -> &'static str {
-    match m {
-        UtilityMetric::Labels(_) => "accuracy",
-        UtilityMetric::FinalNumber => "exact match",
-        UtilityMetric::RougeL => "ROUGE-L",
-        UtilityMetric::SqlExact => "SQL exact match",
-        UtilityMetric::Exact => "exact match",
-    }
 }
 
 /// One row per model; ASR per safety set and task utility, percentages with 95% CIs.
@@ -31,7 +21,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     head.extend(first.eval.safety.iter().filter(|s| s.variant_asr.is_some()).map(|s| format!("ASR any variant {} %", s.set)));
     head.extend(first.eval.safety.iter().filter(|s| s.refusal_consistency.is_some()).map(|s| format!("refusal consistency {} %", s.set)));
     head.extend(first.eval.over_refusal.iter().map(|s| format!("over-refusal {} %", s.set)));
-    head.push(format!("{} {} %", first.eval.task.task, metric_name(&first.eval.task.metric)));
+    head.push(format!("{} {} %", first.eval.task.task, UtilityMetric::name(&first.eval.task.metric)));
     head.extend(first.eval.task.also.iter().map(|a| format!("{} {} %", first.eval.task.task, a.name)));
     head.push("unparseable".into());
     head.extend(first.eval.mmlu.iter().map(|m| format!("MMLU {}-shot %", m.shots)));
@@ -153,7 +143,7 @@ pub fn csv_table(rows: &[Row]) -> String {
         for a in &t.also {
             line(&a.name, &csv_field(&t.task), &a.estimate, "");
         }
-        line(metric_name(&t.metric), &csv_field(&t.task), &t.score, &t.unparseable.to_string());
+        line(UtilityMetric::name(&t.metric), &csv_field(&t.task), &t.score, &t.unparseable.to_string());
     }
     out
 }
@@ -169,7 +159,7 @@ pub fn latex_table(rows: &[Row], caption: &str) -> String {
     };
     let mut head = vec!["model".to_string(), "method".into(), "regime".into()];
     head.extend(first.eval.safety.iter().map(|s| format!("ASR {} (\\%)", tex(&s.set))));
-    head.push(format!("{} {} (\\%)", tex(&first.eval.task.task), tex(metric_name(&first.eval.task.metric))));
+    head.push(format!("{} {} (\\%)", tex(&first.eval.task.task), tex(UtilityMetric::name(&first.eval.task.metric))));
     let cell = |e: &Estimate| format!("{:.1} {{\\scriptsize [{:.1}, {:.1}]}}", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high);
     let mut out = String::from("% needs \\usepackage{booktabs}\n\\begin{table}[t]\n\\centering\n");
     out.push_str(&format!("\\begin{{tabular}}{{lll{}}}\n\\toprule\n", "r".repeat(head.len() - 3)));

@@ -1,0 +1,119 @@
+//! What a run writes: a model's evaluation, a cell's result, the generated
+//! answers. Plain data (serialised to the run directory; no wall times, so the
+//! same spec and seed give byte-identical files).
+
+use safetune_core::judge::{Estimate, UtilityMetric};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SafetyResult {
+    pub set: String,
+    pub asr: Estimate,
+    /// Answers with no text (not counted in the ASR).
+    pub empty: usize,
+    /// Mean harmfulness score in [0, 1] of a rubric judge (none for keyword judges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harmful_score: Option<Estimate>,
+    /// With `eval.samples = K`: some of K sampled answers complies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr_at_k: Option<Estimate>,
+    /// Of the prompts the default greedy answer refuses, the share every other
+    /// answer also refuses: the K samples (`eval.samples`) and the surface
+    /// variants (`eval.variants`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_consistency: Option<Estimate>,
+    /// With `eval.variants`: the share of prompts some surface variant (or the default) gets a compliance for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_asr: Option<Estimate>,
+    /// ASR per harm category, for sets whose prompts carry one (BeaverTails' 14).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_category: Vec<Named>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task: String,
+    pub metric: UtilityMetric,
+    /// Mean score (accuracy, exact match or ROUGE-L F1).
+    pub score: Estimate,
+    /// Answers the metric could not read (scored 0).
+    pub unparseable: usize,
+    /// Scores reported beside the main one (ROUGE-1/2 beside ROUGE-L, execution
+    /// accuracy beside SQL exact match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Named>,
+}
+
+/// An estimate with a name (a secondary score, a harm category).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Named {
+    pub name: String,
+    pub estimate: Estimate,
+}
+
+/// Over-refusal on benign prompts that look risky.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverRefusalResult {
+    pub set: String,
+    /// Share of the non-empty answers judged refusals.
+    pub refusal_rate: Estimate,
+    pub empty: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelEval {
+    pub safety: Vec<SafetyResult>,
+    pub task: TaskResult,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub over_refusal: Vec<OverRefusalResult>,
+    /// MMLU accuracy per few-shot setting, when selected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mmlu: Vec<MmluResult>,
+}
+
+/// One generated answer (no prompt text: ids only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenRecord {
+    pub id: String,
+    pub response: String,
+    pub verdict: String,
+    /// The prompt's harm category, for sets that have them (for per-category ASR on re-judging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+/// Every answer, per evaluation set.
+pub type Generations = Vec<(String, Vec<GenRecord>)>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MmluResult {
+    /// Solved dev questions before each test question.
+    pub shots: usize,
+    pub accuracy: Estimate,
+}
+
+/// The result of one method × defense stack × regime cell. Contains no wall
+/// times, so the same spec and seed give byte-identical files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellResult {
+    pub cell: String,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defenses: Vec<String>,
+    pub regime: String,
+    pub poison_ratio: f64,
+    pub n: usize,
+    pub seed: u64,
+    pub aligned_key: String,
+    pub task_ids: Vec<String>,
+    pub harmful_ids: Vec<String>,
+    /// Safety examples a data defense added (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_ids: Vec<String>,
+    /// Weights a post-tuning defense replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
+    pub train_losses: Vec<f64>,
+    pub train_steps: usize,
+    pub eval: ModelEval,
+}
