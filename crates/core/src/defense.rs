@@ -152,33 +152,15 @@ pub trait Defense {
     fn plan(options: Self::Options) -> Result<DefensePlan>;
 }
 
-/// Options from a spec table (`null` → defaults), errors naming `path.key` of the bad value.
-pub fn parse_options<T: DeserializeOwned + Default>(v: &serde_json::Value, path: &str) -> Result<T> {
-    if v.is_null() {
-        return Ok(T::default());
-    }
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let at = e.path().to_string();
-        let inner = e.into_inner();
-        // Unknown keys are reported at the table; name the key itself.
-        let msg = inner.to_string();
-        match (at.as_str(), msg.strip_prefix("unknown field `").and_then(|r| r.split_once('`'))) {
-            (".", Some((key, rest))) => anyhow::anyhow!("{path}.{key}: unknown key{rest}"),
-            (".", None) => anyhow::anyhow!("{path}: {msg}"),
-            (at, _) => anyhow::anyhow!("{path}.{at}: {msg}"),
-        }
-    })
-}
-
 /// Builds `D`'s plan from a spec table.
 pub fn build_plan<D: Defense>(v: &serde_json::Value) -> Result<DefensePlan> {
-    D::plan(parse_options(v, &format!("defense_options.{}", D::NAME))?)
+    D::plan(crate::registry::options(v, &format!("defense_options.{}", D::NAME))?)
 }
 
 /// `D`'s options with every default filled in: what cache keys see, so writing a default
 /// out changes nothing.
 pub fn resolve_options<D: Defense>(v: &serde_json::Value) -> Result<serde_json::Value> {
-    let o: D::Options = parse_options(v, &format!("defense_options.{}", D::NAME))?;
+    let o: D::Options = crate::registry::options(v, &format!("defense_options.{}", D::NAME))?;
     Ok(serde_json::to_value(o)?)
 }
 

@@ -36,8 +36,11 @@ pub struct MethodPlan {
 pub struct MethodEntry {
     pub name: &'static str,
     pub description: &'static str,
-    /// Builds the plan from the method's config table (JSON; `{}` for defaults).
+    /// Builds the plan from the method's config table (JSON; `{}` for defaults); errors name
+    /// `finetune.method_options.<name>.<key>`.
     pub build: fn(&serde_json::Value) -> Result<MethodPlan>,
+    /// JSON Schema of the config table.
+    pub schema: fn() -> serde_json::Value,
 }
 
 pub use crate::defense::Stage;
@@ -102,12 +105,20 @@ lookup!(defenses, defense, DefenseEntry, "defense");
 lookup!(judges, judge, JudgeEntry, "judge");
 lookup!(metrics, metric, MetricEntry, "metric");
 
-/// A config table from a spec (`null` → the defaults); errors name `path`.
+/// A config table from a spec (`null` → the defaults); errors name `path.key` of the bad value.
 pub fn options<T: serde::de::DeserializeOwned + Default>(v: &serde_json::Value, path: &str) -> Result<T> {
     if v.is_null() {
         return Ok(T::default());
     }
-    serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("{path}: {e}"))
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let at = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        match (at.as_str(), msg.strip_prefix("unknown field `").and_then(|r| r.split_once('`'))) {
+            (".", Some((key, rest))) => anyhow::anyhow!("{path}.{key}: unknown key{rest}"),
+            (".", None) => anyhow::anyhow!("{path}: {msg}"),
+            (at, _) => anyhow::anyhow!("{path}.{at}: {msg}"),
+        }
+    })
 }
 
 /// The JSON Schema of a config type.

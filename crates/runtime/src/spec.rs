@@ -40,29 +40,42 @@ pub struct RunSpec {
 /// `docs/spec.schema.json` keeps it (a test checks the two agree).
 pub fn schema_json() -> Result<String> {
     let mut root = serde_json::to_value(schemars::schema_for!(RunSpec))?;
-    // `defense_options` is typed by the registered defenses: each one's options schema, their
-    // definitions hoisted into the root's `$defs` (a name two defenses define differently is a bug).
-    let mut props = serde_json::Map::new();
-    for d in safetune_core::registry::defenses() {
-        let mut schema = (d.schema)();
-        let obj = schema.as_object_mut().ok_or_else(|| anyhow!("defense `{}`: its options schema is not an object", d.name))?;
-        obj.remove("$schema");
-        if let Some(serde_json::Value::Object(defs)) = obj.remove("$defs") {
-            for (name, def) in defs {
-                let slot = &mut root["$defs"][&name];
-                if !slot.is_null() && *slot != def {
-                    bail!("defense `{}`: its options define `{name}` unlike another schema", d.name);
-                }
-                *slot = def;
-            }
-        }
-        props.insert(d.name.to_string(), schema);
-    }
+    let registry = safetune_core::registry::defenses().into_iter().map(|d| (d.name, (d.schema)()));
+    let defenses = typed_tables(&mut root, registry)?;
     root["properties"]["defense_options"] = serde_json::json!({
         "description": "Options per defense (`[defense_options.lisa]`); defaults are the papers' (each defense's README).",
-        "type": "object", "properties": props, "additionalProperties": false, "default": {},
+        "type": "object", "properties": defenses, "additionalProperties": false, "default": {},
+    });
+    let methods = typed_tables(&mut root, safetune_core::registry::methods().into_iter().map(|m| (m.name, (m.schema)())))?;
+    root["$defs"]["FinetuneStage"]["properties"]["method_options"] = serde_json::json!({
+        "description": "Options per method (`[finetune.method_options.sft-lora]`: the LoRA settings).",
+        "type": "object", "properties": methods, "additionalProperties": false, "default": {},
     });
     Ok(serde_json::to_string_pretty(&root)?)
+}
+
+/// The registered entries' option schemas by name, their definitions hoisted into the
+/// root's `$defs` (a name two schemas define differently is a bug).
+fn typed_tables(
+    root: &mut serde_json::Value,
+    entries: impl Iterator<Item = (&'static str, serde_json::Value)>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut props = serde_json::Map::new();
+    for (name, mut schema) in entries {
+        let obj = schema.as_object_mut().ok_or_else(|| anyhow!("`{name}`: its options schema is not an object"))?;
+        obj.remove("$schema");
+        if let Some(serde_json::Value::Object(defs)) = obj.remove("$defs") {
+            for (def, body) in defs {
+                let slot = &mut root["$defs"][&def];
+                if !slot.is_null() && *slot != body {
+                    bail!("`{name}`: its options define `{def}` unlike another schema");
+                }
+                *slot = body;
+            }
+        }
+        props.insert(name.to_string(), schema);
+    }
+    Ok(props)
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -597,6 +610,10 @@ mod tests {
         let full = s.method_train("sft-full");
         assert_eq!((full.learning_rate, full.epochs, full.batch_size), (2e-5, 3, 2));
         assert_eq!(s.method_train("sft-lora").learning_rate, 1e-4);
+        // A bad method option names its key and line.
+        std::fs::write(&p, format!("{spec}[finetune.method_options.sft-lora]\nr = \"eight\"\n")).unwrap();
+        let err = super::RunSpec::load(&p).unwrap_err().to_string();
+        assert!(err.contains("s.toml:14: finetune.method_options.sft-lora.r: invalid type: string \"eight\""), "{err}");
         std::fs::write(&p, format!("{spec}seed = 3\n")).unwrap();
         let err = super::RunSpec::load(&p).unwrap_err().to_string();
         assert!(
