@@ -148,6 +148,26 @@ pub(crate) struct PoolHashes {
     mmlu: Option<String>,
 }
 
+/// The weights a stage trains: LoRA adapters attached (seeded) or every weight unfrozen.
+fn make_trainable(model: &mut Llama, t: &Trainable, seed: u64) -> Result<()> {
+    match t {
+        Trainable::Lora(l) => safetune_lora::attach_lora(model, l, seed).map(|_| ()),
+        Trainable::Full => model.unfreeze_all().map(|_| ()),
+    }
+}
+
+fn describe(t: &Trainable) -> String {
+    match t {
+        Trainable::Lora(l) => format!("LoRA r{} on {:?}", l.r, l.targets),
+        Trainable::Full => "every weight".to_string(),
+    }
+}
+
+/// A method's plan with the spec's options for it.
+fn method_plan(spec: &RunSpec, method: &str) -> Result<registry::MethodPlan> {
+    (registry::method(method)?.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))
+}
+
 /// A cached aligned model: its content key and adapter directory.
 #[derive(Clone)]
 struct Aligned {
@@ -256,8 +276,7 @@ impl Run<'_> {
 
     /// The files a cell writes, relative to the run directory.
     fn cell_files(&self, method: &str, cell: &str) -> Result<Vec<PathBuf>> {
-        let entry = registry::method(method)?;
-        let plan = (entry.build)(self.spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))?;
+        let plan = method_plan(self.spec, method)?;
         let mut rels = vec![
             PathBuf::from("cells").join(format!("{cell}.json")),
             PathBuf::from("timings").join(format!("{cell}.json")),
@@ -339,6 +358,7 @@ impl Run<'_> {
             Some(d) => format!("align+{d}"),
             None => "align".into(),
         };
+        let trainable = if full { Trainable::Full } else { Trainable::Lora(spec.alignment.lora.clone()) };
         let done = if full { dir.join("model/model.safetensors") } else { dir.join("adapter_model.safetensors") };
         if done.exists() {
             say(self.quiet, format!("[{label}] reusing cached alignment {}", &key[..16]));
@@ -350,20 +370,12 @@ impl Run<'_> {
                 "[{label}] {} examples ({} refusals), {}",
                 self.align_set.len(),
                 self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).count(),
-                if full {
-                    "every weight".to_string()
-                } else {
-                    format!("LoRA r{} on {:?}", spec.alignment.lora.r, spec.alignment.lora.targets)
-                }
+                describe(&trainable)
             ),
         );
         let t = crate::resources::StageMeter::start();
         let mut model = open_model(&self.model_path, spec.data.template)?;
-        if full {
-            model.unfreeze_all()?;
-        } else {
-            safetune_lora::attach_lora(&mut model, &spec.alignment.lora, spec.seed)?;
-        }
+        make_trainable(&mut model, &trainable, spec.seed)?;
         let mut data = StageData::default();
         data.streams.insert(stream::TASK.into(), self.align_set.clone());
         let mut step: Box<dyn TrainStep> = match defense {
@@ -442,8 +454,7 @@ impl Run<'_> {
         }
         let variant_ids: std::collections::HashSet<&String> = variant.examples.iter().map(|e| &e.id).collect();
         let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();
-        let entry = registry::method(method)?;
-        let mut plan = (entry.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))?;
+        let mut plan = method_plan(spec, method)?;
         let mut model = aligned_model(&self.model_path, aligned, spec.data.template)?;
         let mut cfg = spec.method_train(method).clone();
         cfg.seed = spec.seed;
@@ -464,14 +475,7 @@ impl Run<'_> {
                 serde_json::from_value(t["report"].take()).map_err(|e| anyhow!("{}: report: {e}", trained_file.display()))?;
             (report, t["train"].take())
         } else {
-            match &plan.trainable {
-                Trainable::Lora(l) => {
-                    safetune_lora::attach_lora(&mut model, l, spec.seed.wrapping_add(1))?;
-                }
-                Trainable::Full => {
-                    model.unfreeze_all()?;
-                }
-            }
+            make_trainable(&mut model, &plan.trainable, spec.seed.wrapping_add(1))?;
             say(
                 self.quiet,
                 format!("[{cell}] fine-tuning on n={} (harmful {}, added {})", task.len(), variant.harmful_ids.len(), added_ids.len()),
