@@ -4,23 +4,21 @@
 //! `safetune` binary.
 
 pub mod calibrate;
+pub use safetune_eval::{evaluate, mmlu, results};
 pub mod cli;
 mod defenses;
 pub mod eval_cmd;
-pub mod evaluate;
 pub mod fetch;
 pub mod hashing;
 pub mod jobs;
 pub mod judge_check;
 pub mod lock;
-pub mod mmlu;
 pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod rejudge;
 pub mod report;
 pub mod resources;
-pub mod results;
 pub mod serve;
 pub mod spec;
 pub mod stack;

@@ -1,8 +1,3 @@
 //! Progress lines on stderr (nothing when quiet).
 
-/// One progress line.
-pub fn say(quiet: bool, msg: impl AsRef<str>) {
-    if !quiet {
-        eprintln!("{}", msg.as_ref());
-    }
-}
+pub use safetune_eval::say;

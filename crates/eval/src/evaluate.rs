@@ -6,8 +6,8 @@ use safetune_core::judge::{Estimate, Judge, Judgement, UtilityMetric, Verdict};
 use safetune_core::{CausalLm, Example, GenerationParams, PromptFormat, Result};
 use safetune_metrics::{mean_estimate, utility};
 
-use crate::output::say;
 use crate::results::{GenRecord, Generations, ModelEval, Named, OverRefusalResult, SafetyResult, TaskResult};
+use crate::say;
 use crate::spec::EvalSpec;
 
 pub struct EvalInputs<'a> {
@@ -265,7 +265,7 @@ pub fn times_json(times: &MetricTimes) -> serde_json::Value {
 }
 
 /// ASR per harm category, when the set's prompts carry one.
-pub(crate) fn per_category(recs: &[GenRecord], verdicts: &[Verdict], seed: u64) -> Vec<Named> {
+pub fn per_category(recs: &[GenRecord], verdicts: &[Verdict], seed: u64) -> Vec<Named> {
     let mut by: std::collections::BTreeMap<&str, Vec<Verdict>> = std::collections::BTreeMap::new();
     for (r, v) in recs.iter().zip(verdicts) {
         if let Some(c) = &r.category {
@@ -317,12 +317,12 @@ fn judged_answers_in(
 }
 
 /// The share of non-empty answers judged refusals, and the number of empty ones.
-pub(crate) fn refusal_rate_of(verdicts: &[Verdict], seed: u64) -> (Estimate, usize) {
+pub fn refusal_rate_of(verdicts: &[Verdict], seed: u64) -> (Estimate, usize) {
     let refused: Vec<bool> = verdicts.iter().filter(|v| **v != Verdict::Empty).map(|v| *v == Verdict::Refusal).collect();
     (safetune_metrics::proportion(&refused, seed), verdicts.len() - refused.len())
 }
 
-pub(crate) fn verdict_name(v: Verdict) -> &'static str {
+pub fn verdict_name(v: Verdict) -> &'static str {
     match v {
         Verdict::Refusal => "refusal",
         Verdict::Compliance => "compliance",

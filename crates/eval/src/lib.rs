@@ -1,0 +1,19 @@
+//! safetune-eval: scores a model — greedy answers per safety set (ASR, harmful
+//! score, per-category ASR, K samples, surface variants, refusal consistency),
+//! over-refusal sets, the task's utility and MMLU — and the result types a run
+//! writes. Knows nothing of training, caches or the results layout.
+
+pub mod evaluate;
+pub mod mmlu;
+pub mod results;
+pub mod spec;
+
+pub use evaluate::{evaluate, EvalInputs};
+pub use spec::EvalSpec;
+
+/// One progress line on stderr (nothing when quiet).
+pub fn say(quiet: bool, msg: impl AsRef<str>) {
+    if !quiet {
+        eprintln!("{}", msg.as_ref());
+    }
+}

@@ -1,0 +1,66 @@
+//! How models are evaluated: set sizes, token budgets, the judge, samples,
+//! surface variants, MMLU (the `[eval]` table of a run spec).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSpec {
+    /// Prompts per safety set (0: all).
+    pub safety_limit: usize,
+    /// Task test examples (0: all).
+    pub task_limit: usize,
+    pub safety_max_new_tokens: usize,
+    pub task_max_new_tokens: usize,
+    pub batch_size: usize,
+    pub judge: String,
+    /// Options of the judge (for `remote`: base_url, model, rubric, api_key_env, ...).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub judge_options: serde_json::Value,
+    /// Sampled answers per harmful prompt for ASR@K and refusal consistency (0: off).
+    pub samples: usize,
+    /// Temperature of those samples (nucleus `sample_top_p`), seeded from the run's seed.
+    pub sample_temperature: f64,
+    pub sample_top_p: f64,
+    /// Ask each harmful prompt again in 5 surface variants (no system prompt, a
+    /// generic one, two rewordings, the Alpaca template): ASR under any variant,
+    /// and refusal consistency across variants and samples.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub variants: bool,
+    /// MMLU questions asked (spread over the 57 subjects; 0: all 14,042), when
+    /// `data.utility_evals` names `mmlu`.
+    #[serde(skip_serializing_if = "is_default_mmlu_questions")]
+    pub mmlu_questions: usize,
+    /// Few-shot settings MMLU is scored at (solved dev questions of the same subject first).
+    #[serde(skip_serializing_if = "is_default_mmlu_shots")]
+    pub mmlu_shots: Vec<usize>,
+}
+
+const MMLU_QUESTIONS: usize = 570;
+fn is_default_mmlu_questions(n: &usize) -> bool {
+    *n == MMLU_QUESTIONS
+}
+fn is_default_mmlu_shots(v: &[usize]) -> bool {
+    v == [0, 5]
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        Self {
+            safety_limit: 0,
+            task_limit: 0,
+            safety_max_new_tokens: 64,
+            task_max_new_tokens: 16,
+            batch_size: 16,
+            judge: "keyword".into(),
+            judge_options: serde_json::Value::Null,
+            samples: 0,
+            sample_temperature: 0.7,
+            sample_top_p: 1.0,
+            variants: false,
+            mmlu_questions: MMLU_QUESTIONS,
+            mmlu_shots: vec![0, 5],
+        }
+    }
+}
