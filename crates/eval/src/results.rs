@@ -2,7 +2,11 @@
 //! answers. Plain data (serialised to the run directory; no wall times, so the
 //! same spec and seed give byte-identical files).
 
+use std::path::Path;
+
+use safetune_core::anyhow::Context;
 use safetune_core::judge::{Estimate, UtilityMetric};
+use safetune_core::Result;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,4 +120,27 @@ pub struct CellResult {
     pub train_losses: Vec<f64>,
     pub train_steps: usize,
     pub eval: ModelEval,
+}
+
+/// A cell's label: `sft-lora`, or `sft-lora+vaccine+lisa` with a defense stack.
+pub fn cell_label(method: &str, defenses: &[String]) -> String {
+    std::iter::once(method.to_string()).chain(defenses.iter().cloned()).collect::<Vec<_>>().join("+")
+}
+
+/// Writes a file atomically: a temporary sibling, then rename.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+/// A value as pretty JSON (with a final newline), written atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    write_atomic(path, s.as_bytes())
 }

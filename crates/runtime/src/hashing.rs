@@ -1,5 +1,5 @@
-//! sha256 of files and of serialisable values (cache keys, manifests), and
-//! atomic file writes (a reader never sees half a file).
+//! sha256 of files and of serialisable values (cache keys, manifests); the
+//! atomic file writes live with the result types (`safetune_eval::results`).
 
 use std::io::Read;
 use std::path::Path;
@@ -35,20 +35,4 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Writes a file atomically: a temporary sibling, then rename.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
-
-/// A value as pretty JSON (with a final newline), written atomically.
-pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
-    s.push('\n');
-    write_atomic(path, s.as_bytes())
-}
+pub use safetune_eval::results::{write_atomic, write_json};

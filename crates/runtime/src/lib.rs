@@ -5,6 +5,7 @@
 
 pub mod calibrate;
 pub use safetune_eval::{evaluate, mmlu, results};
+pub use safetune_report as report;
 pub mod cli;
 mod defenses;
 pub mod eval_cmd;
@@ -17,7 +18,6 @@ pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod rejudge;
-pub mod report;
 pub mod resources;
 pub mod serve;
 pub mod spec;

@@ -62,7 +62,4 @@ pub fn build_stack(all: &DefenseOptions, names: &[String]) -> Result<Stack> {
     Ok(s)
 }
 
-/// `sft-lora`, or `sft-lora+vaccine+lisa` with a stack.
-pub fn label(method: &str, names: &[String]) -> String {
-    std::iter::once(method.to_string()).chain(names.iter().cloned()).collect::<Vec<_>>().join("+")
-}
+pub use safetune_eval::results::cell_label as label;

@@ -115,7 +115,7 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
 /// Writes `<top>/summary.md` and `<top>/report/` (per task: a table and the
 /// plots of the means; all tasks: CSV and JSON with standard deviations).
 pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result<String> {
-    use crate::hashing::write_atomic;
+    use safetune_eval::results::write_atomic;
     let rows = aggregate(runs)?;
     let dir = top.join("report");
     let mut md = String::new();

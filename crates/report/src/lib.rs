@@ -14,9 +14,7 @@ use safetune_core::Result;
 
 use safetune_core::judge::Estimate;
 
-use crate::hashing::write_atomic;
-use crate::results::CellResult;
-use crate::results::{GenRecord, ModelEval};
+use safetune_eval::results::{cell_label, write_atomic, CellResult, GenRecord, ModelEval};
 
 pub use tables::{csv_table, latex_table, markdown_table};
 
@@ -44,7 +42,7 @@ impl Row {
     pub fn cell(r: &CellResult) -> Self {
         Self {
             model: "fine-tuned".into(),
-            method: crate::stack::label(&r.method, &r.defenses),
+            method: cell_label(&r.method, &r.defenses),
             regime: r.regime.clone(),
             poison_ratio: Some(r.poison_ratio),
             eval: r.eval.clone(),
@@ -78,8 +76,8 @@ pub fn rows_from_dir(run_dir: &Path) -> Result<Vec<Row>> {
     }
     let mut cells: Vec<CellResult> = json_files(&run_dir.join("cells"))?.iter().map(|p| read_json(p)).collect::<Result<_>>()?;
     cells.sort_by(|a, b| {
-        (crate::stack::label(&a.method, &a.defenses), a.poison_ratio)
-            .partial_cmp(&(crate::stack::label(&b.method, &b.defenses), b.poison_ratio))
+        (cell_label(&a.method, &a.defenses), a.poison_ratio)
+            .partial_cmp(&(cell_label(&b.method, &b.defenses), b.poison_ratio))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     for c in &cells {
@@ -258,7 +256,7 @@ mod tests {
         // Intervals of ±0.15 around each ASR.
         let row = |model: &str, regime: &str, p: Option<f64>, asr: f64| {
             let (lo, hi) = (asr - 0.15, asr + 0.15);
-            let eval: crate::results::ModelEval = serde_json::from_str(&format!(
+            let eval: safetune_eval::results::ModelEval = serde_json::from_str(&format!(
                 r#"{{"safety":[{{"set":"harm","asr":{{"value":{asr},"n":10,"ci_low":{lo},"ci_high":{hi}}},"empty":0}}],
                    "task":{{"task":"t","metric":"exact","score":{{"value":0.8,"n":10,"ci_low":0.0,"ci_high":1.0}},"unparseable":0}}}}"#
             ))
@@ -282,7 +280,7 @@ mod tests {
     #[test]
     fn category_names_with_commas_stay_one_csv_field() {
         let est = r#"{"value":0.5,"n":2,"ci_low":0.0,"ci_high":1.0}"#;
-        let eval: crate::results::ModelEval = serde_json::from_str(&format!(
+        let eval: safetune_eval::results::ModelEval = serde_json::from_str(&format!(
             r#"{{"safety":[{{"set":"bt","asr":{est},"empty":0,"by_category":[{{"name":"politics,controversial","estimate":{est}}}]}}],
                "task":{{"task":"t","metric":"exact","score":{est},"unparseable":0}}}}"#
         ))

@@ -3,7 +3,7 @@
 use safetune_core::judge::{Estimate, UtilityMetric};
 
 use super::Row;
-use crate::results::SafetyResult;
+use safetune_eval::results::SafetyResult;
 
 fn pct(e: &Estimate) -> String {
     format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
