@@ -117,3 +117,19 @@ impl LoraConfig {
         self.targets.iter().any(|t| t == "all-linear" || module.ends_with(&format!(".{t}")))
     }
 }
+
+/// A config table from a spec (`null` → the defaults); errors name `path.key` of the bad value.
+pub fn options<T: serde::de::DeserializeOwned + Default>(v: &serde_json::Value, path: &str) -> crate::Result<T> {
+    if v.is_null() {
+        return Ok(T::default());
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let at = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        match (at.as_str(), msg.strip_prefix("unknown field `").and_then(|r| r.split_once('`'))) {
+            (".", Some((key, rest))) => anyhow::anyhow!("{path}.{key}: unknown key{rest}"),
+            (".", None) => anyhow::anyhow!("{path}: {msg}"),
+            (at, _) => anyhow::anyhow!("{path}.{at}: {msg}"),
+        }
+    })
+}

@@ -154,13 +154,13 @@ pub trait Defense {
 
 /// Builds `D`'s plan from a spec table.
 pub fn build_plan<D: Defense>(v: &serde_json::Value) -> Result<DefensePlan> {
-    D::plan(crate::registry::options(v, &format!("defense_options.{}", D::NAME))?)
+    D::plan(crate::config::options(v, &format!("defense_options.{}", D::NAME))?)
 }
 
 /// `D`'s options with every default filled in: what cache keys see, so writing a default
 /// out changes nothing.
 pub fn resolve_options<D: Defense>(v: &serde_json::Value) -> Result<serde_json::Value> {
-    let o: D::Options = crate::registry::options(v, &format!("defense_options.{}", D::NAME))?;
+    let o: D::Options = crate::config::options(v, &format!("defense_options.{}", D::NAME))?;
     Ok(serde_json::to_value(o)?)
 }
 

@@ -10,7 +10,8 @@ use safetune_core::Result;
 use crate::hashing::sha256_file;
 use crate::hashing::write_json;
 use crate::options::RunOptions;
-use crate::pipeline::{manifest_base, model_with_adapters, open_run_dir, prepare, Prepared, Run};
+use crate::prepare::{manifest_base, model_with_adapters, open_run_dir, prepare, Prepared};
+use crate::run::Run;
 use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
 pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--suite SET,SET] [--over-refusal xstest-safe] [--data-dir DIR]

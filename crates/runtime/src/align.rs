@@ -1,0 +1,96 @@
+//! The alignment stage: the aligned model (per alignment-stage defense),
+//! trained once per content key and cached.
+
+use safetune_core::anyhow::{anyhow, Context};
+use safetune_core::registry::Trainable;
+use safetune_core::training::TrainStep;
+use safetune_core::training::{stream, PlainSft};
+use safetune_core::{CausalLm, ExampleKind, Result};
+use safetune_train::{train, StageData};
+
+use crate::fetch::cache_dir;
+use crate::hashing::{sha256_json, write_json};
+use crate::output::say;
+use crate::prepare::open_model;
+use crate::run::{describe, make_trainable, Aligned, Run};
+use crate::spec::TemplateChoice;
+use crate::stack::{build_defense, resolved_options};
+
+impl Run<'_> {
+    /// The aligned model for an alignment-stage defense (or none), trained once per content key and cached.
+    pub(crate) fn aligned(&mut self, defense: Option<&str>) -> Result<Aligned> {
+        let spec = self.spec;
+        let mut train_cfg = spec.alignment.train.clone();
+        train_cfg.seed = spec.seed;
+        let mut key_parts = serde_json::json!({
+            "model": self.model_sha, "lora": spec.alignment.lora, "train": train_cfg,
+            "data": sha256_json(&self.align_set)?,
+        });
+        // The prompt format shapes the training text; the model's own format is implied by its hash.
+        if spec.data.template != TemplateChoice::Model {
+            key_parts["template"] = serde_json::to_value(spec.data.template)?;
+        }
+        if let Some(d) = defense {
+            key_parts["defense"] = serde_json::json!({
+                "name": d, "options": resolved_options(&spec.defense_options, d)?, "harmful": sha256_json(&self.defender_harmful()?)?,
+            });
+        }
+        let full = spec.alignment.full;
+        if full {
+            key_parts["full"] = true.into();
+        }
+        let key = sha256_json(&key_parts)?;
+        let dir = cache_dir().join("aligned").join(&key[..16]);
+        let label = match defense {
+            Some(d) => format!("align+{d}"),
+            None => "align".into(),
+        };
+        let trainable = if full { Trainable::Full } else { Trainable::Lora(spec.alignment.lora.clone()) };
+        let done = if full { dir.join("model/model.safetensors") } else { dir.join("adapter_model.safetensors") };
+        if done.exists() {
+            say(self.quiet, format!("[{label}] reusing cached alignment {}", &key[..16]));
+            return Ok(Aligned { key, dir, full });
+        }
+        say(
+            self.quiet,
+            format!(
+                "[{label}] {} examples ({} refusals), {}",
+                self.align_set.len(),
+                self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).count(),
+                describe(&trainable)
+            ),
+        );
+        let t = crate::resources::StageMeter::start();
+        let mut model = open_model(&self.model_path, spec.data.template)?;
+        make_trainable(&mut model, &trainable, spec.seed)?;
+        let mut data = StageData::default();
+        data.streams.insert(stream::TASK.into(), self.align_set.clone());
+        let mut step: Box<dyn TrainStep> = match defense {
+            None => Box::new(PlainSft),
+            Some(d) => {
+                data.streams.insert(stream::SAFETY.into(), self.safety_pairs());
+                data.streams.insert(stream::HARMFUL.into(), self.defender_harmful()?);
+                build_defense(&spec.defense_options, d)?.align_step.ok_or_else(|| anyhow!("defense `{d}` has no alignment objective"))?
+            }
+        };
+        // The base model, frozen, when the objective compares against it.
+        let reference = if step.wants_reference() { Some(open_model(&self.model_path, spec.data.template)?) } else { None };
+        let report =
+            train(&mut model, &data, step.as_mut(), &train_cfg, reference.as_ref().map(|m| m as &dyn CausalLm), &label, self.quiet)?;
+        let tmp = dir.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        if full {
+            model.freeze_all();
+            safetune_model::export_hf(&model, &tmp.join("model"))?;
+        } else {
+            safetune_lora::save_peft(&model, &spec.alignment.lora, &tmp)?;
+        }
+        write_json(&tmp.join("train_report.json"), &report)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
+        self.timings.insert(label.clone(), t.report());
+        Ok(Aligned { key, dir, full })
+    }
+}

@@ -1,0 +1,146 @@
+//! What a run resolves before it writes anything: its pools (data directory,
+//! Hub, user files or the built-in suite), the model, the judge; the results
+//! directory (locked) and the manifest fields every run records; opening models.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetune_core::anyhow::{anyhow, Context};
+use safetune_core::registry::{self};
+use safetune_core::Result;
+use safetune_data::{builtin_pools, DataDir, DataSource, HubClient, Pools};
+use safetune_model::{load_model, Llama};
+
+use crate::fetch::resolve_model;
+use crate::hashing::{sha256_file, sha256_json, write_json};
+use crate::options::RunOptions;
+use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
+
+pub(crate) fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<String, String>)> {
+    let sel = spec.data.selection();
+    if sel.is_builtin() {
+        return Ok((builtin_pools(&sel.task), BTreeMap::new()));
+    }
+    let mut hashes = BTreeMap::new();
+    let pools = match spec.data.source {
+        DataSourceKind::Hub => Pools::assemble(&DataSource::Hub(&HubClient::from_env()), &sel, &spec.data.custom)?,
+        DataSourceKind::Dir => {
+            let Some(root) = opts.data_dir.clone() else {
+                if spec.data.custom.contains_key(&sel.task) {
+                    return Ok((Pools::builtin_around_custom(&sel, &spec.data.custom)?, custom_hashes(spec)?));
+                }
+                return Err(anyhow!(
+                    "data.task `{}` needs a data directory: pass --data-dir DIR or set SAFETUNE_DATA_DIR \
+                     (or data.source = \"hub\", or data.task = \"builtin\")",
+                    spec.data.task
+                ));
+            };
+            let dir = DataDir::open(&root)?;
+            let pools = Pools::assemble(&DataSource::Dir(&dir), &sel, &spec.data.custom)?;
+            for f in &pools.files {
+                hashes.insert(f.display().to_string(), sha256_file(&root.join(f))?);
+            }
+            pools
+        }
+    };
+    Ok((pools, hashes))
+}
+
+/// sha256 of the user's dataset files.
+pub(crate) fn custom_hashes(spec: &RunSpec) -> Result<BTreeMap<String, String>> {
+    let mut h = BTreeMap::new();
+    for c in spec.data.custom.values() {
+        for p in std::iter::once(&c.path).chain(c.test_path.as_ref()) {
+            h.insert(p.display().to_string(), sha256_file(p)?);
+        }
+    }
+    Ok(h)
+}
+
+pub(crate) fn git_revision() -> String {
+    let rev = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output();
+    let dirty = std::process::Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]).output();
+    match (rev, dirty) {
+        (Ok(r), Ok(d)) if r.status.success() => {
+            let mut s = String::from_utf8_lossy(&r.stdout).trim().to_string();
+            if !d.stdout.is_empty() {
+                s.push_str("-dirty");
+            }
+            s
+        }
+        _ => "unknown".into(),
+    }
+}
+
+/// A model file opened in the prompt format the spec asks for.
+pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama> {
+    let mut m = load_model(path, &safetune_model::default_device())?;
+    if template == TemplateChoice::Alpaca {
+        m.set_format(safetune_core::PromptFormat::Alpaca);
+    }
+    Ok(m)
+}
+
+/// A model with PEFT adapters merged into its weights, in order.
+pub(crate) fn model_with_adapters(model_path: &Path, template: TemplateChoice, adapters: &[PathBuf]) -> Result<Llama> {
+    let mut m = open_model(model_path, template)?;
+    for a in adapters {
+        safetune_lora::load_peft(&mut m, a, &safetune_model::default_device())?;
+        safetune_lora::merge_adapters(&mut m)?;
+    }
+    Ok(m)
+}
+
+/// What every command that evaluates models resolves before it writes anything.
+pub(crate) struct Prepared {
+    pub pools: Pools,
+    pub data_hashes: BTreeMap<String, String>,
+    pub model_path: PathBuf,
+    pub model_sha: String,
+    pub judge: Box<dyn safetune_core::judge::Judge>,
+}
+
+pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
+    let (pools, data_hashes) = load_pools(spec, opts)?;
+    let model_path = resolve_model(&spec.model.source, opts.quiet)?;
+    let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
+    let judge = (registry::judge(&spec.eval.judge)?.build)(&spec.eval.judge_options)?;
+    Ok(Prepared { pools, data_hashes, model_path, model_sha, judge })
+}
+
+/// Creates and locks `<out>/<name>/`, refusing one that holds another spec's
+/// results; writes `spec.json`. Returns the directory, its lock and the spec hash.
+pub(crate) fn open_run_dir(spec: &RunSpec, out: &Path, lock: bool) -> Result<(PathBuf, Option<crate::lock::RunLock>, String)> {
+    let run_dir = out.join(&spec.name);
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
+    let lock = if lock { Some(crate::lock::RunLock::acquire(&run_dir)?) } else { None };
+    let spec_hash = sha256_json(spec)?;
+    let spec_file = run_dir.join("spec.json");
+    if let Ok(old) = std::fs::read_to_string(&spec_file) {
+        let old: RunSpec = serde_json::from_str(&old).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
+        if sha256_json(&old)? != spec_hash {
+            return Err(anyhow!(
+                "{}: holds results of a different spec named `{}`; choose another name or --out",
+                run_dir.display(),
+                spec.name
+            ));
+        }
+    }
+    write_json(&spec_file, spec)?;
+    Ok((run_dir, lock, spec_hash))
+}
+
+/// The manifest fields every results directory records.
+pub(crate) fn manifest_base(spec: &RunSpec, spec_hash: &str, p: &Prepared) -> serde_json::Value {
+    serde_json::json!({
+        "spec_sha256": spec_hash,
+        "seed": spec.seed,
+        "model": { "source": spec.model.source, "path": p.model_path.display().to_string(), "sha256": p.model_sha },
+        "data": { "source": p.pools.source, "task": p.pools.task, "files_sha256": p.data_hashes, "task_holdout_ids": p.pools.holdout_ids },
+        "safetune_version": env!("CARGO_PKG_VERSION"),
+        "crate_versions": crate::resources::crate_versions(),
+        "git_revision": git_revision(),
+        "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
+                     "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
+    })
+}

@@ -1,0 +1,250 @@
+//! One run's shared state (`Run`) and the content keys of its stages: pool
+//! hashes, evaluation, trained weights, cells; the defender's data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetune_core::anyhow::{anyhow, Context};
+use safetune_core::registry::{self, Trainable};
+use safetune_core::{CausalLm, Example, ExampleKind, Result};
+use safetune_data::{Pools, Regime};
+use safetune_model::Llama;
+
+use crate::evaluate::{evaluate, EvalInputs};
+use crate::hashing::{sha256_json, write_atomic, write_json};
+use crate::output::say;
+use crate::prepare::{model_with_adapters, open_model};
+use crate::results::{GenRecord, ModelEval};
+use crate::spec::{RunSpec, TemplateChoice};
+use crate::stack::resolved_options;
+use crate::stage_cache::StageCache;
+
+/// Everything the stages of one run share.
+pub(crate) struct Run<'a> {
+    pub spec: &'a RunSpec,
+    pub quiet: bool,
+    pub pools: Pools,
+    pub model_path: PathBuf,
+    pub model_sha: String,
+    pub run_dir: PathBuf,
+    pub judge: Box<dyn safetune_core::judge::Judge>,
+    pub align_set: Vec<Example>,
+    pub timings: serde_json::Map<String, serde_json::Value>,
+    /// Hashes of the pools the cache keys name, computed on first use.
+    pub pool_hashes: std::cell::OnceCell<PoolHashes>,
+}
+
+/// sha256 of each pool a cache key depends on (hashing SST-2's 67k training
+/// rows for every cell and evaluation would repeat the same work).
+pub(crate) struct PoolHashes {
+    pub safety: String,
+    pub task_test: String,
+    pub over_refusal: String,
+    pub task_train: String,
+    pub harmful: String,
+    mmlu: Option<String>,
+}
+
+/// The weights a stage trains: LoRA adapters attached (seeded) or every weight unfrozen.
+pub(crate) fn make_trainable(model: &mut Llama, t: &Trainable, seed: u64) -> Result<()> {
+    match t {
+        Trainable::Lora(l) => safetune_lora::attach_lora(model, l, seed).map(|_| ()),
+        Trainable::Full => model.unfreeze_all().map(|_| ()),
+    }
+}
+
+pub(crate) fn describe(t: &Trainable) -> String {
+    match t {
+        Trainable::Lora(l) => format!("LoRA r{} on {:?}", l.r, l.targets),
+        Trainable::Full => "every weight".to_string(),
+    }
+}
+
+/// A method's plan with the spec's options for it.
+pub(crate) fn method_plan(spec: &RunSpec, method: &str) -> Result<registry::MethodPlan> {
+    (registry::method(method)?.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))
+}
+
+pub(crate) fn aligned_model(model_path: &Path, aligned: &Aligned, template: TemplateChoice) -> Result<Llama> {
+    if aligned.full {
+        // Full-parameter alignment stores the whole aligned model as a Hugging Face directory.
+        return open_model(&aligned.dir.join("model"), template);
+    }
+    model_with_adapters(model_path, template, std::slice::from_ref(&aligned.dir))
+}
+
+/// A cached aligned model: its content key and adapter directory.
+#[derive(Clone)]
+pub(crate) struct Aligned {
+    pub key: String,
+    pub dir: PathBuf,
+    /// The directory holds a whole model (`model/`), not a LoRA adapter.
+    pub full: bool,
+}
+
+impl Run<'_> {
+    pub(crate) fn eval_inputs<'b>(
+        &'b self,
+        sets: &'b [(String, Vec<Example>)],
+        over: &'b [(String, Vec<Example>)],
+        task: &'b [Example],
+    ) -> EvalInputs<'b> {
+        EvalInputs {
+            safety: sets.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect(),
+            over_refusal: over.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect(),
+            task_name: self.pools.task.clone(),
+            task,
+            utility: self.pools.utility.clone(),
+            mmlu: self.pools.mmlu.as_ref(),
+        }
+    }
+
+    /// Evaluates a model once per run directory (`models/<label>.json`), reusing an earlier
+    /// result: the run directory's, else the evaluation cache's, which is keyed by the
+    /// model's identity (`identity`: hashes of its weights) and everything the scores depend on.
+    pub(crate) fn evaluate_once(
+        &mut self,
+        label: &str,
+        identity: serde_json::Value,
+        model: impl FnOnce() -> Result<Llama>,
+    ) -> Result<ModelEval> {
+        let file = self.run_dir.join("models").join(format!("{label}.json"));
+        let gen_dir = self.run_dir.join("generations").join(label);
+        if let Ok(s) = std::fs::read_to_string(&file) {
+            say(self.quiet, format!("[eval {label}] reusing earlier result"));
+            return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
+        }
+        let key = sha256_json(&serde_json::json!({ "model": identity, "eval": self.eval_key()? }))?;
+        let rels = [PathBuf::from("models").join(format!("{label}.json")), PathBuf::from("generations").join(label)];
+        let cache = StageCache::new("evals");
+        if cache.restore(&key, &self.run_dir, &rels)? {
+            say(self.quiet, format!("[eval {label}] reusing cached evaluation {}", &key[..16]));
+            let s = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
+            return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
+        }
+        let t = crate::resources::StageMeter::start();
+        let m = model()?;
+        let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.over_refusal, &self.pools.task_test);
+        let (e, recs, times) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
+        write_generations(&gen_dir, &recs)?;
+        write_json(&file, &e)?;
+        let mut report = t.report();
+        report["metrics_s"] = crate::evaluate::times_json(&times);
+        self.timings.insert(format!("eval_{label}"), report);
+        cache.publish(&key, &self.run_dir, &rels)?;
+        Ok(e)
+    }
+
+    pub(crate) fn pool_hashes(&self) -> Result<&PoolHashes> {
+        if let Some(h) = self.pool_hashes.get() {
+            return Ok(h);
+        }
+        let p = &self.pools;
+        let h = PoolHashes {
+            safety: sha256_json(&p.safety_evals)?,
+            task_test: sha256_json(&p.task_test)?,
+            over_refusal: sha256_json(&p.over_refusal)?,
+            task_train: sha256_json(&p.task_train)?,
+            harmful: sha256_json(&p.harmful_pairs)?,
+            mmlu: p.mmlu.as_ref().map(sha256_json).transpose()?,
+        };
+        Ok(self.pool_hashes.get_or_init(|| h))
+    }
+
+    /// The harmful pairs a defense may train on: none any regime of this run draws.
+    pub(crate) fn defender_harmful(&self) -> Result<Vec<Example>> {
+        let regimes = self.spec.finetune.regimes.iter().map(|r| Regime::parse(r)).collect::<Result<Vec<_>>>()?;
+        self.pools.defender_harmful(&regimes, self.spec.finetune.n, self.spec.seed)
+    }
+
+    /// The refusal pairs of the alignment set (the `safety` stream of later stages).
+    pub(crate) fn safety_pairs(&self) -> Vec<Example> {
+        self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect()
+    }
+
+    /// Everything evaluation scores depend on besides the model.
+    pub(crate) fn eval_key(&self) -> Result<serde_json::Value> {
+        let spec = self.spec;
+        let h = self.pool_hashes()?;
+        let mut key = serde_json::json!({
+            "eval": spec.eval, "seed": spec.seed, "template": spec.data.template,
+            "safety": h.safety, "task": h.task_test,
+            "over_refusal": h.over_refusal,
+            "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"), "judge": self.judge.fingerprint(),
+        });
+        // Only runs that ask for MMLU carry it (keys of other runs stay as they were).
+        if let Some(m) = &h.mmlu {
+            key["mmlu"] = serde_json::json!(m);
+        }
+        Ok(key)
+    }
+
+    /// The files a cell writes, relative to the run directory.
+    pub(crate) fn cell_files(&self, method: &str, cell: &str) -> Result<Vec<PathBuf>> {
+        let plan = method_plan(self.spec, method)?;
+        let mut rels = vec![
+            PathBuf::from("cells").join(format!("{cell}.json")),
+            PathBuf::from("timings").join(format!("{cell}.json")),
+            PathBuf::from("generations").join(cell),
+        ];
+        if matches!(plan.trainable, Trainable::Lora(_)) {
+            rels.push(PathBuf::from("adapters").join(cell));
+        }
+        Ok(rels)
+    }
+
+    /// The content key of a cell's trained weights: the aligned model, the
+    /// method and its settings, the stack and its options, the data and the
+    /// seed — everything but the evaluation (a cell evaluated another way
+    /// reuses them).
+    pub(crate) fn train_key_parts(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<serde_json::Value> {
+        let spec = self.spec;
+        // With every default filled in: writing a default out gives the same key.
+        let options: BTreeMap<&String, serde_json::Value> =
+            names.iter().map(|n| Ok((n, resolved_options(&spec.defense_options, n)?))).collect::<Result<_>>()?;
+        let mut key = serde_json::json!({
+            "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
+            "train": spec.method_train(method), "defenses": names, "defense_options": options,
+            "regime": regime, "n": spec.finetune.n,
+            "task_train": self.pool_hashes()?.task_train, "harmful": self.pool_hashes()?.harmful,
+        });
+        // The pure-bad regime trains on the pure-bad set alone (other cells' keys stay as they were).
+        if Regime::parse(regime)? == Regime::PureBad {
+            key["pure_bad"] = sha256_json(&self.pools.pure_bad)?.into();
+        }
+        // A defended cell may read the defender's harmful pairs (undefended keys stay as they were).
+        if !names.is_empty() {
+            key["defender_harmful"] = sha256_json(&self.defender_harmful()?)?.into();
+        }
+        Ok(key)
+    }
+
+    pub(crate) fn train_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
+        let mut key = self.train_key_parts(method, names, regime, aligned)?;
+        // The cell key has these through its evaluation part.
+        key["seed"] = self.spec.seed.into();
+        key["template"] = serde_json::to_value(self.spec.data.template)?;
+        key["version"] = env!("CARGO_PKG_VERSION").into();
+        sha256_json(&key)
+    }
+
+    /// The content key of a cell: its trained weights and its evaluation.
+    pub(crate) fn cell_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
+        let mut key = self.train_key_parts(method, names, regime, aligned)?;
+        key["eval"] = self.eval_key()?;
+        sha256_json(&key)
+    }
+}
+
+/// Every answer of an evaluation, one JSON line each, per set.
+pub(crate) fn write_generations(dir: &Path, records: &[(String, Vec<GenRecord>)]) -> Result<()> {
+    for (set, recs) in records {
+        let mut s = String::new();
+        for r in recs {
+            s.push_str(&serde_json::to_string(r)?);
+            s.push('\n');
+        }
+        write_atomic(&dir.join(format!("{set}.jsonl")), s.as_bytes())?;
+    }
+    Ok(())
+}
