@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use safetune_core::anyhow::anyhow;
 use safetune_core::{Example, Result};
-use safetune_data::{alignment_set, AlignmentPools, AlignmentSpec, Regime};
+use safetune_data::{alignment_set, AlignmentPools, AlignmentSpec, Pools, Regime};
 
 use crate::hashing::write_json;
 use crate::options::RunOptions;
@@ -28,9 +28,19 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     }
     // Every sub-run's input is checked before anything is written or trained, so that a
     // bad data file or an impossible budget in the last sub-run stops the grid at once.
+    // The pools depend on the task, not the seed: prepared once per task.
     let mut plan = Vec::new();
+    let mut prepared: Vec<(String, Prepared)> = Vec::new();
     for s in &subs {
-        let (_, align_set) = checked(s, opts).map_err(|e| anyhow!("{e} (task {}, seed {})", s.data.task, s.seed))?;
+        let at = |e: safetune_core::anyhow::Error| anyhow!("{e} (task {}, seed {})", s.data.task, s.seed);
+        let i = match prepared.iter().position(|(t, _)| *t == s.data.task) {
+            Some(i) => i,
+            None => {
+                prepared.push((s.data.task.clone(), prepare(s, opts).map_err(at)?));
+                prepared.len() - 1
+            }
+        };
+        let align_set = drawn_sets(s, &prepared[i].1.pools).map_err(at)?;
         plan.push(plan_line(s, align_set.len()));
     }
     if opts.dry_run {
@@ -70,11 +80,10 @@ fn plan_line(spec: &RunSpec, align_examples: usize) -> String {
     )
 }
 
-/// Everything that can reject one run's input — data, model, judge, the alignment set and
-/// every regime's variant — checked before its results directory exists.
-fn checked(spec: &RunSpec, opts: &RunOptions) -> Result<(Prepared, Vec<Example>)> {
-    let prepared = prepare(spec, opts)?;
-    let pools = &prepared.pools;
+/// The alignment set of a run, after checking that it and every regime's variant can be drawn
+/// from its pools (with `prepare`, everything that can reject a run's input, before its
+/// results directory exists).
+fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
     let align_set = alignment_set(
         &AlignmentPools {
             harmful_prompts: &pools.align_prompts,
@@ -94,13 +103,14 @@ fn checked(spec: &RunSpec, opts: &RunOptions) -> Result<(Prepared, Vec<Example>)
     for regime in &spec.finetune.regimes {
         pools.variant(Regime::parse(regime)?, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
     }
-    Ok((prepared, align_set))
+    Ok(align_set)
 }
 
 fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let start = Instant::now();
     let quiet = opts.quiet;
-    let (prepared, align_set) = checked(spec, opts)?;
+    let prepared = prepare(spec, opts)?;
+    let align_set = drawn_sets(spec, &prepared.pools)?;
     if opts.dry_run {
         return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, align_set.len())));
     }
