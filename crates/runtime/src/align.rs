@@ -69,7 +69,7 @@ impl Run<'_> {
             None => Box::new(PlainSft),
             Some(d) => {
                 data.streams.insert(stream::SAFETY.into(), self.safety_pairs());
-                data.streams.insert(stream::HARMFUL.into(), self.defender_harmful()?);
+                data.streams.insert(stream::HARMFUL.into(), self.defender_harmful()?.to_vec());
                 build_defense(&spec.defense_options, d)?.align_step.ok_or_else(|| anyhow!("defense `{d}` has no alignment objective"))?
             }
         };

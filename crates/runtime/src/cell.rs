@@ -73,7 +73,7 @@ impl Run<'_> {
         let p = parsed.ratio();
         let variant = self.pools.variant(parsed, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune ({cell}): {e}"))?;
         let safety = self.safety_pairs();
-        let harmful = if names.is_empty() { Vec::new() } else { self.defender_harmful()? };
+        let harmful = if names.is_empty() { Vec::new() } else { self.defender_harmful()?.to_vec() };
         let mut task = variant.examples.clone();
         if let Some(mix) = &stack.mix {
             mix.mix(&mut task, &DefenseData { safety: &safety, harmful: &harmful }, spec.seed)?;

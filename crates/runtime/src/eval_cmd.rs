@@ -146,6 +146,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
         align_set: Vec::new(),
         timings: Default::default(),
         pool_hashes: Default::default(),
+        defender: Default::default(),
     };
     let identity = if adapter_sha.is_empty() {
         serde_json::json!({ "base": model_sha })

@@ -130,6 +130,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         align_set,
         timings: serde_json::Map::new(),
         pool_hashes: Default::default(),
+        defender: Default::default(),
     };
 
     let path = r.model_path.clone();

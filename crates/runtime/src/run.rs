@@ -32,6 +32,8 @@ pub(crate) struct Run<'a> {
     pub timings: serde_json::Map<String, serde_json::Value>,
     /// Hashes of the pools the cache keys name, computed on first use.
     pub pool_hashes: std::cell::OnceCell<PoolHashes>,
+    /// The defender's harmful pairs, drawn on first use.
+    pub defender: std::cell::OnceCell<Vec<Example>>,
 }
 
 /// sha256 of each pool a cache key depends on (hashing SST-2's 67k training
@@ -152,9 +154,13 @@ impl Run<'_> {
     }
 
     /// The harmful pairs a defense may train on: none any regime of this run draws.
-    pub(crate) fn defender_harmful(&self) -> Result<Vec<Example>> {
+    pub(crate) fn defender_harmful(&self) -> Result<&[Example]> {
+        if let Some(d) = self.defender.get() {
+            return Ok(d);
+        }
         let regimes = self.spec.finetune.regimes.iter().map(|r| Regime::parse(r)).collect::<Result<Vec<_>>>()?;
-        self.pools.defender_harmful(&regimes, self.spec.finetune.n, self.spec.seed)
+        let d = self.pools.defender_harmful(&regimes, self.spec.finetune.n, self.spec.seed)?;
+        Ok(self.defender.get_or_init(|| d))
     }
 
     /// The refusal pairs of the alignment set (the `safety` stream of later stages).
