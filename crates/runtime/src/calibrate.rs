@@ -341,9 +341,15 @@ pub fn main(args: &[String]) -> Result<String> {
     let seeds = if sweep.seeds.is_empty() { vec![specs.first().map(|s| s.seed).unwrap_or(42)] } else { sweep.seeds.clone() };
     let runs_dir = out.join(&sweep_name).join("runs");
     let selected = |c: &Candidate| only.is_empty() || only.contains(&c.name);
+    let seeds_of = |c: &Candidate| -> Vec<u64> {
+        if c.seeds.is_empty() {
+            seeds.clone()
+        } else {
+            c.seeds.clone()
+        }
+    };
     let seed_specs = |c: &Candidate, spec: &RunSpec| -> Vec<RunSpec> {
-        let seeds = if c.seeds.is_empty() { &seeds } else { &c.seeds };
-        seeds
+        seeds_of(c)
             .iter()
             .map(|&seed| {
                 let mut s = spec.clone();
@@ -367,13 +373,13 @@ pub fn main(args: &[String]) -> Result<String> {
     }
     let mut outcomes = Vec::new();
     for (c, spec) in sweep.candidates.iter().zip(&specs) {
-        let seeds = if c.seeds.is_empty() { &seeds } else { &c.seeds };
+        let seeds = seeds_of(c);
         if !selected(c) {
             // Left out: its figures still belong in the table if every seed's run finished earlier.
             let dirs: Vec<PathBuf> = seeds.iter().map(|seed| runs_dir.join(format!("{}-s{seed}", c.name))).collect();
             if dirs.iter().all(|d| d.join("summary.md").is_file()) {
                 let rows = dirs.iter().map(|d| rows_from_dir(d)).collect::<Result<Vec<_>>>()?;
-                outcomes.push(Outcome { earlier: true, ..outcome(&c.name, &c.note, seeds, &rows, &sweep.select)? });
+                outcomes.push(Outcome { earlier: true, ..outcome(&c.name, &c.note, &seeds, &rows, &sweep.select)? });
             }
             continue;
         }
@@ -383,7 +389,7 @@ pub fn main(args: &[String]) -> Result<String> {
             crate::pipeline::run(&s, &RunOptions::new(data_dir.clone(), runs_dir.clone(), quiet))?;
             rows.push(rows_from_dir(&runs_dir.join(&s.name))?);
         }
-        outcomes.push(outcome(&c.name, &c.note, seeds, &rows, &sweep.select)?);
+        outcomes.push(outcome(&c.name, &c.note, &seeds, &rows, &sweep.select)?);
     }
     let chosen = choose(&outcomes);
     let md = table(&outcomes, chosen);
