@@ -202,7 +202,9 @@ impl Pools {
             } else {
                 alignment_tenth(train_pool(l.get(t)?, &evals)?.0).1
             };
-            remove_overlap(&mut tenth, &[&task_held_out, &evals]);
+            // Both tenths come from train pools already without evaluation prompts and their own
+            // task's held-out rows; another task's rows also leave this task's held-out rows.
+            remove_overlap(&mut tenth, &[&task_held_out]);
             for e in &mut tenth {
                 e.kind = ExampleKind::Benign;
             }
