@@ -102,11 +102,15 @@ pub fn defense_crates(root: &Path) -> Result<Vec<String>, String> {
     Ok(v)
 }
 
-/// The generated lines that link every defense crate into the binary.
-fn registration(names: &[String]) -> (String, String) {
+/// The generated lines that link every defense crate into the binary: per file, its markers
+/// and the lines between them.
+fn registration(names: &[String]) -> [(&'static str, &'static str, &'static str, String); 2] {
     let deps = names.iter().map(|n| format!("safetune-defense-{n} = {{ path = \"../defenses/{n}\" }}")).collect::<Vec<_>>().join("\n");
     let uses = names.iter().map(|n| format!("use safetune_defense_{} as _;", n.replace('-', "_"))).collect::<Vec<_>>().join("\n");
-    (deps, uses)
+    [
+        ("crates/runtime/Cargo.toml", "# defenses:begin", "# defenses:end", deps),
+        ("crates/runtime/src/defenses.rs", "// defenses:begin", "// defenses:end", uses),
+    ]
 }
 
 fn marked(text: &str, begin: &str, end: &str) -> Option<(usize, usize)> {
@@ -118,11 +122,7 @@ fn marked(text: &str, begin: &str, end: &str) -> Option<(usize, usize)> {
 /// Rewrites the generated lists in `crates/runtime/Cargo.toml` and `crates/runtime/src/defenses.rs`
 /// from the directory listing (the only lines outside a defense crate that name it).
 pub fn sync_registration(root: &Path) -> Result<(), String> {
-    let (deps, uses) = registration(&defense_crates(root)?);
-    for (rel, begin, end, body) in [
-        ("crates/runtime/Cargo.toml", "# defenses:begin", "# defenses:end", deps),
-        ("crates/runtime/src/defenses.rs", "// defenses:begin", "// defenses:end", uses),
-    ] {
+    for (rel, begin, end, body) in registration(&defense_crates(root)?) {
         let p = root.join(rel);
         let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let (b, e) = marked(&text, begin, end).ok_or_else(|| format!("{}: markers `{begin}`/`{end}` not found", p.display()))?;
@@ -152,11 +152,7 @@ pub fn check(root: &Path) -> Result<Vec<String>, String> {
             ));
         }
     }
-    let (deps, uses) = registration(&names);
-    for (rel, begin, end, want) in [
-        ("crates/runtime/Cargo.toml", "# defenses:begin", "# defenses:end", deps),
-        ("crates/runtime/src/defenses.rs", "// defenses:begin", "// defenses:end", uses),
-    ] {
+    for (rel, begin, end, want) in registration(&names) {
         let text = std::fs::read_to_string(root.join(rel)).map_err(|e| format!("{rel}: {e}"))?;
         let (b, e) = marked(&text, begin, end).ok_or_else(|| format!("{rel}: markers not found"))?;
         if text[b..e].trim_end() != want {
