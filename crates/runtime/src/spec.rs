@@ -365,16 +365,13 @@ impl RunSpec {
         if self.finetune.defenses.is_empty() {
             bail!("finetune.defenses: list at least one stack (`[]` for no defense)");
         }
-        for name in self.finetune.defenses.iter().flatten() {
-            safetune_core::registry::defense(name).map_err(|e| anyhow!("finetune.defenses: {e}"))?;
-        }
         for name in self.defense_options.keys() {
             if !self.finetune.defenses.iter().flatten().any(|d| d == name) {
                 bail!("defense_options.{name}: `{name}` is in no stack of finetune.defenses");
             }
-            // Errors name `defense_options.<name>.<key>`.
-            crate::stack::resolved_options(&self.defense_options, name)?;
         }
+        // Builds every defense with its options: errors about an option name
+        // `defense_options.<name>.<key>`, others the stack.
         for stack in &self.finetune.defenses {
             crate::stack::build_stack(&self.defense_options, stack).map_err(|e| {
                 let e = e.to_string();
