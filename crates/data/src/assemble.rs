@@ -98,6 +98,21 @@ impl Loader<'_> {
     }
 }
 
+/// XSTest's safe prompts in file order (grouped by type, 25 per type family): every
+/// fifth one (positions 0, 5, 10, ...) is the `xstest-dev` validation set (50 prompts,
+/// 5 per family), the other 200 are the `xstest-safe` test set. The two never overlap.
+fn xstest_safe_part(all: Vec<Example>, dev: bool) -> Vec<Example> {
+    all.into_iter()
+        .filter(|e| e.label.as_deref() == Some("safe"))
+        .enumerate()
+        .filter(|(i, _)| (i % XSTEST_DEV_STRIDE == 0) == dev)
+        .map(|(_, e)| e)
+        .collect()
+}
+
+/// One of every `XSTEST_DEV_STRIDE` XSTest safe prompts is validation.
+pub const XSTEST_DEV_STRIDE: usize = 5;
+
 fn stl_split(set: &str) -> Option<&'static str> {
     STL_EVALS.iter().find(|(n, _)| *n == set).map(|(_, s)| *s)
 }
@@ -132,7 +147,7 @@ impl Pools {
         let mut over_refusal = Vec::new();
         for s in &sel.over_refusal {
             let set: Vec<Example> = match s.as_str() {
-                "xstest-safe" => l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("safe")).collect(),
+                "xstest-safe" | "xstest-dev" => xstest_safe_part(l.split("xstest", "test")?, s == "xstest-dev"),
                 other => l.split("safety-tuned-llamas-eval", stl_split(other).unwrap_or(other))?,
             };
             over_refusal.push((s.clone(), set.into_iter().map(|e| Example { kind: ExampleKind::Benign, ..e }).collect()));

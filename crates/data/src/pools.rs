@@ -27,7 +27,7 @@ pub struct PoolSelection {
     /// Safety evaluation sets: `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`,
     /// and `advbench-dev` (validation: AdvBench dev minus the prompts it shares with test).
     pub safety_evals: Vec<String>,
-    /// Benign prompts that only look risky, for over-refusal: `xstest-safe`.
+    /// Benign prompts that only look risky, for over-refusal: `xstest-safe` (test), `xstest-dev` (validation).
     pub over_refusal: Vec<String>,
     /// Benign instructions mixed into alignment: `alpaca`, `dolly` or `alpaca+dolly`.
     pub benign: String,
@@ -134,7 +134,7 @@ pub const SAFETY_EVALS: [&str; 11] = [
     "advbench-dev",
     "stl-dev",
 ];
-pub const OVER_REFUSAL_SETS: [&str; 3] = ["xstest-safe", "i-physical-safe", "i-alpaca"];
+pub const OVER_REFUSAL_SETS: [&str; 4] = ["xstest-safe", "xstest-dev", "i-physical-safe", "i-alpaca"];
 pub const BENIGN: [&str; 3] = ["alpaca", "dolly", "alpaca+dolly"];
 /// Safety-Tuned LLaMAs evaluation sets: run name → split of `safety-tuned-llamas-eval`.
 pub const UTILITY_EVALS: [&str; 1] = ["mmlu"];

@@ -143,7 +143,7 @@ fn safety_tuned_llamas_pools_are_disjoint_from_every_evaluation_set() {
     let all_safety: Vec<String> = safetune_data::SAFETY_EVALS.iter().map(|s| s.to_string()).collect();
     let sel = PoolSelection {
         safety_evals: all_safety.clone(),
-        over_refusal: vec!["xstest-safe".into(), "i-physical-safe".into(), "i-alpaca".into()],
+        over_refusal: vec!["xstest-safe".into(), "xstest-dev".into(), "i-physical-safe".into(), "i-alpaca".into()],
         benign: "alpaca+dolly".into(),
         task_split: "validation".into(),
         ..PoolSelection::default()
@@ -156,7 +156,17 @@ fn safety_tuned_llamas_pools_are_disjoint_from_every_evaluation_set() {
         assert!(sizes.contains(&(name, n)), "{name}: {sizes:?}");
     }
     let over: Vec<usize> = p.over_refusal.iter().map(|(_, v)| v.len()).collect();
-    assert_eq!(over, [250, 100, 50]);
+    assert_eq!(over, [200, 50, 100, 50]);
+    // XSTest's safe prompts: 50 validation (5 of each of the 10 types), 200 test, disjoint.
+    let (test, dev) = (&p.over_refusal[0].1, &p.over_refusal[1].1);
+    let test_ids: std::collections::HashSet<&String> = test.iter().map(|e| &e.id).collect();
+    assert!(dev.iter().all(|e| !test_ids.contains(&e.id)));
+    let mut per_family: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in dev {
+        let ty = e.meta.get("type").expect("xstest type");
+        *per_family.entry(ty.clone()).or_default() += 1;
+    }
+    assert!(per_family.len() == 10 && per_family.values().all(|n| *n == 5), "{per_family:?}");
     assert!(p.over_refusal.iter().flat_map(|(_, v)| v).all(|e| e.kind == ExampleKind::Benign));
     // The task is scored on SST-2 validation, and no validation row is trained on.
     assert_eq!(p.task_test.len(), 6_735);

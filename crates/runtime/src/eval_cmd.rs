@@ -14,7 +14,7 @@ use crate::prepare::{manifest_base, model_with_adapters, open_run_dir, prepare, 
 use crate::run::Run;
 use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
-pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--suite SET,SET] [--over-refusal xstest-safe] [--data-dir DIR]
+pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--task-split test|validation] [--suite SET,SET] [--over-refusal xstest-safe|xstest-dev] [--data-dir DIR]
                 [--name NAME] [--label LABEL] [--out DIR] [--seed N] [--judge NAME] [--safety-limit N]
                 [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--samples K] [--variants]
                 [--mmlu N (questions; 0: all)] [--mmlu-shots 0,5] [--quiet] [--json]
@@ -42,6 +42,7 @@ pub fn main(args: &[String]) -> Result<String> {
             "--model" => model = Some(val()?.clone()),
             "--adapter" => adapters.push(PathBuf::from(val()?)),
             "--task" => spec_data.task = val()?.clone(),
+            "--task-split" => spec_data.task_split = val()?.clone(),
             "--over-refusal" => {
                 spec_data.over_refusal = val()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
             }
