@@ -36,5 +36,5 @@ pub use labelled::{xstest_completions, AnswerLabel, LabelledAnswer};
 pub use overlap::{check_disjoint, remove_overlap};
 pub use pools::{MultipleChoice, PoolSelection, Pools, BENIGN, OVER_REFUSAL_SETS, SAFETY_EVALS};
 pub use refusals::{refusal_for, REFUSAL_STYLES};
-pub use sets::{alignment_set, AlignmentPools, AlignmentSpec};
+pub use sets::{alignment_set, lookalikes, trigger_words, AlignmentPools, AlignmentSpec};
 pub use variant::{harmful_variant, Regime, Variant};

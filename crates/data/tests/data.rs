@@ -179,6 +179,17 @@ fn safety_tuned_llamas_pools_are_disjoint_from_every_evaluation_set() {
     assert!(p.benign.len() > 2_000 && p.benign.len() <= 1_904 + 387, "{}", p.benign.len());
     assert!(p.pure_bad.len() > 100 && p.pure_bad.len() <= 111, "{}", p.pure_bad.len());
     p.check().unwrap();
+    // Benign look-alikes (alignment.benign_lookalikes): benign rows sharing a word that marks
+    // the refusal prompts; the count the presets rely on (presets/calibrate/a8.toml asks 240).
+    let pools = safetune_data::AlignmentPools {
+        harmful_prompts: &p.align_prompts,
+        safe_answers: &p.safe_answers,
+        benign: &p.benign,
+        task_rows: &p.align_task,
+    };
+    let like = safetune_data::lookalikes(&pools);
+    eprintln!("benign look-alikes {} of {}", like.len(), p.benign.len());
+    assert!((240..=600).contains(&like.len()), "{}", like.len());
     // Training pools do not depend on which sets a run evaluates.
     let plain =
         Pools::assemble(&src, &PoolSelection { benign: "alpaca+dolly".into(), ..PoolSelection::default() }, &Default::default()).unwrap();
@@ -268,7 +279,7 @@ fn alignment_set_pairs_prompts_with_varied_refusals() {
     let (h, b) = (pool(ExampleKind::Harmful, "h", 50), pool(ExampleKind::Benign, "b", 40));
     let set = alignment_set(
         &AlignmentPools { harmful_prompts: &h, safe_answers: &[], benign: &b, task_rows: &[] },
-        &AlignmentSpec { refusals: None, safe_answers: 0, recovery: 0, benign: 30, task_examples: 0, seed: 3 },
+        &AlignmentSpec { refusals: None, safe_answers: 0, recovery: 0, benign: 30, benign_lookalikes: 0, task_examples: 0, seed: 3 },
     )
     .unwrap();
     assert_eq!(set.len(), 80);
@@ -279,7 +290,7 @@ fn alignment_set_pairs_prompts_with_varied_refusals() {
     let small = AlignmentPools { harmful_prompts: &h5, safe_answers: &[], benign: &[], task_rows: &[] };
     assert!(alignment_set(
         &small,
-        &AlignmentSpec { refusals: Some(6), safe_answers: 0, recovery: 0, benign: 0, task_examples: 0, seed: 1 }
+        &AlignmentSpec { refusals: Some(6), safe_answers: 0, recovery: 0, benign: 0, benign_lookalikes: 0, task_examples: 0, seed: 1 }
     )
     .is_err());
 }
@@ -326,7 +337,7 @@ proptest! {
     fn drawn_sets_stay_disjoint_from_evaluation(seed in 0u64..500, n in 1usize..160, p in 0.0f64..0.3) {
         let pools = builtin_pools("builtin");
         let from = AlignmentPools { harmful_prompts: &pools.align_prompts, safe_answers: &pools.safe_answers, benign: &pools.benign, task_rows: &pools.align_task };
-        let align = alignment_set(&from, &AlignmentSpec { refusals: Some(40), safe_answers: 0, recovery: 20, benign: 40, task_examples: 0, seed }).unwrap();
+        let align = alignment_set(&from, &AlignmentSpec { refusals: Some(40), safe_answers: 0, recovery: 20, benign: 40, benign_lookalikes: 0, task_examples: 0, seed }).unwrap();
         let variant = harmful_variant(&pools.task_train, &pools.harmful_pairs, n, p, seed).unwrap();
         let evals: Vec<(&str, &[Example])> = vec![("eval", pools.safety_evals[0].1.as_slice()), ("test", pools.task_test.as_slice())];
         prop_assert!(safetune_data::check_disjoint(&[("align", &align), ("variant", &variant.examples)], &evals).is_ok());

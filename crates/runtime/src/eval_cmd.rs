@@ -98,6 +98,7 @@ pub fn main(args: &[String]) -> Result<String> {
             safe_answers: 0,
             recovery: 0,
             benign: 0,
+            benign_lookalikes: 0,
             task_examples: 0,
             full: false,
             train: Default::default(),

@@ -96,6 +96,7 @@ fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
             safe_answers: spec.alignment.safe_answers,
             recovery: spec.alignment.recovery,
             benign: spec.alignment.benign,
+            benign_lookalikes: spec.alignment.benign_lookalikes,
             task_examples: spec.alignment.task_examples,
             seed: spec.seed,
         },

@@ -202,6 +202,11 @@ pub struct AlignmentStage {
     pub recovery: usize,
     /// Benign instructions (from `data.benign`).
     pub benign: usize,
+    /// How many of the `benign` rows are benign look-alikes: instructions that contain a word
+    /// over-represented in the refusal prompts (harmful prompts and safe-answer requests; see
+    /// `safetune_data::lookalikes`), answered helpfully, against refusing on words alone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub benign_lookalikes: usize,
     /// Labelled train rows from each task of `data.align_tasks` (its alignment tenth, which
     /// leaves that task's fine-tuning pool), so the aligned model keeps answering
     /// short-format instructions.
