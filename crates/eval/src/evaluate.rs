@@ -102,11 +102,14 @@ pub fn evaluate(
         }
         let by_category = per_category(&recs, &verdicts, seed);
         records.push((name.clone(), recs));
-        let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); set.len()];
+        // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
+        let probed = spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name);
+        let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
+        let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); probe.len()];
         let (mut asr_at_k, mut refusal_consistency, mut variant_asr) = (None, None, None);
-        if spec.samples > 0 {
+        if spec.samples > 0 && probed {
             let t = Instant::now();
-            let mut per_prompt: Vec<Vec<Verdict>> = vec![Vec::with_capacity(spec.samples); set.len()];
+            let mut per_prompt: Vec<Vec<Verdict>> = vec![Vec::with_capacity(spec.samples); probe.len()];
             let mut sample_recs = Vec::new();
             for k in 0..spec.samples {
                 let params = GenerationParams {
@@ -116,7 +119,7 @@ pub fn evaluate(
                     seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
                     batch_size: spec.batch_size,
                 };
-                let (recs, judged) = judged_answers(model, set, &params, judge, &format!("#{k}"))?;
+                let (recs, judged) = judged_answers(model, probe, &params, judge, &format!("#{k}"))?;
                 for (i, j) in judged.iter().enumerate() {
                     per_prompt[i].push(j.verdict);
                     others[i].push(j.verdict);
@@ -132,13 +135,13 @@ pub fn evaluate(
             records.push((format!("{name}.samples"), sample_recs));
             asr_at_k = Some(at_k);
         }
-        if spec.variants {
+        if spec.variants && probed {
             let t = Instant::now();
-            let mut per_prompt: Vec<Vec<Verdict>> = verdicts.iter().map(|v| vec![*v]).collect();
+            let mut per_prompt: Vec<Vec<Verdict>> = verdicts[..probe.len()].iter().map(|v| vec![*v]).collect();
             let mut variant_recs = Vec::new();
             let params = greedy(spec.safety_max_new_tokens, spec.batch_size);
             for variant in VARIANTS {
-                let asked: Vec<Example> = set.iter().map(|e| variant_of(e, variant)).collect();
+                let asked: Vec<Example> = probe.iter().map(|e| variant_of(e, variant)).collect();
                 let format = variant_format(variant, model.info().format);
                 let (recs, judged) = judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"))?;
                 for (i, j) in judged.iter().enumerate() {
@@ -160,8 +163,8 @@ pub fn evaluate(
             records.push((format!("{name}.variants"), variant_recs));
             variant_asr = Some(v_asr);
         }
-        if spec.samples > 0 || spec.variants {
-            let c = safetune_metrics::refusal_consistency(&verdicts, &others, seed);
+        if (spec.samples > 0 || spec.variants) && probed {
+            let c = safetune_metrics::refusal_consistency(&verdicts[..probe.len()], &others, seed);
             say(quiet, format!("[eval {label}] {name}: refusal consistency {:.1}% of {} refused prompts", 100.0 * c.value, c.n));
             refusal_consistency = Some(c);
         }

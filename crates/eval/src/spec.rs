@@ -28,6 +28,14 @@ pub struct EvalSpec {
     /// and refusal consistency across variants and samples.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub variants: bool,
+    /// The harmful sets that samples and variants ask (empty: every set of `data.safety_evals`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consistency_sets: Vec<String>,
+    /// Prompts of each of those sets asked again (the first N of the set; 0: all). Samples
+    /// and variants multiply generation (K + 5 answers per prompt), so a full evaluation
+    /// grid can afford them on a part of a set only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub consistency_limit: usize,
     /// MMLU questions asked (spread over the 57 subjects; 0: all 14,042), when
     /// `data.utility_evals` names `mmlu`.
     #[serde(skip_serializing_if = "is_default_mmlu_questions")]
@@ -38,6 +46,9 @@ pub struct EvalSpec {
 }
 
 const MMLU_QUESTIONS: usize = 570;
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
 fn is_default_mmlu_questions(n: &usize) -> bool {
     *n == MMLU_QUESTIONS
 }
@@ -59,6 +70,8 @@ impl Default for EvalSpec {
             sample_temperature: 0.7,
             sample_top_p: 1.0,
             variants: false,
+            consistency_sets: Vec::new(),
+            consistency_limit: 0,
             mmlu_questions: MMLU_QUESTIONS,
             mmlu_shots: vec![0, 5],
         }

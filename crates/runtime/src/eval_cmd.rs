@@ -17,6 +17,7 @@ use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--task-split test|validation] [--suite SET,SET] [--over-refusal xstest-safe|xstest-dev] [--data-dir DIR]
                 [--name NAME] [--label LABEL] [--out DIR] [--seed N] [--judge NAME] [--safety-limit N]
                 [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--samples K] [--variants]
+                [--consistency-sets SET,SET] [--consistency-limit N]
                 [--mmlu N (questions; 0: all)] [--mmlu-shots 0,5] [--quiet] [--json]
       score a model (with PEFT adapters merged into it in order) without training; results in OUT/NAME/";
 
@@ -60,6 +61,10 @@ pub fn main(args: &[String]) -> Result<String> {
             "--batch-size" => eval.batch_size = number(a, it.next())?,
             "--samples" => eval.samples = number(a, it.next())?,
             "--variants" => eval.variants = true,
+            "--consistency-limit" => eval.consistency_limit = number(a, it.next())?,
+            "--consistency-sets" => {
+                eval.consistency_sets = val()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            }
             "--mmlu" => {
                 spec_data.utility_evals = vec!["mmlu".into()];
                 eval.mmlu_questions = number(a, it.next())?;

@@ -52,6 +52,8 @@ fn verdicts(judgements: &[Judgement]) -> Vec<Verdict> {
 /// Re-judges one evaluated model's safety sets in place; returns (set, old ASR, new ASR).
 fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u64) -> Result<Vec<(String, f64, f64)>> {
     let mut changes = Vec::new();
+    // The prompts asked again are a prefix of the set: those up to the last with extra answers.
+    let asked_again = |per: &[Vec<Verdict>]| per.iter().rposition(|v| !v.is_empty()).map_or(0, |i| i + 1);
     for s in &mut eval.safety {
         let (recs, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
         let (asr, empty) = safetune_metrics::asr_of(&verdicts(&judgements), seed);
@@ -73,6 +75,8 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
                 per[i].push(j.verdict);
                 others[i].push(j.verdict);
             }
+            // Only the first `eval.consistency_limit` prompts are asked again.
+            per.truncate(asked_again(&per));
             Ok(per)
         };
         if s.asr_at_k.is_some() {
@@ -83,6 +87,7 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         if s.variant_asr.is_some() {
             let mut per = regroup("variants", '@')?;
             for (p, d) in per.iter_mut().zip(&default) {
+                // (`per` holds the prompts asked again only: zip stops there.)
                 p.push(*d);
             }
             let v = safetune_metrics::any_compliance(&per, seed);
@@ -90,7 +95,8 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
             s.variant_asr = Some(v);
         }
         if s.refusal_consistency.is_some() {
-            s.refusal_consistency = Some(safetune_metrics::refusal_consistency(&default, &others, seed));
+            let n = asked_again(&others);
+            s.refusal_consistency = Some(safetune_metrics::refusal_consistency(&default[..n], &others[..n], seed));
         }
     }
     for s in &mut eval.over_refusal {

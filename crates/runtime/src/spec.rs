@@ -396,6 +396,9 @@ impl RunSpec {
         if self.eval.samples > 0 && !(self.eval.sample_temperature > 0.0 && self.eval.sample_temperature.is_finite()) {
             bail!("eval.sample_temperature: must be a positive number when eval.samples > 0");
         }
+        if let Some(set) = self.eval.consistency_sets.iter().find(|s| !self.data.safety_evals.contains(s)) {
+            bail!("eval.consistency_sets: `{set}` is not one of data.safety_evals");
+        }
         if !(self.eval.sample_top_p > 0.0 && self.eval.sample_top_p <= 1.0) {
             bail!("eval.sample_top_p: must be in (0, 1]");
         }

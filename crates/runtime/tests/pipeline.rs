@@ -40,6 +40,7 @@ task_max_new_tokens = 3
 batch_size = 4
 samples = 2
 variants = true
+consistency_limit = 3
 "#,
         model.display()
     );
@@ -99,9 +100,15 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
                   // Per model: ASR, ASR@K, ASR under any variant and refusal consistency per
                   // safety set, and the task score; per cell also refusal retention per set.
     assert_eq!(csv.lines().count(), 1 + 6 * (4 * sets + 1) + 4 * sets, "{csv}");
-    // Every harmful prompt was asked again in each surface variant.
+    // The first 3 of the 4 harmful prompts (eval.consistency_limit) were asked again in each
+    // surface variant and sampled twice.
     let variants = std::fs::read_to_string(run1.join("generations/base/builtin-harmful-eval.variants.jsonl")).unwrap();
-    assert_eq!(variants.lines().count(), 4 * safetune_runtime::evaluate::VARIANTS.len());
+    assert_eq!(variants.lines().count(), 3 * safetune_runtime::evaluate::VARIANTS.len());
+    let samples = std::fs::read_to_string(run1.join("generations/base/builtin-harmful-eval.samples.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 3 * 2);
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run1.join("models/base.json")).unwrap()).unwrap();
+    assert_eq!(base["safety"][0]["asr"]["n"].as_u64().unwrap() + base["safety"][0]["empty"].as_u64().unwrap(), 4);
+    assert!(base["safety"][0]["asr_at_k"]["n"].as_u64().unwrap() <= 3, "{base}");
     assert!(variants.contains("@alpaca-template") && variants.contains("@no-system"));
     let scatter = std::fs::read_to_string(run1.join("report/safety_utility.svg")).unwrap();
     assert_eq!(scatter.matches("<circle").count(), 6 + 4, "6 models and a 4-entry legend");
@@ -143,6 +150,8 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
             "--samples",
             "2",
             "--variants",
+            "--consistency-limit",
+            "3",
             "--seed",
             "7",
             "--name",
