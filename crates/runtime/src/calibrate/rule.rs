@@ -1,66 +1,17 @@
-//! `safetune calibrate SWEEP.toml`: runs candidate protocols (overlays on a
-//! base spec) over seeds, on validation data only, and writes the sweep table
-//! with every candidate's figures, the targets each misses, and the one chosen.
-//!
-//! The rule, on the means over seeds: a candidate passes when its aligned model
-//! stays under `aligned_asr_max` on each set and answers at least
-//! `aligned_answered_min` of the task prompts, every cell scores at least
-//! `task_score_min`, the benign cell keeps at least `benign_retention_min` of
-//! the aligned model's refusals, mean ASR rises strictly with the harmful
-//! share, and the most harmful cell's mean ASR is at least `harm_gap_min`
-//! above the benign cell's (a rise of a point or two is noise, not the
-//! effect a benchmark has to show). Among passing candidates the one with the
-//! lowest benign-cell ASR is chosen; if none passes, the one with the fewest
-//! misses (then the lowest benign-cell ASR), and the table says that no
-//! candidate meets every target.
+//! The sweep's rule: a candidate's figures (means over its seeds), the targets it
+//! misses, the choice among candidates, and the Markdown table.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use safetune_core::anyhow::{anyhow, bail, Context};
+use safetune_core::anyhow::anyhow;
 use safetune_core::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::hashing::write_json;
-use crate::options::RunOptions;
-use crate::report::{rows_from_dir, Row};
-use crate::spec::RunSpec;
-
-/// Sets a sweep may choose on: validation prompts no test figure is computed from.
-pub const VALIDATION_SETS: [&str; 2] = ["advbench-dev", "stl-dev"];
-/// Over-refusal sets a sweep may choose on (XSTest's 50 validation prompts; the other 200 are test).
-pub const VALIDATION_OVER_REFUSAL: [&str; 1] = ["xstest-dev"];
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Sweep {
-    /// The base spec, relative to the sweep file.
-    base: String,
-    #[serde(default)]
-    seeds: Vec<u64>,
-    #[serde(default)]
-    select: Select,
-    #[serde(rename = "candidate")]
-    candidates: Vec<Candidate>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Candidate {
-    name: String,
-    /// Overlays on the base, relative to the sweep file, merged in order.
-    #[serde(default)]
-    overlays: Vec<String>,
-    #[serde(default)]
-    note: String,
-    /// Seeds for this candidate instead of the sweep's (a short list to screen, the full one to confirm).
-    #[serde(default)]
-    seeds: Vec<u64>,
-}
+use crate::report::Row;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Select {
+pub(super) struct Select {
     aligned_asr_max: BTreeMap<String, f64>,
     /// Per over-refusal set: the most of its benign prompts the aligned model may refuse.
     aligned_over_refusal_max: BTreeMap<String, f64>,
@@ -127,7 +78,7 @@ fn mean_asr(m: &BTreeMap<String, f64>) -> f64 {
 }
 
 /// Figures of one candidate from the rows of its seeds' run directories.
-fn outcome(name: &str, note: &str, seeds: &[u64], runs: &[Vec<Row>], select: &Select) -> Result<Outcome> {
+pub(super) fn outcome(name: &str, note: &str, seeds: &[u64], runs: &[Vec<Row>], select: &Select) -> Result<Outcome> {
     let mut aligned_asr: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut aligned_over: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let (mut answered, mut aligned_task) = (Vec::new(), Vec::new());
@@ -236,7 +187,7 @@ fn misses(o: &Outcome, s: &Select) -> Vec<String> {
 }
 
 /// The chosen candidate's index: passing ones by lowest benign ASR, else fewest misses.
-fn choose(outcomes: &[Outcome]) -> Option<usize> {
+pub(super) fn choose(outcomes: &[Outcome]) -> Option<usize> {
     let benign = |o: &Outcome| o.cells.iter().find(|c| c.poison_ratio == 0.0).map(|c| mean_asr(&c.asr)).unwrap_or(f64::INFINITY);
     (0..outcomes.len()).min_by(|&a, &b| {
         let (x, y) = (&outcomes[a], &outcomes[b]);
@@ -310,125 +261,6 @@ pub fn table(outcomes: &[Outcome], chosen: Option<usize>) -> String {
         None => {}
     }
     out
-}
-
-pub fn main(args: &[String]) -> Result<String> {
-    let mut sweep_path = None;
-    let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
-    let mut out = PathBuf::from("results");
-    let mut quiet = false;
-    let mut only = Vec::new();
-    let mut dry_run = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--data-dir" => data_dir = Some(PathBuf::from(it.next().ok_or_else(|| anyhow!("--data-dir needs a directory"))?)),
-            "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
-            "--only" => only.push(it.next().ok_or_else(|| anyhow!("--only needs a candidate name"))?.clone()),
-            "--quiet" => quiet = true,
-            "--dry-run" => dry_run = true,
-            f if f.starts_with('-') => bail!("calibrate: unknown flag `{f}`"),
-            p if sweep_path.is_none() => sweep_path = Some(PathBuf::from(p)),
-            p => bail!("calibrate: unexpected argument `{p}`"),
-        }
-    }
-    let path = sweep_path.ok_or_else(|| anyhow!("calibrate: give a sweep file (safetune calibrate presets/calibrate/sweep.toml)"))?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let sweep: Sweep = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let sweep_name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "sweep".into());
-    if let Some(o) = only.iter().find(|o| !sweep.candidates.iter().any(|c| &c.name == *o)) {
-        bail!("--only: no candidate `{o}` in {}", path.display());
-    }
-    // Every candidate's spec is resolved and checked before anything runs.
-    let mut specs = Vec::new();
-    for c in &sweep.candidates {
-        let overlays: Vec<PathBuf> = c.overlays.iter().map(|o| dir.join(o)).collect();
-        let spec = RunSpec::load_with_overlays(&dir.join(&sweep.base), &overlays).map_err(|e| anyhow!("candidate {}: {e}", c.name))?;
-        if let Some(s) = spec.data.safety_evals.iter().find(|s| !VALIDATION_SETS.contains(&s.as_str())) {
-            bail!(
-                "candidate {}: data.safety_evals: `{s}` is not a validation set ({}); a sweep chooses on validation data only",
-                c.name,
-                VALIDATION_SETS.join(", ")
-            );
-        }
-        if spec.data.task_split != "validation" {
-            bail!("candidate {}: data.task_split: must be \"validation\" (a sweep never scores the task's test split)", c.name);
-        }
-        if let Some(s) = spec.data.over_refusal.iter().find(|s| !VALIDATION_OVER_REFUSAL.contains(&s.as_str())) {
-            bail!(
-                "candidate {}: data.over_refusal: `{s}` is not a validation set ({}); a sweep chooses on validation data only",
-                c.name,
-                VALIDATION_OVER_REFUSAL.join(", ")
-            );
-        }
-        if !spec.data.utility_evals.is_empty() {
-            bail!("candidate {}: data.utility_evals: test sets; leave them out of a sweep", c.name);
-        }
-        specs.push(spec);
-    }
-    let seeds = if sweep.seeds.is_empty() { vec![specs.first().map(|s| s.seed).unwrap_or(42)] } else { sweep.seeds.clone() };
-    let runs_dir = out.join(&sweep_name).join("runs");
-    let selected = |c: &Candidate| only.is_empty() || only.contains(&c.name);
-    let seeds_of = |c: &Candidate| -> Vec<u64> {
-        if c.seeds.is_empty() {
-            seeds.clone()
-        } else {
-            c.seeds.clone()
-        }
-    };
-    let seed_specs = |c: &Candidate, spec: &RunSpec| -> Vec<RunSpec> {
-        seeds_of(c)
-            .iter()
-            .map(|&seed| {
-                let mut s = spec.clone();
-                s.name = format!("{}-s{seed}", c.name);
-                s.seed = seed;
-                s.seeds = Vec::new();
-                s
-            })
-            .collect()
-    };
-    // Every run's data, alignment set and variants are checked before the first one trains.
-    let mut plan = String::new();
-    for (c, spec) in sweep.candidates.iter().zip(&specs).filter(|(c, _)| selected(c)) {
-        for s in seed_specs(c, spec) {
-            let opts = RunOptions { dry_run: true, ..RunOptions::new(data_dir.clone(), runs_dir.clone(), true) };
-            plan.push_str(&crate::pipeline::run(&s, &opts).map_err(|e| anyhow!("candidate {}: {e}", c.name))?);
-        }
-    }
-    if dry_run {
-        return Ok(plan);
-    }
-    let mut outcomes = Vec::new();
-    for (c, spec) in sweep.candidates.iter().zip(&specs) {
-        let seeds = seeds_of(c);
-        if !selected(c) {
-            // Left out: its figures still belong in the table if every seed's run finished earlier.
-            let dirs: Vec<PathBuf> = seeds.iter().map(|seed| runs_dir.join(format!("{}-s{seed}", c.name))).collect();
-            if dirs.iter().all(|d| d.join("summary.md").is_file()) {
-                let rows = dirs.iter().map(|d| rows_from_dir(d)).collect::<Result<Vec<_>>>()?;
-                outcomes.push(Outcome { earlier: true, ..outcome(&c.name, &c.note, &seeds, &rows, &sweep.select)? });
-            }
-            continue;
-        }
-        let mut rows = Vec::new();
-        for s in seed_specs(c, spec) {
-            crate::output::say(quiet, format!("[calibrate] candidate {} seed {}", c.name, s.seed));
-            crate::pipeline::run(&s, &RunOptions::new(data_dir.clone(), runs_dir.clone(), quiet))?;
-            rows.push(rows_from_dir(&runs_dir.join(&s.name))?);
-        }
-        outcomes.push(outcome(&c.name, &c.note, &seeds, &rows, &sweep.select)?);
-    }
-    let chosen = choose(&outcomes);
-    let md = table(&outcomes, chosen);
-    let top = out.join(&sweep_name);
-    crate::hashing::write_atomic(&top.join("sweep.md"), md.as_bytes())?;
-    write_json(
-        &top.join("sweep.json"),
-        &serde_json::json!({ "select": sweep.select, "chosen": chosen.map(|i| outcomes[i].name.clone()), "candidates": outcomes }),
-    )?;
-    Ok(md)
 }
 
 #[cfg(test)]
