@@ -57,7 +57,17 @@ pub struct FileDef {
     pub convert: Convert,
 }
 
+/// Where a dataset's upstream files are downloaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// A Hugging Face Hub dataset repository (`{endpoint}/datasets/{repo}/resolve/{revision}/{path}`).
+    HfDataset,
+    /// A GitHub repository at a pinned commit (`{endpoint}/{repo}/{revision}/{path}`, raw files).
+    GitHub,
+}
+
 pub struct HubDef {
+    pub host: Host,
     pub repo: &'static str,
     pub revision: &'static str,
     pub files: &'static [FileDef],
@@ -281,9 +291,15 @@ const fn def(
     DatasetDef { name, role, id_prefix, zero_based, local, per_subject_dir: false, holdout: None, hub: None, source, license }
 }
 
+/// Safety-Tuned LLaMAs upstream: the repository and the commit whose files equal
+/// `shared/data/safety_tuned_llamas` byte for byte (checked by sha256 in session 8).
+const STL_REPO: &str = "vinid/safety-tuned-llamas";
+const STL_COMMIT: &str = "36a4b8d5c2177ed165bf61f59b590161394f7f12";
+
 pub static CATALOG: &[DatasetDef] = &[
     DatasetDef {
         hub: Some(HubDef {
+            host: Host::HfDataset,
             repo: "stanfordnlp/sst2",
             revision: "main",
             files: &[
@@ -307,6 +323,7 @@ pub static CATALOG: &[DatasetDef] = &[
     },
     DatasetDef {
         hub: Some(HubDef {
+            host: Host::HfDataset,
             repo: "fancyzhx/ag_news",
             revision: "main",
             files: &[
@@ -329,6 +346,7 @@ pub static CATALOG: &[DatasetDef] = &[
     },
     DatasetDef {
         hub: Some(HubDef {
+            host: Host::HfDataset,
             repo: "openai/gsm8k",
             revision: "main",
             files: &[
@@ -380,6 +398,7 @@ pub static CATALOG: &[DatasetDef] = &[
     },
     DatasetDef {
         hub: Some(HubDef {
+            host: Host::HfDataset,
             repo: "PKU-Alignment/BeaverTails",
             revision: "main",
             files: &[file!("train", "round0/30k/train.jsonl", Jsonl, prompt_response)],
@@ -405,6 +424,7 @@ pub static CATALOG: &[DatasetDef] = &[
     ),
     DatasetDef {
         hub: Some(HubDef {
+            host: Host::HfDataset,
             repo: "walledai/AdvBench",
             revision: "main",
             files: &[file!("full", "data/train-00000-of-00001.parquet", Parquet, advbench)],
@@ -446,6 +466,12 @@ pub static CATALOG: &[DatasetDef] = &[
         // A fixed, seeded hold-out of 200 pairs is the `test` split: its prompts are the
         // `stl-dev` validation set, never trained on.
         holdout: Some(200),
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: STL_REPO,
+            revision: STL_COMMIT,
+            files: &[file!("train", "data/training/safety_only_data_Instructions.json", Json, safe_answer)],
+        }),
         ..def(
             "safety-tuned-llamas",
             Role::Safety,
@@ -456,23 +482,39 @@ pub static CATALOG: &[DatasetDef] = &[
             "CC BY-NC 4.0",
         )
     },
-    def(
-        "safety-tuned-llamas-eval",
-        Role::EvalSafety,
-        "stl-eval",
-        false,
-        &[
-            file!("malicious", "safety_tuned_llamas/evaluation/I-MaliciousInstructions.json", JsonColumns, stl_prompt),
-            file!("cona", "safety_tuned_llamas/evaluation/I-CoNa.json", JsonColumns, stl_prompt),
-            file!("controversial", "safety_tuned_llamas/evaluation/I-Controversial.json", JsonColumns, stl_prompt),
-            file!("physical-unsafe", "safety_tuned_llamas/evaluation/I-PhysicalSafetyUnsafe.json", JsonColumns, stl_prompt),
-            file!("physical-safe", "safety_tuned_llamas/evaluation/I-PhysicalSafetySafe.json", JsonColumns, stl_prompt),
-            file!("q-harm", "safety_tuned_llamas/evaluation/Q-Harm.json", JsonColumns, stl_prompt),
-            file!("alpaca", "safety_tuned_llamas/evaluation/I-Alpaca.json", JsonColumns, stl_prompt),
-        ],
-        "Safety-Tuned LLaMAs evaluation sets (github.com/vinid/safety-tuned-llamas, data/evaluation)",
-        "CC BY-NC 4.0",
-    ),
+    DatasetDef {
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: STL_REPO,
+            revision: STL_COMMIT,
+            files: &[
+                file!("malicious", "data/evaluation/I-MaliciousInstructions.json", JsonColumns, stl_prompt),
+                file!("cona", "data/evaluation/I-CoNa.json", JsonColumns, stl_prompt),
+                file!("controversial", "data/evaluation/I-Controversial.json", JsonColumns, stl_prompt),
+                file!("physical-unsafe", "data/evaluation/I-PhysicalSafetyUnsafe.json", JsonColumns, stl_prompt),
+                file!("physical-safe", "data/evaluation/I-PhysicalSafetySafe.json", JsonColumns, stl_prompt),
+                file!("q-harm", "data/evaluation/Q-Harm.json", JsonColumns, stl_prompt),
+                file!("alpaca", "data/evaluation/I-Alpaca.json", JsonColumns, stl_prompt),
+            ],
+        }),
+        ..def(
+            "safety-tuned-llamas-eval",
+            Role::EvalSafety,
+            "stl-eval",
+            false,
+            &[
+                file!("malicious", "safety_tuned_llamas/evaluation/I-MaliciousInstructions.json", JsonColumns, stl_prompt),
+                file!("cona", "safety_tuned_llamas/evaluation/I-CoNa.json", JsonColumns, stl_prompt),
+                file!("controversial", "safety_tuned_llamas/evaluation/I-Controversial.json", JsonColumns, stl_prompt),
+                file!("physical-unsafe", "safety_tuned_llamas/evaluation/I-PhysicalSafetyUnsafe.json", JsonColumns, stl_prompt),
+                file!("physical-safe", "safety_tuned_llamas/evaluation/I-PhysicalSafetySafe.json", JsonColumns, stl_prompt),
+                file!("q-harm", "safety_tuned_llamas/evaluation/Q-Harm.json", JsonColumns, stl_prompt),
+                file!("alpaca", "safety_tuned_llamas/evaluation/I-Alpaca.json", JsonColumns, stl_prompt),
+            ],
+            "Safety-Tuned LLaMAs evaluation sets (github.com/vinid/safety-tuned-llamas, data/evaluation)",
+            "CC BY-NC 4.0",
+        )
+    },
     def("xstest", Role::EvalSafety, "xstest", false, &[file!("test", "xstest/xstest_prompts.csv", Csv, xstest)], "XSTest v2", "CC BY 4.0"),
     DatasetDef {
         per_subject_dir: true,
@@ -552,10 +594,12 @@ pub fn load(src: &DataSource, name: &str) -> Result<Dataset> {
             }
         }
         DataSource::Hub(hub) => {
-            let h = def.hub.as_ref().ok_or_else(|| anyhow!("dataset `{name}` has no Hugging Face Hub source; give a data directory"))?;
+            let h = def.hub.as_ref().ok_or_else(|| anyhow!("dataset `{name}` has no download source; give a data directory"))?;
             for f in h.files {
-                let path = hub.dataset_file(h.repo, h.revision, f.path)?;
-                splits.insert(f.split.to_string(), convert_all(def, f, &path, &format!("{}/{}", def.id_prefix, f.split))?);
+                let path = hub.file(h.host, h.repo, h.revision, f.path)?;
+                // Ids as from a data directory: the split in the prefix only when there are several files.
+                let prefix = if h.files.len() > 1 { format!("{}/{}", def.id_prefix, f.split) } else { def.id_prefix.to_string() };
+                splits.insert(f.split.to_string(), convert_all(def, f, &path, &prefix)?);
             }
         }
     }

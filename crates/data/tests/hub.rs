@@ -90,6 +90,8 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     let hub = HubClient {
         endpoint: endpoint.clone(),
         cache: cache.clone(),
+        github_endpoint: endpoint.clone(),
+        github_cache: cache.join("github"),
         token: None,
         offline: false,
         timeout: std::time::Duration::from_secs(10),
@@ -116,5 +118,50 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     // Online but missing upstream: the HTTP status and the URL.
     let err = load(&DataSource::Hub(&hub), "sst2").unwrap_err().to_string();
     assert!(err.contains("404") && err.contains(&endpoint), "{err}");
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
+#[test]
+fn github_sources_download_at_a_pinned_commit_then_cache_without_network() {
+    let cache = std::env::temp_dir().join(format!("safetune-gh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    // Safety-Tuned LLaMAs' layout upstream (placeholder text): a JSON list of
+    // instruction/input/output rows, and evaluation files as JSON objects of parallel lists.
+    let rows: Vec<serde_json::Value> = (0..205)
+        .map(|i| serde_json::json!({"instruction": format!("placeholder request {i}"), "input": "", "output": format!("placeholder safe answer {i}")}))
+        .collect();
+    let commit = "36a4b8d5c2177ed165bf61f59b590161394f7f12";
+    let base = format!("/vinid/safety-tuned-llamas/{commit}/data");
+    let mut files = vec![(format!("{base}/training/safety_only_data_Instructions.json"), serde_json::to_vec(&rows).unwrap())];
+    for f in
+        ["I-MaliciousInstructions", "I-CoNa", "I-Controversial", "I-PhysicalSafetyUnsafe", "I-PhysicalSafetySafe", "Q-Harm", "I-Alpaca"]
+    {
+        let cols =
+            serde_json::json!({"instructions": [format!("placeholder {f} one"), format!("placeholder {f} two")], "inputs": ["", ""]});
+        files.push((format!("{base}/evaluation/{f}.json"), serde_json::to_vec(&cols).unwrap()));
+    }
+    let (endpoint, count) = serve(files, 100);
+    let hub = HubClient {
+        endpoint: "http://127.0.0.1:9".into(),
+        cache: cache.join("hf"),
+        github_endpoint: endpoint,
+        github_cache: cache.join("github"),
+        token: None,
+        offline: false,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let stl = load(&DataSource::Hub(&hub), "safety-tuned-llamas").unwrap();
+    // The same split as from a data directory: 200 held out (stl-dev), ids without the split.
+    assert_eq!((stl.splits["train"].len(), stl.splits["test"].len()), (5, 200));
+    assert!(stl.splits["train"].iter().all(|e| e.id.starts_with("stl:") && e.response.starts_with("placeholder safe answer")));
+    let ev = load(&DataSource::Hub(&hub), "safety-tuned-llamas-eval").unwrap();
+    assert_eq!(ev.splits.len(), 7);
+    assert_eq!(ev.splits["malicious"].len(), 2);
+    assert_eq!(count.load(Ordering::SeqCst), 8);
+    assert!(cache.join("github/vinid--safety-tuned-llamas").join(commit).join("data/evaluation/Q-Harm.json").is_file());
+    // From the cache: no request, even offline.
+    let offline = HubClient { offline: true, ..hub.clone() };
+    assert_eq!(load(&DataSource::Hub(&offline), "safety-tuned-llamas").unwrap().splits["test"], stl.splits["test"]);
+    assert_eq!(count.load(Ordering::SeqCst), 8);
     std::fs::remove_dir_all(&cache).unwrap();
 }
