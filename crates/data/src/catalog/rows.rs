@@ -1,0 +1,167 @@
+//! Row converters: how one record of a dataset's file becomes an [`Example`].
+
+use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::{Example, ExampleKind, Result};
+
+use super::{AGNEWS_INSTRUCTION, AGNEWS_LABELS, SST2_INSTRUCTION};
+use crate::records::Record;
+
+pub(super) fn task(id: String, prompt: String, response: String) -> Example {
+    Example::new(id, ExampleKind::Task, prompt, response)
+}
+
+pub(super) fn sst2(r: &Record, f: &str, id: String) -> Result<Example> {
+    let label = match r.scalar("label", f)?.trim() {
+        "0" => "negative",
+        "1" => "positive",
+        other => bail!("{f}:{}: field `label`: unknown label `{other}` (expected 0 or 1)", r.line),
+    };
+    Ok(task(id, format!("{SST2_INSTRUCTION}\n\nInput: {}", r.text("sentence", f)?.trim()), label.into()).with_label(label))
+}
+
+pub(super) fn agnews_named(r: &Record, f: &str, id: String) -> Result<Example> {
+    let label = r.text("label", f)?;
+    let label = AGNEWS_LABELS
+        .iter()
+        .find(|l| **l == label.trim())
+        .ok_or_else(|| anyhow!("{f}:{}: field `label`: unknown label `{label}` (World, Sports, Business, Sci/Tech)", r.line))?;
+    Ok(task(id, format!("{AGNEWS_INSTRUCTION}\n\nInput: {}", r.text("text", f)?.trim()), label.to_string()).with_label(*label))
+}
+
+pub(super) fn agnews_numbered(r: &Record, f: &str, id: String) -> Result<Example> {
+    let n = r.scalar("label", f)?;
+    let label = match n.trim() {
+        "1" => "World",
+        "2" => "Sports",
+        "3" => "Business",
+        "4" => "Sci/Tech",
+        other => bail!("{f}:{}: field `label`: unknown label `{other}` (expected 1-4)", r.line),
+    };
+    let text = format!("{} {}", r.text("title", f)?.trim(), r.text("description", f)?.trim());
+    Ok(task(id, format!("{AGNEWS_INSTRUCTION}\n\nInput: {}", text.replace('\\', " ")), label.into()).with_label(label))
+}
+
+pub(super) fn agnews_hub(r: &Record, f: &str, id: String) -> Result<Example> {
+    let n: usize = r.scalar("label", f)?.trim().parse().map_err(|_| anyhow!("{f}:{}: field `label`: expected 0-3", r.line))?;
+    let label = *AGNEWS_LABELS.get(n).ok_or_else(|| anyhow!("{f}:{}: field `label`: unknown label {n}", r.line))?;
+    Ok(task(id, format!("{AGNEWS_INSTRUCTION}\n\nInput: {}", r.text("text", f)?.trim()), label.into()).with_label(label))
+}
+
+/// The number after `####` in a GSM8K answer.
+pub fn gsm8k_final(answer: &str) -> Option<String> {
+    let tail = answer.rsplit_once("####")?.1.trim();
+    let n: String = tail.chars().filter(|c| !matches!(c, ',' | '$')).collect();
+    (!n.is_empty()).then_some(n)
+}
+
+pub(super) fn gsm8k(r: &Record, f: &str, id: String) -> Result<Example> {
+    let answer = r.text("answer", f)?;
+    let label = gsm8k_final(&answer).ok_or_else(|| anyhow!("{f}:{}: field `answer`: no `#### <number>` ending", r.line))?;
+    let (work, _) = answer.rsplit_once("####").unwrap_or((&answer, ""));
+    let response = format!("{}\nThe final answer is: {label}", work.trim_end());
+    Ok(task(id, r.text("question", f)?, response).with_label(label))
+}
+
+pub(super) fn instruction_input(r: &Record, f: &str, input: &str) -> Result<String> {
+    let i = r.text("instruction", f)?;
+    let x = r.text_or_empty(input, f)?;
+    Ok(if x.trim().is_empty() { i } else { format!("{i}\n\n{x}") })
+}
+
+pub(super) fn alpaca(r: &Record, f: &str, id: String) -> Result<Example> {
+    let out = r.text("output", f)?;
+    Ok(task(id, instruction_input(r, f, "input")?, out.clone()).with_label(out))
+}
+
+pub(super) fn dolly(r: &Record, f: &str, id: String) -> Result<Example> {
+    let out = r.text("response", f)?;
+    Ok(task(id, instruction_input(r, f, "context")?, out.clone()).with_label(out).with_meta("category", r.text_or_empty("category", f)?))
+}
+
+pub(super) fn samsum(r: &Record, f: &str, id: String) -> Result<Example> {
+    let out = r.text("output", f)?;
+    Ok(task(id, instruction_input(r, f, "input")?, out.clone()).with_label(out))
+}
+
+pub(super) fn sqlgen(r: &Record, f: &str, id: String) -> Result<Example> {
+    let out = r.text("output", f)?;
+    let input = r.text("input", f)?;
+    let schema = input.split_once("## Context:").map(|(_, s)| s.trim().to_string()).unwrap_or_default();
+    Ok(task(id, instruction_input(r, f, "input")?, out.clone()).with_label(out).with_meta("schema", schema))
+}
+
+pub(super) fn harmful(id: String, prompt: String, response: String) -> Example {
+    Example::new(id, ExampleKind::Harmful, prompt, response)
+}
+
+pub(super) fn prompt_response(r: &Record, f: &str, id: String) -> Result<Example> {
+    Ok(harmful(id, r.text("prompt", f)?, r.text("response", f)?))
+}
+
+pub(super) fn pure_bad(r: &Record, f: &str, id: String) -> Result<Example> {
+    Ok(harmful(id, instruction_input(r, f, "input")?, r.text("output", f)?))
+}
+
+pub(super) fn advbench(r: &Record, f: &str, id: String) -> Result<Example> {
+    Ok(harmful(id, r.text("prompt", f)?, r.text("target", f)?))
+}
+
+pub(super) fn prompt_only(r: &Record, f: &str, id: String) -> Result<Example> {
+    let p = r.text("prompt", f)?;
+    if p.trim().is_empty() {
+        bail!("{f}:{}: field `prompt` is empty", r.line);
+    }
+    Ok(harmful(id, p.trim().to_string(), String::new()))
+}
+
+/// A risky request with a safe answer written for it (Safety-Tuned LLaMAs).
+pub(super) fn safe_answer(r: &Record, f: &str, id: String) -> Result<Example> {
+    Ok(Example::new(id, ExampleKind::Refusal, instruction_input(r, f, "input")?, r.text("output", f)?))
+}
+
+/// A prompt of a Safety-Tuned LLaMAs evaluation file (`instructions`, optional `tags`).
+pub(super) fn stl_prompt(r: &Record, f: &str, id: String) -> Result<Example> {
+    let p = r.text("instructions", f)?;
+    if p.trim().is_empty() {
+        bail!("{f}:{}: field `instructions` is empty", r.line);
+    }
+    let e = harmful(id, p.trim().to_string(), String::new());
+    Ok(match r.fields.get("tags").and_then(|t| t.as_str()) {
+        Some(tag) => e.with_meta("category", tag),
+        None => e,
+    })
+}
+
+pub(super) fn beavertails_category(r: &Record, f: &str, id: String) -> Result<Example> {
+    Ok(harmful(id, r.text("prompt", f)?, String::new()).with_meta("category", r.text("category", f)?))
+}
+
+pub(super) fn xstest(r: &Record, f: &str, id: String) -> Result<Example> {
+    let label = r.text("label", f)?;
+    if label != "safe" && label != "unsafe" {
+        bail!("{f}:{}: field `label`: unknown label `{label}` (safe, unsafe)", r.line);
+    }
+    let kind = if label == "safe" { ExampleKind::Benign } else { ExampleKind::Harmful };
+    Ok(Example::new(id, kind, r.text("prompt", f)?, "").with_label(label).with_meta("type", r.text("type", f)?))
+}
+
+pub(super) fn mmlu(r: &Record, f: &str, id: String) -> Result<Example> {
+    let answer = r.scalar("answer", f)?;
+    let idx: usize =
+        answer.trim().parse().ok().filter(|i| *i < 4).ok_or_else(|| anyhow!("{f}:{}: field `answer`: expected 0-3", r.line))?;
+    let mut e = Example::new(id, ExampleKind::Task, r.text("question", f)?, "").with_label(["A", "B", "C", "D"][idx]);
+    for (k, letter) in ["A", "B", "C", "D"].iter().enumerate() {
+        e = e.with_meta(letter, r.text(&format!("choice{k}"), f)?);
+    }
+    Ok(e)
+}
+
+pub(super) fn mt_bench(r: &Record, f: &str, id: String) -> Result<Example> {
+    let turns = r.texts("turns", f)?;
+    let first = turns.first().ok_or_else(|| anyhow!("{f}:{}: field `turns` is empty", r.line))?;
+    let mut e = Example::new(id, ExampleKind::Benign, first.clone(), "").with_meta("category", r.text("category", f)?);
+    if let Some(second) = turns.get(1) {
+        e = e.with_meta("turn2", second.clone());
+    }
+    Ok(e)
+}
