@@ -53,3 +53,28 @@ pub fn default_device() -> Device {
     }
     Device::Cpu
 }
+
+/// A loaded checkpoint behind the model API: what the runtime holds, so it works with
+/// any family this crate can load (today the Llama family) rather than one concrete type.
+/// A new family implements [`safetune_core::CausalLm`] and this trait, and
+/// [`open_checkpoint`] learns to recognise its files.
+pub trait Checkpoint: safetune_core::CausalLm + Send + Sync {
+    /// Writes the current weights as a Hugging Face directory (config, tokenizer, safetensors).
+    fn export_hf(&self, dir: &Path) -> Result<()>;
+    /// Uses another prompt format (for example the Alpaca template) for this model.
+    fn set_format(&mut self, format: safetune_core::PromptFormat);
+}
+
+impl Checkpoint for Llama {
+    fn export_hf(&self, dir: &Path) -> Result<()> {
+        export::export_hf(self, dir)
+    }
+    fn set_format(&mut self, format: safetune_core::PromptFormat) {
+        Llama::set_format(self, format)
+    }
+}
+
+/// Opens a `.gguf` file or a Hugging Face directory as a [`Checkpoint`].
+pub fn open_checkpoint(path: &Path, device: &Device) -> Result<Box<dyn Checkpoint>> {
+    Ok(Box::new(load_model(path, device)?))
+}

@@ -62,7 +62,7 @@ impl Run<'_> {
         );
         let t = crate::resources::StageMeter::start();
         let mut model = open_model(&self.model_path, spec.data.template)?;
-        make_trainable(&mut model, &trainable, spec.seed)?;
+        make_trainable(&mut *model, &trainable, spec.seed)?;
         let mut data = StageData::default();
         data.streams.insert(stream::TASK.into(), self.align_set.clone());
         let mut step: Box<dyn TrainStep> = match defense {
@@ -76,14 +76,14 @@ impl Run<'_> {
         // The base model, frozen, when the objective compares against it.
         let reference = if step.wants_reference() { Some(open_model(&self.model_path, spec.data.template)?) } else { None };
         let report =
-            train(&mut model, &data, step.as_mut(), &train_cfg, reference.as_ref().map(|m| m as &dyn CausalLm), &label, self.quiet)?;
+            train(&mut *model, &data, step.as_mut(), &train_cfg, reference.as_ref().map(|m| &**m as &dyn CausalLm), &label, self.quiet)?;
         let tmp = dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         if full {
             model.freeze_all();
-            safetune_model::export_hf(&model, &tmp.join("model"))?;
+            model.export_hf(&tmp.join("model"))?;
         } else {
-            safetune_lora::save_peft(&model, &spec.alignment.lora, &tmp)?;
+            safetune_lora::save_peft(&*model, &spec.alignment.lora, &tmp)?;
         }
         write_json(&tmp.join("train_report.json"), &report)?;
         if let Some(parent) = dir.parent() {

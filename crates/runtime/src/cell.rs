@@ -13,7 +13,7 @@ use safetune_core::training::stream;
 use safetune_core::training::TrainStep;
 use safetune_core::{CausalLm, Example, Result};
 use safetune_data::Regime;
-use safetune_model::Llama;
+use safetune_model::Checkpoint;
 use safetune_train::{train, StageData, TrainReport};
 
 use crate::evaluate::evaluate;
@@ -93,15 +93,15 @@ impl Run<'_> {
         let restored = lora && StageCache::new("trained").restore(&train_key, &self.run_dir, &trained_rels)?;
         let (report, train_stage) = if restored {
             say(self.quiet, format!("[{cell}] reusing cached trained weights {} (evaluation only)", &train_key[..16]));
-            safetune_lora::load_peft(&mut model, &adapter, &safetune_model::default_device())?;
-            safetune_lora::merge_adapters(&mut model)?;
+            safetune_lora::load_peft(&mut *model, &adapter, &safetune_model::default_device())?;
+            safetune_lora::merge_adapters(&mut *model)?;
             let text = std::fs::read_to_string(&trained_file).with_context(|| format!("{}: cannot read", trained_file.display()))?;
             let mut t: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", trained_file.display()))?;
             let report: TrainReport =
                 serde_json::from_value(t["report"].take()).map_err(|e| anyhow!("{}: report: {e}", trained_file.display()))?;
             (report, t["train"].take())
         } else {
-            make_trainable(&mut model, &plan.trainable, spec.seed.wrapping_add(1))?;
+            make_trainable(&mut *model, &plan.trainable, spec.seed.wrapping_add(1))?;
             say(
                 self.quiet,
                 format!("[{cell}] fine-tuning on n={} (harmful {}, added {})", task.len(), variant.harmful_ids.len(), added_ids.len()),
@@ -118,12 +118,12 @@ impl Run<'_> {
             let reference = if step.wants_reference() { Some(aligned_model(&self.model_path, aligned, spec.data.template)?) } else { None };
             let train_meter = crate::resources::StageMeter::start();
             let report: TrainReport =
-                train(&mut model, &data, step, &cfg, reference.as_ref().map(|m| m as &dyn CausalLm), &cell, self.quiet)?;
+                train(&mut *model, &data, step, &cfg, reference.as_ref().map(|m| &**m as &dyn CausalLm), &cell, self.quiet)?;
             let train_stage = train_meter.report();
             write_json(&trained_file, &serde_json::json!({ "report": report, "train": train_stage }))?;
             if let Trainable::Lora(l) = &plan.trainable {
-                safetune_lora::save_peft(&model, l, &adapter)?;
-                safetune_lora::merge_adapters(&mut model)?;
+                safetune_lora::save_peft(&*model, l, &adapter)?;
+                safetune_lora::merge_adapters(&mut *model)?;
                 StageCache::new("trained").publish(&train_key, &self.run_dir, &trained_rels)?;
             } else {
                 model.freeze_all();
@@ -136,7 +136,7 @@ impl Run<'_> {
                 data.streams.insert(stream::TASK.into(), variant.examples.clone());
                 data.streams.insert(stream::SAFETY.into(), safety);
                 data.streams.insert(stream::HARMFUL.into(), harmful);
-                self.repair(r.as_ref(), &mut model, aligned, &data, &cfg)?
+                self.repair(r.as_ref(), &mut *model, aligned, &data, &cfg)?
             }
             None => Vec::new(),
         };
@@ -158,7 +158,7 @@ impl Run<'_> {
         let task_test = with_system(&self.pools.task_test);
         let inputs = self.eval_inputs(&sets, &over, &task_test);
         let eval_meter = crate::resources::StageMeter::start();
-        let (eval, recs, times) = evaluate(&model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
+        let (eval, recs, times) = evaluate(&*model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
         write_generations(&self.run_dir.join("generations").join(&cell), &recs)?;
         write_json(
             &self.run_dir.join("timings").join(format!("{cell}.json")),
@@ -192,7 +192,7 @@ impl Run<'_> {
     pub(crate) fn repair(
         &self,
         r: &dyn Repair,
-        model: &mut Llama,
+        model: &mut dyn Checkpoint,
         aligned: &Aligned,
         data: &StageData,
         cfg: &TrainConfig,
@@ -204,7 +204,7 @@ impl Run<'_> {
         let al = pick(aligned_model.weights());
         let ft = pick(model.weights());
         let sets = WeightSets { base: &base, aligned: &al, finetuned: &ft };
-        let out = safetune_train::with_context(&*model, Some(&aligned_model), data, cfg, |ctx| r.repair(&sets, ctx))?;
+        let out = safetune_train::with_context(&*model, Some(&*aligned_model), data, cfg, |ctx| r.repair(&sets, ctx))?;
         let names: Vec<String> = out.keys().cloned().collect();
         for (n, w) in out {
             model.set_weight(&n, w)?;

@@ -9,7 +9,7 @@ use safetune_core::anyhow::{anyhow, Context};
 use safetune_core::registry::{self};
 use safetune_core::Result;
 use safetune_data::{builtin_pools, DataDir, DataSource, HubClient, Pools};
-use safetune_model::{load_model, Llama};
+use safetune_model::{open_checkpoint, Checkpoint};
 
 use crate::fetch::resolve_model;
 use crate::hashing::{sha256_file, sha256_json, write_json};
@@ -73,8 +73,8 @@ pub(crate) fn git_revision() -> String {
 }
 
 /// A model file opened in the prompt format the spec asks for.
-pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama> {
-    let mut m = load_model(path, &safetune_model::default_device())?;
+pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Box<dyn Checkpoint>> {
+    let mut m = open_checkpoint(path, &safetune_model::default_device())?;
     if template == TemplateChoice::Alpaca {
         m.set_format(safetune_core::PromptFormat::Alpaca);
     }
@@ -82,11 +82,11 @@ pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Llama>
 }
 
 /// A model with PEFT adapters merged into its weights, in order.
-pub(crate) fn model_with_adapters(model_path: &Path, template: TemplateChoice, adapters: &[PathBuf]) -> Result<Llama> {
+pub(crate) fn model_with_adapters(model_path: &Path, template: TemplateChoice, adapters: &[PathBuf]) -> Result<Box<dyn Checkpoint>> {
     let mut m = open_model(model_path, template)?;
     for a in adapters {
-        safetune_lora::load_peft(&mut m, a, &safetune_model::default_device())?;
-        safetune_lora::merge_adapters(&mut m)?;
+        safetune_lora::load_peft(&mut *m, a, &safetune_model::default_device())?;
+        safetune_lora::merge_adapters(&mut *m)?;
     }
     Ok(m)
 }

@@ -8,7 +8,7 @@ use safetune_core::anyhow::{anyhow, Context};
 use safetune_core::registry::{self, Trainable};
 use safetune_core::{CausalLm, Example, ExampleKind, Result};
 use safetune_data::{Pools, Regime};
-use safetune_model::Llama;
+use safetune_model::Checkpoint;
 
 use crate::evaluate::{evaluate, EvalInputs};
 use crate::hashing::{sha256_json, write_atomic, write_json};
@@ -48,7 +48,7 @@ pub(crate) struct PoolHashes {
 }
 
 /// The weights a stage trains: LoRA adapters attached (seeded) or every weight unfrozen.
-pub(crate) fn make_trainable(model: &mut Llama, t: &Trainable, seed: u64) -> Result<()> {
+pub(crate) fn make_trainable(model: &mut dyn CausalLm, t: &Trainable, seed: u64) -> Result<()> {
     match t {
         Trainable::Lora(l) => safetune_lora::attach_lora(model, l, seed).map(|_| ()),
         Trainable::Full => model.unfreeze_all().map(|_| ()),
@@ -67,7 +67,7 @@ pub(crate) fn method_plan(spec: &RunSpec, method: &str) -> Result<registry::Meth
     (registry::method(method)?.build)(spec.finetune.method_options.get(method).unwrap_or(&serde_json::Value::Null))
 }
 
-pub(crate) fn aligned_model(model_path: &Path, aligned: &Aligned, template: TemplateChoice) -> Result<Llama> {
+pub(crate) fn aligned_model(model_path: &Path, aligned: &Aligned, template: TemplateChoice) -> Result<Box<dyn Checkpoint>> {
     if aligned.full {
         // Full-parameter alignment stores the whole aligned model as a Hugging Face directory.
         return open_model(&aligned.dir.join("model"), template);
@@ -108,7 +108,7 @@ impl Run<'_> {
         &mut self,
         label: &str,
         identity: serde_json::Value,
-        model: impl FnOnce() -> Result<Llama>,
+        model: impl FnOnce() -> Result<Box<dyn Checkpoint>>,
     ) -> Result<ModelEval> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
         let gen_dir = self.run_dir.join("generations").join(label);
@@ -127,7 +127,7 @@ impl Run<'_> {
         let t = crate::resources::StageMeter::start();
         let m = model()?;
         let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.over_refusal, &self.pools.task_test);
-        let (e, recs, times) = evaluate(&m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
+        let (e, recs, times) = evaluate(&*m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
         write_generations(&gen_dir, &recs)?;
         write_json(&file, &e)?;
         let mut report = t.report();

@@ -39,6 +39,6 @@ pub fn main(args: &[String]) -> Result<String> {
     let m = crate::prepare::model_with_adapters(&path, crate::spec::TemplateChoice::Model, &adapters)?;
     let listener = TcpListener::bind((host.as_str(), port)).map_err(|e| anyhow!("--host/--port: cannot listen on {host}:{port}: {e}"))?;
     let id = id.unwrap_or_else(|| model_src.rsplit('/').next().unwrap_or(&model_src).to_string());
-    safetune_serve::serve(Box::new(m), id, key, listener)?;
+    safetune_serve::serve(m, id, key, listener)?;
     Ok(String::new())
 }
