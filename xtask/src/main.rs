@@ -124,7 +124,7 @@ fn safetune_bin() -> PathBuf {
 
 /// The data directory: the flag, else $SAFETUNE_DATA_DIR, else ../shared/data beside the repository.
 fn data_dir_or_shared(flag: Option<PathBuf>) -> Option<PathBuf> {
-    flag.or_else(|| std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from))
+    flag.or_else(|| std::env::var_os("SAFETUNE_DATA_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
         .or_else(|| Some(root().join("../shared/data")).filter(|p| p.is_dir()))
 }
 

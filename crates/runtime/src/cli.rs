@@ -44,7 +44,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
     match cmd.as_str() {
         "run" => {
             let mut spec_path = None;
-            let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
+            let mut data_dir = crate::options::env_data_dir();
             let mut out = PathBuf::from("results");
             let mut quiet = false;
             let mut task = None;

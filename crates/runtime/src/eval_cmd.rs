@@ -30,7 +30,7 @@ fn number(flag: &str, v: Option<&String>) -> Result<usize> {
 pub fn main(args: &[String]) -> Result<String> {
     let mut model = None;
     let mut adapters: Vec<PathBuf> = Vec::new();
-    let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
+    let mut data_dir = crate::options::env_data_dir();
     let mut out = PathBuf::from("results");
     let (mut name, mut label, mut quiet, mut json) = (None, None, false, false);
     let mut spec_data = crate::spec::DataSpec::default();

@@ -137,7 +137,7 @@ pub fn markdown(rows: &[CheckRow]) -> String {
 }
 
 pub fn main(args: &[String]) -> Result<String> {
-    let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
+    let mut data_dir = crate::options::env_data_dir();
     let mut judges = Vec::new();
     let mut json = false;
     let mut options = serde_json::Value::Null;

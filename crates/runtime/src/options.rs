@@ -21,3 +21,9 @@ impl RunOptions {
         Self { data_dir, out, quiet, jobs: 1, worker_cells: None, dry_run: false }
     }
 }
+
+/// `$SAFETUNE_DATA_DIR`, when set and not empty (an empty value means unset, as in a
+/// shell's `SAFETUNE_DATA_DIR= cmd`).
+pub fn env_data_dir() -> Option<PathBuf> {
+    std::env::var_os("SAFETUNE_DATA_DIR").filter(|v| !v.is_empty()).map(PathBuf::from)
+}

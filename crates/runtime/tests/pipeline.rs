@@ -472,7 +472,8 @@ fn sigkill_mid_run_then_rerun_gives_the_uninterrupted_results_without_recomputin
     let mut child = Command::new(env!("CARGO_BIN_EXE_safetune"))
         .args(["run", spec, "--out", out.to_str().unwrap(), "--quiet"])
         .env("SAFETUNE_CACHE", d.join("cache-killed"))
-        .env_remove("SAFETUNE_DATA_DIR")
+        // Empty means unset (as `SAFETUNE_DATA_DIR= safetune run ...` in a shell): the built-in suite.
+        .env("SAFETUNE_DATA_DIR", "")
         .spawn()
         .unwrap();
     // SIGKILL as soon as the first cell is on disk: the other three are in flight or to come.

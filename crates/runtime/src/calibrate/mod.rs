@@ -63,7 +63,7 @@ struct Candidate {
 
 pub fn main(args: &[String]) -> Result<String> {
     let mut sweep_path = None;
-    let mut data_dir = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from);
+    let mut data_dir = crate::options::env_data_dir();
     let mut out = PathBuf::from("results");
     let mut quiet = false;
     let mut only = Vec::new();
