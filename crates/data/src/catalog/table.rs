@@ -6,11 +6,27 @@ use super::{DatasetDef, FileDef, Host, HubDef, Role};
 use crate::records::Format;
 
 macro_rules! file {
-    ($split:literal, $path:literal, $fmt:ident, $conv:ident) => {
+    ($split:literal, $path:expr, $fmt:ident, $conv:ident) => {
         FileDef { split: $split, path: $path, format: Format::$fmt, columns: None, convert: $conv }
     };
-    ($split:literal, $path:literal, $fmt:ident, $conv:ident, $cols:expr) => {
+    ($split:literal, $path:expr, $fmt:ident, $conv:ident, $cols:expr) => {
         FileDef { split: $split, path: $path, format: Format::$fmt, columns: Some($cols), convert: $conv }
+    };
+}
+
+/// Safety-Tuned LLaMAs' seven evaluation files under `dir` (locally
+/// `safety_tuned_llamas/evaluation/`, upstream `data/evaluation/`), one split each.
+macro_rules! stl_eval_files {
+    ($dir:literal) => {
+        &[
+            file!("malicious", concat!($dir, "I-MaliciousInstructions.json"), JsonColumns, stl_prompt),
+            file!("cona", concat!($dir, "I-CoNa.json"), JsonColumns, stl_prompt),
+            file!("controversial", concat!($dir, "I-Controversial.json"), JsonColumns, stl_prompt),
+            file!("physical-unsafe", concat!($dir, "I-PhysicalSafetyUnsafe.json"), JsonColumns, stl_prompt),
+            file!("physical-safe", concat!($dir, "I-PhysicalSafetySafe.json"), JsonColumns, stl_prompt),
+            file!("q-harm", concat!($dir, "Q-Harm.json"), JsonColumns, stl_prompt),
+            file!("alpaca", concat!($dir, "I-Alpaca.json"), JsonColumns, stl_prompt),
+        ]
     };
 }
 
@@ -218,34 +234,13 @@ pub static CATALOG: &[DatasetDef] = &[
         )
     },
     DatasetDef {
-        hub: Some(HubDef {
-            host: Host::GitHub,
-            repo: STL_REPO,
-            revision: STL_COMMIT,
-            files: &[
-                file!("malicious", "data/evaluation/I-MaliciousInstructions.json", JsonColumns, stl_prompt),
-                file!("cona", "data/evaluation/I-CoNa.json", JsonColumns, stl_prompt),
-                file!("controversial", "data/evaluation/I-Controversial.json", JsonColumns, stl_prompt),
-                file!("physical-unsafe", "data/evaluation/I-PhysicalSafetyUnsafe.json", JsonColumns, stl_prompt),
-                file!("physical-safe", "data/evaluation/I-PhysicalSafetySafe.json", JsonColumns, stl_prompt),
-                file!("q-harm", "data/evaluation/Q-Harm.json", JsonColumns, stl_prompt),
-                file!("alpaca", "data/evaluation/I-Alpaca.json", JsonColumns, stl_prompt),
-            ],
-        }),
+        hub: Some(HubDef { host: Host::GitHub, repo: STL_REPO, revision: STL_COMMIT, files: stl_eval_files!("data/evaluation/") }),
         ..def(
             "safety-tuned-llamas-eval",
             Role::EvalSafety,
             "stl-eval",
             false,
-            &[
-                file!("malicious", "safety_tuned_llamas/evaluation/I-MaliciousInstructions.json", JsonColumns, stl_prompt),
-                file!("cona", "safety_tuned_llamas/evaluation/I-CoNa.json", JsonColumns, stl_prompt),
-                file!("controversial", "safety_tuned_llamas/evaluation/I-Controversial.json", JsonColumns, stl_prompt),
-                file!("physical-unsafe", "safety_tuned_llamas/evaluation/I-PhysicalSafetyUnsafe.json", JsonColumns, stl_prompt),
-                file!("physical-safe", "safety_tuned_llamas/evaluation/I-PhysicalSafetySafe.json", JsonColumns, stl_prompt),
-                file!("q-harm", "safety_tuned_llamas/evaluation/Q-Harm.json", JsonColumns, stl_prompt),
-                file!("alpaca", "safety_tuned_llamas/evaluation/I-Alpaca.json", JsonColumns, stl_prompt),
-            ],
+            stl_eval_files!("safety_tuned_llamas/evaluation/"),
             "Safety-Tuned LLaMAs evaluation sets (github.com/vinid/safety-tuned-llamas, data/evaluation)",
             "CC BY-NC 4.0",
         )
