@@ -24,7 +24,7 @@ impl Run<'_> {
         train_cfg.seed = spec.seed;
         let mut key_parts = serde_json::json!({
             "model": self.model_sha, "lora": spec.alignment.lora, "train": train_cfg,
-            "data": sha256_json(&self.align_set)?,
+            "data": sha256_json(&self.align_set)?, "code": self.code.train,
         });
         // The prompt format shapes the training text; the model's own format is implied by its hash.
         if spec.data.template != TemplateChoice::Model {

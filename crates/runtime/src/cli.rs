@@ -83,7 +83,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 spec.data.task = t;
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
             }
-            let opts = RunOptions { data_dir, out: out.clone(), quiet, jobs, worker_cells, dry_run };
+            let opts = RunOptions { jobs, worker_cells, dry_run, ..RunOptions::new(data_dir, out.clone(), quiet) };
             let table = crate::pipeline::run(&spec, &opts)?;
             if json && !dry_run {
                 return rows_json(&out.join(&spec.name));

@@ -10,7 +10,7 @@ use safetune_core::Result;
 use crate::hashing::sha256_file;
 use crate::hashing::write_json;
 use crate::options::RunOptions;
-use crate::prepare::{manifest_base, model_with_adapters, open_run_dir, prepare, Prepared};
+use crate::prepare::{manifest_base, model_with_adapters, open_run_dir, prepare};
 use crate::run::Run;
 use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
@@ -141,20 +141,8 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     let mut manifest = manifest_base(spec, &spec_hash, &prepared);
     manifest["adapters"] =
         serde_json::json!({ "paths": adapters.iter().map(|a| a.display().to_string()).collect::<Vec<_>>(), "sha256": adapter_sha });
-    let Prepared { pools, model_path, model_sha, judge, .. } = prepared;
-    let mut r = Run {
-        spec,
-        quiet: opts.quiet,
-        pools,
-        model_path: model_path.clone(),
-        model_sha: model_sha.clone(),
-        run_dir: run_dir.clone(),
-        judge,
-        align_set: Vec::new(),
-        timings: Default::default(),
-        pool_hashes: Default::default(),
-        defender: Default::default(),
-    };
+    let (model_path, model_sha) = (prepared.model_path.clone(), prepared.model_sha.clone());
+    let mut r = Run::new(spec, opts, prepared, run_dir.clone(), Vec::new());
     let identity = if adapter_sha.is_empty() {
         serde_json::json!({ "base": model_sha })
     } else {

@@ -9,6 +9,8 @@ pub use safetune_report as report;
 mod align;
 mod cell;
 pub mod cli;
+#[doc(hidden)]
+pub mod code_hash;
 mod defenses;
 pub mod eval_cmd;
 pub mod fetch;

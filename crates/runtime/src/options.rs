@@ -14,11 +14,30 @@ pub struct RunOptions {
     pub worker_cells: Option<Vec<String>>,
     /// Check every input and print the plan; train, evaluate and write nothing.
     pub dry_run: bool,
+    /// Hashes of the code that computes each cached stage, part of its cache
+    /// key (the build's own; tests set others to stand for an edited build).
+    pub code: CodeKeys,
+}
+
+/// Hashes of the sources that compute the cached stages (`src/code_hash.rs`,
+/// hashed by `build.rs`): `train` enters the keys of aligned models and
+/// trained weights, `eval` those of evaluations; a cell's key holds both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeKeys {
+    pub train: String,
+    pub eval: String,
+}
+
+impl CodeKeys {
+    /// The hashes of the sources this binary was built from.
+    pub fn built() -> Self {
+        Self { train: env!("SAFETUNE_CODE_TRAIN").into(), eval: env!("SAFETUNE_CODE_EVAL").into() }
+    }
 }
 
 impl RunOptions {
     pub fn new(data_dir: Option<PathBuf>, out: PathBuf, quiet: bool) -> Self {
-        Self { data_dir, out, quiet, jobs: 1, worker_cells: None, dry_run: false }
+        Self { data_dir, out, quiet, jobs: 1, worker_cells: None, dry_run: false, code: CodeKeys::built() }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::options::RunOptions;
 use crate::output::say;
 use crate::prepare::{manifest_base, open_model, open_run_dir, prepare, Prepared};
 use crate::results::CellResult;
-use crate::run::{aligned_model, Aligned, Run};
+use crate::run::{aligned_model, done_here, mark_done, remove_stale, Aligned, Run};
 use crate::spec::RunSpec;
 use crate::stack::{build_stack, label};
 use crate::stage_cache::StageCache;
@@ -119,20 +119,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let mut manifest = manifest_base(spec, &spec_hash, &prepared);
     manifest["alignment"] =
         serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
-    let Prepared { pools, model_path, model_sha, judge, .. } = prepared;
-    let mut r = Run {
-        spec,
-        quiet,
-        pools,
-        model_path,
-        model_sha,
-        run_dir,
-        judge,
-        align_set,
-        timings: serde_json::Map::new(),
-        pool_hashes: Default::default(),
-        defender: Default::default(),
-    };
+    let mut r = Run::new(spec, opts, prepared, run_dir, align_set);
 
     let path = r.model_path.clone();
     let template = spec.data.template;
@@ -170,16 +157,21 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
                     continue;
                 }
                 let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
-                if let Ok(s) = std::fs::read_to_string(&cell_file) {
-                    say(quiet, format!("[{cell}] already done"));
-                    serde_json::from_str::<CellResult>(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
-                    continue;
-                }
                 let key = r.cell_key(method, names, regime, a)?;
+                if done_here(&r.run_dir, "cells", &cell, &key) {
+                    if let Ok(s) = std::fs::read_to_string(&cell_file) {
+                        say(quiet, format!("[{cell}] already done"));
+                        serde_json::from_str::<CellResult>(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
+                        continue;
+                    }
+                }
+                // Made under another key (or unfinished): it must not count as done while redone.
+                remove_stale(&cell_file)?;
                 let rels = r.cell_files(method, &cell)?;
                 if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
                     say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
                     r.publish_trained_from_cell(method, names, regime, a, &cell)?;
+                    mark_done(&r.run_dir, "cells", &cell, &key)?;
                     continue;
                 }
                 pending.push((method, names, regime, cell, key, rels));
@@ -193,6 +185,8 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         for (method, names, regime, cell, key, rels) in pending {
             let a = &aligned[&build_stack(&spec.defense_options, names)?.align];
             let res = r.cell(method, names, regime, a)?;
+            // The key first: a cell is done once its file exists under the key.
+            mark_done(&r.run_dir, "cells", &cell, &key)?;
             write_json(&r.run_dir.join("cells").join(format!("{cell}.json")), &res)?;
             StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;
         }

@@ -12,8 +12,9 @@ use safetune_model::Checkpoint;
 
 use crate::evaluate::{evaluate, EvalInputs};
 use crate::hashing::{sha256_json, write_atomic, write_json};
+use crate::options::{CodeKeys, RunOptions};
 use crate::output::say;
-use crate::prepare::{model_with_adapters, open_model};
+use crate::prepare::{model_with_adapters, open_model, Prepared};
 use crate::results::{GenRecord, ModelEval};
 use crate::spec::{RunSpec, TemplateChoice};
 use crate::stack::resolved_options;
@@ -34,6 +35,28 @@ pub(crate) struct Run<'a> {
     pub pool_hashes: std::cell::OnceCell<PoolHashes>,
     /// The defender's harmful pairs, drawn on first use.
     pub defender: std::cell::OnceCell<Vec<Example>>,
+    /// Hashes of the code behind each stage (part of its keys).
+    pub code: CodeKeys,
+}
+
+impl<'a> Run<'a> {
+    pub(crate) fn new(spec: &'a RunSpec, opts: &RunOptions, prepared: Prepared, run_dir: PathBuf, align_set: Vec<Example>) -> Self {
+        let Prepared { pools, model_path, model_sha, judge, .. } = prepared;
+        Run {
+            spec,
+            quiet: opts.quiet,
+            pools,
+            model_path,
+            model_sha,
+            run_dir,
+            judge,
+            align_set,
+            timings: serde_json::Map::new(),
+            pool_hashes: Default::default(),
+            defender: Default::default(),
+            code: opts.code.clone(),
+        }
+    }
 }
 
 /// sha256 of each pool a cache key depends on (hashing SST-2's 67k training
@@ -102,8 +125,9 @@ impl Run<'_> {
     }
 
     /// Evaluates a model once per run directory (`models/<label>.json`), reusing an earlier
-    /// result: the run directory's, else the evaluation cache's, which is keyed by the
-    /// model's identity (`identity`: hashes of its weights) and everything the scores depend on.
+    /// result made under the same key: the run directory's, else the evaluation cache's. The
+    /// key is the model's identity (`identity`: hashes of its weights) and everything the
+    /// scores depend on, the evaluation code included.
     pub(crate) fn evaluate_once(
         &mut self,
         label: &str,
@@ -112,16 +136,20 @@ impl Run<'_> {
     ) -> Result<ModelEval> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
         let gen_dir = self.run_dir.join("generations").join(label);
-        if let Ok(s) = std::fs::read_to_string(&file) {
-            say(self.quiet, format!("[eval {label}] reusing earlier result"));
-            return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
-        }
         let key = sha256_json(&serde_json::json!({ "model": identity, "eval": self.eval_key()? }))?;
+        if done_here(&self.run_dir, "models", label, &key) {
+            if let Ok(s) = std::fs::read_to_string(&file) {
+                say(self.quiet, format!("[eval {label}] reusing earlier result"));
+                return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
+            }
+        }
+        remove_stale(&file)?;
         let rels = [PathBuf::from("models").join(format!("{label}.json")), PathBuf::from("generations").join(label)];
         let cache = StageCache::new("evals");
         if cache.restore(&key, &self.run_dir, &rels)? {
             say(self.quiet, format!("[eval {label}] reusing cached evaluation {}", &key[..16]));
             let s = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
+            mark_done(&self.run_dir, "models", label, &key)?;
             return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
         }
         let t = crate::resources::StageMeter::start();
@@ -129,6 +157,8 @@ impl Run<'_> {
         let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.over_refusal, &self.pools.task_test);
         let (e, recs, times) = evaluate(&*m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
         write_generations(&gen_dir, &recs)?;
+        // The key first: a result is done once its file exists under the key.
+        mark_done(&self.run_dir, "models", label, &key)?;
         write_json(&file, &e)?;
         let mut report = t.report();
         report["metrics_s"] = crate::evaluate::times_json(&times);
@@ -176,7 +206,7 @@ impl Run<'_> {
             "eval": spec.eval, "seed": spec.seed, "template": spec.data.template,
             "safety": h.safety, "task": h.task_test,
             "over_refusal": h.over_refusal,
-            "utility": self.pools.utility, "version": env!("CARGO_PKG_VERSION"), "judge": self.judge.fingerprint(),
+            "utility": self.pools.utility, "code": self.code.eval, "judge": self.judge.fingerprint(),
         });
         // Only runs that ask for MMLU carry it (keys of other runs stay as they were).
         if let Some(m) = &h.mmlu {
@@ -211,7 +241,7 @@ impl Run<'_> {
         let mut key = serde_json::json!({
             "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
             "train": spec.method_train(method), "defenses": names, "defense_options": options,
-            "regime": regime, "n": spec.finetune.n,
+            "regime": regime, "n": spec.finetune.n, "code": self.code.train,
             "task_train": self.pool_hashes()?.task_train, "harmful": self.pool_hashes()?.harmful,
         });
         // The pure-bad regime trains on the pure-bad set alone (other cells' keys stay as they were).
@@ -230,7 +260,6 @@ impl Run<'_> {
         // The cell key has these through its evaluation part.
         key["seed"] = self.spec.seed.into();
         key["template"] = serde_json::to_value(self.spec.data.template)?;
-        key["version"] = env!("CARGO_PKG_VERSION").into();
         sha256_json(&key)
     }
 
@@ -239,6 +268,28 @@ impl Run<'_> {
         let mut key = self.train_key_parts(method, names, regime, aligned)?;
         key["eval"] = self.eval_key()?;
         sha256_json(&key)
+    }
+}
+
+/// Whether the run directory's result `kind/name` (`models/<label>`, `cells/<cell>`) was
+/// made under `key` (recorded in `keys/<kind>/<name>`). A result made under another key
+/// (the code, data or options changed since), or before keys were recorded, is made again.
+pub(crate) fn done_here(run_dir: &Path, kind: &str, name: &str, key: &str) -> bool {
+    std::fs::read_to_string(run_dir.join("keys").join(kind).join(name)).is_ok_and(|k| k.trim() == key)
+}
+
+/// Records the key a run-directory result is made under: written before the result file
+/// when computing (a kill in between leaves no file, so the result is made again), after
+/// the files when restoring them from the cache.
+pub(crate) fn mark_done(run_dir: &Path, kind: &str, name: &str, key: &str) -> Result<()> {
+    write_atomic(&run_dir.join("keys").join(kind).join(name), format!("{key}\n").as_bytes())
+}
+
+/// Removes a result file made under another key before it is made again.
+pub(crate) fn remove_stale(file: &Path) -> Result<()> {
+    match std::fs::remove_file(file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow!("{}: cannot remove: {e}", file.display())),
+        _ => Ok(()),
     }
 }
 

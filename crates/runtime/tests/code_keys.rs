@@ -1,0 +1,113 @@
+//! Cache keys cover the code that computes each stage: after an edit, a rerun
+//! recomputes the edited stage and the stages after it, and only those.
+
+use std::path::Path;
+
+use safetune_runtime::code_hash::{hash_sources, STAGES};
+use safetune_runtime::options::{CodeKeys, RunOptions};
+
+fn entries(cache: &Path, kind: &str) -> usize {
+    std::fs::read_dir(cache.join(kind)).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).count()).unwrap_or(0)
+}
+
+fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn the_build_hashed_these_sources() {
+    let built = CodeKeys::built();
+    let stage = |name: &str| STAGES.iter().find(|(s, _)| *s == name).unwrap().1;
+    assert_eq!(built.train, hash_sources(&workspace(), stage("train")).unwrap());
+    assert_eq!(built.eval, hash_sources(&workspace(), stage("eval")).unwrap());
+    assert_ne!(built.train, built.eval);
+}
+
+#[test]
+fn every_listed_source_exists_and_every_crate_is_placed() {
+    let root = workspace();
+    for (stage, paths) in STAGES {
+        for p in *paths {
+            assert!(root.join(p).exists(), "{stage}: {p} does not exist (renamed? update src/code_hash.rs)");
+        }
+    }
+    // A crate is stage code or named here with the reason it is not.
+    let not_stage_code = [
+        "crates/data",             // its output (every example) is hashed into the keys
+        "crates/report",           // tables and plots from finished results
+        "crates/serve",            // the chat server
+        "crates/defense-template", // the scaffold's template, not linked into runs
+        "crates/runtime",          // its training and evaluation files are listed one by one
+    ];
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let rel = format!("crates/{}", entry.unwrap().file_name().to_string_lossy());
+        let listed = STAGES.iter().any(|(_, ps)| ps.iter().any(|p| *p == rel || p.starts_with(&format!("{rel}/"))));
+        assert!(listed || not_stage_code.contains(&rel.as_str()), "{rel} is neither stage code nor listed as outside it");
+    }
+}
+
+#[test]
+fn a_changed_file_changes_the_hash_and_an_unlisted_one_does_not() {
+    let d = std::env::temp_dir().join(format!("safetune-codehash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("a/src/inner")).unwrap();
+    std::fs::create_dir_all(d.join("b")).unwrap();
+    std::fs::write(d.join("a/src/lib.rs"), "fn f() {}").unwrap();
+    std::fs::write(d.join("a/src/inner/m.rs"), "fn g() {}").unwrap();
+    std::fs::write(d.join("b/other.rs"), "fn h() {}").unwrap();
+    let h = || hash_sources(&d, &["a/src", "one.rs"]).unwrap();
+    let first = h();
+    assert_eq!(first, h());
+    std::fs::write(d.join("b/other.rs"), "fn h2() {}").unwrap();
+    assert_eq!(first, h(), "an unlisted file entered the hash");
+    std::fs::write(d.join("a/src/inner/m.rs"), "fn g2() {}").unwrap();
+    let second = h();
+    assert_ne!(first, second, "an edit deep in a listed directory was missed");
+    std::fs::write(d.join("one.rs"), "").unwrap();
+    assert_ne!(second, h(), "a listed file that appears must change the hash");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn an_edit_recomputes_its_stage_and_the_later_ones_only() {
+    let dir = std::env::temp_dir().join(format!("safetune-codekeys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The only test in this binary that runs the pipeline: the cache is its own.
+    let cache = dir.join("cache");
+    std::env::set_var("SAFETUNE_CACHE", &cache);
+    let model = dir.join("model");
+    safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &model).unwrap();
+    let spec = format!(
+        "name = \"edit\"\nseed = 3\n[model]\nsource = \"{}\"\n[data]\ntask = \"builtin\"\n[alignment]\nrefusals = 6\nbenign = 2\n\
+         lora = {{ r = 2, alpha = 4.0, dropout = 0.0, targets = [\"q_proj\"] }}\n\
+         train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 256 }}\n\
+         [finetune]\nn = 6\nregimes = [\"high-harm\"]\nmethods = [\"sft-lora\"]\n\
+         train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 256 }}\n\
+         [eval]\nsafety_limit = 2\ntask_limit = 2\nsafety_max_new_tokens = 2\ntask_max_new_tokens = 2\nbatch_size = 2\nvariants = false\n",
+        model.display()
+    );
+    std::fs::write(dir.join("spec.toml"), spec).unwrap();
+    let spec = safetune_runtime::RunSpec::load(&dir.join("spec.toml")).unwrap();
+    let out = dir.join("out");
+    let run = |code: CodeKeys| {
+        let opts = RunOptions { code, ..RunOptions::new(None, out.clone(), true) };
+        safetune_runtime::run(&spec, &opts).unwrap();
+        let cell = std::fs::read(out.join("edit/keys/cells/sft-lora__high-harm")).unwrap();
+        (["aligned", "trained", "evals", "cells"].map(|k| entries(&cache, k)), cell)
+    };
+    let built = CodeKeys::built();
+    let (counts, cell) = run(built.clone());
+    assert_eq!(counts, [1, 1, 2, 1], "aligned, trained, evals (base and aligned), cells");
+    // The same code: everything reused from the run directory.
+    assert_eq!(run(built.clone()), (counts, cell.clone()));
+    // Evaluation code edited: both evaluations and the cell are made again, training is not.
+    let eval_edit = CodeKeys { eval: format!("{}-edited", built.eval), ..built.clone() };
+    let (c2, cell2) = run(eval_edit.clone());
+    assert_eq!(c2, [1, 1, 4, 2], "an evaluation edit retrained or did not re-evaluate");
+    assert_ne!(cell2, cell);
+    // Training code edited: alignment, fine-tuning and the evaluations of their models, not the base's.
+    let (c3, _) = run(CodeKeys { train: format!("{}-edited", built.train), ..eval_edit });
+    assert_eq!(c3, [2, 2, 5, 3], "a training edit did not realign and retrain (or re-evaluated the base)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
