@@ -138,7 +138,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
         adapter_sha.push(sha256_file(&a.join("adapter_model.safetensors"))? + &sha256_file(&a.join("adapter_config.json"))?);
     }
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, true)?;
-    let mut manifest = manifest_base(spec, &spec_hash, &prepared);
+    let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
     manifest["adapters"] =
         serde_json::json!({ "paths": adapters.iter().map(|a| a.display().to_string()).collect::<Vec<_>>(), "sha256": adapter_sha });
     let (model_path, model_sha) = (prepared.model_path.clone(), prepared.model_sha.clone());

@@ -116,7 +116,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, align_set.len())));
     }
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
-    let mut manifest = manifest_base(spec, &spec_hash, &prepared);
+    let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
     manifest["alignment"] =
         serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
     let mut r = Run::new(spec, opts, prepared, run_dir, align_set);

@@ -131,7 +131,7 @@ pub(crate) fn open_run_dir(spec: &RunSpec, out: &Path, lock: bool) -> Result<(Pa
 }
 
 /// The manifest fields every results directory records.
-pub(crate) fn manifest_base(spec: &RunSpec, spec_hash: &str, p: &Prepared) -> serde_json::Value {
+pub(crate) fn manifest_base(spec: &RunSpec, opts: &RunOptions, spec_hash: &str, p: &Prepared) -> serde_json::Value {
     serde_json::json!({
         "spec_sha256": spec_hash,
         "seed": spec.seed,
@@ -140,6 +140,7 @@ pub(crate) fn manifest_base(spec: &RunSpec, spec_hash: &str, p: &Prepared) -> se
         "safetune_version": env!("CARGO_PKG_VERSION"),
         "crate_versions": crate::resources::crate_versions(),
         "git_revision": git_revision(),
+        "code_sha256": { "train": opts.code.train, "eval": opts.code.eval },
         "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
                      "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
     })
