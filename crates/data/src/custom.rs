@@ -60,7 +60,7 @@ pub struct CustomDataset {
 }
 
 fn default_metric() -> UtilityMetric {
-    UtilityMetric::Exact
+    UtilityMetric::named("exact")
 }
 
 fn default_role() -> CustomRole {

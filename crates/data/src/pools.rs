@@ -237,12 +237,11 @@ impl Pools {
 
 /// The utility metric of a built-in task.
 pub fn task_metric(task: &str) -> UtilityMetric {
-    let labels = |l: &[&str]| UtilityMetric::Labels(l.iter().map(|s| s.to_string()).collect());
     match task {
-        "sst2" | "builtin" | "builtin-sentiment" => labels(&["positive", "negative"]),
-        "agnews" => labels(&crate::catalog::AGNEWS_LABELS),
-        "gsm8k" | "builtin-arithmetic" => UtilityMetric::FinalNumber,
-        "sqlgen" => UtilityMetric::SqlExact,
-        _ => UtilityMetric::RougeL,
+        "sst2" | "builtin" | "builtin-sentiment" => UtilityMetric::labels(&["positive", "negative"]),
+        "agnews" => UtilityMetric::labels(&crate::catalog::AGNEWS_LABELS),
+        "gsm8k" | "builtin-arithmetic" => UtilityMetric::named("final-number"),
+        "sqlgen" => UtilityMetric::named("sql-exact"),
+        _ => UtilityMetric::named("rouge-l"),
     }
 }

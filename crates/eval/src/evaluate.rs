@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use safetune_core::judge::{Estimate, Judge, Judgement, UtilityMetric, Verdict};
 use safetune_core::{CausalLm, Example, GenerationParams, PromptFormat, Result};
-use safetune_metrics::{mean_estimate, utility};
+use safetune_metrics::mean_estimate;
 
 use crate::results::{GenRecord, Generations, ModelEval, Named, OverRefusalResult, SafetyResult, TaskResult};
 use crate::say;
@@ -196,12 +196,13 @@ pub fn evaluate(
     let mut unparseable = 0;
     let mut recs = Vec::with_capacity(task.len());
     let mut secondary: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    let scorer = inputs.utility.scorer()?;
     for (e, r) in task.iter().zip(resp) {
         let reference = e.label.as_deref().unwrap_or(&e.response);
-        let s = utility::score(&inputs.utility, &r, reference);
+        let s = (scorer.score)(&inputs.utility.labels, &r, reference);
         unparseable += usize::from(!s.parsed);
         scores.push(s.score);
-        for (name, v) in utility::secondary_scores(&inputs.utility, &r, reference, e.meta.get("schema").map(String::as_str)) {
+        for (name, v) in (scorer.secondary)(&r, reference, e.meta.get("schema").map(String::as_str)) {
             match secondary.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, values)) => values.extend(v),
                 None => secondary.push((name, v.into_iter().collect())),

@@ -1,30 +1,37 @@
-//! Scoring one answer against its reference for each utility metric.
+//! Scoring one answer against its reference: the scorers of the utility
+//! metrics this crate registers (`registry.rs`).
 
-use safetune_core::judge::UtilityMetric;
+pub use safetune_core::judge::UtilityScore;
 
-/// The score of an answer (1/0 for accuracy-like metrics, F1 for ROUGE-L)
-/// and whether an answer could be read at all (an unreadable one scores 0).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct UtilityScore {
-    pub score: f64,
-    pub parsed: bool,
+fn yes(ok: bool) -> UtilityScore {
+    UtilityScore { score: if ok { 1.0 } else { 0.0 }, parsed: true }
 }
 
-pub fn score(metric: &UtilityMetric, answer: &str, reference: &str) -> UtilityScore {
-    let yes = |ok: bool| UtilityScore { score: if ok { 1.0 } else { 0.0 }, parsed: true };
-    match metric {
-        UtilityMetric::Labels(labels) => match read_label(answer, labels) {
-            Some(l) => yes(l.eq_ignore_ascii_case(reference.trim())),
-            None => UtilityScore { score: 0.0, parsed: false },
-        },
-        UtilityMetric::FinalNumber => match final_number(answer) {
-            Some(n) => yes(same_number(&n, reference)),
-            None => UtilityScore { score: 0.0, parsed: false },
-        },
-        UtilityMetric::RougeL => UtilityScore { score: rouge_l(answer, reference), parsed: true },
-        UtilityMetric::SqlExact => yes(normalize_sql(&crate::sql::extract_sql(answer)) == normalize_sql(reference)),
-        UtilityMetric::Exact => yes(answer.trim().to_lowercase() == reference.trim().to_lowercase()),
-    }
+const UNREAD: UtilityScore = UtilityScore { score: 0.0, parsed: false };
+
+/// `labels`: the one label the answer names, compared with the reference.
+pub fn label_score(labels: &[String], answer: &str, reference: &str) -> UtilityScore {
+    read_label(answer, labels).map_or(UNREAD, |l| yes(l.eq_ignore_ascii_case(reference.trim())))
+}
+
+/// `final-number`: the answer's final number equals the reference's.
+pub fn final_number_score(_: &[String], answer: &str, reference: &str) -> UtilityScore {
+    final_number(answer).map_or(UNREAD, |n| yes(same_number(&n, reference)))
+}
+
+/// `rouge-l`: ROUGE-L F1.
+pub fn rouge_l_score(_: &[String], answer: &str, reference: &str) -> UtilityScore {
+    UtilityScore { score: rouge_l(answer, reference), parsed: true }
+}
+
+/// `sql-exact`: the answer's SQL equals the reference after normalisation.
+pub fn sql_exact_score(_: &[String], answer: &str, reference: &str) -> UtilityScore {
+    yes(normalize_sql(&crate::sql::extract_sql(answer)) == normalize_sql(reference))
+}
+
+/// `exact`: equal after trimming and lower-casing.
+pub fn exact_score(_: &[String], answer: &str, reference: &str) -> UtilityScore {
+    yes(answer.trim().to_lowercase() == reference.trim().to_lowercase())
 }
 
 /// The one label the answer names (case-insensitive, as a whole word); none or several → `None`.
@@ -121,19 +128,16 @@ pub fn rouge_n(candidate: &str, reference: &str, n: usize) -> f64 {
     2.0 * p * rec / (p + rec)
 }
 
-/// Scores reported beside a metric's main one: ROUGE-1 and ROUGE-2 beside
-/// ROUGE-L; execution accuracy beside SQL exact match (`schema`: the task's
-/// CREATE TABLE statements). `None`: this answer has no such score (the gold
-/// query does not run, or no schema), left out of the mean.
-pub fn secondary_scores(metric: &UtilityMetric, answer: &str, reference: &str, schema: Option<&str>) -> Vec<(&'static str, Option<f64>)> {
-    match metric {
-        UtilityMetric::RougeL => vec![("ROUGE-1", Some(rouge_n(answer, reference, 1))), ("ROUGE-2", Some(rouge_n(answer, reference, 2)))],
-        UtilityMetric::SqlExact => {
-            let exec = schema.and_then(|s| crate::sql::same_execution(s, reference, &crate::sql::extract_sql(answer)));
-            vec![("execution accuracy", exec.map(|ok| if ok { 1.0 } else { 0.0 }))]
-        }
-        _ => Vec::new(),
-    }
+/// ROUGE-1 and ROUGE-2, reported beside ROUGE-L.
+pub fn rouge_secondary(answer: &str, reference: &str, _: Option<&str>) -> Vec<(&'static str, Option<f64>)> {
+    vec![("ROUGE-1", Some(rouge_n(answer, reference, 1))), ("ROUGE-2", Some(rouge_n(answer, reference, 2)))]
+}
+
+/// Execution accuracy beside SQL exact match (`schema`: the task's CREATE TABLE
+/// statements); `None` when the gold query does not run or there is no schema.
+pub fn sql_secondary(answer: &str, reference: &str, schema: Option<&str>) -> Vec<(&'static str, Option<f64>)> {
+    let exec = schema.and_then(|s| crate::sql::same_execution(s, reference, &crate::sql::extract_sql(answer)));
+    vec![("execution accuracy", exec.map(|ok| if ok { 1.0 } else { 0.0 }))]
 }
 
 /// Lower case, single spaces, no trailing semicolon, double quotes as single.
@@ -146,6 +150,11 @@ pub fn normalize_sql(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetune_core::judge::UtilityMetric;
+
+    fn score(m: &UtilityMetric, answer: &str, reference: &str) -> UtilityScore {
+        m.score(answer, reference).unwrap()
+    }
 
     #[test]
     fn labels_numbers_rouge_and_sql() {
@@ -159,7 +168,7 @@ mod tests {
         assert_eq!(final_number("so 3,000 dollars"), Some("3000".into()));
         assert_eq!(final_number("#### -4.5"), Some("-4.5".into()));
         assert_eq!(final_number("no digits"), None);
-        assert_eq!(score(&UtilityMetric::FinalNumber, "The final answer is: 18.", "18").score, 1.0);
+        assert_eq!(score(&UtilityMetric::named("final-number"), "The final answer is: 18.", "18").score, 1.0);
         // Textbook ROUGE-L: "police killed the gunman" vs "the police kill the gunman": LCS 3 (police, the, gunman).
         let f = rouge_l("police killed the gunman", "the police kill the gunman");
         let (p, r) = (3.0 / 4.0, 3.0 / 5.0);
@@ -168,7 +177,7 @@ mod tests {
         assert_eq!(rouge_l("", "a"), 0.0);
         assert_eq!(normalize_sql("SELECT COUNT(*) FROM head WHERE age > 56;"), normalize_sql("select count( * ) from head where age>56"));
         assert_ne!(normalize_sql("SELECT a FROM t"), normalize_sql("SELECT b FROM t"));
-        assert_eq!(score(&UtilityMetric::SqlExact, "```sql\nselect a from t;\n```", "SELECT a FROM t").score, 1.0);
+        assert_eq!(score(&UtilityMetric::named("sql-exact"), "```sql\nselect a from t;\n```", "SELECT a FROM t").score, 1.0);
     }
 
     #[test]
@@ -182,10 +191,9 @@ mod tests {
         // Counts are clipped: "the the the" against "the cat" has one matching unigram.
         assert!((rouge_n("the the the", "the cat", 1) - f(1.0 / 3.0, 1.0 / 2.0)).abs() < 1e-12);
         assert_eq!(rouge_n("a", "a", 2), 0.0, "no bigrams");
-        let s = secondary_scores(&UtilityMetric::RougeL, c, r, None);
+        let s = (UtilityMetric::named("rouge-l").scorer().unwrap().secondary)(c, r, None);
         assert_eq!(s.iter().map(|x| x.0).collect::<Vec<_>>(), ["ROUGE-1", "ROUGE-2"]);
-        let sql = secondary_scores(
-            &UtilityMetric::SqlExact,
+        let sql = (UtilityMetric::named("sql-exact").scorer().unwrap().secondary)(
             "SELECT count(*) FROM t WHERE 3 < x",
             "SELECT COUNT(*) FROM t WHERE x > 3",
             Some("CREATE TABLE t (x INTEGER)"),

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use safetune_core::judge::UtilityMetric;
-use safetune_metrics::utility::{final_number, score};
+use safetune_metrics::utility::final_number;
 
 #[test]
 fn final_numbers_of_real_gsm8k_answers() {
@@ -25,10 +25,10 @@ fn final_numbers_of_real_gsm8k_answers() {
         let gold = gold.trim().replace(',', "");
         assert_eq!(final_number(answer).as_deref(), Some(gold.as_str()), "{answer}");
         let rewritten = format!("{}\nThe final answer is: {gold}", work.trim_end());
-        assert_eq!(score(&UtilityMetric::FinalNumber, &rewritten, &gold).score, 1.0);
+        assert_eq!(UtilityMetric::named("final-number").score(&rewritten, &gold).unwrap().score, 1.0);
         // The working alone ends with some other number in most answers: a
         // wrong reference must not match by accident through the extraction.
-        assert_eq!(score(&UtilityMetric::FinalNumber, answer, &format!("{gold}1")).score, 0.0);
+        assert_eq!(UtilityMetric::named("final-number").score(answer, &format!("{gold}1")).unwrap().score, 0.0);
         n += 1;
     }
     assert_eq!(n, 1319);

@@ -293,6 +293,14 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
             ),
             "data.custom.mine.path",
         ),
+        (
+            "unknown custom metric",
+            good.replace(
+                "task = \"builtin\"",
+                "task = \"mine\"\n[data.custom.mine]\npath = \"/nonexistent/x.csv\"\nprompt = \"{text}\"\nresponse = \"{label}\"\nmetric = \"rougee\"",
+            ),
+            "data.custom.mine.metric: unknown utility metric `rougee`",
+        ),
         ("misspelt section", good.replace("[alignment]", "[alignmnt]"), "alignmnt"),
         ("missing extended file", format!("extends = \"nope.toml\"\n{good}"), "extends"),
         ("negative seed", good.replace("seed = 7", "seed = -7"), "seed"),

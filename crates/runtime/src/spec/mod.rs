@@ -295,6 +295,9 @@ impl RunSpec {
             bail!("name: must be a plain directory name");
         }
         safetune_data::Pools::check_selection(&self.data.selection(), &self.data.custom)?;
+        for (name, c) in &self.data.custom {
+            c.metric.scorer().map_err(|e| anyhow!("data.custom.{name}.metric: {e}"))?;
+        }
         self.alignment.train.validate("alignment.train")?;
         self.alignment.lora.validate("alignment.lora")?;
         self.finetune.train.validate("finetune.train")?;
