@@ -5,11 +5,31 @@
 //! name registries through which the runtime finds them. It has no knowledge
 //! of files, the command line or any concrete model.
 
+/// `all()` and `find(name)` over a registry of entries with a `name`.
+macro_rules! lookup {
+    ($all:ident, $find:ident, $ty:ty, $what:literal) => {
+        /// Every registered entry, sorted by name.
+        pub fn $all() -> Vec<&'static $ty> {
+            let mut v: Vec<&'static $ty> = inventory::iter::<$ty>.into_iter().collect();
+            v.sort_by_key(|e| e.name);
+            v
+        }
+        /// The entry of that name, or an error listing the known names.
+        pub fn $find(name: &str) -> Result<&'static $ty> {
+            $all().into_iter().find(|e| e.name == name).ok_or_else(|| {
+                let known: Vec<&str> = $all().iter().map(|e| e.name).collect();
+                anyhow::anyhow!(concat!("unknown ", $what, " `{}` (known: {})"), name, known.join(", "))
+            })
+        }
+    };
+}
+
 pub mod adapter;
 pub mod config;
 pub mod defense;
 pub mod example;
 pub mod judge;
+pub mod metric;
 pub mod model;
 pub mod registry;
 pub mod repair;

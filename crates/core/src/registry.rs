@@ -9,6 +9,8 @@ use crate::Result;
 
 pub use inventory;
 
+pub use crate::metric::{metric, metrics, no_secondary, utility_scorer, MetricEntry, SecondaryScores, UtilityScorer};
+
 /// A dataset a data crate can load.
 pub struct DatasetEntry {
     pub name: &'static str,
@@ -70,74 +72,15 @@ pub struct JudgeEntry {
     pub build: fn(&serde_json::Value) -> Result<Box<dyn Judge>>,
 }
 
-/// A metric (`safetune list metrics`). Safety metrics are computed from the
-/// judge's verdicts by the evaluation; a utility metric also brings its scorer,
-/// which a task names by `id` (`UtilityMetric`), so a new one is this entry alone.
-pub struct MetricEntry {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub utility: Option<UtilityScorer>,
-}
-
-/// How a utility metric scores one answer against its reference.
-pub struct UtilityScorer {
-    /// The id tasks and results use (`labels`, `final-number`, `rouge-l`, ...).
-    pub id: &'static str,
-    /// The column name in tables (`accuracy`, `exact match`, ...).
-    pub table_name: &'static str,
-    /// Score of one answer (`labels`: the task's labels, empty when it has none).
-    pub score: fn(labels: &[String], answer: &str, reference: &str) -> crate::judge::UtilityScore,
-    /// Scores reported beside the main one (`schema`: the example's database schema, for
-    /// SQL); `None` values are left out of the mean.
-    pub secondary: fn(answer: &str, reference: &str, schema: Option<&str>) -> SecondaryScores,
-}
-
-/// Named scores of one answer beside the main one (`None`: not defined for this answer).
-pub type SecondaryScores = Vec<(&'static str, Option<f64>)>;
-
-/// No secondary scores.
-pub fn no_secondary(_: &str, _: &str, _: Option<&str>) -> SecondaryScores {
-    Vec::new()
-}
-
 inventory::collect!(DatasetEntry);
 inventory::collect!(MethodEntry);
 inventory::collect!(DefenseEntry);
 inventory::collect!(JudgeEntry);
-inventory::collect!(MetricEntry);
-
-macro_rules! lookup {
-    ($all:ident, $find:ident, $ty:ty, $what:literal) => {
-        /// Every registered entry, sorted by name.
-        pub fn $all() -> Vec<&'static $ty> {
-            let mut v: Vec<&'static $ty> = inventory::iter::<$ty>.into_iter().collect();
-            v.sort_by_key(|e| e.name);
-            v
-        }
-        /// The entry of that name, or an error listing the known names.
-        pub fn $find(name: &str) -> Result<&'static $ty> {
-            $all().into_iter().find(|e| e.name == name).ok_or_else(|| {
-                let known: Vec<&str> = $all().iter().map(|e| e.name).collect();
-                anyhow::anyhow!(concat!("unknown ", $what, " `{}` (known: {})"), name, known.join(", "))
-            })
-        }
-    };
-}
 
 lookup!(datasets, dataset, DatasetEntry, "dataset");
 lookup!(methods, method, MethodEntry, "method");
 lookup!(defenses, defense, DefenseEntry, "defense");
 lookup!(judges, judge, JudgeEntry, "judge");
-lookup!(metrics, metric, MetricEntry, "metric");
-
-/// The scorer of the utility metric with that id, or an error listing the known ids.
-pub fn utility_scorer(id: &str) -> Result<&'static UtilityScorer> {
-    let all: Vec<&'static UtilityScorer> = metrics().into_iter().filter_map(|m| m.utility.as_ref()).collect();
-    all.iter().find(|s| s.id == id).copied().ok_or_else(|| {
-        let known: Vec<&str> = all.iter().map(|s| s.id).collect();
-        anyhow::anyhow!("unknown utility metric `{id}` (known: {})", known.join(", "))
-    })
-}
 
 pub use crate::config::options;
 

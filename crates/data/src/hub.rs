@@ -13,7 +13,14 @@ use std::time::Duration;
 use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::Result;
 
-pub use crate::catalog::Host;
+/// Where a dataset's upstream files are downloaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// A Hugging Face Hub dataset repository (`{endpoint}/datasets/{repo}/resolve/{revision}/{path}`).
+    HfDataset,
+    /// A GitHub repository at a pinned commit (`{endpoint}/{repo}/{revision}/{path}`, raw files).
+    GitHub,
+}
 
 #[derive(Debug, Clone)]
 pub struct HubClient {

@@ -8,6 +8,7 @@ use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::rng::SeededRng;
 use safetune_core::{Example, Result};
 
+pub use crate::hub::Host;
 use crate::hub::HubClient;
 use crate::records::{read_records, Format, Record};
 use crate::DataDir;
@@ -55,15 +56,6 @@ pub struct FileDef {
     /// Column names of a CSV/TSV without a header row.
     pub columns: Option<&'static [&'static str]>,
     pub convert: Convert,
-}
-
-/// Where a dataset's upstream files are downloaded from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Host {
-    /// A Hugging Face Hub dataset repository (`{endpoint}/datasets/{repo}/resolve/{revision}/{path}`).
-    HfDataset,
-    /// A GitHub repository at a pinned commit (`{endpoint}/{repo}/{revision}/{path}`, raw files).
-    GitHub,
 }
 
 pub struct HubDef {
