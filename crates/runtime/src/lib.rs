@@ -21,6 +21,7 @@ pub mod lock;
 pub mod options;
 pub mod output;
 pub mod pipeline;
+mod plan;
 pub(crate) mod prepare;
 pub mod rejudge;
 pub mod resources;

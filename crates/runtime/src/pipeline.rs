@@ -11,11 +11,11 @@ use safetune_data::{alignment_set, AlignmentPools, AlignmentSpec, Pools, Regime}
 use crate::hashing::write_json;
 use crate::options::RunOptions;
 use crate::output::say;
+use crate::plan::RunPlan;
 use crate::prepare::{manifest_base, open_model, open_run_dir, prepare, Prepared};
 use crate::results::CellResult;
 use crate::run::{aligned_model, done_here, mark_done, remove_stale, Aligned, Run};
 use crate::spec::RunSpec;
-use crate::stack::{build_stack, label};
 use crate::stage_cache::StageCache;
 
 /// Runs a spec end to end; returns the summary table. A spec over several
@@ -41,7 +41,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             }
         };
         let align_set = drawn_sets(s, &prepared[i].1.pools).map_err(at)?;
-        plan.push(plan_line(s, align_set.len()));
+        plan.push(plan_line(s, align_set.len()).map_err(at)?);
     }
     if opts.dry_run {
         return Ok(format!(
@@ -65,9 +65,9 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
 }
 
 /// One run's plan in a line: what it trains and scores.
-fn plan_line(spec: &RunSpec, align_examples: usize) -> String {
-    let cells = spec.finetune.methods.len() * spec.finetune.defenses.len() * spec.finetune.regimes.len();
-    format!(
+fn plan_line(spec: &RunSpec, align_examples: usize) -> Result<String> {
+    let cells = RunPlan::of(spec)?.cells.len();
+    Ok(format!(
         "  {}: task {}, seed {}; alignment on {align_examples} examples; {cells} cells ({} × {} stacks × {}) on n = {}; safety sets {}\n",
         spec.name,
         spec.data.task,
@@ -77,7 +77,7 @@ fn plan_line(spec: &RunSpec, align_examples: usize) -> String {
         spec.finetune.regimes.join(", "),
         spec.finetune.n,
         spec.data.safety_evals.join(", "),
-    )
+    ))
 }
 
 /// The alignment set of a run, after checking that it and every regime's variant can be drawn
@@ -113,7 +113,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let prepared = prepare(spec, opts)?;
     let align_set = drawn_sets(spec, &prepared.pools)?;
     if opts.dry_run {
-        return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, align_set.len())));
+        return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, align_set.len())?));
     }
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
     let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
@@ -125,17 +125,10 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let template = spec.data.template;
     let base_id = serde_json::json!({ "base": r.model_sha });
     r.evaluate_once("base", base_id, || open_model(&path, template))?;
-    // One aligned model per alignment-stage defense in use (none included when a stack lacks one).
-    let mut align_defenses: Vec<Option<String>> = Vec::new();
-    for names in &spec.finetune.defenses {
-        let a = build_stack(&spec.defense_options, names)?.align;
-        if !align_defenses.contains(&a) {
-            align_defenses.push(a);
-        }
-    }
+    let plan = RunPlan::of(spec)?;
     let mut aligned: BTreeMap<Option<String>, Aligned> = BTreeMap::new();
     let mut keys = serde_json::Map::new();
-    for d in align_defenses {
+    for d in plan.alignments {
         let a = r.aligned(d.as_deref())?;
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
         let a2 = a.clone();
@@ -148,46 +141,40 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
 
     // Cells not finished in this directory nor in the cache, in grid order.
     let mut pending = Vec::new();
-    for method in &spec.finetune.methods {
-        for names in &spec.finetune.defenses {
-            let a = &aligned[&build_stack(&spec.defense_options, names)?.align];
-            for regime in &spec.finetune.regimes {
-                let cell = format!("{}__{regime}", label(method, names));
-                if opts.worker_cells.as_ref().is_some_and(|w| !w.contains(&cell)) {
-                    continue;
-                }
-                let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
-                let key = r.cell_key(method, names, regime, a)?;
-                if done_here(&r.run_dir, "cells", &cell, &key) {
-                    if let Ok(s) = std::fs::read_to_string(&cell_file) {
-                        say(quiet, format!("[{cell}] already done"));
-                        serde_json::from_str::<CellResult>(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
-                        continue;
-                    }
-                }
-                // Made under another key (or unfinished): it must not count as done while redone.
-                remove_stale(&cell_file)?;
-                let rels = r.cell_files(method, &cell)?;
-                if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
-                    say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
-                    r.publish_trained_from_cell(method, names, regime, a, &cell)?;
-                    mark_done(&r.run_dir, "cells", &cell, &key)?;
-                    continue;
-                }
-                pending.push((method, names, regime, cell, key, rels));
+    for c in &plan.cells {
+        let (cell, a) = (&c.label, &aligned[&c.align]);
+        if opts.worker_cells.as_ref().is_some_and(|w| !w.contains(cell)) {
+            continue;
+        }
+        let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
+        let key = r.cell_key(&c.method, &c.defenses, &c.regime, a)?;
+        if done_here(&r.run_dir, "cells", cell, &key) {
+            if let Ok(s) = std::fs::read_to_string(&cell_file) {
+                say(quiet, format!("[{cell}] already done"));
+                serde_json::from_str::<CellResult>(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
+                continue;
             }
         }
+        // Made under another key (or unfinished): it must not count as done while redone.
+        remove_stale(&cell_file)?;
+        let rels = r.cell_files(&c.method, cell)?;
+        if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
+            say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
+            r.publish_trained_from_cell(&c.method, &c.defenses, &c.regime, a, cell)?;
+            mark_done(&r.run_dir, "cells", cell, &key)?;
+            continue;
+        }
+        pending.push((c, key, rels));
     }
     if opts.jobs > 1 && pending.len() > 1 && opts.worker_cells.is_none() {
-        let cells: Vec<String> = pending.iter().map(|p| p.3.clone()).collect();
+        let cells: Vec<String> = pending.iter().map(|p| p.0.label.clone()).collect();
         crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &cells)?;
     } else {
-        for (method, names, regime, cell, key, rels) in pending {
-            let a = &aligned[&build_stack(&spec.defense_options, names)?.align];
-            let res = r.cell(method, names, regime, a)?;
+        for (c, key, rels) in pending {
+            let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align])?;
             // The key first: a cell is done once its file exists under the key.
-            mark_done(&r.run_dir, "cells", &cell, &key)?;
-            write_json(&r.run_dir.join("cells").join(format!("{cell}.json")), &res)?;
+            mark_done(&r.run_dir, "cells", &c.label, &key)?;
+            write_json(&r.run_dir.join("cells").join(format!("{}.json", c.label)), &res)?;
             StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;
         }
     }
