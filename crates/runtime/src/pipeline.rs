@@ -14,7 +14,7 @@ use crate::output::say;
 use crate::plan::RunPlan;
 use crate::prepare::{manifest_base, open_model, open_run_dir, prepare, Prepared};
 use crate::results::CellResult;
-use crate::run::{aligned_model, done_here, mark_done, remove_stale, Aligned, Run};
+use crate::run::{aligned_model, mark_done, reuse_here, Aligned, Run};
 use crate::spec::RunSpec;
 use crate::stage_cache::StageCache;
 
@@ -148,15 +148,10 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         }
         let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
         let key = r.cell_key(&c.method, &c.defenses, &c.regime, a)?;
-        if done_here(&r.run_dir, "cells", cell, &key) {
-            if let Ok(s) = std::fs::read_to_string(&cell_file) {
-                say(quiet, format!("[{cell}] already done"));
-                serde_json::from_str::<CellResult>(&s).map_err(|e| anyhow!("{}: {e}", cell_file.display()))?;
-                continue;
-            }
+        if reuse_here::<CellResult>(&r.run_dir, "cells", cell, &cell_file, &key)?.is_some() {
+            say(quiet, format!("[{cell}] already done"));
+            continue;
         }
-        // Made under another key (or unfinished): it must not count as done while redone.
-        remove_stale(&cell_file)?;
         let rels = r.cell_files(&c.method, cell)?;
         if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
             say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));

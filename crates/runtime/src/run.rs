@@ -137,13 +137,10 @@ impl Run<'_> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
         let gen_dir = self.run_dir.join("generations").join(label);
         let key = sha256_json(&serde_json::json!({ "model": identity, "eval": self.eval_key()? }))?;
-        if done_here(&self.run_dir, "models", label, &key) {
-            if let Ok(s) = std::fs::read_to_string(&file) {
-                say(self.quiet, format!("[eval {label}] reusing earlier result"));
-                return serde_json::from_str(&s).map_err(|e| anyhow!("{}: {e}", file.display()));
-            }
+        if let Some(e) = reuse_here(&self.run_dir, "models", label, &file, &key)? {
+            say(self.quiet, format!("[eval {label}] reusing earlier result"));
+            return Ok(e);
         }
-        remove_stale(&file)?;
         let rels = [PathBuf::from("models").join(format!("{label}.json")), PathBuf::from("generations").join(label)];
         let cache = StageCache::new("evals");
         if cache.restore(&key, &self.run_dir, &rels)? {
@@ -271,11 +268,25 @@ impl Run<'_> {
     }
 }
 
-/// Whether the run directory's result `kind/name` (`models/<label>`, `cells/<cell>`) was
-/// made under `key` (recorded in `keys/<kind>/<name>`). A result made under another key
-/// (the code, data or options changed since), or before keys were recorded, is made again.
-pub(crate) fn done_here(run_dir: &Path, kind: &str, name: &str, key: &str) -> bool {
-    std::fs::read_to_string(run_dir.join("keys").join(kind).join(name)).is_ok_and(|k| k.trim() == key)
+/// The run directory's result `kind/name` (`models/<label>`, `cells/<cell>`; its file
+/// `file`) when it was made under `key` (recorded in `keys/<kind>/<name>`). A result made
+/// under another key (the code, data or options changed since), before keys were recorded,
+/// or not finished is removed, so that it cannot count as done while it is made again.
+pub(crate) fn reuse_here<T: serde::de::DeserializeOwned>(
+    run_dir: &Path,
+    kind: &str,
+    name: &str,
+    file: &Path,
+    key: &str,
+) -> Result<Option<T>> {
+    let same_key = std::fs::read_to_string(run_dir.join("keys").join(kind).join(name)).is_ok_and(|k| k.trim() == key);
+    if same_key {
+        if let Ok(s) = std::fs::read_to_string(file) {
+            return serde_json::from_str(&s).map(Some).map_err(|e| anyhow!("{}: {e}", file.display()));
+        }
+    }
+    remove_stale(file)?;
+    Ok(None)
 }
 
 /// Records the key a run-directory result is made under: written before the result file
@@ -285,8 +296,7 @@ pub(crate) fn mark_done(run_dir: &Path, kind: &str, name: &str, key: &str) -> Re
     write_atomic(&run_dir.join("keys").join(kind).join(name), format!("{key}\n").as_bytes())
 }
 
-/// Removes a result file made under another key before it is made again.
-pub(crate) fn remove_stale(file: &Path) -> Result<()> {
+fn remove_stale(file: &Path) -> Result<()> {
     match std::fs::remove_file(file) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow!("{}: cannot remove: {e}", file.display())),
         _ => Ok(()),
