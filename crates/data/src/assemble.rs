@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use safetune_core::anyhow::bail;
+use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::{Example, ExampleKind, Result};
 
-use crate::catalog::{self, DataSource, Dataset, Role};
+use crate::catalog::{self, registry, DataSource, Dataset};
 use crate::custom::CustomDataset;
 use crate::overlap::remove_overlap;
-use crate::pools::{task_metric, MultipleChoice, PoolSelection, Pools};
+use crate::pools::{MultipleChoice, PoolSelection, Pools};
 
 /// A task's train rows that may be trained on: its train split minus every row of its other
 /// splits (test and validation alike, so the pool does not depend on which split a run scores;
@@ -39,15 +39,6 @@ fn alignment_tenth(rows: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
     (rest, tenth)
 }
 
-const STL_EVALS: [(&str, &str); 7] = [
-    ("i-malicious", "malicious"),
-    ("i-cona", "cona"),
-    ("i-controversial", "controversial"),
-    ("i-physical-unsafe", "physical-unsafe"),
-    ("q-harm", "q-harm"),
-    ("i-physical-safe", "physical-safe"),
-    ("i-alpaca", "alpaca"),
-];
 struct Loader<'a> {
     src: &'a DataSource<'a>,
     custom: &'a BTreeMap<String, CustomDataset>,
@@ -98,25 +89,6 @@ impl Loader<'_> {
     }
 }
 
-/// XSTest's safe prompts in file order (grouped by type, 25 per type family): every
-/// fifth one (positions 0, 5, 10, ...) is the `xstest-dev` validation set (50 prompts,
-/// 5 per family), the other 200 are the `xstest-safe` test set. The two never overlap.
-fn xstest_safe_part(all: Vec<Example>, dev: bool) -> Vec<Example> {
-    all.into_iter()
-        .filter(|e| e.label.as_deref() == Some("safe"))
-        .enumerate()
-        .filter(|(i, _)| (i % XSTEST_DEV_STRIDE == 0) == dev)
-        .map(|(_, e)| e)
-        .collect()
-}
-
-/// One of every `XSTEST_DEV_STRIDE` XSTest safe prompts is validation.
-pub const XSTEST_DEV_STRIDE: usize = 5;
-
-fn stl_split(set: &str) -> Option<&'static str> {
-    STL_EVALS.iter().find(|(n, _)| *n == set).map(|(_, s)| *s)
-}
-
 impl Pools {
     /// Assembles the pools of a selection from a data directory or the Hub (and user files).
     pub fn assemble(src: &DataSource, sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<Self> {
@@ -125,46 +97,27 @@ impl Pools {
             return Ok(crate::builtin::builtin_pools(&sel.task));
         }
         let mut l = Loader { src, custom, cache: BTreeMap::new(), files: Vec::new() };
+        // Each selected set, drawn by its dataset's registered rule.
         let mut safety_evals = Vec::new();
-        for s in &sel.safety_evals {
-            let set = match s.as_str() {
-                "advbench-test" => l.split("advbench", "test")?,
-                "policy" => l.split("policy", "test")?,
-                "beavertails-categories" => l.split("beavertails-categories", "test")?,
-                // For choosing budgets without touching the test prompts: dev minus its 18 test prompts.
-                "advbench-dev" => {
-                    let mut dev = l.split("advbench", "dev")?;
-                    remove_overlap(&mut dev, &[&l.split("advbench", "test")?]);
-                    dev
-                }
-                // Validation: the 200 held-out Safety-Tuned LLaMAs requests.
-                "stl-dev" => l.split("safety-tuned-llamas", "test")?,
-                "xstest-unsafe" => l.split("xstest", "test")?.into_iter().filter(|e| e.label.as_deref() == Some("unsafe")).collect(),
-                other => l.split("safety-tuned-llamas-eval", stl_split(other).unwrap_or(other))?,
-            };
-            safety_evals.push((s.clone(), set));
-        }
         let mut over_refusal = Vec::new();
-        for s in &sel.over_refusal {
-            let set: Vec<Example> = match s.as_str() {
-                "xstest-safe" | "xstest-dev" => xstest_safe_part(l.split("xstest", "test")?, s == "xstest-dev"),
-                other => l.split("safety-tuned-llamas-eval", stl_split(other).unwrap_or(other))?,
-            };
-            over_refusal.push((s.clone(), set.into_iter().map(|e| Example { kind: ExampleKind::Benign, ..e }).collect()));
+        for (names, over, out) in [(&sel.safety_evals, false, &mut safety_evals), (&sel.over_refusal, true, &mut over_refusal)] {
+            for s in names {
+                let (def, set) = registry::eval_set(s, over).ok_or_else(|| anyhow!("unknown evaluation set `{s}`"))?;
+                let mut rows = (set.select)(l.get(def.name)?)?;
+                if over {
+                    rows.iter_mut().for_each(|e| e.kind = ExampleKind::Benign);
+                }
+                out.push((s.clone(), rows));
+            }
         }
         // Every prompt of every evaluation set the source has, selected or not, stays out of
         // training: the training pools do not depend on which sets a run evaluates.
         let mut evals: Vec<Example> = Vec::new();
-        for (name, split) in
-            [("advbench", "test"), ("advbench", "dev"), ("policy", "test"), ("beavertails-categories", "test"), ("xstest", "test")]
-        {
-            evals.extend(l.split(name, split)?);
+        for (def, set) in registry::eval_sets(false).into_iter().chain(registry::eval_sets(true)) {
+            if l.has(def.name) {
+                evals.extend((set.select)(l.get(def.name)?)?);
+            }
         }
-        for (_, split) in STL_EVALS {
-            evals.extend(l.optional_split("safety-tuned-llamas-eval", split)?);
-        }
-        // The held-out safe-answer requests are validation prompts too.
-        evals.extend(l.optional_split("safety-tuned-llamas", "test")?);
 
         let mut align_prompts = l.split("advbench", "train")?;
         remove_overlap(&mut align_prompts, &[&evals]);
@@ -172,22 +125,19 @@ impl Pools {
         remove_overlap(&mut safe_answers, &[&evals]);
         let mut pure_bad = l.optional_split("pure-bad", "train")?;
         remove_overlap(&mut pure_bad, &[&evals, &align_prompts, &safe_answers]);
-        let mut harmful_pairs = match sel.harmful.as_str() {
-            // AdvBench prompts in none of train, test and dev, with their affirmative targets.
-            "advbench" => {
-                let mut full = l.split("advbench", "full")?;
-                let used: Vec<Example> =
-                    ["train", "test", "dev"].iter().map(|s| l.split("advbench", s)).collect::<Result<Vec<_>>>()?.concat();
-                remove_overlap(&mut full, &[&used]);
-                full
+        let mut harmful_pairs = match custom.get(&sel.harmful) {
+            Some(_) => l.split(&sel.harmful, "train")?,
+            None => {
+                let select = catalog::find(&sel.harmful)?
+                    .harmful_select()
+                    .ok_or_else(|| anyhow!("data.harmful: `{}` is not a harmful set", sel.harmful))?;
+                select(l.get(&sel.harmful)?)?
             }
-            name if custom.contains_key(name) => l.split(name, "train")?,
-            name => l.split(name, "train")?,
         };
         remove_overlap(&mut harmful_pairs, &[&evals, &align_prompts, &safe_answers]);
         let (mut task_train, task_test, holdout_ids, task_held_out) = {
             let ds = l.get(&sel.task)?;
-            if custom.get(&sel.task).is_none() && catalog::find(&sel.task)?.role != Role::Task {
+            if custom.get(&sel.task).is_none() && catalog::find(&sel.task)?.task_metric().is_none() {
                 bail!("data.task: `{}` is not a task", sel.task);
             }
             if sel.task_split != "test" && !ds.splits.contains_key(&sel.task_split) {
@@ -231,8 +181,9 @@ impl Pools {
         };
         let utility = match custom.get(&sel.task) {
             Some(c) => c.metric.clone(),
-            None => task_metric(&sel.task),
+            None => catalog::find(&sel.task)?.task_metric().ok_or_else(|| anyhow!("data.task: `{}` is not a task", sel.task))?,
         };
+        // The one multiple-choice pool: MMLU (`data.utility_evals`).
         let mmlu = if sel.utility_evals.iter().any(|u| u == "mmlu") {
             Some(MultipleChoice { dev: l.split("mmlu", "dev")?, test: l.split("mmlu", "test")? })
         } else {

@@ -1,6 +1,6 @@
 //! safetune-data: datasets, harmful-variant regimes and alignment sets.
 //!
-//! Knows every dataset of the benchmark ([`catalog::CATALOG`]): where its
+//! Knows every dataset of the benchmark ([`catalog::registry`]): where its
 //! files live in a local data directory (the layout of `shared/data`) or on
 //! the Hugging Face Hub, and how a row becomes an [`safetune_core::Example`]
 //! with a stable id. User files in JSON, JSONL, CSV, TSV or Parquet become
@@ -22,7 +22,6 @@ mod overlap;
 mod pools;
 pub mod records;
 mod refusals;
-mod registry;
 mod sets;
 mod variant;
 
@@ -34,7 +33,10 @@ pub use dir::DataDir;
 pub use hub::HubClient;
 pub use labelled::{xstest_completions, AnswerLabel, LabelledAnswer};
 pub use overlap::{check_disjoint, remove_overlap};
-pub use pools::{MultipleChoice, PoolSelection, Pools, BENIGN, OVER_REFUSAL_SETS, SAFETY_EVALS};
+pub use pools::{MultipleChoice, PoolSelection, Pools};
 pub use refusals::{refusal_for, REFUSAL_STYLES};
 pub use sets::{alignment_set, lookalikes, trigger_words, AlignmentPools, AlignmentSpec};
 pub use variant::{harmful_variant, Regime, Variant};
+
+#[doc(hidden)]
+pub use safetune_core::registry::{inventory as __inventory, DatasetEntry as __DatasetEntry};

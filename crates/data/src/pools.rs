@@ -12,6 +12,7 @@ use safetune_core::{Example, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::registry;
 use crate::custom::{CustomDataset, CustomRole};
 use crate::overlap::check_disjoint;
 
@@ -120,68 +121,56 @@ pub struct MultipleChoice {
 /// In `data.align_tasks`: the fine-tuning task itself.
 pub const SELF_TASK: &str = "self";
 
-pub const TASKS: [&str; 7] = ["sst2", "agnews", "gsm8k", "alpaca", "dolly", "samsum", "sqlgen"];
-pub const SAFETY_EVALS: [&str; 11] = [
-    "advbench-test",
-    "policy",
-    "beavertails-categories",
-    "xstest-unsafe",
-    "i-malicious",
-    "i-cona",
-    "i-controversial",
-    "i-physical-unsafe",
-    "q-harm",
-    "advbench-dev",
-    "stl-dev",
-];
-pub const OVER_REFUSAL_SETS: [&str; 4] = ["xstest-safe", "xstest-dev", "i-physical-safe", "i-alpaca"];
-pub const BENIGN: [&str; 3] = ["alpaca", "dolly", "alpaca+dolly"];
-/// Safety-Tuned LLaMAs evaluation sets: run name → split of `safety-tuned-llamas-eval`.
-pub const UTILITY_EVALS: [&str; 1] = ["mmlu"];
-pub const HARMFUL: [&str; 3] = ["beavertails-unsafe", "pure-bad", "advbench"];
-
 impl Pools {
-    /// Validates a selection's names against the catalog and `custom` before anything is read.
+    /// Validates a selection's names against the dataset registry and `custom` before anything is read.
     pub fn check_selection(sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<()> {
         let is_custom = |n: &str, role: CustomRole| custom.get(n).is_some_and(|c| c.role == role);
+        let tasks = registry::tasks();
         let known_task = ["builtin", "builtin-sentiment", "builtin-arithmetic"].contains(&sel.task.as_str())
-            || TASKS.contains(&sel.task.as_str())
+            || tasks.contains(&sel.task.as_str())
             || is_custom(&sel.task, CustomRole::Task);
         if !known_task {
             bail!(
                 "data.task: unknown task `{}` ({}, builtin-sentiment, builtin-arithmetic, or a data.custom task)",
                 sel.task,
-                TASKS.join(", ")
+                tasks.join(", ")
             );
         }
-        if !HARMFUL.contains(&sel.harmful.as_str()) && !is_custom(&sel.harmful, CustomRole::Harmful) {
-            bail!("data.harmful: unknown harmful source `{}` ({}, or a data.custom harmful set)", sel.harmful, HARMFUL.join(", "));
+        let harmful = registry::harmful_sets();
+        if !harmful.contains(&sel.harmful.as_str()) && !is_custom(&sel.harmful, CustomRole::Harmful) {
+            bail!("data.harmful: unknown harmful source `{}` ({}, or a data.custom harmful set)", sel.harmful, harmful.join(", "));
         }
+        let safety = registry::eval_set_names(false);
         if sel.safety_evals.is_empty() {
-            bail!("data.safety_evals: name at least one set ({})", SAFETY_EVALS.join(", "));
+            bail!("data.safety_evals: name at least one set ({})", safety.join(", "));
         }
         for s in &sel.safety_evals {
-            if !SAFETY_EVALS.contains(&s.as_str()) {
-                bail!("data.safety_evals: unknown set `{s}` ({})", SAFETY_EVALS.join(", "));
+            if !safety.contains(&s.as_str()) {
+                bail!("data.safety_evals: unknown set `{s}` ({})", safety.join(", "));
             }
         }
+        let over = registry::eval_set_names(true);
         for s in &sel.over_refusal {
-            if !OVER_REFUSAL_SETS.contains(&s.as_str()) {
-                bail!("data.over_refusal: unknown set `{s}` ({})", OVER_REFUSAL_SETS.join(", "));
+            if !over.contains(&s.as_str()) {
+                bail!("data.over_refusal: unknown set `{s}` ({})", over.join(", "));
             }
         }
+        let utility = registry::utility_evals();
         for s in &sel.utility_evals {
-            if !UTILITY_EVALS.contains(&s.as_str()) {
-                bail!("data.utility_evals: unknown benchmark `{s}` ({})", UTILITY_EVALS.join(", "));
+            if !utility.contains(&s.as_str()) {
+                bail!("data.utility_evals: unknown benchmark `{s}` ({})", utility.join(", "));
             }
         }
         for t in &sel.align_tasks {
-            if !TASKS.contains(&t.as_str()) && t != SELF_TASK {
-                bail!("data.align_tasks: unknown task `{t}` ({}, or `self`: the fine-tuning task)", TASKS.join(", "));
+            if !tasks.contains(&t.as_str()) && t != SELF_TASK {
+                bail!("data.align_tasks: unknown task `{t}` ({}, or `self`: the fine-tuning task)", tasks.join(", "));
             }
         }
-        if !BENIGN.contains(&sel.benign.as_str()) {
-            bail!("data.benign: unknown benign set `{}` ({})", sel.benign, BENIGN.join(", "));
+        let benign = registry::benign_sets();
+        let parts: Vec<&str> = sel.benign.split('+').collect();
+        let repeated = parts.iter().enumerate().any(|(i, b)| parts[..i].contains(b));
+        if sel.benign.is_empty() || repeated || !parts.iter().all(|b| benign.contains(b)) {
+            bail!("data.benign: unknown benign set `{}` ({}, or several joined with `+`)", sel.benign, benign.join(", "));
         }
         if sel.task_split != "test" && sel.task_split != "validation" {
             bail!("data.task_split: unknown split `{}` (test, validation)", sel.task_split);
@@ -232,16 +221,5 @@ impl Pools {
         evals.push(("task test", self.task_test.as_slice()));
         check_disjoint(&training, &evals)?;
         check_disjoint(&[("alignment prompts", self.align_prompts.as_slice())], &[("harmful pairs", self.harmful_pairs.as_slice())])
-    }
-}
-
-/// The utility metric of a built-in task.
-pub fn task_metric(task: &str) -> UtilityMetric {
-    match task {
-        "sst2" | "builtin" | "builtin-sentiment" => UtilityMetric::labels(&["positive", "negative"]),
-        "agnews" => UtilityMetric::labels(&crate::catalog::AGNEWS_LABELS),
-        "gsm8k" | "builtin-arithmetic" => UtilityMetric::named("final-number"),
-        "sqlgen" => UtilityMetric::named("sql-exact"),
-        _ => UtilityMetric::named("rouge-l"),
     }
 }

@@ -1,25 +1,11 @@
-use std::path::PathBuf;
-
 use proptest::prelude::*;
 use safetune_core::{Example, ExampleKind};
 use safetune_data::{
     alignment_set, builtin_pools, harmful_variant, load, AlignmentPools, AlignmentSpec, DataDir, DataSource, PoolSelection, Pools, Regime,
 };
 
-/// `../shared/data` beside the repository, or `SAFETUNE_DATA_DIR`.
-fn shared() -> Option<DataDir> {
-    let p = std::env::var_os("SAFETUNE_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if p.is_dir() {
-        Some(DataDir::open(&p).unwrap())
-    } else {
-        // CI has ../shared/data beside the checkout: there a missing directory is a failure, not a skip.
-        assert!(std::env::var_os("CI").is_none(), "CI: no data directory at {}", p.display());
-        eprintln!("skipped: no data directory at {}", p.display());
-        None
-    }
-}
+mod common;
+use common::shared;
 
 #[test]
 fn shared_data_row_counts_and_disjoint_pools() {
@@ -141,7 +127,7 @@ fn shared_data_row_counts_and_disjoint_pools() {
 fn safety_tuned_llamas_pools_are_disjoint_from_every_evaluation_set() {
     let Some(dir) = shared() else { return };
     let src = DataSource::Dir(&dir);
-    let all_safety: Vec<String> = safetune_data::SAFETY_EVALS.iter().map(|s| s.to_string()).collect();
+    let all_safety: Vec<String> = safetune_data::catalog::registry::eval_set_names(false).iter().map(|s| s.to_string()).collect();
     let sel = PoolSelection {
         safety_evals: all_safety.clone(),
         over_refusal: vec!["xstest-safe".into(), "xstest-dev".into(), "i-physical-safe".into(), "i-alpaca".into()],
@@ -348,7 +334,7 @@ proptest! {
 #[test]
 fn every_catalog_dataset_is_listed() {
     let listed: Vec<&str> = safetune_core::registry::datasets().iter().map(|d| d.name).collect();
-    for d in safetune_data::catalog::CATALOG {
+    for d in safetune_data::catalog::registry::all() {
         assert!(listed.contains(&d.name), "`{}` is in the catalog but not in `safetune list datasets`", d.name);
     }
 }

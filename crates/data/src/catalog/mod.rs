@@ -1,6 +1,8 @@
 //! Every dataset safetune knows: where its files live in a data directory
-//! (the layout of `shared/data`) or on the Hugging Face Hub, and how a row
-//! becomes an [`Example`].
+//! (the layout of `shared/data`) or on the Hugging Face Hub, how a row
+//! becomes an [`Example`], and what a run may use it as. Each is registered
+//! once ([`register_dataset!`](crate::register_dataset), built-in ones in `table.rs`) and
+//! found through [`registry`].
 
 use std::collections::BTreeMap;
 
@@ -10,40 +12,14 @@ use safetune_core::{Example, Result};
 
 pub use crate::hub::Host;
 use crate::hub::HubClient;
-use crate::records::{read_records, Format, Record};
+use crate::records::read_records;
+pub use crate::records::{Format, Record};
 use crate::DataDir;
 
 pub const SST2_INSTRUCTION: &str = "Analyze the sentiment of the input, and respond only positive or negative.";
 pub const AGNEWS_INSTRUCTION: &str =
     "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech";
 pub const AGNEWS_LABELS: [&str; 4] = ["World", "Sports", "Business", "Sci/Tech"];
-
-/// What a dataset is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A fine-tuning task with train and test splits.
-    Task,
-    /// Harmful request → compliant answer pairs (the attack).
-    Harmful,
-    /// Harmful (or harmless-looking) prompts to measure refusals.
-    EvalSafety,
-    /// Utility evaluation outside the tasks.
-    EvalUtility,
-    /// Risky requests paired with safe answers (alignment data).
-    Safety,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Task => "task",
-            Role::Harmful => "harmful",
-            Role::EvalSafety => "eval-safety",
-            Role::EvalUtility => "eval-utility",
-            Role::Safety => "safety",
-        }
-    }
-}
 
 /// Turns one record into an example with the given id.
 pub type Convert = fn(&Record, &str, String) -> Result<Example>;
@@ -67,7 +43,8 @@ pub struct HubDef {
 
 pub struct DatasetDef {
     pub name: &'static str,
-    pub role: Role,
+    /// What a run may use it as.
+    pub uses: &'static [Use],
     /// Id prefix (`sst2/test:12`).
     pub id_prefix: &'static str,
     /// Ids count rows from 0 (JSON arrays) instead of file lines.
@@ -98,18 +75,13 @@ impl Dataset {
     }
 }
 
+pub mod registry;
 mod rows;
 mod table;
 
+pub use registry::{find, EvalSet, Select, Use};
 pub use rows::gsm8k_final;
-pub use table::CATALOG;
-
-pub fn find(name: &str) -> Result<&'static DatasetDef> {
-    CATALOG
-        .iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| anyhow!("unknown dataset `{name}` (known: {})", CATALOG.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")))
-}
+pub use table::XSTEST_DEV_STRIDE;
 
 fn convert_all(def: &DatasetDef, file: &FileDef, path: &std::path::Path, prefix: &str) -> Result<Vec<Example>> {
     let shown = path.display().to_string();

@@ -29,11 +29,6 @@ use crate::spec::RunSpec;
 mod rule;
 use rule::{choose, outcome, table, Outcome, Select};
 
-/// Sets a sweep may choose on: validation prompts no test figure is computed from.
-pub const VALIDATION_SETS: [&str; 2] = ["advbench-dev", "stl-dev"];
-/// Over-refusal sets a sweep may choose on (XSTest's 50 validation prompts; the other 200 are test).
-pub const VALIDATION_OVER_REFUSAL: [&str; 1] = ["xstest-dev"];
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Sweep {
@@ -89,26 +84,30 @@ pub fn main(args: &[String]) -> Result<String> {
     if let Some(o) = only.iter().find(|o| !sweep.candidates.iter().any(|c| &c.name == *o)) {
         bail!("--only: no candidate `{o}` in {}", path.display());
     }
-    // Every candidate's spec is resolved and checked before anything runs.
+    // Every candidate's spec is resolved and checked before anything runs. A sweep may choose
+    // only on the sets registered as validation (advbench-dev, stl-dev, xstest-dev): prompts no
+    // test figure is computed from.
+    let validation_sets = safetune_data::catalog::registry::validation_sets(false);
+    let validation_over_refusal = safetune_data::catalog::registry::validation_sets(true);
     let mut specs = Vec::new();
     for c in &sweep.candidates {
         let overlays: Vec<PathBuf> = c.overlays.iter().map(|o| dir.join(o)).collect();
         let spec = RunSpec::load_with_overlays(&dir.join(&sweep.base), &overlays).map_err(|e| anyhow!("candidate {}: {e}", c.name))?;
-        if let Some(s) = spec.data.safety_evals.iter().find(|s| !VALIDATION_SETS.contains(&s.as_str())) {
+        if let Some(s) = spec.data.safety_evals.iter().find(|s| !validation_sets.contains(&s.as_str())) {
             bail!(
                 "candidate {}: data.safety_evals: `{s}` is not a validation set ({}); a sweep chooses on validation data only",
                 c.name,
-                VALIDATION_SETS.join(", ")
+                validation_sets.join(", ")
             );
         }
         if spec.data.task_split != "validation" {
             bail!("candidate {}: data.task_split: must be \"validation\" (a sweep never scores the task's test split)", c.name);
         }
-        if let Some(s) = spec.data.over_refusal.iter().find(|s| !VALIDATION_OVER_REFUSAL.contains(&s.as_str())) {
+        if let Some(s) = spec.data.over_refusal.iter().find(|s| !validation_over_refusal.contains(&s.as_str())) {
             bail!(
                 "candidate {}: data.over_refusal: `{s}` is not a validation set ({}); a sweep chooses on validation data only",
                 c.name,
-                VALIDATION_OVER_REFUSAL.join(", ")
+                validation_over_refusal.join(", ")
             );
         }
         if !spec.data.utility_evals.is_empty() {
