@@ -91,8 +91,9 @@ impl Loader<'_> {
 
 impl Pools {
     /// Assembles the pools of a selection from a data directory or the Hub (and user files).
-    pub fn assemble(src: &DataSource, sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<Self> {
-        Self::check_selection(sel, custom)?;
+    pub fn assemble(src: &DataSource, sel: &PoolSelection) -> Result<Self> {
+        Self::check_selection(sel)?;
+        let custom = &sel.custom;
         if sel.is_builtin() {
             return Ok(crate::builtin::builtin_pools(&sel.task));
         }
@@ -214,7 +215,8 @@ impl Pools {
     /// With no data directory: the built-in suite's safety side (alignment
     /// prompts, harmful pairs, evaluation prompts) around the user's own task
     /// (and harmful set, if custom).
-    pub fn builtin_around_custom(sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<Self> {
+    pub fn builtin_around_custom(sel: &PoolSelection) -> Result<Self> {
+        let custom = &sel.custom;
         let Some(c) = custom.get(&sel.task) else { bail!("data.task `{}` is not a data.custom task", sel.task) };
         let mut pools = crate::builtin::builtin_pools("builtin");
         let ds = c.load(&sel.task)?;

@@ -33,7 +33,7 @@ pub use dir::DataDir;
 pub use hub::HubClient;
 pub use labelled::{xstest_completions, AnswerLabel, LabelledAnswer};
 pub use overlap::{check_disjoint, remove_overlap};
-pub use pools::{MultipleChoice, PoolSelection, Pools};
+pub use pools::{DataSourceKind, MultipleChoice, PoolSelection, Pools, TemplateChoice};
 pub use refusals::{refusal_for, REFUSAL_STYLES};
 pub use sets::{alignment_set, lookalikes, trigger_words, AlignmentPools, AlignmentSpec};
 pub use variant::{harmful_variant, Regime, Variant};

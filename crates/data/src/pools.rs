@@ -16,25 +16,59 @@ use crate::catalog::registry;
 use crate::custom::{CustomDataset, CustomRole};
 use crate::overlap::check_disjoint;
 
-/// Which datasets a run uses.
+/// Where a run's datasets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSourceKind {
+    /// A local directory (`--data-dir` or `SAFETUNE_DATA_DIR`).
+    Dir,
+    /// The Hugging Face Hub, cached in the standard HF cache.
+    Hub,
+}
+
+/// The prompt format examples are trained and evaluated in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TemplateChoice {
+    /// The model's own chat template.
+    Model,
+    /// The Alpaca instruction template (SafeTuneBed's).
+    Alpaca,
+}
+
+fn is_test_split(s: &str) -> bool {
+    s == "test"
+}
+
+/// Which datasets a run uses: the `[data]` table of a run spec. Names are checked against
+/// the dataset registry (`safetune list datasets`) and `custom`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "DataSpec")]
 pub struct PoolSelection {
-    /// A task: `sst2`, `agnews`, `gsm8k`, `alpaca`, `dolly`, `samsum`, `sqlgen`, a `data.custom`
-    /// name, or `builtin-sentiment` / `builtin-arithmetic` (offline; `builtin` = sentiment).
+    /// A task: `sst2`, `agnews`, `gsm8k`, `alpaca`, `dolly`, `samsum`, `sqlgen`, a `custom` task,
+    /// or `builtin-sentiment` / `builtin-arithmetic` (offline; `builtin` = sentiment).
     pub task: String,
-    /// Harmful pairs for the variants: `beavertails-unsafe`, `pure-bad`, `advbench`, or a custom name.
+    /// Several tasks: one sub-run per task (and per seed of `seeds`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    /// Harmful pairs for the variants: `beavertails-unsafe`, `pure-bad`, `advbench`, or a `custom` harmful set.
     pub harmful: String,
     /// Safety evaluation sets: `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`,
-    /// and `advbench-dev` (validation: AdvBench dev minus the prompts it shares with test).
+    /// `i-malicious`, `i-cona`, `i-controversial`, `i-physical-unsafe`, `q-harm`; validation sets
+    /// for choosing settings: `advbench-dev` (AdvBench dev minus the prompts it shares with test)
+    /// and `stl-dev` (200 held-out Safety-Tuned LLaMAs requests).
     pub safety_evals: Vec<String>,
-    /// Benign prompts that only look risky, for over-refusal: `xstest-safe` (test), `xstest-dev` (validation).
+    /// Benign prompts that only look risky, for over-refusal (the share refused): `xstest-safe`,
+    /// `i-physical-safe`, `i-alpaca`, and `xstest-dev` (validation).
     pub over_refusal: Vec<String>,
     /// Benign instructions mixed into alignment: `alpaca`, `dolly` or `alpaca+dolly`.
     pub benign: String,
     /// The task split scored as utility: `test`, or `validation` (SST-2's) when choosing settings.
+    #[serde(skip_serializing_if = "is_test_split")]
     pub task_split: String,
-    /// Utility benchmarks besides the task: `mmlu` (log-likelihood accuracy).
+    /// Utility benchmarks besides the task: `mmlu` (accuracy by log-likelihood,
+    /// `eval.mmlu_questions` questions, `eval.mmlu_shots`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
     /// Tasks whose labelled train rows join alignment (`alignment.task_examples` from each): a
@@ -44,12 +78,17 @@ pub struct PoolSelection {
     /// aligns once for every task.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub align_tasks: Vec<String>,
+    pub source: DataSourceKind,
+    pub template: TemplateChoice,
+    /// User datasets: a file and a field mapping each; paths are relative to the spec file.
+    pub custom: BTreeMap<String, CustomDataset>,
 }
 
 impl Default for PoolSelection {
     fn default() -> Self {
         Self {
             task: "sst2".into(),
+            tasks: Vec::new(),
             harmful: "beavertails-unsafe".into(),
             safety_evals: vec!["advbench-test".into(), "policy".into()],
             over_refusal: Vec::new(),
@@ -57,6 +96,9 @@ impl Default for PoolSelection {
             task_split: "test".into(),
             utility_evals: Vec::new(),
             align_tasks: Vec::new(),
+            source: DataSourceKind::Dir,
+            template: TemplateChoice::Model,
+            custom: BTreeMap::new(),
         }
     }
 }
@@ -123,7 +165,8 @@ pub const SELF_TASK: &str = "self";
 
 impl Pools {
     /// Validates a selection's names against the dataset registry and `custom` before anything is read.
-    pub fn check_selection(sel: &PoolSelection, custom: &BTreeMap<String, CustomDataset>) -> Result<()> {
+    pub fn check_selection(sel: &PoolSelection) -> Result<()> {
+        let custom = &sel.custom;
         let is_custom = |n: &str, role: CustomRole| custom.get(n).is_some_and(|c| c.role == role);
         let tasks = registry::tasks();
         let known_task = ["builtin", "builtin-sentiment", "builtin-arithmetic"].contains(&sel.task.as_str())

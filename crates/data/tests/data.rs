@@ -57,7 +57,7 @@ fn shared_data_row_counts_and_disjoint_pools() {
     assert_eq!(cats.len(), 14);
     let gsm = load(&src, "gsm8k").unwrap();
     assert_eq!(gsm.splits["test"][0].label.as_deref(), Some("18"));
-    let pools = Pools::assemble(&src, &PoolSelection::default(), &Default::default()).unwrap();
+    let pools = Pools::assemble(&src, &PoolSelection::default()).unwrap();
     // AdvBench train shares 125 prompts with test: they are left out of alignment.
     assert_eq!(pools.align_prompts.len(), 291);
     // SST-2 train phrases also in test (5) or validation (short phrases recur): left out.
@@ -66,8 +66,8 @@ fn shared_data_row_counts_and_disjoint_pools() {
     // The training pools do not depend on the split a run scores: a calibration on validation
     // trains on exactly what a run on test trains on (and on no validation sentence).
     let sel = PoolSelection { align_tasks: vec!["self".into()], ..PoolSelection::default() };
-    let on_test = Pools::assemble(&src, &sel, &Default::default()).unwrap();
-    let on_val = Pools::assemble(&src, &PoolSelection { task_split: "validation".into(), ..sel }, &Default::default()).unwrap();
+    let on_test = Pools::assemble(&src, &sel).unwrap();
+    let on_val = Pools::assemble(&src, &PoolSelection { task_split: "validation".into(), ..sel }).unwrap();
     assert_eq!(on_val.task_test.len(), 6_735);
     for (a, b) in
         [(&on_test.task_train, &on_val.task_train), (&on_test.align_task[0].1, &on_val.align_task[0].1), (&on_test.benign, &on_val.benign)]
@@ -89,8 +89,9 @@ fn shared_data_row_counts_and_disjoint_pools() {
                 task_split: "test".into(),
                 utility_evals: if task == "agnews" { vec!["mmlu".into()] } else { Vec::new() },
                 align_tasks: vec!["agnews".into(), "sst2".into()],
+                ..PoolSelection::default()
             };
-            let p = Pools::assemble(&src, &sel, &Default::default()).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
+            let p = Pools::assemble(&src, &sel).unwrap_or_else(|e| panic!("{task}/{harmful}: {e}"));
             // Alignment's task rows: a tenth of each listed task's train rows, out of the run's own
             // fine-tuning pool, the same whichever task the run fine-tunes on.
             assert_eq!(p.align_task.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["agnews", "sst2"]);
@@ -105,8 +106,7 @@ fn shared_data_row_counts_and_disjoint_pools() {
             shared_align = Some(p.align_task.iter().map(|(t, r)| (t.clone(), r.iter().map(|e| e.id.clone()).collect())).collect());
             // `self`: a tenth of the task's own train rows, out of the fine-tuning pool.
             if harmful == "pure-bad" && task == "agnews" {
-                let own =
-                    Pools::assemble(&src, &PoolSelection { align_tasks: vec!["self".into()], ..sel.clone() }, &Default::default()).unwrap();
+                let own = Pools::assemble(&src, &PoolSelection { align_tasks: vec!["self".into()], ..sel.clone() }).unwrap();
                 let tenth = &own.align_task[0].1;
                 assert_eq!(own.align_task[0].0, "agnews");
                 assert_eq!(tenth.len() + own.task_train.len(), p.task_train.len() + p.align_task[0].1.len());
@@ -135,7 +135,7 @@ fn safety_tuned_llamas_pools_are_disjoint_from_every_evaluation_set() {
         task_split: "validation".into(),
         ..PoolSelection::default()
     };
-    let p = Pools::assemble(&src, &sel, &Default::default()).unwrap();
+    let p = Pools::assemble(&src, &sel).unwrap();
     let sizes: Vec<(&str, usize)> = p.safety_evals.iter().map(|(n, v)| (n.as_str(), v.len())).collect();
     for (name, n) in
         [("i-malicious", 100), ("i-cona", 178), ("i-controversial", 40), ("i-physical-unsafe", 100), ("q-harm", 100), ("stl-dev", 200)]
@@ -178,15 +178,14 @@ fn safety_tuned_llamas_pools_are_disjoint_from_every_evaluation_set() {
     eprintln!("benign look-alikes {} of {}", like.len(), p.benign.len());
     assert!((240..=600).contains(&like.len()), "{}", like.len());
     // Training pools do not depend on which sets a run evaluates.
-    let plain =
-        Pools::assemble(&src, &PoolSelection { benign: "alpaca+dolly".into(), ..PoolSelection::default() }, &Default::default()).unwrap();
+    let plain = Pools::assemble(&src, &PoolSelection { benign: "alpaca+dolly".into(), ..PoolSelection::default() }).unwrap();
     let ids = |v: &[Example]| v.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&plain.safe_answers), ids(&p.safe_answers));
     assert_eq!(ids(&plain.benign), ids(&p.benign));
     assert_eq!(ids(&plain.align_prompts), ids(&p.align_prompts));
     // A split the task lacks is an error naming the field.
     let bad = PoolSelection { task: "agnews".into(), task_split: "validation".into(), ..PoolSelection::default() };
-    let e = Pools::assemble(&src, &bad, &Default::default()).err().unwrap().to_string();
+    let e = Pools::assemble(&src, &bad).err().unwrap().to_string();
     assert!(e.contains("data.task_split"), "{e}");
 }
 

@@ -74,9 +74,9 @@ fn a_dataset_registered_elsewhere_is_listed_checked_assembled_and_kept_out_of_tr
     assert!(registry::validation_sets(false).contains(&"toy-harm-dev"));
     assert!(!registry::eval_set_names(true).contains(&"toy-harm-dev"), "a safety set is not an over-refusal set");
     let sel = PoolSelection { task: "toy-task".into(), safety_evals: vec!["toy-harm-dev".into()], ..PoolSelection::default() };
-    Pools::check_selection(&sel, &Default::default()).unwrap();
+    Pools::check_selection(&sel).unwrap();
     let wrong = PoolSelection { over_refusal: vec!["toy-harm-dev".into()], ..sel.clone() };
-    let err = Pools::check_selection(&wrong, &Default::default()).unwrap_err().to_string();
+    let err = Pools::check_selection(&wrong).unwrap_err().to_string();
     assert!(err.starts_with("data.over_refusal: unknown set `toy-harm-dev`"), "{err}");
 
     // Assembled from a data directory: the shared one (AdvBench, Alpaca, ...) plus the toy files.
@@ -96,7 +96,7 @@ fn a_dataset_registered_elsewhere_is_listed_checked_assembled_and_kept_out_of_tr
     std::fs::write(root.join("toy/harm.jsonl"), line("Toy evaluation prompt one", "") + &line("toy evaluation prompt two", "")).unwrap();
 
     let dir = DataDir::open(&root).unwrap();
-    let p = Pools::assemble(&DataSource::Dir(&dir), &sel, &Default::default()).unwrap();
+    let p = Pools::assemble(&DataSource::Dir(&dir), &sel).unwrap();
     let _ = std::fs::remove_dir_all(&root);
     assert_eq!(p.utility, yes_no());
     assert_eq!(p.task_test.len(), 2);

@@ -17,17 +17,17 @@ use crate::options::RunOptions;
 use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
 
 pub(crate) fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<String, String>)> {
-    let sel = spec.data.selection();
+    let sel = &spec.data;
     if sel.is_builtin() {
         return Ok((builtin_pools(&sel.task), BTreeMap::new()));
     }
     let mut hashes = BTreeMap::new();
     let pools = match spec.data.source {
-        DataSourceKind::Hub => Pools::assemble(&DataSource::Hub(&HubClient::from_env()), &sel, &spec.data.custom)?,
+        DataSourceKind::Hub => Pools::assemble(&DataSource::Hub(&HubClient::from_env()), sel)?,
         DataSourceKind::Dir => {
             let Some(root) = opts.data_dir.clone() else {
                 if spec.data.custom.contains_key(&sel.task) {
-                    return Ok((Pools::builtin_around_custom(&sel, &spec.data.custom)?, custom_hashes(spec)?));
+                    return Ok((Pools::builtin_around_custom(sel)?, custom_hashes(spec)?));
                 }
                 return Err(anyhow!(
                     "data.task `{}` needs a data directory: pass --data-dir DIR or set SAFETUNE_DATA_DIR \
@@ -36,7 +36,7 @@ pub(crate) fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BT
                 ));
             };
             let dir = DataDir::open(&root)?;
-            let pools = Pools::assemble(&DataSource::Dir(&dir), &sel, &spec.data.custom)?;
+            let pools = Pools::assemble(&DataSource::Dir(&dir), sel)?;
             for f in &pools.files {
                 hashes.insert(f.display().to_string(), sha256_file(&root.join(f))?);
             }

@@ -84,10 +84,6 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-fn is_test_split(s: &str) -> bool {
-    s == "test"
-}
-
 fn default_seed() -> u64 {
     42
 }
@@ -99,94 +95,8 @@ pub struct ModelSpec {
     pub source: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataSourceKind {
-    /// A local directory (`--data-dir` or `SAFETUNE_DATA_DIR`).
-    Dir,
-    /// The Hugging Face Hub, cached in the standard HF cache.
-    Hub,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum TemplateChoice {
-    /// The model's own chat template.
-    Model,
-    /// The Alpaca instruction template (SafeTuneBed's).
-    Alpaca,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataSpec {
-    /// `sst2`, `agnews`, `gsm8k`, `alpaca`, `dolly`, `samsum`, `sqlgen`, a `custom` task,
-    /// or `builtin-sentiment` / `builtin-arithmetic` (offline; `builtin` = sentiment).
-    pub task: String,
-    /// Several tasks: one sub-run per task (and per seed of `seeds`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tasks: Vec<String>,
-    /// Harmful pairs: `beavertails-unsafe`, `pure-bad`, `advbench`, or a `custom` harmful set.
-    pub harmful: String,
-    /// `advbench-test`, `policy`, `beavertails-categories`, `xstest-unsafe`, `advbench-dev`.
-    pub safety_evals: Vec<String>,
-    /// Over-refusal sets (benign prompts that look risky; the share refused): `xstest-safe`.
-    pub over_refusal: Vec<String>,
-    /// Benign instructions for alignment: `alpaca`, `dolly` or `alpaca+dolly`.
-    pub benign: String,
-    /// The task split utility is scored on: `test`, or `validation` (SST-2) for choosing settings.
-    #[serde(skip_serializing_if = "is_test_split")]
-    pub task_split: String,
-    /// Utility benchmarks besides the task: `mmlu` (accuracy by log-likelihood,
-    /// `eval.mmlu_questions` questions, `eval.mmlu_shots`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub utility_evals: Vec<String>,
-    /// Tasks whose labelled train rows join alignment (`alignment.task_examples` from each):
-    /// each task's fixed tenth (every tenth train row), which leaves that task's fine-tuning
-    /// pool; `self` is the fine-tuning task. Runs listing the same tasks (`["sst2", "agnews"]`)
-    /// share one aligned model.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub align_tasks: Vec<String>,
-    pub source: DataSourceKind,
-    pub template: TemplateChoice,
-    /// User datasets: a file and a field mapping each; paths are relative to the spec file.
-    pub custom: BTreeMap<String, safetune_data::CustomDataset>,
-}
-
-impl Default for DataSpec {
-    fn default() -> Self {
-        let d = safetune_data::PoolSelection::default();
-        Self {
-            task: d.task,
-            tasks: Vec::new(),
-            harmful: d.harmful,
-            safety_evals: d.safety_evals,
-            over_refusal: d.over_refusal,
-            benign: d.benign,
-            task_split: d.task_split,
-            utility_evals: d.utility_evals,
-            align_tasks: d.align_tasks,
-            source: DataSourceKind::Dir,
-            template: TemplateChoice::Model,
-            custom: BTreeMap::new(),
-        }
-    }
-}
-
-impl DataSpec {
-    pub fn selection(&self) -> safetune_data::PoolSelection {
-        safetune_data::PoolSelection {
-            task: self.task.clone(),
-            harmful: self.harmful.clone(),
-            safety_evals: self.safety_evals.clone(),
-            over_refusal: self.over_refusal.clone(),
-            benign: self.benign.clone(),
-            task_split: self.task_split.clone(),
-            utility_evals: self.utility_evals.clone(),
-            align_tasks: self.align_tasks.clone(),
-        }
-    }
-}
+/// The `[data]` table: the data crate's selection, used as it is.
+pub use safetune_data::{DataSourceKind, PoolSelection as DataSpec, TemplateChoice};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -294,7 +204,7 @@ impl RunSpec {
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
             bail!("name: must be a plain directory name");
         }
-        safetune_data::Pools::check_selection(&self.data.selection(), &self.data.custom)?;
+        safetune_data::Pools::check_selection(&self.data)?;
         for (name, c) in &self.data.custom {
             c.metric.scorer().map_err(|e| anyhow!("data.custom.{name}.metric: {e}"))?;
         }
