@@ -1,0 +1,70 @@
+//! Helpers of the end-to-end tests (`pipeline.rs`, `grids.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A fresh temporary directory for one test.
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("safetune-rt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A spec for the tiny model on the built-in suite: two regimes, LoRA and full fine-tuning.
+pub fn tiny_spec(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &model).unwrap();
+    let spec = format!(
+        r#"
+name = "tiny"
+seed = 7
+[model]
+source = "{}"
+[data]
+task = "builtin"
+[alignment]
+refusals = 8
+recovery = 4
+benign = 4
+lora = {{ r = 4, alpha = 8.0, dropout = 0.0, targets = ["q_proj", "v_proj"] }}
+train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 384 }}
+[finetune]
+n = 8
+regimes = ["benign", "high-harm"]
+methods = ["sft-lora", "sft-full"]
+train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 384 }}
+[eval]
+safety_limit = 4
+task_limit = 6
+safety_max_new_tokens = 6
+task_max_new_tokens = 3
+batch_size = 4
+samples = 2
+variants = true
+consistency_limit = 3
+"#,
+        model.display()
+    );
+    let p = dir.join("spec.toml");
+    std::fs::write(&p, spec).unwrap();
+    p
+}
+
+/// Runs the `safetune` binary with its own cache and no data directory from the environment.
+pub fn safetune(args: &[&str], cache: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_safetune")).args(args).env("SAFETUNE_CACHE", cache).env_remove("SAFETUNE_DATA_DIR").output().unwrap()
+}
+
+/// Every result file of `cells/` and `models/`, by name, with its bytes.
+pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for sub in ["cells", "models"] {
+        let mut names: Vec<_> = std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        for p in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+            v.push((format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap()));
+        }
+    }
+    v
+}

@@ -1,0 +1,232 @@
+//! End-to-end runs of the `safetune` binary: user tasks, defense stacks, grids over
+//! tasks and seeds, a kill mid-run, and every preset checked on the shared data.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+mod common;
+use common::{files, safetune, tiny_spec, tmp};
+
+#[test]
+fn a_user_csv_task_runs_through_the_pipeline_with_an_overlay() {
+    let d = tmp("custom");
+    let spec = tiny_spec(&d);
+    std::fs::create_dir_all(d.join("user")).unwrap();
+    let mut csv = String::from("text,answer\n");
+    for i in 0..40 {
+        csv.push_str(&format!("item {i} is {},{}\n", if i % 2 == 0 { "good" } else { "bad" }, if i % 2 == 0 { "yes" } else { "no" }));
+    }
+    std::fs::write(d.join("user/data.csv"), csv).unwrap();
+    std::fs::write(
+        d.join("user/overlay.toml"),
+        "name = \"tiny-custom\"\n[data]\ntask = \"mine\"\ntemplate = \"alpaca\"\n[data.custom.mine]\npath = \"data.csv\"\nprompt = \"Good? {text}\"\nresponse = \"{answer}\"\nmetric = { labels = [\"yes\", \"no\"] }\nholdout = 10\n",
+    )
+    .unwrap();
+    // The builtin suite supplies safety data; the task is the user's file.
+    let r = safetune(
+        &[
+            "run",
+            spec.to_str().unwrap(),
+            "--overlay",
+            d.join("user/overlay.toml").to_str().unwrap(),
+            "--out",
+            d.join("out").to_str().unwrap(),
+        ],
+        &d.join("cache"),
+    );
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    let cell: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/tiny-custom/cells/sft-lora__benign.json")).unwrap()).unwrap();
+    assert_eq!(cell["eval"]["task"]["task"], "mine");
+    assert_eq!(cell["eval"]["task"]["score"]["n"], 6, "task_limit of the base spec");
+    assert!(cell["task_ids"].as_array().unwrap().iter().all(|id| id.as_str().unwrap().starts_with("mine/train:")));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
+    let d = tmp("stack");
+    let spec = tiny_spec(&d);
+    std::fs::write(
+        d.join("stack.toml"),
+        "name = \"tiny-stack\"\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\n\
+         defenses = [[], [\"vaccine\", \"lisa\", \"safelora\"], [\"bea\"], [\"safeinstr\"]]\n\
+         [defense_options.lisa]\nalignment_step = 1\nfinetune_step = 2\n\
+         [defense_options.bea]\nexamples = 3\n[defense_options.safeinstr]\nfraction = 0.25\n",
+    )
+    .unwrap();
+    let out = d.join("out");
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", d.join("stack.toml").to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &d.join("cache"),
+    );
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert_eq!(log.matches("[align] 16 examples").count(), 1, "{log}");
+    assert_eq!(log.matches("[align+vaccine] 16 examples").count(), 1, "{log}");
+    let cell = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("tiny-stack/cells").join(format!("{name}.json"))).unwrap()).unwrap()
+    };
+    let plain = cell("sft-lora__high-harm");
+    let stacked = cell("sft-lora+vaccine+lisa+safelora__high-harm");
+    assert_ne!(plain["aligned_key"], stacked["aligned_key"], "vaccine aligns separately");
+    assert_eq!(stacked["defenses"], serde_json::json!(["vaccine", "lisa", "safelora"]));
+    assert!(stacked["repaired"].is_array() || stacked.get("repaired").is_none());
+    assert_eq!(cell("sft-lora+bea__high-harm")["added_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(cell("sft-lora+safeinstr__high-harm")["added_ids"].as_array().unwrap().len(), 2);
+    // BEA's trigger was in the prompts at evaluation: answers differ from the plain cell's or not, the
+    // generations exist for every set.
+    assert!(out.join("tiny-stack/generations/sft-lora+bea__high-harm/builtin-harmful-eval.jsonl").exists());
+    let table = String::from_utf8_lossy(&r.stdout);
+    assert!(table.contains("| aligned+vaccine |"), "{table}");
+    // Two defenses giving the same part of a stack (two data mixes) is an error naming both and the part.
+    std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"safeinstr\", \"bea\"]]\n").unwrap();
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", d.join("bad.toml").to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &d.join("cache"),
+    );
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("`safeinstr` and `bea` both give the fine-tuning data mix"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn sigkill_mid_run_then_rerun_gives_the_uninterrupted_results_without_recomputing_finished_cells() {
+    let d = tmp("kill");
+    let spec = tiny_spec(&d);
+    let spec = spec.to_str().unwrap();
+    let clean = d.join("clean");
+    let r = safetune(&["run", spec, "--out", clean.to_str().unwrap()], &d.join("cache-clean"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+
+    let out = d.join("killed");
+    let cells = out.join("tiny/cells");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args(["run", spec, "--out", out.to_str().unwrap(), "--quiet"])
+        .env("SAFETUNE_CACHE", d.join("cache-killed"))
+        // Empty means unset (as `SAFETUNE_DATA_DIR= safetune run ...` in a shell): the built-in suite.
+        .env("SAFETUNE_DATA_DIR", "")
+        .spawn()
+        .unwrap();
+    // SIGKILL as soon as the first cell is on disk: the other three are in flight or to come.
+    let done_at_kill = loop {
+        let n = std::fs::read_dir(&cells)
+            .map(|r| r.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count());
+        if let Ok(n @ 1..) = n {
+            child.kill().unwrap();
+            break n;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.wait().unwrap();
+    assert!(done_at_kill < 4, "killed after the last cell");
+    assert!(out.join("tiny/.lock").exists(), "a killed runner leaves its lock behind");
+
+    let r = safetune(&["run", spec, "--out", out.to_str().unwrap()], &d.join("cache-killed"));
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    let finished_now = std::fs::read_dir(&cells).unwrap().count();
+    assert_eq!(log.matches("already done").count(), done_at_kill, "{log}");
+    assert_eq!(log.matches("fine-tuning on").count(), 4 - done_at_kill, "{log}");
+    assert_eq!(finished_now, 4);
+    assert_eq!(files(&out.join("tiny")), files(&clean.join("tiny")), "results differ from the uninterrupted run");
+    assert!(!out.join("tiny/.lock").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
+    let d = tmp("seeds");
+    let base = std::fs::read_to_string(tiny_spec(&d)).unwrap();
+    let text = base
+        .replace("seed = 7", "seed = 7\nseeds = [7, 8]")
+        .replace("task = \"builtin\"", "task = \"builtin-sentiment\"\ntasks = [\"builtin-sentiment\", \"builtin-arithmetic\"]")
+        .replace("regimes = [\"benign\", \"high-harm\"]", "regimes = [\"high-harm\"]")
+        .replace("methods = [\"sft-lora\", \"sft-full\"]", "methods = [\"sft-lora\"]");
+    let spec = d.join("grid.toml");
+    std::fs::write(&spec, text).unwrap();
+    let out = d.join("out");
+    let r = safetune(&["run", spec.to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    let top = out.join("tiny");
+    for sub in ["builtin-sentiment-s7", "builtin-sentiment-s8", "builtin-arithmetic-s7", "builtin-arithmetic-s8"] {
+        assert!(top.join("runs").join(sub).join("cells/sft-lora__high-harm.json").exists(), "{sub}");
+    }
+    // The alignment set does not depend on the task: one alignment per seed, reused by the other task.
+    assert_eq!(log.matches("[align] 16 examples").count(), 2, "{log}");
+    let summary = std::fs::read_to_string(top.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("## builtin-sentiment: mean over 2 seeds") && summary.contains("## builtin-arithmetic: mean over 2 seeds"),
+        "{summary}"
+    );
+    // The aggregate is the mean of the two seeds' scores.
+    let score = |sub: &str| -> f64 {
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(top.join("runs").join(sub).join("cells/sft-lora__high-harm.json")).unwrap()).unwrap();
+        c["eval"]["task"]["score"]["value"].as_f64().unwrap()
+    };
+    let want = (score("builtin-sentiment-s7") + score("builtin-sentiment-s8")) / 2.0;
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(top.join("report/table.json")).unwrap()).unwrap();
+    let row = json.as_array().unwrap().iter().find(|r| r["task"] == "builtin-sentiment" && r["row"]["method"] == "sft-lora").unwrap();
+    assert!((row["row"]["eval"]["task"]["score"]["value"].as_f64().unwrap() - want).abs() < 1e-12);
+    assert_eq!(row["seeds"], serde_json::json!([7, 8]));
+    assert!(top.join("report/builtin-arithmetic_safety_utility.svg").exists());
+    // `safetune report` on the grid rebuilds the same summary.
+    let rep = safetune(&["report", top.to_str().unwrap()], &d.join("cache"));
+    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    assert_eq!(std::fs::read_to_string(top.join("summary.md")).unwrap(), summary);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Every preset and every calibration candidate checks out against `../shared/data`
+/// (`--dry-run`: data, model, every sub-run's alignment set and variants), so no preset asks
+/// for more than the data holds and none fails hours into a grid. `paper` is left out: its
+/// model is a Llama-2-7B-chat directory a GPU user brings.
+#[test]
+fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = std::env::var_os("SAFETUNE_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("../shared/data"));
+    let cache = std::env::var_os("SAFETUNE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/safetune"));
+    let model = cache.join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !data.is_dir() || !model.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI: needs {} and {}", data.display(), model.display());
+        eprintln!("skipped: needs {} and {}", data.display(), model.display());
+        return;
+    }
+    let out = tmp("dry-run");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_safetune"))
+            .args(args)
+            .args(["--dry-run", "--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .env("SAFETUNE_CACHE", &cache)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{args:?}: {}{text}", String::from_utf8_lossy(&o.stderr));
+        text
+    };
+    let mut presets: Vec<PathBuf> = std::fs::read_dir(root.join("presets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && !p.ends_with("paper.toml"))
+        .collect();
+    presets.sort();
+    assert!(presets.len() >= 4, "{presets:?}");
+    for p in &presets {
+        let plan = run(&["run", p.to_str().unwrap()]);
+        assert!(plan.contains("alignment on") && plan.contains("cells"), "{}: {plan}", p.display());
+    }
+    let plan = run(&["calibrate", root.join("presets/calibrate/sweep.toml").to_str().unwrap()]);
+    assert!(plan.matches("one run in").count() >= 10, "{plan}");
+    // Nothing written.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}
