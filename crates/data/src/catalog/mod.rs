@@ -1,7 +1,7 @@
 //! Every dataset safetune knows: where its files live in a data directory
 //! (the layout of `shared/data`) or on the Hugging Face Hub, how a row
 //! becomes an [`Example`], and what a run may use it as. Each is registered
-//! once ([`register_dataset!`](crate::register_dataset), built-in ones in `table.rs`) and
+//! once ([`register_dataset!`](crate::register_dataset), built-in ones in `tasks.rs` and `safety.rs`) and
 //! found through [`registry`].
 
 use std::collections::BTreeMap;
@@ -77,11 +77,12 @@ impl Dataset {
 
 pub mod registry;
 mod rows;
-mod table;
+mod safety;
+mod tasks;
 
 pub use registry::{find, EvalSet, Select, Use};
 pub use rows::gsm8k_final;
-pub use table::XSTEST_DEV_STRIDE;
+pub use safety::XSTEST_DEV_STRIDE;
 
 fn convert_all(def: &DatasetDef, file: &FileDef, path: &std::path::Path, prefix: &str) -> Result<Vec<Example>> {
     let shown = path.display().to_string();

@@ -1,26 +1,16 @@
-//! The built-in catalog: every dataset of the benchmark, each one
-//! [`register_dataset!`](crate::register_dataset) — its local files, its download source, its row
-//! converter, licence, and what a run may use it as (its evaluation sets with
-//! the rule that draws them).
+//! The built-in catalog, part two: harmful sets, safety and over-refusal
+//! evaluation sets (each with the rule that draws it from its dataset's splits)
+//! and utility benchmarks, each one [`register_dataset!`](crate::register_dataset).
 
-use safetune_core::judge::UtilityMetric;
 use safetune_core::{Example, Result};
 
 use super::registry::{split, test_split, train_split, EvalSet, Use};
 use super::rows::*;
-use super::{Dataset, DatasetDef, FileDef, Host, HubDef, AGNEWS_LABELS};
+use super::tasks::{def, file};
+use super::{Dataset, DatasetDef, FileDef, Host, HubDef};
 use crate::overlap::remove_overlap;
 use crate::records::Format;
 use crate::register_dataset;
-
-macro_rules! file {
-    ($split:literal, $path:expr, $fmt:ident, $conv:ident) => {
-        FileDef { split: $split, path: $path, format: Format::$fmt, columns: None, convert: $conv }
-    };
-    ($split:literal, $path:expr, $fmt:ident, $conv:ident, $cols:expr) => {
-        FileDef { split: $split, path: $path, format: Format::$fmt, columns: Some($cols), convert: $conv }
-    };
-}
 
 /// Safety-Tuned LLaMAs' seven evaluation files under `dir` (locally
 /// `safety_tuned_llamas/evaluation/`, upstream `data/evaluation/`), one split each.
@@ -38,195 +28,10 @@ macro_rules! stl_eval_files {
     };
 }
 
-const fn def(
-    name: &'static str,
-    uses: &'static [Use],
-    id_prefix: &'static str,
-    zero_based: bool,
-    local: &'static [FileDef],
-    source: &'static str,
-    license: &'static str,
-) -> DatasetDef {
-    DatasetDef { name, uses, id_prefix, zero_based, local, per_subject_dir: false, holdout: None, hub: None, source, license }
-}
-
 /// Safety-Tuned LLaMAs upstream: the repository and the commit whose files equal
 /// `shared/data/safety_tuned_llamas` byte for byte (checked by sha256 in session 8).
 const STL_REPO: &str = "vinid/safety-tuned-llamas";
 const STL_COMMIT: &str = "36a4b8d5c2177ed165bf61f59b590161394f7f12";
-
-fn sentiment() -> UtilityMetric {
-    UtilityMetric::labels(&["positive", "negative"])
-}
-fn agnews_metric() -> UtilityMetric {
-    UtilityMetric::labels(&AGNEWS_LABELS)
-}
-fn final_number() -> UtilityMetric {
-    UtilityMetric::named("final-number")
-}
-fn rouge_l() -> UtilityMetric {
-    UtilityMetric::named("rouge-l")
-}
-fn sql_exact() -> UtilityMetric {
-    UtilityMetric::named("sql-exact")
-}
-
-register_dataset! {
-    role: "task",
-    splits: "train 60,614 / validation 6,735 / test 872",
-    files: "sst2/*.tsv | hub stanfordnlp/sst2",
-    DatasetDef {
-        hub: Some(HubDef {
-            host: Host::HfDataset,
-            repo: "stanfordnlp/sst2",
-            revision: "main",
-            files: &[
-                file!("train", "data/train-00000-of-00001.parquet", Parquet, sst2),
-                file!("test", "data/validation-00000-of-00001.parquet", Parquet, sst2),
-            ],
-        }),
-        ..def(
-            "sst2",
-            &[Use::Task { metric: sentiment }],
-            "sst2",
-            false,
-            &[
-                file!("train", "sst2/train.tsv", Tsv, sst2),
-                file!("validation", "sst2/validation.tsv", Tsv, sst2),
-                file!("test", "sst2/test.tsv", Tsv, sst2),
-            ],
-            "GLUE SST-2",
-            "research use",
-        )
-    }
-}
-
-register_dataset! {
-    role: "task",
-    splits: "train 10,001 / test 7,600",
-    files: "agnews/train.tsv, test.csv | hub fancyzhx/ag_news",
-    DatasetDef {
-        hub: Some(HubDef {
-            host: Host::HfDataset,
-            repo: "fancyzhx/ag_news",
-            revision: "main",
-            files: &[
-                file!("train", "data/train-00000-of-00001.parquet", Parquet, agnews_hub),
-                file!("test", "data/test-00000-of-00001.parquet", Parquet, agnews_hub),
-            ],
-        }),
-        ..def(
-            "agnews",
-            &[Use::Task { metric: agnews_metric }],
-            "agnews",
-            false,
-            &[
-                file!("train", "agnews/train.tsv", Tsv, agnews_named, &["text", "label"]),
-                file!("test", "agnews/test.csv", Csv, agnews_numbered),
-            ],
-            "AG News",
-            "non-commercial research",
-        )
-    }
-}
-
-register_dataset! {
-    role: "task",
-    splits: "train 7,473 / test 1,319",
-    files: "gsm8k/*.jsonl | hub openai/gsm8k",
-    DatasetDef {
-        hub: Some(HubDef {
-            host: Host::HfDataset,
-            repo: "openai/gsm8k",
-            revision: "main",
-            files: &[
-                file!("train", "main/train-00000-of-00001.parquet", Parquet, gsm8k),
-                file!("test", "main/test-00000-of-00001.parquet", Parquet, gsm8k),
-            ],
-        }),
-        ..def(
-            "gsm8k",
-            &[Use::Task { metric: final_number }],
-            "gsm8k",
-            false,
-            &[file!("train", "gsm8k/train.jsonl", Jsonl, gsm8k), file!("test", "gsm8k/test.jsonl", Jsonl, gsm8k)],
-            "GSM8K",
-            "MIT",
-        )
-    }
-}
-
-register_dataset! {
-    role: "task, benign",
-    splits: "train 1,704 / test 200 (seeded hold-out)",
-    files: "alpaca/subset.json",
-    DatasetDef {
-        holdout: Some(200),
-        ..def(
-            "alpaca",
-            &[Use::Task { metric: rouge_l }, Use::Benign],
-            "alpaca",
-            true,
-            &[file!("train", "alpaca/subset.json", Json, alpaca)],
-            "Alpaca (subset)",
-            "CC BY-NC 4.0",
-        )
-    }
-}
-
-register_dataset! {
-    role: "task, benign",
-    splits: "train 337 / test 50 (seeded hold-out)",
-    files: "dolly/subset.jsonl",
-    DatasetDef {
-        holdout: Some(50),
-        ..def(
-            "dolly",
-            &[Use::Task { metric: rouge_l }, Use::Benign],
-            "dolly",
-            false,
-            &[file!("train", "dolly/subset.jsonl", Jsonl, dolly)],
-            "Dolly-15k (subset)",
-            "CC BY-SA 3.0",
-        )
-    }
-}
-
-register_dataset! {
-    role: "task",
-    splits: "train 900 / test 100 (seeded hold-out)",
-    files: "samsum/train.json",
-    DatasetDef {
-        holdout: Some(100),
-        ..def(
-            "samsum",
-            &[Use::Task { metric: rouge_l }],
-            "samsum",
-            true,
-            &[file!("train", "samsum/train.json", Json, samsum)],
-            "SAMSum",
-            "CC BY-NC-ND 4.0",
-        )
-    }
-}
-
-register_dataset! {
-    role: "task",
-    splits: "train 900 / test 100 (seeded hold-out)",
-    files: "sqlgen/train.json",
-    DatasetDef {
-        holdout: Some(100),
-        ..def(
-            "sqlgen",
-            &[Use::Task { metric: sql_exact }],
-            "sqlgen",
-            true,
-            &[file!("train", "sqlgen/train.json", Json, sqlgen)],
-            "sql-create-context",
-            "CC BY 4.0",
-        )
-    }
-}
 
 register_dataset! {
     role: "harmful",
