@@ -26,8 +26,8 @@ impl CausalLm for Llama {
     fn forward(&self, req: &ForwardRequest) -> Result<ForwardOutput> {
         let ids = req.ids.ok_or_else(|| anyhow!("forward: no input ids"))?;
         let (b, t) = ids.dims2()?;
-        if t > self.cfg.max_positions {
-            bail!("sequence of {t} tokens exceeds the model's {} positions", self.cfg.max_positions);
+        if t > self.cfg.rope_positions() {
+            bail!("sequence of {t} tokens exceeds the model's {} positions", self.cfg.rope_positions());
         }
         let positions = Self::rope_positions(req.mask, b, t, &self.device)?;
         let bias = ops::attention_bias(req.mask, b, t, t, &self.device)?;

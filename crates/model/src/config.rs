@@ -4,6 +4,17 @@ use serde::Deserialize;
 
 use safetune_core::{anyhow::Context, Result};
 
+/// Upper bounds of [`LlamaConfig::validate`]: well above every Llama-family model
+/// (Llama-3.1-405B: 126 layers, hidden 16,384, intermediate 53,248, vocab 128,256).
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_HIDDEN: usize = 1 << 16;
+pub const MAX_INTERMEDIATE: usize = 1 << 18;
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_HEAD_DIM: usize = 1 << 10;
+pub const MAX_POSITIONS: usize = 1 << 24;
+/// Rotary tables cover at most this many positions ([`LlamaConfig::rope_positions`]).
+pub const ROPE_POSITIONS: usize = 8192;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
@@ -42,6 +53,9 @@ impl LlamaConfig {
     /// Parses a Hugging Face `config.json` (Llama, Mistral, Qwen2, SmolLM).
     pub fn from_hf_json(text: &str, file: &str) -> Result<Self> {
         let c: HfConfig = serde_json::from_str(text).with_context(|| format!("{file}: not a Llama-family config"))?;
+        if c.num_attention_heads == 0 {
+            safetune_core::anyhow::bail!("{file}: num_attention_heads must be positive");
+        }
         let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
         let qwen = c.model_type.as_deref() == Some("qwen2");
         let cfg = Self {
@@ -62,14 +76,46 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// Checks the sizes before anything is computed or allocated from them: positive, consistent
+    /// and within bounds no Llama-family model exceeds, so a crafted file is an error, never
+    /// an overflow or a huge allocation. Keys are named as in `config.json` (GGUF files map
+    /// theirs onto them: `llama.attention.head_count` → `num_attention_heads`, ...).
     pub fn validate(&self, file: &str) -> Result<()> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            safetune_core::anyhow::bail!("{file}: num_attention_heads must be a multiple of num_key_value_heads");
+        use safetune_core::anyhow::bail;
+        for (key, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("intermediate_size", self.intermediate_size, MAX_INTERMEDIATE),
+            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_heads, self.hidden_size),
+            ("num_key_value_heads", self.num_kv_heads, self.num_heads),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("max_position_embeddings", self.max_positions, MAX_POSITIONS),
+        ] {
+            if v == 0 || v > max {
+                bail!("{file}: {key} = {v} is out of range (1..={max})");
+            }
         }
-        if !self.head_dim.is_multiple_of(2) || self.hidden_size == 0 || self.num_layers == 0 {
-            safetune_core::anyhow::bail!("{file}: head_dim must be even and sizes positive");
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            bail!("{file}: num_attention_heads must be a multiple of num_key_value_heads");
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            bail!("{file}: head_dim must be even");
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bail!("{file}: rope_theta = {} must be a positive number", self.rope_theta);
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            bail!("{file}: rms_norm_eps = {} must be a positive number", self.rms_eps);
         }
         Ok(())
+    }
+
+    /// Positions the model computes rotary tables for and accepts: the declared context,
+    /// at most [`ROPE_POSITIONS`] (safetune's sequences are a few hundred tokens; a
+    /// 128k-context model would otherwise build a table of hundreds of MB at load).
+    pub fn rope_positions(&self) -> usize {
+        self.max_positions.min(ROPE_POSITIONS)
     }
 
     /// A tiny configuration for tests.

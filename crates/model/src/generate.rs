@@ -30,7 +30,7 @@ fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, 
     let (stops, pad) = (tok.stop_ids().to_vec(), tok.pad_id());
     let b = prompts.len();
     let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
-    let max_pos = model.config().max_positions;
+    let max_pos = model.config().rope_positions();
     if len > max_pos {
         safetune_core::anyhow::bail!("a prompt of {len} tokens exceeds the model's {max_pos} positions");
     }

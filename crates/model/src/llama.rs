@@ -64,6 +64,15 @@ impl Llama {
         format: safetune_core::PromptFormat,
         device: &Device,
     ) -> Result<Self> {
+        // The layer count must match the weights present before anything is sized from it.
+        let present = weights
+            .keys()
+            .filter_map(|k| k.strip_prefix("model.layers.")?.split_once('.')?.0.parse::<usize>().ok())
+            .max()
+            .map_or(0, |l| l + 1);
+        if cfg.num_layers != present {
+            bail!("{info_name}: the configuration has {} layers, the weights {present}", cfg.num_layers);
+        }
         let mut params = BTreeMap::new();
         for (name, shape) in cfg.weight_shapes() {
             let t = weights.remove(&name).ok_or_else(|| anyhow!("{info_name}: missing weight `{name}`"))?;
@@ -220,7 +229,7 @@ impl Llama {
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
-    let n = cfg.max_positions;
+    let n = cfg.rope_positions();
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
     for p in 0..n {

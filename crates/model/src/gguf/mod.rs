@@ -15,12 +15,18 @@ use crate::config::LlamaConfig;
 use crate::tokenizer::{PreTokenizer, TextTokenizer};
 use crate::Llama;
 
+mod header;
+
 /// GGUF token type of control tokens (`<|im_start|>`).
 const CONTROL: i32 = 3;
 
 pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
     let file = path.display().to_string();
     let mut f = std::fs::File::open(path).with_context(|| format!("{file}: cannot open"))?;
+    // candle's reader divides by `general.alignment`: a zero there must be caught first.
+    if let Some(0) = header::alignment(&mut f).map_err(|e| anyhow!("{file}: not a readable GGUF file: {e}"))? {
+        bail!("{file}: `general.alignment` must be positive");
+    }
     let content = Content::read(&mut f).map_err(|e| anyhow!("{file}: not a readable GGUF file: {e}"))?;
     let md = &content.metadata;
     let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
@@ -34,14 +40,23 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
     let fl = |k: &str, d: f64| md.get(k).and_then(|v| v.to_f32().ok()).map(|x| x as f64).unwrap_or(d);
     let hidden = u("llama.embedding_length")?;
     let heads = u("llama.attention.head_count")?;
+    if heads == 0 || heads > hidden {
+        bail!("{file}: `llama.attention.head_count` = {heads} is out of range (1..={hidden}, the embedding length)");
+    }
     let kv_heads = u("llama.attention.head_count_kv").unwrap_or(heads);
+    let blocks = u("llama.block_count")?;
+    let present = content.tensor_infos.keys().filter_map(|k| k.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok()).max();
+    if Some(blocks) != present.map(|l| l + 1) {
+        bail!("{file}: `llama.block_count` = {blocks}, but the file has tensors for {} blocks", present.map_or(0, |l| l + 1));
+    }
+    check_tensor_sizes(&content, &mut f, &file)?;
     let tokens = string_array(md.get("tokenizer.ggml.tokens"), &file, "tokenizer.ggml.tokens")?;
     let tied = !content.tensor_infos.contains_key("output.weight");
     let cfg = LlamaConfig {
         vocab_size: tokens.len(),
         hidden_size: hidden,
         intermediate_size: u("llama.feed_forward_length")?,
-        num_layers: u("llama.block_count")?,
+        num_layers: blocks,
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim: hidden / heads,
@@ -71,6 +86,9 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
         Some(Value::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
+    if types.len() != tokens.len() {
+        bail!("{file}: `tokenizer.ggml.token_type` has {} entries for {} tokens", types.len(), tokens.len());
+    }
     let special: BTreeSet<u32> = types.iter().enumerate().filter(|(_, &t)| t == CONTROL).map(|(i, _)| i as u32).collect();
     let pre = match md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str) {
         Some("smollm") => PreTokenizer::DigitsThenByteLevel,
@@ -78,11 +96,31 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
     };
     let inner = TextTokenizer::byte_level_bpe(&tokens, &merges, &special, pre)?;
     let eos = u("tokenizer.ggml.eos_token_id").ok().map(|x| x as u32);
+    if let Some(e) = eos.filter(|&e| e as usize >= tokens.len()) {
+        bail!("{file}: `tokenizer.ggml.eos_token_id` = {e} is not a token id (vocabulary of {})", tokens.len());
+    }
     let template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     let format = crate::hf::detect_format(&template, &tokens);
     let tok = crate::hf::finish_tokenizer(inner, format, eos, None)?;
     let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned().unwrap_or_else(|| file.clone());
     Llama::from_weights(cfg, weights, tok, &name, format, device)
+}
+
+/// Every tensor's element count and bytes, computed without overflow, must fit in the file
+/// before any is read (candle sizes its buffer from the header's dimensions).
+fn check_tensor_sizes(content: &Content, f: &mut std::fs::File, file: &str) -> Result<()> {
+    use std::io::Seek;
+    let len = f.seek(std::io::SeekFrom::End(0))?;
+    for (name, t) in &content.tensor_infos {
+        let elems = t.shape.dims().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let (block, size) = (t.ggml_dtype.block_size(), t.ggml_dtype.type_size());
+        let bytes = elems.and_then(|n| (n / block).checked_mul(size)).map(|b| b as u64);
+        let end = bytes.and_then(|b| content.tensor_data_offset.checked_add(t.offset)?.checked_add(b));
+        if end.is_none_or(|e| e > len) {
+            bail!("{file}: tensor `{name}` of shape {:?} does not fit in the file ({len} bytes)", t.shape.dims());
+        }
+    }
+    Ok(())
 }
 
 fn string_array(v: Option<&Value>, file: &str, key: &str) -> Result<Vec<String>> {

@@ -1,0 +1,162 @@
+//! Crafted model files (the probes of the reliability issue) are one-line errors
+//! naming the file and the key — no panic, no allocation sized by a header field.
+//! Each starts from a tiny model that loads, so the one changed field is the cause.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
+use safetune_model::{export_hf, load_gguf, load_hf_dir, tiny_model, tiny_tokenizer};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("safetune-hostile-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// GGUF name of a Hugging Face weight name (the inverse of the loader's renaming).
+fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, part) = rest.split_once('.').unwrap();
+    let (module, kind) = part.rsplit_once('.').unwrap();
+    let m = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        other => panic!("{other}"),
+    };
+    format!("blk.{layer}.{m}.{kind}")
+}
+
+/// Writes the tiny model as a GGUF file (f32 tensors) with `edit` applied to its metadata.
+fn tiny_gguf(name: &str, edit: impl FnOnce(&mut Vec<(String, Value)>)) -> PathBuf {
+    let d = dir(name);
+    export_hf(&tiny_model(5).unwrap(), &d.join("hf")).unwrap();
+    let weights = candle_core::safetensors::load(d.join("hf/model.safetensors"), &Device::Cpu).unwrap();
+    let tok = tiny_tokenizer().unwrap();
+    let mut vocab: Vec<(String, u32)> = tok.get_vocab(true).into_iter().collect();
+    vocab.sort_by_key(|v| v.1);
+    let tokens: Vec<Value> = vocab.iter().map(|(t, _)| Value::String(t.clone())).collect();
+    let n = tokens.len();
+    let merges = ["e r", "t h", "i n", "Ġ t", "a n"].iter().map(|m| Value::String(m.to_string())).collect();
+    let types = (0..n).map(|i| Value::I32(if i < 3 { 3 } else { 1 })).collect();
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.name".into(), Value::String("tiny".into())),
+        ("llama.embedding_length".into(), Value::U32(32)),
+        ("llama.feed_forward_length".into(), Value::U32(64)),
+        ("llama.block_count".into(), Value::U32(2)),
+        ("llama.attention.head_count".into(), Value::U32(4)),
+        ("llama.attention.head_count_kv".into(), Value::U32(2)),
+        ("llama.context_length".into(), Value::U32(512)),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+        ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
+    ];
+    edit(&mut meta);
+    let q: Vec<(String, QTensor)> = weights.iter().map(|(k, t)| (gguf_name(k), QTensor::quantize(t, GgmlDType::F32).unwrap())).collect();
+    let path = d.join("tiny.gguf");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+    path
+}
+
+/// An edit of a GGUF file's metadata.
+type Edit = Box<dyn FnOnce(&mut Vec<(String, Value)>)>;
+
+fn set(meta: &mut [(String, Value)], key: &str, v: Value) {
+    meta.iter_mut().find(|(k, _)| k == key).unwrap().1 = v;
+}
+
+/// The load fails with one line that names the file and `key`.
+fn fails_naming(result: safetune_core::Result<safetune_model::Llama>, path: &Path, key: &str) {
+    let err = match result {
+        Ok(_) => panic!("{}: loaded, expected an error about `{key}`", path.display()),
+        Err(e) => e.to_string(),
+    };
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert!(err.contains(&path.display().to_string()) && err.contains(key), "names file and `{key}`: {err}");
+}
+
+#[test]
+fn crafted_gguf_headers_are_errors_naming_file_and_key() {
+    let ok = tiny_gguf("ok", |_| {});
+    let m = load_gguf(&ok, &Device::Cpu).unwrap();
+    assert_eq!(m.config().num_layers, 2);
+
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        ("align0", "general.alignment", Box::new(|m| m.push(("general.alignment".into(), Value::U32(0))))),
+        ("heads0", "llama.attention.head_count", Box::new(|m| set(m, "llama.attention.head_count", Value::U32(0)))),
+        (
+            "types",
+            "tokenizer.ggml.token_type",
+            Box::new(|m| {
+                let mut t = match &m.iter().find(|(k, _)| k == "tokenizer.ggml.token_type").unwrap().1 {
+                    Value::Array(a) => a.clone(),
+                    _ => unreachable!(),
+                };
+                t.extend((0..50).map(|_| Value::I32(3)));
+                set(m, "tokenizer.ggml.token_type", Value::Array(t));
+            }),
+        ),
+        ("blocks", "llama.block_count", Box::new(|m| set(m, "llama.block_count", Value::U32(1_000_000_000)))),
+        ("eos", "tokenizer.ggml.eos_token_id", Box::new(|m| set(m, "tokenizer.ggml.eos_token_id", Value::U32(1 << 30)))),
+    ];
+    for (name, key, edit) in cases {
+        let path = tiny_gguf(name, edit);
+        fails_naming(load_gguf(&path, &Device::Cpu), &path, key);
+    }
+}
+
+#[test]
+fn a_gguf_tensor_larger_than_the_file_is_an_error_before_it_is_read() {
+    let path = tiny_gguf("short", |_| {});
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 64]).unwrap();
+    fails_naming(load_gguf(&path, &Device::Cpu), &path, "does not fit in the file");
+}
+
+#[test]
+fn crafted_hf_configs_are_errors_naming_file_and_key() {
+    let base = dir("hf");
+    export_hf(&tiny_model(5).unwrap(), &base).unwrap();
+    load_hf_dir(&base, &Device::Cpu).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    for (key, value) in [
+        ("num_attention_heads", serde_json::json!(0)),
+        ("max_position_embeddings", serde_json::json!(1u64 << 62)),
+        ("max_position_embeddings", serde_json::json!(1_000_000_000)),
+        ("num_hidden_layers", serde_json::json!(1_000_000_000)),
+        ("head_dim", serde_json::json!(0)),
+        ("rms_norm_eps", serde_json::json!(-1.0)),
+    ] {
+        let mut c = config.clone();
+        c[key] = value;
+        std::fs::write(base.join("config.json"), c.to_string()).unwrap();
+        fails_naming(load_hf_dir(&base, &Device::Cpu), &base.join("config.json"), key);
+    }
+    // Fewer layers declared than the weights hold (or more) is an error too, not a silent drop.
+    let mut c = config.clone();
+    c["num_hidden_layers"] = 1.into();
+    std::fs::write(base.join("config.json"), c.to_string()).unwrap();
+    let err = load_hf_dir(&base, &Device::Cpu).err().expect("layer mismatch").to_string();
+    assert!(err.contains("1 layers, the weights 2"), "{err}");
+}
