@@ -95,10 +95,17 @@ impl TrainConfig {
 /// The linear modules of a Llama-family decoder layer, and `all-linear`.
 pub const LORA_TARGETS: [&str; 8] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "all-linear"];
 
+/// The largest LoRA rank a spec may ask for (the hidden size of the largest Llama-family
+/// models); the model's own weights bound it further when adapters are attached.
+pub const MAX_LORA_RANK: usize = 1 << 14;
+
 impl LoraConfig {
     pub fn validate(&self, path: &str) -> crate::Result<()> {
-        if self.r == 0 {
-            anyhow::bail!("{path}.r: must be at least 1");
+        if self.r == 0 || self.r > MAX_LORA_RANK {
+            anyhow::bail!("{path}.r: must be in 1..={MAX_LORA_RANK} (and at most the smaller side of each adapted weight)");
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            anyhow::bail!("{path}.alpha: must be a positive number, not {}", self.alpha);
         }
         if !(0.0..1.0).contains(&self.dropout) {
             anyhow::bail!("{path}.dropout: must be in [0, 1)");

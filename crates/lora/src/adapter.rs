@@ -74,6 +74,9 @@ pub fn attach_lora(model: &mut dyn CausalLm, cfg: &LoraConfig, seed: u64) -> Res
         }
         let w = &weights[&format!("{module}.weight")];
         let (out_dim, in_dim) = w.dims2()?;
+        if cfg.r > in_dim.min(out_dim) {
+            bail!("lora.r: {} exceeds the rank of `{module}` ({out_dim} × {in_dim})", cfg.r);
+        }
         let adapter = LoraAdapter::new(in_dim, out_dim, cfg, &mut rng, w.device())?;
         model.attach_adapter(&module, Arc::new(adapter))?;
         attached.push(module);

@@ -53,9 +53,25 @@ fn targets_select_modules() {
     let modules = attach_lora(&mut m, &cfg, 1).unwrap();
     assert_eq!(modules.len(), 4);
     assert!(modules.iter().all(|m| m.ends_with("q_proj") || m.ends_with("v_proj")));
-    let bad = LoraConfig { targets: vec!["nope".into()], ..cfg };
+    let bad = LoraConfig { targets: vec!["nope".into()], ..cfg.clone() };
     let err = attach_lora(&mut safetune_model::tiny_model(4).unwrap(), &bad, 1).unwrap_err();
     assert!(err.to_string().contains("unknown module `nope`"), "{err}");
+}
+
+#[test]
+fn impossible_ranks_and_scales_are_errors_before_any_allocation() {
+    let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["all-linear".into()] };
+    let attach = |c: LoraConfig| attach_lora(&mut safetune_model::tiny_model(4).unwrap(), &c, 1).unwrap_err().to_string();
+    // The spec bound (a 10^9 rank asked for 2.3 TB before this check existed) ...
+    let err = attach(LoraConfig { r: 1_000_000_000, ..cfg.clone() });
+    assert!(err.starts_with("lora.r: must be in 1..="), "{err}");
+    // ... the model's: the tiny model's q_proj is 32 × 32.
+    let err = attach(LoraConfig { r: 33, ..cfg.clone() });
+    assert!(err.starts_with("lora.r: 33 exceeds the rank of `model.layers.0.self_attn.q_proj` (32 × 32)"), "{err}");
+    for alpha in [f64::NAN, f64::INFINITY, 0.0, -1.0] {
+        let err = attach(LoraConfig { alpha, ..cfg.clone() });
+        assert!(err.starts_with("lora.alpha: must be a positive number"), "{alpha}: {err}");
+    }
 }
 
 #[test]

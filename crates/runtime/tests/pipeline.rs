@@ -218,6 +218,8 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         ("name with a slash", good.replace("name = \"tiny\"", "name = \"a/b\""), "name"),
         ("unknown safety set", good.replace("task = \"builtin\"", "task = \"builtin\"\nsafety_evals = [\"nope\"]"), "data.safety_evals"),
         ("zero lora rank", good.replace("r = 4,", "r = 0,"), "alignment.lora.r"),
+        ("huge lora rank", good.replace("r = 4,", "r = 1000000000,"), "alignment.lora.r"),
+        ("nan lora alpha", good.replace("alpha = 8.0,", "alpha = nan,"), "alignment.lora.alpha"),
         ("unknown lora target", good.replace("\"v_proj\"]", "\"x_proj\"]"), "alignment.lora.targets"),
         ("toml syntax", good.replace("seed = 7", "seed = = 7"), "spec.toml:"),
         (
