@@ -105,3 +105,11 @@ pub trait CausalLm: Send + Sync {
     /// Completions (new token ids, without the prompt and stop token) for each prompt.
     fn generate(&self, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>>;
 }
+
+/// Whether every value of a tensor is finite: the sum of absolute values is finite exactly
+/// then (short of an overflow that no weight of a working model reaches). Loaders check
+/// every weight and adapter with it, so a NaN file is an error, not a run that looks safe.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let s = t.to_dtype(candle_core::DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+    Ok(s.is_finite())
+}

@@ -95,8 +95,22 @@ pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Resul
             bail!("{}: unexpected key `{k}`", st.display());
         }
     }
+    if cfg.r == 0 || !(cfg.alpha.is_finite() && cfg.alpha > 0.0) {
+        bail!("{}: r = {} and lora_alpha = {} must be positive", cfg_path.display(), cfg.r, cfg.alpha);
+    }
     for (i, (module, pair)) in by_module.into_iter().enumerate() {
         let (Some(a), Some(b)) = pair else { bail!("{}: `{module}` lacks lora_A or lora_B", st.display()) };
+        // Config and tensors must agree (a rank-4 adapter under `r = 64` would load with a
+        // 16× wrong scale), and every value must be finite.
+        let (ra, rb) = (a.dims2()?.0, b.dims2()?.1);
+        if ra != cfg.r || rb != cfg.r {
+            bail!("{}: `{module}` has rank {ra} (lora_A) / {rb} (lora_B), the config says r = {}", st.display(), cfg.r);
+        }
+        for (part, t) in [("lora_A", &a), ("lora_B", &b)] {
+            if !safetune_core::model::all_finite(t)? {
+                bail!("{}: `{module}.{part}` has non-finite values (NaN or infinity)", st.display());
+            }
+        }
         let adapter = LoraAdapter::from_parts(Var::from_tensor(&a)?, Var::from_tensor(&b)?, &cfg, i as u64);
         model.attach_adapter(&module, Arc::new(adapter)).with_context(|| format!("{}", st.display()))?;
     }

@@ -132,3 +132,36 @@ fn lora_gradients_match_finite_differences() {
     }
     assert_eq!(checked, 4);
 }
+
+#[test]
+fn an_adapter_with_nan_values_or_a_rank_its_config_denies_is_an_error() {
+    let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["q_proj".into()] };
+    let mut m = safetune_model::tiny_model(4).unwrap();
+    attach_lora(&mut m, &cfg, 1).unwrap();
+    randomise_b(&m);
+    let dir = std::env::temp_dir().join(format!("safetune-lora-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    save_peft(&m, &cfg, &dir).unwrap();
+    let load = || load_peft(&mut safetune_model::tiny_model(4).unwrap(), &dir, &Device::Cpu).map(|_| ()).err().map(|e| e.to_string());
+    assert_eq!(load(), None, "the saved adapter loads");
+    // The config says r = 8, the tensors have rank 2.
+    let cfg_file = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_file).unwrap();
+    let mut c: serde_json::Value = serde_json::from_str(&text).unwrap();
+    c["r"] = 8.into();
+    std::fs::write(&cfg_file, c.to_string()).unwrap();
+    let err = load().expect("rank mismatch");
+    assert!(err.contains("has rank 2 (lora_A) / 2 (lora_B), the config says r = 8"), "{err}");
+    std::fs::write(&cfg_file, &text).unwrap();
+    // One NaN in one lora_B.
+    let st = dir.join("adapter_model.safetensors");
+    let mut t = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    let key = t.keys().find(|k| k.ends_with("lora_B.weight")).unwrap().clone();
+    let mut v: Vec<f32> = t[&key].flatten_all().unwrap().to_vec1().unwrap();
+    v[0] = f32::NAN;
+    let dims = t[&key].dims().to_vec();
+    t.insert(key, Tensor::from_vec(v, dims, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&t, &st).unwrap();
+    let err = load().expect("NaN adapter");
+    assert!(err.contains("lora_B` has non-finite values"), "{err}");
+}

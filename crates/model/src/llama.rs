@@ -79,6 +79,9 @@ impl Llama {
             if t.dims() != shape.as_slice() {
                 bail!("{info_name}: weight `{name}` has shape {:?}, expected {:?}", t.dims(), shape);
             }
+            if !safetune_core::model::all_finite(&t)? {
+                bail!("{info_name}: weight `{name}` has non-finite values (NaN or infinity)");
+            }
             params.insert(name, Param::Frozen(t.to_dtype(DType::F32)?.to_device(device)?));
         }
         let (cos, sin) = rope_tables(&cfg, device)?;

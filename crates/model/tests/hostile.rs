@@ -160,3 +160,20 @@ fn crafted_hf_configs_are_errors_naming_file_and_key() {
     let err = load_hf_dir(&base, &Device::Cpu).err().expect("layer mismatch").to_string();
     assert!(err.contains("1 layers, the weights 2"), "{err}");
 }
+
+#[test]
+fn a_model_with_a_nan_weight_is_an_error_naming_the_weight() {
+    let d = dir("nan");
+    export_hf(&tiny_model(5).unwrap(), &d).unwrap();
+    let file = d.join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let t = &w[name];
+    let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    v[7] = f32::NAN;
+    let nan = candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+    w.insert(name.to_string(), nan);
+    candle_core::safetensors::save(&w, &file).unwrap();
+    let err = load_hf_dir(&d, &Device::Cpu).err().expect("a NaN weight must not load").to_string();
+    assert!(err.contains(name) && err.contains("non-finite"), "{err}");
+}
