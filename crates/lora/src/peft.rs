@@ -72,8 +72,12 @@ pub fn save_peft(model: &dyn CausalLm, cfg: &LoraConfig, dir: &Path) -> Result<(
     Ok(())
 }
 
-/// Loads a peft LoRA directory and attaches its adapters; returns the config.
-pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Result<LoraConfig> {
+/// One module's adapter pair read from a PEFT directory.
+type Pair = (String, Tensor, Tensor);
+
+/// Reads and checks a PEFT LoRA directory: its config, and per module a pair of finite tensors
+/// whose rank is the config's `r`.
+fn read_peft(dir: &Path, device: &Device) -> Result<(LoraConfig, Vec<Pair>)> {
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
     let c: AdapterConfig = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
@@ -98,7 +102,8 @@ pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Resul
     if cfg.r == 0 || !(cfg.alpha.is_finite() && cfg.alpha > 0.0) {
         bail!("{}: r = {} and lora_alpha = {} must be positive", cfg_path.display(), cfg.r, cfg.alpha);
     }
-    for (i, (module, pair)) in by_module.into_iter().enumerate() {
+    let mut pairs = Vec::new();
+    for (module, pair) in by_module {
         let (Some(a), Some(b)) = pair else { bail!("{}: `{module}` lacks lora_A or lora_B", st.display()) };
         // Config and tensors must agree (a rank-4 adapter under `r = 64` would load with a
         // 16× wrong scale), and every value must be finite.
@@ -111,8 +116,24 @@ pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Resul
                 bail!("{}: `{module}.{part}` has non-finite values (NaN or infinity)", st.display());
             }
         }
+        pairs.push((module, a, b));
+    }
+    Ok((cfg, pairs))
+}
+
+/// Checks a PEFT LoRA directory as [`load_peft`] does, without a model (commands run it
+/// before writing anything).
+pub fn check_peft(dir: &Path) -> Result<LoraConfig> {
+    Ok(read_peft(dir, &Device::Cpu)?.0)
+}
+
+/// Loads a peft LoRA directory and attaches its adapters; returns the config.
+pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Result<LoraConfig> {
+    let (cfg, pairs) = read_peft(dir, device)?;
+    let st = dir.join("adapter_model.safetensors");
+    for (i, (module, a, b)) in pairs.into_iter().enumerate() {
         let adapter = LoraAdapter::from_parts(Var::from_tensor(&a)?, Var::from_tensor(&b)?, &cfg, i as u64);
-        model.attach_adapter(&module, Arc::new(adapter)).with_context(|| format!("{}", st.display()))?;
+        model.attach_adapter(&module, Arc::new(adapter)).with_context(|| format!("{}: `{module}`", st.display()))?;
     }
     Ok(cfg)
 }

@@ -13,7 +13,14 @@ use crate::config::LlamaConfig;
 use crate::tokenizer::TextTokenizer;
 use crate::Llama;
 
-pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
+/// What a model directory holds, read without its weights.
+struct Dir {
+    cfg: LlamaConfig,
+    inner: Tokenizer,
+    files: Vec<std::path::PathBuf>,
+}
+
+fn read_dir(dir: &Path) -> Result<Dir> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
     let cfg = LlamaConfig::from_hf_json(&text, &cfg_path.display().to_string())?;
@@ -31,6 +38,30 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
     if files.is_empty() {
         bail!("{}: no *.safetensors weights", dir.display());
     }
+    Ok(Dir { cfg, inner, files })
+}
+
+/// Checks a model directory as [`load_hf_dir`] does, without reading its weights: config,
+/// tokenizer, and every safetensors header (each tensor within its file, the layer count the
+/// config declares). Returns the configuration.
+pub fn check_hf_dir(dir: &Path) -> Result<LlamaConfig> {
+    let Dir { cfg, files, .. } = read_dir(dir)?;
+    let mut layers = 0;
+    for f in &files {
+        for name in crate::safetensors_header::tensor_names(f)? {
+            if let Some(l) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<usize>().ok()) {
+                layers = layers.max(l + 1);
+            }
+        }
+    }
+    if layers != cfg.num_layers {
+        bail!("{}: num_hidden_layers = {}, the weights have {layers} layers", dir.join("config.json").display(), cfg.num_layers);
+    }
+    Ok(cfg)
+}
+
+pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
+    let Dir { cfg, inner, files } = read_dir(dir)?;
     let mut weights = BTreeMap::new();
     for f in &files {
         let loaded =

@@ -14,6 +14,7 @@ mod gguf;
 mod hf;
 mod llama;
 pub mod ops;
+mod safetensors_header;
 mod tiny;
 mod tokenizer;
 
@@ -26,8 +27,9 @@ use safetune_core::Result;
 pub use config::LlamaConfig;
 pub use export::export_hf;
 pub use generate::argmax;
+pub use gguf::check_gguf;
 pub use gguf::load_gguf;
-pub use hf::{detect_format, load_hf_dir};
+pub use hf::{check_hf_dir, detect_format, load_hf_dir};
 pub use llama::{Llama, Param};
 pub use tiny::{tiny_model, tiny_tokenizer};
 pub use tokenizer::{byte_alphabet, PreTokenizer, TextTokenizer};
@@ -35,9 +37,26 @@ pub use tokenizer::{byte_alphabet, PreTokenizer, TextTokenizer};
 /// Loads a model from a `.gguf` file or a Hugging Face directory.
 pub fn load_model(path: &Path, device: &Device) -> Result<Llama> {
     if path.is_dir() {
-        load_hf_dir(path, device)
-    } else if path.extension().is_some_and(|e| e == "gguf") {
-        load_gguf(path, device)
+        return load_hf_dir(path, device);
+    }
+    ensure_gguf(path)?;
+    load_gguf(path, device)
+}
+
+/// Checks a model as [`load_model`] would, without reading its weights (seconds for any size):
+/// the configuration it would load, or the same error. Commands run it before writing anything.
+pub fn check_model(path: &Path) -> Result<LlamaConfig> {
+    if path.is_dir() {
+        return check_hf_dir(path);
+    }
+    ensure_gguf(path)?;
+    check_gguf(path)
+}
+
+/// A path that is not a directory must be a GGUF file.
+fn ensure_gguf(path: &Path) -> Result<()> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        Ok(())
     } else if !path.exists() {
         bail!("{}: no such model file or directory", path.display())
     } else {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
-use safetune_model::{export_hf, load_gguf, load_hf_dir, tiny_model, tiny_tokenizer};
+use safetune_model::{check_model, export_hf, load_gguf, load_hf_dir, tiny_model, tiny_tokenizer};
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("safetune-hostile-{name}-{}", std::process::id()));
@@ -123,7 +123,11 @@ fn crafted_gguf_headers_are_errors_naming_file_and_key() {
     for (name, key, edit) in cases {
         let path = tiny_gguf(name, edit);
         fails_naming(load_gguf(&path, &Device::Cpu), &path, key);
+        // The check commands run before writing anything finds the same fault.
+        let err = check_model(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(key), "check_model: {err}");
     }
+    assert_eq!(check_model(&ok).unwrap().num_layers, 2);
 }
 
 #[test]
@@ -152,6 +156,7 @@ fn crafted_hf_configs_are_errors_naming_file_and_key() {
         c[key] = value;
         std::fs::write(base.join("config.json"), c.to_string()).unwrap();
         fails_naming(load_hf_dir(&base, &Device::Cpu), &base.join("config.json"), key);
+        assert!(check_model(&base).err().is_some_and(|e| e.to_string().contains(key)), "check_model: {key}");
     }
     // Fewer layers declared than the weights hold (or more) is an error too, not a silent drop.
     let mut c = config.clone();
@@ -176,4 +181,23 @@ fn a_model_with_a_nan_weight_is_an_error_naming_the_weight() {
     candle_core::safetensors::save(&w, &file).unwrap();
     let err = load_hf_dir(&d, &Device::Cpu).err().expect("a NaN weight must not load").to_string();
     assert!(err.contains(name) && err.contains("non-finite"), "{err}");
+}
+
+#[test]
+fn a_safetensors_header_that_lies_about_its_tensors_is_caught_by_the_check() {
+    let d = dir("st-lie");
+    export_hf(&tiny_model(5).unwrap(), &d).unwrap();
+    assert_eq!(check_model(&d).unwrap().num_layers, 2);
+    // Cut the data short: the last tensor's byte range now runs past the end.
+    let file = d.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 16]).unwrap();
+    let err = check_model(&d).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("does not match its bytes"), "{err}");
+    // A header length beyond the file.
+    let mut lying = bytes.clone();
+    lying[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(&file, &lying).unwrap();
+    let err = check_model(&d).unwrap_err().to_string();
+    assert!(err.contains("header of 1099511627776 bytes does not fit"), "{err}");
 }

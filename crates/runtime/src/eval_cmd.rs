@@ -135,6 +135,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     let prepared = prepare(spec, opts)?;
     let mut adapter_sha = Vec::new();
     for a in adapters {
+        safetune_lora::check_peft(a)?;
         adapter_sha.push(sha256_file(&a.join("adapter_model.safetensors"))? + &sha256_file(&a.join("adapter_config.json"))?);
     }
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, true)?;

@@ -103,6 +103,8 @@ pub(crate) struct Prepared {
 pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
     let (pools, data_hashes) = load_pools(spec, opts)?;
     let model_path = resolve_model(&spec.model.source, opts.quiet)?;
+    // A model that would fail to load fails here, before anything is written.
+    safetune_model::check_model(&model_path)?;
     let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&spec.eval.judge_options)?;
     Ok(Prepared { pools, data_hashes, model_path, model_sha, judge })

@@ -172,7 +172,21 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
 fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     let d = tmp("bad");
     let good = std::fs::read_to_string(tiny_spec(&d)).unwrap();
+    // Model files that would fail to load: refused before the results directory exists.
+    let model = d.join("model").display().to_string();
+    let crafted = d.join("crafted");
+    std::fs::create_dir_all(&crafted).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(d.join("model").join(f), crafted.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(d.join("model/config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["num_attention_heads"] = 0.into();
+    std::fs::write(crafted.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(d.join("junk.gguf"), b"GGUF\x03\x00\x00\x00 not really").unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
+        ("crafted model config", good.replace(&model, &crafted.display().to_string()), "num_attention_heads"),
+        ("junk gguf", good.replace(&model, &d.join("junk.gguf").display().to_string()), "not a readable GGUF file"),
         ("unknown key", good.replace("seed = 7", "seed = 7\ncolour = 1"), "colour"),
         ("wrong type", good.replace("n = 8", "n = \"eight\""), "n"),
         ("negative n", good.replace("n = 8", "n = -3"), "n"),

@@ -20,7 +20,19 @@ mod header;
 /// GGUF token type of control tokens (`<|im_start|>`).
 const CONTROL: i32 = 3;
 
-pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
+/// A GGUF file whose header passed every check, with what loading its weights needs.
+struct Checked {
+    file: String,
+    f: std::fs::File,
+    content: Content,
+    cfg: LlamaConfig,
+    tokenizer: TextTokenizer,
+    format: safetune_core::PromptFormat,
+    name: String,
+}
+
+/// Reads and checks everything but the weights: metadata, sizes against the file, tokenizer.
+fn read_checked(path: &Path) -> Result<Checked> {
     let file = path.display().to_string();
     let mut f = std::fs::File::open(path).with_context(|| format!("{file}: cannot open"))?;
     // candle's reader divides by `general.alignment`: a zero there must be caught first.
@@ -68,19 +80,6 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
     };
     cfg.validate(&file)?;
 
-    let mut weights = BTreeMap::new();
-    for name in content.tensor_infos.keys() {
-        let hf = hf_name(name).ok_or_else(|| anyhow!("{file}: unexpected tensor `{name}`"))?;
-        let q = content.tensor(&mut f, name, device).map_err(|e| anyhow!("{file}: tensor `{name}`: {e}"))?;
-        let mut t = q.dequantize(device)?;
-        if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
-            t = unpermute(&t, heads)?;
-        } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
-            t = unpermute(&t, kv_heads)?;
-        }
-        weights.insert(hf, t);
-    }
-
     let merges = string_array(md.get("tokenizer.ggml.merges"), &file, "tokenizer.ggml.merges")?;
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
         Some(Value::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
@@ -103,7 +102,33 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
     let format = crate::hf::detect_format(&template, &tokens);
     let tok = crate::hf::finish_tokenizer(inner, format, eos, None)?;
     let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned().unwrap_or_else(|| file.clone());
-    Llama::from_weights(cfg, weights, tok, &name, format, device)
+    Ok(Checked { file, f, content, cfg, tokenizer: tok, format, name })
+}
+
+/// Checks a GGUF file as [`load_gguf`] does, without reading its weights: the configuration
+/// it would load, or the error loading would give (cheap: runs check it before writing anything).
+pub fn check_gguf(path: &Path) -> Result<LlamaConfig> {
+    Ok(read_checked(path)?.cfg)
+}
+
+pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
+    let Checked { file, mut f, content, cfg, tokenizer, format, name } = read_checked(path)?;
+    let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
+
+    let mut weights = BTreeMap::new();
+    for name in content.tensor_infos.keys() {
+        let hf = hf_name(name).ok_or_else(|| anyhow!("{file}: unexpected tensor `{name}`"))?;
+        let q = content.tensor(&mut f, name, device).map_err(|e| anyhow!("{file}: tensor `{name}`: {e}"))?;
+        let mut t = q.dequantize(device)?;
+        if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
+            t = unpermute(&t, heads)?;
+        } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
+            t = unpermute(&t, kv_heads)?;
+        }
+        weights.insert(hf, t);
+    }
+
+    Llama::from_weights(cfg, weights, tokenizer, &name, format, device)
 }
 
 /// Every tensor's element count and bytes, computed without overflow, must fit in the file
