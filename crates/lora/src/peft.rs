@@ -131,7 +131,14 @@ pub fn check_peft(dir: &Path) -> Result<LoraConfig> {
 pub fn load_peft(model: &mut dyn CausalLm, dir: &Path, device: &Device) -> Result<LoraConfig> {
     let (cfg, pairs) = read_peft(dir, device)?;
     let st = dir.join("adapter_model.safetensors");
+    let dims: BTreeMap<String, Vec<usize>> = model.weights().into_iter().map(|(n, w)| (n, w.dims().to_vec())).collect();
     for (i, (module, a, b)) in pairs.into_iter().enumerate() {
+        // A is r × in, B is out × r for the module's out × in weight.
+        let w =
+            dims.get(&format!("{module}.weight")).ok_or_else(|| anyhow!("{}: no linear module `{module}` in the model", st.display()))?;
+        if w.len() != 2 || a.dims()[1] != w[1] || b.dims()[0] != w[0] {
+            bail!("{}: `{module}` has lora_A {:?} and lora_B {:?}, the model's weight is {:?}", st.display(), a.dims(), b.dims(), w);
+        }
         let adapter = LoraAdapter::from_parts(Var::from_tensor(&a)?, Var::from_tensor(&b)?, &cfg, i as u64);
         model.attach_adapter(&module, Arc::new(adapter)).with_context(|| format!("{}: `{module}`", st.display()))?;
     }

@@ -153,8 +153,17 @@ fn an_adapter_with_nan_values_or_a_rank_its_config_denies_is_an_error() {
     let err = load().expect("rank mismatch");
     assert!(err.contains("has rank 2 (lora_A) / 2 (lora_B), the config says r = 8"), "{err}");
     std::fs::write(&cfg_file, &text).unwrap();
-    // One NaN in one lora_B.
+    // lora_A for a 16-wide input on a 32-wide q_proj: named, not a shape error deep in candle.
     let st = dir.join("adapter_model.safetensors");
+    let original = std::fs::read(&st).unwrap();
+    let mut t = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    let key = t.keys().find(|k| k.ends_with("lora_A.weight")).unwrap().clone();
+    t.insert(key, Tensor::zeros((2, 16), candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&t, &st).unwrap();
+    let err = load().expect("shape mismatch");
+    assert!(err.contains("has lora_A [2, 16]") && err.contains("the model's weight is [32, 32]"), "{err}");
+    std::fs::write(&st, original).unwrap();
+    // One NaN in one lora_B.
     let mut t = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
     let key = t.keys().find(|k| k.ends_with("lora_B.weight")).unwrap().clone();
     let mut v: Vec<f32> = t[&key].flatten_all().unwrap().to_vec1().unwrap();

@@ -165,6 +165,25 @@ impl LlamaConfig {
         v
     }
 
+    /// Checks the tensors a file declares (Hugging Face names, shapes) against this
+    /// configuration before any is read: every expected weight present with its shape, nothing
+    /// unknown (`lm_head.weight` beside tied embeddings is allowed: loading drops it).
+    pub fn check_shapes(&self, declared: &[(String, Vec<usize>)], file: &str) -> Result<()> {
+        use safetune_core::anyhow::bail;
+        let expected: std::collections::BTreeMap<String, Vec<usize>> = self.weight_shapes().into_iter().collect();
+        for (name, shape) in declared {
+            match expected.get(name) {
+                Some(e) if e != shape => bail!("{file}: weight `{name}` has shape {shape:?}, the configuration needs {e:?}"),
+                None if !(self.tie_embeddings && name == "lm_head.weight") => bail!("{file}: unexpected weight `{name}`"),
+                _ => {}
+            }
+        }
+        if let Some(missing) = expected.keys().find(|k| !declared.iter().any(|(n, _)| n == *k)) {
+            bail!("{file}: missing weight `{missing}`");
+        }
+        Ok(())
+    }
+
     /// Adapter-capable linear modules.
     pub fn linear_modules(&self) -> Vec<String> {
         let mut v = Vec::new();

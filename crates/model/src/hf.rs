@@ -42,21 +42,15 @@ fn read_dir(dir: &Path) -> Result<Dir> {
 }
 
 /// Checks a model directory as [`load_hf_dir`] does, without reading its weights: config,
-/// tokenizer, and every safetensors header (each tensor within its file, the layer count the
-/// config declares). Returns the configuration.
+/// tokenizer, and every safetensors header (each tensor within its file, every weight the
+/// config needs with its shape). Returns the configuration.
 pub fn check_hf_dir(dir: &Path) -> Result<LlamaConfig> {
     let Dir { cfg, files, .. } = read_dir(dir)?;
-    let mut layers = 0;
+    let mut declared = Vec::new();
     for f in &files {
-        for name in crate::safetensors_header::tensor_names(f)? {
-            if let Some(l) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<usize>().ok()) {
-                layers = layers.max(l + 1);
-            }
-        }
+        declared.extend(crate::safetensors_header::tensors(f)?);
     }
-    if layers != cfg.num_layers {
-        bail!("{}: num_hidden_layers = {}, the weights have {layers} layers", dir.join("config.json").display(), cfg.num_layers);
-    }
+    cfg.check_shapes(&declared, &dir.display().to_string())?;
     Ok(cfg)
 }
 

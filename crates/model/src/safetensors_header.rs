@@ -21,8 +21,8 @@ fn dtype_size(dtype: &str) -> Option<usize> {
     })
 }
 
-/// The names of a safetensors file's tensors, after checking the header against the file.
-pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
+/// A safetensors file's tensors (name, shape), after checking the header against the file.
+pub fn tensors(path: &Path) -> Result<Vec<(String, Vec<usize>)>> {
     let shown = path.display();
     let mut f = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open"))?;
     let len = f.metadata()?.len();
@@ -57,7 +57,7 @@ pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
         if begin > end || end > data || bytes != Some(end - begin) {
             bail!("{shown}: tensor `{name}` of shape {shape:?} ({dtype}) does not match its bytes {begin}..{end} of {data}");
         }
-        names.push(name.clone());
+        names.push((name.clone(), shape));
     }
     Ok(names)
 }

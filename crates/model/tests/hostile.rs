@@ -119,6 +119,7 @@ fn crafted_gguf_headers_are_errors_naming_file_and_key() {
         ),
         ("blocks", "llama.block_count", Box::new(|m| set(m, "llama.block_count", Value::U32(1_000_000_000)))),
         ("eos", "tokenizer.ggml.eos_token_id", Box::new(|m| set(m, "tokenizer.ggml.eos_token_id", Value::U32(1 << 30)))),
+        ("ffn", "the configuration needs", Box::new(|m| set(m, "llama.feed_forward_length", Value::U32(48)))),
     ];
     for (name, key, edit) in cases {
         let path = tiny_gguf(name, edit);

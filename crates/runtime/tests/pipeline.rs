@@ -279,9 +279,27 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         let err = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(2), "{what}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+        assert!(err.len() < 600, "{what}: {} bytes (a backtrace?): {err}", err.len());
         assert!(err.contains(needle), "{what}: `{needle}` not in {err}");
         assert!(!out.join("tiny").exists(), "{what}: wrote results");
     }
+    // An adapter whose weights file is not safetensors: candle's error (which carries a
+    // backtrace under RUST_BACKTRACE=1) stays one short line, and eval writes nothing.
+    let adapter = d.join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4.0, "lora_dropout": 0.0, "target_modules": ["q_proj"]}"#,
+    )
+    .unwrap();
+    std::fs::write(adapter.join("adapter_model.safetensors"), b"not safetensors").unwrap();
+    let out = d.join("out-eval");
+    let args = ["eval", "--task", "builtin", "--model", &model, "--adapter", adapter.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let r = safetune(&args, &d.join("cache"));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("adapter_model.safetensors") && err.len() < 600, "{} bytes: {err}", err.len());
+    assert!(!out.exists(), "eval wrote results");
     // sst2 without a data directory names the flag to use.
     std::fs::write(d.join("sst.toml"), good.replace("task = \"builtin\"", "task = \"sst2\"")).unwrap();
     let r = safetune(&["run", d.join("sst.toml").to_str().unwrap(), "--out", d.join("o").to_str().unwrap()], &d.join("cache"));

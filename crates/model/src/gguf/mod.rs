@@ -79,6 +79,12 @@ fn read_checked(path: &Path) -> Result<Checked> {
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
     };
     cfg.validate(&file)?;
+    let declared = content
+        .tensor_infos
+        .iter()
+        .map(|(name, t)| Ok((hf_name(name).ok_or_else(|| anyhow!("{file}: unexpected tensor `{name}`"))?, t.shape.dims().to_vec())))
+        .collect::<Result<Vec<_>>>()?;
+    cfg.check_shapes(&declared, &file)?;
 
     let merges = string_array(md.get("tokenizer.ggml.merges"), &file, "tokenizer.ggml.merges")?;
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {

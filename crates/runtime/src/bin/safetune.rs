@@ -1,6 +1,13 @@
 //! The `safetune` binary. Bad input: one line on stderr, exit code 2.
 
 fn main() {
+    // Errors are one line: library backtraces (candle and anyhow capture one into every error
+    // when RUST_BACKTRACE is set, common in dev shells — ~4 KB per message) stay off unless
+    // asked for with RUST_LIB_BACKTRACE; panics still honour RUST_BACKTRACE. Set before any
+    // thread starts.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     safetune_train::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match safetune_runtime::cli::main_with(&args) {

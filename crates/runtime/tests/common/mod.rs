@@ -51,9 +51,16 @@ consistency_limit = 3
     p
 }
 
-/// Runs the `safetune` binary with its own cache and no data directory from the environment.
+/// Runs the `safetune` binary with its own cache and no data directory from the environment,
+/// with `RUST_BACKTRACE=1` as in a developer's shell (errors must stay one short line).
 pub fn safetune(args: &[&str], cache: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_safetune")).args(args).env("SAFETUNE_CACHE", cache).env_remove("SAFETUNE_DATA_DIR").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args(args)
+        .env("SAFETUNE_CACHE", cache)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("SAFETUNE_DATA_DIR")
+        .output()
+        .unwrap()
 }
 
 /// Every result file of `cells/` and `models/`, by name, with its bytes.
