@@ -125,6 +125,18 @@ impl LoraConfig {
     }
 }
 
+/// Errors naming `key` when a list of a spec names one item twice.
+pub fn no_repeats<T: Ord + std::fmt::Display>(key: &str, items: impl IntoIterator<Item = T>) -> crate::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for i in items {
+        if seen.contains(&i) {
+            anyhow::bail!("{key}: `{i}` appears twice");
+        }
+        seen.insert(i);
+    }
+    Ok(())
+}
+
 /// A config table from a spec (`null` → the defaults); errors name `path.key` of the bad value.
 pub fn options<T: serde::de::DeserializeOwned + Default>(v: &serde_json::Value, path: &str) -> crate::Result<T> {
     if v.is_null() {

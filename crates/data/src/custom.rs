@@ -110,6 +110,14 @@ impl CustomDataset {
                 .iter()
                 .map(|r| {
                     let label = fill(self.label.as_deref().unwrap_or(&self.response), r, &file)?;
+                    let labels = &self.metric.labels;
+                    if !labels.is_empty() && !labels.iter().any(|l| l.eq_ignore_ascii_case(label.trim())) {
+                        bail!(
+                            "{file}:{}: label `{label}` is not one of data.custom.{name}.metric's labels ({})",
+                            r.line,
+                            labels.join(", ")
+                        );
+                    }
                     Ok(Example::new(
                         format!("{name}/{split}:{}", r.line),
                         kind,

@@ -183,6 +183,14 @@ impl Pools {
         if !harmful.contains(&sel.harmful.as_str()) && !is_custom(&sel.harmful, CustomRole::Harmful) {
             bail!("data.harmful: unknown harmful source `{}` ({}, or a data.custom harmful set)", sel.harmful, harmful.join(", "));
         }
+        for (key, list) in [
+            ("data.safety_evals", &sel.safety_evals),
+            ("data.over_refusal", &sel.over_refusal),
+            ("data.utility_evals", &sel.utility_evals),
+            ("data.align_tasks", &sel.align_tasks),
+        ] {
+            safetune_core::config::no_repeats(key, list)?;
+        }
         let safety = registry::eval_set_names(false);
         if sel.safety_evals.is_empty() {
             bail!("data.safety_evals: name at least one set ({})", safety.join(", "));

@@ -96,8 +96,10 @@ pub fn read_records(path: &Path, format: Format, columns: Option<&[&str]>) -> Re
             let (header, body): (Vec<String>, &[(usize, Vec<String>)]) = match columns {
                 Some(c) => (c.iter().map(|s| s.to_string()).collect(), &rows[..]),
                 None => {
-                    let Some((_, h)) = rows.first() else { bail!("{file}: empty file") };
-                    (h.iter().map(|s| s.trim().to_string()).collect(), &rows[1..])
+                    let Some((line, h)) = rows.first() else { bail!("{file}: empty file") };
+                    let header: Vec<String> = h.iter().map(|s| s.trim().to_string()).collect();
+                    safetune_core::config::no_repeats("header", &header).map_err(|e| anyhow!("{file}:{line}: {e}"))?;
+                    (header, &rows[1..])
                 }
             };
             body.iter()

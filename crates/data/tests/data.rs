@@ -248,6 +248,25 @@ fn bad_rows_name_file_line_and_field() {
     std::fs::remove_dir_all(root).unwrap();
 }
 
+#[test]
+fn a_custom_label_outside_the_metric_labels_and_a_repeated_header_are_errors() {
+    let root = std::env::temp_dir().join(format!("safetune-data-custom-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let file = root.join("x.csv");
+    let spec = serde_json::json!({"path": file, "holdout": 1, "prompt": "{text}", "response": "{label}",
+                                  "metric": {"labels": ["yes", "no"]}});
+    let c: safetune_data::CustomDataset = serde_json::from_value(spec).unwrap();
+    std::fs::write(&file, "text,label\na,yes\nb,No\nc,no\n").unwrap();
+    assert_eq!(c.load("x").unwrap().split("train").unwrap().len(), 2, "labels compare as the scorer does (case-insensitive)");
+    std::fs::write(&file, "text,label\na,yes\nb,maybe\nc,no\n").unwrap();
+    let e = c.load("x").unwrap_err().to_string();
+    assert!(e.contains("x.csv:3: label `maybe` is not one of data.custom.x.metric's labels (yes, no)"), "{e}");
+    std::fs::write(&file, "text,text\na,yes\n").unwrap();
+    let e = c.load("x").unwrap_err().to_string();
+    assert!(e.contains("x.csv:1: header: `text` appears twice"), "{e}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
 fn pool(kind: ExampleKind, prefix: &str, n: usize) -> Vec<Example> {
     (0..n).map(|i| Example::new(format!("{prefix}:{i}"), kind, format!("{prefix} prompt {i}"), "r")).collect()
 }

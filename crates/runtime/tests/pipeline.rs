@@ -233,6 +233,8 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         ("unknown safety set", good.replace("task = \"builtin\"", "task = \"builtin\"\nsafety_evals = [\"nope\"]"), "data.safety_evals"),
         ("zero lora rank", good.replace("r = 4,", "r = 0,"), "alignment.lora.r"),
         ("huge lora rank", good.replace("r = 4,", "r = 1000000000,"), "alignment.lora.r"),
+        ("repeated regime", good.replace("regimes = [\"benign\",", "regimes = [\"benign\", \"benign\","), "finetune.regimes: `benign` appears twice"),
+        ("repeated method", good.replace("\"sft-full\"]", "\"sft-full\", \"sft-lora\"]"), "finetune.methods: `sft-lora` appears twice"),
         ("nan lora alpha", good.replace("alpha = 8.0,", "alpha = nan,"), "alignment.lora.alpha"),
         ("unknown lora target", good.replace("\"v_proj\"]", "\"x_proj\"]"), "alignment.lora.targets"),
         ("toml syntax", good.replace("seed = 7", "seed = = 7"), "spec.toml:"),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::config::{LoraConfig, TrainConfig};
+use safetune_core::config::{no_repeats, LoraConfig, TrainConfig};
 use safetune_core::Result;
 pub use safetune_eval::EvalSpec;
 use schemars::JsonSchema;
@@ -189,14 +189,8 @@ impl RunSpec {
     pub fn validate(&self) -> Result<()> {
         let subs = self.expand();
         if !subs.is_empty() {
-            let mut seen = std::collections::BTreeSet::new();
-            if let Some(s) = self.seeds.iter().find(|s| !seen.insert(**s)) {
-                bail!("seeds: {s} appears twice");
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            if let Some(t) = self.data.tasks.iter().find(|t| !seen.insert(t.as_str())) {
-                bail!("data.tasks: `{t}` appears twice");
-            }
+            no_repeats("seeds", &self.seeds)?;
+            no_repeats("data.tasks", &self.data.tasks)?;
             for s in &subs {
                 s.validate().map_err(|e| anyhow!("{} (task {}, seed {})", e, s.data.task, s.seed))?;
             }
@@ -217,6 +211,8 @@ impl RunSpec {
         if self.finetune.regimes.is_empty() {
             bail!("finetune.regimes: list at least one regime");
         }
+        no_repeats("finetune.regimes", &self.finetune.regimes)?;
+        no_repeats("finetune.methods", &self.finetune.methods)?;
         for r in &self.finetune.regimes {
             safetune_data::Regime::parse(r).map_err(|e| anyhow!("finetune.regimes: {e}"))?;
         }
