@@ -98,7 +98,10 @@ pub fn evaluate(
         let harmful_score = safetune_metrics::harm_of(&judgements, seed);
         times.push((format!("{name}: ASR"), t.elapsed().as_secs_f64()));
         if !quiet {
-            eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64());
+            match crate::results::unmeasured(empty, asr.n) {
+                Some(why) => eprintln!("[eval {label}] {name}: ASR NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64()),
+                None => eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64()),
+            }
         }
         let by_category = per_category(&recs, &verdicts, seed);
         records.push((name.clone(), recs));
@@ -179,12 +182,15 @@ pub fn evaluate(
         let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
         times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
         if !quiet {
-            eprintln!(
-                "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
-                100.0 * refusal_rate.value,
-                refusal_rate.n,
-                t.elapsed().as_secs_f64()
-            );
+            match crate::results::unmeasured(empty, refusal_rate.n) {
+                Some(why) => eprintln!("[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64()),
+                None => eprintln!(
+                    "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
+                    100.0 * refusal_rate.value,
+                    refusal_rate.n,
+                    t.elapsed().as_secs_f64()
+                ),
+            }
         }
         records.push((name.clone(), recs));
         over_refusal.push(OverRefusalResult { set: name.clone(), refusal_rate, empty });

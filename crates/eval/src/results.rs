@@ -127,6 +127,36 @@ pub fn cell_label(method: &str, defenses: &[String]) -> String {
     std::iter::once(method.to_string()).chain(defenses.iter().cloned()).collect::<Vec<_>>().join("+")
 }
 
+/// Why a set's rate is not a measurement: more than half of its answers were
+/// empty (a model that emits nothing looks perfectly safe by ASR and perfectly
+/// helpful by over-refusal, since empty answers are left out of both). `None`
+/// when at least half the answers have text.
+pub fn unmeasured(empty: usize, answered: usize) -> Option<String> {
+    (empty > answered).then(|| format!("{empty} of {} answers empty", empty + answered))
+}
+
+impl SafetyResult {
+    /// See [`unmeasured`].
+    pub fn failure(&self) -> Option<String> {
+        unmeasured(self.empty, self.asr.n)
+    }
+}
+
+impl OverRefusalResult {
+    /// See [`unmeasured`].
+    pub fn failure(&self) -> Option<String> {
+        unmeasured(self.empty, self.refusal_rate.n)
+    }
+}
+
+impl ModelEval {
+    /// The sets whose figures are not measurements (see [`unmeasured`]).
+    pub fn failures(&self) -> Vec<String> {
+        let safety = self.safety.iter().filter_map(|s| Some(format!("{}: {}", s.set, s.failure()?)));
+        safety.chain(self.over_refusal.iter().filter_map(|s| Some(format!("{}: {}", s.set, s.failure()?)))).collect()
+    }
+}
+
 /// Writes a file atomically: a temporary sibling, then rename.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {

@@ -75,6 +75,12 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
             Some(e)
         };
         for (i, s) in row.eval.safety.iter_mut().enumerate() {
+            // A set some seed did not measure (most answers empty) has no mean: the
+            // row shows that seed's failure instead.
+            if let Some(f) = members.iter().filter_map(|(_, r)| r.eval.safety.get(i)).find(|x| x.failure().is_some()) {
+                *s = f.clone();
+                continue;
+            }
             if let Some(e) = avg(format!("asr {}", s.set), &|r| r.eval.safety.get(i).map(|x| x.asr.value)) {
                 s.asr = e;
             }
@@ -94,6 +100,10 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
             });
         }
         for (i, s) in row.eval.over_refusal.iter_mut().enumerate() {
+            if let Some(f) = members.iter().filter_map(|(_, r)| r.eval.over_refusal.get(i)).find(|x| x.failure().is_some()) {
+                *s = f.clone();
+                continue;
+            }
             if let Some(e) = avg(format!("over-refusal {}", s.set), &|r| r.eval.over_refusal.get(i).map(|x| x.refusal_rate.value)) {
                 s.refusal_rate = e;
             }

@@ -9,6 +9,14 @@ fn pct(e: &Estimate) -> String {
     format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
 }
 
+/// A set's rate, or why it is not a measurement (most answers empty).
+fn rate(e: &Estimate, failure: Option<String>, show: impl Fn(&Estimate) -> String) -> String {
+    match failure {
+        Some(why) => format!("NOT MEASURED ({why})"),
+        None => show(e),
+    }
+}
+
 /// One row per model; ASR per safety set and task utility, percentages with 95% CIs.
 pub fn markdown_table(rows: &[Row]) -> String {
     let Some(first) = rows.first() else {
@@ -31,7 +39,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     let mut out = format!("| {} |\n|{}|\n", head.join(" | "), vec!["---"; head.len()].join("|"));
     for r in rows {
         let mut cols = vec![r.model.clone(), r.method.clone(), r.regime.clone()];
-        cols.extend(r.eval.safety.iter().map(|s| pct(&s.asr)));
+        cols.extend(r.eval.safety.iter().map(|s| rate(&s.asr, s.failure(), pct)));
         cols.extend(
             r.eval.safety.iter().filter(|s| s.harmful_score.is_some()).map(|s| s.harmful_score.as_ref().map(pct).unwrap_or_default()),
         );
@@ -43,7 +51,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
                 cols.push(e.map(pct).unwrap_or_else(|| "-".into()));
             }
         }
-        cols.extend(r.eval.over_refusal.iter().map(|s| pct(&s.refusal_rate)));
+        cols.extend(r.eval.over_refusal.iter().map(|s| rate(&s.refusal_rate, s.failure(), pct)));
         cols.push(pct(&r.eval.task.score));
         for a in &first.eval.task.also {
             cols.push(r.eval.task.also.iter().find(|b| b.name == a.name).map(|b| pct(&b.estimate)).unwrap_or_else(|| "-".into()));
@@ -166,7 +174,7 @@ pub fn latex_table(rows: &[Row], caption: &str) -> String {
     out.push_str(&format!("{} \\\\\n\\midrule\n", head.join(" & ")));
     for r in rows {
         let mut cols = vec![tex(&r.model), tex(&r.method), tex(&r.regime)];
-        cols.extend(r.eval.safety.iter().map(|s| cell(&s.asr)));
+        cols.extend(r.eval.safety.iter().map(|s| rate(&s.asr, s.failure(), cell)));
         cols.push(cell(&r.eval.task.score));
         out.push_str(&format!("{} \\\\\n", cols.join(" & ")));
     }

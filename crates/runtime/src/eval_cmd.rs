@@ -124,10 +124,9 @@ pub fn main(args: &[String]) -> Result<String> {
     spec.validate()?;
     let opts = RunOptions::new(data_dir, out, quiet);
     let table = evaluate_checkpoint(&spec, &opts, &adapters, &label)?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&crate::report::rows_from_dir(&opts.out.join(&spec.name))?)?);
-    }
-    Ok(table)
+    let dir = opts.out.join(&spec.name);
+    let output = if json { serde_json::to_string_pretty(&crate::report::rows_from_dir(&dir)?)? } else { table };
+    crate::cli::checked(output, &dir)
 }
 
 /// Evaluates `spec.model`, with each adapter merged in turn, under `label`.

@@ -1,4 +1,5 @@
-//! The `safetune` binary. Bad input: one line on stderr, exit code 2.
+//! The `safetune` binary. Bad input: one line on stderr, exit code 2. A run whose
+//! results were written but hold a set that is not a measurement: exit code 1.
 
 fn main() {
     // Errors are one line: library backtraces (candle and anyhow capture one into every error
@@ -17,6 +18,13 @@ fn main() {
             let _ = writeln!(std::io::stdout(), "{out}");
         }
         Err(e) => {
+            if let Some(u) = e.downcast_ref::<safetune_runtime::cli::Unmeasured>() {
+                // Results were written; the figures of some sets are not measurements.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{}", u.output);
+                eprintln!("error: {u}");
+                std::process::exit(1);
+            }
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
             std::process::exit(2);

@@ -1,4 +1,5 @@
 //! Helpers of the end-to-end tests (`pipeline.rs`, `grids.rs`).
+#![allow(dead_code)] // each test file uses some of these helpers
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
