@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use safetune_core::anyhow::{anyhow, Context};
+use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::registry::{self};
 use safetune_core::Result;
 use safetune_data::{builtin_pools, DataDir, DataSource, HubClient, Pools};
@@ -104,10 +104,51 @@ pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
     let (pools, data_hashes) = load_pools(spec, opts)?;
     let model_path = resolve_model(&spec.model.source, opts.quiet)?;
     // A model that would fail to load fails here, before anything is written.
-    safetune_model::check_model(&model_path)?;
+    let config = safetune_model::check_model(&model_path)?;
+    check_against_model(spec, &config).map_err(|e| anyhow!("{e} ({})", model_path.display()))?;
     let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&spec.eval.judge_options)?;
     Ok(Prepared { pools, data_hashes, model_path, model_sha, judge })
+}
+
+/// The spec values the model bounds, checked before anything is written: every
+/// training `max_len` within the model's positions, and every LoRA (alignment's and
+/// each method's) targeting some linear module with a rank no larger than the
+/// smaller side of each module it targets. Errors name the spec key.
+pub(crate) fn check_against_model(spec: &RunSpec, config: &safetune_model::LlamaConfig) -> Result<()> {
+    let positions = config.rope_positions();
+    let mut lengths = vec![("alignment.train.max_len".to_string(), spec.alignment.train.max_len)];
+    let mut loras = Vec::new();
+    if !spec.alignment.full {
+        loras.push(("alignment.lora".to_string(), spec.alignment.lora.clone()));
+    }
+    for m in &spec.finetune.methods {
+        let key = if spec.finetune.method_train.contains_key(m) { format!("finetune.method_train.{m}") } else { "finetune.train".into() };
+        lengths.push((format!("{key}.max_len"), spec.method_train(m).max_len));
+        if let registry::Trainable::Lora(l) = crate::run::method_plan(spec, m)?.trainable {
+            loras.push((format!("finetune.method_options.{m}"), l));
+        }
+    }
+    for (key, len) in lengths {
+        if len > positions {
+            bail!("{key}: {len} exceeds the model's {positions} positions");
+        }
+    }
+    let shapes: BTreeMap<String, Vec<usize>> = config.weight_shapes().into_iter().collect();
+    for (key, lora) in loras {
+        let mut matched = 0;
+        for module in config.linear_modules().into_iter().filter(|m| lora.targets_module(m)) {
+            matched += 1;
+            let side = shapes.get(&format!("{module}.weight")).and_then(|s| s.iter().min().copied()).unwrap_or(0);
+            if lora.r > side {
+                bail!("{key}.r: {} exceeds the rank of `{module}` ({side})", lora.r);
+            }
+        }
+        if matched == 0 {
+            bail!("{key}.targets: {:?} matches no linear module of the model", lora.targets);
+        }
+    }
+    Ok(())
 }
 
 /// Creates and locks `<out>/<name>/`, refusing one that holds another spec's

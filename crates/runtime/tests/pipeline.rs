@@ -270,6 +270,18 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         ("too many benign", good.replace("benign = 4", "benign = 100000"), "alignment.benign"),
         ("n above the pool", good.replace("n = 8", "n = 10000000"), "finetune.n"),
         ("unknown harmful set", good.replace("task = \"builtin\"", "task = \"builtin\"\nharmful = \"evil\""), "data.harmful"),
+        // Bounded by the model (checked against its config before anything is written).
+        ("lora rank above the model's", good.replace("r = 4,", "r = 1000,"), "alignment.lora.r: 1000 exceeds the rank of `model.layers.0."),
+        (
+            "method lora rank above the model's",
+            format!("{good}\n[finetune.method_options.sft-lora]\nr = 1000\n"),
+            "finetune.method_options.sft-lora.r: 1000 exceeds the rank",
+        ),
+        (
+            "max_len above the model's positions",
+            good.replace("max_len = 384 }\n[eval]", "max_len = 4096 }\n[eval]"),
+            "finetune.train.max_len: 4096 exceeds the model's 512 positions",
+        ),
         ("unknown data source", good.replace("task = \"builtin\"", "task = \"builtin\"\nsource = \"ftp\""), "ftp"),
     ];
     assert!(cases.len() >= 30);
