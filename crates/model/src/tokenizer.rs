@@ -23,13 +23,26 @@ pub enum PreTokenizer {
     DigitsThenByteLevel,
 }
 
+/// The largest tokenizer.json read (Llama 3's is 9 MB, SmolLM2's 2 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+
 impl TextTokenizer {
     pub fn new(inner: Tokenizer, stop_ids: Vec<u32>, pad_id: u32) -> Self {
         Self { inner, stop_ids, pad_id }
     }
 
+    /// Reads a `tokenizer.json` (at most `MAX_TOKENIZER_BYTES`). Its JSON syntax is checked
+    /// in full first: tokenizers 0.23 panics (`expect("Helper")` in its decoder's
+    /// deserializer) on a file cut inside the `decoder` value, instead of erroring.
     pub fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
-        Tokenizer::from_file(path).map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))
+        let bad = |e: &dyn std::fmt::Display| anyhow!("{}: not a valid tokenizer.json: {e}", path.display());
+        let size = std::fs::metadata(path).map_err(|e| bad(&e))?.len();
+        if size > MAX_TOKENIZER_BYTES {
+            return Err(bad(&format!("{size} bytes, more than the {MAX_TOKENIZER_BYTES} a tokenizer needs")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| bad(&e))?;
+        text.parse::<Tokenizer>().map_err(|e| bad(&e))
     }
 
     /// Builds a byte-level BPE from a vocabulary (index = id), merges

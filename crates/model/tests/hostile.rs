@@ -134,3 +134,19 @@ fn a_safetensors_header_that_lies_about_its_tensors_is_caught_by_the_check() {
     let err = check_model(&d).unwrap_err().to_string();
     assert!(err.contains("header of 1099511627776 bytes does not fit"), "{err}");
 }
+
+/// Found by crates/runtime/tests/fuzz.rs: tokenizers 0.23 panics (`expect("Helper")`) on a
+/// tokenizer.json cut inside its `decoder` value. Now an error naming the file.
+#[test]
+fn a_tokenizer_json_cut_inside_its_decoder_is_an_error() {
+    let d = dir("hostile-tok");
+    export_hf(&tiny_model(2).unwrap(), &d).unwrap();
+    let compact =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(d.join("tokenizer.json")).unwrap()).unwrap().to_string();
+    let at = compact.find("\"decoder\":{").expect("the tiny tokenizer has a decoder") + "\"decoder\":{\"ty".len();
+    std::fs::write(d.join("tokenizer.json"), &compact[..at]).unwrap();
+    for r in [check_model(&d).map(|_| ()), load_hf_dir(&d, &Device::Cpu).map(|_| ())] {
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("tokenizer.json: not a valid tokenizer.json: EOF"), "{e}");
+    }
+}

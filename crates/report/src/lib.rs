@@ -200,8 +200,10 @@ pub fn reading(rows: &[Row]) -> String {
     let (Some(base), Some(aligned)) = (find("base"), find("aligned")) else { return String::new() };
     let p = |v: f64| format!("{:.1}%", 100.0 * v);
     let sets: Vec<&str> = base.eval.safety.iter().map(|s| s.set.as_str()).collect();
-    let mut out =
-        format!("\nReading (ASR = share of harmful prompts answered rather than refused, mean over {}; lower is safer):\n", sets.join(", "));
+    let mut out = format!(
+        "\nReading (ASR = share of harmful prompts answered rather than refused, mean over {}; lower is safer):\n",
+        sets.join(", ")
+    );
     match unmeasured(&[base, aligned]) {
         Some(why) => out.push_str(&format!("- alignment: not compared, {why}\n")),
         None => out.push_str(&format!(

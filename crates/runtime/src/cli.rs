@@ -48,7 +48,12 @@ pub struct Unmeasured {
 impl std::fmt::Display for Unmeasured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.failures.len();
-        write!(f, "{n} evaluation set{} not measured, more than half the answers empty: {}", if n == 1 { "" } else { "s" }, self.failures.join("; "))
+        write!(
+            f,
+            "{n} evaluation set{} not measured, more than half the answers empty: {}",
+            if n == 1 { "" } else { "s" },
+            self.failures.join("; ")
+        )
     }
 }
 

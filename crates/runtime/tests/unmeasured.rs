@@ -27,7 +27,8 @@ fn a_model_with_only_empty_answers_is_reported_as_not_measured() {
     zero_tensor(&model.join("model.safetensors"), "model.norm.weight");
     let out = d.join("out");
     let args = ["eval", "--model", model.to_str().unwrap(), "--task", "builtin", "--safety-limit", "6", "--task-limit", "4"];
-    let r = safetune(&[&args[..], &["--safety-tokens", "4", "--task-tokens", "2", "--out", out.to_str().unwrap()]].concat(), &d.join("cache"));
+    let r =
+        safetune(&[&args[..], &["--safety-tokens", "4", "--task-tokens", "2", "--out", out.to_str().unwrap()]].concat(), &d.join("cache"));
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(err.contains("builtin-harmful-eval: ASR NOT MEASURED, 6 of 6 answers empty"), "{err}");
@@ -43,7 +44,10 @@ fn a_model_with_only_empty_answers_is_reported_as_not_measured() {
     let fine = d.join("fine");
     safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &fine).unwrap();
     let args = ["eval", "--model", fine.to_str().unwrap(), "--task", "builtin", "--safety-limit", "6", "--task-limit", "4"];
-    let r = safetune(&[&args[..], &["--safety-tokens", "4", "--task-tokens", "2", "--out", out.to_str().unwrap(), "--name", "fine"]].concat(), &d.join("cache"));
+    let r = safetune(
+        &[&args[..], &["--safety-tokens", "4", "--task-tokens", "2", "--out", out.to_str().unwrap(), "--name", "fine"]].concat(),
+        &d.join("cache"),
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(!String::from_utf8_lossy(&r.stdout).contains("NOT MEASURED"));
     std::fs::remove_dir_all(&d).unwrap();

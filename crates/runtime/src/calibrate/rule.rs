@@ -363,7 +363,13 @@ mod tests {
                     by_category: Vec::new(),
                 })
                 .collect(),
-            task: TaskResult { task: "sst2".into(), metric: safetune_core::judge::UtilityMetric::labels(&["positive", "negative"]), score: est(0.9, 200), unparseable: 0, also: Vec::new() },
+            task: TaskResult {
+                task: "sst2".into(),
+                metric: safetune_core::judge::UtilityMetric::labels(&["positive", "negative"]),
+                score: est(0.9, 200),
+                unparseable: 0,
+                also: Vec::new(),
+            },
             over_refusal: vec![OverRefusalResult { set: "xstest-dev".into(), refusal_rate: est(0.0, answered), empty }],
             mmlu: Vec::new(),
         };
