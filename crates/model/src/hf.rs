@@ -90,7 +90,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
     let first = eos.first().copied();
     let tok = finish_tokenizer(inner, format, first, Some(eos))?;
     let name = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let model = Llama::from_weights(cfg, weights, tok, &name, format, device)?;
+    let model = Llama::from_weights(cfg, weights, tok, &name, format, device).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     Ok(model)
 }
 

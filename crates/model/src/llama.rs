@@ -55,7 +55,8 @@ pub(crate) struct Pass<'a> {
 }
 
 impl Llama {
-    /// Builds a model from named weights; every expected weight must be present with its shape.
+    /// Builds a model from named weights; every expected weight must be present with its shape
+    /// and finite. Errors do not name a file: the loaders that read one add it.
     pub fn from_weights(
         cfg: LlamaConfig,
         mut weights: BTreeMap<String, Tensor>,
@@ -71,16 +72,16 @@ impl Llama {
             .max()
             .map_or(0, |l| l + 1);
         if cfg.num_layers != present {
-            bail!("{info_name}: the configuration has {} layers, the weights {present}", cfg.num_layers);
+            bail!("the configuration has {} layers, the weights {present}", cfg.num_layers);
         }
         let mut params = BTreeMap::new();
         for (name, shape) in cfg.weight_shapes() {
-            let t = weights.remove(&name).ok_or_else(|| anyhow!("{info_name}: missing weight `{name}`"))?;
+            let t = weights.remove(&name).ok_or_else(|| anyhow!("missing weight `{name}`"))?;
             if t.dims() != shape.as_slice() {
-                bail!("{info_name}: weight `{name}` has shape {:?}, expected {:?}", t.dims(), shape);
+                bail!("weight `{name}` has shape {:?}, expected {:?}", t.dims(), shape);
             }
             if !safetune_core::model::all_finite(&t)? {
-                bail!("{info_name}: weight `{name}` has non-finite values (NaN or infinity)");
+                bail!("weight `{name}` has non-finite values (NaN or infinity)");
             }
             params.insert(name, Param::Frozen(t.to_dtype(DType::F32)?.to_device(device)?));
         }

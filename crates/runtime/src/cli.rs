@@ -117,14 +117,18 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
             }
             let opts = RunOptions { jobs, worker_cells, dry_run, ..RunOptions::new(data_dir, out.clone(), quiet) };
-            let table = crate::pipeline::run(&spec, &opts)?;
+            let table = crate::pipeline::run(&spec, &opts).inspect_err(|_| crate::prepare::undo_new_dirs())?;
             if dry_run || opts.worker_cells.is_some() {
                 return Ok(table);
             }
             let dir = out.join(&spec.name);
             checked(if json { rows_json(&dir)? } else { table }, &dir)
         }
-        "eval" => crate::eval_cmd::main(&args[1..]),
+        "eval" => crate::eval_cmd::main(&args[1..]).inspect_err(|e| {
+            if e.downcast_ref::<Unmeasured>().is_none() {
+                crate::prepare::undo_new_dirs()
+            }
+        }),
         "rejudge" => crate::rejudge::main(&args[1..]),
         "calibrate" => crate::calibrate::main(&args[1..]),
         "judge-check" => crate::judge_check::main(&args[1..]),

@@ -155,6 +155,9 @@ pub(crate) fn check_against_model(spec: &RunSpec, config: &safetune_model::Llama
 /// results; writes `spec.json`. Returns the directory, its lock and the spec hash.
 pub(crate) fn open_run_dir(spec: &RunSpec, out: &Path, lock: bool) -> Result<(PathBuf, Option<crate::lock::RunLock>, String)> {
     let run_dir = out.join(&spec.name);
+    if !run_dir.exists() {
+        NEW_DIRS.with(|d| d.borrow_mut().push(run_dir.clone()));
+    }
     std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
     let lock = if lock { Some(crate::lock::RunLock::acquire(&run_dir)?) } else { None };
     let spec_hash = sha256_json(spec)?;
@@ -171,6 +174,35 @@ pub(crate) fn open_run_dir(spec: &RunSpec, out: &Path, lock: bool) -> Result<(Pa
     }
     write_json(&spec_file, spec)?;
     Ok((run_dir, lock, spec_hash))
+}
+
+thread_local! {
+    /// Results directories this invocation created (see [`undo_new_dirs`]).
+    static NEW_DIRS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// After a failed `run` or `eval`: removes every results directory this invocation
+/// created that holds no result yet (no `models/*.json` or `cells/*.json` at any
+/// depth), so a model that fails to load, or a bad value found late, leaves nothing
+/// behind. Directories with results stay: a rerun resumes from them.
+pub fn undo_new_dirs() {
+    fn has_results(dir: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else { return false };
+        entries.filter_map(|e| e.ok()).any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                has_results(&p)
+            } else {
+                let parent = dir.file_name().and_then(|n| n.to_str());
+                matches!(parent, Some("models" | "cells")) && p.extension().is_some_and(|x| x == "json")
+            }
+        })
+    }
+    for dir in NEW_DIRS.with(|d| std::mem::take(&mut *d.borrow_mut())).into_iter().rev() {
+        if dir.is_dir() && !has_results(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// The manifest fields every results directory records.

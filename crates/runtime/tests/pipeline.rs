@@ -282,6 +282,12 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
             good.replace("max_len = 384 }\n[eval]", "max_len = 4096 }\n[eval]"),
             "finetune.train.max_len: 4096 exceeds the model's 512 positions",
         ),
+        ("name of 10 MB", good.replace("name = \"tiny\"", &format!("name = \"{}\"", "x".repeat(10_000_000))), "name: 10000000 bytes"),
+        (
+            "a 10 MB string where a number belongs",
+            good.replace("n = 8", &format!("n = \"{}\"", "y".repeat(10_000_000))),
+            "characters left out",
+        ),
         ("unknown data source", good.replace("task = \"builtin\"", "task = \"builtin\"\nsource = \"ftp\""), "ftp"),
     ];
     assert!(cases.len() >= 30);
@@ -314,6 +320,29 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     assert_eq!(r.status.code(), Some(2), "{err}");
     assert!(err.contains("adapter_model.safetensors") && err.len() < 600, "{} bytes: {err}", err.len());
     assert!(!out.exists(), "eval wrote results");
+    // A model whose weights are all NaN passes the header checks; loading it fails after
+    // the results directory was opened, and the directory goes again, for eval and run.
+    let nan = d.join("nan-model");
+    std::fs::create_dir_all(&nan).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(Path::new(&model).join(f), nan.join(f)).unwrap();
+    }
+    let mut st = std::fs::read(Path::new(&model).join("model.safetensors")).unwrap();
+    let start = 8 + u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    for w in st[start..].chunks_exact_mut(4) {
+        w.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(nan.join("model.safetensors"), st).unwrap();
+    let out = d.join("out-nan");
+    let r = safetune(&["eval", "--task", "builtin", "--model", nan.to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("nan-model: weight `model.embed_tokens.weight` has non-finite values"), "{err}");
+    assert!(!out.join("eval-model").exists(), "eval of a NaN model left its directory");
+    std::fs::write(d.join("nan.toml"), good.replace(&model, nan.to_str().unwrap())).unwrap();
+    let r = safetune(&["run", d.join("nan.toml").to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
+    assert_eq!(r.status.code(), Some(2), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!out.join("tiny").exists(), "a run on a NaN model left its directory");
     // sst2 without a data directory names the flag to use.
     std::fs::write(d.join("sst.toml"), good.replace("task = \"builtin\"", "task = \"sst2\"")).unwrap();
     let r = safetune(&["run", d.join("sst.toml").to_str().unwrap(), "--out", d.join("o").to_str().unwrap()], &d.join("cache"));

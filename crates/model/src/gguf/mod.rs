@@ -134,7 +134,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {
         weights.insert(hf, t);
     }
 
-    Llama::from_weights(cfg, weights, tokenizer, &name, format, device)
+    Llama::from_weights(cfg, weights, tokenizer, &name, format, device).map_err(|e| anyhow!("{file}: {e}"))
 }
 
 /// Every tensor's element count and bytes, computed without overflow, must fit in the file

@@ -26,7 +26,7 @@ fn main() {
                 std::process::exit(1);
             }
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", safetune_runtime::output::elide(&msg, 200));
             std::process::exit(2);
         }
     }

@@ -198,6 +198,9 @@ impl RunSpec {
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
             bail!("name: must be a plain directory name");
         }
+        if self.name.len() > 200 {
+            bail!("name: {} bytes; a directory name has at most 200", self.name.len());
+        }
         safetune_data::Pools::check_selection(&self.data)?;
         for (name, c) in &self.data.custom {
             c.metric.scorer().map_err(|e| anyhow!("data.custom.{name}.metric: {e}"))?;
