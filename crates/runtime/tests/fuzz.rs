@@ -5,7 +5,7 @@
 //! allocation sized from a few bytes shows there, or aborts the test binary).
 //! Bounded: 64 cases per target per `cargo test` (`SAFETUNE_FUZZ_CASES`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::Device;
@@ -13,6 +13,8 @@ use proptest::prelude::*;
 use safetune_core::config::LoraConfig;
 use safetune_runtime::resources::peak_rss_mb;
 use safetune_runtime::spec::RunSpec;
+
+mod common;
 
 /// Cases per target; `SAFETUNE_FUZZ_CASES=N` for a longer hunt.
 fn cases() -> u32 {
@@ -203,50 +205,18 @@ fn paths(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
     }
 }
 
-/// A spec of every stage for the tiny model (every table a user fills in).
+/// The end-to-end tests' tiny spec with every table a user fills in added
+/// (seeds, a defense stack, method options, a method's own training settings).
 fn spec_text() -> &'static str {
     static S: OnceLock<String> = OnceLock::new();
     S.get_or_init(|| {
-        let model = scratch("spec-model");
-        format!(
-            r#"name = "fuzz"
-seed = 7
-seeds = [7, 8]
-[model]
-source = "{}"
-[data]
-task = "builtin"
-[alignment]
-refusals = 8
-recovery = 4
-benign = 4
-lora = {{ r = 4, alpha = 8.0, dropout = 0.0, targets = ["q_proj", "v_proj"] }}
-train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 384 }}
-[finetune]
-n = 8
-regimes = ["benign", "high-harm"]
-methods = ["sft-lora", "sft-full"]
-defenses = [[], ["lisa"]]
-train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 384, warmup_ratio = 0.1 }}
-[finetune.method_options.sft-lora]
-r = 4
-alpha = 8.0
-[finetune.method_train.sft-full]
-learning_rate = 2e-5
-[defense_options.lisa]
-rho = 1.0
-[eval]
-safety_limit = 4
-task_limit = 6
-safety_max_new_tokens = 6
-task_max_new_tokens = 3
-batch_size = 4
-samples = 2
-variants = true
-consistency_limit = 3
-"#,
-            Path::new(&model).display()
-        )
+        let base = std::fs::read_to_string(common::tiny_spec(&scratch("spec-model"))).unwrap();
+        let text = base.replace("seed = 7\n", "seed = 7\nseeds = [7, 8]\n").replace(
+            "methods = [\"sft-lora\", \"sft-full\"]\n",
+            "methods = [\"sft-lora\", \"sft-full\"]\ndefenses = [[], [\"lisa\"]]\n",
+        );
+        assert!(text.contains("seeds =") && text.contains("defenses ="), "the tiny spec changed: {text}");
+        format!("{text}\n[finetune.method_options.sft-lora]\nr = 4\nalpha = 8.0\n[finetune.method_train.sft-full]\nlearning_rate = 2e-5\n[defense_options.lisa]\nrho = 1.0\n")
     })
 }
 
