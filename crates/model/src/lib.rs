@@ -24,6 +24,7 @@ use candle_core::Device;
 use safetune_core::anyhow::bail;
 use safetune_core::Result;
 
+pub mod memory;
 pub use config::LlamaConfig;
 pub use export::export_hf;
 pub use generate::argmax;

@@ -1,7 +1,8 @@
 //! Structured mutations of valid model files (a tiny model as a GGUF file and as a
 //! Hugging Face directory): loading and checking them returns a model or an error,
 //! never panics. Header bytes, lengths and config values are the targets, since
-//! those are what sizes allocations and loops. Bounded: `CASES` per target.
+//! those are what sizes allocations and loops. Bounded: `CASES` per target, and the
+//! process's peak resident set stays under `RSS_MB`.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -37,12 +38,20 @@ fn hf() -> &'static (serde_json::Value, Vec<u8>, Vec<u8>) {
     })
 }
 
-/// Check and load: either may fail, neither may panic; a model that loads passed the check.
+/// The test binary's peak resident set: the tiny model and its files need well under 100 MB;
+/// a size read from a mutated header that allocates shows here (or aborts the binary).
+const RSS_MB: f64 = 1024.0;
+
+/// Check and load: either may fail, neither may panic; a model that loads passed the check;
+/// memory stays bounded.
 fn check_then_load(path: &Path) {
     let checked = check_model(path);
     let loaded = load_model(path, &Device::Cpu);
     if loaded.is_ok() {
         assert!(checked.is_ok(), "loaded but the check refused: {:?}", checked.err());
+    }
+    if let Some(mb) = safetune_model::memory::peak_rss_mb() {
+        assert!(mb < RSS_MB, "peak resident set {mb:.0} MB ≥ {RSS_MB} MB");
     }
 }
 

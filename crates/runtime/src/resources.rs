@@ -12,8 +12,7 @@ pub struct StageMeter {
 
 impl StageMeter {
     pub fn start() -> Self {
-        // Writing 5 to clear_refs resets VmHWM (Linux ≥ 4.0); harmless elsewhere.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        safetune_model::memory::reset_peak_rss();
         Self { start: Instant::now() }
     }
 
@@ -27,13 +26,7 @@ impl StageMeter {
     }
 }
 
-/// The process's peak resident set in MiB (Linux `VmHWM`).
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
+pub use safetune_model::memory::peak_rss_mb;
 
 /// Versions of the numeric and tokenizer crates and of every workspace
 /// crate, read from the workspace's Cargo.lock at build time.

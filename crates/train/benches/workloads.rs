@@ -25,7 +25,7 @@ fn benches(c: &mut Criterion) {
     safetune_train::tune_allocator();
     let Some(path) = workloads::smollm2() else { return };
     for (name, kind) in [("train-step/lora-qv", "lora-qv"), ("train-step/lora-all", "lora-all"), ("train-step/full", "full")] {
-        workloads::reset_peak_rss();
+        safetune_model::memory::reset_peak_rss();
         let mut m = workloads::prepared(&path, kind).expect("model");
         let mut g = group(c, name);
         g.throughput(Throughput::Elements(4 * 128));
@@ -39,7 +39,7 @@ fn benches(c: &mut Criterion) {
     }
     let m = workloads::prepared(&path, "inference").expect("model");
     for batch in [1usize, 8, 32] {
-        workloads::reset_peak_rss();
+        safetune_model::memory::reset_peak_rss();
         let mut g = group(c, "decode-64");
         g.throughput(Throughput::Elements(batch as u64 * 64));
         g.bench_function(format!("batch {batch}"), |b| b.iter(|| workloads::decode(&m, batch, 64).expect("decode")));

@@ -23,18 +23,9 @@ pub fn smollm2() -> Option<PathBuf> {
     None
 }
 
-/// Peak resident set since the last reset, in MB.
+/// Peak resident set since the last reset, in MB (NaN where it cannot be read).
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// Starts a new peak-RSS measurement (Linux: `5` to /proc/self/clear_refs).
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    safetune_model::memory::peak_rss_mb().unwrap_or(f64::NAN)
 }
 
 /// The model ready for a workload: `lora-qv`, `lora-all` (adapters r8
