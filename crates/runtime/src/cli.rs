@@ -36,39 +36,6 @@ usage:
   safetune --help";
 
 /// Parses and runs a command line; returns what to print on stdout.
-/// A run or evaluation that finished and wrote its results, but where some
-/// evaluation set is not a measurement (more than half its answers empty):
-/// the binary prints `output` as usual, then the failures, and exits with 1.
-#[derive(Debug)]
-pub struct Unmeasured {
-    pub output: String,
-    pub failures: Vec<String>,
-}
-
-impl std::fmt::Display for Unmeasured {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.failures.len();
-        write!(
-            f,
-            "{n} evaluation set{} not measured, more than half the answers empty: {}",
-            if n == 1 { "" } else { "s" },
-            self.failures.join("; ")
-        )
-    }
-}
-
-impl std::error::Error for Unmeasured {}
-
-/// `output`, or [`Unmeasured`] when the results in `dir` hold a set that is not a measurement.
-pub(crate) fn checked(output: String, dir: &std::path::Path) -> Result<String> {
-    let failures = crate::report::failures_in(dir)?;
-    if failures.is_empty() {
-        Ok(output)
-    } else {
-        Err(Unmeasured { output, failures }.into())
-    }
-}
-
 pub fn main_with(args: &[String]) -> Result<String> {
     let Some(cmd) = args.first() else { bail!("no command given (see `safetune --help`)") };
     if args.iter().any(|a| a == "--help" || a == "-h") || cmd == "help" {
@@ -122,10 +89,10 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 return Ok(table);
             }
             let dir = out.join(&spec.name);
-            checked(if json { rows_json(&dir)? } else { table }, &dir)
+            crate::output::checked(if json { rows_json(&dir)? } else { table }, &dir)
         }
         "eval" => crate::eval_cmd::main(&args[1..]).inspect_err(|e| {
-            if e.downcast_ref::<Unmeasured>().is_none() {
+            if e.downcast_ref::<crate::output::Unmeasured>().is_none() {
                 crate::prepare::undo_new_dirs()
             }
         }),

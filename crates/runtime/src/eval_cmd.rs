@@ -126,7 +126,7 @@ pub fn main(args: &[String]) -> Result<String> {
     let table = evaluate_checkpoint(&spec, &opts, &adapters, &label)?;
     let dir = opts.out.join(&spec.name);
     let output = if json { serde_json::to_string_pretty(&crate::report::rows_from_dir(&dir)?)? } else { table };
-    crate::cli::checked(output, &dir)
+    crate::output::checked(output, &dir)
 }
 
 /// Evaluates `spec.model`, with each adapter merged in turn, under `label`.

@@ -1,7 +1,41 @@
-//! What the binary prints: progress lines on stderr (nothing when quiet), and
-//! error lines bounded in length.
+//! What the binary prints: progress lines on stderr (nothing when quiet), error
+//! lines bounded in length, and the failure of a run whose sets were not measured.
 
+use safetune_core::Result;
 pub use safetune_eval::say;
+
+/// A run or evaluation that finished and wrote its results, but where some
+/// evaluation set is not a measurement (more than half its answers empty):
+/// the binary prints `output` as usual, then the failures, and exits with 1.
+#[derive(Debug)]
+pub struct Unmeasured {
+    pub output: String,
+    pub failures: Vec<String>,
+}
+
+impl std::fmt::Display for Unmeasured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.failures.len();
+        write!(
+            f,
+            "{n} evaluation set{} not measured, more than half the answers empty: {}",
+            if n == 1 { "" } else { "s" },
+            self.failures.join("; ")
+        )
+    }
+}
+
+impl std::error::Error for Unmeasured {}
+
+/// `output`, or [`Unmeasured`] when the results in `dir` hold a set that is not a measurement.
+pub(crate) fn checked(output: String, dir: &std::path::Path) -> Result<String> {
+    let failures = crate::report::failures_in(dir)?;
+    if failures.is_empty() {
+        Ok(output)
+    } else {
+        Err(Unmeasured { output, failures }.into())
+    }
+}
 
 /// `text` cut to about `2 × keep` characters: its first and last `keep`, with the
 /// number of characters left out between them. An error that quotes a user's value

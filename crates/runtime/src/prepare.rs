@@ -125,7 +125,8 @@ pub(crate) fn check_against_model(spec: &RunSpec, config: &safetune_model::Llama
     for m in &spec.finetune.methods {
         let key = if spec.finetune.method_train.contains_key(m) { format!("finetune.method_train.{m}") } else { "finetune.train".into() };
         lengths.push((format!("{key}.max_len"), spec.method_train(m).max_len));
-        if let registry::Trainable::Lora(l) = crate::run::method_plan(spec, m)?.trainable {
+        let options = spec.finetune.method_options.get(m).unwrap_or(&serde_json::Value::Null);
+        if let registry::Trainable::Lora(l) = (registry::method(m)?.build)(options)?.trainable {
             loras.push((format!("finetune.method_options.{m}"), l));
         }
     }

@@ -18,7 +18,7 @@ fn main() {
             let _ = writeln!(std::io::stdout(), "{out}");
         }
         Err(e) => {
-            if let Some(u) = e.downcast_ref::<safetune_runtime::cli::Unmeasured>() {
+            if let Some(u) = e.downcast_ref::<safetune_runtime::output::Unmeasured>() {
                 // Results were written; the figures of some sets are not measurements.
                 use std::io::Write;
                 let _ = writeln!(std::io::stdout(), "{}", u.output);
