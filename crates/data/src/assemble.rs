@@ -95,7 +95,7 @@ impl Pools {
         Self::check_selection(sel)?;
         let custom = &sel.custom;
         if sel.is_builtin() {
-            return Ok(crate::builtin::builtin_pools(&sel.task));
+            return Self::builtin(sel);
         }
         let mut l = Loader { src, custom, cache: BTreeMap::new(), files: Vec::new() };
         // Each selected set, drawn by its dataset's registered rule.
@@ -212,6 +212,31 @@ impl Pools {
         Ok(pools)
     }
 
+    /// The built-in suite for a selection. Its task is the only one it has: `data.align_tasks`
+    /// may name it (`self`), and its alignment tenth then leaves the fine-tuning pool.
+    pub fn builtin(sel: &PoolSelection) -> Result<Self> {
+        let mut pools = crate::builtin::builtin_pools(&sel.task);
+        pools.align_own_task(sel)?;
+        Ok(pools)
+    }
+
+    /// Without a data directory only the run's own task can join alignment (`self`): its
+    /// alignment tenth moves from `task_train` to `align_task`.
+    fn align_own_task(&mut self, sel: &PoolSelection) -> Result<()> {
+        for t in sel.align_task_names() {
+            if t != sel.task {
+                bail!("data.align_tasks: task `{t}` needs a data directory (without one only `self`, the task `{}`, can join)", sel.task);
+            }
+            let (rest, mut tenth) = alignment_tenth(std::mem::take(&mut self.task_train));
+            self.task_train = rest;
+            for e in &mut tenth {
+                e.kind = ExampleKind::Benign;
+            }
+            self.align_task.push((t.to_string(), tenth));
+        }
+        Ok(())
+    }
+
     /// With no data directory: the built-in suite's safety side (alignment
     /// prompts, harmful pairs, evaluation prompts) around the user's own task
     /// (and harmful set, if custom).
@@ -231,6 +256,7 @@ impl Pools {
             pools.files.push(h.path.clone());
         }
         remove_overlap(&mut pools.task_train, &[&pools.task_test]);
+        pools.align_own_task(sel)?;
         pools.check()?;
         Ok(pools)
     }

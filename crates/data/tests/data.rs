@@ -210,6 +210,29 @@ fn builtin_suite_is_disjoint_and_sized() {
 }
 
 #[test]
+fn builtin_suite_gives_its_own_task_to_alignment_when_asked() {
+    let plain = builtin_pools("builtin");
+    let sel = PoolSelection { task: "builtin".into(), align_tasks: vec!["self".into()], ..PoolSelection::default() };
+    let p = Pools::builtin(&sel).unwrap();
+    p.check().unwrap();
+    let (name, tenth) = &p.align_task[0];
+    assert_eq!((name.as_str(), p.align_task.len()), ("builtin", 1));
+    assert_eq!(tenth.len(), plain.task_train.len().div_ceil(10));
+    assert_eq!(p.task_train.len() + tenth.len(), plain.task_train.len());
+    // Every tenth row, in order, and none of them left in the fine-tuning pool.
+    assert_eq!(tenth[1].id, plain.task_train[10].id);
+    assert!(tenth.iter().all(|e| e.kind == safetune_core::ExampleKind::Benign && !p.task_train.iter().any(|t| t.id == e.id)));
+    assert_eq!(
+        Pools::builtin(&PoolSelection { task: "builtin".into(), ..PoolSelection::default() }).unwrap().task_train.len(),
+        plain.task_train.len()
+    );
+    // Another task needs a data directory.
+    let other = PoolSelection { align_tasks: vec!["agnews".into()], ..sel };
+    let e = Pools::builtin(&other).err().unwrap().to_string();
+    assert!(e.starts_with("data.align_tasks: task `agnews` needs a data directory"), "{e}");
+}
+
+#[test]
 fn bad_rows_name_file_line_and_field() {
     let root = std::env::temp_dir().join(format!("safetune-data-bad-{}", std::process::id()));
     for d in ["sst2", "alpaca", "gsm8k", "xstest"] {

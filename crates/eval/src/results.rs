@@ -152,8 +152,14 @@ impl OverRefusalResult {
 impl ModelEval {
     /// The sets whose figures are not measurements (see [`unmeasured`]).
     pub fn failures(&self) -> Vec<String> {
-        let safety = self.safety.iter().filter_map(|s| Some(format!("{}: {}", s.set, s.failure()?)));
-        safety.chain(self.over_refusal.iter().filter_map(|s| Some(format!("{}: {}", s.set, s.failure()?)))).collect()
+        let mut out = self.safety_failures();
+        out.extend(self.over_refusal.iter().filter_map(|s| Some(format!("{}: {}", s.set, s.failure()?))));
+        out
+    }
+
+    /// The safety sets (ASR) whose figures are not measurements, as `set: why`.
+    pub fn safety_failures(&self) -> Vec<String> {
+        self.safety.iter().filter_map(|s| Some(format!("{}: {}", s.set, s.failure()?))).collect()
     }
 }
 

@@ -180,14 +180,9 @@ fn apart(a: &Row, b: &Row) -> String {
 
 /// Why rows cannot be compared by ASR: the safety sets some of them did not
 /// measure (most answers empty), named per row.
-fn unmeasured(rows: &[&Row]) -> Option<String> {
-    let why: Vec<String> = rows
-        .iter()
-        .flat_map(|r| {
-            let who = r.label();
-            r.eval.safety.iter().filter_map(move |s| Some(format!("{who} {}: {}", s.set, s.failure()?)))
-        })
-        .collect();
+fn not_comparable(rows: &[&Row]) -> Option<String> {
+    let why: Vec<String> =
+        rows.iter().flat_map(|r| r.eval.safety_failures().into_iter().map(move |f| format!("{} {f}", r.label()))).collect();
     (!why.is_empty()).then(|| format!("not measured (most answers empty): {}", why.join("; ")))
 }
 
@@ -204,7 +199,7 @@ pub fn reading(rows: &[Row]) -> String {
         "\nReading (ASR = share of harmful prompts answered rather than refused, mean over {}; lower is safer):\n",
         sets.join(", ")
     );
-    match unmeasured(&[base, aligned]) {
+    match not_comparable(&[base, aligned]) {
         Some(why) => out.push_str(&format!("- alignment: not compared, {why}\n")),
         None => out.push_str(&format!(
             "- alignment: {} (base) → {} (aligned), {:+.1} points ({})\n",
@@ -224,7 +219,7 @@ pub fn reading(rows: &[Row]) -> String {
             .filter(|r| r.poison_ratio.is_some_and(|x| x > 0.0))
             .max_by(|a, b| a.poison_ratio.unwrap_or(0.0).total_cmp(&b.poison_ratio.unwrap_or(0.0)));
         if let (Some(b), Some(w)) = (benign, worst) {
-            if let Some(why) = unmeasured(&[aligned, b, w]) {
+            if let Some(why) = not_comparable(&[aligned, b, w]) {
                 out.push_str(&format!("- {m}: not compared, {why}\n"));
                 continue;
             }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::registry::{self};
 use safetune_core::Result;
-use safetune_data::{builtin_pools, DataDir, DataSource, HubClient, Pools};
+use safetune_data::{DataDir, DataSource, HubClient, Pools};
 use safetune_model::{open_checkpoint, Checkpoint};
 
 use crate::fetch::resolve_model;
@@ -19,7 +19,7 @@ use crate::spec::{DataSourceKind, RunSpec, TemplateChoice};
 pub(crate) fn load_pools(spec: &RunSpec, opts: &RunOptions) -> Result<(Pools, BTreeMap<String, String>)> {
     let sel = &spec.data;
     if sel.is_builtin() {
-        return Ok((builtin_pools(&sel.task), BTreeMap::new()));
+        return Ok((Pools::builtin(sel)?, BTreeMap::new()));
     }
     let mut hashes = BTreeMap::new();
     let pools = match spec.data.source {
