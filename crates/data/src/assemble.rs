@@ -25,18 +25,20 @@ fn train_pool(ds: &catalog::Dataset, evals: &[Example]) -> Result<(Vec<Example>,
     Ok((train, held_out))
 }
 
-/// Splits a task's train pool into the rows left for fine-tuning and its alignment tenth (every
-/// tenth row, in file order).
-fn alignment_tenth(rows: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
+/// Takes a task's alignment tenth out of its train pool (every tenth row, in file order) and
+/// returns it as benign alignment examples; the other rows stay for fine-tuning.
+fn alignment_tenth(rows: &mut Vec<Example>) -> Vec<Example> {
     let (mut rest, mut tenth) = (Vec::new(), Vec::new());
-    for (i, e) in rows.into_iter().enumerate() {
+    for (i, mut e) in std::mem::take(rows).into_iter().enumerate() {
         if i % 10 == 0 {
+            e.kind = ExampleKind::Benign;
             tenth.push(e);
         } else {
             rest.push(e);
         }
     }
-    (rest, tenth)
+    *rows = rest;
+    tenth
 }
 
 struct Loader<'a> {
@@ -161,19 +163,11 @@ impl Pools {
         }
         let mut align_task = Vec::new();
         for t in sel.align_task_names() {
-            let mut tenth = if t == sel.task {
-                let (rest, tenth) = alignment_tenth(std::mem::take(&mut task_train));
-                task_train = rest;
-                tenth
-            } else {
-                alignment_tenth(train_pool(l.get(t)?, &evals)?.0).1
-            };
+            let mut tenth =
+                if t == sel.task { alignment_tenth(&mut task_train) } else { alignment_tenth(&mut train_pool(l.get(t)?, &evals)?.0) };
             // Both tenths come from train pools already without evaluation prompts and their own
             // task's held-out rows; another task's rows also leave this task's held-out rows.
             remove_overlap(&mut tenth, &[&task_held_out]);
-            for e in &mut tenth {
-                e.kind = ExampleKind::Benign;
-            }
             align_task.push((t.to_string(), tenth));
         }
         let source = match src {
@@ -227,11 +221,7 @@ impl Pools {
             if t != sel.task {
                 bail!("data.align_tasks: task `{t}` needs a data directory (without one only `self`, the task `{}`, can join)", sel.task);
             }
-            let (rest, mut tenth) = alignment_tenth(std::mem::take(&mut self.task_train));
-            self.task_train = rest;
-            for e in &mut tenth {
-                e.kind = ExampleKind::Benign;
-            }
+            let tenth = alignment_tenth(&mut self.task_train);
             self.align_task.push((t.to_string(), tenth));
         }
         Ok(())
