@@ -2,7 +2,10 @@
 //! Kept by `cargo xtask new-defense`.
 // defenses:begin
 use safetune_defense_bea as _;
+use safetune_defense_booster as _;
+use safetune_defense_ldifs as _;
 use safetune_defense_lisa as _;
+use safetune_defense_repnoise as _;
 use safetune_defense_safeinstr as _;
 use safetune_defense_safelora as _;
 use safetune_defense_vaccine as _;
