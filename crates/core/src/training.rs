@@ -2,7 +2,7 @@
 //! the next batches of named data streams into one loss; the trainer owns
 //! the optimiser, schedule, clipping, accumulation and checkpoints.
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::{CausalLm, Result};
 
@@ -74,4 +74,33 @@ impl TrainStep for PlainSft {
         let batch = ctx.next_batch(stream::TASK)?.ok_or_else(|| anyhow::anyhow!("the task stream is empty"))?;
         Ok(ctx.lm_loss(&batch, None, false)?.0)
     }
+}
+
+/// The gradient of `batch`'s loss with respect to every decoder layer's output hidden state
+/// (one `[batch, seq, hidden]` per layer): one forward/backward pass through zero
+/// perturbations, whose gradients are exactly those. Vaccine's and T-Vaccine's first pass.
+pub fn hidden_state_gradients(ctx: &dyn StepContext, batch: &TokenBatch) -> Result<Vec<Tensor>> {
+    let (b, t) = batch.ids.dims2()?;
+    let d = ctx.model().info().hidden_size;
+    let layers = ctx.model().info().num_layers;
+    let zeros: Vec<Var> =
+        (0..layers).map(|_| Var::zeros((b, t, d), DType::F32, ctx.model().device())).collect::<candle_core::Result<_>>()?;
+    let z: Vec<Tensor> = zeros.iter().map(|v| v.as_tensor().clone()).collect();
+    let (loss, _) = ctx.lm_loss(batch, Some(&z), false)?;
+    let grads = loss.backward()?;
+    // The pass's graph (every activation) is freed here, before the caller builds another.
+    zeros.iter().map(|v| Ok(grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)?.detach())).collect()
+}
+
+/// `ρ·g_l/‖g‖` for every tensor, `‖g‖` over all of them together (zero when every `g_l` is
+/// zero), and the norm of the result: the worst-case perturbation of radius ρ.
+pub fn perturbations(grads: &[Tensor], rho: f64) -> Result<(Vec<Tensor>, f64)> {
+    let mut sq = 0.0;
+    for g in grads {
+        sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    let norm = sq.sqrt();
+    let scale = if norm > 0.0 { rho / norm } else { 0.0 };
+    let e = grads.iter().map(|g| (g * scale).map(|t| t.detach())).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((e, norm * scale))
 }

@@ -8,6 +8,7 @@ use safetune_defense_lisa as _;
 use safetune_defense_repnoise as _;
 use safetune_defense_safeinstr as _;
 use safetune_defense_safelora as _;
+use safetune_defense_t_vaccine as _;
 use safetune_defense_vaccine as _;
 // defenses:end
 // Judges outside the metrics crate.

@@ -10,10 +10,10 @@
 //! the model learns to stay aligned under the worst-case drift of its hidden
 //! states. ρ = 0 is plain SFT.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::Tensor;
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::defense::{Defense, DefensePlan};
-use safetune_core::training::{stream, StepContext, TrainStep};
+use safetune_core::training::{hidden_state_gradients, stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -46,17 +46,7 @@ impl Vaccine {
     }
 }
 
-/// `ρ·g_l/‖g‖` for every layer, `‖g‖` over all layers together.
-pub fn perturbations(grads: &[Tensor], rho: f64) -> Result<(Vec<Tensor>, f64)> {
-    let mut sq = 0.0;
-    for g in grads {
-        sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    }
-    let norm = sq.sqrt();
-    let scale = if norm > 0.0 { rho / norm } else { 0.0 };
-    let e = grads.iter().map(|g| (g * scale).map(|t| t.detach())).collect::<candle_core::Result<Vec<_>>>()?;
-    Ok((e, norm * scale))
-}
+pub use safetune_core::training::perturbations;
 
 impl TrainStep for Vaccine {
     fn name(&self) -> &str {
@@ -65,21 +55,8 @@ impl TrainStep for Vaccine {
 
     fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
         let batch = ctx.next_batch(stream::TASK)?.ok_or_else(|| anyhow!("vaccine needs the alignment data stream"))?;
-        // Pass 1: gradients with respect to each layer's output, through zero perturbations.
-        let (b, t) = batch.ids.dims2()?;
-        let d = ctx.model().info().hidden_size;
-        let layers = ctx.model().info().num_layers;
-        let zeros: Vec<Var> =
-            (0..layers).map(|_| Var::zeros((b, t, d), DType::F32, ctx.model().device())).collect::<candle_core::Result<_>>()?;
-        let z: Vec<Tensor> = zeros.iter().map(|v| v.as_tensor().clone()).collect();
-        let (loss1, _) = ctx.lm_loss(&batch, Some(&z), false)?;
-        let grads = loss1.backward()?;
-        let g: Vec<Tensor> =
-            zeros.iter().map(|v| grads.get(v.as_tensor()).cloned().unwrap_or_else(|| v.as_tensor().zeros_like().expect("zeros"))).collect();
-        // The first pass's graph (every activation) must be freed before the
-        // second pass builds its own, or the step holds two graphs at once.
-        drop(grads);
-        drop(loss1);
+        // Pass 1: gradients with respect to each layer's output.
+        let g = hidden_state_gradients(ctx, &batch)?;
         let (e, norm) = perturbations(&g, self.cfg.rho)?;
         self.last_norm = norm;
         // Pass 2: the loss under the perturbation; its gradient is applied.
