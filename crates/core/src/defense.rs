@@ -34,7 +34,7 @@ impl Stage {
 }
 
 /// Data the runtime hands a defense, disjoint from every evaluation prompt.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct DefenseData<'a> {
     /// Harmful prompt → refusal pairs (the alignment set's refusals).
     pub safety: &'a [Example],
@@ -42,6 +42,9 @@ pub struct DefenseData<'a> {
     /// pair the attacker's variants draw (fine-tuning: this cell's variant; alignment: every
     /// regime's variant of the run).
     pub harmful: &'a [Example],
+    /// Generic refusal texts (no request named in them), those the alignment set's templated
+    /// refusals use: for data a defense writes (safety-recovery examples).
+    pub refusals: &'a [&'a str],
 }
 
 /// Edits a stage's training data (SafeInstr's safety mix, BEA's triggered examples).

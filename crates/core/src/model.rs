@@ -46,6 +46,9 @@ pub struct ForwardRequest<'a> {
     /// every position). Training asks only for response positions, which
     /// avoids a `[batch, seq, vocab]` tensor.
     pub logits_at: Option<&'a Tensor>,
+    /// Also return, for every linear module, the sum over the batch's real tokens of its
+    /// input's squared entries (Wanda's activation statistic, Antidote's score).
+    pub linear_input_norms: bool,
 }
 
 pub struct ForwardOutput {
@@ -53,6 +56,9 @@ pub struct ForwardOutput {
     pub logits: Tensor,
     /// One `[batch, seq, hidden]` per decoder layer when requested, else empty.
     pub hidden: Vec<Tensor>,
+    /// Per linear module (`model.layers.3.mlp.up_proj`), `Σ_tokens x_j²` over the module's input
+    /// columns `j` (`[in_features]`, real tokens only) when requested, else empty.
+    pub linear_input_norms: std::collections::BTreeMap<String, Tensor>,
 }
 
 /// Decoding settings. `temperature == 0` is greedy.

@@ -2,7 +2,9 @@
 //! the next batches of named data streams into one loss; the trainer owns
 //! the optimiser, schedule, clipping, accumulation and checkpoints.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor, Var, D};
+
+use crate::model::ForwardRequest;
 
 use crate::{CausalLm, Result};
 
@@ -42,6 +44,10 @@ pub trait StepContext {
     /// The next batch of a stream (cycling through epochs); `None` if the
     /// stage has no such stream.
     fn next_batch(&mut self, stream: &str) -> Result<Option<TokenBatch>>;
+    /// How many examples a stream holds (`None`: unknown, or no such stream).
+    fn stream_len(&self, _stream: &str) -> Option<usize> {
+        None
+    }
     /// Mean masked next-token cross-entropy of `batch`, with optional
     /// per-layer perturbations; also returns hidden states when asked.
     fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)>;
@@ -103,4 +109,52 @@ pub fn perturbations(grads: &[Tensor], rho: f64) -> Result<(Vec<Tensor>, f64)> {
     let scale = if norm > 0.0 { rho / norm } else { 0.0 };
     let e = grads.iter().map(|g| (g * scale).map(|t| t.detach())).collect::<candle_core::Result<Vec<_>>>()?;
     Ok((e, norm * scale))
+}
+
+/// The log-probability of every response token of `batch` (where `loss_mask` is set, in
+/// row-major order), `[n]`, with optional per-layer perturbations and hidden states. Logits
+/// are computed only at those positions. The masked LM loss is minus their mean; token-wise
+/// objectives (constrained SFT) weigh them one by one.
+pub fn response_log_probs(
+    model: &dyn CausalLm,
+    batch: &TokenBatch,
+    perturbation: Option<&[Tensor]>,
+    output_hidden: bool,
+    train: bool,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let mask: Vec<f32> = batch.loss_mask.flatten_all()?.to_vec1()?;
+    let positions: Vec<u32> = mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| i as u32).collect();
+    if positions.is_empty() {
+        anyhow::bail!(
+            "a batch has no response tokens (examples {:?}): raise max_len so answers fit after their prompts",
+            batch.ids_of_examples
+        );
+    }
+    let dev = model.device();
+    let idx = Tensor::new(positions.as_slice(), dev)?;
+    let out =
+        model.forward(&ForwardRequest { ids: Some(&batch.ids), mask: Some(&batch.attention), output_hidden, perturbation, train, logits_at: Some(&idx) })?;
+    let targets = batch.targets.flatten_all()?.index_select(&idx, 0)?;
+    let logits = out.logits.to_dtype(DType::F32)?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let lse = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&max)?;
+    let picked = logits.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok(((picked - lse)?.squeeze(1)?, out.hidden))
+}
+
+/// For every response token of `batch` (the order of [`response_log_probs`]), its index within
+/// its example's response: 0 for the first answer token.
+pub fn response_offsets(batch: &TokenBatch) -> Result<Vec<usize>> {
+    let mask: Vec<Vec<f32>> = batch.loss_mask.to_vec2()?;
+    let mut out = Vec::new();
+    for row in mask {
+        let mut k = 0;
+        for m in row {
+            if m > 0.0 {
+                out.push(k);
+                k += 1;
+            }
+        }
+    }
+    Ok(out)
 }

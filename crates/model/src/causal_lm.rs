@@ -9,7 +9,7 @@ use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::model::{ForwardOutput, ForwardRequest, ModelInfo};
 use safetune_core::{CausalLm, GenerationParams, LinearAdapter, Result, Tokenize};
 
-use crate::llama::{Llama, Param, Pass};
+use crate::llama::{InputNorms, Llama, Param, Pass};
 use crate::ops;
 
 impl CausalLm for Llama {
@@ -31,6 +31,16 @@ impl CausalLm for Llama {
         }
         let positions = Self::rope_positions(req.mask, b, t, &self.device)?;
         let bias = ops::attention_bias(req.mask, b, t, t, &self.device)?;
+        let capture = match req.linear_input_norms {
+            false => None,
+            true => {
+                let real = match req.mask {
+                    Some(m) => m.to_dtype(DType::F32)?.unsqueeze(2)?,
+                    None => Tensor::ones((b, t, 1), DType::F32, &self.device)?,
+                };
+                Some(InputNorms { real, norms: Default::default() })
+            }
+        };
         let pass = Pass {
             ids,
             positions: &positions,
@@ -38,13 +48,15 @@ impl CausalLm for Llama {
             perturbation: req.perturbation,
             output_hidden: req.output_hidden,
             train: req.train,
+            capture: capture.as_ref(),
         };
         let (h, hidden) = self.run(&pass, None)?;
         let logits = match req.logits_at {
             Some(idx) => self.lm_head(&h.reshape((b * t, self.cfg.hidden_size))?.index_select(idx, 0)?)?,
             None => self.lm_head(&h)?,
         };
-        Ok(ForwardOutput { logits, hidden })
+        let linear_input_norms = capture.map(|c| c.norms.into_inner()).unwrap_or_default();
+        Ok(ForwardOutput { logits, hidden, linear_input_norms })
     }
 
     fn weights(&self) -> Vec<(String, Tensor)> {

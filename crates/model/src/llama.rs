@@ -52,6 +52,28 @@ pub(crate) struct Pass<'a> {
     pub perturbation: Option<&'a [Tensor]>,
     pub output_hidden: bool,
     pub train: bool,
+    /// Collects each linear module's input statistics (`ForwardRequest::linear_input_norms`).
+    pub capture: Option<&'a InputNorms>,
+}
+
+/// `Σ_tokens x_j²` of each linear module's input, over the tokens where `real` (`[b, t, 1]`) is 1.
+pub(crate) struct InputNorms {
+    pub real: Tensor,
+    pub norms: std::cell::RefCell<BTreeMap<String, Tensor>>,
+}
+
+impl InputNorms {
+    fn add(&self, module: &str, x: &Tensor) -> Result<()> {
+        let d = x.dim(candle_core::D::Minus1)?;
+        let sq = x.detach().to_dtype(DType::F32)?.sqr()?.broadcast_mul(&self.real)?.reshape(((), d))?.sum(0)?;
+        let mut norms = self.norms.borrow_mut();
+        let total = match norms.remove(module) {
+            Some(prev) => (prev + sq)?,
+            None => sq,
+        };
+        norms.insert(module.to_string(), total);
+        Ok(())
+    }
 }
 
 impl Llama {
@@ -132,7 +154,11 @@ impl Llama {
         self.params.get(name).map(Param::tensor).ok_or_else(|| anyhow!("no weight `{name}`"))
     }
 
-    fn linear(&self, module: &str, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn linear(&self, module: &str, x: &Tensor, p: &Pass) -> Result<Tensor> {
+        let train = p.train;
+        if let Some(c) = p.capture {
+            c.add(module, x)?;
+        }
         let mut y = ops::linear(x, self.w(&format!("{module}.weight"))?)?;
         if let Some(b) = self.params.get(&format!("{module}.bias")) {
             y = y.broadcast_add(b.tensor())?;
@@ -148,9 +174,9 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let pre = format!("model.layers.{l}.self_attn");
-        let q = self.linear(&format!("{pre}.q_proj"), x, p.train)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
-        let k = self.linear(&format!("{pre}.k_proj"), x, p.train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
-        let v = self.linear(&format!("{pre}.v_proj"), x, p.train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+        let q = self.linear(&format!("{pre}.q_proj"), x, p)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let k = self.linear(&format!("{pre}.k_proj"), x, p)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+        let v = self.linear(&format!("{pre}.v_proj"), x, p)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
         let q = ops::rope(&q.contiguous()?, cos, sin)?;
         let mut k = ops::rope(&k.contiguous()?, cos, sin)?;
         let mut v = v.contiguous()?;
@@ -169,14 +195,14 @@ impl Llama {
         let scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(p.bias)?;
         let probs = ops::softmax_last(&scores)?.reshape((b, kvh, rep * t, s))?;
         let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
-        self.linear(&format!("{pre}.o_proj"), &out, p.train)
+        self.linear(&format!("{pre}.o_proj"), &out, p)
     }
 
-    fn mlp(&self, l: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn mlp(&self, l: usize, x: &Tensor, p: &Pass) -> Result<Tensor> {
         let pre = format!("model.layers.{l}.mlp");
-        let gate = self.linear(&format!("{pre}.gate_proj"), x, train)?.silu()?;
-        let up = self.linear(&format!("{pre}.up_proj"), x, train)?;
-        self.linear(&format!("{pre}.down_proj"), &(gate * up)?, train)
+        let gate = self.linear(&format!("{pre}.gate_proj"), x, p)?.silu()?;
+        let up = self.linear(&format!("{pre}.up_proj"), x, p)?;
+        self.linear(&format!("{pre}.down_proj"), &(gate * up)?, p)
     }
 
     /// Runs the decoder stack; returns the final-normed hidden states and,
@@ -202,7 +228,7 @@ impl Llama {
             let h = ops::rms_norm(&x, self.w(&format!("{pre}.input_layernorm.weight"))?, eps)?;
             x = (x + self.attention(l, &h, p, &cos, &sin, cache.as_deref_mut())?)?;
             let h = ops::rms_norm(&x, self.w(&format!("{pre}.post_attention_layernorm.weight"))?, eps)?;
-            x = (&x + self.mlp(l, &h, p.train)?)?;
+            x = (&x + self.mlp(l, &h, p)?)?;
             if let Some(pert) = p.perturbation {
                 x = x.broadcast_add(&pert[l])?;
             }

@@ -75,9 +75,8 @@ impl Run<'_> {
         let safety = self.safety_pairs();
         let harmful = if names.is_empty() { Vec::new() } else { self.defender_harmful()?.to_vec() };
         let mut task = variant.examples.clone();
-        if let Some(mix) = &stack.mix {
-            mix.mix(&mut task, &DefenseData { safety: &safety, harmful: &harmful }, spec.seed)?;
-        }
+        let data = DefenseData { safety: &safety, harmful: &harmful, refusals: safetune_data::REFUSAL_STYLES };
+        crate::stack::apply_mixes(&stack.mixes, &mut task, &data, spec.seed)?;
         let variant_ids: std::collections::HashSet<&String> = variant.examples.iter().map(|e| &e.id).collect();
         let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();
         let mut plan = method_plan(spec, method)?;

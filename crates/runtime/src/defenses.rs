@@ -3,8 +3,10 @@
 // defenses:begin
 use safetune_defense_bea as _;
 use safetune_defense_booster as _;
+use safetune_defense_constrained_sft as _;
 use safetune_defense_ldifs as _;
 use safetune_defense_lisa as _;
+use safetune_defense_recovery_mix as _;
 use safetune_defense_repnoise as _;
 use safetune_defense_safeinstr as _;
 use safetune_defense_safelora as _;

@@ -51,9 +51,10 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     std::fs::write(
         d.join("stack.toml"),
         "name = \"tiny-stack\"\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\n\
-         defenses = [[], [\"vaccine\", \"lisa\", \"safelora\"], [\"bea\"], [\"safeinstr\"]]\n\
+         defenses = [[], [\"vaccine\", \"lisa\", \"safelora\"], [\"bea\"], [\"safeinstr\"], [\"safeinstr\", \"recovery-mix\"]]\n\
          [defense_options.lisa]\nalignment_step = 1\nfinetune_step = 2\n\
-         [defense_options.bea]\nexamples = 3\n[defense_options.safeinstr]\nfraction = 0.25\n",
+         [defense_options.bea]\nexamples = 3\n[defense_options.safeinstr]\nfraction = 0.25\n\
+         [defense_options.recovery-mix]\nfraction = 0.5\n",
     )
     .unwrap();
     let out = d.join("out");
@@ -75,20 +76,26 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     assert!(stacked["repaired"].is_array() || stacked.get("repaired").is_none());
     assert_eq!(cell("sft-lora+bea__high-harm")["added_ids"].as_array().unwrap().len(), 3);
     assert_eq!(cell("sft-lora+safeinstr__high-harm")["added_ids"].as_array().unwrap().len(), 2);
+    // Two data defenses stack: SafeInstr's two safety examples and recovery-mix's four, both in the data.
+    let both = cell("sft-lora+safeinstr+recovery-mix__high-harm");
+    let added: Vec<&str> = both["added_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(added.len(), 6, "{added:?}");
+    assert_eq!(added.iter().filter(|id| id.ends_with("#recovery-mix")).count(), 4, "{added:?}");
     // BEA's trigger was in the prompts at evaluation: answers differ from the plain cell's or not, the
     // generations exist for every set.
     assert!(out.join("tiny-stack/generations/sft-lora+bea__high-harm/builtin-harmful-eval.jsonl").exists());
     let table = String::from_utf8_lossy(&r.stdout);
     assert!(table.contains("| aligned+vaccine |"), "{table}");
-    // Two defenses giving the same part of a stack (two data mixes) is an error naming both and the part.
-    std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"safeinstr\", \"bea\"]]\n").unwrap();
+    // Two defenses giving the same part of a stack (two fine-tuning objectives) is an error naming
+    // both and the part; data mixes are the one part that stacks.
+    std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"lisa\", \"ldifs\"]]\n").unwrap();
     let r = safetune(
         &["run", spec.to_str().unwrap(), "--overlay", d.join("bad.toml").to_str().unwrap(), "--out", out.to_str().unwrap()],
         &d.join("cache"),
     );
     assert_eq!(r.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&r.stderr).contains("`safeinstr` and `bea` both give the fine-tuning data mix"),
+        String::from_utf8_lossy(&r.stderr).contains("`lisa` and `ldifs` both give the fine-tuning objective"),
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );

@@ -214,8 +214,8 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         ("unknown defense", good.replace("[eval]\n", "defenses = [[\"nope\"]]\n[eval]\n"), "finetune.defenses"),
         (
             "two defenses giving one part",
-            good.replace("[eval]\n", "defenses = [[\"bea\", \"safeinstr\"]]\n[eval]\n"),
-            "both give the fine-tuning data mix",
+            good.replace("[eval]\n", "defenses = [[\"lisa\", \"constrained-sft\"]]\n[eval]\n"),
+            "both give the fine-tuning objective",
         ),
         ("options of an absent defense", format!("{good}\n[defense_options.lisa]\nrho = 2.0\n"), "defense_options.lisa"),
         (

@@ -71,6 +71,9 @@ impl StepContext for Ctx<'_> {
         self.tokens += rows.iter().map(|r| r.ids.len()).sum::<usize>();
         Ok(Some(collate(&rows, self.model.tokenizer().pad_id(), self.model.device())?))
     }
+    fn stream_len(&self, name: &str) -> Option<usize> {
+        self.streams.get(name).map(|s| s.encoded.len())
+    }
     fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)> {
         masked_cross_entropy(self.model, batch, perturbation, output_hidden, true)
     }

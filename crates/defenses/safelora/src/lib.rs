@@ -9,10 +9,10 @@
 //! `k` lowest ("number" mode) — gets `ΔW` replaced by `C·ΔW`. Other layers,
 //! and layers that alignment did not change, are untouched.
 
-use candle_core::{DType, Tensor};
-use safetune_core::anyhow::{anyhow, bail};
+use candle_core::Tensor;
+use safetune_core::anyhow::bail;
 use safetune_core::defense::{Defense, DefensePlan};
-use safetune_core::repair::{Repair, WeightSets, Weights};
+use safetune_core::repair::{subspace_scores, Repair, WeightSets, Weights};
 use safetune_core::training::StepContext;
 use safetune_core::Result;
 use schemars::JsonSchema;
@@ -45,44 +45,12 @@ pub struct SafeLora {
     pub cfg: SafeLoraConfig,
 }
 
-/// The projection `C = V·Vᵀ/‖V‖_F` of one weight; `None` when alignment
-/// did not change it (no safety direction to project onto).
-pub fn projection(base: &Tensor, aligned: &Tensor) -> Result<Option<Tensor>> {
-    let v = (aligned - base)?.to_dtype(DType::F32)?;
-    let norm = v.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-    if norm == 0.0 {
-        return Ok(None);
-    }
-    Ok(Some((v.matmul(&v.t()?)? / norm as f64)?))
-}
-
-fn cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let dot = (a * b)?.sum_all()?.to_scalar::<f32>()? as f64;
-    let na = a.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
-    let nb = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
-    // A zero projection shares nothing with the update: similarity 0.
-    Ok(if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) })
-}
+pub use safetune_core::repair::alignment_projection as projection;
 
 impl SafeLora {
-    /// Per changed weight: its name, cosine similarity, projected update.
+    /// Per changed weight: its name, cosine similarity, projected update, aligned value.
     pub fn scores(&self, w: &WeightSets) -> Result<Vec<(String, f64, Tensor, Tensor)>> {
-        let mut out = Vec::new();
-        for (name, ft) in w.finetuned {
-            let (Some(base), Some(al)) = (w.base.get(name), w.aligned.get(name)) else { continue };
-            if ft.rank() != 2 {
-                continue;
-            }
-            let delta = (ft - al)?;
-            if delta.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 {
-                continue;
-            }
-            // A weight alignment left alone has no safety subspace: SafeLoRA leaves it alone too.
-            let Some(c) = projection(base, al).map_err(|e| anyhow!("safelora: `{name}`: {e}"))? else { continue };
-            let projected = c.matmul(&delta)?;
-            out.push((name.clone(), cosine(&projected, &delta)?, projected, al.clone()));
-        }
-        Ok(out)
+        Ok(subspace_scores(w)?.into_iter().map(|s| (s.name, s.similarity, s.projected, s.aligned)).collect())
     }
 }
 

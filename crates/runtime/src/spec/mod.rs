@@ -153,7 +153,9 @@ pub struct FinetuneStage {
     #[serde(default)]
     pub method_train: BTreeMap<String, TrainConfig>,
     /// Defense stacks crossed with methods × regimes: each a list of registered
-    /// defenses, at most one per stage (`["vaccine", "lisa", "safelora"]`); `[]` is none.
+    /// defenses (`["vaccine", "lisa", "safelora"]`), at most one per part of a stage (alignment
+    /// objective, fine-tuning objective, inference system prompt, repair) except data mixes,
+    /// which stack (`["safeinstr", "recovery-mix"]`); `[]` is none.
     #[serde(default = "no_defense")]
     pub defenses: Vec<Vec<String>>,
 }
