@@ -132,8 +132,15 @@ pub fn response_log_probs(
     }
     let dev = model.device();
     let idx = Tensor::new(positions.as_slice(), dev)?;
-    let out =
-        model.forward(&ForwardRequest { ids: Some(&batch.ids), mask: Some(&batch.attention), output_hidden, perturbation, train, logits_at: Some(&idx) })?;
+    let out = model.forward(&ForwardRequest {
+        ids: Some(&batch.ids),
+        mask: Some(&batch.attention),
+        output_hidden,
+        perturbation,
+        train,
+        logits_at: Some(&idx),
+        ..Default::default()
+    })?;
     let targets = batch.targets.flatten_all()?.index_select(&idx, 0)?;
     let logits = out.logits.to_dtype(DType::F32)?;
     let max = logits.max_keepdim(D::Minus1)?.detach();

@@ -51,7 +51,8 @@ fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, 
     }
     let bias = ops::attention_bias(Some(&mask_t), b, len, len, dev)?;
     let mut cache: KvCache = vec![None; model.config().num_layers];
-    let pass = Pass { ids: &ids_t, positions: &positions, bias: &bias, perturbation: None, output_hidden: false, train: false, capture: None };
+    let pass =
+        Pass { ids: &ids_t, positions: &positions, bias: &bias, perturbation: None, output_hidden: false, train: false, capture: None };
     let (h, _) = model.run(&pass, Some(&mut cache))?;
     let mut logits = model.lm_head(&h.narrow(1, len - 1, 1)?)?.squeeze(1)?;
 
@@ -82,7 +83,8 @@ fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, 
         mask_t = Tensor::cat(&[&mask_t, &Tensor::ones((b, 1), DType::F32, dev)?], 1)?;
         let s = mask_t.dim(1)?;
         let bias = ops::attention_bias(Some(&mask_t), b, 1, s, dev)?;
-        let pass = Pass { ids: &step_ids, positions: &pos, bias: &bias, perturbation: None, output_hidden: false, train: false, capture: None };
+        let pass =
+            Pass { ids: &step_ids, positions: &pos, bias: &bias, perturbation: None, output_hidden: false, train: false, capture: None };
         let (h, _) = model.run(&pass, Some(&mut cache))?;
         logits = model.lm_head(&h)?.squeeze(1)?;
     }

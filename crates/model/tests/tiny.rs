@@ -143,3 +143,41 @@ fn hugging_face_directory_round_trip() {
     assert!(err.contains("config.json"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn linear_input_norms_are_the_squared_inputs_summed_over_real_tokens() {
+    let m = safetune_model::tiny_model(5).unwrap();
+    let x = ids(&m, "a short prompt");
+    let t = x.dim(1).unwrap();
+    let w: std::collections::BTreeMap<String, Tensor> = m.weights().into_iter().collect();
+    let req = ForwardRequest { ids: Some(&x), linear_input_norms: true, ..Default::default() };
+    let out = m.forward(&req).unwrap();
+    assert_eq!(out.linear_input_norms.len(), m.linear_modules().len());
+    // Layer 0's q, k and v read the RMS-normed embeddings.
+    let emb = w["model.embed_tokens.weight"].index_select(&x.flatten_all().unwrap(), 0).unwrap();
+    let rms = (emb.sqr().unwrap().mean_keepdim(1).unwrap() + 1e-5).unwrap().sqrt().unwrap();
+    let h = emb.broadcast_div(&rms).unwrap().broadcast_mul(&w["model.layers.0.input_layernorm.weight"]).unwrap();
+    let want: Vec<f32> = h.sqr().unwrap().sum(0).unwrap().to_vec1().unwrap();
+    for module in ["q_proj", "k_proj", "v_proj"] {
+        let got: Vec<f32> = out.linear_input_norms[&format!("model.layers.0.self_attn.{module}")].to_vec1().unwrap();
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{module}: {diff}");
+    }
+    // Left padding adds nothing: the same prompt padded by two tokens gives the same statistics.
+    let pad = Tensor::zeros((1, 2), DType::U32, &Device::Cpu).unwrap();
+    let padded = Tensor::cat(&[&pad, &x], 1).unwrap();
+    let mask = Tensor::cat(
+        &[Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap(), Tensor::ones((1, t), DType::F32, &Device::Cpu).unwrap()],
+        1,
+    )
+    .unwrap();
+    let req = ForwardRequest { ids: Some(&padded), mask: Some(&mask), linear_input_norms: true, ..Default::default() };
+    let p = m.forward(&req).unwrap();
+    for (name, a) in &out.linear_input_norms {
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().unwrap(), p.linear_input_norms[name].to_vec1().unwrap());
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1.0 + x.abs())).fold(0.0f32, f32::max);
+        assert!(diff < 1e-3, "{name}: {diff}");
+    }
+    // Not asked: nothing collected.
+    assert!(m.forward(&ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().linear_input_norms.is_empty());
+}

@@ -1,6 +1,7 @@
 //! Links every defense crate so that its registration is in the binary.
 //! Kept by `cargo xtask new-defense`.
 // defenses:begin
+use safetune_defense_antidote as _;
 use safetune_defense_bea as _;
 use safetune_defense_booster as _;
 use safetune_defense_constrained_sft as _;
@@ -10,6 +11,7 @@ use safetune_defense_recovery_mix as _;
 use safetune_defense_repnoise as _;
 use safetune_defense_safeinstr as _;
 use safetune_defense_safelora as _;
+use safetune_defense_safemerge as _;
 use safetune_defense_t_vaccine as _;
 use safetune_defense_vaccine as _;
 // defenses:end

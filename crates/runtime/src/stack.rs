@@ -7,11 +7,11 @@ use safetune_core::anyhow::bail;
 use std::collections::{BTreeMap, BTreeSet};
 
 use safetune_core::defense::{DataMix, DefenseData, DefensePlan, Part, SystemPrompt};
-use safetune_core::rng::SeededRng;
-use safetune_core::Example;
 use safetune_core::registry;
 use safetune_core::repair::Repair;
+use safetune_core::rng::SeededRng;
 use safetune_core::training::TrainStep;
+use safetune_core::Example;
 use safetune_core::Result;
 
 /// A spec's `defense_options` table.

@@ -52,7 +52,9 @@ pub struct ConstrainedSft {
 
 impl ConstrainedSft {
     pub fn new(options: ConstrainedSftOptions) -> Result<Self> {
-        for (key, v) in [("beta", options.beta), ("bias_factor", options.bias_factor), ("first_token_bias_factor", options.first_token_bias_factor)] {
+        for (key, v) in
+            [("beta", options.beta), ("bias_factor", options.bias_factor), ("first_token_bias_factor", options.first_token_bias_factor)]
+        {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("defense_options.constrained-sft.{key}: must be a number > 0");
             }

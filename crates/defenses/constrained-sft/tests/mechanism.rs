@@ -9,8 +9,9 @@ use safetune_train::{train, with_context, StageData};
 
 fn streams() -> StageData {
     let mut data = StageData::default();
-    let rows =
-        (0..6).map(|i| Example::new(format!("t:{i}"), ExampleKind::Harmful, format!("request {i}?"), "Sure, here is the full answer.")).collect();
+    let rows = (0..6)
+        .map(|i| Example::new(format!("t:{i}"), ExampleKind::Harmful, format!("request {i}?"), "Sure, here is the full answer."))
+        .collect();
     data.streams.insert(stream::TASK.to_string(), rows);
     data
 }

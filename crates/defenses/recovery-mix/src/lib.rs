@@ -77,7 +77,12 @@ impl DataMix for RecoveryMix {
         let mut rng = SeededRng::derive(seed, "recovery-mix");
         for i in rng.sample_indices(data.harmful.len(), k) {
             let h = &data.harmful[i];
-            let mut e = Example::new(format!("{}#recovery-mix", h.id), ExampleKind::Refusal, h.prompt.clone(), data.refusals[rng.below(data.refusals.len())]);
+            let mut e = Example::new(
+                format!("{}#recovery-mix", h.id),
+                ExampleKind::Refusal,
+                h.prompt.clone(),
+                data.refusals[rng.below(data.refusals.len())],
+            );
             e.system = h.system.clone();
             let words: Vec<&str> = h.response.split_whitespace().collect();
             if rng.next_f64() < self.options.prefix_share && !words.is_empty() {

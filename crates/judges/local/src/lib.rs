@@ -109,6 +109,7 @@ impl LocalJudge {
             perturbation: None,
             train: false,
             logits_at: Some(&last),
+            linear_input_norms: false,
         })?;
         let logits = out.logits.flatten_all()?.to_dtype(candle_core::DType::F64)?;
         let pick = Tensor::new(&[self.safe, self.unsafe_], dev)?;

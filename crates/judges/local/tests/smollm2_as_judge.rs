@@ -38,6 +38,7 @@ fn probabilities_follow_the_models_logits_and_thresholds_decide() {
             perturbation: None,
             train: false,
             logits_at: Some(&at),
+            linear_input_norms: false,
         })
         .unwrap();
     let logits: Vec<f32> = out.logits.flatten_all().unwrap().to_vec1().unwrap();
