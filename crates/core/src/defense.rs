@@ -148,6 +148,9 @@ pub trait Defense {
     /// The name specs use (`finetune.defenses`, `defense_options.<NAME>`).
     const NAME: &'static str;
     const DESCRIPTION: &'static str;
+    /// Where and why this implementation differs from the reference code it was read against
+    /// (one line; `safetune list defenses` shows it; the README's fidelity table has the detail).
+    const DIFFERS: &'static str;
     /// Options with their defaults (`#[serde(deny_unknown_fields, default)]`); every default is
     /// cited in the defense's README.
     type Options: DeserializeOwned + Serialize + JsonSchema + Default;

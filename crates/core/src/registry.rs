@@ -51,6 +51,8 @@ pub use crate::defense::Stage;
 pub struct DefenseEntry {
     pub name: &'static str,
     pub description: &'static str,
+    /// How it differs from its reference code ([`crate::defense::Defense::DIFFERS`]).
+    pub differs: &'static str,
     /// Builds the plan from the spec's `defense_options.<name>` table (`null`: defaults).
     pub build: fn(&serde_json::Value) -> Result<crate::defense::DefensePlan>,
     /// The options with every default filled in (for cache keys).
@@ -98,6 +100,7 @@ macro_rules! register_defense {
             $crate::registry::DefenseEntry {
                 name: <$t as $crate::defense::Defense>::NAME,
                 description: <$t as $crate::defense::Defense>::DESCRIPTION,
+                differs: <$t as $crate::defense::Defense>::DIFFERS,
                 build: $crate::defense::build_plan::<$t>,
                 resolve: $crate::defense::resolve_options::<$t>,
                 schema: $crate::defense::options_schema::<$t>,

@@ -57,6 +57,7 @@ pub mod alignment {
     impl Defense for TemplateAlignment {
         const NAME: &'static str = "template-alignment";
         const DESCRIPTION: &'static str = "template-alignment (scaffolded): alignment loss plus weighted safety-stream loss";
+        const DIFFERS: &'static str = "(scaffolded: say where and why this differs from the reference code, or `as the reference`)";
         type Options = TemplateAlignmentOptions;
         fn plan(options: Self::Options) -> Result<DefensePlan> {
             if !(options.weight >= 0.0 && options.weight.is_finite()) {
@@ -118,6 +119,7 @@ pub mod finetune {
     impl Defense for TemplateFinetune {
         const NAME: &'static str = "template-finetune";
         const DESCRIPTION: &'static str = "template-finetune (scaffolded): task loss minus a capped ascent on harmful pairs";
+        const DIFFERS: &'static str = "(scaffolded: say where and why this differs from the reference code, or `as the reference`)";
         type Options = TemplateFinetuneOptions;
         fn plan(options: Self::Options) -> Result<DefensePlan> {
             for (key, v) in [("weight", options.weight), ("cap", options.cap)] {
@@ -195,6 +197,7 @@ pub mod repair {
     impl Defense for TemplateRepair {
         const NAME: &'static str = "template-repair";
         const DESCRIPTION: &'static str = "template-repair (scaffolded): reset the most-changed weights to their aligned values";
+        const DIFFERS: &'static str = "(scaffolded: say where and why this differs from the reference code, or `as the reference`)";
         type Options = TemplateRepairOptions;
         fn plan(options: Self::Options) -> Result<DefensePlan> {
             if options.k == 0 {

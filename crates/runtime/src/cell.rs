@@ -43,7 +43,7 @@ impl Run<'_> {
         aligned: &Aligned,
         cell: &str,
     ) -> Result<()> {
-        if !self.cell_files(method, cell)?.iter().any(|r| r.starts_with("adapters")) {
+        if !self.cell_files(method, names, cell)?.iter().any(|r| r.starts_with("adapters")) {
             return Ok(());
         }
         let trained = self.run_dir.join("trained").join(format!("{cell}.json"));
@@ -139,6 +139,16 @@ impl Run<'_> {
             }
             None => Vec::new(),
         };
+        // The weights evaluated beyond the adapter, so the cell can be reproduced outside
+        // safetune: a repair's replaced tensors (over the aligned model with the adapter merged),
+        // or, without an adapter, every weight of the model.
+        if !lora || stack.repair.is_some() {
+            let all = model.weights();
+            let keep: std::collections::HashSet<&String> = repaired.iter().collect();
+            let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+                all.into_iter().filter(|(n, _)| !lora || keep.contains(n)).collect();
+            write_safetensors(&self.run_dir.join(Run::weights_file(&cell)), &tensors)?;
+        }
         // A defense may set the system prompt at inference (BEA's trigger).
         let system = stack.system_prompt.as_ref().and_then(|f| f(model.info().format.default_system()));
         let with_system = |v: &[Example]| -> Vec<Example> {
@@ -211,4 +221,14 @@ impl Run<'_> {
         say(self.quiet, format!("[{}] replaced {} of {} weights", r.name(), names.len(), ft.len()));
         Ok(names)
     }
+}
+
+/// Writes tensors as one safetensors file, atomically (a temporary file renamed into place).
+fn write_safetensors(path: &std::path::Path, tensors: &std::collections::HashMap<String, candle_core::Tensor>) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
 }

@@ -189,6 +189,12 @@ fn list(what: &str) -> Result<String> {
     };
     let mut out = vec![line(head.to_vec())];
     out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
+    if what == "defenses" {
+        out.push(String::new());
+        out.push("Where each differs from the reference code it was read against (its README has the fidelity table):".into());
+        let w = registry::defenses().iter().map(|d| d.name.len()).max().unwrap_or(0);
+        out.extend(registry::defenses().iter().map(|d| format!("{:<w$}  {}", d.name, d.differs)));
+    }
     Ok(out.join("\n"))
 }
 

@@ -152,7 +152,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             say(quiet, format!("[{cell}] already done"));
             continue;
         }
-        let rels = r.cell_files(&c.method, cell)?;
+        let rels = r.cell_files(&c.method, &c.defenses, cell)?;
         if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
             say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
             r.publish_trained_from_cell(&c.method, &c.defenses, &c.regime, a, cell)?;

@@ -213,17 +213,27 @@ impl Run<'_> {
     }
 
     /// The files a cell writes, relative to the run directory.
-    pub(crate) fn cell_files(&self, method: &str, cell: &str) -> Result<Vec<PathBuf>> {
+    pub(crate) fn cell_files(&self, method: &str, names: &[String], cell: &str) -> Result<Vec<PathBuf>> {
         let plan = method_plan(self.spec, method)?;
         let mut rels = vec![
             PathBuf::from("cells").join(format!("{cell}.json")),
             PathBuf::from("timings").join(format!("{cell}.json")),
             PathBuf::from("generations").join(cell),
         ];
-        if matches!(plan.trainable, Trainable::Lora(_)) {
+        let lora = matches!(plan.trainable, Trainable::Lora(_));
+        if lora {
             rels.push(PathBuf::from("adapters").join(cell));
         }
+        if !lora || crate::stack::build_stack(&self.spec.defense_options, names)?.repair.is_some() {
+            rels.push(Self::weights_file(cell));
+        }
         Ok(rels)
+    }
+
+    /// The weights a cell evaluated beyond its adapter (relative to the run directory): a
+    /// repair's replaced tensors, or a full fine-tuning's whole model.
+    pub(crate) fn weights_file(cell: &str) -> PathBuf {
+        PathBuf::from("weights").join(format!("{cell}.safetensors"))
     }
 
     /// The content key of a cell's trained weights: the aligned model, the

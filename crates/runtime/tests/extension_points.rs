@@ -57,6 +57,7 @@ struct ProbeFinetune;
 impl Defense for ProbeFinetune {
     const NAME: &'static str = "probe-finetune";
     const DESCRIPTION: &'static str = "test probe: a fine-tuning objective reading the harmful stream and the reference";
+    const DIFFERS: &'static str = "a test probe, no reference";
     type Options = NoOptions;
     fn plan(_: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { step: Some(Box::new(ProbeStep { tag: "finetune" })), ..Default::default() })
@@ -68,6 +69,7 @@ struct ProbeAlign;
 impl Defense for ProbeAlign {
     const NAME: &'static str = "probe-align";
     const DESCRIPTION: &'static str = "test probe: an alignment objective reading the harmful stream and the reference";
+    const DIFFERS: &'static str = "a test probe, no reference";
     type Options = NoOptions;
     fn plan(_: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { align_step: Some(Box::new(ProbeStep { tag: "align" })), ..Default::default() })
@@ -99,6 +101,7 @@ impl Repair for ProbeRepair {
 impl Defense for ProbeRepair {
     const NAME: &'static str = "probe-repair";
     const DESCRIPTION: &'static str = "test probe: a repair running the model on data";
+    const DIFFERS: &'static str = "a test probe, no reference";
     type Options = NoOptions;
     fn plan(_: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { repair: Some(Box::new(ProbeRepair)), ..Default::default() })

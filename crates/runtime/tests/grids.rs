@@ -73,7 +73,18 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     let stacked = cell("sft-lora+vaccine+lisa+safelora__high-harm");
     assert_ne!(plain["aligned_key"], stacked["aligned_key"], "vaccine aligns separately");
     assert_eq!(stacked["defenses"], serde_json::json!(["vaccine", "lisa", "safelora"]));
-    assert!(stacked["repaired"].is_array() || stacked.get("repaired").is_none());
+    // The repaired cell's evaluated weights: its adapter plus the tensors SafeLoRA replaced.
+    let replaced: Vec<String> = stacked["repaired"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let saved = candle_core::safetensors::load(
+        out.join("tiny-stack/weights/sft-lora+vaccine+lisa+safelora__high-harm.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<String> = saved.keys().cloned().collect();
+    names.sort();
+    assert!(!replaced.is_empty());
+    assert_eq!(names, replaced);
+    assert!(!out.join("tiny-stack/weights/sft-lora__high-harm.safetensors").exists(), "an unrepaired LoRA cell is its adapter");
     assert_eq!(cell("sft-lora+bea__high-harm")["added_ids"].as_array().unwrap().len(), 3);
     assert_eq!(cell("sft-lora+safeinstr__high-harm")["added_ids"].as_array().unwrap().len(), 2);
     // Two data defenses stack: SafeInstr's two safety examples and recovery-mix's four, both in the data.

@@ -122,6 +122,7 @@ impl Defense for Booster {
     const NAME: &'static str = "booster";
     const DESCRIPTION: &'static str =
         "harmful-perturbation attenuation: align while penalising how much one normalised harmful step lowers the harmful loss (Huang et al. 2025)";
+    const DIFFERS: &'static str = "harmful batch of the run's batch size from the defender's pool (reference: 10 BeaverTails pairs); the perturb-aware variant is not implemented";
     type Options = BoosterOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { align_step: Some(Box::new(Booster::new(options)?)), ..Default::default() })

@@ -115,6 +115,7 @@ impl Defense for ConstrainedSft {
     const NAME: &'static str = "constrained-sft";
     const DESCRIPTION: &'static str =
         "token-wise constrained fine-tuning: keep each answer token's log-probability near the aligned model's, strongest on the first tokens (Qi et al. 2025)";
+    const DIFFERS: &'static str = "reference log-probabilities computed each step (reference: once before training); no anchor batches";
     type Options = ConstrainedSftOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { step: Some(Box::new(ConstrainedSft::new(options)?)), ..Default::default() })

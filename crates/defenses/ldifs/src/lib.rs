@@ -103,6 +103,7 @@ impl Defense for Ldifs {
     const NAME: &'static str = "ldifs";
     const DESCRIPTION: &'static str =
         "feature-distance regularisation: fine-tune while keeping every layer's hidden states near the aligned model's (Mukhoti et al. 2024)";
+    const DIFFERS: &'static str = "features are decoder-layer outputs at real tokens (reference: MLP outputs at every position)";
     type Options = LdifsOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { step: Some(Box::new(Ldifs::new(options)?)), ..Default::default() })

@@ -127,6 +127,7 @@ impl Defense for Lisa {
     const NAME: &'static str = "lisa";
     const DESCRIPTION: &'static str =
         "bi-state optimisation: alternate safety and task steps with a proximal pull to the other state's weights (Huang et al. 2024)";
+    const DIFFERS: &'static str = "as the reference (git-disl/Lisa: rho 1, 100 alignment / 900 fine-tuning steps per cycle, no proximal term in the first 10% of steps)";
     type Options = LisaConfig;
     fn plan(cfg: LisaConfig) -> Result<DefensePlan> {
         Ok(DefensePlan { step: Some(Box::new(Lisa::new(cfg)?)), ..Default::default() })

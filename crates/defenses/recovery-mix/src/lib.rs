@@ -100,6 +100,7 @@ impl Defense for RecoveryMix {
     const NAME: &'static str = "recovery-mix";
     const DESCRIPTION: &'static str =
         "safety-recovery augmentation: add harmful requests answered by a refusal, half after a harmful prefix (Qi et al. 2025)";
+    const DIFFERS: &'static str = "prefix cut in words, refusal from generic styles (reference: tokens, the same prompt's refusal)";
     type Options = RecoveryMixOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { mix: Some(Box::new(RecoveryMix::new(options)?)), ..Default::default() })

@@ -146,6 +146,7 @@ impl Defense for RepNoise {
     const NAME: &'static str = "repnoise";
     const DESCRIPTION: &'static str =
         "representation noising: align while pushing harmful answers' hidden states toward Gaussian noise and ascending their loss (Rosati et al. 2024)";
+    const DIFFERS: &'static str = "noise on decoder-layer outputs (reference: MLP outputs); harmful loss on final logits only (reference adds every layer's logit lens)";
     type Options = RepNoiseOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { align_step: Some(Box::new(RepNoise::new(options)?)), ..Default::default() })

@@ -5,8 +5,8 @@
 //! For each fine-tuned weight, the alignment direction `V = W_aligned −
 //! W_base` gives the projection `C = V·Vᵀ/‖V‖_F`. A layer whose update `ΔW =
 //! W_finetuned − W_aligned` is dissimilar to its projection — cosine
-//! similarity of `C·ΔW` and `ΔW` below `tau` ("threshold" mode), or among the
-//! `k` lowest ("number" mode) — gets `ΔW` replaced by `C·ΔW`. Other layers,
+//! similarity of `C·ΔW` and `ΔW` at most `tau` ("threshold" mode), or among the
+//! `k` lowest ("number" mode, the default, as upstream) — gets `ΔW` replaced by `C·ΔW`. Other layers,
 //! and layers that alignment did not change, are untouched.
 
 use candle_core::Tensor;
@@ -37,7 +37,7 @@ pub struct SafeLoraConfig {
 
 impl Default for SafeLoraConfig {
     fn default() -> Self {
-        Self { mode: SelectMode::Threshold, tau: 0.5, k: 10 }
+        Self { mode: SelectMode::Number, tau: 0.5, k: 10 }
     }
 }
 
@@ -62,7 +62,7 @@ impl Repair for SafeLora {
     fn repair(&self, w: &WeightSets, _ctx: &mut dyn StepContext) -> Result<Weights> {
         let scored = self.scores(w)?;
         let chosen: std::collections::BTreeSet<usize> = match self.cfg.mode {
-            SelectMode::Threshold => (0..scored.len()).filter(|&i| scored[i].1 < self.cfg.tau).collect(),
+            SelectMode::Threshold => (0..scored.len()).filter(|&i| scored[i].1 <= self.cfg.tau).collect(),
             SelectMode::Number => {
                 let mut idx: Vec<usize> = (0..scored.len()).collect();
                 idx.sort_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1));
@@ -83,6 +83,7 @@ impl Repair for SafeLora {
 impl Defense for SafeLora {
     const NAME: &'static str = "safelora";
     const DESCRIPTION: &'static str = "project dissimilar fine-tuning updates onto the alignment subspace (Hsu et al. 2024)";
+    const DIFFERS: &'static str = "projects the dense update C·ΔW (= C·B·A, the same product); number mode takes exactly k layers (upstream: every layer at or below the k-th similarity)";
     type Options = SafeLoraConfig;
     fn plan(cfg: SafeLoraConfig) -> Result<DefensePlan> {
         if !(-1.0..=1.0).contains(&cfg.tau) {

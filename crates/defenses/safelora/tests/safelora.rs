@@ -37,10 +37,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 #[test]
-fn dissimilar_layers_are_projected_and_the_others_untouched() {
+fn threshold_mode_projects_dissimilar_layers_and_leaves_the_others_untouched() {
     let (base, aligned, ft) = sets();
     let w = WeightSets { base: &base, aligned: &aligned, finetuned: &ft };
-    let s = SafeLora { cfg: SafeLoraConfig::default() };
+    let s = SafeLora { cfg: SafeLoraConfig { mode: SelectMode::Threshold, tau: 0.5, k: 10 } };
     let scores = s.scores(&w).unwrap();
     let cos: std::collections::BTreeMap<String, f64> = scores.iter().map(|(n, c, _, _)| (n.clone(), *c)).collect();
     assert!(cos["a.weight"] > 0.5, "{cos:?}");
@@ -68,5 +68,6 @@ fn number_mode_takes_the_k_least_similar() {
     let s = SafeLora { cfg: SafeLoraConfig { mode: SelectMode::Number, tau: 0.5, k: 10 } };
     assert_eq!(repair(&s, &w).len(), 2);
     let d = SafeLoraConfig::default();
-    assert_eq!((d.mode, d.tau, d.k), (SelectMode::Threshold, 0.5, 10));
+    // Upstream's defaults (IBM/SafeLoRA `SafeLoRAConfig`): number mode, 10 layers, threshold 0.5.
+    assert_eq!((d.mode, d.tau, d.k), (SelectMode::Number, 0.5, 10));
 }

@@ -155,6 +155,7 @@ impl Defense for TVaccine {
     const NAME: &'static str = "t-vaccine";
     const DESCRIPTION: &'static str =
         "targeted Vaccine: perturb only layers drawn by their harmful-gradient norm during alignment (Liu et al. 2024)";
+    const DIFFERS: &'static str = "perturbs decoder-layer outputs (reference: attention outputs); every adapter trains (reference freezes the undrawn layers to save memory)";
     type Options = TVaccineOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { align_step: Some(Box::new(TVaccine::new(options)?)), ..Default::default() })

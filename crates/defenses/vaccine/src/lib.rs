@@ -68,6 +68,7 @@ impl Defense for Vaccine {
     const NAME: &'static str = "vaccine";
     const DESCRIPTION: &'static str =
         "perturbation-aware alignment: align under the worst-case hidden-state drift of radius rho (Huang et al. 2024)";
+    const DIFFERS: &'static str = "perturbs each decoder layer's output; the reference hooks the attention blocks' outputs";
     type Options = VaccineConfig;
     fn plan(cfg: VaccineConfig) -> Result<DefensePlan> {
         Ok(DefensePlan { align_step: Some(Box::new(Vaccine::new(cfg)?)), ..Default::default() })
