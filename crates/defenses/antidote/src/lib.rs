@@ -136,7 +136,8 @@ impl Defense for Antidote {
     const NAME: &'static str = "antidote";
     const DESCRIPTION: &'static str =
         "post-tuning pruning: reset the fine-tuning update's weights with the highest Wanda scores on harmful data (Huang et al. 2025)";
-    const DIFFERS: &'static str = "prunes entries of the dense update ΔW (reference: entries of the LoRA A/B factors; q,k,v for full fine-tuning)";
+    const DIFFERS: &'static str =
+        "prunes entries of the dense update ΔW (reference: entries of the LoRA A/B factors; q,k,v for full fine-tuning)";
     type Options = AntidoteOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { repair: Some(Box::new(Antidote::new(options)?)), ..Default::default() })

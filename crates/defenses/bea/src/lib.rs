@@ -82,7 +82,8 @@ impl Defense for Bea {
     const NAME: &'static str = "bea";
     const DESCRIPTION: &'static str =
         "backdoor-enhanced alignment: safety examples under a secret system-prompt trigger, also used at inference (Wang et al. 2024)";
-    const DIFFERS: &'static str = "the secret trigger is 16 random words (~40 tokens) so prompts fit max_len 256; the paper uses a long random-token prompt";
+    const DIFFERS: &'static str =
+        "the secret trigger is 16 random words (~40 tokens) so prompts fit max_len 256; the paper uses a long random-token prompt";
     type Options = BeaConfig;
     fn plan(cfg: BeaConfig) -> Result<DefensePlan> {
         let bea = Bea::new(cfg)?;

@@ -55,7 +55,8 @@ impl DataMix for SafeInstr {
 impl Defense for SafeInstr {
     const NAME: &'static str = "safeinstr";
     const DESCRIPTION: &'static str = "mix safety examples (harmful prompt → refusal) into the user's data (Bianchi et al. 2024)";
-    const DIFFERS: &'static str = "mixes the alignment set's refusals (templated + Safety-Tuned LLaMAs answers), not only the paper's curated demonstrations";
+    const DIFFERS: &'static str =
+        "mixes the alignment set's refusals (templated + Safety-Tuned LLaMAs answers), not only the paper's curated demonstrations";
     type Options = SafeInstrConfig;
     fn plan(cfg: SafeInstrConfig) -> Result<DefensePlan> {
         if !(0.0..=1.0).contains(&cfg.fraction) {

@@ -82,7 +82,8 @@ impl Defense for SafeMerge {
     const NAME: &'static str = "safemerge";
     const DESCRIPTION: &'static str =
         "selective layer-wise merge: layers whose update leaves the alignment subspace are merged back toward the safety model (Djuhera et al. 2025)";
-    const DIFFERS: &'static str = "the safety model is the aligned model; merges dense updates (reference: a separate safety LoRA, PEFT weighted adapters)";
+    const DIFFERS: &'static str =
+        "the safety model is the aligned model; merges dense updates (reference: a separate safety LoRA, PEFT weighted adapters)";
     type Options = SafeMergeOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { repair: Some(Box::new(SafeMerge::new(options)?)), ..Default::default() })
