@@ -29,6 +29,25 @@ pub struct ModelInfo {
     pub format: PromptFormat,
 }
 
+/// Where per-layer perturbations are added (Vaccine's hidden-state drift).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PerturbationSite {
+    /// Each decoder layer's output (the residual stream after the layer).
+    #[default]
+    LayerOutput,
+    /// Each layer's attention-block output, before it joins the residual stream (where the
+    /// Vaccine and T-Vaccine reference code hook `LlamaAttention`).
+    AttentionOutput,
+}
+
+/// One additive perturbation per decoder layer (`[batch, seq, hidden]` each) at a site.
+#[derive(Clone, Copy)]
+pub struct Perturbation<'a> {
+    pub tensors: &'a [Tensor],
+    pub site: PerturbationSite,
+}
+
 /// One forward request.
 #[derive(Default)]
 pub struct ForwardRequest<'a> {
@@ -38,8 +57,8 @@ pub struct ForwardRequest<'a> {
     pub mask: Option<&'a Tensor>,
     /// Return every decoder layer's output hidden state.
     pub output_hidden: bool,
-    /// Added to decoder layer `l`'s output (`[batch, seq, hidden]` each), as Vaccine does.
-    pub perturbation: Option<&'a [Tensor]>,
+    /// Added at each layer `l` at its site (`[batch, seq, hidden]` each), as Vaccine does.
+    pub perturbation: Option<Perturbation<'a>>,
     /// Training mode: adapters apply dropout.
     pub train: bool,
     /// Flat indices into `batch * seq` at which to compute logits (`None`:

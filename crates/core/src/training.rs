@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor, Var, D};
 
-use crate::model::ForwardRequest;
+use crate::model::{ForwardRequest, Perturbation, PerturbationSite};
 
 use crate::{CausalLm, Result};
 
@@ -50,7 +50,7 @@ pub trait StepContext {
     }
     /// Mean masked next-token cross-entropy of `batch`, with optional
     /// per-layer perturbations; also returns hidden states when asked.
-    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)>;
+    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<Perturbation>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)>;
     /// Zero-based optimiser step about to be taken, and the planned total.
     fn step(&self) -> usize;
     fn total_steps(&self) -> usize;
@@ -82,17 +82,17 @@ impl TrainStep for PlainSft {
     }
 }
 
-/// The gradient of `batch`'s loss with respect to every decoder layer's output hidden state
+/// The gradient of `batch`'s loss with respect to every decoder layer's hidden state at `site`
 /// (one `[batch, seq, hidden]` per layer): one forward/backward pass through zero
-/// perturbations, whose gradients are exactly those. Vaccine's and T-Vaccine's first pass.
-pub fn hidden_state_gradients(ctx: &dyn StepContext, batch: &TokenBatch) -> Result<Vec<Tensor>> {
+/// perturbations there, whose gradients are exactly those. Vaccine's and T-Vaccine's first pass.
+pub fn hidden_state_gradients(ctx: &dyn StepContext, batch: &TokenBatch, site: PerturbationSite) -> Result<Vec<Tensor>> {
     let (b, t) = batch.ids.dims2()?;
     let d = ctx.model().info().hidden_size;
     let layers = ctx.model().info().num_layers;
     let zeros: Vec<Var> =
         (0..layers).map(|_| Var::zeros((b, t, d), DType::F32, ctx.model().device())).collect::<candle_core::Result<_>>()?;
     let z: Vec<Tensor> = zeros.iter().map(|v| v.as_tensor().clone()).collect();
-    let (loss, _) = ctx.lm_loss(batch, Some(&z), false)?;
+    let (loss, _) = ctx.lm_loss(batch, Some(Perturbation { tensors: &z, site }), false)?;
     let grads = loss.backward()?;
     // The pass's graph (every activation) is freed here, before the caller builds another.
     zeros.iter().map(|v| Ok(grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)?.detach())).collect()
@@ -118,7 +118,7 @@ pub fn perturbations(grads: &[Tensor], rho: f64) -> Result<(Vec<Tensor>, f64)> {
 pub fn response_log_probs(
     model: &dyn CausalLm,
     batch: &TokenBatch,
-    perturbation: Option<&[Tensor]>,
+    perturbation: Option<Perturbation>,
     output_hidden: bool,
     train: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::model::ModelInfo;
+use safetune_core::model::{ModelInfo, PerturbationSite};
 use safetune_core::{LinearAdapter, Result};
 
 use crate::config::LlamaConfig;
@@ -49,7 +49,7 @@ pub(crate) struct Pass<'a> {
     pub positions: &'a Tensor,
     /// `[b, 1, 1, t, s]` additive attention bias.
     pub bias: &'a Tensor,
-    pub perturbation: Option<&'a [Tensor]>,
+    pub perturbation: Option<safetune_core::model::Perturbation<'a>>,
     pub output_hidden: bool,
     pub train: bool,
     /// Collects each linear module's input statistics (`ForwardRequest::linear_input_norms`).
@@ -219,18 +219,23 @@ impl Llama {
         let eps = self.cfg.rms_eps;
         let mut hidden = Vec::new();
         if let Some(pert) = p.perturbation {
-            if pert.len() != self.cfg.num_layers {
-                bail!("perturbation has {} tensors for {} layers", pert.len(), self.cfg.num_layers);
+            if pert.tensors.len() != self.cfg.num_layers {
+                bail!("perturbation has {} tensors for {} layers", pert.tensors.len(), self.cfg.num_layers);
             }
         }
+        let at = |site: PerturbationSite| p.perturbation.filter(|q| q.site == site).map(|q| q.tensors);
         for l in 0..self.cfg.num_layers {
             let pre = format!("model.layers.{l}");
             let h = ops::rms_norm(&x, self.w(&format!("{pre}.input_layernorm.weight"))?, eps)?;
-            x = (x + self.attention(l, &h, p, &cos, &sin, cache.as_deref_mut())?)?;
+            let mut a = self.attention(l, &h, p, &cos, &sin, cache.as_deref_mut())?;
+            if let Some(e) = at(PerturbationSite::AttentionOutput) {
+                a = a.broadcast_add(&e[l])?;
+            }
+            x = (x + a)?;
             let h = ops::rms_norm(&x, self.w(&format!("{pre}.post_attention_layernorm.weight"))?, eps)?;
             x = (&x + self.mlp(l, &h, p)?)?;
-            if let Some(pert) = p.perturbation {
-                x = x.broadcast_add(&pert[l])?;
+            if let Some(e) = at(PerturbationSite::LayerOutput) {
+                x = x.broadcast_add(&e[l])?;
             }
             if p.output_hidden {
                 hidden.push(x.clone());

@@ -1,7 +1,7 @@
 //! Mathematical checks on a tiny random model.
 
 use candle_core::{DType, Device, Tensor, Var};
-use safetune_core::model::ForwardRequest;
+use safetune_core::model::{ForwardRequest, Perturbation, PerturbationSite};
 use safetune_core::{CausalLm, GenerationParams};
 
 fn loss_of(m: &dyn CausalLm, ids: &Tensor) -> Tensor {
@@ -107,6 +107,10 @@ fn padded_batch_and_kv_cache_match_unbatched_full_forward() {
     assert_ne!(m.generate(&prompts, &s).unwrap(), m.generate(&prompts, &GenerationParams { seed: 6, ..s }).unwrap());
 }
 
+fn at(tensors: &[Tensor], site: PerturbationSite) -> Option<Perturbation<'_>> {
+    Some(Perturbation { tensors, site })
+}
+
 #[test]
 fn hidden_states_and_perturbation() {
     let m = safetune_model::tiny_model(3).unwrap();
@@ -115,13 +119,34 @@ fn hidden_states_and_perturbation() {
     assert_eq!(out.hidden.len(), 2);
     assert_eq!(out.hidden[0].dims(), &[1, x.dim(1).unwrap(), 32]);
     let zeros: Vec<Tensor> = out.hidden.iter().map(|h| h.zeros_like().unwrap()).collect();
-    let same = m.forward(&ForwardRequest { ids: Some(&x), perturbation: Some(&zeros), ..Default::default() }).unwrap();
+    let same = m
+        .forward(&ForwardRequest { ids: Some(&x), perturbation: at(&zeros, PerturbationSite::LayerOutput), ..Default::default() })
+        .unwrap();
     let d0 = (&same.logits - &out.logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(d0, 0.0);
     let ones: Vec<Tensor> = out.hidden.iter().map(|h| h.ones_like().unwrap()).collect();
-    let moved = m.forward(&ForwardRequest { ids: Some(&x), perturbation: Some(&ones), ..Default::default() }).unwrap();
+    let moved =
+        m.forward(&ForwardRequest { ids: Some(&x), perturbation: at(&ones, PerturbationSite::LayerOutput), ..Default::default() }).unwrap();
     let d1 = (&moved.logits - &out.logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(d1 > 1e-3);
+    // Only the last layer perturbed: at its output the hidden state moves by exactly e; at its
+    // attention output the MLP reacts, so it moves by something else; earlier layers never move.
+    let max = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let last: Vec<Tensor> = vec![zeros[0].clone(), (ones[1].clone() * 0.5).unwrap()];
+    for site in [PerturbationSite::LayerOutput, PerturbationSite::AttentionOutput] {
+        let p =
+            m.forward(&ForwardRequest { ids: Some(&x), output_hidden: true, perturbation: at(&last, site), ..Default::default() }).unwrap();
+        assert_eq!(max(&p.hidden[0], &out.hidden[0]), 0.0, "{site:?}");
+        let shift = max(&(&p.hidden[1] - &out.hidden[1]).unwrap(), &last[1]);
+        match site {
+            PerturbationSite::LayerOutput => assert!(shift < 1e-5, "{shift}"),
+            PerturbationSite::AttentionOutput => assert!(shift > 1e-3 && max(&p.hidden[1], &out.hidden[1]) > 1e-3, "{shift}"),
+        }
+    }
+    let zeros_at_attention = m
+        .forward(&ForwardRequest { ids: Some(&x), perturbation: at(&zeros, PerturbationSite::AttentionOutput), ..Default::default() })
+        .unwrap();
+    assert_eq!(max(&zeros_at_attention.logits, &out.logits), 0.0);
     let _ = DType::F32;
 }
 

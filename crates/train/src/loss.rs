@@ -1,6 +1,7 @@
 //! Prompt-masked next-token cross-entropy.
 
 use candle_core::Tensor;
+use safetune_core::model::Perturbation;
 use safetune_core::training::{response_log_probs, TokenBatch};
 use safetune_core::{CausalLm, Result};
 
@@ -9,7 +10,7 @@ use safetune_core::{CausalLm, Result};
 pub fn masked_cross_entropy(
     model: &dyn CausalLm,
     batch: &TokenBatch,
-    perturbation: Option<&[Tensor]>,
+    perturbation: Option<Perturbation>,
     output_hidden: bool,
     train: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {

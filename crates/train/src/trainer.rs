@@ -6,6 +6,7 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::config::TrainConfig;
+use safetune_core::model::Perturbation;
 use safetune_core::rng::SeededRng;
 use safetune_core::training::{stream, StepContext, TokenBatch, TrainStep};
 use safetune_core::{CausalLm, Example, Result};
@@ -74,7 +75,7 @@ impl StepContext for Ctx<'_> {
     fn stream_len(&self, name: &str) -> Option<usize> {
         self.streams.get(name).map(|s| s.encoded.len())
     }
-    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<&[Tensor]>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    fn lm_loss(&self, batch: &TokenBatch, perturbation: Option<Perturbation>, output_hidden: bool) -> Result<(Tensor, Vec<Tensor>)> {
         masked_cross_entropy(self.model, batch, perturbation, output_hidden, true)
     }
     fn step(&self) -> usize {

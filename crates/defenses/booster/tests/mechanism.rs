@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use safetune_core::config::{LoraConfig, TrainConfig};
+use safetune_core::model::Perturbation;
 use safetune_core::training::{stream, PlainSft, StepContext, TokenBatch, TrainStep};
 use safetune_core::{CausalLm, Example, ExampleKind, Result};
 use safetune_defense_booster::*;
@@ -52,7 +53,7 @@ impl StepContext for WithParams<'_> {
     fn next_batch(&mut self, s: &str) -> Result<Option<TokenBatch>> {
         self.inner.next_batch(s)
     }
-    fn lm_loss(&self, b: &TokenBatch, p: Option<&[Tensor]>, h: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    fn lm_loss(&self, b: &TokenBatch, p: Option<Perturbation>, h: bool) -> Result<(Tensor, Vec<Tensor>)> {
         self.inner.lm_loss(b, p, h)
     }
     fn step(&self) -> usize {

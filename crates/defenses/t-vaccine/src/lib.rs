@@ -14,6 +14,7 @@
 use candle_core::Tensor;
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::defense::{Defense, DefensePlan};
+use safetune_core::model::{Perturbation, PerturbationSite};
 use safetune_core::rng::SeededRng;
 use safetune_core::training::{hidden_state_gradients, perturbations, stream, StepContext, TrainStep};
 use safetune_core::Result;
@@ -34,11 +35,13 @@ pub struct TVaccineOptions {
     pub probability_steps: usize,
     /// Seed of the layer draws.
     pub seed: u64,
+    /// Where the perturbation is added (the reference: each attention block's output).
+    pub site: PerturbationSite,
 }
 
 impl Default for TVaccineOptions {
     fn default() -> Self {
-        Self { rho: 3.0, activated_layers: 8, interval_steps: 20, probability_steps: 200, seed: 0 }
+        Self { rho: 3.0, activated_layers: 8, interval_steps: 20, probability_steps: 200, seed: 0, site: PerturbationSite::AttentionOutput }
     }
 }
 
@@ -129,7 +132,7 @@ impl TrainStep for TVaccine {
             let harmful = ctx.next_batch(stream::HARMFUL)?.ok_or_else(|| {
                 anyhow!("t-vaccine: no `harmful` stream (it scores layers on harmful pairs that no attack variant draws)")
             })?;
-            let scores = hidden_state_gradients(ctx, &harmful)?.iter().map(norm).collect::<Result<Vec<_>>>()?;
+            let scores = hidden_state_gradients(ctx, &harmful, self.options.site)?.iter().map(norm).collect::<Result<Vec<_>>>()?;
             self.probability = probabilities(&scores);
         }
         if self.active.is_empty() || step.is_multiple_of(self.options.interval_steps) {
@@ -138,7 +141,7 @@ impl TrainStep for TVaccine {
             self.active = draw_layers(&self.probability, self.options.activated_layers, &mut rng);
         }
         // Pass 1 on the alignment batch; only the active layers' gradients enter the norm.
-        let g = hidden_state_gradients(ctx, &batch)?;
+        let g = hidden_state_gradients(ctx, &batch, self.options.site)?;
         let chosen: Vec<Tensor> = self.active.iter().map(|&l| g[l].clone()).collect();
         let (e, n) = perturbations(&chosen, self.options.rho)?;
         self.last_norm = n;
@@ -147,7 +150,7 @@ impl TrainStep for TVaccine {
             per_layer[l] = e;
         }
         // Pass 2: the loss under the targeted perturbation; its gradient is applied.
-        Ok(ctx.lm_loss(&batch, Some(&per_layer), false)?.0)
+        Ok(ctx.lm_loss(&batch, Some(Perturbation { tensors: &per_layer, site: self.options.site }), false)?.0)
     }
 }
 
@@ -155,7 +158,7 @@ impl Defense for TVaccine {
     const NAME: &'static str = "t-vaccine";
     const DESCRIPTION: &'static str =
         "targeted Vaccine: perturb only layers drawn by their harmful-gradient norm during alignment (Liu et al. 2024)";
-    const DIFFERS: &'static str = "perturbs decoder-layer outputs (reference: attention outputs); every adapter trains (reference freezes the undrawn layers to save memory)";
+    const DIFFERS: &'static str = "every adapter trains (the reference freezes the undrawn layers' adapters to save memory); perturbation on attention outputs as the reference";
     type Options = TVaccineOptions;
     fn plan(options: Self::Options) -> Result<DefensePlan> {
         Ok(DefensePlan { align_step: Some(Box::new(TVaccine::new(options)?)), ..Default::default() })

@@ -46,7 +46,9 @@ fn every_layer_active_is_vaccine_exactly_and_one_layer_is_not() {
     let layers = lora_model().info().num_layers;
     assert!(layers >= 2);
     let (mut a, mut b, mut c) = (lora_model(), lora_model(), lora_model());
-    let ra = train(&mut a, &streams(), &mut Vaccine::new(VaccineConfig { rho: 2.0 }).unwrap(), &cfg(), None, "v", true).unwrap();
+    let ra =
+        train(&mut a, &streams(), &mut Vaccine::new(VaccineConfig { rho: 2.0, ..Default::default() }).unwrap(), &cfg(), None, "v", true)
+            .unwrap();
     let all = TVaccineOptions { rho: 2.0, activated_layers: layers, ..Default::default() };
     let mut t = TVaccine::new(all).unwrap();
     let rb = train(&mut b, &streams(), &mut t, &cfg(), None, "t", true).unwrap();

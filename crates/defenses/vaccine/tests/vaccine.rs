@@ -39,7 +39,7 @@ fn cfg() -> TrainConfig {
 fn rho_zero_is_plain_sft_exactly() {
     let (mut a, mut b) = (model(), model());
     let ra = train(&mut a, &data(), &mut PlainSft, &cfg(), None, "sft", true).unwrap();
-    let mut v = Vaccine::new(VaccineConfig { rho: 0.0 }).unwrap();
+    let mut v = Vaccine::new(VaccineConfig { rho: 0.0, ..Default::default() }).unwrap();
     let rb = train(&mut b, &data(), &mut v, &cfg(), None, "vaccine", true).unwrap();
     assert_eq!(ra.losses, rb.losses);
     assert_eq!(weights(&a), weights(&b));
@@ -49,7 +49,7 @@ fn rho_zero_is_plain_sft_exactly() {
 fn perturbation_has_norm_rho_and_changes_the_applied_gradient() {
     let (mut a, mut b) = (model(), model());
     train(&mut a, &data(), &mut PlainSft, &cfg(), None, "sft", true).unwrap();
-    let mut v = Vaccine::new(VaccineConfig { rho: 2.0 }).unwrap();
+    let mut v = Vaccine::new(VaccineConfig { rho: 2.0, ..Default::default() }).unwrap();
     train(&mut b, &data(), &mut v, &cfg(), None, "vaccine", true).unwrap();
     assert!((v.last_norm - 2.0).abs() < 1e-4, "{}", v.last_norm);
     let diff: f32 = weights(&a).iter().flatten().zip(weights(&b).iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
@@ -66,4 +66,21 @@ fn perturbations_are_the_normalised_hidden_gradients() {
     assert_eq!(e[1].to_vec1::<f32>().unwrap(), vec![0.0, 1.6]);
     assert_eq!(safetune_core::registry::defense("vaccine").unwrap().stages().unwrap(), [safetune_core::registry::Stage::Alignment]);
     assert_eq!(VaccineConfig::default().rho, 2.0);
+    // The reference hooks the attention blocks (git-disl/Vaccine `get_leaf_modules_with_grad`).
+    assert_eq!(VaccineConfig::default().site, safetune_core::model::PerturbationSite::AttentionOutput);
+}
+
+#[test]
+fn the_site_of_the_perturbation_matters() {
+    use safetune_core::model::PerturbationSite;
+    let run = |site| {
+        let mut m = model();
+        let mut v = Vaccine::new(VaccineConfig { rho: 2.0, site }).unwrap();
+        train(&mut m, &data(), &mut v, &cfg(), None, "vaccine", true).unwrap();
+        assert!((v.last_norm - 2.0).abs() < 1e-4, "{site:?}: {}", v.last_norm);
+        weights(&m)
+    };
+    let (a, b) = (run(PerturbationSite::AttentionOutput), run(PerturbationSite::LayerOutput));
+    let diff: f32 = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(diff > 1e-6, "perturbing attention outputs trains differently from perturbing layer outputs ({diff})");
 }
