@@ -93,19 +93,29 @@ pub fn hidden_state_gradients(ctx: &dyn StepContext, batch: &TokenBatch, site: P
         (0..layers).map(|_| Var::zeros((b, t, d), DType::F32, ctx.model().device())).collect::<candle_core::Result<_>>()?;
     let z: Vec<Tensor> = zeros.iter().map(|v| v.as_tensor().clone()).collect();
     let (loss, _) = ctx.lm_loss(batch, Some(Perturbation { tensors: &z, site }), false)?;
+    // The pass's graph (every activation) is freed on return, before the caller builds another.
+    gradients_of(&loss, zeros.iter())
+}
+
+/// The gradient of `loss` for each of `vars` (zeros where the loss does not reach one), detached.
+pub fn gradients_of<'a>(loss: &Tensor, vars: impl IntoIterator<Item = &'a Var>) -> Result<Vec<Tensor>> {
     let grads = loss.backward()?;
-    // The pass's graph (every activation) is freed here, before the caller builds another.
-    zeros.iter().map(|v| Ok(grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)?.detach())).collect()
+    vars.into_iter().map(|v| Ok(grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)?.detach())).collect()
+}
+
+/// The L2 norm of all `tensors` taken together (per-tensor sums of squares added in f64).
+pub fn global_norm(tensors: &[Tensor]) -> Result<f64> {
+    let mut sq = 0.0;
+    for t in tensors {
+        sq += t.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(sq.sqrt())
 }
 
 /// `ρ·g_l/‖g‖` for every tensor, `‖g‖` over all of them together (zero when every `g_l` is
 /// zero), and the norm of the result: the worst-case perturbation of radius ρ.
 pub fn perturbations(grads: &[Tensor], rho: f64) -> Result<(Vec<Tensor>, f64)> {
-    let mut sq = 0.0;
-    for g in grads {
-        sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    }
-    let norm = sq.sqrt();
+    let norm = global_norm(grads)?;
     let scale = if norm > 0.0 { rho / norm } else { 0.0 };
     let e = grads.iter().map(|g| (g * scale).map(|t| t.detach())).collect::<candle_core::Result<Vec<_>>>()?;
     Ok((e, norm * scale))

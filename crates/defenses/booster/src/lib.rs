@@ -16,7 +16,7 @@
 use candle_core::{DType, Tensor};
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::defense::{Defense, DefensePlan};
-use safetune_core::training::{stream, StepContext, TrainStep};
+use safetune_core::training::{global_norm, gradients_of, stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -61,8 +61,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 
 /// The gradient of `loss` for every tensor in `params` (zeros where the loss does not reach it).
 pub fn gradients(loss: &Tensor, params: &[(String, candle_core::Var)]) -> Result<Vec<Tensor>> {
-    let grads = loss.backward()?;
-    params.iter().map(|(_, v)| Ok(grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)?.detach())).collect()
+    gradients_of(loss, params.iter().map(|(_, v)| v))
 }
 
 impl TrainStep for Booster {
@@ -84,11 +83,7 @@ impl TrainStep for Booster {
         let before = scalar(&h0)?;
         let g = gradients(&h0, &params)?;
         drop(h0);
-        let mut sq = 0.0;
-        for t in &g {
-            sq += scalar(&t.sqr()?.sum_all()?)?;
-        }
-        let scale = self.options.alpha / (sq.sqrt() + 1e-7);
+        let scale = self.options.alpha / (global_norm(&g)? + 1e-7);
         let saved: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
         for ((_, v), gi) in params.iter().zip(&g) {
             v.set(&(v.as_tensor() - (gi * scale)?)?)?;
