@@ -2,6 +2,7 @@
 //! plots, all built from the files a run wrote (`models/*.json`,
 //! `cells/*.json`), so `safetune report DIR` and the end of a run agree.
 
+mod defenses;
 mod plots;
 mod seeds;
 mod svg;
@@ -16,6 +17,7 @@ use safetune_core::judge::Estimate;
 
 use safetune_eval::results::{cell_label, write_atomic, CellResult, GenRecord, ModelEval};
 
+pub use defenses::{effects as defense_effects, Effect as DefenseEffect, CUT_MIN, TASK_COST_MAX};
 pub use tables::{csv_table, latex_table, markdown_table};
 
 /// One evaluated model: the base, an aligned model or a fine-tuned cell.
@@ -122,17 +124,23 @@ fn verdicts(path: &Path) -> Option<std::collections::HashMap<String, String>> {
     text.lines().map(|l| serde_json::from_str::<GenRecord>(l).ok().map(|r| (r.id, r.verdict))).collect()
 }
 
+/// The aligned model a cell started from: `aligned`, or `aligned+<defense>`
+/// after an alignment-stage defense.
+fn aligned_of(c: &CellResult) -> String {
+    let align_defense = c.defenses.iter().find(|d| {
+        safetune_core::registry::defense(d).and_then(|e| e.stages()).is_ok_and(|s| s.contains(&safetune_core::registry::Stage::Alignment))
+    });
+    match align_defense {
+        Some(d) => format!("aligned+{d}"),
+        None => "aligned".into(),
+    }
+}
+
 /// Refusal retention of a cell against the aligned model it started from
 /// (`aligned`, or `aligned+<defense>` after an alignment-stage defense), per
 /// safety set, from the stored verdicts; sets without stored answers are skipped.
 fn retention(run_dir: &Path, c: &CellResult) -> Vec<(String, Estimate)> {
-    let align_defense = c.defenses.iter().find(|d| {
-        safetune_core::registry::defense(d).and_then(|e| e.stages()).is_ok_and(|s| s.contains(&safetune_core::registry::Stage::Alignment))
-    });
-    let aligned = match align_defense {
-        Some(d) => format!("aligned+{d}"),
-        None => "aligned".into(),
-    };
+    let aligned = aligned_of(c);
     let mut out = Vec::new();
     for s in &c.eval.safety {
         let file = format!("{}.jsonl", s.set);
@@ -243,7 +251,10 @@ pub fn reading(rows: &[Row]) -> String {
 /// for a run directory; returns the Markdown table.
 pub fn write_report(run_dir: &Path, title: &str) -> Result<String> {
     let rows = rows_from_dir(run_dir)?;
-    let md = format!("{}{}", markdown_table(&rows), reading(&rows));
+    let task = rows.first().map(|r| r.eval.task.task.clone()).unwrap_or_default();
+    let seed = 0; // one run: the pairing needs no seed of its own (cells carry theirs)
+    let effects = defenses::effects(&[(task, seed, run_dir.to_path_buf())])?;
+    let md = format!("{}{}{}", markdown_table(&rows), reading(&rows), defenses::markdown(&effects));
     let dir = run_dir.join("report");
     write_atomic(&run_dir.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;

@@ -24,13 +24,25 @@ fn t975(df: usize) -> f64 {
 /// Mean, sample standard deviation and 95% t-interval of values across seeds.
 pub fn across(values: &[f64]) -> (Estimate, f64) {
     let n = values.len();
+    let (mean, half, sd) = mean_sd_half(values);
+    (Estimate { value: mean, n, ci_low: (mean - half).max(0.0), ci_high: (mean + half).min(1.0) }, sd)
+}
+
+/// Mean and half-width of the 95% t-interval across seeds, unclamped (for
+/// differences, which may be negative); a half-width of 0 with one value.
+pub fn mean_and_half_width(values: &[f64]) -> (f64, f64) {
+    let (mean, half, _) = mean_sd_half(values);
+    (mean, half)
+}
+
+fn mean_sd_half(values: &[f64]) -> (f64, f64, f64) {
+    let n = values.len();
     let mean = values.iter().sum::<f64>() / n.max(1) as f64;
     if n < 2 {
-        return (Estimate { value: mean, n, ci_low: mean, ci_high: mean }, 0.0);
+        return (mean, 0.0, 0.0);
     }
     let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
-    let half = t975(n - 1) * sd / (n as f64).sqrt();
-    (Estimate { value: mean, n, ci_low: (mean - half).max(0.0), ci_high: (mean + half).min(1.0) }, sd)
+    (mean, t975(n - 1) * sd / (n as f64).sqrt(), sd)
 }
 
 /// One aggregated row and the standard deviation of each of its estimates, by name.
@@ -163,6 +175,7 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
         .iter()
         .map(|r| serde_json::json!({ "task": r.task, "seeds": r.seeds, "row": r.row, "sd": r.sd.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>() }))
         .collect();
+    md.push_str(&super::defenses::markdown(&super::defenses::effects(runs)?));
     write_atomic(&top.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;
     write_atomic(&dir.join("table.csv"), csv.as_bytes())?;

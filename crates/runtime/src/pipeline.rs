@@ -131,6 +131,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     for d in plan.alignments {
         let a = r.aligned(d.as_deref())?;
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
+        write_alignment_time(&r.run_dir, &label, &a)?;
         let a2 = a.clone();
         let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
         r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;
@@ -180,4 +181,17 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     manifest["timings"] = serde_json::Value::Object(std::mem::take(&mut r.timings));
     write_json(&r.run_dir.join("manifest.json"), &manifest)?;
     crate::report::write_report(&r.run_dir, &spec.name)
+}
+
+/// Records in `timings/<label>.json` how long the aligned model took to train
+/// (its cached `train_report.json`, so a reused alignment reports the time it
+/// cost when it was computed): the report charges it to the cells built on it.
+fn write_alignment_time(run_dir: &std::path::Path, label: &str, a: &Aligned) -> Result<()> {
+    let path = a.dir.join("train_report.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let report: safetune_train::TrainReport = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    write_json(
+        &run_dir.join("timings").join(format!("{label}.json")),
+        &serde_json::json!({ "train": { "seconds": report.seconds }, "steps": report.steps, "tokens": report.tokens }),
+    )
 }
