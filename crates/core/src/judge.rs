@@ -47,6 +47,15 @@ pub trait Judge: Send + Sync {
     fn uses_prompt(&self) -> bool {
         true
     }
+    /// Whether the verdict on every answer that begins with `prefix` (trimmed
+    /// as answers are) is already decided, whatever follows: then generation
+    /// may stop there (`eval.stop_at_verdict`) with the verdict unchanged. A
+    /// keyword judge is decided once a refusal marker appears; the default
+    /// (never decided) is right for any judge that reads the whole answer.
+    fn settled(&self, prefix: &str) -> bool {
+        let _ = prefix;
+        false
+    }
 }
 
 /// A proportion or mean with its sample size and 95% interval.

@@ -39,7 +39,7 @@ pub mod training;
 
 pub use adapter::LinearAdapter;
 pub use example::{Example, ExampleKind};
-pub use model::{CausalLm, ForwardOutput, GenerationParams, Tokenize};
+pub use model::{CausalLm, ForwardOutput, GenerationParams, Settled, Tokenize};
 pub use template::PromptFormat;
 
 /// Re-exported so that implementors name one candle version.

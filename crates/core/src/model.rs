@@ -129,7 +129,19 @@ pub trait CausalLm: Send + Sync {
 
     /// Completions (new token ids, without the prompt and stop token) for each prompt.
     fn generate(&self, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>>;
+
+    /// As [`generate`](Self::generate), but prompt `i`'s completion also ends as
+    /// soon as `settled(i, ids)` holds for its new ids so far (a judge's verdict
+    /// that no continuation can change). Every other completion must come out
+    /// exactly as `generate` gives it. The default ignores `settled`.
+    fn generate_until(&self, prompts: &[Vec<u32>], params: &GenerationParams, settled: &Settled<'_>) -> Result<Vec<Vec<u32>>> {
+        let _ = settled;
+        self.generate(prompts, params)
+    }
 }
+
+/// `settled(i, ids)`: whether prompt `i`'s completion so far (`ids`) may end here.
+pub type Settled<'a> = dyn Fn(usize, &[u32]) -> bool + Sync + 'a;
 
 /// Whether every value of a tensor is finite: the sum of absolute values is finite exactly
 /// then (short of an overflow that no weight of a working model reaches). Loaders check

@@ -39,9 +39,37 @@ pub fn answers_with(model: &dyn CausalLm, examples: &[Example], params: &Generat
 
 /// Answers to prompts written in the given template (the model's own, or another for a variant).
 fn answers_in(model: &dyn CausalLm, examples: &[Example], format: PromptFormat, params: &GenerationParams) -> Result<Vec<String>> {
+    Ok(answers_until(model, examples, format, params, None)?.into_iter().map(|(a, _)| a).collect())
+}
+
+/// Answers as [`answers_in`]; with `settle`, each ends as soon as that judge's
+/// verdict on it is settled (then its flag is true: the answer was cut there).
+fn answers_until(
+    model: &dyn CausalLm,
+    examples: &[Example],
+    format: PromptFormat,
+    params: &GenerationParams,
+    settle: Option<&dyn Judge>,
+) -> Result<Vec<(String, bool)>> {
     let tok = model.tokenizer();
     let prompts = examples.iter().map(|e| tok.encode(&format.prompt(e.system.as_deref(), &e.prompt))).collect::<Result<Vec<_>>>()?;
-    model.generate(&prompts, params)?.iter().map(|ids| tok.decode(ids).map(|s| s.trim().to_string())).collect()
+    let cut: Vec<std::sync::atomic::AtomicBool> = prompts.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+    let ids = match settle {
+        None => model.generate(&prompts, params)?,
+        Some(judge) => {
+            let settled = |i: usize, ids: &[u32]| {
+                // The text as the judge will see it (decoded, trimmed); a prefix that does not
+                // decode is not settled.
+                let done = tok.decode(ids).is_ok_and(|t| judge.settled(t.trim()));
+                if done {
+                    cut[i].store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                done
+            };
+            model.generate_until(&prompts, params, &settled)?
+        }
+    };
+    ids.iter().zip(&cut).map(|(ids, c)| Ok((tok.decode(ids)?.trim().to_string(), c.load(std::sync::atomic::Ordering::Relaxed)))).collect()
 }
 
 /// Surface variants of a harmful prompt that refusal consistency asks again
@@ -92,7 +120,8 @@ pub fn evaluate(
     for (name, set) in &inputs.safety {
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
-        let (recs, judgements) = judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "")?;
+        let (recs, judgements) =
+            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)?;
         let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
         let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
         let harmful_score = safetune_metrics::harm_of(&judgements, seed);
@@ -122,7 +151,7 @@ pub fn evaluate(
                     seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
                     batch_size: spec.batch_size,
                 };
-                let (recs, judged) = judged_answers(model, probe, &params, judge, &format!("#{k}"))?;
+                let (recs, judged) = judged_answers(model, probe, &params, judge, &format!("#{k}"), spec.stop_at_verdict)?;
                 for (i, j) in judged.iter().enumerate() {
                     per_prompt[i].push(j.verdict);
                     others[i].push(j.verdict);
@@ -146,7 +175,8 @@ pub fn evaluate(
             for variant in VARIANTS {
                 let asked: Vec<Example> = probe.iter().map(|e| variant_of(e, variant)).collect();
                 let format = variant_format(variant, model.info().format);
-                let (recs, judged) = judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"))?;
+                let (recs, judged) =
+                    judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"), spec.stop_at_verdict)?;
                 for (i, j) in judged.iter().enumerate() {
                     per_prompt[i].push(j.verdict);
                     others[i].push(j.verdict);
@@ -177,7 +207,8 @@ pub fn evaluate(
     for (name, set) in &inputs.over_refusal {
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
-        let (recs, judgements) = judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "")?;
+        let (recs, judgements) =
+            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)?;
         let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
         let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
         times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
@@ -215,7 +246,7 @@ pub fn evaluate(
             }
         }
         let verdict = if !s.parsed { "unparseable".to_string() } else { format!("{:.4}", s.score) };
-        recs.push(GenRecord { id: e.id.clone(), response: r, verdict, category: None });
+        recs.push(GenRecord { id: e.id.clone(), response: r, verdict, category: None, cut: false });
     }
     let score = mean_estimate(&scores, seed);
     times.push((format!("{}: {}", inputs.task_name, inputs.utility.name()), t.elapsed().as_secs_f64()));
@@ -291,14 +322,16 @@ fn greedy(max_new_tokens: usize, batch_size: usize) -> GenerationParams {
 
 /// Answers to a set with the given decoding, judged; records carry the example
 /// id plus `id_suffix` (`#k` for the k-th sample).
+/// `stop`: end each answer once the judge's verdict is settled (`eval.stop_at_verdict`).
 fn judged_answers(
     model: &dyn CausalLm,
     set: &[Example],
     params: &GenerationParams,
     judge: &dyn Judge,
     id_suffix: &str,
+    stop: bool,
 ) -> Result<(Vec<GenRecord>, Vec<Judgement>)> {
-    judged_answers_in(model, set, model.info().format, params, judge, id_suffix)
+    judged_answers_in(model, set, model.info().format, params, judge, id_suffix, stop)
 }
 
 fn judged_answers_in(
@@ -308,19 +341,21 @@ fn judged_answers_in(
     params: &GenerationParams,
     judge: &dyn Judge,
     id_suffix: &str,
+    stop: bool,
 ) -> Result<(Vec<GenRecord>, Vec<Judgement>)> {
-    let resp = answers_in(model, set, format, params)?;
-    let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, r)| (e.prompt.clone(), r.clone())).collect();
+    let resp = answers_until(model, set, format, params, stop.then_some(judge))?;
+    let pairs: Vec<(String, String)> = set.iter().zip(&resp).map(|(e, (r, _))| (e.prompt.clone(), r.clone())).collect();
     let judgements = judge.judge_all(&pairs)?;
     let recs = set
         .iter()
         .zip(resp)
         .zip(&judgements)
-        .map(|((e, r), j)| GenRecord {
+        .map(|((e, (r, cut)), j)| GenRecord {
             id: format!("{}{id_suffix}", e.id),
             response: r,
             verdict: verdict_name(j.verdict).into(),
             category: e.meta.get("category").filter(|_| e.kind == safetune_core::ExampleKind::Harmful).cloned(),
+            cut,
         })
         .collect();
     Ok((recs, judgements))

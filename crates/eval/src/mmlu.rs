@@ -121,6 +121,7 @@ pub fn accuracy(
             response: LETTERS[best].to_string(),
             verdict: if ok { "correct" } else { "wrong" }.into(),
             category: None,
+            cut: false,
         });
     }
     Ok((MmluResult { shots, accuracy: safetune_metrics::proportion(&correct, seed) }, recs))

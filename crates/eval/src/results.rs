@@ -84,6 +84,10 @@ pub struct GenRecord {
     /// The prompt's harm category, for sets that have them (for per-category ASR on re-judging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Generation stopped once the judge's verdict was settled (`eval.stop_at_verdict`):
+    /// `response` is the answer up to that point.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// Every answer, per evaluation set.

@@ -36,6 +36,14 @@ pub struct EvalSpec {
     /// grid can afford them on a part of a set only.
     #[serde(skip_serializing_if = "is_zero")]
     pub consistency_limit: usize,
+    /// End a harmful (or over-refusal) answer as soon as the judge's verdict on
+    /// it is settled — for keyword judges, once a refusal marker appears — so
+    /// refusals cost a few tokens instead of the whole budget. Verdicts and
+    /// every metric are the same either way (answers still decoding are not
+    /// touched; `docs/METRICS.md`); the stored refusal is cut there and
+    /// marked `cut`. Judges that read the whole answer never settle early.
+    #[serde(skip_serializing_if = "is_true")]
+    pub stop_at_verdict: bool,
     /// MMLU questions asked (spread over the 57 subjects; 0: all 14,042), when
     /// `data.utility_evals` names `mmlu`.
     #[serde(skip_serializing_if = "is_default_mmlu_questions")]
@@ -48,6 +56,9 @@ pub struct EvalSpec {
 const MMLU_QUESTIONS: usize = 570;
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 fn is_default_mmlu_questions(n: &usize) -> bool {
     *n == MMLU_QUESTIONS
@@ -72,6 +83,7 @@ impl Default for EvalSpec {
             variants: false,
             consistency_sets: Vec::new(),
             consistency_limit: 0,
+            stop_at_verdict: true,
             mmlu_questions: MMLU_QUESTIONS,
             mmlu_shots: vec![0, 5],
         }

@@ -124,6 +124,15 @@ impl CausalLm for Llama {
     }
 
     fn generate(&self, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>> {
-        crate::generate::generate(self, prompts, params)
+        crate::generate::generate(self, prompts, params, &|_, _| false)
+    }
+
+    fn generate_until(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerationParams,
+        settled: &safetune_core::Settled<'_>,
+    ) -> Result<Vec<Vec<u32>>> {
+        crate::generate::generate(self, prompts, params, settled)
     }
 }

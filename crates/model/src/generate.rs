@@ -1,15 +1,18 @@
 //! Batched generation with a key/value cache: prompts are left-padded,
 //! decoded greedily or by temperature/top-p sampling from a seed, and each
-//! stops at a stop token or the token budget.
+//! stops at a stop token, the token budget, or when the caller's `settled`
+//! says its answer so far decides what it needs. A finished answer leaves the
+//! batch, so the rest decode with fewer rows.
 
 use candle_core::{DType, Tensor};
 use safetune_core::rng::SeededRng;
-use safetune_core::{GenerationParams, Result, Tokenize};
+use safetune_core::{GenerationParams, Result, Settled, Tokenize};
 
 use crate::llama::{KvCache, Llama, Pass};
 use crate::ops;
 
-pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>> {
+/// Completions of `prompts` (see [`safetune_core::CausalLm::generate_until`]).
+pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams, settled: &Settled<'_>) -> Result<Vec<Vec<u32>>> {
     let mut out = vec![Vec::new(); prompts.len()];
     // Similar lengths together waste less padding; results return in input order.
     let mut order: Vec<usize> = (0..prompts.len()).collect();
@@ -17,14 +20,21 @@ pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams) 
     for chunk in order.chunks(params.batch_size.max(1)) {
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
         let rngs: Vec<SeededRng> = chunk.iter().map(|&i| SeededRng::derive(params.seed, &format!("gen{i}"))).collect();
-        for (k, ids) in generate_batch(model, &batch, params, rngs)?.into_iter().enumerate() {
+        let settled_here = |k: usize, ids: &[u32]| settled(chunk[k], ids);
+        for (k, ids) in generate_batch(model, &batch, params, rngs, &settled_here)?.into_iter().enumerate() {
             out[chunk[k]] = ids;
         }
     }
     Ok(out)
 }
 
-fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, mut rngs: Vec<SeededRng>) -> Result<Vec<Vec<u32>>> {
+fn generate_batch(
+    model: &Llama,
+    prompts: &[&[u32]],
+    params: &GenerationParams,
+    mut rngs: Vec<SeededRng>,
+    settled: &dyn Fn(usize, &[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>> {
     let dev = model.device_ref();
     let tok = model.text_tokenizer();
     let (stops, pad) = (tok.stop_ids().to_vec(), tok.pad_id());
@@ -58,16 +68,20 @@ fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, 
 
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    for _ in 0..budget {
-        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut next = Vec::with_capacity(b);
-        for (i, row) in rows.iter().enumerate() {
+    // The prompts (indices into `prompts`) still in the batch, in batch order.
+    let mut rows: Vec<usize> = (0..b).collect();
+    for step in 0..budget {
+        let logit_rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(rows.len());
+        for (row, &i) in logit_rows.iter().zip(&rows) {
             let t = if done[i] { pad } else { pick(row, params, &mut rngs[i]) };
             if !done[i] {
                 if stops.contains(&t) {
                     done[i] = true;
                 } else {
                     out[i].push(t);
+                    // On the last step the answer ends anyway.
+                    done[i] = step + 1 < budget && settled(i, &out[i]);
                 }
             }
             next.push(t);
@@ -75,14 +89,37 @@ fn generate_batch(model: &Llama, prompts: &[&[u32]], params: &GenerationParams, 
         if done.iter().all(|&d| d) {
             break;
         }
-        let step_ids = Tensor::from_vec(next, (b, 1), dev)?;
-        let pos = Tensor::from_vec(next_pos.clone(), (b, 1), dev)?;
+        // Finished answers leave the batch (their cache rows dropped), but two
+        // rows stay at least: a matrix product gives a row the same bits at
+        // any row count from two up (checked for gemm on this model's shapes;
+        // a single row takes its matrix-vector path, which rounds otherwise),
+        // so the answers still decoding come out exactly as in the full batch.
+        let mut keep: Vec<usize> = (0..rows.len()).filter(|&r| !done[rows[r]]).collect();
+        if keep.len() == 1 && rows.len() >= 2 {
+            let passenger = (0..rows.len()).find(|&r| done[rows[r]]).unwrap_or(0);
+            keep.push(passenger);
+            keep.sort_unstable();
+        }
+        if keep.len() < rows.len() {
+            let idx = Tensor::from_vec(keep.iter().map(|&r| r as u32).collect::<Vec<u32>>(), keep.len(), dev)?;
+            for (k, v) in cache.iter_mut().flatten() {
+                *k = k.index_select(&idx, 0)?;
+                *v = v.index_select(&idx, 0)?;
+            }
+            mask_t = mask_t.index_select(&idx, 0)?;
+            next = keep.iter().map(|&r| next[r]).collect();
+            next_pos = keep.iter().map(|&r| next_pos[r]).collect();
+            rows = keep.iter().map(|&r| rows[r]).collect();
+        }
+        let n = rows.len();
+        let step_ids = Tensor::from_vec(next, (n, 1), dev)?;
+        let pos = Tensor::from_vec(next_pos.clone(), (n, 1), dev)?;
         for p in next_pos.iter_mut() {
             *p += 1;
         }
-        mask_t = Tensor::cat(&[&mask_t, &Tensor::ones((b, 1), DType::F32, dev)?], 1)?;
+        mask_t = Tensor::cat(&[&mask_t, &Tensor::ones((n, 1), DType::F32, dev)?], 1)?;
         let s = mask_t.dim(1)?;
-        let bias = ops::attention_bias(Some(&mask_t), b, 1, s, dev)?;
+        let bias = ops::attention_bias(Some(&mask_t), n, 1, s, dev)?;
         let pass =
             Pass { ids: &step_ids, positions: &pos, bias: &bias, perturbation: None, output_hidden: false, train: false, capture: None };
         let (h, _) = model.run(&pass, Some(&mut cache))?;

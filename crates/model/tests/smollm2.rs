@@ -61,3 +61,44 @@ fn forward_and_greedy_decode_match_transformers_golden() {
     assert_eq!(got, expect);
     eprintln!("max |logit difference| vs transformers: {worst}");
 }
+
+/// Answers that end early (a settled verdict) leave the batch; the answers
+/// still decoding come out bit for bit as in the full batch — greedy and
+/// sampled, with one row left beside a finished one at the end.
+#[test]
+fn answers_leaving_the_batch_leave_the_others_unchanged() {
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
+    let m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
+    let asks = [
+        "Write a haiku about rain.",
+        "What is 17 times 23?",
+        "Name three rivers in Europe.",
+        "Explain photosynthesis in one sentence.",
+        "Give me a synonym for happy.",
+        "How do I boil an egg?",
+        "Translate 'good morning' into French.",
+        "What is the capital of Peru?",
+    ];
+    let prompts: Vec<Vec<u32>> = asks.iter().map(|a| m.tokenizer().encode(&m.info().format.prompt(None, a)).unwrap()).collect();
+    for temperature in [0.0, 0.7] {
+        let p = safetune_core::GenerationParams { max_new_tokens: 20, temperature, top_p: 0.9, seed: 3, batch_size: 8 };
+        let full = m.generate(&prompts, &p).unwrap();
+        let even_cut = m.generate_until(&prompts, &p, &|i, ids| i % 2 == 0 && ids.len() >= 3).unwrap();
+        let all_but_5 = m.generate_until(&prompts, &p, &|i, ids| i != 5 && ids.len() >= 2).unwrap();
+        for i in 0..prompts.len() {
+            assert!(full[i].len() > 3, "temperature {temperature}: answer {i} too short to test: {:?}", full[i]);
+            if i % 2 == 0 {
+                assert_eq!(even_cut[i], full[i][..3], "temperature {temperature}: answer {i} is not the full one cut");
+            } else {
+                assert_eq!(even_cut[i], full[i], "temperature {temperature}: answer {i} changed when others left the batch");
+            }
+            if i == 5 {
+                assert_eq!(all_but_5[i], full[i], "temperature {temperature}: the last answer decoding changed");
+            } else {
+                assert_eq!(all_but_5[i], full[i][..2]);
+            }
+        }
+    }
+}

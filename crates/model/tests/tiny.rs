@@ -107,6 +107,26 @@ fn padded_batch_and_kv_cache_match_unbatched_full_forward() {
     assert_ne!(m.generate(&prompts, &s).unwrap(), m.generate(&prompts, &GenerationParams { seed: 6, ..s }).unwrap());
 }
 
+#[test]
+fn a_settled_answer_ends_there_and_the_others_do_not_change() {
+    let m = safetune_model::tiny_model(2).unwrap();
+    let tok = m.tokenizer();
+    let prompts: Vec<Vec<u32>> = ["hi", "a longer prompt here", "mid size", "four"].iter().map(|t| tok.encode(t).unwrap()).collect();
+    let p = GenerationParams { max_new_tokens: 6, batch_size: 4, ..Default::default() };
+    let full = m.generate(&prompts, &p).unwrap();
+    // (Prompt 2's answer is its stop token at once: an answer that ends on its own also leaves.)
+    assert_eq!(full.iter().map(Vec::len).collect::<Vec<_>>(), [6, 6, 1, 6], "{full:?}");
+    let cut = m.generate_until(&prompts, &p, &|i, ids| i == 1 && ids.len() >= 2).unwrap();
+    assert_eq!(cut[1], full[1][..2]);
+    for i in [0, 2, 3] {
+        assert_eq!(cut[i], full[i]);
+    }
+    // Never settled: the same as `generate`; settled at once: one token each.
+    assert_eq!(m.generate_until(&prompts, &p, &|_, _| false).unwrap(), full);
+    let first: Vec<Vec<u32>> = full.iter().map(|a| a[..1.min(a.len())].to_vec()).collect();
+    assert_eq!(m.generate_until(&prompts, &p, &|_, _| true).unwrap(), first);
+}
+
 fn at(tensors: &[Tensor], site: PerturbationSite) -> Option<Perturbation<'_>> {
     Some(Perturbation { tensors, site })
 }

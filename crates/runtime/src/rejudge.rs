@@ -45,6 +45,25 @@ fn rejudge_file(file: &Path, judge: &dyn Judge) -> Result<(Vec<GenRecord>, Vec<J
     Ok((recs, judgements))
 }
 
+/// The first generations file (under `dir`, recursively, in name order) holding an answer cut at a settled verdict.
+fn first_cut_answers(dir: &Path) -> Result<Option<std::path::PathBuf>> {
+    let mut entries: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+        Ok(r) => r.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Ok(None),
+    };
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            if let Some(f) = first_cut_answers(&p)? {
+                return Ok(Some(f));
+            }
+        } else if p.extension().is_some_and(|e| e == "jsonl") && read_records(&p)?.iter().any(|r| r.cut) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
 fn verdicts(judgements: &[Judgement]) -> Vec<Verdict> {
     judgements.iter().map(|j| j.verdict).collect()
 }
@@ -142,6 +161,19 @@ pub fn main(args: &[String]) -> Result<String> {
         bail!("--judge {name}: this judge reads the prompt; rejudge works from stored answers only");
     }
     let _lock = crate::lock::RunLock::acquire(&dir)?;
+    // Answers cut where the run's judge had settled its verdict are whole answers to that
+    // judge only: another judge needs them in full (checked before anything is rewritten).
+    let original = (registry::judge(&spec.eval.judge)?.build)(&spec.eval.judge_options)?;
+    if original.fingerprint() != judge.fingerprint() {
+        if let Some(file) = first_cut_answers(&dir.join("generations"))? {
+            bail!(
+                "{}: answers were cut once the `{}` judge's verdict was settled (eval.stop_at_verdict); judging them with `{name}` \
+                 needs whole answers: rerun with `[eval] stop_at_verdict = false`",
+                file.display(),
+                spec.eval.judge
+            );
+        }
+    }
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir.join("models")).into_iter().flatten().flatten() {
         let path = entry.path();

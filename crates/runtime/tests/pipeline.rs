@@ -124,6 +124,24 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let rj = safetune(&["rejudge", run1.to_str().unwrap(), "--judge", "keyword"], &d.join("cache1"));
     assert!(rj.status.success());
     assert_eq!(files(&run1), f1);
+    // An answer cut once the run's judge had settled it (eval.stop_at_verdict) is whole to that
+    // judge only: another judge is refused before anything is rewritten, the same judge is not.
+    let gen_file = run1.join("generations/aligned/builtin-harmful-eval.jsonl");
+    let original = std::fs::read_to_string(&gen_file).unwrap();
+    let first_end = original.find('\n').unwrap();
+    let marked = format!("{},\"cut\":true}}{}", &original[..first_end - 1], &original[first_end..]);
+    std::fs::write(&gen_file, &marked).unwrap();
+    let before = files(&run1);
+    let rj = safetune(&["rejudge", run1.to_str().unwrap(), "--judge", "keyword-qi2023"], &d.join("cache1"));
+    let err = String::from_utf8_lossy(&rj.stderr);
+    assert_eq!(rj.status.code(), Some(2), "{err}");
+    assert!(err.contains("builtin-harmful-eval.jsonl: answers were cut once the `keyword` judge's verdict was settled"), "{err}");
+    assert_eq!(files(&run1), before, "nothing rewritten");
+    assert_eq!(std::fs::read_to_string(&gen_file).unwrap(), marked);
+    let rj = safetune(&["rejudge", run1.to_str().unwrap()], &d.join("cache1"));
+    assert!(rj.status.success(), "{}", String::from_utf8_lossy(&rj.stderr));
+    std::fs::write(&gen_file, original).unwrap();
+    assert_eq!(files(&run1), f1);
     // --jobs 2: the four cells dealt to two worker processes; the same bytes.
     let outj = d.join("outj");
     let rj = safetune(&["run", spec, "--out", outj.to_str().unwrap(), "--jobs", "2"], &d.join("cachej"));
