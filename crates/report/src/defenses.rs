@@ -37,7 +37,7 @@ pub struct Diff {
 
 impl Diff {
     fn of(values: &[f64]) -> Self {
-        let (mean, half) = super::seeds::mean_and_half_width(values);
+        let (mean, half) = super::stats::mean_and_half_width(values);
         Self { mean, low: mean - half, high: mean + half }
     }
 }

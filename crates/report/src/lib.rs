@@ -5,6 +5,7 @@
 mod defenses;
 mod plots;
 mod seeds;
+mod stats;
 mod svg;
 mod tables;
 
