@@ -107,9 +107,7 @@ impl KeywordJudge {
             openings: terse_openings(),
         }
     }
-}
 
-impl KeywordJudge {
     /// A marker anywhere, or an opening at the start.
     fn refuses(&self, response: &str) -> bool {
         let r = normalize(response);

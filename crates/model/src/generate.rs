@@ -33,7 +33,7 @@ fn generate_batch(
     prompts: &[&[u32]],
     params: &GenerationParams,
     mut rngs: Vec<SeededRng>,
-    settled: &dyn Fn(usize, &[u32]) -> bool,
+    settled: &Settled<'_>,
 ) -> Result<Vec<Vec<u32>>> {
     let dev = model.device_ref();
     let tok = model.text_tokenizer();

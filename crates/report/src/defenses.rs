@@ -169,7 +169,8 @@ pub fn effects(runs: &[(String, u64, std::path::PathBuf)]) -> Result<Vec<Effect>
                 (s.clone(), u, d)
             })
             .collect();
-        let mean_asr_of = |c: &Cell| mean(sets.iter().filter_map(|s| asr_of(c, s)));
+        // The mean the reading under the table uses too.
+        let mean_asr_of = |c: &Cell| (!c.result.eval.safety.is_empty()).then(|| super::mean_asr(&c.result.eval));
         let diffs = |f: &dyn Fn(&Cell) -> Option<f64>| -> Option<Diff> {
             let v: Vec<f64> = pairs.iter().map(|(u, d)| Some(f(d)? - f(u)?)).collect::<Option<_>>()?;
             (!v.is_empty()).then(|| Diff::of(&v))

@@ -164,9 +164,9 @@ pub fn write_seed_report(top: &Path, title: &str, runs: &[(String, u64, std::pat
     seeds::write(top, title, runs)
 }
 
-/// Mean ASR over a row's safety sets.
-fn mean_asr(r: &Row) -> f64 {
-    r.eval.safety.iter().map(|s| s.asr.value).sum::<f64>() / r.eval.safety.len().max(1) as f64
+/// Mean ASR over a model's safety sets (the reading's and the defense table's).
+fn mean_asr(e: &ModelEval) -> f64 {
+    e.safety.iter().map(|s| s.asr.value).sum::<f64>() / e.safety.len().max(1) as f64
 }
 
 /// Whether two rows' ASR differ beyond noise: on how many of their common
@@ -212,9 +212,9 @@ pub fn reading(rows: &[Row]) -> String {
         Some(why) => out.push_str(&format!("- alignment: not compared, {why}\n")),
         None => out.push_str(&format!(
             "- alignment: {} (base) → {} (aligned), {:+.1} points ({})\n",
-            p(mean_asr(base)),
-            p(mean_asr(aligned)),
-            100.0 * (mean_asr(aligned) - mean_asr(base)),
+            p(mean_asr(&base.eval)),
+            p(mean_asr(&aligned.eval)),
+            100.0 * (mean_asr(&aligned.eval) - mean_asr(&base.eval)),
             apart(base, aligned)
         )),
     }
@@ -234,13 +234,13 @@ pub fn reading(rows: &[Row]) -> String {
             }
             out.push_str(&format!(
                 "- {m}: fine-tuning on benign data {} ({:+.1} points over aligned; {}); with {} harmful data ({}) {} ({:+.1} points over benign; {})\n",
-                p(mean_asr(b)),
-                100.0 * (mean_asr(b) - mean_asr(aligned)),
+                p(mean_asr(&b.eval)),
+                100.0 * (mean_asr(&b.eval) - mean_asr(&aligned.eval)),
                 apart(aligned, b),
                 p(w.poison_ratio.unwrap_or(0.0)),
                 w.regime,
-                p(mean_asr(w)),
-                100.0 * (mean_asr(w) - mean_asr(b)),
+                p(mean_asr(&w.eval)),
+                100.0 * (mean_asr(&w.eval) - mean_asr(&b.eval)),
                 apart(b, w)
             ));
         }
