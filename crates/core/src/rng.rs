@@ -18,6 +18,16 @@ impl SeededRng {
         Self::new(seed ^ h)
     }
 
+    /// The generator's whole state, to be saved in a checkpoint.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A generator continuing exactly where the one whose [`state`](Self::state) this is stopped.
+    pub fn from_state(state: u64) -> Self {
+        Self(state)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -67,6 +67,25 @@ pub trait TrainStep: Send {
     }
     /// The scalar loss whose gradient the trainer applies.
     fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor>;
+    /// What this step carries from one optimiser step to the next that is not a function of
+    /// the step index (anchors, running scores, counters), for a checkpoint: a stage
+    /// stopped after one resumes with [`load_state`](Self::load_state) and ends with the
+    /// weights of an uninterrupted run. Steps that carry nothing keep the default.
+    fn save_state(&self) -> Result<StepState> {
+        Ok(StepState::default())
+    }
+    /// Puts back what [`save_state`](Self::save_state) returned, before the first `loss`
+    /// of a resumed stage.
+    fn load_state(&mut self, _state: StepState) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A training step's carried state: plain values and tensors (saved beside the weights).
+#[derive(Debug, Default, Clone)]
+pub struct StepState {
+    pub values: serde_json::Value,
+    pub tensors: Vec<Tensor>,
 }
 
 /// Plain supervised fine-tuning on the `task` stream.

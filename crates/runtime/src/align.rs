@@ -6,7 +6,7 @@ use safetune_core::registry::Trainable;
 use safetune_core::training::TrainStep;
 use safetune_core::training::{stream, PlainSft};
 use safetune_core::{CausalLm, ExampleKind, Result};
-use safetune_train::{train, StageData};
+use safetune_train::{clear_checkpoints, train_stage, StageData, StageRun};
 
 use crate::fetch::cache_dir;
 use crate::hashing::{sha256_json, write_json};
@@ -75,8 +75,9 @@ impl Run<'_> {
         };
         // The base model, frozen, when the objective compares against it.
         let reference = if step.wants_reference() { Some(open_model(&self.model_path, spec.data.template)?) } else { None };
-        let report =
-            train(&mut *model, &data, step.as_mut(), &train_cfg, reference.as_ref().map(|m| &**m as &dyn CausalLm), &label, self.quiet)?;
+        let checkpoints = self.checkpoints(&key, &trainable, &label);
+        let stage = StageRun { label: &label, quiet: self.quiet, checkpoints: checkpoints.as_ref() };
+        let report = train_stage(&mut *model, &data, step.as_mut(), &train_cfg, reference.as_ref().map(|m| &**m as &dyn CausalLm), &stage)?;
         let tmp = dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         if full {
@@ -90,6 +91,9 @@ impl Run<'_> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
+        if let Some(c) = &checkpoints {
+            clear_checkpoints(&c.dir)?;
+        }
         self.timings.insert(label.clone(), t.report());
         Ok(Aligned { key, dir, full })
     }

@@ -14,7 +14,7 @@ use safetune_core::training::TrainStep;
 use safetune_core::{CausalLm, Example, Result};
 use safetune_data::Regime;
 use safetune_model::Checkpoint;
-use safetune_train::{train, StageData, TrainReport};
+use safetune_train::{clear_checkpoints, StageData, StageRun, TrainReport};
 
 use crate::evaluate::evaluate;
 use crate::hashing::write_json;
@@ -116,8 +116,10 @@ impl Run<'_> {
             // The aligned model, frozen, when the objective compares against it.
             let reference = if step.wants_reference() { Some(aligned_model(&self.model_path, aligned, spec.data.template)?) } else { None };
             let train_meter = crate::resources::StageMeter::start();
+            let checkpoints = self.checkpoints(&train_key, &plan.trainable, &cell);
+            let stage = StageRun { label: &cell, quiet: self.quiet, checkpoints: checkpoints.as_ref() };
             let report: TrainReport =
-                train(&mut *model, &data, step, &cfg, reference.as_ref().map(|m| &**m as &dyn CausalLm), &cell, self.quiet)?;
+                safetune_train::train_stage(&mut *model, &data, step, &cfg, reference.as_ref().map(|m| &**m as &dyn CausalLm), &stage)?;
             let train_stage = train_meter.report();
             write_json(&trained_file, &serde_json::json!({ "report": report, "train": train_stage }))?;
             if let Trainable::Lora(l) = &plan.trainable {
@@ -126,6 +128,9 @@ impl Run<'_> {
                 StageCache::new("trained").publish(&train_key, &self.run_dir, &trained_rels)?;
             } else {
                 model.freeze_all();
+            }
+            if let Some(c) = &checkpoints {
+                clear_checkpoints(&c.dir)?;
             }
             (report, train_stage)
         };

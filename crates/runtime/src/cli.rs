@@ -13,10 +13,13 @@ pub const USAGE: &str = "safetune — how safe does an LLM stay when it is fine-
 
 usage:
   safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json] [--jobs N] [--dry-run]
+          [--checkpoint-minutes M]
       align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
       (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order;
       SPEC may be a results directory's spec.json; --jobs N fine-tunes N cells at once, cores split between them;
-      --dry-run checks every input of every sub-run and prints the plan, writing nothing)
+      --dry-run checks every input of every sub-run and prints the plan, writing nothing;
+      every training stage saves a checkpoint each M minutes (default 10, 0: never) under the cache's
+      partial/, and a run started again after a stop resumes each stage from its last one)
 {eval}
   safetune report RUN_DIR [--json]
       rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
@@ -53,6 +56,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
             let mut worker_cells: Option<Vec<String>> = None;
             let mut overlays = Vec::new();
             let mut dry_run = false;
+            let mut checkpoint_every = Some(crate::options::DEFAULT_CHECKPOINT_EVERY);
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
@@ -61,6 +65,15 @@ pub fn main_with(args: &[String]) -> Result<String> {
                     "--quiet" => quiet = true,
                     "--json" => json = true,
                     "--dry-run" => dry_run = true,
+                    "--checkpoint-minutes" => {
+                        let v = it.next().ok_or_else(|| anyhow!("--checkpoint-minutes needs a number"))?;
+                        let m: f64 = v
+                            .parse()
+                            .ok()
+                            .filter(|m: &f64| m.is_finite() && *m >= 0.0 && *m <= 1e6)
+                            .ok_or_else(|| anyhow!("--checkpoint-minutes: `{v}` is not a number of minutes ≥ 0"))?;
+                        checkpoint_every = (m > 0.0).then(|| std::time::Duration::from_secs_f64(m * 60.0));
+                    }
                     "--jobs" => {
                         let v = it.next().ok_or_else(|| anyhow!("--jobs needs a number"))?;
                         jobs = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| anyhow!("--jobs: `{v}` is not a positive integer"))?;
@@ -83,7 +96,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
                 spec.data.task = t;
                 spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
             }
-            let opts = RunOptions { jobs, worker_cells, dry_run, ..RunOptions::new(data_dir, out.clone(), quiet) };
+            let opts = RunOptions { jobs, worker_cells, dry_run, checkpoint_every, ..RunOptions::new(data_dir, out.clone(), quiet) };
             let table = crate::pipeline::run(&spec, &opts).inspect_err(|_| crate::prepare::undo_new_dirs())?;
             if dry_run || opts.worker_cells.is_some() {
                 return Ok(table);

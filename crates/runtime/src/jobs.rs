@@ -29,6 +29,7 @@ pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Res
         if opts.quiet {
             cmd.arg("--quiet");
         }
+        cmd.arg("--checkpoint-minutes").arg(opts.checkpoint_every.map_or(0.0, |d| d.as_secs_f64() / 60.0).to_string());
         cmd.env("RAYON_NUM_THREADS", threads.to_string());
         if !opts.quiet {
             eprintln!("[jobs] worker {w}: {} with {threads} thread(s)", mine.join(", "));

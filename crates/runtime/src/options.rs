@@ -3,6 +3,10 @@
 
 use std::path::PathBuf;
 
+/// Checkpoints every 10 minutes of training: a few seconds of writing (LoRA) to at most
+/// one lost interval when a stage is stopped.
+pub const DEFAULT_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Clone)]
 pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
@@ -14,6 +18,9 @@ pub struct RunOptions {
     pub worker_cells: Option<Vec<String>>,
     /// Check every input and print the plan; train, evaluate and write nothing.
     pub dry_run: bool,
+    /// Time between two checkpoints of a training stage (`None`: none saved). A stage
+    /// stopped part-way resumes from its last one when the run is started again.
+    pub checkpoint_every: Option<std::time::Duration>,
     /// Hashes of the code that computes each cached stage, part of its cache
     /// key (the build's own; tests set others to stand for an edited build).
     pub code: CodeKeys,
@@ -37,7 +44,16 @@ impl CodeKeys {
 
 impl RunOptions {
     pub fn new(data_dir: Option<PathBuf>, out: PathBuf, quiet: bool) -> Self {
-        Self { data_dir, out, quiet, jobs: 1, worker_cells: None, dry_run: false, code: CodeKeys::built() }
+        Self {
+            data_dir,
+            out,
+            quiet,
+            jobs: 1,
+            worker_cells: None,
+            dry_run: false,
+            checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
+            code: CodeKeys::built(),
+        }
     }
 }
 

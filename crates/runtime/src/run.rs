@@ -9,8 +9,10 @@ use safetune_core::registry::{self, Trainable};
 use safetune_core::{CausalLm, Example, ExampleKind, Result};
 use safetune_data::{Pools, Regime};
 use safetune_model::Checkpoint;
+use safetune_train::Checkpoints;
 
 use crate::evaluate::{evaluate, EvalInputs};
+use crate::fetch::cache_dir;
 use crate::hashing::{sha256_json, write_atomic, write_json};
 use crate::options::{CodeKeys, RunOptions};
 use crate::output::say;
@@ -37,6 +39,8 @@ pub(crate) struct Run<'a> {
     pub defender: std::cell::OnceCell<Vec<Example>>,
     /// Hashes of the code behind each stage (part of its keys).
     pub code: CodeKeys,
+    /// Time between two checkpoints of a training stage (`None`: none).
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 impl<'a> Run<'a> {
@@ -55,7 +59,22 @@ impl<'a> Run<'a> {
             pool_hashes: Default::default(),
             defender: Default::default(),
             code: opts.code.clone(),
+            checkpoint_every: opts.checkpoint_every,
         }
+    }
+
+    /// Where the training stage of cache key `key` keeps its checkpoints, if this run saves
+    /// them and the stage resumes exactly: LoRA dropout draws its masks from generators
+    /// inside the adapters, which a checkpoint does not hold, so such stages are not saved.
+    pub(crate) fn checkpoints(&self, key: &str, trainable: &Trainable, label: &str) -> Option<Checkpoints> {
+        let every = self.checkpoint_every?;
+        if let Trainable::Lora(l) = trainable {
+            if l.dropout > 0.0 {
+                say(self.quiet, format!("[{label}] no checkpoints: LoRA dropout {} cannot be resumed exactly", l.dropout));
+                return None;
+            }
+        }
+        Some(Checkpoints { dir: cache_dir().join("partial").join(&key[..16]), every })
     }
 }
 

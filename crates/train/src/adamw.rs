@@ -10,6 +10,9 @@ use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor, TensorId, Var};
 use rayon::prelude::*;
 use safetune_core::Result;
 
+/// One tensor's first and second moments (`None`: it never had a gradient).
+pub type Moments = Option<(Tensor, Tensor)>;
+
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
@@ -73,6 +76,44 @@ impl InplaceOp2 for FusedUpdate<'_> {
 impl AdamW {
     pub fn new(weight_decay: f64) -> Self {
         Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, t: 0, cpu_state: HashMap::new(), dev_state: HashMap::new() }
+    }
+
+    /// The step count and each parameter's moments, for a checkpoint.
+    pub fn export(&self, params: &[(String, Var)]) -> Result<(i32, Vec<Moments>)> {
+        let mut out = Vec::with_capacity(params.len());
+        for (_, var) in params {
+            let p = var.as_tensor();
+            out.push(match (self.cpu_state.get(&p.id()), self.dev_state.get(&p.id())) {
+                (Some((m, v)), _) => Some((Tensor::from_slice(m, p.shape(), p.device())?, Tensor::from_slice(v, p.shape(), p.device())?)),
+                (None, Some((m, v))) => Some((m.clone(), v.clone())),
+                (None, None) => None,
+            });
+        }
+        Ok((self.t, out))
+    }
+
+    /// Continues from what [`export`](Self::export) returned for the same parameters.
+    pub fn import(&mut self, params: &[(String, Var)], t: i32, moments: Vec<Moments>) -> Result<()> {
+        if moments.len() != params.len() {
+            safetune_core::anyhow::bail!("AdamW state for {} tensors, the model trains {}", moments.len(), params.len());
+        }
+        self.t = t;
+        self.cpu_state.clear();
+        self.dev_state.clear();
+        for ((name, var), mv) in params.iter().zip(moments) {
+            let Some((m, v)) = mv else { continue };
+            let p = var.as_tensor();
+            if m.shape() != p.shape() || v.shape() != p.shape() {
+                safetune_core::anyhow::bail!("AdamW state of `{name}` has shape {:?}, the tensor {:?}", m.dims(), p.dims());
+            }
+            if p.device().is_cpu() {
+                let flat = |x: &Tensor| x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>();
+                self.cpu_state.insert(p.id(), (flat(&m)?, flat(&v)?));
+            } else {
+                self.dev_state.insert(p.id(), (m.to_device(p.device())?, v.to_device(p.device())?));
+            }
+        }
+        Ok(())
     }
 
     /// Applies one update. `grads[i]` belongs to `params[i]` (`None`: no gradient, skipped);

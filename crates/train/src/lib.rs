@@ -10,6 +10,7 @@
 mod adamw;
 mod alloc;
 mod batch;
+mod checkpoint;
 mod loss;
 mod methods;
 mod progress;
@@ -19,6 +20,7 @@ mod trainer;
 pub use adamw::AdamW;
 pub use alloc::tune_allocator;
 pub use batch::{encode_example, make_batches, EncodedExample};
+pub use checkpoint::{clear as clear_checkpoints, Checkpoints};
 pub use loss::masked_cross_entropy;
 pub use schedule::learning_rate;
-pub use trainer::{train, with_context, StageData, TrainReport};
+pub use trainer::{train, train_stage, with_context, StageData, StageRun, TrainReport};

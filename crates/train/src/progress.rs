@@ -10,6 +10,8 @@ pub struct Progress {
     tty: bool,
     quiet: bool,
     every: usize,
+    /// Steps done before this process (a resumed stage).
+    first: usize,
 }
 
 pub fn fmt_secs(s: f64) -> String {
@@ -24,7 +26,13 @@ pub fn fmt_secs(s: f64) -> String {
 impl Progress {
     pub fn new(label: &str, total: usize, quiet: bool) -> Self {
         let tty = std::io::stderr().is_terminal();
-        Self { label: label.to_string(), total, start: Instant::now(), tty, quiet, every: (total / 20).max(1) }
+        Self { label: label.to_string(), total, start: Instant::now(), tty, quiet, every: (total / 20).max(1), first: 0 }
+    }
+
+    /// The stage resumed with `first` steps already done (the ETA counts only this process's).
+    pub fn resumed_at(mut self, first: usize) -> Self {
+        self.first = first;
+        self
     }
 
     /// Reports that `done` of `total` steps are finished.
@@ -33,7 +41,7 @@ impl Progress {
             return;
         }
         let el = self.start.elapsed().as_secs_f64();
-        let eta = el / done.max(1) as f64 * (self.total - done.min(self.total)) as f64;
+        let eta = el / done.saturating_sub(self.first).max(1) as f64 * (self.total - done.min(self.total)) as f64;
         let line = format!(
             "[{}] step {done}/{} loss {loss:.4} lr {lr:.2e} elapsed {} eta {}",
             self.label,

@@ -4,15 +4,16 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::config::TrainConfig;
 use safetune_core::model::Perturbation;
 use safetune_core::rng::SeededRng;
-use safetune_core::training::{stream, StepContext, TokenBatch, TrainStep};
+use safetune_core::training::{stream, StepContext, StepState, TokenBatch, TrainStep};
 use safetune_core::{CausalLm, Example, Result};
 use serde::Serialize;
 
 use crate::batch::{collate, encode_example, make_batches, EncodedExample};
+use crate::checkpoint::{self, Checkpoints, Meta, Saved, StreamState};
 use crate::progress::Progress;
 use crate::{learning_rate, masked_cross_entropy, AdamW};
 
@@ -126,6 +127,27 @@ pub fn train(
     label: &str,
     quiet: bool,
 ) -> Result<TrainReport> {
+    train_stage(model, data, step_fn, cfg, reference, &StageRun { label, quiet, checkpoints: None })
+}
+
+/// How a stage runs beyond its configuration: its label on progress lines, whether it
+/// prints them, and where it saves checkpoints (and resumes from the last one).
+pub struct StageRun<'a> {
+    pub label: &'a str,
+    pub quiet: bool,
+    pub checkpoints: Option<&'a Checkpoints>,
+}
+
+/// [`train`], resuming from and saving checkpoints when `run` names a directory.
+pub fn train_stage(
+    model: &mut dyn CausalLm,
+    data: &StageData,
+    step_fn: &mut dyn TrainStep,
+    cfg: &TrainConfig,
+    reference: Option<&dyn CausalLm>,
+    run: &StageRun,
+) -> Result<TrainReport> {
+    let label = run.label;
     cfg.validate("train")?;
     let params = model.trainable();
     if params.is_empty() {
@@ -141,10 +163,20 @@ pub fn train(
     let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };
     let mut ctx = Ctx { model, reference, params, streams, step: 0, total, tokens: 0 };
     let mut opt = AdamW::new(cfg.weight_decay);
-    let progress = Progress::new(label, total, quiet);
-    let start = Instant::now();
     let mut losses = Vec::with_capacity(total);
-    for step in 0..total {
+    let (mut first, mut before) = (0, 0.0);
+    if let Some(ck) = run.checkpoints {
+        if let Some(saved) = checkpoint::load(&ck.dir, model.device())? {
+            (first, before) = restore(saved, &mut ctx, &mut opt, step_fn, &mut losses)?;
+            if !run.quiet {
+                eprintln!("[{label}] resuming at step {first} of {total} from the checkpoint in {}", ck.dir.display());
+            }
+        }
+    }
+    let progress = Progress::new(label, total, run.quiet).resumed_at(first);
+    let start = Instant::now();
+    let mut last_save = Instant::now();
+    for step in first..total {
         ctx.step = step;
         let mut acc: Vec<Option<Tensor>> = vec![None; ctx.params.len()];
         let mut loss_sum = 0.0;
@@ -184,6 +216,90 @@ pub fn train(
         let mean = loss_sum / cfg.grad_accum as f64;
         losses.push(mean);
         progress.update(step + 1, mean, lr);
+        if let Some(ck) = run.checkpoints {
+            if step + 1 < total && last_save.elapsed() >= ck.every {
+                save(&ck.dir, &ctx, &opt, &*step_fn, step + 1, &losses, before + start.elapsed().as_secs_f64())
+                    .with_context(|| format!("{label}: saving a checkpoint"))?;
+                last_save = Instant::now();
+            }
+        }
     }
-    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: start.elapsed().as_secs_f64() })
+    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: before + start.elapsed().as_secs_f64() })
+}
+
+/// Saves the stage as it stands before step `next`.
+fn save(dir: &std::path::Path, ctx: &Ctx, opt: &AdamW, step_fn: &dyn TrainStep, next: usize, losses: &[f64], seconds: f64) -> Result<()> {
+    let mut tensors = std::collections::HashMap::new();
+    let (adam_t, moments) = opt.export(&ctx.params)?;
+    for (i, ((_, var), mv)) in ctx.params.iter().zip(&moments).enumerate() {
+        tensors.insert(format!("param.{i}"), var.as_tensor().clone());
+        if let Some((m, v)) = mv {
+            tensors.insert(format!("m.{i}"), m.clone());
+            tensors.insert(format!("v.{i}"), v.clone());
+        }
+    }
+    let state = step_fn.save_state()?;
+    for (j, t) in state.tensors.iter().enumerate() {
+        tensors.insert(format!("step.{j}"), t.clone());
+    }
+    let meta = Meta {
+        version: checkpoint::version(),
+        next_step: next,
+        total: ctx.total,
+        adam_t,
+        params: ctx.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect(),
+        moments: moments.iter().map(Option::is_some).collect(),
+        step_values: state.values,
+        step_tensors: state.tensors.len(),
+        losses: losses.to_vec(),
+        tokens: ctx.tokens,
+        seconds,
+        streams: ctx
+            .streams
+            .iter()
+            .map(|(n, s)| (n.clone(), StreamState { pos: s.pos, rng: s.rng.state(), batches: s.batches.clone() }))
+            .collect(),
+    };
+    checkpoint::save(dir, &meta, &tensors)
+}
+
+/// Puts a saved stage back: weights, optimiser, streams, the step's state, losses.
+/// Returns the first step to take and the training seconds already spent.
+fn restore(saved: Saved, ctx: &mut Ctx, opt: &mut AdamW, step_fn: &mut dyn TrainStep, losses: &mut Vec<f64>) -> Result<(usize, f64)> {
+    let from = saved.from.display().to_string();
+    let m = &saved.meta;
+    let names: Vec<(String, Vec<usize>)> = ctx.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect();
+    if m.total != ctx.total || m.params != names || m.moments.len() != names.len() || m.losses.len() != m.next_step || m.next_step > m.total
+    {
+        bail!(
+            "{from}: the checkpoint is of another stage ({} steps, {} tensors; this one: {} steps, {} tensors); delete it to start over",
+            m.total,
+            m.params.len(),
+            ctx.total,
+            names.len()
+        );
+    }
+    if m.streams.keys().ne(ctx.streams.keys()) {
+        bail!("{from}: the checkpoint's data streams differ from this stage's; delete it to start over");
+    }
+    let mut moments = Vec::with_capacity(names.len());
+    for (i, (_, var)) in ctx.params.iter().enumerate() {
+        var.set(&saved.tensor(&format!("param.{i}"))?.to_dtype(var.dtype())?)?;
+        moments.push(if m.moments[i] { Some((saved.tensor(&format!("m.{i}"))?, saved.tensor(&format!("v.{i}"))?)) } else { None });
+    }
+    opt.import(&ctx.params, m.adam_t, moments)?;
+    for (name, st) in &m.streams {
+        let s = ctx.streams.get_mut(name).expect("same keys, checked above");
+        if st.pos > st.batches.len() || st.batches.iter().flatten().any(|&i| i >= s.encoded.len()) {
+            bail!("{from}: stream `{name}` does not fit this stage's data; delete the checkpoint to start over");
+        }
+        s.batches = st.batches.clone();
+        s.pos = st.pos;
+        s.rng = SeededRng::from_state(st.rng);
+    }
+    let tensors = (0..m.step_tensors).map(|j| saved.tensor(&format!("step.{j}"))).collect::<Result<Vec<_>>>()?;
+    step_fn.load_state(StepState { values: m.step_values.clone(), tensors }).with_context(|| from.clone())?;
+    *losses = m.losses.clone();
+    ctx.tokens = m.tokens;
+    Ok((m.next_step, m.seconds))
 }

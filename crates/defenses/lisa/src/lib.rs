@@ -10,7 +10,7 @@
 use candle_core::{Tensor, Var};
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::defense::{Defense, DefensePlan};
-use safetune_core::training::{stream, StepContext, TrainStep};
+use safetune_core::training::{stream, StepContext, StepState, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -120,6 +120,35 @@ impl TrainStep for Lisa {
             Some(p) => (loss + p)?,
             None => loss,
         })
+    }
+
+    /// The state in force, the switches so far and the anchor weights.
+    fn save_state(&self) -> Result<StepState> {
+        let name = |s: State| match s {
+            State::Alignment => "alignment",
+            State::Finetune => "finetune",
+        };
+        let switches: Vec<(usize, &str)> = self.switches.iter().map(|&(step, s)| (step, name(s))).collect();
+        Ok(StepState { values: serde_json::json!({ "state": self.state.map(name), "switches": switches }), tensors: self.anchor.clone() })
+    }
+
+    fn load_state(&mut self, saved: StepState) -> Result<()> {
+        let parse = |v: &serde_json::Value| match v.as_str() {
+            Some("alignment") => Ok(State::Alignment),
+            Some("finetune") => Ok(State::Finetune),
+            _ => Err(anyhow!("lisa: checkpoint: `{v}` is not a state")),
+        };
+        self.state = match &saved.values["state"] {
+            serde_json::Value::Null => None,
+            v => Some(parse(v)?),
+        };
+        let switches = saved.values["switches"].as_array().ok_or_else(|| anyhow!("lisa: checkpoint: no switches"))?;
+        self.switches = switches
+            .iter()
+            .map(|p| Ok((p[0].as_u64().ok_or_else(|| anyhow!("lisa: checkpoint: bad switch step"))? as usize, parse(&p[1])?)))
+            .collect::<Result<_>>()?;
+        self.anchor = saved.tensors;
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::defense::{Defense, DefensePlan};
 use safetune_core::model::{Perturbation, PerturbationSite};
 use safetune_core::rng::SeededRng;
-use safetune_core::training::{hidden_state_gradients, perturbations, stream, StepContext, TrainStep};
+use safetune_core::training::{hidden_state_gradients, perturbations, stream, StepContext, StepState, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -151,6 +151,22 @@ impl TrainStep for TVaccine {
         }
         // Pass 2: the loss under the targeted perturbation; its gradient is applied.
         Ok(ctx.lm_loss(&batch, Some(Perturbation { tensors: &per_layer, site: self.options.site }), false)?.0)
+    }
+
+    /// The layer probabilities of the last scoring, the drawn layers and the draw count.
+    fn save_state(&self) -> Result<StepState> {
+        Ok(StepState {
+            values: serde_json::json!({ "probability": self.probability, "active": self.active, "draws": self.draws }),
+            tensors: Vec::new(),
+        })
+    }
+
+    fn load_state(&mut self, saved: StepState) -> Result<()> {
+        let bad = |f: &str| anyhow!("t-vaccine: checkpoint: bad `{f}`");
+        self.probability = serde_json::from_value(saved.values["probability"].clone()).map_err(|_| bad("probability"))?;
+        self.active = serde_json::from_value(saved.values["active"].clone()).map_err(|_| bad("active"))?;
+        self.draws = serde_json::from_value(saved.values["draws"].clone()).map_err(|_| bad("draws"))?;
+        Ok(())
     }
 }
 
