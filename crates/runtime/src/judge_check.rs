@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::anyhow::anyhow;
 use safetune_core::judge::Verdict;
 use safetune_core::registry;
 use safetune_core::Result;
@@ -136,24 +136,30 @@ pub fn markdown(rows: &[CheckRow]) -> String {
     out
 }
 
-pub fn main(args: &[String]) -> Result<String> {
-    let mut data_dir = crate::options::env_data_dir();
-    let mut judges = Vec::new();
-    let mut json = false;
-    let mut options = serde_json::Value::Null;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--data-dir" => data_dir = Some(PathBuf::from(it.next().ok_or_else(|| anyhow!("--data-dir needs a directory"))?)),
-            "--judge" => judges.push(it.next().ok_or_else(|| anyhow!("--judge needs a name"))?.clone()),
-            "--json" => json = true,
-            "--judge-options" => {
-                let v = it.next().ok_or_else(|| anyhow!("--judge-options needs a JSON object"))?;
-                options = serde_json::from_str(v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?;
-            }
-            f => bail!("judge-check: unexpected argument `{f}`"),
-        }
-    }
+/// `safetune judge-check`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct JudgeCheckArgs {
+    /// The data directory (needs xstest/completions/) [default: $SAFETUNE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// A judge to check (repeatable) [default: every one that needs no model or network]
+    #[arg(long, value_name = "NAME")]
+    judge: Vec<String>,
+    /// Options of the judges, a JSON object
+    #[arg(long, value_name = "JSON")]
+    judge_options: Option<String>,
+    /// Print the rows as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(args: JudgeCheckArgs) -> Result<String> {
+    let JudgeCheckArgs { data_dir, judge: judges, judge_options, json } = args;
+    let data_dir = data_dir.or_else(crate::options::env_data_dir);
+    let options = match judge_options {
+        Some(v) => serde_json::from_str(&v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?,
+        None => serde_json::Value::Null,
+    };
     let dir = data_dir.ok_or_else(|| anyhow!("judge-check: pass --data-dir DIR or set SAFETUNE_DATA_DIR (needs xstest/completions/)"))?;
     let rows = check(&dir, &judges, &options)?;
     if json {

@@ -128,24 +128,25 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
     Ok(changes)
 }
 
-pub fn main(args: &[String]) -> Result<String> {
-    let mut dir = None;
-    let mut judge_name = None;
-    let mut judge_options: Option<serde_json::Value> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--judge" => judge_name = Some(it.next().ok_or_else(|| anyhow!("--judge needs a name"))?.clone()),
-            "--judge-options" => {
-                let v = it.next().ok_or_else(|| anyhow!("--judge-options needs a JSON object"))?;
-                judge_options = Some(serde_json::from_str::<serde_json::Value>(v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?);
-            }
-            f if f.starts_with('-') => bail!("rejudge: unknown flag `{f}`"),
-            p if dir.is_none() => dir = Some(std::path::PathBuf::from(p)),
-            p => bail!("rejudge: unexpected argument `{p}`"),
-        }
-    }
-    let dir = dir.ok_or_else(|| anyhow!("rejudge: give a results directory (safetune rejudge results/NAME)"))?;
+/// `safetune rejudge`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct RejudgeArgs {
+    /// A results directory
+    run_dir: std::path::PathBuf,
+    /// The judge to apply [default: the run's]
+    #[arg(long)]
+    judge: Option<String>,
+    /// The judge's options, a JSON object [default: the run's, for the run's judge]
+    #[arg(long, value_name = "JSON")]
+    judge_options: Option<String>,
+}
+
+pub fn main(args: RejudgeArgs) -> Result<String> {
+    let RejudgeArgs { run_dir: dir, judge: judge_name, judge_options } = args;
+    let judge_options = match judge_options {
+        Some(v) => Some(serde_json::from_str::<serde_json::Value>(&v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?),
+        None => None,
+    };
     let spec_file = dir.join("spec.json");
     let text =
         std::fs::read_to_string(&spec_file).with_context(|| format!("{}: cannot read (not a results directory?)", spec_file.display()))?;

@@ -4,33 +4,33 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-use safetune_core::anyhow::{anyhow, bail};
+use safetune_core::anyhow::anyhow;
 use safetune_core::Result;
 
-pub const USAGE: &str = "  safetune serve --model PATH_OR_NAME [--adapter PEFT_DIR]... [--host 127.0.0.1] [--port 8080]
-                 [--api-key-env VAR] [--name MODEL_ID]
-      OpenAI-compatible chat completions (POST /v1/chat/completions, GET /v1/models); --port 0 picks a free port";
+/// `safetune serve`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// A known model name, a .gguf file or a Hugging Face directory
+    #[arg(long, value_name = "PATH_OR_NAME")]
+    model: String,
+    /// A PEFT LoRA adapter directory, merged in order (repeatable)
+    #[arg(long, value_name = "PEFT_DIR")]
+    adapter: Vec<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port (0: a free one)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The environment variable holding the API key clients must send
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
+    /// The model id clients see [default: the model's file or directory name]
+    #[arg(long, value_name = "MODEL_ID")]
+    name: Option<String>,
+}
 
-pub fn main(args: &[String]) -> Result<String> {
-    let (mut model, mut adapters, mut host, mut port, mut key_env, mut id) =
-        (None, Vec::<PathBuf>::new(), "127.0.0.1".to_string(), 8080u16, None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
-        match a.as_str() {
-            "--model" => model = Some(val()?.clone()),
-            "--adapter" => adapters.push(PathBuf::from(val()?)),
-            "--host" => host = val()?.clone(),
-            "--port" => {
-                let v = val()?;
-                port = v.parse().map_err(|_| anyhow!("--port: `{v}` is not a port number"))?;
-            }
-            "--api-key-env" => key_env = Some(val()?.clone()),
-            "--name" => id = Some(val()?.clone()),
-            f => bail!("serve: unexpected argument `{f}`"),
-        }
-    }
-    let model_src = model.ok_or_else(|| anyhow!("serve: give --model (a known name, a .gguf file or a Hugging Face directory)"))?;
+pub fn main(args: ServeArgs) -> Result<String> {
+    let ServeArgs { model: model_src, adapter: adapters, host, port, api_key_env: key_env, name: id } = args;
     let key = match &key_env {
         Some(var) => Some(std::env::var(var).ok().filter(|k| !k.is_empty()).ok_or_else(|| anyhow!("--api-key-env: {var} is not set"))?),
         None => None,

@@ -56,27 +56,31 @@ struct Candidate {
     seeds: Vec<u64>,
 }
 
-pub fn main(args: &[String]) -> Result<String> {
-    let mut sweep_path = None;
-    let mut data_dir = crate::options::env_data_dir();
-    let mut out = PathBuf::from("results");
-    let mut quiet = false;
-    let mut only = Vec::new();
-    let mut dry_run = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--data-dir" => data_dir = Some(PathBuf::from(it.next().ok_or_else(|| anyhow!("--data-dir needs a directory"))?)),
-            "--out" => out = PathBuf::from(it.next().ok_or_else(|| anyhow!("--out needs a directory"))?),
-            "--only" => only.push(it.next().ok_or_else(|| anyhow!("--only needs a candidate name"))?.clone()),
-            "--quiet" => quiet = true,
-            "--dry-run" => dry_run = true,
-            f if f.starts_with('-') => bail!("calibrate: unknown flag `{f}`"),
-            p if sweep_path.is_none() => sweep_path = Some(PathBuf::from(p)),
-            p => bail!("calibrate: unexpected argument `{p}`"),
-        }
-    }
-    let path = sweep_path.ok_or_else(|| anyhow!("calibrate: give a sweep file (safetune calibrate presets/calibrate/sweep.toml)"))?;
+/// `safetune calibrate`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// The sweep file (TOML: a base spec, candidate overlays, seeds, targets)
+    sweep: PathBuf,
+    /// The data directory [default: $SAFETUNE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where results go (OUT/<sweep>/)
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    out: PathBuf,
+    /// Run only this candidate (repeatable)
+    #[arg(long, value_name = "CANDIDATE")]
+    only: Vec<String>,
+    /// No progress lines
+    #[arg(long)]
+    quiet: bool,
+    /// Check every candidate's spec and print the plan, writing nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn main(args: CalibrateArgs) -> Result<String> {
+    let CalibrateArgs { sweep: path, data_dir, out, only, quiet, dry_run } = args;
+    let data_dir = data_dir.or_else(crate::options::env_data_dir);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let sweep: Sweep = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
