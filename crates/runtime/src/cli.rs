@@ -125,11 +125,6 @@ fn minutes(v: &str) -> std::result::Result<f64, String> {
     v.parse::<f64>().ok().filter(|m| m.is_finite() && (0.0..=1e6).contains(m)).ok_or_else(|| "not a number of minutes ≥ 0".to_string())
 }
 
-/// A comma-separated list with blanks trimmed and empty items dropped.
-pub(crate) fn list_arg(v: &str) -> Vec<String> {
-    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
-}
-
 /// clap's error as one line (its message without the usage and tips), naming the help of
 /// the command it is about.
 fn one_line(e: &clap::Error, args: &[String]) -> String {

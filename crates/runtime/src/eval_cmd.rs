@@ -89,13 +89,17 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// A comma-separated list with blanks trimmed and empty items dropped.
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
 /// Runs `safetune eval`; returns what to print.
 pub fn main(a: EvalArgs) -> Result<String> {
     let data_dir = a.data_dir.clone().or_else(crate::options::env_data_dir);
     let (out, name, label, quiet, json, seed, adapters) = (a.out, a.name, a.label, a.quiet, a.json, a.seed, a.adapter);
     let mut spec_data = crate::spec::DataSpec::default();
     let mut eval = EvalSpec::default();
-    let list = crate::cli::list_arg;
     if let Some(t) = a.task {
         spec_data.task = t;
     }
