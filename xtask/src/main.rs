@@ -2,6 +2,7 @@
 
 mod perf;
 mod scaffold;
+mod slurm;
 
 use std::path::PathBuf;
 use std::process::{exit, Command};
@@ -66,6 +67,9 @@ enum Task {
     /// Fail when a defense crate depends on anything but safetune-core and general-purpose
     /// libraries, or is not linked into the binary
     CheckDefenses,
+    /// Start a real one-node Slurm cluster (apt's slurm-wlm + munge; needs root) and run
+    /// `safetune run --slurm`'s test against it (crates/runtime/tests/slurm.rs)
+    SlurmTest,
 }
 
 /// The workspace root: from `cargo run`'s environment (the checkout being run), else where xtask was built.
@@ -203,6 +207,7 @@ fn main() {
             }
             Err(e) => fail(&e),
         },
+        Task::SlurmTest => slurm::slurm_test(),
         Task::SyncDefenses => scaffold::sync_registration(&root()).unwrap_or_else(|e| fail(&e)),
         Task::CheckDefenses => {
             let problems = scaffold::check(&root()).unwrap_or_else(|e| fail(&e));

@@ -116,7 +116,14 @@ struct RunArgs {
     /// Checkpoint each training stage every M minutes (0: never); a run started again resumes each stage from its last one
     #[arg(long, value_name = "M", default_value_t = 10.0, value_parser = minutes, allow_negative_numbers = true)]
     checkpoint_minutes: f64,
-    /// Set in a worker process of --jobs: the cells it computes
+    /// Submit the run to Slurm instead: a preparation job, one array task per cell and a
+    /// report job per the dependencies; results directory and cache must be shared storage
+    #[arg(long)]
+    slurm: bool,
+    /// An argument for every `sbatch` of --slurm (repeatable), e.g. --slurm-arg=--partition=gpu
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "slurm")]
+    slurm_arg: Vec<String>,
+    /// Set in a worker process of --jobs or --slurm: the cells it computes (none: only the stages before them)
     #[arg(long, hide = true, value_delimiter = ',')]
     worker_cells: Option<Vec<String>>,
 }
@@ -188,11 +195,18 @@ fn run(a: RunArgs) -> Result<String> {
     let checkpoint_every = (a.checkpoint_minutes > 0.0).then(|| std::time::Duration::from_secs_f64(a.checkpoint_minutes * 60.0));
     let opts = RunOptions {
         jobs: a.jobs as usize,
-        worker_cells: a.worker_cells,
+        worker_cells: a.worker_cells.map(|cells| cells.into_iter().filter(|c| !c.is_empty()).collect()),
         dry_run: a.dry_run,
         checkpoint_every,
         ..RunOptions::new(data_dir, a.out.clone(), a.quiet)
     };
+    if a.slurm {
+        crate::slurm::check(&opts)?;
+        // Every input of every sub-run checked here, before anything is submitted.
+        crate::pipeline::run(&spec, &RunOptions { dry_run: true, ..opts.clone() })?;
+        let exe = std::env::current_exe().map_err(|e| anyhow!("--slurm: cannot find the safetune executable: {e}"))?;
+        return crate::slurm::submit(&spec, &opts, &crate::slurm::Submit { exe, sbatch_args: &a.slurm_arg });
+    }
     let table = crate::pipeline::run(&spec, &opts).inspect_err(|_| crate::prepare::undo_new_dirs())?;
     if a.dry_run || opts.worker_cells.is_some() {
         return Ok(table);

@@ -27,6 +27,7 @@ pub mod rejudge;
 pub mod resources;
 pub(crate) mod run;
 pub mod serve;
+mod slurm;
 pub mod spec;
 pub mod stack;
 pub mod stage_cache;
