@@ -54,7 +54,11 @@ fn safetune_args(exe: &Path, spec_json: &Path, out: &Path, opts: &RunOptions) ->
     if let Some(d) = &opts.data_dir {
         v.extend(["--data-dir".into(), d.display().to_string()]);
     }
-    v.extend(["--checkpoint-minutes".into(), opts.checkpoint_every.map_or(0.0, |d| d.as_secs_f64() / 60.0).to_string(), "--quiet".into()]);
+    v.extend(["--checkpoint-minutes".into(), opts.checkpoint_every.map_or(0.0, |d| d.as_secs_f64() / 60.0).to_string()]);
+    // Progress lines go to the job's log (one per 5% of a stage when not on a terminal).
+    if opts.quiet {
+        v.push("--quiet".into());
+    }
     v
 }
 
