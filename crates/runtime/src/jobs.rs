@@ -22,14 +22,7 @@ pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Res
     for w in 0..jobs {
         let mine: Vec<&str> = cells.iter().skip(w).step_by(jobs).map(String::as_str).collect();
         let mut cmd = Command::new(&exe);
-        cmd.arg("run").arg(spec_json).arg("--out").arg(&opts.out).arg("--worker-cells").arg(mine.join(","));
-        if let Some(d) = &opts.data_dir {
-            cmd.arg("--data-dir").arg(d);
-        }
-        if opts.quiet {
-            cmd.arg("--quiet");
-        }
-        cmd.arg("--checkpoint-minutes").arg(opts.checkpoint_every.map_or(0.0, |d| d.as_secs_f64() / 60.0).to_string());
+        cmd.args(opts.worker_args(spec_json, &opts.out)).arg("--worker-cells").arg(mine.join(","));
         cmd.env("RAYON_NUM_THREADS", threads.to_string());
         if !opts.quiet {
             eprintln!("[jobs] worker {w}: {} with {threads} thread(s)", mine.join(", "));

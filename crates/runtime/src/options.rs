@@ -55,6 +55,21 @@ impl RunOptions {
             code: CodeKeys::built(),
         }
     }
+
+    /// `safetune run SPEC --out OUT` plus the options a worker process inherits (data
+    /// directory, quiet, checkpoint interval): the command line of `--jobs` workers and
+    /// of `--slurm` jobs, before their `--worker-cells`.
+    pub fn worker_args(&self, spec_json: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+        let mut v = vec!["run".into(), spec_json.display().to_string(), "--out".into(), out.display().to_string()];
+        if let Some(d) = &self.data_dir {
+            v.extend(["--data-dir".into(), d.display().to_string()]);
+        }
+        if self.quiet {
+            v.push("--quiet".into());
+        }
+        v.extend(["--checkpoint-minutes".into(), self.checkpoint_every.map_or(0.0, |d| d.as_secs_f64() / 60.0).to_string()]);
+        v
+    }
 }
 
 /// `$SAFETUNE_DATA_DIR`, when set and not empty (an empty value means unset, as in a

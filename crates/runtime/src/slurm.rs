@@ -48,18 +48,11 @@ fn sbatch(args: &[String]) -> Result<String> {
     Ok(id)
 }
 
-/// The common part of every job's command line.
-fn safetune_args(exe: &Path, spec_json: &Path, out: &Path, opts: &RunOptions) -> Vec<String> {
-    let mut v = vec![exe.display().to_string(), "run".into(), spec_json.display().to_string(), "--out".into(), out.display().to_string()];
-    if let Some(d) = &opts.data_dir {
-        v.extend(["--data-dir".into(), d.display().to_string()]);
-    }
-    v.extend(["--checkpoint-minutes".into(), opts.checkpoint_every.map_or(0.0, |d| d.as_secs_f64() / 60.0).to_string()]);
-    // Progress lines go to the job's log (one per 5% of a stage when not on a terminal).
-    if opts.quiet {
-        v.push("--quiet".into());
-    }
-    v
+/// A job's command line for `sh`: the binary, then `opts.worker_args` (progress lines go
+/// to the job's log unless `--quiet`), then `extra`.
+fn job_line(exe: &Path, spec_json: &Path, out: &Path, opts: &RunOptions, extra: &str) -> String {
+    let words = std::iter::once(exe.display().to_string()).chain(opts.worker_args(spec_json, out));
+    words.map(|w| sh(&w)).collect::<Vec<_>>().join(" ") + extra
 }
 
 /// Submits `spec` (checked already) and returns what to print.
@@ -84,9 +77,8 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
         write_json(&spec_json, s)?;
         let cells: Vec<String> = RunPlan::of(s)?.cells.into_iter().map(|c| c.label).collect();
         std::fs::write(staging.join(format!("{}.cells", s.name)), cells.join("\n") + "\n")?;
-        let base = safetune_args(&how.exe, &spec_json, dir, opts);
         // Preparation: every stage before the cells (no cell matches an empty name).
-        let prep_cmd = base.iter().map(|w| sh(w)).collect::<Vec<_>>().join(" ") + " --worker-cells ''";
+        let prep_cmd = job_line(&how.exe, &spec_json, dir, opts, " --worker-cells ''");
         let mut args = log(&format!("safetune-{}-prepare", s.name));
         args.extend(how.sbatch_args.iter().cloned());
         args.extend(["--wrap".into(), prep_cmd]);
@@ -100,7 +92,7 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
                 "#!/bin/sh\n# One cell of {name} per array task (written by `safetune run --slurm`).\nset -e\ncell=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {list})\nexec {cmd} --worker-cells \"$cell\"\n",
                 name = s.name,
                 list = sh(&cell_list.display().to_string()),
-                cmd = base.iter().map(|w| sh(w)).collect::<Vec<_>>().join(" "),
+                cmd = job_line(&how.exe, &spec_json, dir, opts, ""),
             ),
         )?;
         let mut args = log(&format!("safetune-{}-cells", s.name));
@@ -116,7 +108,7 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
     if grid {
         write_json(&top_json, spec)?;
     }
-    let final_cmd = safetune_args(&how.exe, &top_json, &out, opts).iter().map(|w| sh(w)).collect::<Vec<_>>().join(" ");
+    let final_cmd = job_line(&how.exe, &top_json, &out, opts, "");
     let mut args = log(&format!("safetune-{}-report", spec.name));
     args.push(format!("--dependency=afterok:{}", arrays.join(":")));
     args.extend(how.sbatch_args.iter().cloned());

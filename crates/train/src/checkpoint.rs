@@ -29,7 +29,8 @@ pub struct Checkpoints {
     pub every: Duration,
 }
 
-const VERSION: u32 = 1;
+/// The layout this build writes and reads.
+pub(crate) const VERSION: u32 = 1;
 
 /// A stream's place: its current epoch's batches, the next one's index, its shuffler.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,10 +123,6 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Option<Saved>> {
     let tensors = candle_core::safetensors::load(from.join("tensors.safetensors"), device)
         .with_context(|| format!("{}: cannot read the checkpoint's tensors", from.display()))?;
     Ok(Some(Saved { meta, tensors, from }))
-}
-
-pub(crate) fn version() -> u32 {
-    VERSION
 }
 
 /// Removes a stage's checkpoints (once its result is stored).

@@ -87,6 +87,13 @@ impl StepContext for Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// Name and shape of every trained tensor, in order: what makes a checkpoint this stage's.
+    fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect()
+    }
+}
+
 /// Encodes and batches every non-empty stream of `data` (each shuffled by its own seeded stream).
 fn streams_of(model: &dyn CausalLm, data: &StageData, cfg: &TrainConfig) -> Result<BTreeMap<String, Stream>> {
     let format = model.info().format;
@@ -243,11 +250,11 @@ fn save(dir: &std::path::Path, ctx: &Ctx, opt: &AdamW, step_fn: &dyn TrainStep, 
         tensors.insert(format!("step.{j}"), t.clone());
     }
     let meta = Meta {
-        version: checkpoint::version(),
+        version: checkpoint::VERSION,
         next_step: next,
         total: ctx.total,
         adam_t,
-        params: ctx.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect(),
+        params: ctx.param_shapes(),
         moments: moments.iter().map(Option::is_some).collect(),
         step_values: state.values,
         step_tensors: state.tensors.len(),
@@ -268,7 +275,7 @@ fn save(dir: &std::path::Path, ctx: &Ctx, opt: &AdamW, step_fn: &dyn TrainStep, 
 fn restore(saved: Saved, ctx: &mut Ctx, opt: &mut AdamW, step_fn: &mut dyn TrainStep, losses: &mut Vec<f64>) -> Result<(usize, f64)> {
     let from = saved.from.display().to_string();
     let m = &saved.meta;
-    let names: Vec<(String, Vec<usize>)> = ctx.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec())).collect();
+    let names = ctx.param_shapes();
     if m.total != ctx.total || m.params != names || m.moments.len() != names.len() || m.losses.len() != m.next_step || m.next_step > m.total
     {
         bail!(
