@@ -81,7 +81,7 @@ impl Run<'_> {
         let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();
         let mut plan = method_plan(spec, method)?;
         let mut model = aligned_model(&self.model_path, aligned, spec.data.template)?;
-        let mut cfg = spec.method_train(method).clone();
+        let mut cfg = spec.cell_train(method, regime)?;
         cfg.seed = spec.seed;
         let train_key = self.train_key(method, names, regime, aligned)?;
         let trained_rels = Self::trained_files(&cell);

@@ -176,6 +176,7 @@ pub fn main(a: EvalArgs) -> Result<String> {
             train: Default::default(),
             method_options: Default::default(),
             method_train: Default::default(),
+            regime_train: Default::default(),
             defenses: vec![vec![]],
         },
         eval,

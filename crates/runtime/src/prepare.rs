@@ -125,6 +125,9 @@ pub(crate) fn check_against_model(spec: &RunSpec, config: &safetune_model::Llama
     for m in &spec.finetune.methods {
         let key = if spec.finetune.method_train.contains_key(m) { format!("finetune.method_train.{m}") } else { "finetune.train".into() };
         lengths.push((format!("{key}.max_len"), spec.method_train(m).max_len));
+        for r in spec.finetune.regime_train.keys() {
+            lengths.push((format!("finetune.regime_train.{r}.max_len"), spec.cell_train(m, r)?.max_len));
+        }
         let options = spec.finetune.method_options.get(m).unwrap_or(&serde_json::Value::Null);
         if let registry::Trainable::Lora(l) = (registry::method(m)?.build)(options)?.trainable {
             loras.push((format!("finetune.method_options.{m}"), l));

@@ -266,7 +266,7 @@ impl Run<'_> {
             names.iter().map(|n| Ok((n, resolved_options(&spec.defense_options, n)?))).collect::<Result<_>>()?;
         let mut key = serde_json::json!({
             "aligned": aligned.key, "method": method, "method_options": spec.finetune.method_options.get(method),
-            "train": spec.method_train(method), "defenses": names, "defense_options": options,
+            "train": spec.cell_train(method, regime)?, "defenses": names, "defense_options": options,
             "regime": regime, "n": spec.finetune.n, "code": self.code.train,
             "task_train": self.pool_hashes()?.task_train, "harmful": self.pool_hashes()?.harmful,
         });

@@ -210,6 +210,42 @@ mod tests {
     }
 
     #[test]
+    fn regime_train_overlays_the_methods_settings_and_bad_overlays_are_refused() {
+        let dir = std::env::temp_dir().join(format!("safetune-spec-regime-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec =
+            "name = \"t\"\n[model]\nsource = \"m\"\n[alignment]\nbenign = 1\n[finetune]\nn = 4\nregimes = [\"benign\", \"pure-bad\"]\n\
+                    methods = [\"sft-lora\", \"sft-full\"]\ntrain = { learning_rate = 1e-4, epochs = 2, batch_size = 2 }\n\
+                    [finetune.method_train.sft-full]\nlearning_rate = 2e-5\n";
+        let p = dir.join("s.toml");
+        std::fs::write(&p, format!("{spec}[finetune.regime_train.pure-bad]\nepochs = 5\n")).unwrap();
+        let s = super::RunSpec::load(&p).unwrap();
+        let cell = |m: &str, r: &str| {
+            let t = s.cell_train(m, r).unwrap();
+            (t.learning_rate, t.epochs, t.batch_size)
+        };
+        // The regime's keys on top of each method's own settings; other regimes untouched.
+        assert_eq!(cell("sft-lora", "pure-bad"), (1e-4, 5, 2));
+        assert_eq!(cell("sft-full", "pure-bad"), (2e-5, 5, 2));
+        assert_eq!(cell("sft-lora", "benign"), (1e-4, 2, 2));
+        assert_eq!(s.cell_train("sft-full", "benign").unwrap(), *s.method_train("sft-full"));
+        for (extra, want) in [
+            (
+                "[finetune.regime_train.high-harm]\nepochs = 5\n",
+                "s.toml:13: finetune.regime_train.high-harm: `high-harm` is not in finetune.regimes",
+            ),
+            ("[finetune.regime_train.pure-bad]\nepochs = 0\n", "s.toml:14: finetune.regime_train.pure-bad.epochs: must be at least 1"),
+            ("[finetune.regime_train.pure-bad]\nepoch = 5\n", "s.toml:14: finetune.regime_train.pure-bad.epoch: unknown field `epoch`"),
+            ("[finetune.regime_train.pure-bad]\nseed = 5\n", "finetune.regime_train.pure-bad.seed: set by the run's top-level `seed`"),
+        ] {
+            std::fs::write(&p, format!("{spec}{extra}")).unwrap();
+            let err = super::RunSpec::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_key_is_found_on_its_line_in_a_table_or_inline() {
         let text = "name = \"x\"\n[finetune]\nn = 0\n\n[defense_options.lisa]\nrho = \"a\"\n[defense_options]\nbea = { examples = 1 }\n";
         assert_eq!(super::locate_key(text, &["finetune", "n"]), Some(3));

@@ -152,6 +152,12 @@ pub struct FinetuneStage {
     /// overlay on `finetune.train`, so the keys it leaves out keep `finetune.train`'s values.
     #[serde(default)]
     pub method_train: BTreeMap<String, TrainConfig>,
+    /// Per-regime training overrides (for example more epochs for `pure-bad`, whose 111 pairs
+    /// make few steps): an overlay on the method's settings (`finetune.method_train.<m>`, else
+    /// `finetune.train`) holding only the keys it sets.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, TrainConfig>")]
+    pub regime_train: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     /// Defense stacks crossed with methods × regimes: each a list of registered
     /// defenses (`["vaccine", "lisa", "safelora"]`), at most one per part of a stage (alignment
     /// objective, fine-tuning objective, inference system prompt, repair) except data mixes,
@@ -231,6 +237,17 @@ impl RunSpec {
             }
             t.validate(&format!("finetune.method_train.{m}"))?;
         }
+        for (r, overlay) in &self.finetune.regime_train {
+            if !self.finetune.regimes.contains(r) {
+                bail!("finetune.regime_train.{r}: `{r}` is not in finetune.regimes");
+            }
+            if overlay.contains_key("seed") {
+                bail!("finetune.regime_train.{r}.seed: set by the run's top-level `seed` (or `seeds`); remove it here");
+            }
+            for m in &self.finetune.methods {
+                self.cell_train(m, r)?.validate(&format!("finetune.regime_train.{r}"))?;
+            }
+        }
         for m in self.finetune.method_options.keys() {
             if !self.finetune.methods.contains(m) {
                 bail!("finetune.method_options.{m}: `{m}` is not in finetune.methods");
@@ -282,6 +299,20 @@ impl RunSpec {
     /// Training settings for one method: its override, else the stage's.
     pub fn method_train(&self, method: &str) -> &TrainConfig {
         self.finetune.method_train.get(method).unwrap_or(&self.finetune.train)
+    }
+
+    /// Training settings for one cell: the method's, with the regime's overlay
+    /// (`finetune.regime_train.<regime>`) on top. Errors name the overlay's key.
+    pub fn cell_train(&self, method: &str, regime: &str) -> Result<TrainConfig> {
+        let base = self.method_train(method);
+        let Some(overlay) = self.finetune.regime_train.get(regime) else {
+            return Ok(base.clone());
+        };
+        let mut v = serde_json::to_value(base)?;
+        if let serde_json::Value::Object(m) = &mut v {
+            m.extend(overlay.clone());
+        }
+        safetune_core::config::options(&v, &format!("finetune.regime_train.{regime}"))
     }
 }
 
