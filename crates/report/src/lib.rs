@@ -259,7 +259,7 @@ pub fn write_report(run_dir: &Path, title: &str) -> Result<String> {
     let dir = run_dir.join("report");
     write_atomic(&run_dir.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;
-    write_atomic(&dir.join("table.csv"), csv_table(&rows).as_bytes())?;
+    write_atomic(&dir.join("table.csv"), csv_table(&rows)?.as_bytes())?;
     write_atomic(&dir.join("table.tex"), latex_table(&rows, title).as_bytes())?;
     let mut json = serde_json::to_string_pretty(&rows)?;
     json.push('\n');
@@ -302,7 +302,7 @@ mod tests {
         assert_eq!((set.as_str(), e.n), ("harm", 3));
         assert!((e.value - 2.0 / 3.0).abs() < 1e-12, "{}", e.value);
         assert!(markdown_table(&rows).contains("refusals kept harm %"));
-        assert!(csv_table(&rows).contains(",refusal-retention,harm,"));
+        assert!(csv_table(&rows).unwrap().contains(",refusal-retention,harm,"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -354,20 +354,12 @@ mod tests {
         ))
         .unwrap();
         let row = super::Row { model: "m".into(), method: "-".into(), regime: "-".into(), poison_ratio: None, eval, retention: Vec::new() };
-        let csv = csv_table(&[row]);
+        let csv = csv_table(&[row]).unwrap();
         assert!(csv.contains(r#",asr,"bt/politics,controversial",0.5,"#), "{csv}");
-        for line in csv.lines() {
-            // 11 columns: a quoted field's comma does not count.
-            let mut fields = 1;
-            let mut quoted = false;
-            for ch in line.chars() {
-                match ch {
-                    '"' => quoted = !quoted,
-                    ',' if !quoted => fields += 1,
-                    _ => {}
-                }
-            }
-            assert_eq!(fields, 11, "{line}");
-        }
+        // Read back: every record has the header's 11 fields, the category name one of them.
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        assert_eq!(reader.headers().unwrap().len(), 11);
+        let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+        assert!(records.iter().any(|r| &r[5] == "bt/politics,controversial"), "{csv}");
     }
 }

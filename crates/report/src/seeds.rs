@@ -112,7 +112,8 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
             tasks.push(&r.task);
         }
     }
-    let mut csv = String::from("task,model,method,regime,metric,mean,sd,ci_low,ci_high,seeds\n");
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record(["task", "model", "method", "regime", "metric", "mean", "sd", "ci_low", "ci_high", "seeds"])?;
     for task in &tasks {
         let these: Vec<&SeedRow> = rows.iter().filter(|r| r.task == *task).collect();
         let plain: Vec<Row> = these.iter().map(|r| r.row.clone()).collect();
@@ -128,10 +129,20 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
             for (metric, sd) in &r.sd {
                 let e = find(&r.row, metric);
                 if let Some(e) = e {
-                    csv.push_str(&format!(
-                        "{task},{},{},{},{metric},{},{sd},{},{},{}\n",
-                        r.row.model, r.row.method, r.row.regime, e.value, e.ci_low, e.ci_high, e.n
-                    ));
+                    let numbers = [e.value, *sd, e.ci_low, e.ci_high].map(|x| x.to_string());
+                    let (row, n) = (&r.row, e.n.to_string());
+                    csv.write_record([
+                        *task,
+                        &row.model,
+                        &row.method,
+                        &row.regime,
+                        metric,
+                        &numbers[0],
+                        &numbers[1],
+                        &numbers[2],
+                        &numbers[3],
+                        &n,
+                    ])?;
                 }
             }
         }
@@ -143,7 +154,7 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
     md.push_str(&super::defenses::markdown(&super::defenses::effects(runs)?));
     write_atomic(&top.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;
-    write_atomic(&dir.join("table.csv"), csv.as_bytes())?;
+    write_atomic(&dir.join("table.csv"), &csv.into_inner().map_err(|e| safetune_core::anyhow::anyhow!("{e}"))?)?;
     write_atomic(&dir.join("table.json"), (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
     Ok(md)
 }

@@ -1,6 +1,8 @@
 //! The summary table in Markdown, CSV and LaTeX.
 
+use safetune_core::anyhow::anyhow;
 use safetune_core::judge::{Estimate, UtilityMetric};
+use safetune_core::Result;
 
 use super::Row;
 use safetune_eval::results::SafetyResult;
@@ -100,26 +102,19 @@ fn category_table(rows: &[Row]) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// Long format, one line per model × metric: fractions in [0, 1] with their interval.
-pub fn csv_table(rows: &[Row]) -> String {
-    let mut out = String::from("model,method,regime,poison_ratio,metric,set,value,ci_low,ci_high,n,unparseable\n");
+pub fn csv_table(rows: &[Row]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["model", "method", "regime", "poison_ratio", "metric", "set", "value", "ci_low", "ci_high", "n", "unparseable"])?;
     for r in rows {
         let p = r.poison_ratio.map(|p| p.to_string()).unwrap_or_default();
-        let lead = [csv_field(&r.model), csv_field(&r.method), csv_field(&r.regime), p].join(",");
-        // `set` comes already as a CSV field; `unparseable` is empty where it does not apply.
+        // `unparseable` is empty where it does not apply.
         let mut line = |metric: &str, set: &str, e: &Estimate, unparseable: &str| {
-            out.push_str(&format!("{lead},{},{set},{},{},{},{},{unparseable}\n", csv_field(metric), e.value, e.ci_low, e.ci_high, e.n));
+            let (value, low, high, n) = (e.value.to_string(), e.ci_low.to_string(), e.ci_high.to_string(), e.n.to_string());
+            w.write_record([&r.model, &r.method, &r.regime, &p, metric, set, &value, &low, &high, &n, unparseable])
         };
         for s in &r.eval.safety {
-            line("asr", &csv_field(&s.set), &s.asr, "");
+            line("asr", &s.set, &s.asr, "")?;
         }
         for s in &r.eval.safety {
             for (metric, e) in [
@@ -129,31 +124,31 @@ pub fn csv_table(rows: &[Row]) -> String {
                 ("refusal-consistency", &s.refusal_consistency),
             ] {
                 if let Some(e) = e {
-                    line(metric, &csv_field(&s.set), e, "");
+                    line(metric, &s.set, e, "")?;
                 }
             }
         }
         for s in &r.eval.over_refusal {
-            line("over-refusal", &csv_field(&s.set), &s.refusal_rate, "");
+            line("over-refusal", &s.set, &s.refusal_rate, "")?;
         }
         for (set, e) in &r.retention {
-            line("refusal-retention", &csv_field(set), e, "");
+            line("refusal-retention", set, e, "")?;
         }
         for s in &r.eval.safety {
             for c in &s.by_category {
-                line("asr", &csv_field(&format!("{}/{}", s.set, c.name)), &c.estimate, "");
+                line("asr", &format!("{}/{}", s.set, c.name), &c.estimate, "")?;
             }
         }
         for m in &r.eval.mmlu {
-            line(&format!("mmlu-{}shot", m.shots), "mmlu", &m.accuracy, "0");
+            line(&format!("mmlu-{}shot", m.shots), "mmlu", &m.accuracy, "0")?;
         }
         let t = &r.eval.task;
         for a in &t.also {
-            line(&a.name, &csv_field(&t.task), &a.estimate, "");
+            line(&a.name, &t.task, &a.estimate, "")?;
         }
-        line(UtilityMetric::name(&t.metric), &csv_field(&t.task), &t.score, &t.unparseable.to_string());
+        line(UtilityMetric::name(&t.metric), &t.task, &t.score, &t.unparseable.to_string())?;
     }
-    out
+    Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow!("{e}"))?)?)
 }
 
 fn tex(s: &str) -> String {
