@@ -31,6 +31,7 @@ pub mod example;
 pub mod judge;
 pub mod metric;
 pub mod model;
+pub mod progress;
 pub mod registry;
 pub mod repair;
 pub mod rng;
@@ -47,6 +48,9 @@ pub use candle_core as candle;
 /// The error type used across the workspace.
 pub type Result<T> = anyhow::Result<T>;
 pub use anyhow;
+/// Logging macros (`info!`, `warn!`) every crate reports through; the binary's
+/// subscriber filters them with `RUST_LOG`.
+pub use tracing;
 
 /// Where safetune keeps downloads and content-addressed stage outputs:
 /// `$SAFETUNE_CACHE`, else `~/.cache/safetune`.

@@ -157,7 +157,9 @@ fn download_to(mut resp: ureq::http::Response<ureq::Body>, url: &str, dest: &Pat
     let part = dest.with_extension(format!("part{}", std::process::id()));
     {
         let mut out = std::fs::File::create(&part).with_context(|| format!("{}: cannot write", part.display()))?;
-        let mut body = resp.body_mut().as_reader();
+        let kib = resp.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).map_or(0, |b| b.div_ceil(1024));
+        let steps = safetune_core::progress::Steps::new(&format!("download {path}"), kib as usize, "KiB", false);
+        let mut body = Counted { inner: resp.body_mut().as_reader(), bytes: 0, steps: &steps };
         std::io::copy(&mut body, &mut out).map_err(|e| {
             let _ = std::fs::remove_file(&part);
             anyhow!("{url}: download interrupted: {e}")
@@ -165,6 +167,25 @@ fn download_to(mut resp: ureq::http::Response<ureq::Body>, url: &str, dest: &Pat
     }
     std::fs::rename(&part, dest)?;
     Ok(())
+}
+
+/// A body reader that moves a download's progress (in KiB) as bytes arrive.
+struct Counted<'a, R> {
+    inner: R,
+    bytes: u64,
+    steps: &'a safetune_core::progress::Steps,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let before = self.bytes / 1024;
+        self.bytes += n as u64;
+        if self.bytes / 1024 > before {
+            self.steps.inc((self.bytes / 1024 - before) as usize);
+        }
+        Ok(n)
+    }
 }
 
 fn write_ref(dir: &Path, revision: &str, commit: &str) -> Result<()> {

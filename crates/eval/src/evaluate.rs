@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use safetune_core::judge::{Estimate, Judge, Judgement, UtilityMetric, Verdict};
+use safetune_core::progress::Steps;
 use safetune_core::{CausalLm, Example, GenerationParams, PromptFormat, Result};
 use safetune_metrics::mean_estimate;
 
@@ -120,23 +121,33 @@ pub fn evaluate(
     for (name, set) in &inputs.safety {
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
-        let (recs, judgements) =
-            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)?;
+        // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
+        let probed = spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name);
+        let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
+        let again = if spec.variants { spec.samples + VARIANTS.len() } else { spec.samples };
+        let steps = Steps::new(&format!("eval {label}: {name}"), set.len() + again * probe.len(), "answer", quiet);
+        let (recs, judgements) = steps.current(|| {
+            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
+        })?;
         let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
         let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
         let harmful_score = safetune_metrics::harm_of(&judgements, seed);
         times.push((format!("{name}: ASR"), t.elapsed().as_secs_f64()));
         if !quiet {
             match crate::results::unmeasured(empty, asr.n) {
-                Some(why) => eprintln!("[eval {label}] {name}: ASR NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64()),
-                None => eprintln!("[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)", 100.0 * asr.value, asr.n, t.elapsed().as_secs_f64()),
+                Some(why) => {
+                    safetune_core::tracing::info!("[eval {label}] {name}: ASR NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64())
+                }
+                None => safetune_core::tracing::info!(
+                    "[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)",
+                    100.0 * asr.value,
+                    asr.n,
+                    t.elapsed().as_secs_f64()
+                ),
             }
         }
         let by_category = per_category(&recs, &verdicts, seed);
         records.push((name.clone(), recs));
-        // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
-        let probed = spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name);
-        let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
         let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); probe.len()];
         let (mut asr_at_k, mut refusal_consistency, mut variant_asr) = (None, None, None);
         if spec.samples > 0 && probed {
@@ -151,7 +162,8 @@ pub fn evaluate(
                     seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
                     batch_size: spec.batch_size,
                 };
-                let (recs, judged) = judged_answers(model, probe, &params, judge, &format!("#{k}"), spec.stop_at_verdict)?;
+                let (recs, judged) =
+                    steps.current(|| judged_answers(model, probe, &params, judge, &format!("#{k}"), spec.stop_at_verdict))?;
                 for (i, j) in judged.iter().enumerate() {
                     per_prompt[i].push(j.verdict);
                     others[i].push(j.verdict);
@@ -175,8 +187,8 @@ pub fn evaluate(
             for variant in VARIANTS {
                 let asked: Vec<Example> = probe.iter().map(|e| variant_of(e, variant)).collect();
                 let format = variant_format(variant, model.info().format);
-                let (recs, judged) =
-                    judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"), spec.stop_at_verdict)?;
+                let (recs, judged) = steps
+                    .current(|| judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"), spec.stop_at_verdict))?;
                 for (i, j) in judged.iter().enumerate() {
                     per_prompt[i].push(j.verdict);
                     others[i].push(j.verdict);
@@ -207,15 +219,20 @@ pub fn evaluate(
     for (name, set) in &inputs.over_refusal {
         let set = limit(set, spec.safety_limit);
         let t = Instant::now();
-        let (recs, judgements) =
-            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)?;
+        let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
+        let (recs, judgements) = steps.current(|| {
+            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
+        })?;
         let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
         let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
         times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
         if !quiet {
             match crate::results::unmeasured(empty, refusal_rate.n) {
-                Some(why) => eprintln!("[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64()),
-                None => eprintln!(
+                Some(why) => safetune_core::tracing::info!(
+                    "[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)",
+                    t.elapsed().as_secs_f64()
+                ),
+                None => safetune_core::tracing::info!(
                     "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
                     100.0 * refusal_rate.value,
                     refusal_rate.n,
@@ -228,7 +245,8 @@ pub fn evaluate(
     }
     let task = limit(inputs.task, spec.task_limit);
     let t = Instant::now();
-    let resp = answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32))?;
+    let steps = Steps::new(&format!("eval {label}: {}", inputs.task_name), task.len(), "answer", quiet);
+    let resp = steps.current(|| answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32)))?;
     let mut scores = Vec::with_capacity(task.len());
     let mut unparseable = 0;
     let mut recs = Vec::with_capacity(task.len());
@@ -259,7 +277,7 @@ pub fn evaluate(
         say(quiet, format!("[eval {label}] {}: {} {:.1}% of {}", inputs.task_name, a.name, 100.0 * a.estimate.value, a.estimate.n));
     }
     if !quiet {
-        eprintln!(
+        safetune_core::tracing::info!(
             "[eval {label}] {}: score {:.1}% of {}, unparseable {unparseable} ({:.0}s)",
             inputs.task_name,
             100.0 * score.value,

@@ -11,9 +11,9 @@ pub mod spec;
 pub use evaluate::{evaluate, EvalInputs};
 pub use spec::EvalSpec;
 
-/// One progress line on stderr (nothing when quiet).
+/// One progress line (nothing when quiet), through `tracing` at level info.
 pub fn say(quiet: bool, msg: impl AsRef<str>) {
     if !quiet {
-        eprintln!("{}", msg.as_ref());
+        safetune_core::tracing::info!("{}", msg.as_ref());
     }
 }

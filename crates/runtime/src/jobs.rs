@@ -25,7 +25,7 @@ pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Res
         cmd.args(opts.worker_args(spec_json, &opts.out)).arg("--worker-cells").arg(mine.join(","));
         cmd.env("RAYON_NUM_THREADS", threads.to_string());
         if !opts.quiet {
-            eprintln!("[jobs] worker {w}: {} with {threads} thread(s)", mine.join(", "));
+            safetune_core::tracing::info!("[jobs] worker {w}: {} with {threads} thread(s)", mine.join(", "));
         }
         children.push((w, cmd.spawn().map_err(|e| anyhow!("--jobs: cannot start a worker: {e}"))?));
     }

@@ -88,8 +88,11 @@ fn minilm_rows(answers: &[LabelledAnswer]) -> Result<Vec<CheckRow>> {
     let encoder = crate::fetch::fetch("all-minilm-l6-v2", false)?;
     let texts: Vec<String> = answers.iter().map(|a| a.answer.clone()).collect();
     let started = std::time::Instant::now();
-    let with_kw = embed::answer_features(&embed::Embedder::load(&encoder)?, &texts, true)?;
-    eprintln!("[judge-check] embedded {} answers in {:.1} s", texts.len(), started.elapsed().as_secs_f64());
+    // Each answer is embedded twice: its first sentence and the whole of it.
+    let steps = safetune_core::progress::Steps::new("judge-check: embedding", 2 * texts.len(), "text", false);
+    let with_kw = steps.current(|| embed::answer_features(&embed::Embedder::load(&encoder)?, &texts, true))?;
+    steps.finish();
+    safetune_core::tracing::info!("[judge-check] embedded {} answers in {:.1} s", texts.len(), started.elapsed().as_secs_f64());
     let human: Vec<bool> = answers.iter().map(|a| a.human.is_refusal()).collect();
     let groups: Vec<String> = answers.iter().map(|a| a.source.clone()).collect();
     let mut sources = groups.clone();
@@ -110,7 +113,10 @@ fn minilm_rows(answers: &[LabelledAnswer]) -> Result<Vec<CheckRow>> {
             };
             let (x, y, g) = pick(&train);
             let clf = embed::fit(&x, &y, &g, keyword, String::new())?;
-            eprintln!("[judge-check] {name}: answers of {s} judged by a classifier fitted on the others (l2 {})", clf.l2);
+            safetune_core::tracing::info!(
+                "[judge-check] {name}: answers of {s} judged by a classifier fitted on the others (l2 {})",
+                clf.l2
+            );
             for i in test {
                 pred[i] = !texts[i].trim().is_empty() && clf.model.prob(&feats[i]) > 0.5;
             }
@@ -124,7 +130,12 @@ fn minilm_rows(answers: &[LabelledAnswer]) -> Result<Vec<CheckRow>> {
         std::fs::create_dir_all(dir)?;
     }
     crate::hashing::write_atomic(&path, serde_json::to_string(&clf)?.as_bytes())?;
-    eprintln!("[judge-check] minilm classifier fitted on all {} answers (l2 {}): {}", answers.len(), clf.l2, path.display());
+    safetune_core::tracing::info!(
+        "[judge-check] minilm classifier fitted on all {} answers (l2 {}): {}",
+        answers.len(),
+        clf.l2,
+        path.display()
+    );
     Ok(rows)
 }
 

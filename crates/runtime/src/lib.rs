@@ -18,6 +18,7 @@ pub mod hashing;
 pub mod jobs;
 pub mod judge_check;
 pub mod lock;
+pub mod logging;
 pub mod options;
 pub mod output;
 pub mod pipeline;

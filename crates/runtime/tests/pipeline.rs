@@ -31,6 +31,16 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     assert_eq!(log3.matches("already done").count(), 4, "{log3}");
     assert!(!log3.contains("fine-tuning on"), "{log3}");
     assert_eq!(files(&out1.join("tiny")), f1);
+    // Progress lines go through `tracing`: RUST_LOG=warn keeps them off, the table still printed;
+    // a filter that does not parse is bad input.
+    let r4 = common::safetune_logged(&["run", spec, "--out", out1.to_str().unwrap()], &d.join("cache1"), "warn");
+    let log4 = String::from_utf8_lossy(&r4.stderr).to_string();
+    assert!(r4.status.success() && !log4.contains("already done") && !log4.contains("[eval"), "{log4}");
+    assert_eq!(r4.stdout, r3.stdout);
+    let r5 = common::safetune_logged(&["run", spec, "--out", out1.to_str().unwrap()], &d.join("cache1"), "safetune=loud");
+    let log5 = String::from_utf8_lossy(&r5.stderr).to_string();
+    assert_eq!(r5.status.code(), Some(2), "{log5}");
+    assert!(log5.starts_with("error: RUST_LOG: `safetune=loud` is not a log filter") && log5.trim_end().lines().count() == 1, "{log5}");
     let table = String::from_utf8_lossy(&r3.stdout);
     assert!(table.contains("| fine-tuned | sft-full | high-harm |"), "{table}");
     // The report: four table formats and three plots, rebuilt identically by `safetune report`.

@@ -177,7 +177,7 @@ pub fn serve_with(
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        eprintln!("[serve] listening on http://{addr}/v1 (model `{id}`)");
+        safetune_core::tracing::info!("[serve] listening on http://{addr}/v1 (model `{id}`)");
         let queue = limits.queue;
         let server = Arc::new(Server { model: Mutex::new(model), id, key, limits: limits.clone(), waiting: Semaphore::new(queue) });
         let app = Router::new()

@@ -13,7 +13,6 @@ mod batch;
 mod checkpoint;
 mod loss;
 mod methods;
-mod progress;
 mod schedule;
 mod trainer;
 

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::batch::{collate, encode_example, make_batches, EncodedExample};
 use crate::checkpoint::{self, Checkpoints, Meta, Saved, StreamState};
-use crate::progress::Progress;
 use crate::{learning_rate, masked_cross_entropy, AdamW};
+use safetune_core::progress::Steps;
 
 /// The named example streams of one stage; `task` sets the epoch length.
 #[derive(Default, Clone)]
@@ -176,11 +176,11 @@ pub fn train_stage(
         if let Some(saved) = checkpoint::load(&ck.dir, model.device())? {
             (first, before) = restore(saved, &mut ctx, &mut opt, step_fn, &mut losses)?;
             if !run.quiet {
-                eprintln!("[{label}] resuming at step {first} of {total} from the checkpoint in {}", ck.dir.display());
+                safetune_core::tracing::info!("[{label}] resuming at step {first} of {total} from the checkpoint in {}", ck.dir.display());
             }
         }
     }
-    let progress = Progress::new(label, total, run.quiet).resumed_at(first);
+    let progress = Steps::starting_at(label, total, first, "step", run.quiet);
     let start = Instant::now();
     let mut last_save = Instant::now();
     for step in first..total {
@@ -222,7 +222,7 @@ pub fn train_stage(
         opt.step(&ctx.params, &acc, lr, scale)?;
         let mean = loss_sum / cfg.grad_accum as f64;
         losses.push(mean);
-        progress.update(step + 1, mean, lr);
+        progress.set(step + 1, || format!("loss {mean:.4} lr {lr:.2e}"));
         if let Some(ck) = run.checkpoints {
             if step + 1 < total && last_save.elapsed() >= ck.every {
                 save(&ck.dir, &ctx, &opt, &*step_fn, step + 1, &losses, before + start.elapsed().as_secs_f64())
@@ -231,6 +231,7 @@ pub fn train_stage(
             }
         }
     }
+    progress.finish();
     Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: before + start.elapsed().as_secs_f64() })
 }
 

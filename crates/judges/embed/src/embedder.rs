@@ -60,6 +60,7 @@ impl Embedder {
             for (&i, e) in chunk.iter().zip(pooled) {
                 out[i] = e;
             }
+            safetune_core::progress::advance(chunk.len());
         }
         Ok(out)
     }

@@ -10,6 +10,10 @@ fn main() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     safetune_train::tune_allocator();
+    if let Err(e) = safetune_runtime::logging::init() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match safetune_runtime::cli::main_with(&args) {
         Ok(out) => {

@@ -60,6 +60,18 @@ pub fn safetune(args: &[&str], cache: &Path) -> std::process::Output {
         .env("SAFETUNE_CACHE", cache)
         .env("RUST_BACKTRACE", "1")
         .env_remove("SAFETUNE_DATA_DIR")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// As [`safetune`], with `RUST_LOG` set.
+pub fn safetune_logged(args: &[&str], cache: &Path, rust_log: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args(args)
+        .env("SAFETUNE_CACHE", cache)
+        .env_remove("SAFETUNE_DATA_DIR")
+        .env("RUST_LOG", rust_log)
         .output()
         .unwrap()
 }
