@@ -10,4 +10,4 @@ mod adapter;
 mod peft;
 
 pub use adapter::{attach_lora, merge_adapters, LoraAdapter};
-pub use peft::{check_peft, load_peft, save_peft};
+pub use peft::{check_peft, load_peft, save_peft, write_safetensors};

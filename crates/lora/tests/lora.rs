@@ -174,3 +174,85 @@ fn an_adapter_with_nan_values_or_a_rank_its_config_denies_is_an_error() {
     let err = load().expect("NaN adapter");
     assert!(err.contains("lora_B` has non-finite values"), "{err}");
 }
+
+/// Rewrites keys of a saved adapter's `adapter_config.json`.
+fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("adapter_config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(&path, c.to_string()).unwrap();
+}
+
+#[test]
+fn peft_options_rslora_patterns_and_regex_targets_are_honoured_and_dora_refused() {
+    let mut m = safetune_model::tiny_model(8).unwrap();
+    let x = input(&m);
+    let cfg = LoraConfig { r: 4, alpha: 16.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()] };
+    attach_lora(&mut m, &cfg, 3).unwrap();
+    randomise_b(&m);
+    let adapted = logits(&m, &x);
+    let dir = std::env::temp_dir().join(format!("safetune-peft-options-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    save_peft(&m, &cfg, &dir).unwrap();
+    let original = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+    let load = || {
+        let mut fresh = safetune_model::tiny_model(8).unwrap();
+        load_peft(&mut fresh, &dir, &Device::Cpu).map(|c| (c, logits(&fresh, &x))).map_err(|e| e.to_string())
+    };
+    // Files are readable as any new file in the directory is (safetensors' own writer left 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(dir.join("probe"), b"").unwrap();
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("adapter_model.safetensors"), mode("probe"));
+        std::fs::remove_file(dir.join("probe")).unwrap();
+    }
+    // rsLoRA scales by alpha / sqrt(r): alpha 8 at r 4 is the scale 16 / 4 gave; alpha 16 doubles it.
+    edit_config(&dir, |c| {
+        c["use_rslora"] = true.into();
+        c["lora_alpha"] = 8.0.into();
+    });
+    assert_eq!(max_diff(&adapted, &load().unwrap().1), 0.0);
+    edit_config(&dir, |c| c["lora_alpha"] = 16.0.into());
+    assert!(max_diff(&adapted, &load().unwrap().1) > 1e-4, "use_rslora must change the scale");
+    std::fs::write(dir.join("adapter_config.json"), &original).unwrap();
+    // rank_pattern gives the modules their rank whatever `r` says; alpha_pattern their alpha.
+    edit_config(&dir, |c| {
+        c["r"] = 8.into();
+        c["lora_alpha"] = 32.0.into();
+        c["rank_pattern"] = serde_json::json!({ "q_proj": 4, "v_proj": 4 });
+        c["alpha_pattern"] = serde_json::json!({ "(q|v)_proj": 16.0 });
+    });
+    assert_eq!(max_diff(&adapted, &load().unwrap().1), 0.0);
+    // The first key that matches wins, in the file's order (as peft's `get_pattern_key`): a
+    // layer's own key after the general one changes nothing; before it, that module's scale doubles.
+    let text = |first: &str, second: &str| format!("{{{first}, {second}}}");
+    let (general, layer0) = (r#""(q|v)_proj": 16.0"#, r#""model.layers.0.self_attn.q_proj": 32.0"#);
+    let path = dir.join("adapter_config.json");
+    let ordered = |first: &str, second: &str| {
+        // serde_json's map sorts keys; the order is written into the file by hand.
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c["alpha_pattern"] = serde_json::Value::Null;
+        let body = c.to_string().replace(r#""alpha_pattern":null"#, &format!(r#""alpha_pattern":{}"#, text(first, second)));
+        std::fs::write(&path, body).unwrap();
+    };
+    ordered(general, layer0);
+    assert_eq!(max_diff(&adapted, &load().unwrap().1), 0.0);
+    ordered(layer0, general);
+    assert!(max_diff(&adapted, &load().unwrap().1) > 1e-4, "layer 0's q_proj at twice the scale");
+    edit_config(&dir, |c| c["alpha_pattern"] = serde_json::json!({ "q_proj[": 16.0 }));
+    let err = load().unwrap_err();
+    assert!(err.contains("adapter_config.json: alpha_pattern: `q_proj[` is not a regular expression"), "{err}");
+    std::fs::write(dir.join("adapter_config.json"), &original).unwrap();
+    // A regular expression as target_modules: the tensors name the modules.
+    edit_config(&dir, |c| c["target_modules"] = ".*\\.(q|v)_proj".into());
+    let (loaded, out) = load().unwrap();
+    assert_eq!(loaded.targets, vec!["q_proj".to_string(), "v_proj".to_string()]);
+    assert_eq!(max_diff(&adapted, &out), 0.0);
+    // DoRA is refused by name, not as an unexpected tensor key.
+    edit_config(&dir, |c| c["use_dora"] = true.into());
+    let err = load().unwrap_err();
+    assert!(err.contains("adapter_config.json: use_dora: DoRA adapters are not supported"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

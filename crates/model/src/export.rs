@@ -34,7 +34,11 @@ pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
         .save(dir.join("tokenizer.json"), true)
         .map_err(|e| anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
     let weights: HashMap<String, candle_core::Tensor> = model.weights().into_iter().collect();
-    candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
+    // Serialized here and written as any new file (candle's `save` leaves it owner-only).
+    let path = dir.join("model.safetensors");
+    let bytes =
+        safetensors::serialize(weights.iter().map(|(k, t)| (k.as_str(), t)), None).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    std::fs::write(&path, bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let template = match model.info().format {
         safetune_core::PromptFormat::Chatml => {
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -152,7 +152,7 @@ impl Run<'_> {
             let keep: std::collections::HashSet<&String> = repaired.iter().collect();
             let tensors: std::collections::HashMap<String, candle_core::Tensor> =
                 all.into_iter().filter(|(n, _)| !lora || keep.contains(n)).collect();
-            write_safetensors(&self.run_dir.join(Run::weights_file(&cell)), &tensors)?;
+            safetune_lora::write_safetensors(&self.run_dir.join(Run::weights_file(&cell)), &tensors)?;
         }
         // A defense may set the system prompt at inference (BEA's trigger).
         let system = stack.system_prompt.as_ref().and_then(|f| f(model.info().format.default_system()));
@@ -226,14 +226,4 @@ impl Run<'_> {
         say(self.quiet, format!("[{}] replaced {} of {} weights", r.name(), names.len(), ft.len()));
         Ok(names)
     }
-}
-
-/// Writes tensors as one safetensors file, atomically (a temporary file renamed into place).
-fn write_safetensors(path: &std::path::Path, tensors: &std::collections::HashMap<String, candle_core::Tensor>) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
 }
