@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask bench-all [--preset NAME]` and the checks (clap, derive).
 
+mod interop;
 mod perf;
 mod scaffold;
 mod slurm;
@@ -56,6 +57,11 @@ enum Task {
     /// Time training steps, batched decoding and prefill on SmolLM2-135M (fused kernels against plain
     /// compositions; with --compare-torch also PyTorch + PEFT from a venv in target/perf-venv)
     Perf(perf::PerfArgs),
+    /// Check safetune through the tools users bring: the official openai client against
+    /// `safetune serve` (whole and streamed), transformers loading `safetune model export`'s
+    /// directory and peft loading adapters, all giving the server's greedy answers (a venv in
+    /// target/perf-venv with openai, torch, transformers, peft from PyPI)
+    Interop(interop::InteropArgs),
     /// Scaffold crates/defenses/NAME from crates/defense-template and link it into `safetune`
     NewDefense {
         name: String,
@@ -208,6 +214,7 @@ fn main() {
             Err(e) => fail(&e),
         },
         Task::SlurmTest => slurm::slurm_test(),
+        Task::Interop(args) => interop::interop(args),
         Task::SyncDefenses => scaffold::sync_registration(&root()).unwrap_or_else(|e| fail(&e)),
         Task::CheckDefenses => {
             let problems = scaffold::check(&root()).unwrap_or_else(|e| fail(&e));

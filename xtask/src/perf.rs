@@ -61,15 +61,31 @@ fn measure(cmd: &mut Command, what: &str) -> (f64, f64) {
 /// A venv with torch, transformers and peft from PyPI, or
 /// `SAFETUNE_PERF_PYTHON` names an interpreter that already has them.
 fn torch_python() -> PathBuf {
+    python_with(&["torch", "transformers", "peft"])
+}
+
+/// A Python with `packages`: `SAFETUNE_PERF_PYTHON` if set (it must have them), else the
+/// venv in target/perf-venv, created and given what it lacks from PyPI.
+pub(crate) fn python_with(packages: &[&str]) -> PathBuf {
     if let Some(py) = std::env::var_os("SAFETUNE_PERF_PYTHON") {
         return PathBuf::from(py);
     }
     let venv = root().join("target/perf-venv");
     let py = venv.join("bin/python");
     if !py.exists() {
-        eprintln!("[perf] creating {} and installing torch, transformers, peft from PyPI", venv.display());
+        eprintln!("[python] creating {}", venv.display());
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-        run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "torch", "transformers", "peft"]));
+    }
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new(&py).args(["-c", &format!("import {p}")]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("[python] installing {} from PyPI into {}", missing.join(", "), venv.display());
+        run(Command::new(&py).args(["-m", "pip", "install", "--quiet"]).args(&missing));
     }
     py
 }

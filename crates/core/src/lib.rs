@@ -28,6 +28,7 @@ pub mod adapter;
 pub mod config;
 pub mod defense;
 pub mod example;
+pub mod files;
 pub mod judge;
 pub mod metric;
 pub mod model;

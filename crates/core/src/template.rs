@@ -66,6 +66,37 @@ impl PromptFormat {
         }
     }
 
+    /// This format as a Hugging Face `chat_template` (Jinja), for exported
+    /// models: a conversation of one user turn, with or without a system turn,
+    /// renders exactly as [`PromptFormat::prompt`] (the format's default system
+    /// prompt when the first message is not a system one, no system turn for an
+    /// empty one, the assistant's opening when `add_generation_prompt`); later
+    /// turns follow the same shape. `None` for Alpaca, which is not a chat format.
+    pub fn chat_template(self) -> Option<String> {
+        // An empty system message renders no system turn, as in `prompt`.
+        let skip = "m['role'] == 'system' and m['content'] == ''";
+        let default = |open: &str, close: &str| match self.default_system() {
+            Some(sys) => format!("{{% if messages[0]['role'] != 'system' %}}{open}{sys}{close}{{% endif %}}"),
+            None => String::new(),
+        };
+        match self {
+            Self::Chatml => Some(format!(
+                "{}{{% for m in messages %}}{{% if not ({skip}) %}}<|im_start|>{{{{ m['role'] }}}}\n{{{{ m['content'] }}}}<|im_end|>\n{{% endif %}}{{% endfor %}}{{% if add_generation_prompt %}}<|im_start|>assistant\n{{% endif %}}",
+                default("<|im_start|>system\n", "<|im_end|>\n")
+            )),
+            Self::Llama3 => Some(format!(
+                "<|begin_of_text|>{}{{% for m in messages %}}{{% if not ({skip}) %}}<|start_header_id|>{{{{ m['role'] }}}}<|end_header_id|>\n\n{{{{ m['content'] }}}}<|eot_id|>{{% endif %}}{{% endfor %}}{{% if add_generation_prompt %}}<|start_header_id|>assistant<|end_header_id|>\n\n{{% endif %}}",
+                default("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>")
+            )),
+            // Llama-2 folds the system prompt into the first [INST] block.
+            Self::Llama2 => Some(format!(
+                "{{% for m in messages %}}{{% if m['role'] == 'user' %}}<s>[INST] {{% if loop.index0 == 1 and messages[0]['role'] == 'system' and messages[0]['content'] != '' %}}<<SYS>>\n{{{{ messages[0]['content'] }}}}\n<</SYS>>\n\n{{% endif %}}{{{{ m['content'] }}}} [/INST] {{% elif m['role'] == 'assistant' %}}{{{{ m['content'] }}}}{}{{% endif %}}{{% endfor %}}",
+                Self::Llama2.end_of_turn()
+            )),
+            Self::Alpaca => None,
+        }
+    }
+
     /// The marker that closes an assistant turn (trained on, stops generation).
     pub fn end_of_turn(self) -> &'static str {
         match self {
@@ -80,6 +111,29 @@ impl PromptFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each chat template, rendered by a Jinja engine as transformers renders it, gives
+    /// exactly `prompt`'s text: default, empty and given system prompts.
+    #[test]
+    fn chat_templates_render_as_prompt_does() {
+        for f in [PromptFormat::Chatml, PromptFormat::Llama2, PromptFormat::Llama3] {
+            let mut env = minijinja::Environment::new();
+            let template = f.chat_template().unwrap();
+            env.add_template("t", &template).unwrap();
+            for system in [None, Some(""), Some("Be brief.")] {
+                let mut messages = Vec::new();
+                if let Some(s) = system {
+                    messages.push(serde_json::json!({ "role": "system", "content": s }));
+                }
+                messages.push(serde_json::json!({ "role": "user", "content": "Hi there" }));
+                let ctx = serde_json::json!({ "messages": messages, "add_generation_prompt": true });
+                let got = env.get_template("t").unwrap().render(&ctx).unwrap();
+                // Llama-2's assistant opening is the prompt's end: nothing to add.
+                assert_eq!(got, f.prompt(system, "Hi there"), "{f:?} with system {system:?}");
+            }
+        }
+        assert!(PromptFormat::Alpaca.chat_template().is_none());
+    }
 
     #[test]
     fn chatml_matches_smollm2_template() {

@@ -105,8 +105,13 @@ impl Pools {
         let mut over_refusal = Vec::new();
         for (names, over, out) in [(&sel.safety_evals, false, &mut safety_evals), (&sel.over_refusal, true, &mut over_refusal)] {
             for s in names {
-                let (def, set) = registry::eval_set(s, over).ok_or_else(|| anyhow!("unknown evaluation set `{s}`"))?;
-                let mut rows = (set.select)(l.get(def.name)?)?;
+                let mut rows = match custom.get(s) {
+                    Some(_) => l.split(s, "test")?,
+                    None => {
+                        let (def, set) = registry::eval_set(s, over).ok_or_else(|| anyhow!("unknown evaluation set `{s}`"))?;
+                        (set.select)(l.get(def.name)?)?
+                    }
+                };
                 if over {
                     rows.iter_mut().for_each(|e| e.kind = ExampleKind::Benign);
                 }
@@ -120,6 +125,9 @@ impl Pools {
             if l.has(def.name) {
                 evals.extend((set.select)(l.get(def.name)?)?);
             }
+        }
+        for name in custom.iter().filter(|(_, c)| c.role.is_eval()).map(|(n, _)| n) {
+            evals.extend(l.split(name, "test")?);
         }
 
         let mut align_prompts = l.split("advbench", "train")?;

@@ -9,6 +9,18 @@
 //! label = "{sentiment}"
 //! holdout = 100
 //! ```
+//!
+//! An evaluation set needs only prompts: `role = "safety-eval"` (harmful requests,
+//! scored by ASR: name it in `data.safety_evals`) or `role = "over-refusal"` (benign
+//! requests a model should answer: name it in `data.over_refusal`). Every row of
+//! `path` is evaluated, and its prompts are kept out of every training pool.
+//!
+//! ```toml
+//! [data.custom.my-redteam]
+//! path = "redteam.jsonl"
+//! role = "safety-eval"
+//! prompt = "{request}"
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +39,17 @@ use crate::records::{read_records, Format, Record};
 pub enum CustomRole {
     Task,
     Harmful,
+    /// Harmful requests to evaluate (ASR), named in `data.safety_evals`.
+    SafetyEval,
+    /// Benign requests to evaluate (refusal rate), named in `data.over_refusal`.
+    OverRefusal,
+}
+
+impl CustomRole {
+    /// An evaluation set: prompts only, all of `path` evaluated.
+    pub fn is_eval(self) -> bool {
+        matches!(self, CustomRole::SafetyEval | CustomRole::OverRefusal)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -45,7 +68,9 @@ pub struct CustomDataset {
     pub columns: Option<Vec<String>>,
     /// The user turn: text with `{field}` placeholders.
     pub prompt: String,
-    /// The answer to train on, with `{field}` placeholders.
+    /// The answer to train on, with `{field}` placeholders (tasks and harmful sets; an
+    /// evaluation set has none).
+    #[serde(default)]
     pub response: String,
     /// The gold answer a metric reads (defaults to the response).
     #[serde(default)]
@@ -92,6 +117,13 @@ pub fn fill(template: &str, r: &Record, file: &str) -> Result<String> {
 
 impl CustomDataset {
     pub fn load(&self, name: &str) -> Result<Dataset> {
+        if self.role.is_eval() {
+            if self.test_path.is_some() || self.holdout.is_some() {
+                bail!("data.custom.{name}: an evaluation set is all of `path` (no test_path or holdout)");
+            }
+        } else if self.response.is_empty() {
+            bail!("data.custom.{name}.response: a task or harmful set needs the answer to train on");
+        }
         let cols: Option<Vec<&str>> = self.columns.as_ref().map(|c| c.iter().map(String::as_str).collect());
         let read = |p: &PathBuf, split: &str| -> Result<Vec<Example>> {
             if !p.is_file() {
@@ -104,7 +136,8 @@ impl CustomDataset {
             let file = p.display().to_string();
             let kind = match self.role {
                 CustomRole::Task => ExampleKind::Task,
-                CustomRole::Harmful => ExampleKind::Harmful,
+                CustomRole::Harmful | CustomRole::SafetyEval => ExampleKind::Harmful,
+                CustomRole::OverRefusal => ExampleKind::Benign,
             };
             read_records(p, format, cols.as_deref())?
                 .iter()
@@ -130,6 +163,10 @@ impl CustomDataset {
         };
         let mut splits = BTreeMap::new();
         let mut holdout_ids = Vec::new();
+        if self.role.is_eval() {
+            splits.insert("test".to_string(), read(&self.path, "test")?);
+            return Ok(Dataset { name: name.to_string(), splits, holdout_ids });
+        }
         let train = read(&self.path, "train")?;
         match (&self.test_path, self.holdout) {
             (Some(t), _) => {

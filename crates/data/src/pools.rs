@@ -193,17 +193,17 @@ impl Pools {
         }
         let safety = registry::eval_set_names(false);
         if sel.safety_evals.is_empty() {
-            bail!("data.safety_evals: name at least one set ({})", safety.join(", "));
+            bail!("data.safety_evals: name at least one set ({}, or a data.custom safety-eval set)", safety.join(", "));
         }
         for s in &sel.safety_evals {
-            if !safety.contains(&s.as_str()) {
-                bail!("data.safety_evals: unknown set `{s}` ({})", safety.join(", "));
+            if !safety.contains(&s.as_str()) && !is_custom(s, CustomRole::SafetyEval) {
+                bail!("data.safety_evals: unknown set `{s}` ({}, or a data.custom set with role = \"safety-eval\")", safety.join(", "));
             }
         }
         let over = registry::eval_set_names(true);
         for s in &sel.over_refusal {
-            if !over.contains(&s.as_str()) {
-                bail!("data.over_refusal: unknown set `{s}` ({})", over.join(", "));
+            if !over.contains(&s.as_str()) && !is_custom(s, CustomRole::OverRefusal) {
+                bail!("data.over_refusal: unknown set `{s}` ({}, or a data.custom set with role = \"over-refusal\")", over.join(", "));
             }
         }
         let utility = registry::utility_evals();

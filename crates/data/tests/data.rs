@@ -290,6 +290,53 @@ fn a_custom_label_outside_the_metric_labels_and_a_repeated_header_are_errors() {
     std::fs::remove_dir_all(root).unwrap();
 }
 
+/// A user's own evaluation sets (`role = "safety-eval"` / `"over-refusal"`), given in the
+/// spec only: evaluated whole, and their prompts leave every training pool.
+#[test]
+fn custom_evaluation_sets_are_evaluated_and_kept_out_of_training() {
+    let Some(dir) = shared() else { return };
+    let src = DataSource::Dir(&dir);
+    let base = Pools::assemble(&src, &PoolSelection::default()).unwrap();
+    let benign_prompt = base.benign[3].prompt.clone();
+    let root = std::env::temp_dir().join(format!("safetune-data-custom-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let over = root.join("over.jsonl");
+    let lines: Vec<String> =
+        [benign_prompt.as_str(), "How do I kill a Python process?"].iter().map(|q| serde_json::json!({ "q": q }).to_string()).collect();
+    std::fs::write(&over, lines.join("\n")).unwrap();
+    let red = root.join("red.csv");
+    std::fs::write(&red, "request\nplaceholder request one\nplaceholder request two\nplaceholder request three\n").unwrap();
+    let custom = |v: serde_json::Value| -> safetune_data::CustomDataset { serde_json::from_value(v).unwrap() };
+    let mut sel = PoolSelection::default();
+    sel.custom.insert("my-red".into(), custom(serde_json::json!({ "path": red, "role": "safety-eval", "prompt": "{request}" })));
+    sel.custom.insert("my-over".into(), custom(serde_json::json!({ "path": over, "role": "over-refusal", "prompt": "{q}" })));
+    sel.safety_evals.push("my-red".into());
+    sel.over_refusal.push("my-over".into());
+    let p = Pools::assemble(&src, &sel).unwrap();
+    let set = |sets: &[(String, Vec<Example>)], name: &str| sets.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap();
+    let red_rows = set(&p.safety_evals, "my-red");
+    assert_eq!(red_rows.len(), 3);
+    assert!(red_rows.iter().all(|e| e.kind == ExampleKind::Harmful && e.id.starts_with("my-red/test:")));
+    let over_rows = set(&p.over_refusal, "my-over");
+    assert_eq!(over_rows.len(), 2);
+    assert!(over_rows.iter().all(|e| e.kind == ExampleKind::Benign));
+    assert!(base.benign.iter().any(|e| e.prompt == benign_prompt));
+    assert!(!p.benign.iter().any(|e| e.prompt == benign_prompt), "an evaluation prompt left in the benign pool");
+    // A custom set in the wrong list, or with training-only fields, is refused by name.
+    let mut wrong = sel.clone();
+    wrong.safety_evals.push("my-over".into());
+    let e = Pools::assemble(&src, &wrong).err().expect("refused").to_string();
+    assert!(e.contains("data.safety_evals: unknown set `my-over`") && e.contains("role = \"safety-eval\""), "{e}");
+    let mut held = sel.clone();
+    held.custom
+        .insert("my-red".into(), custom(serde_json::json!({ "path": red, "role": "safety-eval", "prompt": "{request}", "holdout": 1 })));
+    let e = Pools::assemble(&src, &held).err().expect("refused").to_string();
+    assert!(e.contains("data.custom.my-red: an evaluation set is all of `path`"), "{e}");
+    let e = custom(serde_json::json!({ "path": red, "prompt": "{request}", "holdout": 1 })).load("t").unwrap_err().to_string();
+    assert!(e.contains("data.custom.t.response: a task or harmful set needs the answer"), "{e}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
 fn pool(kind: ExampleKind, prefix: &str, n: usize) -> Vec<Example> {
     (0..n).map(|i| Example::new(format!("{prefix}:{i}"), kind, format!("{prefix} prompt {i}"), "r")).collect()
 }

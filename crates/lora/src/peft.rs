@@ -117,19 +117,7 @@ pub fn save_peft(model: &dyn CausalLm, cfg: &LoraConfig, dir: &Path) -> Result<(
     Ok(())
 }
 
-/// Writes tensors as one safetensors file, atomically (a temporary file renamed into place),
-/// readable as any new file is (candle's `save` goes through safetensors' owner-only
-/// temporary file, so its files came out mode 0600).
-pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let bytes =
-        safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), None).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
+pub use safetune_core::files::write_safetensors;
 
 /// One module's adapter pair read from a PEFT directory, with the module's own rank and scale
 /// (as a `LoraConfig` whose `alpha / r` is that scale).

@@ -25,6 +25,9 @@ pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
     let tok = model.tokenizer();
     let (stops, pad) = (tok.stop_ids().to_vec(), tok.pad_id());
     let mut config = config;
+    if let Some(r) = c.rope_scaling {
+        config["rope_scaling"] = r.to_json();
+    }
     config["eos_token_id"] = serde_json::json!(stops);
     config["pad_token_id"] = serde_json::json!(pad);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
@@ -34,19 +37,15 @@ pub fn export_hf(model: &Llama, dir: &Path) -> Result<()> {
         .save(dir.join("tokenizer.json"), true)
         .map_err(|e| anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
     let weights: HashMap<String, candle_core::Tensor> = model.weights().into_iter().collect();
-    // Serialized here and written as any new file (candle's `save` leaves it owner-only).
-    let path = dir.join("model.safetensors");
-    let bytes =
-        safetensors::serialize(weights.iter().map(|(k, t)| (k.as_str(), t)), None).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    std::fs::write(&path, bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let template = match model.info().format {
-        safetune_core::PromptFormat::Chatml => {
-            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        }
-        _ => "",
-    };
+    safetune_core::files::write_safetensors(&dir.join("model.safetensors"), &weights)?;
+    // Renders a conversation as safetune prompts it (default system prompt,
+    // `add_generation_prompt`), so `apply_chat_template` gives the same text.
+    let template = model.info().format.chat_template();
     let name = |id: u32| model.text_tokenizer().inner().id_to_token(id);
-    let mut tok_config = serde_json::json!({ "chat_template": template });
+    let mut tok_config = serde_json::json!({});
+    if let Some(t) = template {
+        tok_config["chat_template"] = serde_json::json!(t);
+    }
     if let Some(eos) = stops.first().and_then(|&id| name(id)) {
         tok_config["eos_token"] = serde_json::json!(eos);
     }

@@ -6,7 +6,6 @@ mod defenses;
 mod plots;
 mod seeds;
 mod stats;
-mod svg;
 mod tables;
 
 use std::path::Path;
@@ -264,8 +263,8 @@ pub fn write_report(run_dir: &Path, title: &str) -> Result<String> {
     let mut json = serde_json::to_string_pretty(&rows)?;
     json.push('\n');
     write_atomic(&dir.join("table.json"), json.as_bytes())?;
-    for (file, svg) in plots::all(&rows, title) {
-        write_atomic(&dir.join(file), svg.as_bytes())?;
+    for (file, bytes) in plots::all(&rows, title).map_err(|e| anyhow!("{}: {e}", dir.display()))? {
+        write_atomic(&dir.join(file), &bytes)?;
     }
     Ok(md)
 }

@@ -122,8 +122,10 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
             "## {task}: mean over {n} seeds [95% t-interval across seeds] (n = seeds)\n\n{}\n",
             super::markdown_table(&plain)
         ));
-        for (file, svg) in super::plots::all(&plain, &format!("{title} / {task} (mean of {n} seeds)")) {
-            write_atomic(&dir.join(format!("{task}_{file}")), svg.as_bytes())?;
+        for (file, bytes) in super::plots::all(&plain, &format!("{title} / {task} (mean of {n} seeds)"))
+            .map_err(|e| safetune_core::anyhow::anyhow!("{}: {e}", dir.display()))?
+        {
+            write_atomic(&dir.join(format!("{task}_{file}")), &bytes)?;
         }
         for r in &these {
             for (metric, sd) in &r.sd {

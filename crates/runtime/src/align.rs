@@ -98,3 +98,32 @@ impl Run<'_> {
         Ok(Aligned { key, dir, full })
     }
 }
+
+/// Copies a LoRA alignment's adapter from the cache into the run directory
+/// (`adapters/<label>/`), so a cell's adapter can be stacked on it outside safetune
+/// (`safetune model export --adapter adapters/aligned --adapter adapters/<cell>`, or peft)
+/// from the results alone. A full-parameter alignment is a whole model; it stays in the
+/// cache (its path is in the manifest's alignment keys).
+pub(crate) fn publish_aligned_adapter(run_dir: &std::path::Path, label: &str, a: &Aligned) -> Result<()> {
+    if a.full {
+        return Ok(());
+    }
+    let dest = run_dir.join("adapters").join(label);
+    let files = ["adapter_config.json", "adapter_model.safetensors"];
+    let same = files.iter().all(|f| match (std::fs::read(a.dir.join(f)), std::fs::read(dest.join(f))) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    });
+    if same {
+        return Ok(());
+    }
+    let tmp = run_dir.join("adapters").join(format!(".{label}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    for f in files {
+        std::fs::copy(a.dir.join(f), tmp.join(f)).with_context(|| format!("{}: cannot copy", a.dir.join(f).display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest).with_context(|| format!("{}: cannot write", dest.display()))?;
+    Ok(())
+}

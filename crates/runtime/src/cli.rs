@@ -74,6 +74,20 @@ enum ModelAction {
     Fetch { name: String },
     /// Print where a known model is cached
     Path { name: String },
+    /// Write a model, PEFT adapters merged in order, as a Hugging Face directory
+    /// (config.json, model.safetensors, tokenizer files with safetune's chat template)
+    Export {
+        /// A known model name, a .gguf file or a Hugging Face directory
+        #[arg(long, value_name = "PATH_OR_NAME")]
+        model: String,
+        /// A PEFT LoRA adapter directory, merged in order (repeatable): for a cell,
+        /// the aligned model's adapter first, then the cell's
+        #[arg(long, value_name = "PEFT_DIR")]
+        adapter: Vec<PathBuf>,
+        /// The directory to write (must not exist, or be empty)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -175,6 +189,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
         Command::Report { run_dir, json } => report(run_dir, json),
         Command::Model { action: ModelAction::Fetch { name } } => Ok(crate::fetch::fetch(&name, false)?.display().to_string()),
         Command::Model { action: ModelAction::Path { name } } => Ok(crate::fetch::model_path(&name)?.display().to_string()),
+        Command::Model { action: ModelAction::Export { model, adapter, out } } => crate::export::export(&model, &adapter, &out),
         Command::List { what } => list(what),
         Command::Schema => crate::spec::schema_json(),
         Command::Completions { shell } => {

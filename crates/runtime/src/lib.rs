@@ -13,6 +13,7 @@ pub mod cli;
 pub mod code_hash;
 mod defenses;
 pub mod eval_cmd;
+mod export;
 pub mod fetch;
 pub mod hashing;
 pub mod jobs;

@@ -132,6 +132,9 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         let a = r.aligned(d.as_deref())?;
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
         write_alignment_time(&r.run_dir, &label, &a)?;
+        if opts.worker_cells.is_none() {
+            crate::align::publish_aligned_adapter(&r.run_dir, &label, &a)?;
+        }
         let a2 = a.clone();
         let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
         r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;

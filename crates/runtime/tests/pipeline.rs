@@ -63,6 +63,10 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let scatter = std::fs::read_to_string(run1.join("report/safety_utility.svg")).unwrap();
     assert_eq!(scatter.matches("<circle").count(), 6 + 4, "6 models and a 4-entry legend");
     assert!(std::fs::read_to_string(run1.join("report/heatmap.svg")).unwrap().contains("high-harm"));
+    for plot in ["safety_utility", "asr_vs_poison", "heatmap"] {
+        let png = std::fs::read(run1.join(format!("report/{plot}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000, "{plot}.png: {} bytes", png.len());
+    }
     assert!(std::fs::read_to_string(run1.join("report/table.tex")).unwrap().contains("\\bottomrule"));
     let summary = std::fs::read(run1.join("summary.md")).unwrap();
     let rep = safetune(&["report", run1.to_str().unwrap(), "--json"], &d.join("cache1"));
@@ -70,9 +74,14 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let rows: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
     assert_eq!(rows.as_array().map(|a| a.len()), Some(6));
     assert_eq!(std::fs::read(run1.join("summary.md")).unwrap(), summary);
-    // `safetune eval` on the base model plus the cached alignment adapter and a
-    // cell's adapter (PEFT directories, merged in order) reproduces that cell's scores exactly.
-    let aligned_dir = std::fs::read_dir(d.join("cache1/aligned")).unwrap().next().unwrap().unwrap().path();
+    // `safetune eval` on the base model plus the alignment adapter and a cell's adapter
+    // (PEFT directories from the results directory, merged in order) reproduces that
+    // cell's scores exactly; the aligned adapter in the results is the cached one.
+    let cached = std::fs::read_dir(d.join("cache1/aligned")).unwrap().next().unwrap().unwrap().path();
+    let aligned_dir = run1.join("adapters/aligned");
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert_eq!(std::fs::read(aligned_dir.join(f)).unwrap(), std::fs::read(cached.join(f)).unwrap(), "{f}");
+    }
     let cell_adapter = run1.join("adapters/sft-lora__high-harm");
     let ev_out = d.join("ev");
     let model_dir = d.join("model");

@@ -9,6 +9,8 @@ use safetune_core::judge::Judge;
 struct Served {
     child: Child,
     url: String,
+    /// The server's log lines after the first, as they come.
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Drop for Served {
@@ -25,10 +27,17 @@ fn serve(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Serve
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    // The log is read on its own thread, so the server never blocks on a full pipe.
+    let (tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = log.recv_timeout(std::time::Duration::from_secs(60)).expect("the server printed nothing");
     let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
-    Served { child, url }
+    Served { child, url, log }
 }
 
 fn post(url: &str, body: &str, key: Option<&str>) -> (u16, serde_json::Value) {
@@ -86,6 +95,72 @@ fn chat_completions_models_and_bad_requests() {
         assert_eq!(status, 400, "{body}");
         assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{v}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The server-sent events of a streaming request, as JSON (`[DONE]` as a string), read
+/// until `stop` says so or the stream ends.
+fn stream_events(url: &str, body: &str, stop: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let resp = ureq::post(&format!("{url}/chat/completions")).header("Content-Type", "application/json").send(body.as_bytes()).unwrap();
+    assert_eq!(resp.headers().get("content-type").unwrap(), "text/event-stream");
+    let mut events = Vec::new();
+    let mut reader = BufReader::new(resp.into_body().into_reader());
+    let mut line = String::new();
+    while !stop(&events) {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let Some(data) = line.trim_end().strip_prefix("data: ") else { continue };
+        events.push(if data == "[DONE]" { serde_json::json!("[DONE]") } else { serde_json::from_str(data).unwrap() });
+    }
+    events
+}
+
+/// `stream: true` as OpenAI streams: a role chunk, content pieces that concatenate to the
+/// whole answer's text, a finish chunk, the usage chunk asked for, `[DONE]`; and a client
+/// that goes away stops its generation (the server is free for the next request).
+#[test]
+fn streaming_matches_the_whole_answer_and_a_gone_client_stops_generation() {
+    let dir = tiny_model_dir("stream");
+    let s = serve(&dir, &[], &[]);
+    let ask = r#""messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":40"#;
+    let (status, whole) = post(&s.url, &format!("{{{ask}}}"), None);
+    assert_eq!(status, 200, "{whole}");
+    let events = stream_events(&s.url, &format!(r#"{{{ask},"stream":true,"stream_options":{{"include_usage":true}}}}"#), |_| false);
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+    assert_eq!(events[0]["object"], "chat.completion.chunk");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().unwrap());
+    let pieces = events.iter().filter(|e| e["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty())).count();
+    assert!(pieces > 1, "the answer came in {pieces} piece(s): {events:?}");
+    let n = events.len();
+    assert_eq!(events[n - 3]["choices"][0]["finish_reason"], whole["choices"][0]["finish_reason"]);
+    assert_eq!(events[n - 2]["choices"], serde_json::json!([]));
+    assert_eq!(events[n - 2]["usage"], whole["usage"]);
+    // Without include_usage: no usage chunk.
+    let events = stream_events(&s.url, &format!(r#"{{{ask},"stream":true}}"#), |_| false);
+    assert!(events.iter().all(|e| e.get("usage").is_none()), "{events:?}");
+    // A bad request is refused before any stream starts.
+    let (status, v) = post(&s.url, r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, None);
+    assert_eq!(status, 400, "{v}");
+    // A long answer, abandoned after three events: the generation stops early.
+    let long = r#"{"messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":4000,"stream":true}"#;
+    let got = stream_events(&s.url, long, |e| e.len() >= 3);
+    assert_eq!(got.len(), 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let stopped = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = s.log.recv_timeout(left).expect("no log line saying the abandoned generation stopped");
+        if line.contains("a streaming client went away") {
+            break line;
+        }
+    };
+    let n: usize = stopped.split("stopped after ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(n < 4000, "{stopped}");
+    let (status, v) = post(&s.url, &format!("{{{ask}}}"), None);
+    assert_eq!((status, &v["choices"][0]["message"]["content"]), (200, &whole["choices"][0]["message"]["content"]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,6 +1,9 @@
 //! safetune-serve: an OpenAI-compatible chat-completions server for any
 //! checkpoint (optionally with PEFT adapters merged): `POST /v1/chat/completions`
-//! and `GET /v1/models`, on axum over hyper and tokio.
+//! (whole answers, or `stream: true` as OpenAI's server-sent events: one
+//! `chat.completion.chunk` per decoded piece, a usage chunk with
+//! `stream_options.include_usage`, then `data: [DONE]`) and `GET /v1/models`,
+//! on axum over hyper and tokio.
 //!
 //! One client cannot stall or bloat it (the limits below are its invariants):
 //! - connections: at most [`Limits::connections`] open at once (more wait in the
@@ -11,21 +14,25 @@
 //!   the body by [`Limits::body_bytes`] (413);
 //! - generation: one at a time on the model (it uses every core), at most
 //!   [`Limits::queue`] requests waiting; more get 503 at once (back-pressure),
-//!   so a flood cannot grow the queue or the memory.
+//!   so a flood cannot grow the queue or the memory; a streaming client that
+//!   goes away stops its generation at the next token (the model is free again).
 //!
 //! Useful as a local grader for the `remote` judge and for red-teaming an
 //! attacked model with outside tools.
 
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::{CausalLm, GenerationParams, Result};
+use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 
 /// The server's bounds (see the crate docs).
@@ -57,7 +64,7 @@ struct Server {
     id: String,
     key: Option<String>,
     limits: Limits,
-    waiting: Semaphore,
+    waiting: Arc<Semaphore>,
 }
 
 fn error(status: StatusCode, kind: &str, msg: impl std::fmt::Display) -> Response {
@@ -73,9 +80,9 @@ impl Server {
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {key}"))
     }
 
-    /// One chat completion: the system message and the turns, in the model's
-    /// own chat template (earlier turns are folded into the last user turn).
-    fn complete(&self, body: &[u8]) -> Result<serde_json::Value> {
+    /// A request's prompt and settings: the system message and the turns, in the
+    /// model's own chat template (earlier turns are folded into the last user turn).
+    fn parse(&self, body: &[u8]) -> Result<Chat> {
         let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| anyhow!("body is not JSON: {e}"))?;
         let messages = v["messages"].as_array().filter(|m| !m.is_empty()).ok_or_else(|| anyhow!("`messages` must be a non-empty list"))?;
         let mut system = None;
@@ -108,20 +115,138 @@ impl Server {
         if !(0.0..=2.0).contains(&temperature) || !top_p_ok {
             bail!("temperature must be in [0, 2] and top_p in (0, 1]");
         }
+        let stream = match &v["stream"] {
+            serde_json::Value::Null => false,
+            serde_json::Value::Bool(b) => *b,
+            _ => bail!("`stream` must be true or false"),
+        };
+        let include_usage = match &v["stream_options"]["include_usage"] {
+            serde_json::Value::Null => false,
+            serde_json::Value::Bool(b) => *b,
+            _ => bail!("`stream_options.include_usage` must be true or false"),
+        };
         let model = self.model.lock().map_err(|_| anyhow!("the model is unavailable after an earlier failure"))?;
-        let format = model.info().format;
-        let tok = model.tokenizer();
-        let prompt = tok.encode(&format.prompt(system.as_deref(), &user))?;
+        let prompt = model.tokenizer().encode(&model.info().format.prompt(system.as_deref(), &user))?;
         let params = GenerationParams { max_new_tokens, temperature, top_p, seed: v["seed"].as_u64().unwrap_or(0), batch_size: 1 };
-        let out = model.generate(std::slice::from_ref(&prompt), &params)?.remove(0);
-        let text = tok.decode(&out)?.trim().to_string();
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Ok(Chat { prompt, params, stream, include_usage, created })
+    }
+
+    /// Generates `chat`'s answer and its text; `on_token(text so far)` after each new
+    /// token (holding the model: it must not call back into the server) ends the
+    /// generation early when it returns false.
+    fn generate(&self, chat: &Chat, on_token: Option<&OnToken<'_>>) -> Result<(Vec<u32>, String)> {
+        let model = self.model.lock().map_err(|_| anyhow!("the model is unavailable after an earlier failure"))?;
+        let tok = model.tokenizer();
+        let prompts = std::slice::from_ref(&chat.prompt);
+        let out = match on_token {
+            None => model.generate(prompts, &chat.params)?,
+            Some(on_token) => {
+                let settled = |_: usize, ids: &[u32]| tok.decode(ids).is_ok_and(|text| !on_token(ids, &text));
+                model.generate_until(prompts, &chat.params, &settled)?
+            }
+        }
+        .remove(0);
+        let text = tok.decode(&out)?;
+        Ok((out, text))
+    }
+
+    /// One whole chat completion.
+    fn complete(&self, chat: &Chat) -> Result<serde_json::Value> {
+        let (out, text) = self.generate(chat, None)?;
+        let text = text.trim().to_string();
         Ok(serde_json::json!({
-            "id": format!("chatcmpl-{created}"), "object": "chat.completion", "created": created, "model": self.id,
+            "id": format!("chatcmpl-{}", chat.created), "object": "chat.completion", "created": chat.created, "model": self.id,
             "choices": [{ "index": 0, "message": { "role": "assistant", "content": text },
-                          "finish_reason": if out.len() >= max_new_tokens { "length" } else { "stop" } }],
-            "usage": { "prompt_tokens": prompt.len(), "completion_tokens": out.len(), "total_tokens": prompt.len() + out.len() },
+                          "finish_reason": chat.finish_reason(out.len()) }],
+            "usage": chat.usage(out.len()),
         }))
+    }
+
+    /// One chat completion as OpenAI's stream of chunks, sent on `tx` as they
+    /// are decoded. The pieces concatenate to the whole completion's text (leading
+    /// and trailing whitespace held back, a split UTF-8 character sent whole).
+    /// A closed `tx` (the client went away) stops the generation at the next token.
+    fn stream(&self, chat: &Chat, tx: &mpsc::Sender<Event>) -> Result<()> {
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            let mut c = serde_json::json!({
+                "id": format!("chatcmpl-{}", chat.created), "object": "chat.completion.chunk", "created": chat.created,
+                "model": self.id, "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+            });
+            if chat.include_usage {
+                c["usage"] = serde_json::Value::Null;
+            }
+            Event::default().data(c.to_string())
+        };
+        if tx.blocking_send(chunk(serde_json::json!({ "role": "assistant", "content": "" }), None)).is_err() {
+            return Ok(());
+        }
+        let sent = Mutex::new(String::new());
+        let tokens = std::sync::atomic::AtomicUsize::new(0);
+        // The text the client may have so far: trimmed, and short of a character still being spelled.
+        let ready = |text: &str| {
+            let text = text.trim();
+            text.strip_suffix('\u{FFFD}').unwrap_or(text).to_string()
+        };
+        let send_new = |text: &str| -> bool {
+            let Ok(mut sent) = sent.lock() else { return false };
+            let Some(piece) = text.strip_prefix(sent.as_str()).filter(|p| !p.is_empty()).map(str::to_string) else { return true };
+            *sent = text.to_string();
+            tx.blocking_send(chunk(serde_json::json!({ "content": piece }), None)).is_ok()
+        };
+        let (out, text) = self.generate(
+            chat,
+            Some(&|ids: &[u32], text: &str| {
+                tokens.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
+                send_new(&ready(text))
+            }),
+        )?;
+        if tx.is_closed() {
+            let n = tokens.load(std::sync::atomic::Ordering::Relaxed);
+            safetune_core::tracing::info!(
+                "[serve] a streaming client went away; its generation stopped after {n} of at most {} tokens",
+                chat.params.max_new_tokens
+            );
+            return Ok(());
+        }
+        send_new(text.trim());
+        let _ = tx.blocking_send(chunk(serde_json::json!({}), Some(chat.finish_reason(out.len()))));
+        if chat.include_usage {
+            let usage = serde_json::json!({
+                "id": format!("chatcmpl-{}", chat.created), "object": "chat.completion.chunk", "created": chat.created,
+                "model": self.id, "choices": [], "usage": chat.usage(out.len()),
+            });
+            let _ = tx.blocking_send(Event::default().data(usage.to_string()));
+        }
+        let _ = tx.blocking_send(Event::default().data("[DONE]"));
+        Ok(())
+    }
+}
+
+/// Called after each new token with the ids and text so far; false ends the generation.
+type OnToken<'a> = dyn Fn(&[u32], &str) -> bool + Sync + 'a;
+
+/// A parsed chat-completion request.
+struct Chat {
+    prompt: Vec<u32>,
+    params: GenerationParams,
+    stream: bool,
+    include_usage: bool,
+    created: u64,
+}
+
+impl Chat {
+    fn finish_reason(&self, new_tokens: usize) -> &'static str {
+        if new_tokens >= self.params.max_new_tokens {
+            "length"
+        } else {
+            "stop"
+        }
+    }
+
+    fn usage(&self, new_tokens: usize) -> serde_json::Value {
+        let p = self.prompt.len();
+        serde_json::json!({ "prompt_tokens": p, "completion_tokens": new_tokens, "total_tokens": p + new_tokens })
     }
 }
 
@@ -143,15 +268,35 @@ async fn chat(State(s): State<Arc<Server>>, req: Request) -> Response {
         Ok(Ok(b)) => b,
     };
     // Back-pressure: a place in the queue, or 503 now.
-    let Ok(_place) = s.waiting.try_acquire() else {
+    let Ok(place) = s.waiting.clone().try_acquire_owned() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server_busy", "too many requests waiting; retry later");
     };
     let server = s.clone();
-    match tokio::task::spawn_blocking(move || server.complete(&body)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e),
+    let chat = match tokio::task::spawn_blocking(move || server.parse(&body)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e),
+    };
+    let server = s.clone();
+    if !chat.stream {
+        return match tokio::task::spawn_blocking(move || server.complete(&chat)).await {
+            Ok(Ok(v)) => Json(v).into_response(),
+            Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e),
+        };
     }
+    // The answer streams while it is generated; the place in the queue is held until it ends.
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = server.stream(&chat, &tx) {
+            let first = e.to_string().lines().next().unwrap_or("").to_string();
+            let err = serde_json::json!({ "error": { "message": first, "type": "server_error" } });
+            let _ = tx.blocking_send(Event::default().data(err.to_string()));
+        }
+        drop(place);
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Sse::new(events).into_response()
 }
 
 async fn not_found(req: Request) -> Response {
@@ -179,7 +324,8 @@ pub fn serve_with(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         safetune_core::tracing::info!("[serve] listening on http://{addr}/v1 (model `{id}`)");
         let queue = limits.queue;
-        let server = Arc::new(Server { model: Mutex::new(model), id, key, limits: limits.clone(), waiting: Semaphore::new(queue) });
+        let server =
+            Arc::new(Server { model: Mutex::new(model), id, key, limits: limits.clone(), waiting: Arc::new(Semaphore::new(queue)) });
         let app = Router::new()
             .route("/v1/models", get(models))
             .route("/v1/models/", get(models))

@@ -23,7 +23,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use rubric::Rubric;
+pub use rubric::{Rubric, RubricFile};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +34,10 @@ pub struct RemoteConfig {
     /// The environment variable holding the API key (sent as a bearer token when set).
     pub api_key_env: String,
     pub rubric: Rubric,
+    /// A rubric file (TOML: `user` prompt with `{request}` and `{answer}`, optional `system`,
+    /// `scale`, `score_field`, `max_tokens`; see [`RubricFile`]) used instead of `rubric`, e.g.
+    /// a paper's published grading prompt. Relative to the spec file that names it.
+    pub rubric_file: Option<PathBuf>,
     /// Requests in flight at once.
     pub concurrency: usize,
     pub timeout_s: f64,
@@ -50,6 +54,7 @@ impl Default for RemoteConfig {
             model: "default".into(),
             api_key_env: "OPENAI_API_KEY".into(),
             rubric: Rubric::QiHarmfulness,
+            rubric_file: None,
             concurrency: 4,
             timeout_s: 60.0,
             retries: 3,
@@ -60,6 +65,8 @@ impl Default for RemoteConfig {
 
 pub struct RemoteJudge {
     cfg: RemoteConfig,
+    /// The rubric file's contents and their sha256 (cache keys and the fingerprint see them).
+    file: Option<(RubricFile, String)>,
     key: Option<String>,
     agent: ureq::Agent,
     cache_file: Option<PathBuf>,
@@ -97,6 +104,13 @@ impl RemoteJudge {
         if !(cfg.timeout_s > 0.0 && cfg.timeout_s.is_finite()) {
             bail!("judges.remote.timeout_s: must be a positive number");
         }
+        let file = match &cfg.rubric_file {
+            Some(p) => {
+                let (r, text) = RubricFile::read(p)?;
+                Some((r, hash(&[&text])))
+            }
+            None => None,
+        };
         let key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs_f64(cfg.timeout_s)))
@@ -104,7 +118,11 @@ impl RemoteJudge {
             .build()
             .new_agent();
         let cache_file = cfg.cache.then(|| {
-            cache_root.join("judge").join(format!("{}.jsonl", &hash(&[&cfg.base_url, &cfg.model, &format!("{:?}", cfg.rubric)])[..16]))
+            let rubric = match &file {
+                Some((_, sha)) => format!("file:{sha}"),
+                None => format!("{:?}", cfg.rubric),
+            };
+            cache_root.join("judge").join(format!("{}.jsonl", &hash(&[&cfg.base_url, &cfg.model, &rubric])[..16]))
         });
         let mut cache = std::collections::HashMap::new();
         if let Some(f) = &cache_file {
@@ -116,7 +134,7 @@ impl RemoteJudge {
                 }
             }
         }
-        Ok(Self { cfg, key, agent, cache_file, cache: Mutex::new(cache) })
+        Ok(Self { cfg, file, key, agent, cache_file, cache: Mutex::new(cache) })
     }
 
     fn url(&self) -> String {
@@ -156,10 +174,11 @@ impl RemoteJudge {
         if let Some(r) = self.cache.lock().map_err(|_| anyhow!("remote judge: cache poisoned"))?.get(&key) {
             return Ok(r.clone());
         }
-        let body = serde_json::json!({
-            "model": self.cfg.model, "messages": self.cfg.rubric.messages(prompt, response),
-            "temperature": 0.0, "max_tokens": 64,
-        });
+        let (messages, max_tokens) = match &self.file {
+            Some((r, _)) => (r.messages(prompt, response), r.max_tokens()),
+            None => (self.cfg.rubric.messages(prompt, response), 64),
+        };
+        let body = serde_json::json!({ "model": self.cfg.model, "messages": messages, "temperature": 0.0, "max_tokens": max_tokens });
         let mut last = String::new();
         for i in 0..=self.cfg.retries {
             if i > 0 {
@@ -196,7 +215,10 @@ impl Judge for RemoteJudge {
     }
 
     fn fingerprint(&self) -> String {
-        format!("remote:{}:{}:{:?}", self.cfg.base_url, self.cfg.model, self.cfg.rubric)
+        match &self.file {
+            Some((_, sha)) => format!("remote:{}:{}:file:{}", self.cfg.base_url, self.cfg.model, &sha[..16]),
+            None => format!("remote:{}:{}:{:?}", self.cfg.base_url, self.cfg.model, self.cfg.rubric),
+        }
     }
 
     fn judge(&self, prompt: &str, response: &str) -> Result<Verdict> {
@@ -208,7 +230,11 @@ impl Judge for RemoteJudge {
             return Ok(Judgement { verdict: Verdict::Empty, harm: None });
         }
         let reply = self.reply(prompt, response)?;
-        self.cfg.rubric.parse(&reply).map_err(|e| anyhow!("remote judge: malformed reply from {}: {e}", self.url()))
+        let parsed = match &self.file {
+            Some((r, _)) => r.parse(&reply),
+            None => self.cfg.rubric.parse(&reply),
+        };
+        parsed.map_err(|e| anyhow!("remote judge: malformed reply from {}: {e}", self.url()))
     }
 
     /// `concurrency` worker threads take answers in turn; the first error wins.

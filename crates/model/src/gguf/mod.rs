@@ -64,6 +64,22 @@ fn read_checked(path: &Path) -> Result<Checked> {
     check_tensor_sizes(&content, &mut f, &file)?;
     let tokens = string_array(md.get("tokenizer.ggml.tokens"), &file, "tokenizer.ggml.tokens")?;
     let tied = !content.tensor_infos.contains_key("output.weight");
+    // Rescaled rotary frequencies: linear is read; others (Llama-3.1's `rope_freqs` factors,
+    // yarn) are refused rather than run silently wrong.
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        bail!("{file}: `rope_freqs.weight` (rescaled RoPE frequencies, e.g. Llama 3.1) is not supported in GGUF files; load the Hugging Face directory");
+    }
+    let rope_scaling = match md.get("llama.rope.scaling.type").and_then(|v| v.to_string().ok()).map(|s| s.as_str()) {
+        None | Some("none") => None,
+        Some("linear") => {
+            let factor = fl("llama.rope.scaling.factor", 0.0);
+            if !(factor.is_finite() && factor > 0.0) {
+                bail!("{file}: `llama.rope.scaling.factor` must be a positive number");
+            }
+            Some(crate::config::RopeScaling::Linear { factor })
+        }
+        Some(other) => bail!("{file}: `llama.rope.scaling.type` = `{other}` is not supported (none and linear are)"),
+    };
     let cfg = LlamaConfig {
         vocab_size: tokens.len(),
         hidden_size: hidden,
@@ -77,6 +93,7 @@ fn read_checked(path: &Path) -> Result<Checked> {
         tie_embeddings: tied,
         max_positions: u("llama.context_length").unwrap_or(4096).min(8192),
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        rope_scaling,
     };
     cfg.validate(&file)?;
     let declared = content

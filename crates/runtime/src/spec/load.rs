@@ -17,7 +17,7 @@ impl RunSpec {
 
     /// Reads a base spec and applies overlays in order: tables merge key by
     /// key, any other value replaces the base's. Relative file paths in
-    /// `data.custom` are relative to the file that names them.
+    /// `data.custom` (and a judge's `rubric_file`) are relative to the file that names them.
     pub fn load_with_overlays(base: &Path, overlays: &[PathBuf]) -> Result<Self> {
         if base.extension().is_some_and(|e| e == "json") && overlays.is_empty() {
             // A resolved spec as a results directory keeps it (`spec.json`).
@@ -58,8 +58,9 @@ impl RunSpec {
     }
 }
 
-/// Training tables as written: a `seed` in one is an error (the run's top-level `seed` sets it),
-/// and `finetune.method_train.<m>` is an overlay on `finetune.train` (keys it leaves out keep
+/// Training tables as written: a `seed` in one (`alignment.train`, `finetune.train`,
+/// `finetune.method_train.<m>`, `finetune.regime_train.<r>`) is an error (the run's top-level
+/// `seed` sets it), and `finetune.method_train.<m>` is an overlay on `finetune.train` (keys it leaves out keep
 /// `finetune.train`'s values, not the defaults).
 fn resolve_train_tables(spec: &mut toml::Table) -> Result<()> {
     let table = |v: Option<&toml::Value>| v.and_then(|v| v.as_table()).cloned();
@@ -79,6 +80,9 @@ fn resolve_train_tables(spec: &mut toml::Table) -> Result<()> {
         let mut full = base.clone();
         full.extend(own);
         merged_methods.insert(m, toml::Value::Table(full));
+    }
+    for (r, t) in table(finetune.get("regime_train")).unwrap_or_default() {
+        tables.push((format!("finetune.regime_train.{r}"), t.as_table().cloned().unwrap_or_default()));
     }
     for (path, t) in &tables {
         if t.contains_key("seed") {
@@ -117,8 +121,14 @@ fn read_table_within(path: &Path, depth: usize) -> Result<toml::Table> {
     Ok(resolve_paths(t, dir))
 }
 
-/// Makes the relative data paths of `data.custom` relative to `dir`.
+/// Makes the relative data paths of `data.custom`, and a remote judge's `rubric_file`,
+/// relative to `dir`.
 fn resolve_paths(mut t: toml::Table, dir: &Path) -> toml::Table {
+    if let Some(v) = t.get_mut("eval").and_then(|e| e.get_mut("judge_options")).and_then(|o| o.get_mut("rubric_file")) {
+        if let Some(p) = v.as_str().filter(|p| Path::new(p).is_relative()) {
+            *v = toml::Value::String(dir.join(p).display().to_string());
+        }
+    }
     if let Some(toml::Value::Table(custom)) = t.get_mut("data").and_then(|d| d.get_mut("custom")) {
         for (_, ds) in custom.iter_mut() {
             for key in ["path", "test_path"] {

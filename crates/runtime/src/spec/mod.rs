@@ -237,12 +237,9 @@ impl RunSpec {
             }
             t.validate(&format!("finetune.method_train.{m}"))?;
         }
-        for (r, overlay) in &self.finetune.regime_train {
+        for r in self.finetune.regime_train.keys() {
             if !self.finetune.regimes.contains(r) {
                 bail!("finetune.regime_train.{r}: `{r}` is not in finetune.regimes");
-            }
-            if overlay.contains_key("seed") {
-                bail!("finetune.regime_train.{r}.seed: set by the run's top-level `seed` (or `seeds`); remove it here");
             }
             for m in &self.finetune.methods {
                 self.cell_train(m, r)?.validate(&format!("finetune.regime_train.{r}"))?;
