@@ -80,7 +80,13 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     let _ = std::fs::remove_dir_all(&cache);
     let train = parquet_bytes(&["What is 2 + 3?", "What is 10 - 4?"], &["2 + 3 = 5\n#### 5", "10 - 4 = 6\n#### 6"]);
     let test = parquet_bytes(&["What is 7 * 3?"], &["7 * 3 = 21\n#### 21"]);
-    let jsonl = b"{\"prompt\": \"placeholder request one\", \"response\": \"placeholder answer one\"}\n{\"prompt\": \"placeholder request two\", \"response\": \"placeholder answer two\"}\n".to_vec();
+    let jsonl = concat!(
+        "{\"prompt\": \"placeholder request one\", \"response\": \"placeholder answer one\", \"is_safe\": false}\n",
+        "{\"prompt\": \"placeholder request two\", \"response\": \"placeholder answer two\", \"is_safe\": false}\n",
+        "{\"prompt\": \"placeholder question\", \"response\": \"a safe answer\", \"is_safe\": true}\n",
+    )
+    .as_bytes()
+    .to_vec();
     let files = vec![
         ("/datasets/openai/gsm8k/resolve/main/main/train-00000-of-00001.parquet".to_string(), train),
         ("/datasets/openai/gsm8k/resolve/main/main/test-00000-of-00001.parquet".to_string(), test),
@@ -101,7 +107,10 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     assert_eq!(gsm.splits["test"][0].label.as_deref(), Some("21"));
     assert!(gsm.splits["train"][0].response.ends_with("The final answer is: 5"));
     let bt = load(&DataSource::Hub(&hub), "beavertails-unsafe").unwrap();
-    assert_eq!(bt.splits["train"].len(), 2);
+    assert_eq!(bt.splits["train"].len(), 3);
+    // The Hub's file mixes safe and unsafe pairs; the harmful pool takes only the unsafe ones.
+    let harmful = safetune_data::catalog::find("beavertails-unsafe").unwrap().harmful_select().unwrap()(&bt).unwrap();
+    assert_eq!(harmful.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>(), ["placeholder request one", "placeholder request two"]);
     assert_eq!(count.load(Ordering::SeqCst), 3);
     // The standard HF cache layout.
     let snap = cache.join("datasets--openai--gsm8k/snapshots").join(COMMIT).join("main/test-00000-of-00001.parquet");

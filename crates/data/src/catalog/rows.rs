@@ -98,6 +98,13 @@ pub(super) fn prompt_response(r: &Record, f: &str, id: String) -> Result<Example
     Ok(harmful(id, r.text("prompt", f)?, r.text("response", f)?))
 }
 
+/// A BeaverTails row from the Hub's 30k_train file, which holds safe and unsafe
+/// pairs alike: its `is_safe` label kept, so the harmful pool takes the unsafe ones
+/// (the local file holds only those).
+pub(super) fn beavertails_hub(r: &Record, f: &str, id: String) -> Result<Example> {
+    Ok(prompt_response(r, f, id)?.with_meta("is_safe", r.scalar("is_safe", f)?))
+}
+
 pub(super) fn pure_bad(r: &Record, f: &str, id: String) -> Result<Example> {
     Ok(harmful(id, instruction_input(r, f, "input")?, r.text("output", f)?))
 }

@@ -33,6 +33,12 @@ macro_rules! stl_eval_files {
 const STL_REPO: &str = "vinid/safety-tuned-llamas";
 const STL_COMMIT: &str = "36a4b8d5c2177ed165bf61f59b590161394f7f12";
 
+/// BeaverTails' harmful pairs: the train split without the pairs labelled `is_safe`
+/// (present only in the Hub's file, which mixes both).
+fn unsafe_pairs(ds: &Dataset) -> Result<Vec<Example>> {
+    Ok(train_split(ds)?.into_iter().filter(|e| e.meta.get("is_safe").is_none_or(|v| v != "true")).collect())
+}
+
 register_dataset! {
     role: "harmful",
     splits: "train 200",
@@ -42,11 +48,11 @@ register_dataset! {
             host: Host::HfDataset,
             repo: "PKU-Alignment/BeaverTails",
             revision: "main",
-            files: &[file!("train", "round0/30k/train.jsonl", Jsonl, prompt_response)],
+            files: &[file!("train", "round0/30k/train.jsonl", Jsonl, beavertails_hub)],
         }),
         ..def(
             "beavertails-unsafe",
-            &[Use::Harmful { select: train_split }],
+            &[Use::Harmful { select: unsafe_pairs }],
             "beavertails",
             true,
             &[file!("train", "beavertails/unsafe_train.json", Json, prompt_response)],
