@@ -193,6 +193,8 @@ fn safety_utility<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row
         .x_desc(format!("{task} (%)"))
         .y_desc(format!("ASR {set} (%), lower is safer"))
         .label_style((FAMILY, 14))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .axis_desc_style((FAMILY, 15))
         .draw()
         .map_err(err)?;
@@ -237,6 +239,8 @@ fn asr_vs_poison<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row]
         .x_desc("harmful examples in the fine-tuning data (%)")
         .y_desc(format!("ASR {set} (%)"))
         .label_style((FAMILY, 14))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .axis_desc_style((FAMILY, 15))
         .draw()
         .map_err(err)?;
