@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use safetune_core::anyhow::Context;
 use safetune_core::judge::{Estimate, UtilityMetric};
 use safetune_core::Result;
 use serde::{Deserialize, Serialize};
@@ -167,16 +166,7 @@ impl ModelEval {
     }
 }
 
-/// Writes a file atomically: a temporary sibling, then rename.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
+pub use safetune_core::files::write_atomic;
 
 /// A value as pretty JSON (with a final newline), written atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {

@@ -109,21 +109,8 @@ pub(crate) fn publish_aligned_adapter(run_dir: &std::path::Path, label: &str, a:
         return Ok(());
     }
     let dest = run_dir.join("adapters").join(label);
-    let files = ["adapter_config.json", "adapter_model.safetensors"];
-    let same = files.iter().all(|f| match (std::fs::read(a.dir.join(f)), std::fs::read(dest.join(f))) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    });
-    if same {
-        return Ok(());
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        crate::stage_cache::copy_tree(&a.dir.join(f), &dest.join(f))?;
     }
-    let tmp = run_dir.join("adapters").join(format!(".{label}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    for f in files {
-        std::fs::copy(a.dir.join(f), tmp.join(f)).with_context(|| format!("{}: cannot copy", a.dir.join(f).display()))?;
-    }
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest).with_context(|| format!("{}: cannot write", dest.display()))?;
     Ok(())
 }

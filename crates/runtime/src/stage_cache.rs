@@ -62,7 +62,7 @@ impl StageCache {
 }
 
 /// Copies a file or a directory tree; each file is written atomically.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     if from.is_dir() {
         std::fs::create_dir_all(to).with_context(|| format!("{}: cannot create", to.display()))?;
         for entry in std::fs::read_dir(from).with_context(|| format!("{}: cannot read", from.display()))? {
