@@ -115,16 +115,13 @@ impl Server {
         if !(0.0..=2.0).contains(&temperature) || !top_p_ok {
             bail!("temperature must be in [0, 2] and top_p in (0, 1]");
         }
-        let stream = match &v["stream"] {
-            serde_json::Value::Null => false,
-            serde_json::Value::Bool(b) => *b,
-            _ => bail!("`stream` must be true or false"),
+        let flag = |v: &serde_json::Value, name: &str| match v {
+            serde_json::Value::Null => Ok(false),
+            serde_json::Value::Bool(b) => Ok(*b),
+            _ => Err(anyhow!("`{name}` must be true or false")),
         };
-        let include_usage = match &v["stream_options"]["include_usage"] {
-            serde_json::Value::Null => false,
-            serde_json::Value::Bool(b) => *b,
-            _ => bail!("`stream_options.include_usage` must be true or false"),
-        };
+        let stream = flag(&v["stream"], "stream")?;
+        let include_usage = flag(&v["stream_options"]["include_usage"], "stream_options.include_usage")?;
         let model = self.model.lock().map_err(|_| anyhow!("the model is unavailable after an earlier failure"))?;
         let prompt = model.tokenizer().encode(&model.info().format.prompt(system.as_deref(), &user))?;
         let params = GenerationParams { max_new_tokens, temperature, top_p, seed: v["seed"].as_u64().unwrap_or(0), batch_size: 1 };
@@ -142,7 +139,7 @@ impl Server {
         let out = match on_token {
             None => model.generate(prompts, &chat.params)?,
             Some(on_token) => {
-                let settled = |_: usize, ids: &[u32]| tok.decode(ids).is_ok_and(|text| !on_token(ids, &text));
+                let settled = |_: usize, ids: &[u32]| tok.decode(ids).is_ok_and(|text| !on_token(&text));
                 model.generate_until(prompts, &chat.params, &settled)?
             }
         }
@@ -168,21 +165,24 @@ impl Server {
     /// and trailing whitespace held back, a split UTF-8 character sent whole).
     /// A closed `tx` (the client went away) stops the generation at the next token.
     fn stream(&self, chat: &Chat, tx: &mpsc::Sender<Event>) -> Result<()> {
-        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        // Every chunk: its choices, and with include_usage a `usage` (null until the last).
+        let event = |choices: serde_json::Value, usage: serde_json::Value| {
             let mut c = serde_json::json!({
                 "id": format!("chatcmpl-{}", chat.created), "object": "chat.completion.chunk", "created": chat.created,
-                "model": self.id, "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+                "model": self.id, "choices": choices,
             });
             if chat.include_usage {
-                c["usage"] = serde_json::Value::Null;
+                c["usage"] = usage;
             }
             Event::default().data(c.to_string())
+        };
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            event(serde_json::json!([{ "index": 0, "delta": delta, "finish_reason": finish }]), serde_json::Value::Null)
         };
         if tx.blocking_send(chunk(serde_json::json!({ "role": "assistant", "content": "" }), None)).is_err() {
             return Ok(());
         }
         let sent = Mutex::new(String::new());
-        let tokens = std::sync::atomic::AtomicUsize::new(0);
         // The text the client may have so far: trimmed, and short of a character still being spelled.
         let ready = |text: &str| {
             let text = text.trim();
@@ -194,17 +194,12 @@ impl Server {
             *sent = text.to_string();
             tx.blocking_send(chunk(serde_json::json!({ "content": piece }), None)).is_ok()
         };
-        let (out, text) = self.generate(
-            chat,
-            Some(&|ids: &[u32], text: &str| {
-                tokens.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
-                send_new(&ready(text))
-            }),
-        )?;
+        let (out, text) = self.generate(chat, Some(&|text: &str| send_new(&ready(text))))?;
         if tx.is_closed() {
-            let n = tokens.load(std::sync::atomic::Ordering::Relaxed);
+            // The generation ends at the token whose piece found the client gone.
             safetune_core::tracing::info!(
-                "[serve] a streaming client went away; its generation stopped after {n} of at most {} tokens",
+                "[serve] a streaming client went away; its generation stopped after {} of at most {} tokens",
+                out.len(),
                 chat.params.max_new_tokens
             );
             return Ok(());
@@ -212,19 +207,15 @@ impl Server {
         send_new(text.trim());
         let _ = tx.blocking_send(chunk(serde_json::json!({}), Some(chat.finish_reason(out.len()))));
         if chat.include_usage {
-            let usage = serde_json::json!({
-                "id": format!("chatcmpl-{}", chat.created), "object": "chat.completion.chunk", "created": chat.created,
-                "model": self.id, "choices": [], "usage": chat.usage(out.len()),
-            });
-            let _ = tx.blocking_send(Event::default().data(usage.to_string()));
+            let _ = tx.blocking_send(event(serde_json::json!([]), chat.usage(out.len())));
         }
         let _ = tx.blocking_send(Event::default().data("[DONE]"));
         Ok(())
     }
 }
 
-/// Called after each new token with the ids and text so far; false ends the generation.
-type OnToken<'a> = dyn Fn(&[u32], &str) -> bool + Sync + 'a;
+/// Called after each new token with the text so far; false ends the generation.
+type OnToken<'a> = dyn Fn(&str) -> bool + Sync + 'a;
 
 /// A parsed chat-completion request.
 struct Chat {
