@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -174,30 +175,45 @@ fn labels<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, points: Vec<((i32, 
     Ok(())
 }
 
-/// ASR on the first safety set (y) against task utility (x), 95% intervals as whiskers.
-fn safety_utility<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: &str) -> Drawn {
-    let set = first_set(rows);
-    let task = rows.first().map(|r| format!("{} {}", r.eval.task.task, r.eval.task.metric.name())).unwrap_or_default();
-    let names = series_names(rows);
+/// A percent-scaled chart (x from 0 to `x_max`, y from 0 to 100) with its caption and
+/// axes drawn, on the left of `area`; the strip on the right is for the legend.
+#[allow(clippy::type_complexity)]
+fn frame<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    x_max: f64,
+    x_desc: String,
+    y_desc: String,
+) -> Result<(DrawingArea<DB, Shift>, ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>), String> {
     let (w, _) = area.dim_in_pixel();
     let (plot, side) = area.split_horizontally(w as i32 - 190);
     let mut chart = ChartBuilder::on(&plot)
-        .caption(format!("{title}: safety against utility"), (FAMILY, 19))
+        .caption(caption, (FAMILY, 19))
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(62)
-        .build_cartesian_2d(0f64..100f64, 0f64..100f64)
+        .build_cartesian_2d(0f64..x_max, 0f64..100f64)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc(format!("{task} (%)"))
-        .y_desc(format!("ASR {set} (%), lower is safer"))
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .label_style((FAMILY, 14))
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .axis_desc_style((FAMILY, 15))
         .draw()
         .map_err(err)?;
+    Ok((side, chart))
+}
+
+/// ASR on the first safety set (y) against task utility (x), 95% intervals as whiskers.
+fn safety_utility<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: &str) -> Drawn {
+    let set = first_set(rows);
+    let task = rows.first().map(|r| format!("{} {}", r.eval.task.task, r.eval.task.metric.name())).unwrap_or_default();
+    let names = series_names(rows);
+    let (side, mut chart) =
+        frame(area, format!("{title}: safety against utility"), 100.0, format!("{task} (%)"), format!("ASR {set} (%), lower is safer"))?;
     let mut texts = Vec::new();
     for r in rows {
         let (Some(s), t) = (r.eval.safety.first(), &r.eval.task.score) else { continue };
@@ -225,25 +241,13 @@ fn asr_vs_poison<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row]
     let x_max = if max_p <= 0.3 { 30.0 } else { 100.0 };
     let names = series_names(rows);
     let references: Vec<String> = rows.iter().filter(|r| r.poison_ratio.is_none()).map(series).collect();
-    let (w, _) = area.dim_in_pixel();
-    let (plot, side) = area.split_horizontally(w as i32 - 190);
-    let mut chart = ChartBuilder::on(&plot)
-        .caption(format!("{title}: ASR against harmful share"), (FAMILY, 19))
-        .margin(12)
-        .x_label_area_size(48)
-        .y_label_area_size(62)
-        .build_cartesian_2d(0f64..x_max, 0f64..100f64)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("harmful examples in the fine-tuning data (%)")
-        .y_desc(format!("ASR {set} (%)"))
-        .label_style((FAMILY, 14))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .axis_desc_style((FAMILY, 15))
-        .draw()
-        .map_err(err)?;
+    let (side, mut chart) = frame(
+        area,
+        format!("{title}: ASR against harmful share"),
+        x_max,
+        "harmful examples in the fine-tuning data (%)".into(),
+        format!("ASR {set} (%)"),
+    )?;
     for r in rows.iter().filter(|r| r.poison_ratio.is_none()) {
         if let Some(s) = r.eval.safety.first() {
             let c = colour(names.iter().position(|n| *n == series(r)).unwrap_or(0));
