@@ -58,6 +58,17 @@ pub trait Judge: Send + Sync {
     }
 }
 
+/// A chat model that grades answers (an LLM judge such as MT-Bench's GPT-4
+/// behind an OpenAI-compatible endpoint): it replies to conversations of
+/// `(role, content)` messages at temperature 0. What the reply means (a rating,
+/// a verdict) is the caller's to parse.
+pub trait ChatGrader: Send + Sync {
+    /// One reply per conversation, in input order, each at most `max_tokens` tokens.
+    fn complete_all(&self, conversations: &[Vec<(String, String)>], max_tokens: usize) -> Result<Vec<String>>;
+    /// Everything a reply depends on besides the messages (endpoint, model), for cache keys.
+    fn fingerprint(&self) -> String;
+}
+
 /// A proportion or mean with its sample size and 95% interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Estimate {

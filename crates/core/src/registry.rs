@@ -3,7 +3,7 @@
 //! which crates exist.
 
 use crate::config::LoraConfig;
-use crate::judge::Judge;
+use crate::judge::{ChatGrader, Judge};
 use crate::training::TrainStep;
 use crate::Result;
 
@@ -74,15 +74,24 @@ pub struct JudgeEntry {
     pub build: fn(&serde_json::Value) -> Result<Box<dyn Judge>>,
 }
 
+/// A grader: a chat model that grades answers ([`ChatGrader`]; MT-Bench's single-answer grading).
+pub struct GraderEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub build: fn(&serde_json::Value) -> Result<Box<dyn ChatGrader>>,
+}
+
 inventory::collect!(DatasetEntry);
 inventory::collect!(MethodEntry);
 inventory::collect!(DefenseEntry);
 inventory::collect!(JudgeEntry);
+inventory::collect!(GraderEntry);
 
 lookup!(datasets, dataset, DatasetEntry, "dataset");
 lookup!(methods, method, MethodEntry, "method");
 lookup!(defenses, defense, DefenseEntry, "defense");
 lookup!(judges, judge, JudgeEntry, "judge");
+lookup!(graders, grader, GraderEntry, "grader");
 
 pub use crate::config::options;
 

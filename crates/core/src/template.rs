@@ -66,6 +66,31 @@ impl PromptFormat {
         }
     }
 
+    /// The text up to the assistant's answer to the last user turn of a
+    /// conversation: `turns` are earlier (user, assistant) exchanges, `user` the
+    /// new request. With no earlier turns it is [`PromptFormat::prompt`]; chat
+    /// formats render later turns as their `chat_template` does (checked by a
+    /// test), Alpaca as another `### Instruction:` block after the answer.
+    pub fn conversation(self, system: Option<&str>, turns: &[(&str, &str)], user: &str) -> String {
+        let Some(((first, _), _)) = turns.split_first() else {
+            return self.prompt(system, user);
+        };
+        let mut s = self.prompt(system, first);
+        let users = turns.iter().skip(1).map(|(u, _)| *u).chain(std::iter::once(user));
+        for ((_, answer), next) in turns.iter().zip(users) {
+            s.push_str(answer);
+            s.push_str(&match self {
+                Self::Chatml => format!("<|im_end|>\n<|im_start|>user\n{next}<|im_end|>\n<|im_start|>assistant\n"),
+                Self::Llama2 => format!(" </s><s>[INST] {next} [/INST] "),
+                Self::Llama3 => format!(
+                    "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{next}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+                ),
+                Self::Alpaca => format!("</s>\n\n### Instruction:\n{next}\n\n### Response:\n"),
+            });
+        }
+        s
+    }
+
     /// This format as a Hugging Face `chat_template` (Jinja), for exported
     /// models: a conversation of one user turn, with or without a system turn,
     /// renders exactly as [`PromptFormat::prompt`] (the format's default system
@@ -133,6 +158,36 @@ mod tests {
             }
         }
         assert!(PromptFormat::Alpaca.chat_template().is_none());
+    }
+
+    /// A two-turn conversation renders as each chat template renders it.
+    #[test]
+    fn conversations_render_as_chat_templates_do() {
+        for f in [PromptFormat::Chatml, PromptFormat::Llama2, PromptFormat::Llama3] {
+            let mut env = minijinja::Environment::new();
+            let template = f.chat_template().unwrap();
+            env.add_template("t", &template).unwrap();
+            for system in [None, Some(""), Some("Be brief.")] {
+                let mut messages = Vec::new();
+                if let Some(s) = system {
+                    messages.push(serde_json::json!({ "role": "system", "content": s }));
+                }
+                for (role, text) in
+                    [("user", "Hi"), ("assistant", "Hello!"), ("user", "And now?"), ("assistant", "Now this."), ("user", "Bye")]
+                {
+                    messages.push(serde_json::json!({ "role": role, "content": text }));
+                }
+                let ctx = serde_json::json!({ "messages": messages, "add_generation_prompt": true });
+                let got = env.get_template("t").unwrap().render(&ctx).unwrap();
+                let want = f.conversation(system, &[("Hi", "Hello!"), ("And now?", "Now this.")], "Bye");
+                assert_eq!(got, want, "{f:?} with system {system:?}");
+            }
+            assert_eq!(f.conversation(None, &[], "Hi"), f.prompt(None, "Hi"));
+        }
+        let a = PromptFormat::Alpaca.conversation(None, &[("q1", "a1")], "q2");
+        assert!(
+            a.starts_with(&PromptFormat::Alpaca.prompt(None, "q1")) && a.ends_with("a1</s>\n\n### Instruction:\nq2\n\n### Response:\n")
+        );
     }
 
     #[test]

@@ -91,7 +91,28 @@ impl Loader<'_> {
     }
 }
 
+/// The utility benchmarks `data.utility_evals` names: MMLU (multiple choice) and MT-Bench's questions.
+fn utility_benchmarks(l: &mut Loader, sel: &PoolSelection) -> Result<(Option<MultipleChoice>, Option<Vec<Example>>)> {
+    let wants = |name: &str| sel.utility_evals.iter().any(|u| u == name);
+    let mmlu = if wants("mmlu") { Some(MultipleChoice { dev: l.split("mmlu", "dev")?, test: l.split("mmlu", "test")? }) } else { None };
+    let mt_bench = if wants("mt-bench") { Some(l.split("mt-bench", "test")?) } else { None };
+    Ok((mmlu, mt_bench))
+}
+
 impl Pools {
+    /// Without a data directory, the utility benchmarks come from their download source
+    /// (MT-Bench's questions from FastChat's repository; MMLU has none: an error says so).
+    fn builtin_utility(&mut self, sel: &PoolSelection) -> Result<()> {
+        if sel.utility_evals.is_empty() {
+            return Ok(());
+        }
+        let hub = crate::hub::HubClient::from_env();
+        let src = DataSource::Hub(&hub);
+        let mut l = Loader { src: &src, custom: &sel.custom, cache: BTreeMap::new(), files: Vec::new() };
+        (self.mmlu, self.mt_bench) = utility_benchmarks(&mut l, sel).map_err(|e| anyhow!("data.utility_evals: {e}"))?;
+        Ok(())
+    }
+
     /// Assembles the pools of a selection from a data directory or the Hub (and user files).
     pub fn assemble(src: &DataSource, sel: &PoolSelection) -> Result<Self> {
         Self::check_selection(sel)?;
@@ -186,14 +207,10 @@ impl Pools {
             Some(c) => c.metric.clone(),
             None => catalog::find(&sel.task)?.task_metric().ok_or_else(|| anyhow!("data.task: `{}` is not a task", sel.task))?,
         };
-        // The one multiple-choice pool: MMLU (`data.utility_evals`).
-        let mmlu = if sel.utility_evals.iter().any(|u| u == "mmlu") {
-            Some(MultipleChoice { dev: l.split("mmlu", "dev")?, test: l.split("mmlu", "test")? })
-        } else {
-            None
-        };
+        let (mmlu, mt_bench) = utility_benchmarks(&mut l, sel)?;
         let pools = Self {
             mmlu,
+            mt_bench,
             source,
             task: sel.task.clone(),
             task_train,
@@ -219,6 +236,7 @@ impl Pools {
     pub fn builtin(sel: &PoolSelection) -> Result<Self> {
         let mut pools = crate::builtin::builtin_pools(&sel.task);
         pools.align_own_task(sel)?;
+        pools.builtin_utility(sel)?;
         Ok(pools)
     }
 
@@ -255,6 +273,7 @@ impl Pools {
         }
         remove_overlap(&mut pools.task_train, &[&pools.task_test]);
         pools.align_own_task(sel)?;
+        pools.builtin_utility(sel)?;
         pools.check()?;
         Ok(pools)
     }

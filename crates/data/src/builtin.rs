@@ -207,6 +207,7 @@ pub fn builtin_pools(task: &str) -> Pools {
         .collect();
     Pools {
         mmlu: None,
+        mt_bench: None,
         source: "builtin".into(),
         task: task_name.into(),
         utility: if task_name == "builtin-arithmetic" {

@@ -18,6 +18,7 @@ mod custom;
 mod dir;
 pub mod hub;
 mod labelled;
+pub mod mt_bench;
 mod overlap;
 mod pools;
 pub mod records;

@@ -68,7 +68,8 @@ pub struct PoolSelection {
     #[serde(skip_serializing_if = "is_test_split")]
     pub task_split: String,
     /// Utility benchmarks besides the task: `mmlu` (accuracy by log-likelihood,
-    /// `eval.mmlu_questions` questions, `eval.mmlu_shots`).
+    /// `eval.mmlu_questions` questions, `eval.mmlu_shots`) and `mt-bench` (two-turn
+    /// answers graded 1–10 by a chat model, `eval.mt_bench`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub utility_evals: Vec<String>,
     /// Tasks whose labelled train rows join alignment (`alignment.task_examples` from each): a
@@ -149,6 +150,8 @@ pub struct Pools {
     pub over_refusal: Vec<(String, Vec<Example>)>,
     /// MMLU's dev (few-shot examples) and test questions, when selected.
     pub mmlu: Option<MultipleChoice>,
+    /// MT-Bench's questions (first turn the prompt, second in meta `turn2`), when selected.
+    pub mt_bench: Option<Vec<Example>>,
     /// Files read (for the manifest's hashes), relative to the data directory.
     pub files: Vec<PathBuf>,
 }

@@ -18,6 +18,7 @@ pub struct EvalInputs<'a> {
     pub task: &'a [Example],
     pub utility: UtilityMetric,
     pub mmlu: Option<&'a safetune_data::MultipleChoice>,
+    pub mt_bench: Option<crate::mt_bench::MtBenchInputs<'a>>,
 }
 
 fn limit(v: &[Example], n: usize) -> &[Example] {
@@ -52,8 +53,20 @@ fn answers_until(
     params: &GenerationParams,
     settle: Option<&dyn Judge>,
 ) -> Result<Vec<(String, bool)>> {
+    let texts: Vec<String> = examples.iter().map(|e| format.prompt(e.system.as_deref(), &e.prompt)).collect();
+    complete_until(model, &texts, params, settle)
+}
+
+/// The model's continuations of prompt texts (already in a template), decoded and trimmed;
+/// with `settle`, each ends once that judge's verdict on it is settled (flag true: cut there).
+pub(crate) fn complete_until(
+    model: &dyn CausalLm,
+    texts: &[String],
+    params: &GenerationParams,
+    settle: Option<&dyn Judge>,
+) -> Result<Vec<(String, bool)>> {
     let tok = model.tokenizer();
-    let prompts = examples.iter().map(|e| tok.encode(&format.prompt(e.system.as_deref(), &e.prompt))).collect::<Result<Vec<_>>>()?;
+    let prompts = texts.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>()?;
     let cut: Vec<std::sync::atomic::AtomicBool> = prompts.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
     let ids = match settle {
         None => model.generate(&prompts, params)?,
@@ -306,12 +319,22 @@ pub fn evaluate(
             mmlu.push(r);
         }
     }
+    let mut mt_bench = None;
+    if let Some(mt) = &inputs.mt_bench {
+        let mspec = spec.mt_bench.clone().unwrap_or_default();
+        let t = Instant::now();
+        let (r, recs) = crate::mt_bench::evaluate(model, mt, &mspec, spec.batch_size, seed, label, quiet)?;
+        times.push(("mt-bench".to_string(), t.elapsed().as_secs_f64()));
+        records.extend(recs);
+        mt_bench = Some(r);
+    }
     Ok((
         ModelEval {
             safety,
             task: TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable, also },
             over_refusal,
             mmlu,
+            mt_bench,
         },
         records,
         times,
@@ -334,7 +357,7 @@ pub fn per_category(recs: &[GenRecord], verdicts: &[Verdict], seed: u64) -> Vec<
     by.into_iter().map(|(c, v)| Named { name: c.to_string(), estimate: safetune_metrics::asr_of(&v, seed).0 }).collect()
 }
 
-fn greedy(max_new_tokens: usize, batch_size: usize) -> GenerationParams {
+pub(crate) fn greedy(max_new_tokens: usize, batch_size: usize) -> GenerationParams {
     GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size }
 }
 

@@ -1,10 +1,11 @@
 //! safetune-eval: scores a model — greedy answers per safety set (ASR, harmful
 //! score, per-category ASR, K samples, surface variants, refusal consistency),
-//! over-refusal sets, the task's utility and MMLU — and the result types a run
+//! over-refusal sets, the task's utility, MMLU and MT-Bench — and the result types a run
 //! writes. Knows nothing of training, caches or the results layout.
 
 pub mod evaluate;
 pub mod mmlu;
+pub mod mt_bench;
 pub mod results;
 pub mod spec;
 

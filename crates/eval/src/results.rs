@@ -72,6 +72,9 @@ pub struct ModelEval {
     /// MMLU accuracy per few-shot setting, when selected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mmlu: Vec<MmluResult>,
+    /// MT-Bench ratings, when selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mt_bench: Option<crate::mt_bench::MtBenchResult>,
 }
 
 /// One generated answer (no prompt text: ids only).

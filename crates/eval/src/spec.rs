@@ -1,5 +1,5 @@
 //! How models are evaluated: set sizes, token budgets, the judge, samples,
-//! surface variants, MMLU (the `[eval]` table of a run spec).
+//! surface variants, MMLU, MT-Bench (the `[eval]` table of a run spec).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,9 @@ pub struct EvalSpec {
     /// Few-shot settings MMLU is scored at (solved dev questions of the same subject first).
     #[serde(skip_serializing_if = "is_default_mmlu_shots")]
     pub mmlu_shots: Vec<usize>,
+    /// MT-Bench's answering and grading, when `data.utility_evals` names `mt-bench`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mt_bench: Option<crate::mt_bench::MtBenchSpec>,
 }
 
 const MMLU_QUESTIONS: usize = 570;
@@ -86,6 +89,7 @@ impl Default for EvalSpec {
             stop_at_verdict: true,
             mmlu_questions: MMLU_QUESTIONS,
             mmlu_shots: vec![0, 5],
+            mt_bench: None,
         }
     }
 }

@@ -38,6 +38,7 @@ fn a_registered_utility_metric_scores_a_task_through_the_evaluation() {
         task: &task,
         utility: metric.clone(),
         mmlu: None,
+        mt_bench: None,
     };
     let spec = EvalSpec { task_max_new_tokens: 4, variants: false, samples: 0, ..EvalSpec::default() };
     let judge = safetune_metrics::KeywordJudge::extended();

@@ -46,6 +46,7 @@ fn answers_stop_at_a_settled_verdict_and_every_metric_stays_the_same() {
         task: &task,
         utility: UtilityMetric::named("rouge-l"),
         mmlu: None,
+        mt_bench: None,
     };
     let spec = EvalSpec {
         safety_max_new_tokens: 12,

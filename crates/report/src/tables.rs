@@ -11,6 +11,11 @@ fn pct(e: &Estimate) -> String {
     format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
 }
 
+/// A rating on MT-Bench's 1–10 scale with its interval.
+fn rating(e: &Estimate) -> String {
+    format!("{:.2} [{:.2}, {:.2}] (n={})", e.value, e.ci_low, e.ci_high, e.n)
+}
+
 /// A set's rate, or why it is not a measurement (most answers empty).
 fn rate(e: &Estimate, failure: Option<String>, show: impl Fn(&Estimate) -> String) -> String {
     match failure {
@@ -35,6 +40,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
     head.extend(first.eval.task.also.iter().map(|a| format!("{} {} %", first.eval.task.task, a.name)));
     head.push("unparseable".into());
     head.extend(first.eval.mmlu.iter().map(|m| format!("MMLU {}-shot %", m.shots)));
+    if first.eval.mt_bench.is_some() {
+        head.push("MT-Bench (1-10)".into());
+    }
     let retention_sets: Vec<String> =
         rows.iter().find(|r| !r.retention.is_empty()).map(|r| r.retention.iter().map(|(s, _)| s.clone()).collect()).unwrap_or_default();
     head.extend(retention_sets.iter().map(|s| format!("refusals kept {s} %")));
@@ -61,6 +69,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
         cols.push(r.eval.task.unparseable.to_string());
         for m in &first.eval.mmlu {
             cols.push(r.eval.mmlu.iter().find(|x| x.shots == m.shots).map(|x| pct(&x.accuracy)).unwrap_or_else(|| "-".into()));
+        }
+        if first.eval.mt_bench.is_some() {
+            cols.push(r.eval.mt_bench.as_ref().map(|m| rating(&m.score)).unwrap_or_else(|| "-".into()));
         }
         for set in &retention_sets {
             cols.push(r.retention.iter().find(|(s, _)| s == set).map(|(_, e)| pct(e)).unwrap_or_else(|| "-".into()));
@@ -102,7 +113,8 @@ fn category_table(rows: &[Row]) -> String {
     out
 }
 
-/// Long format, one line per model × metric: fractions in [0, 1] with their interval.
+/// Long format, one line per model × metric: fractions in [0, 1] with their interval
+/// (MT-Bench ratings on their 1–10 scale).
 pub fn csv_table(rows: &[Row]) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["model", "method", "regime", "poison_ratio", "metric", "set", "value", "ci_low", "ci_high", "n", "unparseable"])?;
@@ -141,6 +153,14 @@ pub fn csv_table(rows: &[Row]) -> Result<String> {
         }
         for m in &r.eval.mmlu {
             line(&format!("mmlu-{}shot", m.shots), "mmlu", &m.accuracy, "0")?;
+        }
+        if let Some(m) = &r.eval.mt_bench {
+            for (set, e) in [("mt-bench", &m.score), ("mt-bench/turn1", &m.turn1), ("mt-bench/turn2", &m.turn2)] {
+                line("mt-bench-rating", set, e, &m.unrated.to_string())?;
+            }
+            for c in &m.by_category {
+                line("mt-bench-rating", &format!("mt-bench/{}", c.name), &c.estimate, "")?;
+            }
         }
         let t = &r.eval.task;
         for a in &t.also {

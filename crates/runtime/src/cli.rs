@@ -283,9 +283,16 @@ fn list(kind: ListKind) -> Result<String> {
         ListKind::Metrics => {
             (&["name", "description"], registry::metrics().iter().map(|m| vec![m.name.into(), m.description.into()]).collect())
         }
-        ListKind::Judges => {
-            (&["name", "description"], registry::judges().iter().map(|j| vec![j.name.into(), j.description.into()]).collect())
-        }
+        ListKind::Judges => (
+            &["name", "kind", "description"],
+            registry::judges()
+                .iter()
+                .map(|j| vec![j.name.into(), "judge (eval.judge)".into(), j.description.into()])
+                .chain(
+                    registry::graders().iter().map(|g| vec![g.name.into(), "grader (eval.mt_bench.grader)".into(), g.description.into()]),
+                )
+                .collect(),
+        ),
     };
     if rows.is_empty() {
         return Ok(format!("(no {what} registered)"));

@@ -81,6 +81,18 @@ pub struct EvalArgs {
     /// MMLU shot counts, comma-separated
     #[arg(long, value_name = "0,5", value_delimiter = ',')]
     mmlu_shots: Option<Vec<usize>>,
+    /// Also answer MT-Bench's N questions (0: all 80) and have a chat model grade them
+    #[arg(long, value_name = "N", requires = "grader_url")]
+    mt_bench: Option<usize>,
+    /// The grader's OpenAI-compatible endpoint, up to /v1 (e.g. `safetune serve`'s or https://api.openai.com/v1)
+    #[arg(long, value_name = "URL")]
+    grader_url: Option<String>,
+    /// The grader's model name at that endpoint (FastChat grades with gpt-4)
+    #[arg(long, value_name = "NAME", default_value = "gpt-4")]
+    grader_model: String,
+    /// New tokens per MT-Bench answer (FastChat: 1024)
+    #[arg(long, value_name = "N")]
+    mt_bench_tokens: Option<usize>,
     /// No progress lines
     #[arg(long)]
     quiet: bool,
@@ -137,6 +149,13 @@ pub fn main(a: EvalArgs) -> Result<String> {
     }
     if let Some(shots) = a.mmlu_shots {
         eval.mmlu_shots = shots;
+    }
+    if let Some(n) = a.mt_bench {
+        spec_data.utility_evals.push("mt-bench".into());
+        let mut m = safetune_eval::mt_bench::MtBenchSpec { questions: n, ..Default::default() };
+        m.grader_options = serde_json::json!({ "base_url": a.grader_url.clone().unwrap_or_default(), "model": a.grader_model });
+        set(&mut m.max_new_tokens, a.mt_bench_tokens);
+        eval.mt_bench = Some(m);
     }
     let model = a.model;
     for a in &adapters {

@@ -1,5 +1,5 @@
 //! What a run resolves before it writes anything: its pools (data directory,
-//! Hub, user files or the built-in suite), the model, the judge; the results
+//! Hub, user files or the built-in suite), the model, the judge, MT-Bench's grader; the results
 //! directory (locked) and the manifest fields every run records; opening models.
 
 use std::collections::BTreeMap;
@@ -98,6 +98,26 @@ pub(crate) struct Prepared {
     pub model_path: PathBuf,
     pub model_sha: String,
     pub judge: Box<dyn safetune_core::judge::Judge>,
+    /// MT-Bench's grader and grading prompts, when `data.utility_evals` names it.
+    pub mt_bench: Option<MtBenchGrading>,
+}
+
+/// What grades MT-Bench answers: FastChat's prompts and reference answers, and the grader.
+pub(crate) struct MtBenchGrading {
+    pub judging: safetune_data::mt_bench::MtBenchJudging,
+    pub grader: Box<dyn safetune_core::judge::ChatGrader>,
+}
+
+/// MT-Bench's grading, when the pools hold its questions (the spec check made `eval.mt_bench` present).
+fn mt_bench_grading(spec: &RunSpec, pools: &Pools) -> Result<Option<MtBenchGrading>> {
+    if pools.mt_bench.is_none() {
+        return Ok(None);
+    }
+    let m = spec.eval.mt_bench.clone().unwrap_or_default();
+    let grader = (registry::grader(&m.grader).map_err(|e| anyhow!("eval.mt_bench.grader: {e}"))?.build)(&m.grader_options)?;
+    let judging = safetune_data::mt_bench::load_judging(m.judge_prompts.as_deref(), m.reference_answers.as_deref(), &HubClient::from_env())
+        .map_err(|e| anyhow!("eval.mt_bench: {e}"))?;
+    Ok(Some(MtBenchGrading { judging, grader }))
 }
 
 pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
@@ -108,7 +128,8 @@ pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
     check_against_model(spec, &config).map_err(|e| anyhow!("{e} ({})", model_path.display()))?;
     let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&spec.eval.judge_options)?;
-    Ok(Prepared { pools, data_hashes, model_path, model_sha, judge })
+    let mt_bench = mt_bench_grading(spec, &pools)?;
+    Ok(Prepared { pools, data_hashes, model_path, model_sha, judge, mt_bench })
 }
 
 /// The spec values the model bounds, checked before anything is written: every

@@ -21,6 +21,7 @@ use crate::results::{GenRecord, ModelEval};
 use crate::spec::{RunSpec, TemplateChoice};
 use crate::stack::resolved_options;
 use crate::stage_cache::StageCache;
+use safetune_eval::mt_bench::MtBenchInputs;
 
 /// Everything the stages of one run share.
 pub(crate) struct Run<'a> {
@@ -31,6 +32,7 @@ pub(crate) struct Run<'a> {
     pub model_sha: String,
     pub run_dir: PathBuf,
     pub judge: Box<dyn safetune_core::judge::Judge>,
+    pub mt_bench: Option<crate::prepare::MtBenchGrading>,
     pub align_set: Vec<Example>,
     pub timings: serde_json::Map<String, serde_json::Value>,
     /// Hashes of the pools the cache keys name, computed on first use.
@@ -45,7 +47,7 @@ pub(crate) struct Run<'a> {
 
 impl<'a> Run<'a> {
     pub(crate) fn new(spec: &'a RunSpec, opts: &RunOptions, prepared: Prepared, run_dir: PathBuf, align_set: Vec<Example>) -> Self {
-        let Prepared { pools, model_path, model_sha, judge, .. } = prepared;
+        let Prepared { pools, model_path, model_sha, judge, mt_bench, .. } = prepared;
         Run {
             spec,
             quiet: opts.quiet,
@@ -54,6 +56,7 @@ impl<'a> Run<'a> {
             model_sha,
             run_dir,
             judge,
+            mt_bench,
             align_set,
             timings: serde_json::Map::new(),
             pool_hashes: Default::default(),
@@ -87,6 +90,7 @@ pub(crate) struct PoolHashes {
     pub task_train: String,
     pub harmful: String,
     mmlu: Option<String>,
+    mt_bench: Option<String>,
 }
 
 /// The weights a stage trains: LoRA adapters attached (seeded) or every weight unfrozen.
@@ -140,6 +144,10 @@ impl Run<'_> {
             task,
             utility: self.pools.utility.clone(),
             mmlu: self.pools.mmlu.as_ref(),
+            mt_bench: match (&self.pools.mt_bench, &self.mt_bench) {
+                (Some(questions), Some(g)) => Some(MtBenchInputs { questions, judging: &g.judging, grader: g.grader.as_ref() }),
+                _ => None,
+            },
         }
     }
 
@@ -195,6 +203,7 @@ impl Run<'_> {
             task_train: sha256_json(&p.task_train)?,
             harmful: sha256_json(&p.harmful_pairs)?,
             mmlu: p.mmlu.as_ref().map(sha256_json).transpose()?,
+            mt_bench: p.mt_bench.as_ref().map(sha256_json).transpose()?,
         };
         Ok(self.pool_hashes.get_or_init(|| h))
     }
@@ -227,6 +236,10 @@ impl Run<'_> {
         // Only runs that ask for MMLU carry it (keys of other runs stay as they were).
         if let Some(m) = &h.mmlu {
             key["mmlu"] = serde_json::json!(m);
+        }
+        // MT-Bench: its questions, the grading prompts and reference answers, and the grader.
+        if let (Some(q), Some(g)) = (&h.mt_bench, &self.mt_bench) {
+            key["mt_bench"] = serde_json::json!({ "questions": q, "judging": g.judging.sha256, "grader": g.grader.fingerprint() });
         }
         Ok(key)
     }

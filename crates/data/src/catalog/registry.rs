@@ -39,7 +39,8 @@ pub enum Use {
     SafetyEval(EvalSet),
     /// `data.over_refusal`: benign prompts a safe model should still answer.
     OverRefusal(EvalSet),
-    /// `data.utility_evals`: a multiple-choice benchmark with `dev` (shots) and `test`.
+    /// `data.utility_evals`: a benchmark beside the task: MMLU (multiple choice, `dev` shots and
+    /// `test`) or MT-Bench (two-turn questions in `test`, graded by a chat model).
     UtilityEval,
 }
 

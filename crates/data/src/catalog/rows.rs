@@ -166,7 +166,9 @@ pub(super) fn mmlu(r: &Record, f: &str, id: String) -> Result<Example> {
 pub(super) fn mt_bench(r: &Record, f: &str, id: String) -> Result<Example> {
     let turns = r.texts("turns", f)?;
     let first = turns.first().ok_or_else(|| anyhow!("{f}:{}: field `turns` is empty", r.line))?;
-    let mut e = Example::new(id, ExampleKind::Benign, first.clone(), "").with_meta("category", r.text("category", f)?);
+    let mut e = Example::new(id, ExampleKind::Benign, first.clone(), "")
+        .with_meta("category", r.text("category", f)?)
+        .with_meta("question_id", r.scalar("question_id", f)?);
     if let Some(second) = turns.get(1) {
         e = e.with_meta("turn2", second.clone());
     }

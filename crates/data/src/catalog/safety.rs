@@ -282,16 +282,24 @@ register_dataset! {
 }
 
 register_dataset! {
-    role: "questions (loaded and checked; no metric scores them yet)",
+    role: "eval-utility mt-bench (two-turn questions, graded 1-10 by a chat model: eval.mt_bench)",
     splits: "test 80",
-    files: "mt_bench/question.jsonl",
-    def(
-        "mt-bench",
-        &[],
-        "mt-bench",
-        false,
-        &[file!("test", "mt_bench/question.jsonl", Jsonl, mt_bench)],
-        "MT-Bench questions",
-        "Apache-2.0",
-    )
+    files: "mt_bench/question.jsonl (upstream github lm-sys/FastChat)",
+    DatasetDef {
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: crate::mt_bench::FASTCHAT_REPO,
+            revision: crate::mt_bench::FASTCHAT_COMMIT,
+            files: &[file!("test", crate::mt_bench::QUESTIONS_PATH, Jsonl, mt_bench)],
+        }),
+        ..def(
+            "mt-bench",
+            &[Use::UtilityEval],
+            "mt-bench",
+            false,
+            &[file!("test", "mt_bench/question.jsonl", Jsonl, mt_bench)],
+            "MT-Bench questions (Zheng et al., NeurIPS 2023; github.com/lm-sys/FastChat, llm_judge)",
+            "Apache-2.0",
+        )
+    }
 }

@@ -146,3 +146,32 @@ fn replies_are_cached_on_disk_by_content() {
     assert_eq!(count.load(Ordering::SeqCst), 1, "the second judge read the cache");
     std::fs::remove_dir_all(&cache).unwrap();
 }
+
+#[test]
+fn the_grader_replies_in_order_and_caches_by_the_whole_conversation() {
+    use safetune_core::judge::ChatGrader;
+    use safetune_judge_remote::{EndpointConfig, RemoteGrader};
+    let cache = std::env::temp_dir().join(format!("safetune-grader-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    // The reply echoes the user message and the requested budget.
+    let (url, count) = stub(Arc::new(|_, body: &str| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let user = v["messages"][1]["content"].as_str().unwrap().to_string();
+        Some((200, chat(&format!("{user}/{}/{}", v["max_tokens"], v["messages"][0]["content"].as_str().unwrap()))))
+    }));
+    let cfg = EndpointConfig { base_url: url, api_key_env: "UNSET_X".into(), concurrency: 3, ..Default::default() };
+    let g = RemoteGrader::with_cache_dir(cfg.clone(), &cache).unwrap();
+    let conv = |sys: &str, user: &str| vec![("system".to_string(), sys.to_string()), ("user".to_string(), user.to_string())];
+    let convs: Vec<_> = (0..7).map(|i| conv("s", &format!("u{i}"))).collect();
+    let out = g.complete_all(&convs, 99).unwrap();
+    assert_eq!(out, (0..7).map(|i| format!("u{i}/99/s")).collect::<Vec<_>>());
+    assert_eq!(count.load(Ordering::SeqCst), 7);
+    // A new grader on the same cache asks only for what differs (system prompt or budget).
+    let again = RemoteGrader::with_cache_dir(cfg, &cache).unwrap();
+    let out = again.complete_all(&[conv("s", "u3"), conv("t", "u3"), conv("s", "u3")], 99).unwrap();
+    assert_eq!(out, ["u3/99/s", "u3/99/t", "u3/99/s"]);
+    assert_eq!(again.complete_all(&[conv("s", "u3")], 7).unwrap(), ["u3/7/s"]);
+    assert_eq!(count.load(Ordering::SeqCst), 9);
+    assert!(again.fingerprint().contains("127.0.0.1"));
+    std::fs::remove_dir_all(&cache).unwrap();
+}

@@ -372,6 +372,7 @@ mod tests {
             },
             over_refusal: vec![OverRefusalResult { set: "xstest-dev".into(), refusal_rate: est(0.0, answered), empty }],
             mmlu: Vec::new(),
+            mt_bench: None,
         };
         let cell = |regime: &str, p: f64, asr: f64| Row {
             model: "fine-tuned".into(),

@@ -17,7 +17,7 @@ impl RunSpec {
 
     /// Reads a base spec and applies overlays in order: tables merge key by
     /// key, any other value replaces the base's. Relative file paths in
-    /// `data.custom` (and a judge's `rubric_file`) are relative to the file that names them.
+    /// `data.custom` (a judge's `rubric_file`, MT-Bench's grading files) are relative to the file that names them.
     pub fn load_with_overlays(base: &Path, overlays: &[PathBuf]) -> Result<Self> {
         if base.extension().is_some_and(|e| e == "json") && overlays.is_empty() {
             // A resolved spec as a results directory keeps it (`spec.json`).
@@ -121,12 +121,22 @@ fn read_table_within(path: &Path, depth: usize) -> Result<toml::Table> {
     Ok(resolve_paths(t, dir))
 }
 
-/// Makes the relative data paths of `data.custom`, and a remote judge's `rubric_file`,
-/// relative to `dir`.
+/// Makes the relative data paths of `data.custom`, a remote judge's `rubric_file` and
+/// MT-Bench's `judge_prompts` and `reference_answers` relative to `dir`.
 fn resolve_paths(mut t: toml::Table, dir: &Path) -> toml::Table {
-    if let Some(v) = t.get_mut("eval").and_then(|e| e.get_mut("judge_options")).and_then(|o| o.get_mut("rubric_file")) {
+    let relative = |v: &mut toml::Value| {
         if let Some(p) = v.as_str().filter(|p| Path::new(p).is_relative()) {
             *v = toml::Value::String(dir.join(p).display().to_string());
+        }
+    };
+    if let Some(v) = t.get_mut("eval").and_then(|e| e.get_mut("judge_options")).and_then(|o| o.get_mut("rubric_file")) {
+        relative(v);
+    }
+    if let Some(m) = t.get_mut("eval").and_then(|e| e.get_mut("mt_bench")) {
+        for key in ["judge_prompts", "reference_answers"] {
+            if let Some(v) = m.get_mut(key) {
+                relative(v);
+            }
         }
     }
     if let Some(toml::Value::Table(custom)) = t.get_mut("data").and_then(|d| d.get_mut("custom")) {

@@ -276,6 +276,21 @@ impl RunSpec {
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size: must be at least 1");
         }
+        let wants_mt_bench = self.data.utility_evals.iter().any(|u| u == "mt-bench");
+        match &self.eval.mt_bench {
+            None if wants_mt_bench => bail!(
+                "eval.mt_bench: data.utility_evals names `mt-bench`, which needs a grader: \
+                 eval.mt_bench.grader_options = {{ base_url = \"...\", model = \"...\" }}"
+            ),
+            Some(_) if !wants_mt_bench => bail!("eval.mt_bench: set, but data.utility_evals does not name `mt-bench`"),
+            Some(m) if m.max_new_tokens == 0 || m.grader_max_tokens == 0 => {
+                bail!("eval.mt_bench: max_new_tokens and grader_max_tokens must be at least 1")
+            }
+            Some(m) => {
+                safetune_core::registry::grader(&m.grader).map_err(|e| anyhow!("eval.mt_bench.grader: {e}"))?;
+            }
+            None => {}
+        }
         if self.eval.samples > 0 && !(self.eval.sample_temperature > 0.0 && self.eval.sample_temperature.is_finite()) {
             bail!("eval.sample_temperature: must be a positive number when eval.samples > 0");
         }
