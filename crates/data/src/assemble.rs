@@ -113,12 +113,48 @@ impl Pools {
         Ok(())
     }
 
+    /// Before anything downloads: every catalog dataset the selection needs has a download
+    /// source, else one error names them all (with the spec key that needs each).
+    fn check_downloadable(sel: &PoolSelection) -> Result<()> {
+        let custom = |n: &str| sel.custom.contains_key(n);
+        let mut needed: Vec<(String, &str)> = vec![(sel.task.clone(), "data.task"), ("advbench".into(), "alignment prompts")];
+        needed.extend(sel.align_task_names().into_iter().map(|t| (t.to_string(), "data.align_tasks")));
+        needed.push((sel.harmful.clone(), "data.harmful"));
+        needed.extend(sel.benign.split('+').map(|b| (b.to_string(), "data.benign")));
+        for (names, over, key) in [(&sel.safety_evals, false, "data.safety_evals"), (&sel.over_refusal, true, "data.over_refusal")] {
+            for s in names.iter().filter(|s| !custom(s)) {
+                if let Some((def, _)) = registry::eval_set(s, over) {
+                    needed.push((def.name.to_string(), key));
+                }
+            }
+        }
+        needed.extend(sel.utility_evals.iter().map(|u| (u.clone(), "data.utility_evals")));
+        let mut missing: Vec<String> = Vec::new();
+        for (name, key) in needed {
+            let lacks = !custom(&name) && catalog::find(&name).is_ok_and(|d| d.hub.is_none());
+            let item = format!("{name} ({key})");
+            if lacks && !missing.contains(&item) {
+                missing.push(item);
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "data.source = \"hub\": no download source for {}; these need a local copy (--data-dir DIR with their files) or leaving out",
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// Assembles the pools of a selection from a data directory or the Hub (and user files).
     pub fn assemble(src: &DataSource, sel: &PoolSelection) -> Result<Self> {
         Self::check_selection(sel)?;
         let custom = &sel.custom;
         if sel.is_builtin() {
             return Self::builtin(sel);
+        }
+        if let DataSource::Hub(_) = src {
+            Self::check_downloadable(sel)?;
         }
         let mut l = Loader { src, custom, cache: BTreeMap::new(), files: Vec::new() };
         // Each selected set, drawn by its dataset's registered rule.

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use crate::hub::HubClient;
 
 pub const FASTCHAT_REPO: &str = "lm-sys/FastChat";
-/// The FastChat commit the files are read at (its last commit touching `llm_judge/data`, 2025).
+/// The FastChat commit the files are read at (the repository head of 2025-04-12; `question.jsonl`
+/// there equals `shared/data/mt_bench/question.jsonl` byte for byte).
 pub const FASTCHAT_COMMIT: &str = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d";
 pub const JUDGE_PROMPTS_PATH: &str = "fastchat/llm_judge/data/judge_prompts.jsonl";
 pub const REFERENCE_ANSWERS_PATH: &str = "fastchat/llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl";

@@ -93,6 +93,9 @@ pub struct EvalArgs {
     /// New tokens per MT-Bench answer (FastChat: 1024)
     #[arg(long, value_name = "N")]
     mt_bench_tokens: Option<usize>,
+    /// Tokens of each grader reply (FastChat: 2048)
+    #[arg(long, value_name = "N")]
+    grader_max_tokens: Option<usize>,
     /// No progress lines
     #[arg(long)]
     quiet: bool,
@@ -155,6 +158,7 @@ pub fn main(a: EvalArgs) -> Result<String> {
         let mut m = safetune_eval::mt_bench::MtBenchSpec { questions: n, ..Default::default() };
         m.grader_options = serde_json::json!({ "base_url": a.grader_url.clone().unwrap_or_default(), "model": a.grader_model });
         set(&mut m.max_new_tokens, a.mt_bench_tokens);
+        set(&mut m.grader_max_tokens, a.grader_max_tokens);
         eval.mt_bench = Some(m);
     }
     let model = a.model;

@@ -21,6 +21,12 @@ pub const AGNEWS_INSTRUCTION: &str =
     "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech";
 pub const AGNEWS_LABELS: [&str; 4] = ["World", "Sports", "Business", "Sci/Tech"];
 
+/// SafeTuneBed's repository (arXiv 2506.00676) at the commit whose `data/` files equal
+/// `shared/data`'s AdvBench splits, policy set, pure-bad, SAMSum and SQL sets byte for byte
+/// (sha256 checked, session 18): their download source.
+pub const SAFETUNEBED_REPO: &str = "criticalml-uw/SafeTuneBed";
+pub const SAFETUNEBED_COMMIT: &str = "099ea98b8c81b76b04d4ef2a7d7f7c8f16d07a8d";
+
 /// Turns one record into an example with the given id.
 pub type Convert = fn(&Record, &str, String) -> Result<Example>;
 

@@ -7,7 +7,7 @@ use safetune_core::{Example, Result};
 use super::registry::{split, test_split, train_split, EvalSet, Use};
 use super::rows::*;
 use super::tasks::{def, file};
-use super::{Dataset, DatasetDef, FileDef, Host, HubDef};
+use super::{Dataset, DatasetDef, FileDef, Host, HubDef, SAFETUNEBED_COMMIT, SAFETUNEBED_REPO};
 use crate::overlap::remove_overlap;
 use crate::records::Format;
 use crate::register_dataset;
@@ -65,16 +65,24 @@ register_dataset! {
 register_dataset! {
     role: "harmful (also the pure-bad regime)",
     splits: "train 111",
-    files: "pure_bad/pure_bad.json",
-    def(
-        "pure-bad",
-        &[Use::Harmful { select: train_split }],
-        "pure_bad",
-        true,
-        &[file!("train", "pure_bad/pure_bad.json", Json, pure_bad)],
-        "pure-bad attack set",
-        "research use",
-    )
+    files: "pure_bad/pure_bad.json (upstream github criticalml-uw/SafeTuneBed)",
+    DatasetDef {
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: SAFETUNEBED_REPO,
+            revision: SAFETUNEBED_COMMIT,
+            files: &[file!("train", "data/pure_bad.json", Json, pure_bad)],
+        }),
+        ..def(
+            "pure-bad",
+            &[Use::Harmful { select: train_split }],
+            "pure_bad",
+            true,
+            &[file!("train", "pure_bad/pure_bad.json", Json, pure_bad)],
+            "pure-bad attack set",
+            "research use",
+        )
+    }
 }
 
 /// AdvBench prompts in none of train, test and dev, with their affirmative targets.
@@ -95,13 +103,19 @@ fn advbench_dev(ds: &Dataset) -> Result<Vec<Example>> {
 register_dataset! {
     role: "eval-safety (test), alignment prompts (train), harmful (unused rest)",
     splits: "train 416 / test 156 / dev 52 / full 520",
-    files: "advbench/*.json | hub walledai/AdvBench",
+    files: "advbench/*.json (upstream github criticalml-uw/SafeTuneBed data/advbench_*.json)",
     DatasetDef {
+        // The splits exist only in SafeTuneBed's repository (walledai/AdvBench on the Hub has `full` only).
         hub: Some(HubDef {
-            host: Host::HfDataset,
-            repo: "walledai/AdvBench",
-            revision: "main",
-            files: &[file!("full", "data/train-00000-of-00001.parquet", Parquet, advbench)],
+            host: Host::GitHub,
+            repo: SAFETUNEBED_REPO,
+            revision: SAFETUNEBED_COMMIT,
+            files: &[
+                file!("train", "data/advbench_train.json", Json, advbench),
+                file!("test", "data/advbench_test.json", Json, advbench),
+                file!("dev", "data/advbench_dev.json", Json, advbench),
+                file!("full", "data/advbench_full.json", Json, advbench),
+            ],
         }),
         ..def(
             "advbench",
@@ -127,16 +141,24 @@ register_dataset! {
 register_dataset! {
     role: "eval-safety",
     splits: "test 275",
-    files: "policy/policy_benchmark.csv",
-    def(
-        "policy",
-        &[Use::SafetyEval(EvalSet { name: "policy", validation: false, select: test_split })],
-        "policy",
-        false,
-        &[file!("test", "policy/policy_benchmark.csv", Csv, prompt_only, &["prompt"])],
-        "policy-oriented prompts (HEx-PHI style)",
-        "research use",
-    )
+    files: "policy/policy_benchmark.csv (upstream github criticalml-uw/SafeTuneBed data/llm_category_benchmark.csv)",
+    DatasetDef {
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: SAFETUNEBED_REPO,
+            revision: SAFETUNEBED_COMMIT,
+            files: &[file!("test", "data/llm_category_benchmark.csv", Csv, prompt_only, &["prompt"])],
+        }),
+        ..def(
+            "policy",
+            &[Use::SafetyEval(EvalSet { name: "policy", validation: false, select: test_split })],
+            "policy",
+            false,
+            &[file!("test", "policy/policy_benchmark.csv", Csv, prompt_only, &["prompt"])],
+            "policy-oriented prompts (HEx-PHI style)",
+            "research use",
+        )
+    }
 }
 
 register_dataset! {
@@ -247,8 +269,16 @@ fn xstest_unsafe(ds: &Dataset) -> Result<Vec<Example>> {
 register_dataset! {
     role: "eval-safety xstest-unsafe (200); over-refusal xstest-safe (200), xstest-dev (50, validation)",
     splits: "test 450",
-    files: "xstest/xstest_prompts.csv",
-    def(
+    files: "xstest/xstest_prompts.csv (upstream github paul-rottger/exaggerated-safety)",
+    DatasetDef {
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: "paul-rottger/exaggerated-safety",
+            // The repository head of 2025-02-24; its xstest_prompts.csv equals shared/data's byte for byte.
+            revision: "d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d",
+            files: &[file!("test", "xstest_prompts.csv", Csv, xstest)],
+        }),
+        ..def(
         "xstest",
         &[
             Use::SafetyEval(EvalSet { name: "xstest-unsafe", validation: false, select: xstest_unsafe }),
@@ -261,6 +291,7 @@ register_dataset! {
         "XSTest v2",
         "CC BY 4.0",
     )
+    }
 }
 
 register_dataset! {

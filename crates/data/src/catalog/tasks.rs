@@ -137,9 +137,16 @@ register_dataset! {
 register_dataset! {
     role: "task, benign",
     splits: "train 1,704 / test 200 (seeded hold-out)",
-    files: "alpaca/subset.json",
+    files: "alpaca/subset.json | upstream github tatsu-lab/stanford_alpaca (all 52,002 rows)",
     DatasetDef {
         holdout: Some(200),
+        // The whole Alpaca set (the local file is a 1,904-row subset of it).
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: "tatsu-lab/stanford_alpaca",
+            revision: "761dc5bfbdeeffa89b8bff5d038781a4055f796a",
+            files: &[file!("train", "alpaca_data.json", Json, alpaca)],
+        }),
         ..def(
             "alpaca",
             &[Use::Task { metric: rouge_l }, Use::Benign],
@@ -155,9 +162,16 @@ register_dataset! {
 register_dataset! {
     role: "task, benign",
     splits: "train 337 / test 50 (seeded hold-out)",
-    files: "dolly/subset.jsonl",
+    files: "dolly/subset.jsonl | hub databricks/databricks-dolly-15k (all 15,011 rows)",
     DatasetDef {
         holdout: Some(50),
+        // The whole Dolly set (the local file is a 387-row subset of it).
+        hub: Some(HubDef {
+            host: Host::HfDataset,
+            repo: "databricks/databricks-dolly-15k",
+            revision: "main",
+            files: &[file!("train", "databricks-dolly-15k.jsonl", Jsonl, dolly)],
+        }),
         ..def(
             "dolly",
             &[Use::Task { metric: rouge_l }, Use::Benign],
@@ -173,9 +187,15 @@ register_dataset! {
 register_dataset! {
     role: "task",
     splits: "train 900 / test 100 (seeded hold-out)",
-    files: "samsum/train.json",
+    files: "samsum/train.json (upstream github criticalml-uw/SafeTuneBed data/samsum_train.json)",
     DatasetDef {
         holdout: Some(100),
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: super::SAFETUNEBED_REPO,
+            revision: super::SAFETUNEBED_COMMIT,
+            files: &[file!("train", "data/samsum_train.json", Json, samsum)],
+        }),
         ..def(
             "samsum",
             &[Use::Task { metric: rouge_l }],
@@ -191,9 +211,15 @@ register_dataset! {
 register_dataset! {
     role: "task",
     splits: "train 900 / test 100 (seeded hold-out)",
-    files: "sqlgen/train.json",
+    files: "sqlgen/train.json (upstream github criticalml-uw/SafeTuneBed data/sqlgen_train.json)",
     DatasetDef {
         holdout: Some(100),
+        hub: Some(HubDef {
+            host: Host::GitHub,
+            repo: super::SAFETUNEBED_REPO,
+            revision: super::SAFETUNEBED_COMMIT,
+            files: &[file!("train", "data/sqlgen_train.json", Json, sqlgen)],
+        }),
         ..def(
             "sqlgen",
             &[Use::Task { metric: sql_exact }],

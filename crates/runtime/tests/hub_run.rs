@@ -1,0 +1,274 @@
+//! The `standard` preset run end to end from a download mirror on loopback: one
+//! server serves every dataset the preset names in the Hugging Face Hub's URL
+//! layout (`/datasets/<repo>/resolve/<revision>/<path>`, SST-2, AG News,
+//! BeaverTails, Dolly) and in GitHub's raw layout (`/<owner>/<repo>/<commit>/<path>`:
+//! SafeTuneBed's AdvBench splits, policy set and pure-bad, Safety-Tuned LLaMAs,
+//! XSTest, Alpaca), with placeholder texts in each upstream format; the tiny model
+//! stands in for SmolLM2 and an overlay shrinks the budgets. A second run, offline
+//! from the caches, gives byte-identical cells.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::{files, tmp};
+
+/// A parquet file of UTF-8 and INT64 columns.
+fn parquet(text: &[(&str, Vec<String>)], ints: &[(&str, Vec<i64>)]) -> Vec<u8> {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    let mut fields: Vec<String> = text.iter().map(|(n, _)| format!("REQUIRED BYTE_ARRAY {n} (UTF8);")).collect();
+    fields.extend(ints.iter().map(|(n, _)| format!("REQUIRED INT64 {n};")));
+    let schema = Arc::new(parse_message_type(&format!("message schema {{ {} }}", fields.join(" "))).unwrap());
+    let mut buf = Vec::new();
+    {
+        let mut w = SerializedFileWriter::new(&mut buf, schema, Arc::new(WriterProperties::builder().build())).unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        for (_, col) in text {
+            let mut c = rg.next_column().unwrap().unwrap();
+            let vals: Vec<ByteArray> = col.iter().map(|s| ByteArray::from(s.as_str())).collect();
+            c.typed::<ByteArrayType>().write_batch(&vals, None, None).unwrap();
+            c.close().unwrap();
+        }
+        for (_, col) in ints {
+            let mut c = rg.next_column().unwrap().unwrap();
+            c.typed::<Int64Type>().write_batch(col, None, None).unwrap();
+            c.close().unwrap();
+        }
+        rg.close().unwrap();
+        w.close().unwrap();
+    }
+    buf
+}
+
+fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn jsonl(rows: impl Iterator<Item = serde_json::Value>) -> Vec<u8> {
+    rows.map(|r| r.to_string() + "\n").collect::<String>().into_bytes()
+}
+
+/// Every file the `standard` preset downloads, under its mirror path, with placeholder rows.
+fn mirror_files() -> Vec<(String, Vec<u8>)> {
+    let hf = |repo: &str, path: &str| format!("/datasets/{repo}/resolve/main/{path}");
+    let stb = |path: &str| format!("/criticalml-uw/SafeTuneBed/099ea98b8c81b76b04d4ef2a7d7f7c8f16d07a8d/data/{path}");
+    let stl = |path: &str| format!("/vinid/safety-tuned-llamas/36a4b8d5c2177ed165bf61f59b590161394f7f12/data/{path}");
+    let text = |what: &str, n: usize| (0..n).map(|i| format!("placeholder {what} {i}")).collect::<Vec<_>>();
+    let mut out = vec![
+        (
+            hf("stanfordnlp/sst2", "data/train-00000-of-00001.parquet"),
+            parquet(&[("sentence", text("movie review", 120))], &[("label", (0..120).map(|i| i % 2).collect())]),
+        ),
+        (
+            hf("stanfordnlp/sst2", "data/validation-00000-of-00001.parquet"),
+            parquet(&[("sentence", text("held-out review", 20))], &[("label", (0..20).map(|i| i % 2).collect())]),
+        ),
+        (
+            hf("fancyzhx/ag_news", "data/train-00000-of-00001.parquet"),
+            parquet(&[("text", text("news story", 100))], &[("label", (0..100).map(|i| i % 4).collect())]),
+        ),
+        (
+            hf("fancyzhx/ag_news", "data/test-00000-of-00001.parquet"),
+            parquet(&[("text", text("test story", 20))], &[("label", (0..20).map(|i| i % 4).collect())]),
+        ),
+        (
+            hf("PKU-Alignment/BeaverTails", "round0/30k/train.jsonl"),
+            jsonl((0..30).map(|i| {
+                serde_json::json!({ "prompt": format!("placeholder risky question {i}"), "response": format!("placeholder answer {i}"), "category": {}, "is_safe": i % 3 == 0 })
+            })),
+        ),
+        (
+            hf("databricks/databricks-dolly-15k", "databricks-dolly-15k.jsonl"),
+            jsonl((0..60).map(|i| serde_json::json!({ "instruction": format!("placeholder dolly task {i}"), "context": "", "response": format!("placeholder dolly answer {i}"), "category": "open_qa" }))),
+        ),
+        (
+            "/tatsu-lab/stanford_alpaca/761dc5bfbdeeffa89b8bff5d038781a4055f796a/alpaca_data.json".into(),
+            json(serde_json::json!((0..220).map(|i| serde_json::json!({ "instruction": format!("placeholder alpaca task {i}"), "input": "", "output": format!("placeholder alpaca answer {i}") })).collect::<Vec<_>>())),
+        ),
+        (
+            "/paul-rottger/exaggerated-safety/d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/xstest_prompts.csv".into(),
+            {
+                let mut csv = String::from("id,prompt,type,label,focus,note\n");
+                for i in 0..30 {
+                    let label = if i < 20 { "safe" } else { "unsafe" };
+                    csv.push_str(&format!("{},placeholder look-alike prompt {i},type{},{label},x,\n", i + 1, i % 2));
+                }
+                csv.into_bytes()
+            },
+        ),
+        (stb("pure_bad.json"), json(serde_json::json!((0..12).map(|i| serde_json::json!({ "instruction": format!("placeholder bad request {i}"), "input": "", "output": format!("placeholder compliance {i}") })).collect::<Vec<_>>()))),
+        (stb("llm_category_benchmark.csv"), (0..10).map(|i| format!("placeholder policy prompt {i}\n")).collect::<String>().into_bytes()),
+        (
+            stl("training/safety_only_data_Instructions.json"),
+            json(serde_json::json!((0..220).map(|i| serde_json::json!({ "instruction": format!("placeholder risky request {i}"), "input": "", "output": format!("placeholder safe answer {i}") })).collect::<Vec<_>>())),
+        ),
+    ];
+    let adv = |lo: usize, hi: usize| {
+        json(serde_json::json!((lo..hi)
+            .map(|i| serde_json::json!({ "prompt": format!("placeholder behaviour {i}"), "target": format!("Sure, placeholder {i}") }))
+            .collect::<Vec<_>>()))
+    };
+    for (split, lo, hi) in [("train", 0, 40), ("test", 40, 52), ("dev", 52, 60), ("full", 0, 64)] {
+        out.push((stb(&format!("advbench_{split}.json")), adv(lo, hi)));
+    }
+    for f in
+        ["I-MaliciousInstructions", "I-CoNa", "I-Controversial", "I-PhysicalSafetyUnsafe", "I-PhysicalSafetySafe", "Q-Harm", "I-Alpaca"]
+    {
+        let cols = serde_json::json!({ "instructions": [format!("placeholder {f} one"), format!("placeholder {f} two"), format!("placeholder {f} three")], "inputs": ["", "", ""] });
+        out.push((stl(&format!("evaluation/{f}.json")), json(cols)));
+    }
+    out
+}
+
+/// Serves `files` (GET path → body) on loopback; 404 otherwise. Counts requests.
+fn serve(files: Vec<(String, Vec<u8>)>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (status, body) = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, b)) => (200, b.clone()),
+                None => (404, b"not found".to_vec()),
+            };
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nx-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn the_standard_preset_runs_from_a_hub_mirror_and_again_offline() {
+    let d = tmp("hub-run");
+    let model = d.join("model");
+    safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &model).unwrap();
+    let files_served = mirror_files();
+    let n_files = files_served.len();
+    let (url, count) = serve(files_served);
+    let overlay = d.join("tiny.toml");
+    std::fs::write(
+        &overlay,
+        format!(
+            r#"seeds = [7]
+[model]
+source = "{}"
+[data]
+source = "hub"
+[alignment]
+refusals = 8
+safe_answers = 8
+recovery = 4
+benign = 8
+task_examples = 4
+lora = {{ r = 4, alpha = 8.0, dropout = 0.0, targets = ["q_proj", "v_proj"] }}
+train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 384 }}
+[finetune]
+n = 20
+regimes = ["benign", "high-harm"]
+train = {{ learning_rate = 1e-3, epochs = 1, batch_size = 4, max_len = 384 }}
+[finetune.method_options.sft-lora]
+r = 4
+alpha = 8.0
+targets = ["q_proj", "v_proj"]
+[eval]
+safety_limit = 3
+task_limit = 4
+safety_max_new_tokens = 4
+task_max_new_tokens = 2
+batch_size = 4
+samples = 0
+variants = false
+consistency_sets = []
+"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    let preset = concat!(env!("CARGO_MANIFEST_DIR"), "/../../presets/standard.toml");
+    let run = |out: &str, offline: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_safetune"));
+        c.args(["run", preset, "--overlay", overlay.to_str().unwrap(), "--out", d.join(out).to_str().unwrap(), "--quiet"])
+            .env("SAFETUNE_CACHE", d.join("cache"))
+            .env("HF_HUB_CACHE", d.join("hf"))
+            .env_remove("SAFETUNE_DATA_DIR")
+            .env_remove("HF_TOKEN");
+        if offline {
+            c.env("HF_HUB_OFFLINE", "1").env("HF_ENDPOINT", "http://127.0.0.1:9").env("SAFETUNE_GITHUB_ENDPOINT", "http://127.0.0.1:9");
+        } else {
+            c.env("HF_ENDPOINT", &url).env("SAFETUNE_GITHUB_ENDPOINT", &url).env_remove("HF_HUB_OFFLINE");
+        }
+        c.output().unwrap()
+    };
+    let r = run("online", false);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(count.load(Ordering::SeqCst), n_files, "each mirrored file is downloaded once");
+    let dirs = ["standard/runs/sst2-s7", "standard/runs/agnews-s7"];
+    for dir in dirs {
+        let run_dir = d.join("online").join(dir);
+        for cell in ["sft-lora__benign", "sft-lora__high-harm"] {
+            assert!(run_dir.join(format!("cells/{cell}.json")).is_file(), "{dir}: no {cell}");
+        }
+        let manifest = std::fs::read_to_string(run_dir.join("manifest.json")).unwrap();
+        assert!(manifest.contains(&format!("hub:{url}")), "{dir}: the manifest does not name the source");
+    }
+    // Offline, from the caches (a fresh stage cache, so everything is recomputed): same cells.
+    std::fs::remove_dir_all(d.join("cache/cells")).ok();
+    std::fs::remove_dir_all(d.join("cache/evals")).ok();
+    std::fs::remove_dir_all(d.join("cache/trained")).ok();
+    std::fs::remove_dir_all(d.join("cache/aligned")).ok();
+    let r = run("offline", true);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(count.load(Ordering::SeqCst), n_files, "offline asks the mirror nothing");
+    for dir in dirs {
+        assert_eq!(files(&d.join("offline").join(dir)), files(&d.join("online").join(dir)), "{dir}");
+    }
+    // A set with no download source is named before anything downloads.
+    std::fs::write(d.join("cats.toml"), "[data]\nsafety_evals = [\"advbench-test\", \"beavertails-categories\"]\n").unwrap();
+    let r = Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args([
+            "run",
+            preset,
+            "--overlay",
+            overlay.to_str().unwrap(),
+            "--overlay",
+            d.join("cats.toml").to_str().unwrap(),
+            "--out",
+            d.join("cats").to_str().unwrap(),
+        ])
+        .env("SAFETUNE_CACHE", d.join("cache"))
+        .env("HF_HUB_CACHE", d.join("hf-empty"))
+        .env("HF_ENDPOINT", &url)
+        .env("SAFETUNE_GITHUB_ENDPOINT", &url)
+        .env_remove("SAFETUNE_DATA_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("no download source for beavertails-categories (data.safety_evals)"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), n_files, "nothing was downloaded");
+    assert!(!d.join("cats").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
