@@ -55,8 +55,10 @@ fn jsonl(rows: impl Iterator<Item = serde_json::Value>) -> Vec<u8> {
     rows.map(|r| r.to_string() + "\n").collect::<String>().into_bytes()
 }
 
-/// Every file the `standard` preset downloads, under its mirror path, with placeholder rows.
-fn mirror_files() -> Vec<(String, Vec<u8>)> {
+/// Every file the `standard` preset downloads, under its mirror path, with placeholder rows:
+/// `big` SST-2 train rows and BeaverTails pairs (the `paper` preset's n = 5000 at 30% needs
+/// 5,000 and 1,500), a few dozen of everything else.
+fn mirror_files(big: usize) -> Vec<(String, Vec<u8>)> {
     let hf = |repo: &str, path: &str| format!("/datasets/{repo}/resolve/main/{path}");
     let stb = |path: &str| format!("/criticalml-uw/SafeTuneBed/099ea98b8c81b76b04d4ef2a7d7f7c8f16d07a8d/data/{path}");
     let stl = |path: &str| format!("/vinid/safety-tuned-llamas/36a4b8d5c2177ed165bf61f59b590161394f7f12/data/{path}");
@@ -64,7 +66,7 @@ fn mirror_files() -> Vec<(String, Vec<u8>)> {
     let mut out = vec![
         (
             hf("stanfordnlp/sst2", "data/train-00000-of-00001.parquet"),
-            parquet(&[("sentence", text("movie review", 120))], &[("label", (0..120).map(|i| i % 2).collect())]),
+            parquet(&[("sentence", text("movie review", big))], &[("label", (0..big as i64).map(|i| i % 2).collect())]),
         ),
         (
             hf("stanfordnlp/sst2", "data/validation-00000-of-00001.parquet"),
@@ -80,7 +82,7 @@ fn mirror_files() -> Vec<(String, Vec<u8>)> {
         ),
         (
             hf("PKU-Alignment/BeaverTails", "round0/30k/train.jsonl"),
-            jsonl((0..30).map(|i| {
+            jsonl((0..big).map(|i| {
                 serde_json::json!({ "prompt": format!("placeholder risky question {i}"), "response": format!("placeholder answer {i}"), "category": {}, "is_safe": i % 3 == 0 })
             })),
         ),
@@ -90,7 +92,7 @@ fn mirror_files() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "/tatsu-lab/stanford_alpaca/761dc5bfbdeeffa89b8bff5d038781a4055f796a/alpaca_data.json".into(),
-            json(serde_json::json!((0..220).map(|i| serde_json::json!({ "instruction": format!("placeholder alpaca task {i}"), "input": "", "output": format!("placeholder alpaca answer {i}") })).collect::<Vec<_>>())),
+            json(serde_json::json!((0..600).map(|i| serde_json::json!({ "instruction": format!("placeholder alpaca task {i}"), "input": "", "output": format!("placeholder alpaca answer {i}") })).collect::<Vec<_>>())),
         ),
         (
             "/paul-rottger/exaggerated-safety/d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/xstest_prompts.csv".into(),
@@ -164,7 +166,7 @@ fn the_standard_preset_runs_from_a_hub_mirror_and_again_offline() {
     let d = tmp("hub-run");
     let model = d.join("model");
     safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &model).unwrap();
-    let files_served = mirror_files();
+    let files_served = mirror_files(120);
     let n_files = files_served.len();
     let (url, count) = serve(files_served);
     let overlay = d.join("tiny.toml");
@@ -270,5 +272,34 @@ consistency_sets = []
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(count.load(Ordering::SeqCst), n_files, "nothing was downloaded");
     assert!(!d.join("cats").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The `paper` preset (SafeTuneBed's n = 5000 per variant, data from the Hub) plans its whole
+/// grid against the mirror: every regime's variant drawn, nothing trained (it needs a GPU and
+/// Llama-2-7B-chat); the tiny model stands in for the model directory.
+#[test]
+fn the_paper_preset_plans_from_a_hub_mirror() {
+    let d = tmp("hub-paper");
+    let model = d.join("model");
+    safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &model).unwrap();
+    let (url, _) = serve(mirror_files(5200));
+    let overlay = d.join("model.toml");
+    std::fs::write(&overlay, format!("[model]\nsource = \"{}\"\n", model.display())).unwrap();
+    let preset = concat!(env!("CARGO_MANIFEST_DIR"), "/../../presets/paper.toml");
+    let r = Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args(["run", preset, "--overlay", overlay.to_str().unwrap(), "--out", d.join("out").to_str().unwrap(), "--dry-run"])
+        .env("SAFETUNE_CACHE", d.join("cache"))
+        .env("HF_HUB_CACHE", d.join("hf"))
+        .env("HF_ENDPOINT", &url)
+        .env("SAFETUNE_GITHUB_ENDPOINT", &url)
+        .env_remove("SAFETUNE_DATA_DIR")
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    assert!(r.status.success(), "{err}");
+    assert!(out.contains("18 cells") && out.contains("n = 5000"), "{out}");
+    assert!(!d.join("out").exists(), "a dry run writes nothing");
     std::fs::remove_dir_all(&d).unwrap();
 }
