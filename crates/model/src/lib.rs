@@ -83,6 +83,9 @@ pub trait Checkpoint: safetune_core::CausalLm + Send + Sync {
     fn export_hf(&self, dir: &Path) -> Result<()>;
     /// Uses another prompt format (for example the Alpaca template) for this model.
     fn set_format(&mut self, format: safetune_core::PromptFormat);
+    /// Names the model as its user does (`ModelInfo::name`: a saved adapter's
+    /// `base_model_name_or_path`), instead of the name inside its files.
+    fn set_name(&mut self, name: &str);
 }
 
 impl Checkpoint for Llama {
@@ -91,6 +94,9 @@ impl Checkpoint for Llama {
     }
     fn set_format(&mut self, format: safetune_core::PromptFormat) {
         Llama::set_format(self, format)
+    }
+    fn set_name(&mut self, name: &str) {
+        self.set_info_name(name)
     }
 }
 

@@ -127,6 +127,11 @@ impl Llama {
         self.info.format = format;
     }
 
+    /// Renames the model (`ModelInfo::name`).
+    pub fn set_info_name(&mut self, name: &str) {
+        self.info.name = name.to_string();
+    }
+
     pub fn device_ref(&self) -> &Device {
         &self.device
     }

@@ -105,12 +105,38 @@ impl Run<'_> {
 /// from the results alone. A full-parameter alignment is a whole model; it stays in the
 /// cache (its path is in the manifest's alignment keys).
 pub(crate) fn publish_aligned_adapter(run_dir: &std::path::Path, label: &str, a: &Aligned) -> Result<()> {
-    if a.full {
-        return Ok(());
-    }
     let dest = run_dir.join("adapters").join(label);
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         crate::stage_cache::copy_tree(&a.dir.join(f), &dest.join(f))?;
     }
     Ok(())
+}
+
+/// `adapters/README.md`: how the run's adapters reproduce its models outside safetune (the
+/// base as a Hugging Face directory, then the aligned adapter merged, then a cell's).
+pub(crate) fn write_adapters_readme(run_dir: &std::path::Path, source: &str, aligned: &[String]) -> Result<()> {
+    let Some(first) = aligned.first() else { return Ok(()) };
+    let text = format!(
+        "# Adapters of this run\n\n\
+PEFT LoRA adapters (`adapter_config.json` + `adapter_model.safetensors`), loadable by\n\
+Python `peft`. `base_model_name_or_path` names the base as the run's spec does: `{source}`.\n\
+Aligned model(s): {}. Each cell's adapter (`<method>__<regime>`) was trained on top of\n\
+its aligned model, so a cell is the base with the aligned adapter merged first and the\n\
+cell's adapter second; on the bare base it gives other answers.\n\n\
+In safetune (the cell's evaluation again):\n\n\
+    safetune eval --model {source} --adapter adapters/{first} --adapter adapters/<cell>\n\n\
+Outside it: make the base a Hugging Face directory (for a GGUF model, the f32 weights\n\
+the run dequantized and used), then stack with transformers and peft:\n\n\
+    safetune model export --model {source} --out base\n\n\
+    from transformers import AutoModelForCausalLM\n\
+    from peft import PeftModel\n\
+    model = AutoModelForCausalLM.from_pretrained(\"base\")\n\
+    model = PeftModel.from_pretrained(model, \"adapters/{first}\").merge_and_unload()\n\
+    model = PeftModel.from_pretrained(model, \"adapters/<cell>\")\n\n\
+(or `safetune model export --model {source} --adapter adapters/{first} --adapter adapters/<cell> --out cell`\n\
+for the merged cell). `cargo xtask interop --adapter adapters/{first} --adapter adapters/<cell>`\n\
+checks that peft's greedy answers equal safetune's.\n",
+        aligned.iter().map(|a| format!("`{a}/`")).collect::<Vec<_>>().join(", ")
+    );
+    crate::hashing::write_atomic(&run_dir.join("adapters").join("README.md"), text.as_bytes())
 }

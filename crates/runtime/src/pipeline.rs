@@ -128,12 +128,14 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let plan = RunPlan::of(spec)?;
     let mut aligned: BTreeMap<Option<String>, Aligned> = BTreeMap::new();
     let mut keys = serde_json::Map::new();
+    let mut published = Vec::new();
     for d in plan.alignments {
         let a = r.aligned(d.as_deref())?;
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
         write_alignment_time(&r.run_dir, &label, &a)?;
-        if opts.worker_cells.is_none() {
+        if opts.worker_cells.is_none() && !a.full {
             crate::align::publish_aligned_adapter(&r.run_dir, &label, &a)?;
+            published.push(label.clone());
         }
         let a2 = a.clone();
         let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
@@ -142,6 +144,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         aligned.insert(d, a);
     }
     manifest["alignment"]["keys"] = serde_json::Value::Object(keys);
+    crate::align::write_adapters_readme(&r.run_dir, &spec.model.source, &published)?;
 
     // Cells not finished in this directory nor in the cache, in grid order.
     let mut pending = Vec::new();

@@ -72,9 +72,14 @@ pub(crate) fn git_revision() -> String {
     }
 }
 
-/// A model file opened in the prompt format the spec asks for.
+/// A model file opened in the prompt format the spec asks for, named as the user names it:
+/// a known model's name (`smollm2-135m-instruct`: `safetune model export --model` makes its
+/// Hugging Face directory), else its path. Saved adapters carry that name as
+/// `base_model_name_or_path`.
 pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Box<dyn Checkpoint>> {
     let mut m = open_checkpoint(path, &safetune_model::default_device())?;
+    let known = crate::fetch::KNOWN_MODELS.iter().find(|k| crate::fetch::model_path(k.name).is_ok_and(|p| p == path));
+    m.set_name(&known.map_or_else(|| path.display().to_string(), |k| k.name.to_string()));
     if template == TemplateChoice::Alpaca {
         m.set_format(safetune_core::PromptFormat::Alpaca);
     }

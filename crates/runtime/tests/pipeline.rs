@@ -85,6 +85,16 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     let cell_adapter = run1.join("adapters/sft-lora__high-harm");
     let ev_out = d.join("ev");
     let model_dir = d.join("model");
+    // Each adapter names its base as the spec does; the README says how to stack them.
+    for a in [&aligned_dir, &cell_adapter] {
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["base_model_name_or_path"].as_str(), model_dir.to_str(), "{}", a.display());
+    }
+    let readme = std::fs::read_to_string(run1.join("adapters/README.md")).unwrap();
+    assert!(
+        readme.contains("--adapter adapters/aligned --adapter adapters/<cell>") && readme.contains(model_dir.to_str().unwrap()),
+        "{readme}"
+    );
     let ev = safetune(
         &[
             "eval",
