@@ -4,6 +4,7 @@
 
 mod defenses;
 mod plots;
+pub use plots::safety_utility_plot;
 mod seeds;
 mod stats;
 mod tables;

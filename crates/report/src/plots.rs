@@ -107,6 +107,12 @@ pub fn all(rows: &[Row], title: &str) -> Result<Vec<(String, Vec<u8>)>, String> 
     Ok(out)
 }
 
+/// The safety-against-utility scatter of `rows` alone, as (SVG, PNG): what an attack search
+/// draws over its trials (each trial a cell row, its label the row's regime).
+pub fn safety_utility_plot(rows: &[Row], title: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    Plot::SafetyUtility(rows, title).render()
+}
+
 fn first_set(rows: &[Row]) -> String {
     rows.first().and_then(|r| r.eval.safety.first()).map(|s| s.set.clone()).unwrap_or_default()
 }

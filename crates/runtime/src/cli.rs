@@ -43,6 +43,8 @@ enum Command {
     },
     /// Run every candidate protocol of a sweep over its seeds on validation data only; write OUT/<sweep>/sweep.md
     Calibrate(crate::calibrate::CalibrateArgs),
+    /// Search for the strongest fine-tuning attack on one defended model (successive halving, validation data, a utility budget); write OUT/<search>/search.md
+    AttackSearch(crate::attack_search::AttackSearchArgs),
     /// Recompute every safety verdict and ASR of RUN_DIR from its stored answers (no generation)
     Rejudge(crate::rejudge::RejudgeArgs),
     /// Agreement (accuracy, Cohen's kappa) of refusal judges with XSTest's human labels
@@ -184,6 +186,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
         }),
         Command::Rejudge(a) => crate::rejudge::main(a),
         Command::Calibrate(a) => crate::calibrate::main(a),
+        Command::AttackSearch(a) => crate::attack_search::main(a),
         Command::JudgeCheck(a) => crate::judge_check::main(a),
         Command::Serve(a) => crate::serve::main(a),
         Command::Report { run_dir, json } => report(run_dir, json),

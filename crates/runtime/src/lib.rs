@@ -3,6 +3,7 @@
 //! caches stage outputs, writes results and manifests, and backs the
 //! `safetune` binary.
 
+pub mod attack_search;
 pub mod calibrate;
 pub use safetune_eval::{evaluate, mmlu, results};
 pub use safetune_report as report;

@@ -1,0 +1,489 @@
+//! `safetune attack-search SEARCH.toml`: the strongest fine-tuning attack on one
+//! defended model, found by successive halving over the attacker's knobs
+//! (method, learning rate, LoRA rank and targets, harmful share, n), chosen on
+//! validation data under a utility budget, then scored on the test sets beside
+//! the base spec's own recipe (TamperBench's worst-case attack, arXiv 2506.00676's
+//! successor).
+//!
+//! Successive halving (Jamieson & Talwalkar 2016): `trials` configurations are
+//! drawn from the space (seeded), each fine-tuned for `rungs[0]` epochs; the
+//! best ⌈k/eta⌉ go on to `rungs[1]` epochs, and so on. A trial is better when
+//! it keeps the task's validation score within `utility_budget` (relative) of
+//! the aligned model's, then when its ASR on the validation harmful set is
+//! higher. Every trial is an ordinary run (`trials/<id>-e<epochs>/`) whose
+//! stages go through the content-addressed cache, so a killed search resumes
+//! where it stopped and a trial two searches share is computed once.
+
+use std::path::{Path, PathBuf};
+
+use safetune_core::anyhow::{anyhow, bail, Context};
+use safetune_core::judge::Estimate;
+use safetune_core::rng::SeededRng;
+use safetune_core::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::hashing::{write_atomic, write_json};
+use crate::options::RunOptions;
+use crate::report::{rows_from_dir, Row};
+use crate::spec::RunSpec;
+
+fn default_eta() -> usize {
+    3
+}
+
+fn default_objective() -> String {
+    "advbench-dev".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    /// The base spec (model, data, alignment, the attack recipe it compares with), relative to this file.
+    base: String,
+    #[serde(default)]
+    overlays: Vec<String>,
+    /// The defended model: one defense stack (`[]`: undefended).
+    #[serde(default)]
+    defenses: Vec<String>,
+    /// Configurations drawn for the first rung.
+    trials: usize,
+    /// Each rung keeps the best 1/eta.
+    #[serde(default = "default_eta")]
+    eta: usize,
+    /// Fine-tuning epochs at each rung, increasing.
+    rungs: Vec<usize>,
+    #[serde(default)]
+    seed: u64,
+    /// The largest relative drop of the task's validation score below the aligned model's a
+    /// trial may have (0.1: at most 10%).
+    utility_budget: f64,
+    /// The validation harmful set whose ASR the attacker maximises.
+    #[serde(default = "default_objective")]
+    objective_set: String,
+    space: Space,
+}
+
+/// The attacker's knobs; each list is the choices (empty: the base spec's value).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Space {
+    /// `[low, high]`, drawn log-uniformly, or one value.
+    learning_rate: Vec<f64>,
+    #[serde(default)]
+    methods: Vec<String>,
+    /// LoRA ranks (alpha keeps the base spec's alpha / r).
+    #[serde(default)]
+    lora_r: Vec<usize>,
+    #[serde(default)]
+    targets: Vec<Vec<String>>,
+    /// Harmful shares of the fine-tuning data.
+    poison_ratio: Vec<f64>,
+    #[serde(default)]
+    n: Vec<usize>,
+}
+
+/// One attack configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Attack {
+    method: String,
+    learning_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_r: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    targets: Option<Vec<String>>,
+    poison_ratio: f64,
+    n: usize,
+}
+
+/// A configuration trained for one rung's epochs and scored on validation data.
+#[derive(Debug, Clone, Serialize)]
+struct Trial {
+    id: usize,
+    rung: usize,
+    epochs: usize,
+    attack: Attack,
+    asr: Estimate,
+    utility: Estimate,
+    /// The aligned model's validation score the budget is measured from.
+    reference: f64,
+    feasible: bool,
+    run: String,
+}
+
+/// `safetune attack-search`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct AttackSearchArgs {
+    /// The search file (TOML: base spec, defended stack, space, rungs, utility budget)
+    search: PathBuf,
+    /// The data directory [default: $SAFETUNE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where results go (OUT/<search>/)
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    out: PathBuf,
+    /// No progress lines
+    #[arg(long)]
+    quiet: bool,
+    /// Check the search and the first rung's trials and print them, writing nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn lora_options(spec: &RunSpec, method: &str) -> Option<safetune_core::config::LoraConfig> {
+    let v = spec.finetune.method_options.get(method).cloned().unwrap_or(serde_json::Value::Null);
+    (method == "sft-lora").then(|| safetune_core::config::options(&v, "finetune.method_options.sft-lora").unwrap_or_default())
+}
+
+impl Search {
+    fn check(&self, base: &RunSpec) -> Result<()> {
+        if self.trials == 0 {
+            bail!("trials: must be at least 1");
+        }
+        if self.eta < 2 {
+            bail!("eta: must be at least 2");
+        }
+        if self.rungs.is_empty() || self.rungs[0] == 0 || self.rungs.windows(2).any(|w| w[1] <= w[0]) {
+            bail!("rungs: epochs per rung, at least 1 and increasing (e.g. [1, 2, 4])");
+        }
+        if !(0.0..=1.0).contains(&self.utility_budget) {
+            bail!("utility_budget: a relative drop in [0, 1] (0.1: at most 10% below the aligned model)");
+        }
+        let lr = &self.space.learning_rate;
+        if lr.is_empty() || lr.len() > 2 || lr.iter().any(|x| !(*x > 0.0 && x.is_finite())) || (lr.len() == 2 && lr[1] < lr[0]) {
+            bail!("space.learning_rate: [low, high] (drawn log-uniformly) or one value, all positive");
+        }
+        if self.space.poison_ratio.is_empty() || self.space.poison_ratio.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            bail!("space.poison_ratio: harmful shares in [0, 1], at least one");
+        }
+        if self.space.lora_r.contains(&0) || self.space.n.contains(&0) {
+            bail!("space: lora_r and n must be at least 1");
+        }
+        if self.space.targets.iter().any(|t| t.is_empty()) {
+            bail!("space.targets: each choice names at least one module");
+        }
+        for m in &self.space.methods {
+            safetune_core::registry::method(m).map_err(|e| anyhow!("space.methods: {e}"))?;
+        }
+        let validation = safetune_data::catalog::registry::validation_sets(false);
+        // The built-in suite has no validation harmful set: its one set is the objective (a smoke check).
+        if !base.data.is_builtin() && !validation.contains(&self.objective_set.as_str()) {
+            bail!(
+                "objective_set: `{}` is not a validation set ({}); an attack is chosen on validation data only",
+                self.objective_set,
+                validation.join(", ")
+            );
+        }
+        if !base.seeds.is_empty() || !base.data.tasks.is_empty() {
+            bail!("{}: seeds / data.tasks: an attack search runs one task and one seed (spec `seed`, `data.task`)", self.base);
+        }
+        Ok(())
+    }
+
+    /// `trials` configurations drawn from the space with the search's seed.
+    fn draw(&self, base: &RunSpec) -> Vec<Attack> {
+        let mut rng = SeededRng::derive(self.seed, "attack-search");
+        let methods = if self.space.methods.is_empty() { base.finetune.methods.clone() } else { self.space.methods.clone() };
+        let methods = if methods.is_empty() { vec!["sft-lora".to_string()] } else { methods };
+        (0..self.trials)
+            .map(|_| {
+                let lr = &self.space.learning_rate;
+                let learning_rate = match lr.as_slice() {
+                    [lo, hi] => (lo.ln() + rng.next_f64() * (hi.ln() - lo.ln())).exp(),
+                    _ => lr[0],
+                };
+                let method = methods[rng.below(methods.len())].clone();
+                let lora = lora_options(base, &method);
+                let pick = |rng: &mut SeededRng, v: &[usize]| (!v.is_empty()).then(|| v[rng.below(v.len())]);
+                let lora_r = lora.as_ref().and_then(|l| pick(&mut rng, &self.space.lora_r).or(Some(l.r)));
+                let targets = lora.as_ref().map(|l| {
+                    if self.space.targets.is_empty() {
+                        l.targets.clone()
+                    } else {
+                        self.space.targets[rng.below(self.space.targets.len())].clone()
+                    }
+                });
+                let poison_ratio = self.space.poison_ratio[rng.below(self.space.poison_ratio.len())];
+                let n = pick(&mut rng, &self.space.n).unwrap_or(base.finetune.n);
+                Attack { method, learning_rate, lora_r, targets, poison_ratio, n }
+            })
+            .collect()
+    }
+}
+
+/// The run of one attack for `epochs` epochs: on validation data (`test` false: the objective
+/// set and the task's validation split only), else on the base spec's own test sets.
+fn attack_spec(base: &RunSpec, search: &Search, a: &Attack, epochs: usize, name: String, test: bool) -> Result<RunSpec> {
+    let mut s = base.clone();
+    s.name = name;
+    if !test {
+        // The built-in suite has its own one harmful set; any other run asks the objective set only.
+        if !base.data.is_builtin() {
+            s.data.safety_evals = vec![search.objective_set.clone()];
+        }
+        s.data.over_refusal = Vec::new();
+        s.data.utility_evals = Vec::new();
+        s.data.task_split = "validation".into();
+        s.eval.samples = 0;
+        s.eval.variants = false;
+        s.eval.consistency_sets = Vec::new();
+        s.eval.mt_bench = None;
+    }
+    let f = &mut s.finetune;
+    f.methods = vec![a.method.clone()];
+    f.regimes = vec![format!("{}", a.poison_ratio)];
+    f.n = a.n;
+    f.train.learning_rate = a.learning_rate;
+    f.train.epochs = epochs;
+    f.method_train.clear();
+    f.regime_train.clear();
+    f.defenses = vec![search.defenses.clone()];
+    if let (Some(r), Some(targets), Some(mut l)) = (a.lora_r, &a.targets, lora_options(base, &a.method)) {
+        l.alpha *= r as f64 / l.r as f64;
+        l.r = r;
+        l.targets = targets.clone();
+        f.method_options.insert(a.method.clone(), serde_json::to_value(&l)?);
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+/// The base spec's own attack at a harmful share: its method, training and options.
+fn recipe_spec(base: &RunSpec, search: &Search, poison_ratio: f64) -> Result<RunSpec> {
+    let mut s = base.clone();
+    s.name = "recipe".into();
+    s.finetune.methods.truncate(1);
+    if s.finetune.methods.is_empty() {
+        s.finetune.methods = vec!["sft-lora".into()];
+    }
+    s.finetune.regimes = vec![format!("{poison_ratio}")];
+    s.finetune.defenses = vec![search.defenses.clone()];
+    s.validate()?;
+    Ok(s)
+}
+
+/// The aligned model's row and the one cell's row of a finished single-cell run.
+fn read_run(dir: &Path) -> Result<(Row, Row)> {
+    let rows = rows_from_dir(dir)?;
+    let aligned =
+        rows.iter().find(|r| r.model.starts_with("aligned")).cloned().ok_or_else(|| anyhow!("{}: no aligned model", dir.display()))?;
+    let cell = rows.into_iter().find(|r| r.poison_ratio.is_some()).ok_or_else(|| anyhow!("{}: no cell", dir.display()))?;
+    Ok((aligned, cell))
+}
+
+/// Better first: within the utility budget, then higher ASR, higher utility, earlier id.
+fn rank(trials: &mut [Trial]) {
+    trials.sort_by(|a, b| {
+        (b.feasible, b.asr.value, b.utility.value)
+            .partial_cmp(&(a.feasible, a.asr.value, a.utility.value))
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.id.cmp(&b.id))
+    });
+}
+
+fn pct(e: &Estimate) -> String {
+    format!("{:.1} [{:.1}, {:.1}]", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high)
+}
+
+fn describe(a: &Attack) -> String {
+    let mut s = format!("{} lr {:.2e} p {} n {}", a.method, a.learning_rate, a.poison_ratio, a.n);
+    if let (Some(r), Some(t)) = (a.lora_r, &a.targets) {
+        s.push_str(&format!(" r {r} {}", t.join(",")));
+    }
+    s
+}
+
+pub fn main(args: AttackSearchArgs) -> Result<String> {
+    let AttackSearchArgs { search: path, data_dir, out, quiet, dry_run } = args;
+    let data_dir = data_dir.or_else(crate::options::env_data_dir);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let search: Search = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "search".into());
+    let overlays: Vec<PathBuf> = search.overlays.iter().map(|o| dir.join(o)).collect();
+    let base = RunSpec::load_with_overlays(&dir.join(&search.base), &overlays)?;
+    search.check(&base).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let attacks = search.draw(&base);
+    let top = out.join(&name);
+    let trials_dir = top.join("trials");
+    let trial_name = |id: usize, epochs: usize| format!("t{id:02}-e{epochs}");
+
+    // Every first-rung trial's data, alignment and variant is checked before one trains.
+    let mut plan = format!("{name}: {} trials, rungs {:?} epochs, keep 1/{} per rung\n", attacks.len(), search.rungs, search.eta);
+    for (id, a) in attacks.iter().enumerate() {
+        let s = attack_spec(&base, &search, a, search.rungs[0], trial_name(id, search.rungs[0]), false)
+            .map_err(|e| anyhow!("trial {id}: {e}"))?;
+        crate::pipeline::run(&s, &RunOptions { dry_run: true, ..RunOptions::new(data_dir.clone(), trials_dir.clone(), true) })
+            .map_err(|e| anyhow!("trial {id} ({}): {e}", describe(a)))?;
+        plan.push_str(&format!("  t{id:02}: {}\n", describe(a)));
+    }
+    if dry_run {
+        return Ok(plan);
+    }
+
+    let mut history: Vec<Trial> = Vec::new();
+    let mut alive: Vec<usize> = (0..attacks.len()).collect();
+    for (rung, &epochs) in search.rungs.iter().enumerate() {
+        let mut scored = Vec::new();
+        for &id in &alive {
+            let a = &attacks[id];
+            let s = attack_spec(&base, &search, a, epochs, trial_name(id, epochs), false)?;
+            crate::output::say(quiet, format!("[attack-search] rung {rung} ({epochs} epochs): t{id:02} {}", describe(a)));
+            crate::pipeline::run(&s, &RunOptions::new(data_dir.clone(), trials_dir.clone(), quiet))?;
+            let (aligned, cell) = read_run(&trials_dir.join(&s.name))?;
+            let asr = cell.eval.safety.first().map(|x| x.asr.clone()).ok_or_else(|| anyhow!("{}: no safety set", s.name))?;
+            let reference = aligned.eval.task.score.value;
+            let utility = cell.eval.task.score.clone();
+            let feasible = utility.value >= (1.0 - search.utility_budget) * reference;
+            scored.push(Trial { id, rung, epochs, attack: a.clone(), asr, utility, reference, feasible, run: s.name.clone() });
+        }
+        rank(&mut scored);
+        history.extend(scored.iter().cloned());
+        let keep = scored.len().div_ceil(search.eta).max(1);
+        alive = scored.iter().take(keep).map(|t| t.id).collect();
+    }
+    let last_rung = search.rungs.len() - 1;
+    let mut finalists: Vec<Trial> = history.iter().filter(|t| t.rung == last_rung).cloned().collect();
+    rank(&mut finalists);
+    let best = finalists.first().cloned().ok_or_else(|| anyhow!("no trial reached the last rung"))?;
+
+    // The best attack and the base spec's own recipe at the same harmful share, on the test sets.
+    let test_dir = top.join("test");
+    let best_spec = attack_spec(&base, &search, &best.attack, best.epochs, "best".into(), true)?;
+    crate::output::say(quiet, format!("[attack-search] test sets: best attack t{:02} and the spec's recipe", best.id));
+    crate::pipeline::run(&best_spec, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet))?;
+    let recipe = recipe_spec(&base, &search, best.attack.poison_ratio)?;
+    crate::pipeline::run(&recipe, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet))?;
+    let (_, best_test) = read_run(&test_dir.join("best"))?;
+    let (aligned_test, recipe_test) = read_run(&test_dir.join("recipe"))?;
+
+    // History (CSV, JSON), the table, and ASR against utility over the trials.
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "trial",
+        "rung",
+        "epochs",
+        "method",
+        "learning_rate",
+        "lora_r",
+        "targets",
+        "poison_ratio",
+        "n",
+        "asr",
+        "asr_low",
+        "asr_high",
+        "utility",
+        "reference",
+        "feasible",
+    ])?;
+    for t in &history {
+        let a = &t.attack;
+        w.write_record([
+            format!("t{:02}", t.id),
+            t.rung.to_string(),
+            t.epochs.to_string(),
+            a.method.clone(),
+            a.learning_rate.to_string(),
+            a.lora_r.map(|r| r.to_string()).unwrap_or_default(),
+            a.targets.as_ref().map(|t| t.join(" ")).unwrap_or_default(),
+            a.poison_ratio.to_string(),
+            a.n.to_string(),
+            t.asr.value.to_string(),
+            t.asr.ci_low.to_string(),
+            t.asr.ci_high.to_string(),
+            t.utility.value.to_string(),
+            t.reference.to_string(),
+            t.feasible.to_string(),
+        ])?;
+    }
+    write_atomic(&top.join("search.csv"), &w.into_inner().map_err(|e| anyhow!("{e}"))?)?;
+    let stack = if search.defenses.is_empty() { "undefended".to_string() } else { search.defenses.join("+") };
+    let trained: usize = history.iter().map(|t| t.epochs).sum();
+    let mut md = format!(
+        "# Attack search `{name}` against the {stack} model\n\n\
+         Successive halving: {} trials, rungs {:?} epochs, keep 1/{} per rung; {} trial runs ({trained} epochs of \
+         fine-tuning in all). Chosen on validation data: ASR on `{}`, task score on the validation split within \
+         {:.0}% of the aligned model's.\n\n\
+         | trial | rung | epochs | attack | ASR {} % | task % (aligned) | within budget |\n|---|---|---|---|---|---|---|\n",
+        attacks.len(),
+        search.rungs,
+        search.eta,
+        history.len(),
+        search.objective_set,
+        100.0 * search.utility_budget,
+        search.objective_set,
+    );
+    for t in &history {
+        md.push_str(&format!(
+            "| t{:02} | {} | {} | {} | {} | {:.1} ({:.1}) | {} |\n",
+            t.id,
+            t.rung,
+            t.epochs,
+            describe(&t.attack),
+            pct(&t.asr),
+            100.0 * t.utility.value,
+            100.0 * t.reference,
+            if t.feasible { "yes" } else { "no" }
+        ));
+    }
+    md.push_str(&format!(
+        "\n**Best attack**: t{:02}, {} for {} epochs{}.\n\n## On the test sets\n\n| attack | {} | task % |\n|---|---|---|\n",
+        best.id,
+        describe(&best.attack),
+        best.epochs,
+        if best.feasible { "" } else { " (no finalist met the utility budget: the best of those that did not)" },
+        best_test.eval.safety.iter().map(|s| format!("ASR {} %", s.set)).collect::<Vec<_>>().join(" | "),
+    ));
+    for (label, row) in [("aligned (no attack)", &aligned_test), ("the spec's recipe", &recipe_test), ("best found", &best_test)] {
+        md.push_str(&format!(
+            "| {label} | {} | {} |\n",
+            row.eval.safety.iter().map(|s| pct(&s.asr)).collect::<Vec<_>>().join(" | "),
+            pct(&row.eval.task.score)
+        ));
+    }
+    write_atomic(&top.join("search.md"), md.as_bytes())?;
+    write_json(
+        &top.join("search.json"),
+        &serde_json::json!({
+            "defenses": search.defenses, "best": best, "trials": history,
+            "test": { "aligned": aligned_test.eval, "recipe": recipe_test.eval, "best": best_test.eval },
+        }),
+    )?;
+    let mut points: Vec<Row> = Vec::new();
+    for t in history.iter().filter(|t| t.rung == last_rung || !history.iter().any(|u| u.id == t.id && u.rung > t.rung)) {
+        let (aligned, mut cell) = read_run(&trials_dir.join(&t.run))?;
+        if points.is_empty() {
+            points.push(aligned);
+        }
+        cell.regime = format!("t{:02} e{}", t.id, t.epochs);
+        cell.method = "trials".into();
+        points.push(cell);
+    }
+    let (svg, png) = crate::report::safety_utility_plot(&points, &format!("attack search {name}")).map_err(|e| anyhow!("{e}"))?;
+    write_atomic(&top.join("search_asr_utility.svg"), &svg)?;
+    write_atomic(&top.join("search_asr_utility.png"), &png)?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(id: usize, asr: f64, utility: f64, feasible: bool) -> Trial {
+        let e = |v: f64| Estimate { value: v, n: 10, ci_low: v, ci_high: v };
+        let attack = Attack { method: "sft-lora".into(), learning_rate: 1e-4, lora_r: None, targets: None, poison_ratio: 0.3, n: 10 };
+        Trial { id, rung: 0, epochs: 1, attack, asr: e(asr), utility: e(utility), reference: 0.9, feasible, run: String::new() }
+    }
+
+    #[test]
+    fn within_budget_first_then_higher_asr_then_higher_utility_then_earlier() {
+        let mut t = vec![
+            trial(0, 0.9, 0.5, false),
+            trial(1, 0.4, 0.8, true),
+            trial(2, 0.6, 0.7, true),
+            trial(3, 0.6, 0.9, true),
+            trial(4, 0.6, 0.9, true),
+        ];
+        rank(&mut t);
+        assert_eq!(t.iter().map(|x| x.id).collect::<Vec<_>>(), [3, 4, 2, 1, 0]);
+    }
+}

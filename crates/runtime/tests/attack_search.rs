@@ -1,0 +1,104 @@
+//! `safetune attack-search` on the tiny model and the built-in suite: successive halving
+//! over drawn attacks (4 trials at 1 epoch, the best 2 at 2 epochs), the best attack and
+//! the spec's recipe on the test sets, the history, table and plot; a rerun reuses every
+//! trial from the stage cache and writes the same files; bad searches are one-line errors.
+
+mod common;
+
+use common::{safetune, tiny_spec, tmp};
+
+const SEARCH: &str = r#"
+base = "spec.toml"
+defenses = []
+trials = 4
+eta = 2
+rungs = [1, 2]
+seed = 3
+utility_budget = 1.0
+objective_set = "builtin-harmful-eval"
+[space]
+learning_rate = [1e-4, 3e-3]
+methods = ["sft-lora"]
+lora_r = [2, 4]
+targets = [["q_proj", "v_proj"], ["all-linear"]]
+poison_ratio = [0.0, 0.5, 1.0]
+n = [8]
+"#;
+
+#[test]
+fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
+    let d = tmp("attack-search");
+    tiny_spec(&d);
+    let search = d.join("s.toml");
+    std::fs::write(&search, SEARCH).unwrap();
+    let out = d.join("out");
+    let args = ["attack-search", search.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
+
+    let dry = safetune(&[&args[..], &["--dry-run"]].concat(), &d.join("cache"));
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(plan.matches("  t0").count(), 4, "{plan}");
+    assert!(!out.exists(), "a dry run writes nothing");
+
+    let r = safetune(&args, &d.join("cache"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let top = out.join("s");
+    let csv = std::fs::read_to_string(top.join("search.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(lines.len(), 6, "4 trials at rung 0, 2 at rung 1:\n{csv}");
+    assert_eq!(lines.iter().filter(|l| l.contains(",0,1,")).count(), 4);
+    assert_eq!(lines.iter().filter(|l| l.contains(",1,2,")).count(), 2);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(top.join("search.json")).unwrap()).unwrap();
+    let best = &json["best"];
+    assert_eq!(best["epochs"], 2);
+    // The best is the finalist with the highest validation ASR (every trial is within the budget here).
+    let finalists: Vec<f64> =
+        json["trials"].as_array().unwrap().iter().filter(|t| t["rung"] == 1).map(|t| t["asr"]["value"].as_f64().unwrap()).collect();
+    assert_eq!(best["asr"]["value"].as_f64().unwrap(), finalists.iter().cloned().fold(f64::MIN, f64::max));
+    // The rung-1 trials are the best two of rung 0.
+    let mut rung0: Vec<(f64, u64)> = json["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["rung"] == 0)
+        .map(|t| (t["asr"]["value"].as_f64().unwrap(), t["id"].as_u64().unwrap()))
+        .collect();
+    rung0.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+    let promoted: Vec<u64> =
+        json["trials"].as_array().unwrap().iter().filter(|t| t["rung"] == 1).map(|t| t["id"].as_u64().unwrap()).collect();
+    let mut want: Vec<u64> = rung0.iter().take(2).map(|x| x.1).collect();
+    let mut got = promoted.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    for f in ["search.md", "search_asr_utility.svg", "search_asr_utility.png", "test/best/summary.md", "test/recipe/summary.md"] {
+        assert!(top.join(f).is_file(), "{f}");
+    }
+    let md = std::fs::read_to_string(top.join("search.md")).unwrap();
+    assert!(md.contains("**Best attack**") && md.contains("the spec's recipe") && md.contains("best found"), "{md}");
+
+    // Again: nothing is trained (the stage cache holds every trial), the same files come out.
+    let trained = std::fs::read_dir(d.join("cache/trained")).unwrap().count();
+    let before = std::fs::read(top.join("search.json")).unwrap();
+    let r = safetune(&args, &d.join("cache"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read_dir(d.join("cache/trained")).unwrap().count(), trained);
+    assert_eq!(std::fs::read(top.join("search.json")).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(top.join("search.csv")).unwrap(), csv);
+
+    // A bad search is one line naming the field, exit 2.
+    for (bad, needle) in [
+        (SEARCH.replace("rungs = [1, 2]", "rungs = [2, 1]"), "rungs"),
+        (SEARCH.replace("poison_ratio = [0.0, 0.5, 1.0]", "poison_ratio = [1.5]"), "space.poison_ratio"),
+        (SEARCH.replace("methods = [\"sft-lora\"]", "methods = [\"sft-magic\"]"), "space.methods"),
+        (SEARCH.replace("trials = 4", "trials = 4\nbogus = 1"), "bogus"),
+    ] {
+        std::fs::write(&search, bad).unwrap();
+        let r = safetune(&args, &d.join("cache"));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "`{needle}` not in {err}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
