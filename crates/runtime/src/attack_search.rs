@@ -127,6 +127,9 @@ pub struct AttackSearchArgs {
     /// Check the search and the first rung's trials and print them, writing nothing
     #[arg(long)]
     dry_run: bool,
+    /// Trials of a rung run at once, each in its own process with its share of the cores
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: u64,
 }
 
 fn lora_options(spec: &RunSpec, method: &str) -> Option<safetune_core::config::LoraConfig> {
@@ -293,7 +296,7 @@ fn describe(a: &Attack) -> String {
 }
 
 pub fn main(args: AttackSearchArgs) -> Result<String> {
-    let AttackSearchArgs { search: path, data_dir, out, quiet, dry_run } = args;
+    let AttackSearchArgs { search: path, data_dir, out, quiet, dry_run, jobs } = args;
     let data_dir = data_dir.or_else(crate::options::env_data_dir);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let search: Search = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
@@ -323,12 +326,36 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
     let mut history: Vec<Trial> = Vec::new();
     let mut alive: Vec<usize> = (0..attacks.len()).collect();
     for (rung, &epochs) in search.rungs.iter().enumerate() {
-        let mut scored = Vec::new();
+        let specs = alive
+            .iter()
+            .map(|&id| attack_spec(&base, &search, &attacks[id], epochs, trial_name(id, epochs), false))
+            .collect::<Result<Vec<_>>>()?;
         for &id in &alive {
+            crate::output::say(quiet, format!("[attack-search] rung {rung} ({epochs} epochs): t{id:02} {}", describe(&attacks[id])));
+        }
+        let opts = RunOptions::new(data_dir.clone(), trials_dir.clone(), quiet);
+        // The first trial runs here (it aligns and evaluates the models every trial shares);
+        // with --jobs the others run in parallel processes from their resolved specs.
+        let (first, rest) = specs.split_first().ok_or_else(|| anyhow!("no trial left at rung {rung}"))?;
+        crate::pipeline::run(first, &opts)?;
+        if jobs > 1 && !rest.is_empty() {
+            let files = rest
+                .iter()
+                .map(|s| {
+                    let f = top.join("specs").join(format!("{}.json", s.name));
+                    write_json(&f, s)?;
+                    Ok(f)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            crate::jobs::run_specs(&files, &RunOptions { jobs: jobs as usize, ..opts.clone() })?;
+        } else {
+            for s in rest {
+                crate::pipeline::run(s, &opts)?;
+            }
+        }
+        let mut scored = Vec::new();
+        for (s, &id) in specs.iter().zip(&alive) {
             let a = &attacks[id];
-            let s = attack_spec(&base, &search, a, epochs, trial_name(id, epochs), false)?;
-            crate::output::say(quiet, format!("[attack-search] rung {rung} ({epochs} epochs): t{id:02} {}", describe(a)));
-            crate::pipeline::run(&s, &RunOptions::new(data_dir.clone(), trials_dir.clone(), quiet))?;
             let (aligned, cell) = read_run(&trials_dir.join(&s.name))?;
             let asr = cell.eval.safety.first().map(|x| x.asr.clone()).ok_or_else(|| anyhow!("{}: no safety set", s.name))?;
             let reference = aligned.eval.task.score.value;

@@ -41,3 +41,44 @@ pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Res
     }
     Ok(())
 }
+
+/// Runs whole specs (resolved `spec.json` files, results under `opts.out`) in at most
+/// `opts.jobs` processes at once, each with cores / jobs compute threads: the trials of an
+/// attack search's rung. Waits for all; a failed one is named (its finished stages stay cached).
+pub fn run_specs(specs: &[std::path::PathBuf], opts: &RunOptions) -> Result<()> {
+    let jobs = opts.jobs.min(specs.len()).max(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = (cores / jobs).max(1);
+    let exe = std::env::current_exe().map_err(|e| anyhow!("--jobs: cannot find the safetune executable: {e}"))?;
+    let mut running: Vec<(&std::path::PathBuf, std::process::Child)> = Vec::new();
+    let mut failed = Vec::new();
+    let mut next = specs.iter();
+    loop {
+        while running.len() < jobs {
+            let Some(spec) = next.next() else { break };
+            let mut cmd = Command::new(&exe);
+            cmd.args(opts.worker_args(spec, &opts.out)).env("RAYON_NUM_THREADS", threads.to_string());
+            running.push((spec, cmd.spawn().map_err(|e| anyhow!("--jobs: cannot start a run: {e}"))?));
+        }
+        if running.is_empty() {
+            break;
+        }
+        // Reap whichever finished; poll gently (runs take minutes).
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(status) = running[i].1.try_wait().map_err(|e| anyhow!("--jobs: {e}"))? {
+                let (spec, _) = running.remove(i);
+                if !status.success() {
+                    failed.push(format!("{} ({status})", spec.display()));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !failed.is_empty() {
+        bail!("--jobs: {} failed; finished stages are cached, rerun to complete", failed.join(", "));
+    }
+    Ok(())
+}

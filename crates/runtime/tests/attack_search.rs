@@ -86,6 +86,16 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
     assert_eq!(std::fs::read(top.join("search.json")).unwrap(), before);
     assert_eq!(std::fs::read_to_string(top.join("search.csv")).unwrap(), csv);
 
+    // With --jobs 2 on a fresh cache the trials of a rung run in parallel processes: the same search.
+    let par = d.join("out-par");
+    let r = safetune(
+        &["attack-search", search.to_str().unwrap(), "--out", par.to_str().unwrap(), "--quiet", "--jobs", "2"],
+        &d.join("cache-par"),
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read_to_string(par.join("s/search.csv")).unwrap(), csv);
+    assert_eq!(std::fs::read_dir(par.join("s/specs")).unwrap().count(), 3 + 1, "rung 0's 3 and rung 1's 1 after the first of each");
+
     // A bad search is one line naming the field, exit 2.
     for (bad, needle) in [
         (SEARCH.replace("rungs = [1, 2]", "rungs = [2, 1]"), "rungs"),
