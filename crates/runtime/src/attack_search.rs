@@ -128,8 +128,55 @@ pub struct AttackSearchArgs {
     #[arg(long)]
     dry_run: bool,
     /// Trials of a rung run at once, each in its own process with its share of the cores
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "slurm")]
     jobs: u64,
+    /// Run each rung's trials (and the test runs) as Slurm jobs and wait for them; this
+    /// process ranks between rungs (run it on a login node, in tmux, or as a job itself)
+    #[arg(long, conflicts_with = "dry_run")]
+    slurm: bool,
+    /// An argument for every `sbatch` of --slurm (repeatable), e.g. --slurm-arg=--partition=gpu
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "slurm")]
+    slurm_arg: Vec<String>,
+}
+
+/// Where a batch of runs executes.
+enum Exec<'a> {
+    /// In this process, one after another.
+    Here,
+    /// The first here, the rest in parallel processes.
+    Jobs(usize),
+    /// As Slurm jobs (this process waits).
+    Slurm(crate::slurm::Submit<'a>),
+}
+
+/// Runs `specs` (results under `opts.out`) as `exec` says; resolved specs go to `top/specs/`.
+fn run_batch(specs: &[RunSpec], exec: &Exec, opts: &RunOptions, top: &Path, batch: &str) -> Result<()> {
+    let files = || -> Result<Vec<PathBuf>> {
+        specs
+            .iter()
+            .map(|s| {
+                let f = top.join("specs").join(format!("{}.json", s.name));
+                write_json(&f, s)?;
+                Ok(f)
+            })
+            .collect()
+    };
+    match exec {
+        Exec::Here | Exec::Jobs(1) => {
+            for s in specs {
+                crate::pipeline::run(s, opts)?;
+            }
+        }
+        Exec::Jobs(n) => {
+            // The first here: it aligns and evaluates the models every trial shares.
+            let Some(first) = specs.first() else { return Ok(()) };
+            crate::pipeline::run(first, opts)?;
+            let f = files()?;
+            crate::jobs::run_specs(&f[1..], &RunOptions { jobs: *n, ..opts.clone() })?;
+        }
+        Exec::Slurm(how) => crate::slurm::run_specs_and_wait(&files()?, opts, how, &top.join("slurm"), batch)?,
+    }
+    Ok(())
 }
 
 fn lora_options(spec: &RunSpec, method: &str) -> Option<safetune_core::config::LoraConfig> {
@@ -296,8 +343,8 @@ fn describe(a: &Attack) -> String {
 }
 
 pub fn main(args: AttackSearchArgs) -> Result<String> {
-    let AttackSearchArgs { search: path, data_dir, out, quiet, dry_run, jobs } = args;
-    let data_dir = data_dir.or_else(crate::options::env_data_dir);
+    let AttackSearchArgs { search: path, data_dir, out, quiet, dry_run, jobs, slurm, slurm_arg } = args;
+    let mut data_dir = data_dir.or_else(crate::options::env_data_dir);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let search: Search = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -306,8 +353,8 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
     let base = RunSpec::load_with_overlays(&dir.join(&search.base), &overlays)?;
     search.check(&base).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let attacks = search.draw(&base);
-    let top = out.join(&name);
-    let trials_dir = top.join("trials");
+    let mut top = out.join(&name);
+    let mut trials_dir = top.join("trials");
     let trial_name = |id: usize, epochs: usize| format!("t{id:02}-e{epochs}");
 
     // Every first-rung trial's data, alignment and variant is checked before one trains.
@@ -323,6 +370,18 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
         return Ok(plan);
     }
 
+    let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find the safetune executable: {e}"))?;
+    let exec = if slurm {
+        // Jobs on other nodes need absolute paths.
+        let abs = |p: &Path| -> Result<PathBuf> { Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) }) };
+        let (t, d) = (abs(&top)?, data_dir.as_deref().map(abs).transpose()?);
+        (top, trials_dir, data_dir) = (t.clone(), t.join("trials"), d);
+        Exec::Slurm(crate::slurm::Submit { exe, sbatch_args: &slurm_arg })
+    } else if jobs > 1 {
+        Exec::Jobs(jobs as usize)
+    } else {
+        Exec::Here
+    };
     let mut history: Vec<Trial> = Vec::new();
     let mut alive: Vec<usize> = (0..attacks.len()).collect();
     for (rung, &epochs) in search.rungs.iter().enumerate() {
@@ -333,26 +392,7 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
         for &id in &alive {
             crate::output::say(quiet, format!("[attack-search] rung {rung} ({epochs} epochs): t{id:02} {}", describe(&attacks[id])));
         }
-        let opts = RunOptions::new(data_dir.clone(), trials_dir.clone(), quiet);
-        // The first trial runs here (it aligns and evaluates the models every trial shares);
-        // with --jobs the others run in parallel processes from their resolved specs.
-        let (first, rest) = specs.split_first().ok_or_else(|| anyhow!("no trial left at rung {rung}"))?;
-        crate::pipeline::run(first, &opts)?;
-        if jobs > 1 && !rest.is_empty() {
-            let files = rest
-                .iter()
-                .map(|s| {
-                    let f = top.join("specs").join(format!("{}.json", s.name));
-                    write_json(&f, s)?;
-                    Ok(f)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            crate::jobs::run_specs(&files, &RunOptions { jobs: jobs as usize, ..opts.clone() })?;
-        } else {
-            for s in rest {
-                crate::pipeline::run(s, &opts)?;
-            }
-        }
+        run_batch(&specs, &exec, &RunOptions::new(data_dir.clone(), trials_dir.clone(), quiet), &top, &format!("rung{rung}"))?;
         let mut scored = Vec::new();
         for (s, &id) in specs.iter().zip(&alive) {
             let a = &attacks[id];
@@ -377,9 +417,8 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
     let test_dir = top.join("test");
     let best_spec = attack_spec(&base, &search, &best.attack, best.epochs, "best".into(), true)?;
     crate::output::say(quiet, format!("[attack-search] test sets: best attack t{:02} and the spec's recipe", best.id));
-    crate::pipeline::run(&best_spec, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet))?;
     let recipe = recipe_spec(&base, &search, best.attack.poison_ratio)?;
-    crate::pipeline::run(&recipe, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet))?;
+    run_batch(&[best_spec, recipe], &exec, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet), &top, "test")?;
     let (_, best_test) = read_run(&test_dir.join("best"))?;
     let (aligned_test, recipe_test) = read_run(&test_dir.join("recipe"))?;
 

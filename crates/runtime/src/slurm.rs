@@ -25,12 +25,12 @@ pub struct Submit<'a> {
 }
 
 /// Quotes a word for `sh`.
-fn sh(word: &str) -> String {
+pub(crate) fn sh(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 /// Runs `sbatch --parsable ARGS…` and returns the job id.
-fn sbatch(args: &[String]) -> Result<String> {
+pub(crate) fn sbatch(args: &[String]) -> Result<String> {
     let out = Command::new("sbatch")
         .arg("--parsable")
         .args(args)
@@ -50,7 +50,7 @@ fn sbatch(args: &[String]) -> Result<String> {
 
 /// A job's command line for `sh`: the binary, then `opts.worker_args` (progress lines go
 /// to the job's log unless `--quiet`), then `extra`.
-fn job_line(exe: &Path, spec_json: &Path, out: &Path, opts: &RunOptions, extra: &str) -> String {
+pub(crate) fn job_line(exe: &Path, spec_json: &Path, out: &Path, opts: &RunOptions, extra: &str) -> String {
     let words = std::iter::once(exe.display().to_string()).chain(opts.worker_args(spec_json, out));
     words.map(|w| sh(&w)).collect::<Vec<_>>().join(" ") + extra
 }
@@ -127,5 +127,47 @@ pub fn check(opts: &RunOptions) -> Result<()> {
     if opts.dry_run {
         bail!("--slurm: --dry-run checks the spec without submitting; drop one of them");
     }
+    Ok(())
+}
+
+/// Runs whole specs (resolved `spec.json` files) as Slurm jobs and waits for them (`sbatch
+/// --wait`): the first alone (it aligns and evaluates the models the others share), the rest
+/// as one requeue-safe array; an attack search's rung. Logs go to `staging/logs/`.
+pub fn run_specs_and_wait(specs: &[PathBuf], opts: &RunOptions, how: &Submit, staging: &Path, name: &str) -> Result<()> {
+    let Some((first, rest)) = specs.split_first() else { return Ok(()) };
+    std::fs::create_dir_all(staging.join("logs")).with_context(|| format!("{}: cannot create", staging.display()))?;
+    let log = |job: &str| {
+        vec![
+            "--wait".to_string(),
+            "--job-name".into(),
+            job.to_string(),
+            "--output".into(),
+            staging.join("logs/%x-%A_%a.out").display().to_string(),
+        ]
+    };
+    let mut args = log(&format!("safetune-{name}-first"));
+    args.extend(how.sbatch_args.iter().cloned());
+    args.extend(["--wrap".into(), job_line(&how.exe, first, &opts.out, opts, "")]);
+    sbatch(&args).map_err(|e| anyhow!("{e} (logs in {})", staging.join("logs").display()))?;
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let list = staging.join(format!("{name}.specs"));
+    std::fs::write(&list, rest.iter().map(|p| p.display().to_string() + "\n").collect::<String>())?;
+    let script = staging.join(format!("{name}.sh"));
+    let words = std::iter::once(how.exe.display().to_string()).chain(opts.worker_args(Path::new("SPEC"), &opts.out));
+    let line = words.map(|w| if w == "SPEC" { "\"$spec\"".to_string() } else { sh(&w) }).collect::<Vec<_>>().join(" ");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# One run per array task (written by `safetune attack-search --slurm`).\nset -e\nspec=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {})\nexec {line}\n",
+            sh(&list.display().to_string())
+        ),
+    )?;
+    let mut args = log(&format!("safetune-{name}"));
+    args.extend([format!("--array=0-{}", rest.len() - 1), "--requeue".into()]);
+    args.extend(how.sbatch_args.iter().cloned());
+    args.push(script.display().to_string());
+    sbatch(&args).map_err(|e| anyhow!("{e} (logs in {})", staging.join("logs").display()))?;
     Ok(())
 }

@@ -126,3 +126,30 @@ fn logs(out: &Path) -> String {
     }
     s
 }
+
+#[test]
+#[ignore = "needs a Slurm cluster: `cargo xtask slurm-test` starts one and runs this"]
+fn an_attack_search_on_slurm_equals_a_local_one() {
+    let d = common::tmp("slurm-search");
+    common::tiny_spec(&d);
+    let search = d.join("s.toml");
+    std::fs::write(
+        &search,
+        "base = \"spec.toml\"\ntrials = 4\neta = 2\nrungs = [1, 2]\nseed = 3\nutility_budget = 1.0\n\
+         [space]\nlearning_rate = [1e-4, 3e-3]\nmethods = [\"sft-lora\"]\nlora_r = [2, 4]\npoison_ratio = [0.0, 0.5, 1.0]\nn = [8]\n",
+    )
+    .unwrap();
+    let s = search.to_str().unwrap();
+    let local = d.join("local");
+    safetune(&["attack-search", s, "--out", local.to_str().unwrap(), "--quiet"], &d.join("cache-local"));
+    let on_slurm = d.join("slurm");
+    safetune(&["attack-search", s, "--out", on_slurm.to_str().unwrap(), "--quiet", "--slurm"], &d.join("cache-slurm"));
+    // Rung 0: one job and a 3-task array; rung 1: one job and a 1-task array; the test runs: one and one.
+    let logs = std::fs::read_dir(on_slurm.join("s/slurm/logs")).unwrap().count();
+    assert_eq!(logs, 2 + 3 + 2, "one log per job or array task");
+    for f in ["search.csv", "search.json"] {
+        let (a, b) = (std::fs::read(local.join("s").join(f)), std::fs::read(on_slurm.join("s").join(f)));
+        assert!(a.is_ok() && a.ok() == b.ok(), "{f} differs between the local and the Slurm search");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
