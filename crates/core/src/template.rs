@@ -137,24 +137,33 @@ impl PromptFormat {
 mod tests {
     use super::*;
 
-    /// Each chat template, rendered by a Jinja engine as transformers renders it, gives
-    /// exactly `prompt`'s text: default, empty and given system prompts.
+    /// `f`'s chat template rendered by a Jinja engine as transformers renders it: a system
+    /// message when `system` is given, then `turns` (role, text), the generation prompt on.
+    fn render(f: PromptFormat, system: Option<&str>, turns: &[(&str, &str)]) -> String {
+        let mut env = minijinja::Environment::new();
+        let template = f.chat_template().unwrap();
+        env.add_template("t", &template).unwrap();
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(serde_json::json!({ "role": "system", "content": s }));
+        }
+        for (role, text) in turns {
+            messages.push(serde_json::json!({ "role": role, "content": text }));
+        }
+        let ctx = serde_json::json!({ "messages": messages, "add_generation_prompt": true });
+        env.get_template("t").unwrap().render(&ctx).unwrap()
+    }
+
+    const CHAT: [PromptFormat; 3] = [PromptFormat::Chatml, PromptFormat::Llama2, PromptFormat::Llama3];
+    const SYSTEMS: [Option<&str>; 3] = [None, Some(""), Some("Be brief.")];
+
+    /// Each chat template gives exactly `prompt`'s text: default, empty and given system prompts.
     #[test]
     fn chat_templates_render_as_prompt_does() {
-        for f in [PromptFormat::Chatml, PromptFormat::Llama2, PromptFormat::Llama3] {
-            let mut env = minijinja::Environment::new();
-            let template = f.chat_template().unwrap();
-            env.add_template("t", &template).unwrap();
-            for system in [None, Some(""), Some("Be brief.")] {
-                let mut messages = Vec::new();
-                if let Some(s) = system {
-                    messages.push(serde_json::json!({ "role": "system", "content": s }));
-                }
-                messages.push(serde_json::json!({ "role": "user", "content": "Hi there" }));
-                let ctx = serde_json::json!({ "messages": messages, "add_generation_prompt": true });
-                let got = env.get_template("t").unwrap().render(&ctx).unwrap();
+        for f in CHAT {
+            for system in SYSTEMS {
                 // Llama-2's assistant opening is the prompt's end: nothing to add.
-                assert_eq!(got, f.prompt(system, "Hi there"), "{f:?} with system {system:?}");
+                assert_eq!(render(f, system, &[("user", "Hi there")]), f.prompt(system, "Hi there"), "{f:?} with system {system:?}");
             }
         }
         assert!(PromptFormat::Alpaca.chat_template().is_none());
@@ -163,24 +172,11 @@ mod tests {
     /// A two-turn conversation renders as each chat template renders it.
     #[test]
     fn conversations_render_as_chat_templates_do() {
-        for f in [PromptFormat::Chatml, PromptFormat::Llama2, PromptFormat::Llama3] {
-            let mut env = minijinja::Environment::new();
-            let template = f.chat_template().unwrap();
-            env.add_template("t", &template).unwrap();
-            for system in [None, Some(""), Some("Be brief.")] {
-                let mut messages = Vec::new();
-                if let Some(s) = system {
-                    messages.push(serde_json::json!({ "role": "system", "content": s }));
-                }
-                for (role, text) in
-                    [("user", "Hi"), ("assistant", "Hello!"), ("user", "And now?"), ("assistant", "Now this."), ("user", "Bye")]
-                {
-                    messages.push(serde_json::json!({ "role": role, "content": text }));
-                }
-                let ctx = serde_json::json!({ "messages": messages, "add_generation_prompt": true });
-                let got = env.get_template("t").unwrap().render(&ctx).unwrap();
+        let turns = [("user", "Hi"), ("assistant", "Hello!"), ("user", "And now?"), ("assistant", "Now this."), ("user", "Bye")];
+        for f in CHAT {
+            for system in SYSTEMS {
                 let want = f.conversation(system, &[("Hi", "Hello!"), ("And now?", "Now this.")], "Bye");
-                assert_eq!(got, want, "{f:?} with system {system:?}");
+                assert_eq!(render(f, system, &turns), want, "{f:?} with system {system:?}");
             }
             assert_eq!(f.conversation(None, &[], "Hi"), f.prompt(None, "Hi"));
         }

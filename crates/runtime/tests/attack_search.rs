@@ -94,7 +94,11 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(std::fs::read_to_string(par.join("s/search.csv")).unwrap(), csv);
-    assert_eq!(std::fs::read_dir(par.join("s/specs")).unwrap().count(), 4 + 2 + 2, "every run's resolved spec: 4 + 2 trials, best and recipe");
+    assert_eq!(
+        std::fs::read_dir(par.join("s/specs")).unwrap().count(),
+        4 + 2 + 2,
+        "every run's resolved spec: 4 + 2 trials, best and recipe"
+    );
 
     // A bad search is one line naming the field, exit 2.
     for (bad, needle) in [
