@@ -42,9 +42,10 @@ struct Search {
     base: String,
     #[serde(default)]
     overlays: Vec<String>,
-    /// The defended model: one defense stack (`[]`: undefended).
+    /// The defended models, one defense stack each (`[[], ["lisa"]]`); empty or left out:
+    /// the undefended model only. Every stack faces the same drawn attacks.
     #[serde(default)]
-    defenses: Vec<String>,
+    defenses: Vec<Vec<String>>,
     /// Configurations drawn for the first rung.
     trials: usize,
     /// Each rung keeps the best 1/eta.
@@ -184,7 +185,25 @@ fn lora_options(spec: &RunSpec, method: &str) -> Option<safetune_core::config::L
     (method == "sft-lora").then(|| safetune_core::config::options(&v, "finetune.method_options.sft-lora").unwrap_or_default())
 }
 
+/// A stack's name in paths and tables.
+fn stack_label(stack: &[String]) -> String {
+    if stack.is_empty() {
+        "undefended".into()
+    } else {
+        stack.join("+")
+    }
+}
+
 impl Search {
+    /// The defended models searched against.
+    fn stacks(&self) -> Vec<Vec<String>> {
+        if self.defenses.is_empty() {
+            vec![Vec::new()]
+        } else {
+            self.defenses.clone()
+        }
+    }
+
     fn check(&self, base: &RunSpec) -> Result<()> {
         if self.trials == 0 {
             bail!("trials: must be at least 1");
@@ -262,7 +281,7 @@ impl Search {
 
 /// The run of one attack for `epochs` epochs: on validation data (`test` false: the objective
 /// set and the task's validation split only), else on the base spec's own test sets.
-fn attack_spec(base: &RunSpec, search: &Search, a: &Attack, epochs: usize, name: String, test: bool) -> Result<RunSpec> {
+fn attack_spec(base: &RunSpec, search: &Search, stack: &[String], a: &Attack, epochs: usize, name: String, test: bool) -> Result<RunSpec> {
     let mut s = base.clone();
     s.name = name;
     if !test {
@@ -286,7 +305,7 @@ fn attack_spec(base: &RunSpec, search: &Search, a: &Attack, epochs: usize, name:
     f.train.epochs = epochs;
     f.method_train.clear();
     f.regime_train.clear();
-    f.defenses = vec![search.defenses.clone()];
+    f.defenses = vec![stack.to_vec()];
     if let (Some(r), Some(targets), Some(mut l)) = (a.lora_r, &a.targets, lora_options(base, &a.method)) {
         l.alpha *= r as f64 / l.r as f64;
         l.r = r;
@@ -298,7 +317,7 @@ fn attack_spec(base: &RunSpec, search: &Search, a: &Attack, epochs: usize, name:
 }
 
 /// The base spec's own attack at a harmful share: its method, training and options.
-fn recipe_spec(base: &RunSpec, search: &Search, poison_ratio: f64) -> Result<RunSpec> {
+fn recipe_spec(base: &RunSpec, stack: &[String], poison_ratio: f64) -> Result<RunSpec> {
     let mut s = base.clone();
     s.name = "recipe".into();
     s.finetune.methods.truncate(1);
@@ -306,7 +325,7 @@ fn recipe_spec(base: &RunSpec, search: &Search, poison_ratio: f64) -> Result<Run
         s.finetune.methods = vec!["sft-lora".into()];
     }
     s.finetune.regimes = vec![format!("{poison_ratio}")];
-    s.finetune.defenses = vec![search.defenses.clone()];
+    s.finetune.defenses = vec![stack.to_vec()];
     s.validate()?;
     Ok(s)
 }
@@ -354,16 +373,27 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
     search.check(&base).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let attacks = search.draw(&base);
     let mut top = out.join(&name);
-    let mut trials_dir = top.join("trials");
-    let trial_name = |id: usize, epochs: usize| format!("t{id:02}-e{epochs}");
+    let stacks = search.stacks();
+    let labels: Vec<String> = stacks.iter().map(|s| stack_label(s)).collect();
 
-    // Every first-rung trial's data, alignment and variant is checked before one trains.
-    let mut plan = format!("{name}: {} trials, rungs {:?} epochs, keep 1/{} per rung\n", attacks.len(), search.rungs, search.eta);
+    // Every first-rung trial's data, alignment and variant is checked, against every
+    // defended model, before one trains.
+    let mut plan = format!(
+        "{name}: against {}; {} trials, rungs {:?} epochs, keep 1/{} per rung\n",
+        labels.join(", "),
+        attacks.len(),
+        search.rungs,
+        search.eta
+    );
+    for stack in &stacks {
+        for (id, a) in attacks.iter().enumerate() {
+            let s = attack_spec(&base, &search, stack, a, search.rungs[0], trial_name(id, search.rungs[0]), false)
+                .map_err(|e| anyhow!("{}: trial {id}: {e}", stack_label(stack)))?;
+            let dry = RunOptions { dry_run: true, ..RunOptions::new(data_dir.clone(), top.join("trials"), true) };
+            crate::pipeline::run(&s, &dry).map_err(|e| anyhow!("{}: trial {id} ({}): {e}", stack_label(stack), describe(a)))?;
+        }
+    }
     for (id, a) in attacks.iter().enumerate() {
-        let s = attack_spec(&base, &search, a, search.rungs[0], trial_name(id, search.rungs[0]), false)
-            .map_err(|e| anyhow!("trial {id}: {e}"))?;
-        crate::pipeline::run(&s, &RunOptions { dry_run: true, ..RunOptions::new(data_dir.clone(), trials_dir.clone(), true) })
-            .map_err(|e| anyhow!("trial {id} ({}): {e}", describe(a)))?;
         plan.push_str(&format!("  t{id:02}: {}\n", describe(a)));
     }
     if dry_run {
@@ -374,25 +404,95 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
     let exec = if slurm {
         // Jobs on other nodes need absolute paths.
         let abs = |p: &Path| -> Result<PathBuf> { Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) }) };
-        let (t, d) = (abs(&top)?, data_dir.as_deref().map(abs).transpose()?);
-        (top, trials_dir, data_dir) = (t.clone(), t.join("trials"), d);
+        (top, data_dir) = (abs(&top)?, data_dir.as_deref().map(abs).transpose()?);
         Exec::Slurm(crate::slurm::Submit { exe, sbatch_args: &slurm_arg })
     } else if jobs > 1 {
         Exec::Jobs(jobs as usize)
     } else {
         Exec::Here
     };
+    let ctx = Ctx { base: &base, search: &search, attacks: &attacks, exec: &exec, data_dir: &data_dir, quiet, name: &name };
+    let mut outcomes = Vec::new();
+    for (stack, label) in stacks.iter().zip(&labels) {
+        crate::output::say(quiet, format!("[attack-search] against the {label} model"));
+        outcomes.push(search_stack(&ctx, stack, &top.join(label))?);
+    }
+    // Best attack per defended model, on the test sets, beside the preset's recipe.
+    let sets: Vec<String> = outcomes[0].test[0].eval.safety.iter().map(|s| s.set.clone()).collect();
+    let mut md = format!(
+        "# Attack search `{name}`\n\nThe strongest attack found per defended model (successive halving: {} trials, rungs {:?} \
+         epochs, keep 1/{}; chosen on `{}` and the task's validation split within {:.0}% of the aligned model's \
+         score), then on the test sets beside the spec's own recipe at the same harmful share. Each model's trials: \
+         `<model>/search.md`.\n\n| defended model | best attack | validation ASR % | attack | {} | task % |\n|---|---|---|---|{}---|\n",
+        attacks.len(),
+        search.rungs,
+        search.eta,
+        search.objective_set,
+        100.0 * search.utility_budget,
+        sets.iter().map(|s| format!("ASR {s} %")).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(sets.len()),
+    );
+    for (o, label) in outcomes.iter().zip(&labels) {
+        for (kind, row) in ["aligned (no attack)", "the spec's recipe", "best found"].iter().zip(&o.test) {
+            md.push_str(&format!(
+                "| {label} | t{:02}: {} ({} epochs){} | {} | {kind} | {} | {} |\n",
+                o.best.id,
+                describe(&o.best.attack),
+                o.best.epochs,
+                if o.best.feasible { "" } else { ", over budget" },
+                pct(&o.best.asr),
+                row.eval.safety.iter().map(|s| pct(&s.asr)).collect::<Vec<_>>().join(" | "),
+                pct(&row.eval.task.score)
+            ));
+        }
+    }
+    write_atomic(&top.join("search.md"), md.as_bytes())?;
+    let per: serde_json::Map<String, serde_json::Value> = outcomes
+        .iter()
+        .zip(&labels)
+        .map(|(o, l)| (l.clone(), serde_json::json!({ "best": o.best, "test": { "aligned": o.test[0].eval, "recipe": o.test[1].eval, "best": o.test[2].eval } })))
+        .collect();
+    write_json(&top.join("search.json"), &serde_json::Value::Object(per))?;
+    Ok(md)
+}
+
+/// What every defended model's search shares.
+struct Ctx<'a> {
+    base: &'a RunSpec,
+    search: &'a Search,
+    attacks: &'a [Attack],
+    exec: &'a Exec<'a>,
+    data_dir: &'a Option<PathBuf>,
+    quiet: bool,
+    name: &'a str,
+}
+
+/// One defended model's search: its best trial and the test rows (aligned, recipe, best).
+struct Outcome {
+    best: Trial,
+    test: [Row; 3],
+}
+
+fn trial_name(id: usize, epochs: usize) -> String {
+    format!("t{id:02}-e{epochs}")
+}
+
+/// Successive halving against the `stack` model under `top`, then the test runs; writes
+/// `top/search.{md,csv,json}` and the plot.
+fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
+    let Ctx { base, search, attacks, exec, data_dir, quiet, name } = *ctx;
+    let trials_dir = top.join("trials");
     let mut history: Vec<Trial> = Vec::new();
     let mut alive: Vec<usize> = (0..attacks.len()).collect();
     for (rung, &epochs) in search.rungs.iter().enumerate() {
         let specs = alive
             .iter()
-            .map(|&id| attack_spec(&base, &search, &attacks[id], epochs, trial_name(id, epochs), false))
+            .map(|&id| attack_spec(base, search, stack, &attacks[id], epochs, trial_name(id, epochs), false))
             .collect::<Result<Vec<_>>>()?;
         for &id in &alive {
             crate::output::say(quiet, format!("[attack-search] rung {rung} ({epochs} epochs): t{id:02} {}", describe(&attacks[id])));
         }
-        run_batch(&specs, &exec, &RunOptions::new(data_dir.clone(), trials_dir.clone(), quiet), &top, &format!("rung{rung}"))?;
+        run_batch(&specs, exec, &RunOptions::new(data_dir.clone(), trials_dir.clone(), quiet), top, &format!("rung{rung}"))?;
         let mut scored = Vec::new();
         for (s, &id) in specs.iter().zip(&alive) {
             let a = &attacks[id];
@@ -415,10 +515,10 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
 
     // The best attack and the base spec's own recipe at the same harmful share, on the test sets.
     let test_dir = top.join("test");
-    let best_spec = attack_spec(&base, &search, &best.attack, best.epochs, "best".into(), true)?;
+    let best_spec = attack_spec(base, search, stack, &best.attack, best.epochs, "best".into(), true)?;
     crate::output::say(quiet, format!("[attack-search] test sets: best attack t{:02} and the spec's recipe", best.id));
-    let recipe = recipe_spec(&base, &search, best.attack.poison_ratio)?;
-    run_batch(&[best_spec, recipe], &exec, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet), &top, "test")?;
+    let recipe = recipe_spec(base, stack, best.attack.poison_ratio)?;
+    run_batch(&[best_spec, recipe], exec, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet), top, "test")?;
     let (_, best_test) = read_run(&test_dir.join("best"))?;
     let (aligned_test, recipe_test) = read_run(&test_dir.join("recipe"))?;
 
@@ -462,10 +562,10 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
         ])?;
     }
     write_atomic(&top.join("search.csv"), &w.into_inner().map_err(|e| anyhow!("{e}"))?)?;
-    let stack = if search.defenses.is_empty() { "undefended".to_string() } else { search.defenses.join("+") };
+    let label = stack_label(stack);
     let trained: usize = history.iter().map(|t| t.epochs).sum();
     let mut md = format!(
-        "# Attack search `{name}` against the {stack} model\n\n\
+        "# Attack search `{name}` against the {label} model\n\n\
          Successive halving: {} trials, rungs {:?} epochs, keep 1/{} per rung; {} trial runs ({trained} epochs of \
          fine-tuning in all). Chosen on validation data: ASR on `{}`, task score on the validation split within \
          {:.0}% of the aligned model's.\n\n\
@@ -510,7 +610,7 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
     write_json(
         &top.join("search.json"),
         &serde_json::json!({
-            "defenses": search.defenses, "best": best, "trials": history,
+            "defenses": stack, "best": best, "trials": history,
             "test": { "aligned": aligned_test.eval, "recipe": recipe_test.eval, "best": best_test.eval },
         }),
     )?;
@@ -524,10 +624,10 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
         cell.method = "trials".into();
         points.push(cell);
     }
-    let (svg, png) = crate::report::safety_utility_plot(&points, &format!("attack search {name}")).map_err(|e| anyhow!("{e}"))?;
+    let (svg, png) = crate::report::safety_utility_plot(&points, &format!("attack search {name}, {label}")).map_err(|e| anyhow!("{e}"))?;
     write_atomic(&top.join("search_asr_utility.svg"), &svg)?;
     write_atomic(&top.join("search_asr_utility.png"), &png)?;
-    Ok(md)
+    Ok(Outcome { best, test: [aligned_test, recipe_test, best_test] })
 }
 
 #[cfg(test)]

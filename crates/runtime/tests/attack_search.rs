@@ -9,7 +9,7 @@ use common::{safetune, tiny_spec, tmp};
 
 const SEARCH: &str = r#"
 base = "spec.toml"
-defenses = []
+defenses = [[], ["lisa"]]
 trials = 4
 eta = 2
 rungs = [1, 2]
@@ -42,7 +42,13 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
 
     let r = safetune(&args, &d.join("cache"));
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let top = out.join("s");
+    // The combined table names the best attack per defended model; each model's search is in its own directory.
+    let summary = std::fs::read_to_string(out.join("s/search.md")).unwrap();
+    assert!(summary.contains("| undefended | t") && summary.contains("| lisa | t"), "{summary}");
+    let both: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("s/search.json")).unwrap()).unwrap();
+    assert!(both["undefended"]["best"].is_object() && both["lisa"]["best"].is_object());
+    assert!(out.join("s/lisa/search.csv").is_file() && out.join("s/lisa/test/best/summary.md").is_file());
+    let top = out.join("s/undefended");
     let csv = std::fs::read_to_string(top.join("search.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(lines.len(), 6, "4 trials at rung 0, 2 at rung 1:\n{csv}");
@@ -93,9 +99,11 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
         &d.join("cache-par"),
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(std::fs::read_to_string(par.join("s/search.csv")).unwrap(), csv);
+    assert_eq!(std::fs::read_to_string(par.join("s/undefended/search.csv")).unwrap(), csv);
+    let lisa = |o: &std::path::Path| std::fs::read_to_string(o.join("s/lisa/search.csv")).unwrap();
+    assert_eq!(lisa(&par), lisa(&out));
     assert_eq!(
-        std::fs::read_dir(par.join("s/specs")).unwrap().count(),
+        std::fs::read_dir(par.join("s/undefended/specs")).unwrap().count(),
         4 + 2 + 2,
         "every run's resolved spec: 4 + 2 trials, best and recipe"
     );

@@ -145,9 +145,9 @@ fn an_attack_search_on_slurm_equals_a_local_one() {
     let on_slurm = d.join("slurm");
     safetune(&["attack-search", s, "--out", on_slurm.to_str().unwrap(), "--quiet", "--slurm"], &d.join("cache-slurm"));
     // Rung 0: one job and a 3-task array; rung 1: one job and a 1-task array; the test runs: one and one.
-    let logs = std::fs::read_dir(on_slurm.join("s/slurm/logs")).unwrap().count();
+    let logs = std::fs::read_dir(on_slurm.join("s/undefended/slurm/logs")).unwrap().count();
     assert_eq!(logs, (1 + 3) + (1 + 1) + (1 + 1), "one log per job or array task");
-    for f in ["search.csv", "search.json"] {
+    for f in ["search.md", "search.json", "undefended/search.csv", "undefended/search.json"] {
         let (a, b) = (std::fs::read(local.join("s").join(f)), std::fs::read(on_slurm.join("s").join(f)));
         assert!(a.is_ok() && a.ok() == b.ok(), "{f} differs between the local and the Slurm search");
     }
