@@ -124,15 +124,21 @@ Aligned model(s): {}. Each cell's adapter (`<method>__<regime>`) was trained on 
 its aligned model, so a cell is the base with the aligned adapter merged first and the\n\
 cell's adapter second; on the bare base it gives other answers.\n\n\
 In safetune (the cell's evaluation again):\n\n\
-    safetune eval --model {source} --adapter adapters/{first} --adapter adapters/<cell>\n\n\
+```sh\n\
+safetune eval --model {source} --adapter adapters/{first} --adapter adapters/<cell>\n\
+```\n\n\
 Outside it: make the base a Hugging Face directory (for a GGUF model, the f32 weights\n\
 the run dequantized and used), then stack with transformers and peft:\n\n\
-    safetune model export --model {source} --out base\n\n\
-    from transformers import AutoModelForCausalLM\n\
-    from peft import PeftModel\n\
-    model = AutoModelForCausalLM.from_pretrained(\"base\")\n\
-    model = PeftModel.from_pretrained(model, \"adapters/{first}\").merge_and_unload()\n\
-    model = PeftModel.from_pretrained(model, \"adapters/<cell>\")\n\n\
+```sh\n\
+safetune model export --model {source} --out base\n\
+```\n\n\
+```python\n\
+from transformers import AutoModelForCausalLM\n\
+from peft import PeftModel\n\
+model = AutoModelForCausalLM.from_pretrained(\"base\")\n\
+model = PeftModel.from_pretrained(model, \"adapters/{first}\").merge_and_unload()\n\
+model = PeftModel.from_pretrained(model, \"adapters/<cell>\")\n\
+```\n\n\
 (or `safetune model export --model {source} --adapter adapters/{first} --adapter adapters/<cell> --out cell`\n\
 for the merged cell). `cargo xtask interop --adapter adapters/{first} --adapter adapters/<cell>`\n\
 checks that peft's greedy answers equal safetune's.\n",
