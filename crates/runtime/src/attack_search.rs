@@ -592,12 +592,13 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
         ));
     }
     md.push_str(&format!(
-        "\n**Best attack**: t{:02}, {} for {} epochs{}.\n\n## On the test sets\n\n| attack | {} | task % |\n|---|---|---|\n",
+        "\n**Best attack**: t{:02}, {} for {} epochs{}.\n\n## On the test sets\n\n| attack | {} | task % |\n|---|{}---|\n",
         best.id,
         describe(&best.attack),
         best.epochs,
         if best.feasible { "" } else { " (no finalist met the utility budget: the best of those that did not)" },
         best_test.eval.safety.iter().map(|s| format!("ASR {} %", s.set)).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(best_test.eval.safety.len()),
     ));
     for (label, row) in [("aligned (no attack)", &aligned_test), ("the spec's recipe", &recipe_test), ("best found", &best_test)] {
         md.push_str(&format!(
