@@ -12,12 +12,18 @@ use safetune_core::Result;
 
 use crate::options::RunOptions;
 
+/// For `items` pieces of work: the worker processes to start (at most `opts.jobs`), the
+/// compute threads each gets (the cores shared out), and the executable they run.
+fn workers(opts: &RunOptions, items: usize) -> Result<(usize, usize, std::path::PathBuf)> {
+    let jobs = opts.jobs.min(items).max(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let exe = std::env::current_exe().map_err(|e| anyhow!("--jobs: cannot find the safetune executable: {e}"))?;
+    Ok((jobs, (cores / jobs).max(1), exe))
+}
+
 /// Runs `cells` in `opts.jobs` worker processes and waits for all of them.
 pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Result<()> {
-    let jobs = opts.jobs.min(cells.len()).max(1);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let threads = (cores / jobs).max(1);
-    let exe = std::env::current_exe().map_err(|e| anyhow!("--jobs: cannot find the safetune executable: {e}"))?;
+    let (jobs, threads, exe) = workers(opts, cells.len())?;
     let mut children = Vec::new();
     for w in 0..jobs {
         let mine: Vec<&str> = cells.iter().skip(w).step_by(jobs).map(String::as_str).collect();
@@ -46,10 +52,7 @@ pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Res
 /// `opts.jobs` processes at once, each with cores / jobs compute threads: the trials of an
 /// attack search's rung. Waits for all; a failed one is named (its finished stages stay cached).
 pub fn run_specs(specs: &[std::path::PathBuf], opts: &RunOptions) -> Result<()> {
-    let jobs = opts.jobs.min(specs.len()).max(1);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let threads = (cores / jobs).max(1);
-    let exe = std::env::current_exe().map_err(|e| anyhow!("--jobs: cannot find the safetune executable: {e}"))?;
+    let (jobs, threads, exe) = workers(opts, specs.len())?;
     let mut running: Vec<(&std::path::PathBuf, std::process::Child)> = Vec::new();
     let mut failed = Vec::new();
     let mut next = specs.iter();

@@ -25,12 +25,12 @@ pub struct Submit<'a> {
 }
 
 /// Quotes a word for `sh`.
-pub(crate) fn sh(word: &str) -> String {
+fn sh(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 /// Runs `sbatch --parsable ARGS…` and returns the job id.
-pub(crate) fn sbatch(args: &[String]) -> Result<String> {
+fn sbatch(args: &[String]) -> Result<String> {
     let out = Command::new("sbatch")
         .arg("--parsable")
         .args(args)
@@ -50,9 +50,14 @@ pub(crate) fn sbatch(args: &[String]) -> Result<String> {
 
 /// A job's command line for `sh`: the binary, then `opts.worker_args` (progress lines go
 /// to the job's log unless `--quiet`), then `extra`.
-pub(crate) fn job_line(exe: &Path, spec_json: &Path, out: &Path, opts: &RunOptions, extra: &str) -> String {
+fn job_line(exe: &Path, spec_json: &Path, out: &Path, opts: &RunOptions, extra: &str) -> String {
     let words = std::iter::once(exe.display().to_string()).chain(opts.worker_args(spec_json, out));
     words.map(|w| sh(&w)).collect::<Vec<_>>().join(" ") + extra
+}
+
+/// `sbatch` arguments naming a job and sending its log (one per array task) to `staging/logs/`.
+fn log_args(staging: &Path, job: &str) -> Vec<String> {
+    vec!["--job-name".to_string(), job.to_string(), "--output".into(), staging.join("logs/%x-%A_%a.out").display().to_string()]
 }
 
 /// Submits `spec` (checked already) and returns what to print.
@@ -67,9 +72,7 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
         if !grid { vec![(spec.clone(), out.clone())] } else { subs.into_iter().map(|s| (s, out.join(&spec.name).join("runs"))).collect() };
     let staging = out.join(&spec.name).join("slurm");
     std::fs::create_dir_all(staging.join("logs")).with_context(|| format!("{}: cannot create", staging.display()))?;
-    let log = |name: &str| {
-        vec!["--job-name".to_string(), name.to_string(), "--output".into(), staging.join("logs/%x-%A_%a.out").display().to_string()]
-    };
+    let log = |name: &str| log_args(&staging, name);
     let mut lines = Vec::new();
     let mut arrays = Vec::new();
     for (s, dir) in &runs {
@@ -136,15 +139,7 @@ pub fn check(opts: &RunOptions) -> Result<()> {
 pub fn run_specs_and_wait(specs: &[PathBuf], opts: &RunOptions, how: &Submit, staging: &Path, name: &str) -> Result<()> {
     let Some((first, rest)) = specs.split_first() else { return Ok(()) };
     std::fs::create_dir_all(staging.join("logs")).with_context(|| format!("{}: cannot create", staging.display()))?;
-    let log = |job: &str| {
-        vec![
-            "--wait".to_string(),
-            "--job-name".into(),
-            job.to_string(),
-            "--output".into(),
-            staging.join("logs/%x-%A_%a.out").display().to_string(),
-        ]
-    };
+    let log = |job: &str| [vec!["--wait".to_string()], log_args(staging, job)].concat();
     let mut args = log(&format!("safetune-{name}-first"));
     args.extend(how.sbatch_args.iter().cloned());
     args.extend(["--wrap".into(), job_line(&how.exe, first, &opts.out, opts, "")]);
