@@ -15,9 +15,9 @@
 //! misses (then the lowest benign-cell ASR), and the table says that no
 //! candidate meets every target.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use safetune_core::anyhow::{anyhow, bail, Context};
+use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::Result;
 use serde::Deserialize;
 
@@ -81,10 +81,7 @@ pub struct CalibrateArgs {
 pub fn main(args: CalibrateArgs) -> Result<String> {
     let CalibrateArgs { sweep: path, data_dir, out, only, quiet, dry_run } = args;
     let data_dir = data_dir.or_else(crate::options::env_data_dir);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let sweep: Sweep = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let sweep_name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "sweep".into());
+    let (sweep, dir, sweep_name) = crate::spec::read_driver::<Sweep>(&path, "sweep")?;
     if let Some(o) = only.iter().find(|o| !sweep.candidates.iter().any(|c| &c.name == *o)) {
         bail!("--only: no candidate `{o}` in {}", path.display());
     }

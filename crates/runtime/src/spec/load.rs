@@ -10,6 +10,17 @@ use serde::Deserialize;
 
 use super::RunSpec;
 
+/// A file that drives several runs over a base spec (a calibration sweep, an attack
+/// search): its table, the directory its relative paths start from, and its name (the
+/// file's stem, else `default_name`) for the results directory.
+pub(crate) fn read_driver<T: serde::de::DeserializeOwned>(path: &Path, default_name: &str) -> Result<(T, PathBuf, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let table: T = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| default_name.into());
+    Ok((table, dir, name))
+}
+
 impl RunSpec {
     pub fn load(path: &Path) -> Result<Self> {
         Self::load_with_overlays(path, &[])
