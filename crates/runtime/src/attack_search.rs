@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use safetune_core::anyhow::{anyhow, bail, Context};
+use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::judge::Estimate;
 use safetune_core::rng::SeededRng;
 use safetune_core::Result;
@@ -364,10 +364,7 @@ fn describe(a: &Attack) -> String {
 pub fn main(args: AttackSearchArgs) -> Result<String> {
     let AttackSearchArgs { search: path, data_dir, out, quiet, dry_run, jobs, slurm, slurm_arg } = args;
     let mut data_dir = data_dir.or_else(crate::options::env_data_dir);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let search: Search = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "search".into());
+    let (search, dir, name) = crate::spec::read_driver::<Search>(&path, "search")?;
     let overlays: Vec<PathBuf> = search.overlays.iter().map(|o| dir.join(o)).collect();
     let base = RunSpec::load_with_overlays(&dir.join(&search.base), &overlays)?;
     search.check(&base).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -418,40 +415,34 @@ pub fn main(args: AttackSearchArgs) -> Result<String> {
         outcomes.push(search_stack(&ctx, stack, &top.join(label))?);
     }
     // Best attack per defended model, on the test sets, beside the preset's recipe.
-    let sets: Vec<String> = outcomes[0].test[0].eval.safety.iter().map(|s| s.set.clone()).collect();
+    let (heads, rules) = test_columns(&outcomes[0].test[0]);
     let mut md = format!(
         "# Attack search `{name}`\n\nThe strongest attack found per defended model (successive halving: {} trials, rungs {:?} \
          epochs, keep 1/{}; chosen on `{}` and the task's validation split within {:.0}% of the aligned model's \
          score), then on the test sets beside the spec's own recipe at the same harmful share. Each model's trials: \
-         `<model>/search.md`.\n\n| defended model | best attack | validation ASR % | attack | {} | task % |\n|---|---|---|---|{}---|\n",
+         `<model>/search.md`.\n\n| defended model | best attack | validation ASR % | attack | {heads} |\n|---|---|---|---|{rules}\n",
         attacks.len(),
         search.rungs,
         search.eta,
         search.objective_set,
         100.0 * search.utility_budget,
-        sets.iter().map(|s| format!("ASR {s} %")).collect::<Vec<_>>().join(" | "),
-        "---|".repeat(sets.len()),
     );
     for (o, label) in outcomes.iter().zip(&labels) {
-        for (kind, row) in ["aligned (no attack)", "the spec's recipe", "best found"].iter().zip(&o.test) {
+        for (kind, row) in TEST_ROWS.iter().zip(&o.test) {
             md.push_str(&format!(
-                "| {label} | t{:02}: {} ({} epochs){} | {} | {kind} | {} | {} |\n",
+                "| {label} | t{:02}: {} ({} epochs){} | {} | {kind} | {} |\n",
                 o.best.id,
                 describe(&o.best.attack),
                 o.best.epochs,
                 if o.best.feasible { "" } else { ", over budget" },
                 pct(&o.best.asr),
-                row.eval.safety.iter().map(|s| pct(&s.asr)).collect::<Vec<_>>().join(" | "),
-                pct(&row.eval.task.score)
+                test_cells(row),
             ));
         }
     }
     write_atomic(&top.join("search.md"), md.as_bytes())?;
-    let per: serde_json::Map<String, serde_json::Value> = outcomes
-        .iter()
-        .zip(&labels)
-        .map(|(o, l)| (l.clone(), serde_json::json!({ "best": o.best, "test": { "aligned": o.test[0].eval, "recipe": o.test[1].eval, "best": o.test[2].eval } })))
-        .collect();
+    let per: serde_json::Map<String, serde_json::Value> =
+        outcomes.iter().zip(&labels).map(|(o, l)| (l.clone(), serde_json::json!({ "best": o.best, "test": test_json(&o.test) }))).collect();
     write_json(&top.join("search.json"), &serde_json::Value::Object(per))?;
     Ok(md)
 }
@@ -467,10 +458,29 @@ struct Ctx<'a> {
     name: &'a str,
 }
 
-/// One defended model's search: its best trial and the test rows (aligned, recipe, best).
+/// One defended model's search: its best trial and the test rows (in `TEST_ROWS` order).
 struct Outcome {
     best: Trial,
     test: [Row; 3],
+}
+
+/// What the three test-set rows of a search are.
+const TEST_ROWS: [&str; 3] = ["aligned (no attack)", "the spec's recipe", "best found"];
+
+/// A test table's column heads (ASR per safety set, then the task) and its separator row's cells.
+fn test_columns(row: &Row) -> (String, String) {
+    let heads: Vec<String> = row.eval.safety.iter().map(|s| format!("ASR {} %", s.set)).chain(["task %".to_string()]).collect();
+    (heads.join(" | "), "---|".repeat(heads.len()))
+}
+
+/// The test rows' evaluations by what they are (`search.json`).
+fn test_json(test: &[Row; 3]) -> serde_json::Value {
+    serde_json::json!({ "aligned": test[0].eval, "recipe": test[1].eval, "best": test[2].eval })
+}
+
+/// A row's cells under [`test_columns`].
+fn test_cells(row: &Row) -> String {
+    row.eval.safety.iter().map(|s| pct(&s.asr)).chain([pct(&row.eval.task.score)]).collect::<Vec<_>>().join(" | ")
 }
 
 fn trial_name(id: usize, epochs: usize) -> String {
@@ -591,32 +601,29 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
             if t.feasible { "yes" } else { "no" }
         ));
     }
+    let (heads, rules) = test_columns(&best_test);
     md.push_str(&format!(
-        "\n**Best attack**: t{:02}, {} for {} epochs{}.\n\n## On the test sets\n\n| attack | {} | task % |\n|---|{}---|\n",
+        "\n**Best attack**: t{:02}, {} for {} epochs{}.\n\n## On the test sets\n\n| attack | {heads} |\n|---|{rules}\n",
         best.id,
         describe(&best.attack),
         best.epochs,
         if best.feasible { "" } else { " (no finalist met the utility budget: the best of those that did not)" },
-        best_test.eval.safety.iter().map(|s| format!("ASR {} %", s.set)).collect::<Vec<_>>().join(" | "),
-        "---|".repeat(best_test.eval.safety.len()),
     ));
-    for (label, row) in [("aligned (no attack)", &aligned_test), ("the spec's recipe", &recipe_test), ("best found", &best_test)] {
-        md.push_str(&format!(
-            "| {label} | {} | {} |\n",
-            row.eval.safety.iter().map(|s| pct(&s.asr)).collect::<Vec<_>>().join(" | "),
-            pct(&row.eval.task.score)
-        ));
+    let test = [aligned_test, recipe_test, best_test];
+    for (label, row) in TEST_ROWS.iter().zip(&test) {
+        md.push_str(&format!("| {label} | {} |\n", test_cells(row)));
     }
     write_atomic(&top.join("search.md"), md.as_bytes())?;
     write_json(
         &top.join("search.json"),
         &serde_json::json!({
             "defenses": stack, "best": best, "trials": history,
-            "test": { "aligned": aligned_test.eval, "recipe": recipe_test.eval, "best": best_test.eval },
+            "test": test_json(&test),
         }),
     )?;
     let mut points: Vec<Row> = Vec::new();
-    for t in history.iter().filter(|t| t.rung == last_rung || !history.iter().any(|u| u.id == t.id && u.rung > t.rung)) {
+    // Each trial at the last rung it reached.
+    for t in history.iter().filter(|t| !history.iter().any(|u| u.id == t.id && u.rung > t.rung)) {
         let (aligned, mut cell) = read_run(&trials_dir.join(&t.run))?;
         if points.is_empty() {
             points.push(aligned);
@@ -628,7 +635,7 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
     let (svg, png) = crate::report::safety_utility_plot(&points, &format!("attack search {name}, {label}")).map_err(|e| anyhow!("{e}"))?;
     write_atomic(&top.join("search_asr_utility.svg"), &svg)?;
     write_atomic(&top.join("search_asr_utility.png"), &png)?;
-    Ok(Outcome { best, test: [aligned_test, recipe_test, best_test] })
+    Ok(Outcome { best, test })
 }
 
 #[cfg(test)]
