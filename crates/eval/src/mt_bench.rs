@@ -143,22 +143,25 @@ pub fn evaluate(
     let questions = select(inputs.questions, spec.questions);
     let format = model.info().format;
     let params = greedy(spec.max_new_tokens, batch_size);
-    let second = |q: &Example| q.meta.get("turn2").cloned().ok_or_else(|| anyhow!("MT-Bench question {}: no second turn", q.id));
+    let second_turns = questions
+        .iter()
+        .map(|q| q.meta.get("turn2").cloned().ok_or_else(|| anyhow!("MT-Bench question {}: no second turn", q.id)))
+        .collect::<Result<Vec<String>>>()?;
     let first_texts: Vec<String> = questions.iter().map(|q| format.prompt(q.system.as_deref(), &q.prompt)).collect();
     let steps = Steps::new(&format!("eval {label}: mt-bench turn 1"), questions.len(), "answer", quiet);
     let a1: Vec<String> = steps.current(|| complete_until(model, &first_texts, &params, None))?.into_iter().map(|(a, _)| a).collect();
-    let second_texts = questions
+    let second_texts: Vec<String> = questions
         .iter()
         .zip(&a1)
-        .map(|(q, a)| Ok(format.conversation(q.system.as_deref(), &[(q.prompt.as_str(), a.as_str())], &second(q)?)))
-        .collect::<Result<Vec<_>>>()?;
+        .zip(&second_turns)
+        .map(|((q, a), q2)| format.conversation(q.system.as_deref(), &[(q.prompt.as_str(), a.as_str())], q2))
+        .collect();
     let steps = Steps::new(&format!("eval {label}: mt-bench turn 2"), questions.len(), "answer", quiet);
     let a2: Vec<String> = steps.current(|| complete_until(model, &second_texts, &params, None))?.into_iter().map(|(a, _)| a).collect();
 
     // Two grading conversations per question: turn 1, then turn 2 with the whole exchange.
     let mut conversations = Vec::with_capacity(2 * questions.len());
-    for ((q, x1), x2) in questions.iter().zip(&a1).zip(&a2) {
-        let q2 = second(q)?;
+    for (((q, x1), x2), q2) in questions.iter().zip(&a1).zip(&a2).zip(&second_turns) {
         let category = q.meta.get("category").map(String::as_str).unwrap_or("");
         let reference = if NEEDS_REFERENCE.contains(&category) {
             let id: u64 = q
