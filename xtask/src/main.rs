@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask bench-all [--preset NAME]` and the checks (clap, derive).
 
+mod build_reuse;
 mod interop;
 mod perf;
 mod scaffold;
@@ -73,6 +74,9 @@ enum Task {
     /// Fail when a defense crate depends on anything but safetune-core and general-purpose
     /// libraries, or is not linked into the binary
     CheckDefenses,
+    /// Fail when `cargo test --workspace` would compile a dependency of the `safetune` binary
+    /// again (another feature set than `bench-all`'s build), naming each such package
+    CheckBuildReuse,
     /// Start a real one-node Slurm cluster (apt's slurm-wlm + munge; needs root) and run
     /// `safetune run --slurm`'s test against it (crates/runtime/tests/slurm.rs)
     SlurmTest,
@@ -214,6 +218,7 @@ fn main() {
             Err(e) => fail(&e),
         },
         Task::SlurmTest => slurm::slurm_test(),
+        Task::CheckBuildReuse => build_reuse::check_build_reuse(),
         Task::Interop(args) => interop::interop(args),
         Task::SyncDefenses => scaffold::sync_registration(&root()).unwrap_or_else(|e| fail(&e)),
         Task::CheckDefenses => {
