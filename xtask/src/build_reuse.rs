@@ -11,14 +11,13 @@
 //! package whose features differ.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{exit, Command};
+use std::process::exit;
 
-use crate::{fail, root};
+use crate::{cargo, fail};
 
 /// `name version` → every feature set it is resolved with in the selection `args`.
 fn features(args: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root())
+    let out = cargo()
         .args(["tree", "--quiet", "--prefix", "none", "--format", "{p}|{f}"])
         .args(args)
         .output()

@@ -97,6 +97,27 @@ fn absolute(p: PathBuf) -> PathBuf {
     }
 }
 
+/// `cargo` for a nested build, test, run or tree, in the workspace root, without the
+/// variables `cargo run` set for xtask itself (`CARGO_MANIFEST_*`, `CARGO_PKG_*`, ...).
+/// Build scripts watch some of them (ring: `rerun-if-env-changed=CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...), so a build made here with them set looks stale to the
+/// user's own `cargo test` from a shell: ring, rustls, ureq and every safetune crate
+/// would compile a second time.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        let set_by_cargo_run = k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(k, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE");
+        if set_by_cargo_run {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(root());
+    cmd
+}
+
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");
     exit(2)
@@ -152,8 +173,7 @@ fn bench_all(preset: String, overlays: Vec<PathBuf>, data_dir: Option<PathBuf>, 
 
 /// Builds `safetune`, fetches the model, and returns the binary's path.
 fn safetune_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo).current_dir(root()).args(["build", "--quiet", "-p", "safetune-runtime", "--bin", "safetune"]));
+    run(cargo().args(["build", "--quiet", "-p", "safetune-runtime", "--bin", "safetune"]));
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     let bin = target.join("debug/safetune");
     run(Command::new(&bin).args(["model", "fetch", "smollm2-135m-instruct"]).stdout(std::process::Stdio::null()));
@@ -209,7 +229,7 @@ fn main() {
         Task::Perf(args) => perf::perf(args),
         Task::NewDefense { name, stage } => match scaffold::new_defense(&root(), &name, &stage) {
             Ok(dir) => {
-                run(Command::new("cargo").args(["fmt", "-p", &format!("safetune-defense-{name}")]).current_dir(root()));
+                run(cargo().args(["fmt", "-p", &format!("safetune-defense-{name}")]));
                 println!(
                     "created {} ({stage}-stage defense `{name}`, linked into `safetune`); `cargo test -p safetune-defense-{name}` runs its mechanism tests",
                     dir.display()
@@ -231,5 +251,21 @@ fn main() {
                 scaffold::defense_crates(&root()).map(|v| v.len()).unwrap_or(0)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs this with `CARGO_PKG_NAME` and `CARGO_MANIFEST_DIR` set, as
+    /// `cargo run` runs xtask: a nested cargo must not see them.
+    #[test]
+    fn nested_cargo_runs_without_the_variables_cargo_run_set() {
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some() && std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let cmd = super::cargo();
+        let removed: Vec<String> = cmd.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        for k in ["CARGO_PKG_NAME", "CARGO_PKG_VERSION_MAJOR", "CARGO_MANIFEST_DIR"] {
+            assert!(removed.iter().any(|r| r == k), "{k} reaches the nested cargo: {removed:?}");
+        }
+        assert!(!removed.iter().any(|r| r == "CARGO_TARGET_DIR" || r == "CARGO_HOME"));
     }
 }

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{fail, root, run};
+use crate::{cargo, fail, root, run};
 
 struct Workload {
     name: &'static str,
@@ -110,31 +110,11 @@ pub struct PerfArgs {
 pub fn perf(args: PerfArgs) {
     let PerfArgs { reps, quick, only, compare_torch: torch } = args;
     let root = root();
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "safetune-train",
-        "--example",
-        "perf",
-    ]));
+    run(cargo().args(["build", "--quiet", "--release", "-p", "safetune-train", "--example", "perf"]));
     let exe = root.join(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("release/examples/perf");
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "run",
-        "--quiet",
-        "-p",
-        "safetune-runtime",
-        "--bin",
-        "safetune",
-        "--",
-        "model",
-        "fetch",
-        "smollm2-135m-instruct",
-    ]));
+    run(cargo().args(["run", "--quiet", "-p", "safetune-runtime", "--bin", "safetune", "--", "model", "fetch", "smollm2-135m-instruct"]));
     let model = String::from_utf8(
-        Command::new(env!("CARGO"))
-            .current_dir(&root)
+        cargo()
             .args(["run", "--quiet", "-p", "safetune-runtime", "--bin", "safetune", "--", "model", "path", "smollm2-135m-instruct"])
             .output()
             .unwrap_or_else(|e| fail(&format!("model path: {e}")))

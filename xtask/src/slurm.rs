@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::{fail, root, run};
+use crate::{cargo, fail, run};
 
 fn have(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd} >/dev/null")]).status().is_ok_and(|s| s.success())
@@ -104,17 +104,7 @@ pub fn slurm_test() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     eprintln!("[slurm-test] one-node cluster up ({host}, {cpus} CPUs): {}", output("sinfo", &["-h"]));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).current_dir(root()).args([
-        "test",
-        "-p",
-        "safetune-runtime",
-        "--test",
-        "slurm",
-        "--",
-        "--ignored",
-        "--nocapture",
-    ]));
+    run(cargo().args(["test", "-p", "safetune-runtime", "--test", "slurm", "--", "--ignored", "--nocapture"]));
 }
 
 fn have_process(name: &str) -> bool {

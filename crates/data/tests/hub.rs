@@ -1,12 +1,10 @@
 //! The Hub download path against a real HTTP server on loopback that serves
 //! files under the Hub's URL layout.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use safetune_data::{load, DataSource, HubClient};
+use safetune_test_support::Loopback;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -35,43 +33,9 @@ fn parquet_bytes(questions: &[&str], answers: &[&str]) -> Vec<u8> {
     buf
 }
 
-/// Serves `files` (URL path → body) on 127.0.0.1 for up to `max` requests; counts requests.
-fn serve(files: Vec<(String, Vec<u8>)>, max: usize) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(max) {
-            let Ok(mut s) = stream else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            loop {
-                let mut h = String::new();
-                let n = reader.read_line(&mut h).unwrap();
-                if n == 0 || h == "\r\n" {
-                    break;
-                }
-            }
-            match files.iter().find(|(p, _)| *p == path) {
-                Some((_, body)) => {
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    s.write_all(head.as_bytes()).unwrap();
-                    s.write_all(body).unwrap();
-                }
-                None => {
-                    s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-                }
-            }
-        }
-    });
-    (addr, count)
+/// The Hub's and GitHub's files on loopback, each answered with the commit header the Hub sends.
+fn serve(files: Vec<(String, Vec<u8>)>) -> Loopback {
+    Loopback::files(files, &[("X-Repo-Commit", COMMIT)])
 }
 
 #[test]
@@ -92,7 +56,8 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
         ("/datasets/openai/gsm8k/resolve/main/main/test-00000-of-00001.parquet".to_string(), test),
         ("/datasets/PKU-Alignment/BeaverTails/resolve/main/round0/30k/train.jsonl".to_string(), jsonl),
     ];
-    let (endpoint, count) = serve(files, 100);
+    let server = serve(files);
+    let endpoint = server.url.clone();
     let hub = HubClient {
         endpoint: endpoint.clone(),
         cache: cache.clone(),
@@ -111,7 +76,7 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     // The Hub's file mixes safe and unsafe pairs; the harmful pool takes only the unsafe ones.
     let harmful = safetune_data::catalog::find("beavertails-unsafe").unwrap().harmful_select().unwrap()(&bt).unwrap();
     assert_eq!(harmful.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>(), ["placeholder request one", "placeholder request two"]);
-    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_eq!(server.requests(), 3);
     // The standard HF cache layout.
     let snap = cache.join("datasets--openai--gsm8k/snapshots").join(COMMIT).join("main/test-00000-of-00001.parquet");
     assert!(snap.is_file());
@@ -120,7 +85,7 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     let offline = HubClient { offline: true, ..hub.clone() };
     let again = load(&DataSource::Hub(&offline), "gsm8k").unwrap();
     assert_eq!(again.splits["train"], gsm.splits["train"]);
-    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_eq!(server.requests(), 3);
     // Offline and not cached: a clear error naming the dataset file and how to provide it.
     let err = load(&DataSource::Hub(&offline), "agnews").unwrap_err().to_string();
     assert!(err.contains("ag_news") && err.contains("HF_HUB_OFFLINE") && err.contains("--data-dir"), "{err}");
@@ -149,7 +114,8 @@ fn github_sources_download_at_a_pinned_commit_then_cache_without_network() {
             serde_json::json!({"instructions": [format!("placeholder {f} one"), format!("placeholder {f} two")], "inputs": ["", ""]});
         files.push((format!("{base}/evaluation/{f}.json"), serde_json::to_vec(&cols).unwrap()));
     }
-    let (endpoint, count) = serve(files, 100);
+    let server = serve(files);
+    let endpoint = server.url.clone();
     let hub = HubClient {
         endpoint: "http://127.0.0.1:9".into(),
         cache: cache.join("hf"),
@@ -166,11 +132,11 @@ fn github_sources_download_at_a_pinned_commit_then_cache_without_network() {
     let ev = load(&DataSource::Hub(&hub), "safety-tuned-llamas-eval").unwrap();
     assert_eq!(ev.splits.len(), 7);
     assert_eq!(ev.splits["malicious"].len(), 2);
-    assert_eq!(count.load(Ordering::SeqCst), 8);
+    assert_eq!(server.requests(), 8);
     assert!(cache.join("github/vinid--safety-tuned-llamas").join(commit).join("data/evaluation/Q-Harm.json").is_file());
     // From the cache: no request, even offline.
     let offline = HubClient { offline: true, ..hub.clone() };
     assert_eq!(load(&DataSource::Hub(&offline), "safety-tuned-llamas").unwrap().splits["test"], stl.splits["test"]);
-    assert_eq!(count.load(Ordering::SeqCst), 8);
+    assert_eq!(server.requests(), 8);
     std::fs::remove_dir_all(&cache).unwrap();
 }

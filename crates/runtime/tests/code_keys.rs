@@ -37,6 +37,7 @@ fn every_listed_source_exists_and_every_crate_is_placed() {
         "crates/report",           // tables and plots from finished results
         "crates/serve",            // the chat server
         "crates/defense-template", // the scaffold's template, not linked into runs
+        "crates/test-support",     // tests' loopback server, a dev-dependency only
         "crates/runtime",          // its training and evaluation files are listed one by one
     ];
     for entry in std::fs::read_dir(root.join("crates")).unwrap() {

@@ -9,13 +9,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::{files, tmp};
+use safetune_test_support::Loopback;
 
 /// A parquet file of UTF-8 and INT64 columns.
 fn parquet(text: &[(&str, Vec<String>)], ints: &[(&str, Vec<i64>)]) -> Vec<u8> {
@@ -129,36 +127,9 @@ fn mirror_files(big: usize) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Serves `files` (GET path → body) on loopback; 404 otherwise. Counts requests.
-fn serve(files: Vec<(String, Vec<u8>)>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut first = String::new();
-            r.read_line(&mut first).unwrap();
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-            }
-            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-            let (status, body) = match files.iter().find(|(p, _)| *p == path) {
-                Some((_, b)) => (200, b.clone()),
-                None => (404, b"not found".to_vec()),
-            };
-            let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nx-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\nConnection: close\r\n\r\n", body.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
-        }
-    });
-    (url, count)
+/// Serves `files` (GET path → body) on loopback with the Hub's commit header; 404 otherwise.
+fn serve(files: Vec<(String, Vec<u8>)>) -> Loopback {
+    Loopback::files(files, &[("x-repo-commit", "0123456789abcdef0123456789abcdef01234567")])
 }
 
 #[test]
@@ -168,7 +139,8 @@ fn the_standard_preset_runs_from_a_hub_mirror_and_again_offline() {
     safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &model).unwrap();
     let files_served = mirror_files(120);
     let n_files = files_served.len();
-    let (url, count) = serve(files_served);
+    let server = serve(files_served);
+    let url = server.url.clone();
     let overlay = d.join("tiny.toml");
     std::fs::write(
         &overlay,
@@ -225,7 +197,7 @@ consistency_sets = []
     };
     let r = run("online", false);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(count.load(Ordering::SeqCst), n_files, "each mirrored file is downloaded once");
+    assert_eq!(server.requests(), n_files, "each mirrored file is downloaded once");
     let dirs = ["standard/runs/sst2-s7", "standard/runs/agnews-s7"];
     for dir in dirs {
         let run_dir = d.join("online").join(dir);
@@ -242,7 +214,7 @@ consistency_sets = []
     std::fs::remove_dir_all(d.join("cache/aligned")).ok();
     let r = run("offline", true);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(count.load(Ordering::SeqCst), n_files, "offline asks the mirror nothing");
+    assert_eq!(server.requests(), n_files, "offline asks the mirror nothing");
     for dir in dirs {
         assert_eq!(files(&d.join("offline").join(dir)), files(&d.join("online").join(dir)), "{dir}");
     }
@@ -270,7 +242,7 @@ consistency_sets = []
     assert_eq!(r.status.code(), Some(2), "{err}");
     assert!(err.contains("no download source for beavertails-categories (data.safety_evals)"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert_eq!(count.load(Ordering::SeqCst), n_files, "nothing was downloaded");
+    assert_eq!(server.requests(), n_files, "nothing was downloaded");
     assert!(!d.join("cats").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -283,7 +255,8 @@ fn the_paper_preset_plans_from_a_hub_mirror() {
     let d = tmp("hub-paper");
     let model = d.join("model");
     safetune_model::export_hf(&safetune_model::tiny_model(21).unwrap(), &model).unwrap();
-    let (url, _) = serve(mirror_files(5200));
+    let server = serve(mirror_files(5200));
+    let url = server.url.clone();
     let overlay = d.join("model.toml");
     std::fs::write(&overlay, format!("[model]\nsource = \"{}\"\n", model.display())).unwrap();
     let preset = concat!(env!("CARGO_MANIFEST_DIR"), "/../../presets/paper.toml");

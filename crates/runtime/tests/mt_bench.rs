@@ -6,62 +6,31 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use std::process::Command;
-
 use common::tmp;
+use safetune_test_support::{file_response, Loopback, Response};
 
 const COMMIT: &str = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d";
 
 /// Serves GETs of `files` and answers POST /v1/chat/completions with `grade(user prompt)`;
 /// records every grading request body.
 fn server(files: Vec<(String, String)>, grade: fn(&str) -> String) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let (files, log) = (files.clone(), log.clone());
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut first = String::new();
-                r.read_line(&mut first).unwrap();
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).unwrap();
-                let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-                let (status, text) = if first.starts_with("POST") && path == "/v1/chat/completions" {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    let user = v["messages"][1]["content"].as_str().unwrap_or("").to_string();
-                    log.lock().unwrap().push(v);
-                    let reply =
-                        serde_json::json!({ "choices": [{ "index": 0, "message": { "role": "assistant", "content": grade(&user) } }] });
-                    (200, reply.to_string())
-                } else {
-                    match files.iter().find(|(p, _)| *p == path) {
-                        Some((_, b)) => (200, b.clone()),
-                        None => (404, "not found".to_string()),
-                    }
-                };
-                let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
-            });
+    let files: Vec<(String, Vec<u8>)> = files.into_iter().map(|(p, b)| (p, b.into_bytes())).collect();
+    let server = Loopback::start(move |r| {
+        if r.method == "POST" && r.path == "/v1/chat/completions" {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let user = v["messages"][1]["content"].as_str().unwrap_or("").to_string();
+            log.lock().unwrap().push(v);
+            let reply = serde_json::json!({ "choices": [{ "index": 0, "message": { "role": "assistant", "content": grade(&user) } }] });
+            return Some(Response::json(200, reply.to_string()));
         }
+        Some(file_response(&files, r, &[]))
     });
-    (url, seen)
+    (server.url, seen)
 }
 
 fn jsonl(rows: &[serde_json::Value]) -> String {

@@ -1,56 +1,19 @@
 //! The remote judge against a scripted chat-completions server on loopback:
 //! replies, retries, timeouts, malformed replies, authentication, concurrency.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use safetune_core::judge::{Judge, Verdict};
 use safetune_judge_remote::{RemoteConfig, RemoteJudge, Rubric};
+use safetune_test_support::{Loopback, Response};
 
 /// What the stub does with the n-th request (0-based) and its body.
 type Script = dyn Fn(usize, &str) -> Option<(u16, String)> + Send + Sync;
 
-/// Serves until the test ends; `None` from the script means: never answer.
-fn stub(script: Arc<Script>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let script = script.clone();
-            let n = seen.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(stream.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = r.read_exact(&mut body);
-                match script(n, &String::from_utf8_lossy(&body)) {
-                    Some((status, text)) => {
-                        let msg = format!(
-                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                            text.len()
-                        );
-                        let _ = stream.write_all(msg.as_bytes());
-                    }
-                    None => std::thread::sleep(std::time::Duration::from_secs(5)),
-                }
-            });
-        }
-    });
-    (url, count)
+/// Serves until the test ends; `None` from the script means: never answer. The URL ends in `/v1`.
+fn stub(script: Arc<Script>) -> (String, Loopback) {
+    let server = Loopback::start(move |r| script(r.index, &r.body_text()).map(|(status, text)| Response::json(status, text)));
+    (format!("{}/v1", server.url), server)
 }
 
 fn chat(content: &str) -> String {
@@ -88,7 +51,7 @@ fn scores_become_verdicts_in_order_with_bounded_concurrency() {
     );
     let harms: Vec<Option<f64>> = out.iter().map(|x| x.harm).collect();
     assert_eq!(harms, [Some(0.0), Some(0.25), Some(0.5), Some(0.75), Some(1.0), None]);
-    assert_eq!(count.load(Ordering::SeqCst), 5, "an empty answer is not sent");
+    assert_eq!(count.requests(), 5, "an empty answer is not sent");
 }
 
 #[test]
@@ -96,7 +59,7 @@ fn server_errors_are_retried_then_succeed() {
     let (url, count) = stub(Arc::new(|n, _: &str| if n < 2 { Some((503, "busy".into())) } else { Some((200, chat("#score: 5"))) }));
     let j = judge(&url, |c| c.rubric = Rubric::QiHarmfulness);
     assert_eq!(j.judge("p", "an answer").unwrap(), Verdict::Compliance);
-    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_eq!(count.requests(), 3);
 }
 
 #[test]
@@ -123,7 +86,7 @@ fn malformed_replies_and_auth_failures_are_one_line_errors() {
     let (url, count) = stub(Arc::new(|_, _: &str| Some((401, "{}".into()))));
     let err = judge(&url, |_| {}).judge("p", "an answer").unwrap_err().to_string();
     assert!(err.contains("authentication failed") && err.contains("SAFETUNE_TEST_KEY_THAT_IS_NOT_SET"), "{err}");
-    assert_eq!(count.load(Ordering::SeqCst), 1, "authentication failures are not retried");
+    assert_eq!(count.requests(), 1, "authentication failures are not retried");
     assert!(!err.contains('\n'));
 }
 
@@ -143,7 +106,7 @@ fn replies_are_cached_on_disk_by_content() {
     )
     .unwrap();
     assert_eq!(again.judge_scored("p", "answer").unwrap().harm, Some(0.75));
-    assert_eq!(count.load(Ordering::SeqCst), 1, "the second judge read the cache");
+    assert_eq!(count.requests(), 1, "the second judge read the cache");
     std::fs::remove_dir_all(&cache).unwrap();
 }
 
@@ -165,13 +128,13 @@ fn the_grader_replies_in_order_and_caches_by_the_whole_conversation() {
     let convs: Vec<_> = (0..7).map(|i| conv("s", &format!("u{i}"))).collect();
     let out = g.complete_all(&convs, 99).unwrap();
     assert_eq!(out, (0..7).map(|i| format!("u{i}/99/s")).collect::<Vec<_>>());
-    assert_eq!(count.load(Ordering::SeqCst), 7);
+    assert_eq!(count.requests(), 7);
     // A new grader on the same cache asks only for what differs (system prompt or budget).
     let again = RemoteGrader::with_cache_dir(cfg, &cache).unwrap();
     let out = again.complete_all(&[conv("s", "u3"), conv("t", "u3"), conv("s", "u3")], 99).unwrap();
     assert_eq!(out, ["u3/99/s", "u3/99/t", "u3/99/s"]);
     assert_eq!(again.complete_all(&[conv("s", "u3")], 7).unwrap(), ["u3/7/s"]);
-    assert_eq!(count.load(Ordering::SeqCst), 9);
+    assert_eq!(count.requests(), 9);
     assert!(again.fingerprint().contains("127.0.0.1"));
     std::fs::remove_dir_all(&cache).unwrap();
 }
