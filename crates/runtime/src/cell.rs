@@ -27,9 +27,14 @@ use crate::stage_cache::StageCache;
 
 impl Run<'_> {
     /// The files of a cell's trained weights in the `trained` stage cache (LoRA methods only:
-    /// full fine-tuning writes no weights).
-    pub(crate) fn trained_files(cell: &str) -> Vec<PathBuf> {
-        vec![PathBuf::from("adapters").join(cell), PathBuf::from("trained").join(format!("{cell}.json"))]
+    /// full fine-tuning writes no weights): `(name in the entry, path in the run directory)`.
+    /// The entry's names do not hold the cell's, so cells that train alike (a post-tuning
+    /// repair and the undefended cell; see `Run::train_key`) share one entry.
+    pub(crate) fn trained_files(cell: &str) -> Vec<(PathBuf, PathBuf)> {
+        vec![
+            (PathBuf::from("adapter"), PathBuf::from("adapters").join(cell)),
+            (PathBuf::from("trained.json"), PathBuf::from("trained").join(format!("{cell}.json"))),
+        ]
     }
 
     /// After a whole cell came from the cache: publishes its trained weights
@@ -60,7 +65,7 @@ impl Run<'_> {
             });
             write_json(&trained, &serde_json::json!({ "report": report, "train": times["train"] }))?;
         }
-        StageCache::new("trained").publish(&self.train_key(method, names, regime, aligned)?, &self.run_dir, &Self::trained_files(cell))
+        StageCache::new("trained").publish_as(&self.train_key(method, names, regime, aligned)?, &self.run_dir, &Self::trained_files(cell))
     }
 
     /// Fine-tunes one cell from the aligned model, applies its defenses, evaluates.
@@ -89,7 +94,7 @@ impl Run<'_> {
         let trained_file = self.run_dir.join("trained").join(format!("{cell}.json"));
         let lora = matches!(plan.trainable, Trainable::Lora(_));
         // Trained weights of the same cell evaluated another way: evaluation only.
-        let restored = lora && StageCache::new("trained").restore(&train_key, &self.run_dir, &trained_rels)?;
+        let restored = lora && StageCache::new("trained").restore_as(&train_key, &self.run_dir, &trained_rels)?;
         let (report, train_stage) = if restored {
             say(self.quiet, format!("[{cell}] reusing cached trained weights {} (evaluation only)", &train_key[..16]));
             safetune_lora::load_peft(&mut *model, &adapter, &safetune_model::default_device())?;
@@ -125,7 +130,7 @@ impl Run<'_> {
             if let Trainable::Lora(l) = &plan.trainable {
                 safetune_lora::save_peft(&*model, l, &adapter)?;
                 safetune_lora::merge_adapters(&mut *model)?;
-                StageCache::new("trained").publish(&train_key, &self.run_dir, &trained_rels)?;
+                StageCache::new("trained").publish_as(&train_key, &self.run_dir, &trained_rels)?;
             } else {
                 model.freeze_all();
             }

@@ -268,10 +268,8 @@ impl Run<'_> {
         PathBuf::from("weights").join(format!("{cell}.safetensors"))
     }
 
-    /// The content key of a cell's trained weights: the aligned model, the
-    /// method and its settings, the stack and its options, the data and the
-    /// seed — everything but the evaluation (a cell evaluated another way
-    /// reuses them).
+    /// What a cell's keys hold besides the evaluation: the aligned model, the
+    /// method and its settings, the stack `names` and its options, the data.
     pub(crate) fn train_key_parts(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<serde_json::Value> {
         let spec = self.spec;
         // With every default filled in: writing a default out gives the same key.
@@ -294,8 +292,13 @@ impl Run<'_> {
         Ok(key)
     }
 
+    /// The content key of a cell's trained weights: [`Self::train_key_parts`] of the
+    /// defenses that shape training only, and the seed — everything but the evaluation
+    /// and a post-tuning repair (a cell evaluated or repaired another way reuses them: a
+    /// SafeLoRA cell's adapter is the undefended cell's).
     pub(crate) fn train_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
-        let mut key = self.train_key_parts(method, names, regime, aligned)?;
+        let training = crate::stack::training_defenses(&self.spec.defense_options, names)?;
+        let mut key = self.train_key_parts(method, &training, regime, aligned)?;
         // The cell key has these through its evaluation part.
         key["seed"] = self.spec.seed.into();
         key["template"] = serde_json::to_value(self.spec.data.template)?;

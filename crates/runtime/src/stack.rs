@@ -44,6 +44,21 @@ pub fn resolved_options(all: &DefenseOptions, name: &str) -> Result<serde_json::
     (registry::defense(name)?.resolve)(options(all, name))
 }
 
+/// The defenses of `names` that change what fine-tuning trains — an alignment objective, a
+/// data mix, a fine-tuning objective — in stack order. A post-tuning repair or an inference
+/// system prompt alone leaves the trained weights as they are without it, so cache keys of
+/// trained weights name these only.
+pub fn training_defenses(all: &DefenseOptions, names: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in names {
+        let trains = build_defense(all, name)?.parts().iter().any(|p| matches!(p, Part::AlignStep | Part::Mix | Part::Step));
+        if trains {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Resolves and builds a stack, checking that no two defenses fill the same part (data mixes
 /// excepted: they stack).
 pub fn build_stack(all: &DefenseOptions, names: &[String]) -> Result<Stack> {

@@ -32,33 +32,49 @@ impl StageCache {
     /// Copies the entry's files (paths relative to the run directory) into
     /// `run_dir`; false when the key is not cached.
     pub fn restore(&self, key: &str, run_dir: &Path, rels: &[PathBuf]) -> Result<bool> {
-        let entry = self.entry(key);
-        if !rels.iter().all(|r| entry.join(r).exists()) {
-            return Ok(false);
-        }
-        for r in rels {
-            copy_tree(&entry.join(r), &run_dir.join(r))?;
-        }
-        Ok(true)
+        self.restore_as(key, run_dir, &same_names(rels))
     }
 
     /// Publishes the stage's files from `run_dir` under the key. A failure to
     /// publish (another runner got there first, a full disk) loses nothing.
     pub fn publish(&self, key: &str, run_dir: &Path, rels: &[PathBuf]) -> Result<()> {
+        self.publish_as(key, run_dir, &same_names(rels))
+    }
+
+    /// [`Self::restore`] for files named differently in the entry and in the run
+    /// directory: `(entry path, run path)` pairs, so one entry serves cells of
+    /// different names.
+    pub fn restore_as(&self, key: &str, run_dir: &Path, files: &[(PathBuf, PathBuf)]) -> Result<bool> {
+        let entry = self.entry(key);
+        if !files.iter().all(|(e, _)| entry.join(e).exists()) {
+            return Ok(false);
+        }
+        for (e, r) in files {
+            copy_tree(&entry.join(e), &run_dir.join(r))?;
+        }
+        Ok(true)
+    }
+
+    /// [`Self::publish`] with `(entry path, run path)` pairs.
+    pub fn publish_as(&self, key: &str, run_dir: &Path, files: &[(PathBuf, PathBuf)]) -> Result<()> {
         let entry = self.entry(key);
         if entry.exists() {
             return Ok(());
         }
         let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        for r in rels {
-            copy_tree(&run_dir.join(r), &tmp.join(r))?;
+        for (e, r) in files {
+            copy_tree(&run_dir.join(r), &tmp.join(e))?;
         }
         if std::fs::rename(&tmp, &entry).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
         Ok(())
     }
+}
+
+fn same_names(rels: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
+    rels.iter().map(|r| (r.clone(), r.clone())).collect()
 }
 
 /// Copies a file or a directory tree; each file is written atomically.

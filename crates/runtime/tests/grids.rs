@@ -124,6 +124,64 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
 }
 
 #[test]
+fn post_tuning_repairs_reuse_the_undefended_cells_training() {
+    // SafeLoRA and Antidote change nothing fine-tuning trains: in one grid with the undefended
+    // cell they repair its trained adapter instead of training again, and each repaired cell
+    // equals the one a run that trained it afresh gives (every file, byte for byte).
+    let d = tmp("repairs");
+    let spec = tiny_spec(&d);
+    let stacks = |defenses: &str| {
+        format!(
+            "name = \"tiny-repairs\"\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\ndefenses = {defenses}\n\
+             [defense_options.safelora]\nmode = \"number\"\nk = 3\n"
+        )
+    };
+    std::fs::write(d.join("all.toml"), stacks(r#"[[], ["safelora"], ["antidote"], ["lisa"]]"#)).unwrap();
+    std::fs::write(d.join("one.toml"), stacks(r#"[["safelora"], ["antidote"]]"#)).unwrap();
+    let run = |overlay: &str, out: &str, cache: &str| {
+        let r = safetune(
+            &["run", spec.to_str().unwrap(), "--overlay", d.join(overlay).to_str().unwrap(), "--out", d.join(out).to_str().unwrap()],
+            &d.join(cache),
+        );
+        let log = String::from_utf8_lossy(&r.stderr).to_string();
+        assert!(r.status.success(), "{log}");
+        log
+    };
+    let log = run("all.toml", "out", "cache");
+    // The undefended cell and Lisa's (a fine-tuning objective) train; the two repairs do not.
+    assert_eq!(log.matches("fine-tuning on").count(), 2, "{log}");
+    assert!(log.contains("[sft-lora__high-harm] fine-tuning on") && log.contains("[sft-lora+lisa__high-harm] fine-tuning on"), "{log}");
+    for cell in ["sft-lora+safelora__high-harm", "sft-lora+antidote__high-harm"] {
+        assert!(log.contains(&format!("[{cell}] reusing cached trained weights")), "{log}");
+    }
+    let cell = |out: &str, name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join(out).join("tiny-repairs/cells").join(format!("{name}.json"))).unwrap())
+            .unwrap()
+    };
+    let safelora = cell("out", "sft-lora+safelora__high-harm");
+    assert_eq!(safelora["repaired"].as_array().unwrap().len(), 3, "number mode, k = 3");
+    let saved = candle_core::safetensors::load(
+        d.join("out/tiny-repairs/weights/sft-lora+safelora__high-harm.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(saved.len(), 3, "the evaluated weights are the repaired ones");
+    // Trained afresh (another cache, no undefended cell in the grid): the same repaired cells.
+    let log = run("one.toml", "fresh", "cache-fresh");
+    assert_eq!(log.matches("fine-tuning on").count(), 1, "{log}");
+    for name in ["sft-lora+safelora__high-harm", "sft-lora+antidote__high-harm"] {
+        let (a, b) = (cell("out", name), cell("fresh", name));
+        assert_eq!((&a["eval"], &a["repaired"], &a["train_losses"]), (&b["eval"], &b["repaired"], &b["train_losses"]), "{name}");
+        let weights = |out: &str| std::fs::read(d.join(out).join("tiny-repairs/weights").join(format!("{name}.safetensors"))).unwrap();
+        assert_eq!(weights("out"), weights("fresh"), "{name}");
+        let adapter =
+            |out: &str| std::fs::read(d.join(out).join("tiny-repairs/adapters").join(name).join("adapter_model.safetensors")).unwrap();
+        assert_eq!(adapter("out"), adapter("fresh"), "{name}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn sigkill_mid_run_then_rerun_gives_the_uninterrupted_results_without_recomputing_finished_cells() {
     let d = tmp("kill");
     let spec = tiny_spec(&d);
