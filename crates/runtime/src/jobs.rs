@@ -1,6 +1,6 @@
 //! `--jobs N`: cells fine-tuned in parallel worker processes. The parent keeps
 //! the lock, has already aligned and evaluated the shared models, and deals the
-//! pending cells round-robin to N workers; each worker runs the resolved spec
+//! pending cells round-robin to N workers, cells that train alike together; each worker runs the resolved spec
 //! (`spec.json`) restricted to its cells with cores / N compute threads, so
 //! the workers together use the machine's cores once.
 
@@ -21,12 +21,13 @@ fn workers(opts: &RunOptions, items: usize) -> Result<(usize, usize, std::path::
     Ok((jobs, (cores / jobs).max(1), exe))
 }
 
-/// Runs `cells` in `opts.jobs` worker processes and waits for all of them.
-pub fn run_workers(spec_json: &Path, opts: &RunOptions, cells: &[String]) -> Result<()> {
-    let (jobs, threads, exe) = workers(opts, cells.len())?;
+/// Runs the cells of `groups` in `opts.jobs` worker processes and waits for all of them;
+/// a group (cells that train alike, `RunPlan::training_groups`) goes to one worker whole.
+pub fn run_workers(spec_json: &Path, opts: &RunOptions, groups: &[Vec<String>]) -> Result<()> {
+    let (jobs, threads, exe) = workers(opts, groups.len())?;
     let mut children = Vec::new();
     for w in 0..jobs {
-        let mine: Vec<&str> = cells.iter().skip(w).step_by(jobs).map(String::as_str).collect();
+        let mine: Vec<&str> = groups.iter().skip(w).step_by(jobs).flatten().map(String::as_str).collect();
         let mut cmd = Command::new(&exe);
         cmd.args(opts.worker_args(spec_json, &opts.out)).arg("--worker-cells").arg(mine.join(","));
         cmd.env("RAYON_NUM_THREADS", threads.to_string());

@@ -129,7 +129,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let mut aligned: BTreeMap<Option<String>, Aligned> = BTreeMap::new();
     let mut keys = serde_json::Map::new();
     let mut published = Vec::new();
-    for d in plan.alignments {
+    for d in &plan.alignments {
         let a = r.aligned(d.as_deref())?;
         let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
         write_alignment_time(&r.run_dir, &label, &a)?;
@@ -141,7 +141,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
         r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;
         keys.insert(label, a.key.clone().into());
-        aligned.insert(d, a);
+        aligned.insert(d.clone(), a);
     }
     manifest["alignment"]["keys"] = serde_json::Value::Object(keys);
     crate::align::write_adapters_readme(&r.run_dir, &spec.model.source, &published)?;
@@ -169,8 +169,14 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         pending.push((c, key, rels));
     }
     if opts.jobs > 1 && pending.len() > 1 && opts.worker_cells.is_none() {
-        let cells: Vec<String> = pending.iter().map(|p| p.0.label.clone()).collect();
-        crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &cells)?;
+        let todo: std::collections::HashSet<&String> = pending.iter().map(|p| &p.0.label).collect();
+        let groups: Vec<Vec<String>> = plan
+            .training_groups(spec)?
+            .into_iter()
+            .map(|g| g.into_iter().filter(|l| todo.contains(l)).collect::<Vec<_>>())
+            .filter(|g| !g.is_empty())
+            .collect();
+        crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &groups)?;
     } else {
         for (c, key, rels) in pending {
             let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align])?;

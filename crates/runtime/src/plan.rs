@@ -7,7 +7,7 @@ use safetune_core::Result;
 use safetune_data::Regime;
 
 use crate::spec::RunSpec;
-use crate::stack::{build_stack, label};
+use crate::stack::{build_stack, label, training_defenses};
 
 /// One cell of the grid.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,11 +64,48 @@ impl RunPlan {
         }
         Ok(Self { alignments, cells })
     }
+
+    /// The cells' labels in groups that train alike — the same method, regime and alignment
+    /// and the same defenses that shape training ([`crate::stack::training_defenses`]): a
+    /// post-tuning repair's cell joins the cell it repairs. A worker (`--jobs`, a Slurm
+    /// array task) gets whole groups, so a group trains once and its other cells reuse the
+    /// weights rather than training the same thing beside it. Grid order throughout.
+    pub fn training_groups(&self, spec: &RunSpec) -> Result<Vec<Vec<String>>> {
+        type Key = (String, String, Option<String>, Vec<String>);
+        let mut groups: Vec<(Key, Vec<String>)> = Vec::new();
+        for c in &self.cells {
+            let key = (c.method.clone(), c.regime.clone(), c.align.clone(), training_defenses(&spec.defense_options, &c.defenses)?);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, labels)) => labels.push(c.label.clone()),
+                None => groups.push((key, vec![c.label.clone()])),
+            }
+        }
+        Ok(groups.into_iter().map(|(_, labels)| labels).collect())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repairs_join_the_cell_they_repair_in_one_training_group() {
+        let mut spec = RunSpec::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../presets/smoke.toml"))).unwrap();
+        spec.finetune.regimes = vec!["benign".into(), "high-harm".into()];
+        spec.finetune.defenses =
+            vec![vec!["safelora".into()], vec![], vec!["lisa".into()], vec!["lisa".into(), "antidote".into()], vec!["antidote".into()]];
+        let groups = RunPlan::of(&spec).unwrap().training_groups(&spec).unwrap();
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            groups,
+            vec![
+                g(&["sft-lora+safelora__benign", "sft-lora__benign", "sft-lora+antidote__benign"]),
+                g(&["sft-lora+safelora__high-harm", "sft-lora__high-harm", "sft-lora+antidote__high-harm"]),
+                g(&["sft-lora+lisa__benign", "sft-lora+lisa+antidote__benign"]),
+                g(&["sft-lora+lisa__high-harm", "sft-lora+lisa+antidote__high-harm"]),
+            ]
+        );
+    }
 
     #[test]
     fn cells_in_grid_order_with_one_alignment_per_alignment_defense() {

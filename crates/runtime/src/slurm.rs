@@ -1,7 +1,7 @@
 //! `safetune run SPEC --slurm`: the run as Slurm jobs. Per sub-run (one for a single
 //! run; task × seed for a grid): a preparation job (base evaluation, the aligned models
 //! and their evaluations, as a `--jobs` parent does before its workers), then a job array
-//! with one task per cell (`--worker-cells CELL`, started when the preparation succeeded,
+//! with one task per cell, or per group of cells that train alike (`--worker-cells CELL,...`, started when the preparation succeeded,
 //! requeue-safe: a cell file appears once, atomically, and a requeued task resumes its
 //! training from the last checkpoint), then one job that runs the whole spec again once
 //! every array succeeded: every stage is found done, and it writes the manifests and
@@ -78,7 +78,8 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
     for (s, dir) in &runs {
         let spec_json = staging.join(format!("{}.json", s.name));
         write_json(&spec_json, s)?;
-        let cells: Vec<String> = RunPlan::of(s)?.cells.into_iter().map(|c| c.label).collect();
+        // One line per group of cells that train alike (a repair with the cell it repairs).
+        let cells: Vec<String> = RunPlan::of(s)?.training_groups(s)?.into_iter().map(|g| g.join(",")).collect();
         std::fs::write(staging.join(format!("{}.cells", s.name)), cells.join("\n") + "\n")?;
         // Preparation: every stage before the cells (no cell matches an empty name).
         let prep_cmd = job_line(&how.exe, &spec_json, dir, opts, " --worker-cells ''");
@@ -86,7 +87,7 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
         args.extend(how.sbatch_args.iter().cloned());
         args.extend(["--wrap".into(), prep_cmd]);
         let prep = sbatch(&args)?;
-        // One array task per cell: the task's line of the cell list.
+        // One array task per line of the cell list.
         let script = staging.join(format!("{}.sh", s.name));
         let cell_list = staging.join(format!("{}.cells", s.name));
         std::fs::write(

@@ -178,6 +178,26 @@ fn post_tuning_repairs_reuse_the_undefended_cells_training() {
             |out: &str| std::fs::read(d.join(out).join("tiny-repairs/adapters").join(name).join("adapter_model.safetensors")).unwrap();
         assert_eq!(adapter("out"), adapter("fresh"), "{name}");
     }
+    // --jobs 2 in a fresh cache: a repair goes to the worker of the cell it repairs, so
+    // still two trainings, and the same results.
+    let r = safetune(
+        &[
+            "run",
+            spec.to_str().unwrap(),
+            "--overlay",
+            d.join("all.toml").to_str().unwrap(),
+            "--out",
+            d.join("outj").to_str().unwrap(),
+            "--jobs",
+            "2",
+        ],
+        &d.join("cache-jobs"),
+    );
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert_eq!(log.matches("fine-tuning on").count(), 2, "{log}");
+    assert!(log.contains("sft-lora__high-harm, sft-lora+safelora__high-harm, sft-lora+antidote__high-harm"), "{log}");
+    assert_eq!(files(&d.join("outj/tiny-repairs")), files(&d.join("out/tiny-repairs")));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
