@@ -139,7 +139,11 @@ impl Server {
         let out = match on_token {
             None => model.generate(prompts, &chat.params)?,
             Some(on_token) => {
-                let settled = |_: usize, ids: &[u32]| tok.decode(ids).is_ok_and(|text| !on_token(&text));
+                let text = Mutex::new(Incremental::default());
+                let settled = |_: usize, ids: &[u32]| {
+                    let Ok(mut text) = text.lock() else { return true };
+                    text.advance(tok, ids).is_ok_and(|t| !on_token(t))
+                };
                 model.generate_until(prompts, &chat.params, &settled)?
             }
         }
@@ -216,6 +220,35 @@ impl Server {
 
 /// Called after each new token with the text so far; false ends the generation.
 type OnToken<'a> = dyn Fn(&str) -> bool + Sync + 'a;
+
+/// The text of a growing answer, decoded a few tokens at a time instead of whole after
+/// every token (quadratic in its length). Each step decodes the tokens since `prefix`
+/// twice — up to `read` and to the end — and appends the difference once it ends in a
+/// whole character: both decodes start at the same token, so a tokenizer that drops a
+/// leading space at the start of a decode drops it from both. Should the shorter decode
+/// ever not start the longer one, the whole answer is decoded instead.
+#[derive(Default)]
+struct Incremental {
+    prefix: usize,
+    read: usize,
+    text: String,
+}
+
+impl Incremental {
+    fn advance(&mut self, tok: &dyn safetune_core::Tokenize, ids: &[u32]) -> Result<&str> {
+        let before = tok.decode(&ids[self.prefix..self.read])?;
+        let now = tok.decode(&ids[self.prefix..])?;
+        if now.ends_with('\u{FFFD}') {
+            return Ok(&self.text);
+        }
+        match now.strip_prefix(before.as_str()) {
+            Some(new) => self.text.push_str(new),
+            None => self.text = tok.decode(ids)?,
+        }
+        (self.prefix, self.read) = (self.read, ids.len());
+        Ok(&self.text)
+    }
+}
 
 /// A parsed chat-completion request.
 struct Chat {
@@ -343,4 +376,53 @@ pub fn serve_with(
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Incremental;
+    use safetune_core::{Result, Tokenize};
+
+    /// One token per byte, decoded lossily (a split character shows as U+FFFD, as byte-level
+    /// BPE does); `strip` drops a leading space at the start of every decode, as SentencePiece
+    /// tokenizers do.
+    struct Bytes {
+        strip: bool,
+    }
+
+    impl Tokenize for Bytes {
+        fn encode(&self, text: &str) -> Result<Vec<u32>> {
+            Ok(text.bytes().map(u32::from).collect())
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String> {
+            let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            Ok(if self.strip { text.strip_prefix(' ').unwrap_or(&text).to_string() } else { text })
+        }
+        fn stop_ids(&self) -> &[u32] {
+            &[]
+        }
+        fn pad_id(&self) -> u32 {
+            0
+        }
+    }
+
+    #[test]
+    fn incremental_text_is_the_whole_decode_without_a_split_character() {
+        for strip in [false, true] {
+            let tok = Bytes { strip };
+            let ids = tok.encode(" héllo wörld ✓ done").unwrap();
+            let whole = tok.decode(&ids).unwrap();
+            let mut inc = Incremental::default();
+            for n in 1..=ids.len() {
+                let text = inc.advance(&tok, &ids[..n]).unwrap().to_string();
+                assert!(!text.contains('\u{FFFD}'), "{text:?}");
+                assert!(whole.starts_with(&text), "{text:?} is not a prefix of {whole:?}");
+                // Every whole character so far is there.
+                let so_far = tok.decode(&ids[..n]).unwrap();
+                assert_eq!(text, so_far.trim_end_matches('\u{FFFD}'), "after {n} tokens");
+            }
+            assert_eq!(inc.text, whole);
+        }
+    }
 }
