@@ -1,8 +1,8 @@
 //! `--jobs N`: cells fine-tuned in parallel worker processes. The parent keeps
 //! the lock, has already aligned and evaluated the shared models, and deals the
-//! pending cells round-robin to N workers, cells that train alike together; each worker runs the resolved spec
-//! (`spec.json`) restricted to its cells with cores / N compute threads, so
-//! the workers together use the machine's cores once.
+//! pending cells round-robin to N workers, cells that train alike together; each
+//! worker runs the resolved spec (`spec.json`) restricted to its cells with
+//! cores / N compute threads, so the workers together use the machine's cores once.
 
 use std::path::Path;
 use std::process::Command;

@@ -171,7 +171,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     if opts.jobs > 1 && pending.len() > 1 && opts.worker_cells.is_none() {
         let todo: std::collections::HashSet<&String> = pending.iter().map(|p| &p.0.label).collect();
         let groups: Vec<Vec<String>> = plan
-            .training_groups(spec)?
+            .training_groups()
             .into_iter()
             .map(|g| g.into_iter().filter(|l| todo.contains(l)).collect::<Vec<_>>())
             .filter(|g| !g.is_empty())

@@ -7,7 +7,7 @@ use safetune_core::Result;
 use safetune_data::Regime;
 
 use crate::spec::RunSpec;
-use crate::stack::{build_stack, label, training_defenses};
+use crate::stack::{build_stack, label};
 
 /// One cell of the grid.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,8 @@ pub(crate) struct CellPlan {
     pub label: String,
     /// The alignment-stage defense of its stack (none: the plain aligned model).
     pub align: Option<String>,
+    /// The defenses of its stack that shape training (`Stack::training`).
+    pub training: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,19 +40,22 @@ impl RunPlan {
         for regime in &spec.finetune.regimes {
             Regime::parse(regime).map_err(|e| anyhow!("finetune.regimes: {e}"))?;
         }
-        let stacks: Vec<(Vec<String>, Option<String>)> = spec
+        let stacks: Vec<(Vec<String>, Option<String>, Vec<String>)> = spec
             .finetune
             .defenses
             .iter()
-            .map(|names| Ok((names.clone(), build_stack(&spec.defense_options, names)?.align)))
+            .map(|names| {
+                let stack = build_stack(&spec.defense_options, names)?;
+                Ok((names.clone(), stack.align, stack.training))
+            })
             .collect::<Result<_>>()?;
-        for (_, align) in &stacks {
+        for (_, align, _) in &stacks {
             if !alignments.contains(align) {
                 alignments.push(align.clone());
             }
         }
         for method in &spec.finetune.methods {
-            for (names, align) in &stacks {
+            for (names, align, training) in &stacks {
                 for regime in &spec.finetune.regimes {
                     cells.push(CellPlan {
                         method: method.clone(),
@@ -58,6 +63,7 @@ impl RunPlan {
                         regime: regime.clone(),
                         label: format!("{}__{regime}", label(method, names)),
                         align: align.clone(),
+                        training: training.clone(),
                     });
                 }
             }
@@ -66,21 +72,20 @@ impl RunPlan {
     }
 
     /// The cells' labels in groups that train alike — the same method, regime and alignment
-    /// and the same defenses that shape training ([`crate::stack::training_defenses`]): a
-    /// post-tuning repair's cell joins the cell it repairs. A worker (`--jobs`, a Slurm
-    /// array task) gets whole groups, so a group trains once and its other cells reuse the
-    /// weights rather than training the same thing beside it. Grid order throughout.
-    pub fn training_groups(&self, spec: &RunSpec) -> Result<Vec<Vec<String>>> {
-        type Key = (String, String, Option<String>, Vec<String>);
-        let mut groups: Vec<(Key, Vec<String>)> = Vec::new();
+    /// and the same defenses that shape training (`CellPlan::training`): a post-tuning
+    /// repair's cell joins the cell it repairs. A worker (`--jobs`, a Slurm array task) gets
+    /// whole groups, so a group trains once and its other cells reuse the weights rather
+    /// than training the same thing beside it. Grid order throughout.
+    pub fn training_groups(&self) -> Vec<Vec<String>> {
+        let mut groups: Vec<(&CellPlan, Vec<String>)> = Vec::new();
         for c in &self.cells {
-            let key = (c.method.clone(), c.regime.clone(), c.align.clone(), training_defenses(&spec.defense_options, &c.defenses)?);
-            match groups.iter_mut().find(|(k, _)| *k == key) {
+            let alike = |g: &CellPlan| (&g.method, &g.regime, &g.align, &g.training) == (&c.method, &c.regime, &c.align, &c.training);
+            match groups.iter_mut().find(|(g, _)| alike(g)) {
                 Some((_, labels)) => labels.push(c.label.clone()),
-                None => groups.push((key, vec![c.label.clone()])),
+                None => groups.push((c, vec![c.label.clone()])),
             }
         }
-        Ok(groups.into_iter().map(|(_, labels)| labels).collect())
+        groups.into_iter().map(|(_, labels)| labels).collect()
     }
 }
 
@@ -94,7 +99,7 @@ mod tests {
         spec.finetune.regimes = vec!["benign".into(), "high-harm".into()];
         spec.finetune.defenses =
             vec![vec!["safelora".into()], vec![], vec!["lisa".into()], vec!["lisa".into(), "antidote".into()], vec!["antidote".into()]];
-        let groups = RunPlan::of(&spec).unwrap().training_groups(&spec).unwrap();
+        let groups = RunPlan::of(&spec).unwrap().training_groups();
         let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             groups,

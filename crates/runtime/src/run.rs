@@ -297,7 +297,7 @@ impl Run<'_> {
     /// and a post-tuning repair (a cell evaluated or repaired another way reuses them: a
     /// SafeLoRA cell's adapter is the undefended cell's).
     pub(crate) fn train_key(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<String> {
-        let training = crate::stack::training_defenses(&self.spec.defense_options, names)?;
+        let training = crate::stack::build_stack(&self.spec.defense_options, names)?.training;
         let mut key = self.train_key_parts(method, &training, regime, aligned)?;
         // The cell key has these through its evaluation part.
         key["seed"] = self.spec.seed.into();

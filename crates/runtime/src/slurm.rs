@@ -1,9 +1,10 @@
 //! `safetune run SPEC --slurm`: the run as Slurm jobs. Per sub-run (one for a single
 //! run; task × seed for a grid): a preparation job (base evaluation, the aligned models
 //! and their evaluations, as a `--jobs` parent does before its workers), then a job array
-//! with one task per cell, or per group of cells that train alike (`--worker-cells CELL,...`, started when the preparation succeeded,
-//! requeue-safe: a cell file appears once, atomically, and a requeued task resumes its
-//! training from the last checkpoint), then one job that runs the whole spec again once
+//! with one task per cell, or per group of cells that train alike (`--worker-cells
+//! CELL,...`, started when the preparation succeeded, requeue-safe: a cell file appears
+//! once, atomically, and a requeued task resumes its training from the last
+//! checkpoint), then one job that runs the whole spec again once
 //! every array succeeded: every stage is found done, and it writes the manifests and
 //! reports. Results directory and stage cache must be on storage every node sees.
 
@@ -79,7 +80,7 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
         let spec_json = staging.join(format!("{}.json", s.name));
         write_json(&spec_json, s)?;
         // One line per group of cells that train alike (a repair with the cell it repairs).
-        let cells: Vec<String> = RunPlan::of(s)?.training_groups(s)?.into_iter().map(|g| g.join(",")).collect();
+        let cells: Vec<String> = RunPlan::of(s)?.training_groups().into_iter().map(|g| g.join(",")).collect();
         std::fs::write(staging.join(format!("{}.cells", s.name)), cells.join("\n") + "\n")?;
         // Preparation: every stage before the cells (no cell matches an empty name).
         let prep_cmd = job_line(&how.exe, &spec_json, dir, opts, " --worker-cells ''");

@@ -28,6 +28,11 @@ pub struct Stack {
     pub mixes: Vec<Box<dyn DataMix>>,
     pub system_prompt: Option<SystemPrompt>,
     pub repair: Option<Box<dyn Repair>>,
+    /// The defenses that change what fine-tuning trains — an alignment objective, a data
+    /// mix, a fine-tuning objective — in stack order. A post-tuning repair or an inference
+    /// system prompt alone leaves the trained weights as they are without it, so cache keys
+    /// of trained weights name these only.
+    pub training: Vec<String>,
 }
 
 fn options<'a>(all: &'a DefenseOptions, name: &str) -> &'a serde_json::Value {
@@ -44,21 +49,6 @@ pub fn resolved_options(all: &DefenseOptions, name: &str) -> Result<serde_json::
     (registry::defense(name)?.resolve)(options(all, name))
 }
 
-/// The defenses of `names` that change what fine-tuning trains — an alignment objective, a
-/// data mix, a fine-tuning objective — in stack order. A post-tuning repair or an inference
-/// system prompt alone leaves the trained weights as they are without it, so cache keys of
-/// trained weights name these only.
-pub fn training_defenses(all: &DefenseOptions, names: &[String]) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for name in names {
-        let trains = build_defense(all, name)?.parts().iter().any(|p| matches!(p, Part::AlignStep | Part::Mix | Part::Step));
-        if trains {
-            out.push(name.clone());
-        }
-    }
-    Ok(out)
-}
-
 /// Resolves and builds a stack, checking that no two defenses fill the same part (data mixes
 /// excepted: they stack).
 pub fn build_stack(all: &DefenseOptions, names: &[String]) -> Result<Stack> {
@@ -71,6 +61,9 @@ pub fn build_stack(all: &DefenseOptions, names: &[String]) -> Result<Stack> {
                 bail!("stack {names:?}: `{other}` and `{name}` both give the {} (one per stack)", part.as_str());
             }
             filled.push((part, name));
+        }
+        if plan.parts().iter().any(|p| matches!(p, Part::AlignStep | Part::Mix | Part::Step)) {
+            s.training.push(name.clone());
         }
         let DefensePlan { align_step, mix, step, system_prompt, repair } = plan;
         if align_step.is_some() {

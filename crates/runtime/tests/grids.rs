@@ -138,16 +138,15 @@ fn post_tuning_repairs_reuse_the_undefended_cells_training() {
     };
     std::fs::write(d.join("all.toml"), stacks(r#"[[], ["safelora"], ["antidote"], ["lisa"]]"#)).unwrap();
     std::fs::write(d.join("one.toml"), stacks(r#"[["safelora"], ["antidote"]]"#)).unwrap();
-    let run = |overlay: &str, out: &str, cache: &str| {
-        let r = safetune(
-            &["run", spec.to_str().unwrap(), "--overlay", d.join(overlay).to_str().unwrap(), "--out", d.join(out).to_str().unwrap()],
-            &d.join(cache),
-        );
+    let run = |overlay: &str, out: &str, cache: &str, extra: &[&str]| {
+        let (overlay, out) = (d.join(overlay), d.join(out));
+        let args = ["run", spec.to_str().unwrap(), "--overlay", overlay.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        let r = safetune(&[&args[..], extra].concat(), &d.join(cache));
         let log = String::from_utf8_lossy(&r.stderr).to_string();
         assert!(r.status.success(), "{log}");
         log
     };
-    let log = run("all.toml", "out", "cache");
+    let log = run("all.toml", "out", "cache", &[]);
     // The undefended cell and Lisa's (a fine-tuning objective) train; the two repairs do not.
     assert_eq!(log.matches("fine-tuning on").count(), 2, "{log}");
     assert!(log.contains("[sft-lora__high-harm] fine-tuning on") && log.contains("[sft-lora+lisa__high-harm] fine-tuning on"), "{log}");
@@ -167,7 +166,7 @@ fn post_tuning_repairs_reuse_the_undefended_cells_training() {
     .unwrap();
     assert_eq!(saved.len(), 3, "the evaluated weights are the repaired ones");
     // Trained afresh (another cache, no undefended cell in the grid): the same repaired cells.
-    let log = run("one.toml", "fresh", "cache-fresh");
+    let log = run("one.toml", "fresh", "cache-fresh", &[]);
     assert_eq!(log.matches("fine-tuning on").count(), 1, "{log}");
     for name in ["sft-lora+safelora__high-harm", "sft-lora+antidote__high-harm"] {
         let (a, b) = (cell("out", name), cell("fresh", name));
@@ -180,21 +179,7 @@ fn post_tuning_repairs_reuse_the_undefended_cells_training() {
     }
     // --jobs 2 in a fresh cache: a repair goes to the worker of the cell it repairs, so
     // still two trainings, and the same results.
-    let r = safetune(
-        &[
-            "run",
-            spec.to_str().unwrap(),
-            "--overlay",
-            d.join("all.toml").to_str().unwrap(),
-            "--out",
-            d.join("outj").to_str().unwrap(),
-            "--jobs",
-            "2",
-        ],
-        &d.join("cache-jobs"),
-    );
-    let log = String::from_utf8_lossy(&r.stderr).to_string();
-    assert!(r.status.success(), "{log}");
+    let log = run("all.toml", "outj", "cache-jobs", &["--jobs", "2"]);
     assert_eq!(log.matches("fine-tuning on").count(), 2, "{log}");
     assert!(log.contains("sft-lora__high-harm, sft-lora+safelora__high-harm, sft-lora+antidote__high-harm"), "{log}");
     assert_eq!(files(&d.join("outj/tiny-repairs")), files(&d.join("out/tiny-repairs")));
