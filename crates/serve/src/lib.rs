@@ -130,8 +130,8 @@ impl Server {
     }
 
     /// Generates `chat`'s answer and its text; `on_token(text so far)` after each new
-    /// token (holding the model: it must not call back into the server) ends the
-    /// generation early when it returns false.
+    /// token (whole characters only, see [`Incremental`]; holding the model: it must not
+    /// call back into the server) ends the generation early when it returns false.
     fn generate(&self, chat: &Chat, on_token: Option<&OnToken<'_>>) -> Result<(Vec<u32>, String)> {
         let model = self.model.lock().map_err(|_| anyhow!("the model is unavailable after an earlier failure"))?;
         let tok = model.tokenizer();
@@ -187,18 +187,13 @@ impl Server {
             return Ok(());
         }
         let sent = Mutex::new(String::new());
-        // The text the client may have so far: trimmed, and short of a character still being spelled.
-        let ready = |text: &str| {
-            let text = text.trim();
-            text.strip_suffix('\u{FFFD}').unwrap_or(text).to_string()
-        };
         let send_new = |text: &str| -> bool {
             let Ok(mut sent) = sent.lock() else { return false };
             let Some(piece) = text.strip_prefix(sent.as_str()).filter(|p| !p.is_empty()).map(str::to_string) else { return true };
             *sent = text.to_string();
             tx.blocking_send(chunk(serde_json::json!({ "content": piece }), None)).is_ok()
         };
-        let (out, text) = self.generate(chat, Some(&|text: &str| send_new(&ready(text))))?;
+        let (out, text) = self.generate(chat, Some(&|text: &str| send_new(text.trim())))?;
         if tx.is_closed() {
             // The generation ends at the token whose piece found the client gone.
             safetune_core::tracing::info!(
