@@ -16,8 +16,6 @@ pub struct Request {
     pub method: String,
     /// The request target, e.g. `/v1/chat/completions`.
     pub path: String,
-    /// Header names lower-cased.
-    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -126,22 +124,17 @@ fn read_request(stream: &mut std::net::TcpStream, index: usize) -> Option<Reques
     let mut parts = first.split_whitespace();
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
-    let mut headers = Vec::new();
     let mut len = 0usize;
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-            if k == "content-length" {
-                len = v.parse().unwrap_or(0);
-            }
-            headers.push((k, v));
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
         }
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).ok()?;
-    Some(Request { index, method, path, headers, body })
+    Some(Request { index, method, path, body })
 }
