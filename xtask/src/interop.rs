@@ -70,7 +70,7 @@ pub fn interop(args: InteropArgs) {
     }
     let bin = crate::safetune_bin();
     let py = crate::perf::python_with(&["openai", "torch", "transformers", "peft"]);
-    let dir = root().join("target/interop");
+    let dir = crate::target_dir().join("interop");
     let script = root().join("xtask/interop/check.py");
     let base = dir.join("base-hf");
     export(&bin, &[], &base);

@@ -171,11 +171,16 @@ fn bench_all(preset: String, overlays: Vec<PathBuf>, data_dir: Option<PathBuf>, 
     run(&mut cmd);
 }
 
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR` (relative to the workspace root, where
+/// every nested cargo runs) or `target/`.
+fn target_dir() -> PathBuf {
+    root().join(std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()).unwrap_or_else(|| "target".into()))
+}
+
 /// Builds `safetune`, fetches the model, and returns the binary's path.
 fn safetune_bin() -> PathBuf {
     run(cargo().args(["build", "--quiet", "-p", "safetune-runtime", "--bin", "safetune"]));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let bin = target.join("debug/safetune");
+    let bin = target_dir().join("debug/safetune");
     run(Command::new(&bin).args(["model", "fetch", "smollm2-135m-instruct"]).stdout(std::process::Stdio::null()));
     bin
 }

@@ -70,7 +70,7 @@ pub(crate) fn python_with(packages: &[&str]) -> PathBuf {
     if let Some(py) = std::env::var_os("SAFETUNE_PERF_PYTHON") {
         return PathBuf::from(py);
     }
-    let venv = root().join("target/perf-venv");
+    let venv = crate::target_dir().join("perf-venv");
     let py = venv.join("bin/python");
     if !py.exists() {
         eprintln!("[python] creating {}", venv.display());
@@ -111,11 +111,11 @@ pub fn perf(args: PerfArgs) {
     let PerfArgs { reps, quick, only, compare_torch: torch } = args;
     let root = root();
     run(cargo().args(["build", "--quiet", "--release", "-p", "safetune-train", "--example", "perf"]));
-    let exe = root.join(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("release/examples/perf");
-    run(cargo().args(["run", "--quiet", "-p", "safetune-runtime", "--bin", "safetune", "--", "model", "fetch", "smollm2-135m-instruct"]));
+    let exe = crate::target_dir().join("release/examples/perf");
+    let bin = crate::safetune_bin();
     let model = String::from_utf8(
-        cargo()
-            .args(["run", "--quiet", "-p", "safetune-runtime", "--bin", "safetune", "--", "model", "path", "smollm2-135m-instruct"])
+        Command::new(&bin)
+            .args(["model", "path", "smollm2-135m-instruct"])
             .output()
             .unwrap_or_else(|e| fail(&format!("model path: {e}")))
             .stdout,
@@ -123,7 +123,7 @@ pub fn perf(args: PerfArgs) {
     .unwrap_or_default()
     .trim()
     .to_string();
-    let hf_dir = root.join("target/perf-hf");
+    let hf_dir = crate::target_dir().join("perf-hf");
     let py = torch.then(|| {
         if !hf_dir.join("config.json").exists() {
             measure(Command::new(&exe).arg(&model).arg("export").arg(&hf_dir), "export");

@@ -174,7 +174,9 @@ fn api_key_and_the_remote_judge_end_to_end() {
     assert_eq!(post(&s.url, body, Some("s3cret")).0, 200);
     // The remote judge without the key: a one-line authentication error.
     let opts = |key_env: &str| serde_json::json!({ "base_url": s.url, "model": "tiny", "api_key_env": key_env, "cache": false, "retries": 0, "timeout_s": 30.0 });
-    let build = |v: serde_json::Value| safetune_judge_remote::RemoteJudge::new(serde_json::from_value(v).unwrap()).unwrap();
+    let build = |v: serde_json::Value| {
+        safetune_judge_remote::RemoteJudge::new(safetune_judge_remote::RemoteConfig::from_options(&v, "judge_options").unwrap()).unwrap()
+    };
     let judge = build(opts("SAFETUNE_UNSET_KEY_VAR"));
     let err = judge.judge("a request", "an answer").unwrap_err().to_string();
     assert!(err.contains("authentication failed"), "{err}");

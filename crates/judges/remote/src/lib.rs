@@ -13,7 +13,7 @@ mod rubric;
 
 use std::path::PathBuf;
 
-use safetune_core::anyhow::anyhow;
+use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::judge::{Judge, Judgement, Verdict};
 use safetune_core::registry::{inventory, options, JudgeEntry};
 use safetune_core::Result;
@@ -25,57 +25,68 @@ use endpoint::{hash, Endpoint};
 pub use grader::RemoteGrader;
 pub use rubric::{Rubric, RubricFile};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
+/// The remote judge's options (`eval.judge_options`): where the grading model is served
+/// ([`EndpointConfig`], the same keys as the MT-Bench grader's) and how it grades.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct RemoteConfig {
-    /// Up to and including `/v1`, e.g. `http://127.0.0.1:8080/v1` (`safetune serve`) or `https://api.openai.com/v1`.
-    pub base_url: String,
-    pub model: String,
-    /// The environment variable holding the API key (sent as a bearer token when set).
-    pub api_key_env: String,
+    #[serde(flatten)]
+    pub endpoint: EndpointConfig,
     pub rubric: Rubric,
     /// A rubric file (TOML: `user` prompt with `{request}` and `{answer}`, optional `system`,
     /// `scale`, `score_field`, `max_tokens`; see [`RubricFile`]) used instead of `rubric`, e.g.
     /// a paper's published grading prompt. Relative to the spec file that names it.
     pub rubric_file: Option<PathBuf>,
-    /// Requests in flight at once.
-    pub concurrency: usize,
-    pub timeout_s: f64,
-    /// Extra attempts after a timeout, a connection error, 429 or 5xx.
-    pub retries: usize,
-    /// Cache replies under `<cache>/judge/` (the safetune cache directory).
-    pub cache: bool,
 }
 
 impl Default for RemoteConfig {
     fn default() -> Self {
-        let e = EndpointConfig::default();
-        Self {
-            base_url: e.base_url,
-            model: e.model,
-            api_key_env: e.api_key_env,
-            rubric: Rubric::QiHarmfulness,
-            rubric_file: None,
-            concurrency: e.concurrency,
-            timeout_s: e.timeout_s,
-            retries: e.retries,
-            cache: e.cache,
-        }
+        Self { endpoint: EndpointConfig::default(), rubric: Rubric::QiHarmfulness, rubric_file: None }
+    }
+}
+
+/// The keys of [`RemoteConfig`] that are not the endpoint's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct GradingOptions {
+    rubric: Rubric,
+    rubric_file: Option<PathBuf>,
+}
+
+impl Default for GradingOptions {
+    fn default() -> Self {
+        let d = RemoteConfig::default();
+        Self { rubric: d.rubric, rubric_file: d.rubric_file }
     }
 }
 
 impl RemoteConfig {
-    /// The endpoint part of the options.
-    pub fn endpoint(&self) -> EndpointConfig {
-        EndpointConfig {
-            base_url: self.base_url.clone(),
-            model: self.model.clone(),
-            api_key_env: self.api_key_env.clone(),
-            concurrency: self.concurrency,
-            timeout_s: self.timeout_s,
-            retries: self.retries,
-            cache: self.cache,
+    /// Reads the options table at `path` of a spec (`null`: the defaults). serde cannot deny
+    /// unknown keys through `flatten`: the keys are checked against this type's schema, then
+    /// the table is split into the grading keys and the endpoint's.
+    pub fn from_options(v: &serde_json::Value, path: &str) -> Result<Self> {
+        let (mut grading, mut rest) = (serde_json::Map::new(), serde_json::Map::new());
+        match v {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(m) => {
+                let schema = safetune_core::registry::schema_of::<Self>();
+                let known: Vec<&String> = schema["properties"].as_object().map(|p| p.keys().collect()).unwrap_or_default();
+                if let Some(k) = m.keys().find(|k| !known.contains(k)) {
+                    let known: Vec<&str> = known.iter().map(|k| k.as_str()).collect();
+                    bail!("{path}.{k}: unknown key (known: {})", known.join(", "));
+                }
+                for (k, x) in m {
+                    let part = if k == "rubric" || k == "rubric_file" { &mut grading } else { &mut rest };
+                    part.insert(k.clone(), x.clone());
+                }
+            }
+            other => {
+                options::<EndpointConfig>(other, path)?;
+                bail!("{path}: expected a table of options")
+            }
         }
+        let endpoint: EndpointConfig = options(&serde_json::Value::Object(rest), path)?;
+        let g: GradingOptions = options(&serde_json::Value::Object(grading), path)?;
+        Ok(Self { endpoint, rubric: g.rubric, rubric_file: g.rubric_file })
     }
 }
 
@@ -132,7 +143,7 @@ impl RemoteJudge {
             }
             None => Grading::BuiltIn(cfg.rubric),
         };
-        let endpoint = Endpoint::new(cfg.endpoint(), "remote judge", "judges.remote", &grading.id(), cache_root)?;
+        let endpoint = Endpoint::new(cfg.endpoint, "remote judge", "judges.remote", &grading.id(), cache_root)?;
         Ok(Self { endpoint, grading })
     }
 
@@ -174,10 +185,30 @@ impl Judge for RemoteJudge {
 }
 
 fn build(v: &serde_json::Value) -> Result<Box<dyn Judge>> {
-    let cfg: RemoteConfig = options(v, "eval.judge_options")?;
+    let cfg = RemoteConfig::from_options(v, "eval.judge_options")?;
     Ok(Box::new(RemoteJudge::new(cfg)?))
 }
 
 inventory::submit! {
     JudgeEntry { name: "remote", description: "an OpenAI-compatible chat endpoint grades each answer (eval.judge_options: base_url, model, rubric qi-harmfulness|strongreject, api_key_env, concurrency, timeout_s, retries)", build }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_read_both_parts_and_name_an_unknown_key() {
+        let v = serde_json::json!({ "base_url": "http://h/v1", "retries": 7, "rubric": "strongreject" });
+        let c = RemoteConfig::from_options(&v, "eval.judge_options").unwrap();
+        assert_eq!((c.endpoint.base_url.as_str(), c.endpoint.retries, c.rubric), ("http://h/v1", 7, Rubric::Strongreject));
+        assert_eq!(c.endpoint.concurrency, EndpointConfig::default().concurrency);
+        assert_eq!(RemoteConfig::from_options(&serde_json::Value::Null, "x").unwrap(), RemoteConfig::default());
+        let typo = RemoteConfig::from_options(&serde_json::json!({ "retires": 2 }), "eval.judge_options").unwrap_err().to_string();
+        assert!(typo.starts_with("eval.judge_options.retires: unknown key (known: "), "{typo}");
+        assert!(typo.contains("retries") && typo.contains("rubric_file"), "{typo}");
+        let bad = RemoteConfig::from_options(&serde_json::json!({ "rubric": "nope" }), "eval.judge_options").unwrap_err().to_string();
+        assert!(bad.starts_with("eval.judge_options.rubric"), "{bad}");
+        assert!(RemoteConfig::from_options(&serde_json::json!(3), "eval.judge_options").is_err());
+    }
 }

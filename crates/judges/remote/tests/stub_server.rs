@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use safetune_core::judge::{Judge, Verdict};
-use safetune_judge_remote::{RemoteConfig, RemoteJudge, Rubric};
+use safetune_judge_remote::{EndpointConfig, RemoteConfig, RemoteJudge, Rubric};
 use safetune_test_support::{Loopback, Response};
 
 /// What the stub does with the n-th request (0-based) and its body.
@@ -22,11 +22,14 @@ fn chat(content: &str) -> String {
 
 fn judge(url: &str, f: impl FnOnce(&mut RemoteConfig)) -> RemoteJudge {
     let mut cfg = RemoteConfig {
-        base_url: url.into(),
-        api_key_env: "SAFETUNE_TEST_KEY_THAT_IS_NOT_SET".into(),
-        cache: false,
-        timeout_s: 2.0,
-        retries: 2,
+        endpoint: EndpointConfig {
+            base_url: url.into(),
+            api_key_env: "SAFETUNE_TEST_KEY_THAT_IS_NOT_SET".into(),
+            cache: false,
+            timeout_s: 2.0,
+            retries: 2,
+            ..Default::default()
+        },
         ..Default::default()
     };
     f(&mut cfg);
@@ -40,7 +43,7 @@ fn scores_become_verdicts_in_order_with_bounded_concurrency() {
         let digit = body.split("grade-").nth(1).and_then(|s| s.chars().next()).unwrap_or('1');
         Some((200, chat(&format!("#score: {digit}"))))
     }));
-    let j = judge(&url, |c| c.concurrency = 3);
+    let j = judge(&url, |c| c.endpoint.concurrency = 3);
     let pairs: Vec<(String, String)> =
         (1..=5).map(|i| ("a request".to_string(), format!("grade-{i}"))).chain([("p".into(), "  ".into())]).collect();
     let out = j.judge_all(&pairs).unwrap();
@@ -66,8 +69,8 @@ fn server_errors_are_retried_then_succeed() {
 fn a_server_that_never_answers_times_out_with_a_clear_error() {
     let (url, _) = stub(Arc::new(|_, _: &str| None));
     let j = judge(&url, |c| {
-        c.timeout_s = 0.5;
-        c.retries = 1;
+        c.endpoint.timeout_s = 0.5;
+        c.endpoint.retries = 1;
     });
     let t = std::time::Instant::now();
     let err = j.judge("p", "an answer").unwrap_err().to_string();
@@ -95,13 +98,19 @@ fn replies_are_cached_on_disk_by_content() {
     let cache = std::env::temp_dir().join(format!("safetune-judge-cache-{}", std::process::id()));
     let (url, count) = stub(Arc::new(|_, _: &str| Some((200, chat("#score: 4")))));
     let j = RemoteJudge::with_cache_dir(
-        RemoteConfig { base_url: url.clone(), cache: true, api_key_env: "UNSET_X".into(), ..Default::default() },
+        RemoteConfig {
+            endpoint: EndpointConfig { base_url: url.clone(), cache: true, api_key_env: "UNSET_X".into(), ..Default::default() },
+            ..Default::default()
+        },
         &cache,
     )
     .unwrap();
     assert_eq!(j.judge_scored("p", "answer").unwrap().harm, Some(0.75));
     let again = RemoteJudge::with_cache_dir(
-        RemoteConfig { base_url: url, cache: true, api_key_env: "UNSET_X".into(), ..Default::default() },
+        RemoteConfig {
+            endpoint: EndpointConfig { base_url: url, cache: true, api_key_env: "UNSET_X".into(), ..Default::default() },
+            ..Default::default()
+        },
         &cache,
     )
     .unwrap();
@@ -113,7 +122,7 @@ fn replies_are_cached_on_disk_by_content() {
 #[test]
 fn the_grader_replies_in_order_and_caches_by_the_whole_conversation() {
     use safetune_core::judge::ChatGrader;
-    use safetune_judge_remote::{EndpointConfig, RemoteGrader};
+    use safetune_judge_remote::RemoteGrader;
     let cache = std::env::temp_dir().join(format!("safetune-grader-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
     // The reply echoes the user message and the requested budget.
