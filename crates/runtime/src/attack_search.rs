@@ -493,6 +493,8 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
     let Ctx { base, search, attacks, exec, data_dir, quiet, name } = *ctx;
     let trials_dir = top.join("trials");
     let mut history: Vec<Trial> = Vec::new();
+    // Each trial run's rows (aligned model, cell), read once: for the ranking and the plot.
+    let mut rows: std::collections::BTreeMap<String, (Row, Row)> = std::collections::BTreeMap::new();
     let mut alive: Vec<usize> = (0..attacks.len()).collect();
     for (rung, &epochs) in search.rungs.iter().enumerate() {
         let specs = alive
@@ -512,6 +514,7 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
             let utility = cell.eval.task.score.clone();
             let feasible = utility.value >= (1.0 - search.utility_budget) * reference;
             scored.push(Trial { id, rung, epochs, attack: a.clone(), asr, utility, reference, feasible, run: s.name.clone() });
+            rows.insert(s.name.clone(), (aligned, cell));
         }
         rank(&mut scored);
         history.extend(scored.iter().cloned());
@@ -624,10 +627,11 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
     let mut points: Vec<Row> = Vec::new();
     // Each trial at the last rung it reached.
     for t in history.iter().filter(|t| !history.iter().any(|u| u.id == t.id && u.rung > t.rung)) {
-        let (aligned, mut cell) = read_run(&trials_dir.join(&t.run))?;
+        let (aligned, cell) = rows.get(&t.run).ok_or_else(|| anyhow!("trial run {} was not read", t.run))?;
         if points.is_empty() {
-            points.push(aligned);
+            points.push(aligned.clone());
         }
+        let mut cell = cell.clone();
         cell.regime = format!("t{:02} e{}", t.id, t.epochs);
         cell.method = "trials".into();
         points.push(cell);
