@@ -14,6 +14,7 @@
 //! stages go through the content-addressed cache, so a killed search resumes
 //! where it stopped and a trial two searches share is computed once.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetune_core::anyhow::{anyhow, bail};
@@ -46,6 +47,10 @@ struct Search {
     /// the undefended model only. Every stack faces the same drawn attacks.
     #[serde(default)]
     defenses: Vec<Vec<String>>,
+    /// Options of the searched defenses, as a run spec's `[defense_options.<name>]`; each
+    /// stack's trials get those of its own defenses (the base spec's stand where this names none).
+    #[serde(default)]
+    defense_options: BTreeMap<String, serde_json::Value>,
     /// Configurations drawn for the first rung.
     trials: usize,
     /// Each rung keeps the best 1/eta.
@@ -242,6 +247,11 @@ impl Search {
                 validation.join(", ")
             );
         }
+        for name in self.defense_options.keys() {
+            if !self.stacks().iter().flatten().any(|d| d == name) {
+                bail!("defense_options.{name}: `{name}` is in no stack of defenses");
+            }
+        }
         if !base.seeds.is_empty() || !base.data.tasks.is_empty() {
             bail!("{}: seeds / data.tasks: an attack search runs one task and one seed (spec `seed`, `data.task`)", self.base);
         }
@@ -305,19 +315,31 @@ fn attack_spec(base: &RunSpec, search: &Search, stack: &[String], a: &Attack, ep
     f.train.epochs = epochs;
     f.method_train.clear();
     f.regime_train.clear();
-    f.defenses = vec![stack.to_vec()];
     if let (Some(r), Some(targets), Some(mut l)) = (a.lora_r, &a.targets, lora_options(base, &a.method)) {
         l.alpha *= r as f64 / l.r as f64;
         l.r = r;
         l.targets = targets.clone();
         f.method_options.insert(a.method.clone(), serde_json::to_value(&l)?);
     }
+    defend(&mut s, search, stack);
     s.validate()?;
     Ok(s)
 }
 
+/// Fine-tuning with one defense stack: its defenses' options are the search's, else the base
+/// spec's; the base's options of defenses outside the stack are dropped.
+fn defend(s: &mut RunSpec, search: &Search, stack: &[String]) {
+    s.finetune.defenses = vec![stack.to_vec()];
+    s.defense_options.retain(|name, _| stack.contains(name));
+    for d in stack {
+        if let Some(v) = search.defense_options.get(d) {
+            s.defense_options.insert(d.clone(), v.clone());
+        }
+    }
+}
+
 /// The base spec's own attack at a harmful share: its method, training and options.
-fn recipe_spec(base: &RunSpec, stack: &[String], poison_ratio: f64) -> Result<RunSpec> {
+fn recipe_spec(base: &RunSpec, search: &Search, stack: &[String], poison_ratio: f64) -> Result<RunSpec> {
     let mut s = base.clone();
     s.name = "recipe".into();
     s.finetune.methods.truncate(1);
@@ -325,7 +347,7 @@ fn recipe_spec(base: &RunSpec, stack: &[String], poison_ratio: f64) -> Result<Ru
         s.finetune.methods = vec!["sft-lora".into()];
     }
     s.finetune.regimes = vec![format!("{poison_ratio}")];
-    s.finetune.defenses = vec![stack.to_vec()];
+    defend(&mut s, search, stack);
     s.validate()?;
     Ok(s)
 }
@@ -530,7 +552,7 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
     let test_dir = top.join("test");
     let best_spec = attack_spec(base, search, stack, &best.attack, best.epochs, "best".into(), true)?;
     crate::output::say(quiet, format!("[attack-search] test sets: best attack t{:02} and the spec's recipe", best.id));
-    let recipe = recipe_spec(base, stack, best.attack.poison_ratio)?;
+    let recipe = recipe_spec(base, search, stack, best.attack.poison_ratio)?;
     run_batch(&[best_spec, recipe], exec, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet), top, "test")?;
     let (_, best_test) = read_run(&test_dir.join("best"))?;
     let (aligned_test, recipe_test) = read_run(&test_dir.join("recipe"))?;

@@ -23,6 +23,8 @@ lora_r = [2, 4]
 targets = [["q_proj", "v_proj"], ["all-linear"]]
 poison_ratio = [0.0, 0.5, 1.0]
 n = [8]
+[defense_options.lisa]
+rho = 0.5
 "#;
 
 #[test]
@@ -107,6 +109,14 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
         4 + 2 + 2,
         "every run's resolved spec: 4 + 2 trials, best and recipe"
     );
+    // The search's defense options reach its stack's runs only.
+    let options = |stack: &str, run: &str| -> serde_json::Value {
+        let f = par.join(format!("s/{stack}/specs/{run}.json"));
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&f).unwrap()).unwrap()["defense_options"].clone()
+    };
+    assert_eq!(options("lisa", "recipe")["lisa"]["rho"], 0.5);
+    assert_eq!(options("lisa", "best")["lisa"]["rho"], 0.5);
+    assert!(options("undefended", "recipe").get("lisa").is_none());
 
     // A bad search is one line naming the field, exit 2.
     for (bad, needle) in [
@@ -114,6 +124,8 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
         (SEARCH.replace("poison_ratio = [0.0, 0.5, 1.0]", "poison_ratio = [1.5]"), "space.poison_ratio"),
         (SEARCH.replace("methods = [\"sft-lora\"]", "methods = [\"sft-magic\"]"), "space.methods"),
         (SEARCH.replace("trials = 4", "trials = 4\nbogus = 1"), "bogus"),
+        (SEARCH.replace("[defense_options.lisa]", "[defense_options.vaccine]"), "defense_options.vaccine"),
+        (SEARCH.replace("rho = 0.5", "rhoo = 0.5"), "defense_options.lisa.rhoo"),
     ] {
         std::fs::write(&search, bad).unwrap();
         let r = safetune(&args, &d.join("cache"));

@@ -318,6 +318,19 @@ fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
     }
     let plan = run(&["calibrate", root.join("presets/calibrate/sweep.toml").to_str().unwrap()]);
     assert!(plan.matches("one run in").count() >= 10, "{plan}");
+    // The attack searches (the files of presets/search that name a base spec; the others are
+    // their overlays).
+    let mut searches: Vec<PathBuf> = std::fs::read_dir(root.join("presets/search"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::read_to_string(p).unwrap().lines().any(|l| l.starts_with("base = ")))
+        .collect();
+    searches.sort();
+    assert!(searches.len() >= 3, "{searches:?}");
+    for p in &searches {
+        let plan = run(&["attack-search", p.to_str().unwrap()]);
+        assert!(plan.contains("trial"), "{}: {plan}", p.display());
+    }
     // Nothing written.
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 }
