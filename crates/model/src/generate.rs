@@ -136,18 +136,9 @@ fn pick(logits: &[f32], params: &GenerationParams, rng: &mut SeededRng) -> u32 {
     }
     let t = params.temperature as f32;
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / t).exp())).collect();
+    let probs: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / t).exp())).collect();
     let z: f32 = probs.iter().map(|p| p.1).sum();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut kept = Vec::new();
-    let mut acc = 0.0;
-    for (i, p) in probs {
-        kept.push((i, p / z));
-        acc += p / z;
-        if acc as f64 >= params.top_p {
-            break;
-        }
-    }
+    let kept = nucleus(probs, z, params.top_p);
     let total: f32 = kept.iter().map(|p| p.1).sum();
     let mut r = rng.next_f64() as f32 * total;
     for &(i, p) in &kept {
@@ -159,6 +150,72 @@ fn pick(logits: &[f32], params: &GenerationParams, rng: &mut SeededRng) -> u32 {
     kept.last().map(|p| p.0).unwrap_or(0)
 }
 
+/// How many of the most probable tokens a nucleus below `top_p = 1` is first looked for in.
+const NUCLEUS_HEAD: usize = 256;
+
+/// The nucleus: `(token, p / z)` most probable first (equal ones by token id, as a stable
+/// sort of the vocabulary gives them), up to and including the first at which the running
+/// share reaches `top_p` (all, if rounding never lets it). A full comparison sort of the
+/// vocabulary for every sampled token was most of sampling's cost, so: with `top_p < 1` the
+/// `NUCLEUS_HEAD` most probable tokens in this (total) order are the first ones of the whole
+/// ordering, and the walk over them is the same walk — only when it runs past them is
+/// everything sorted; the whole ordering (`top_p = 1`, the default) comes from a stable
+/// radix sort. Either way the result is the stable sort's, bit for bit (tested).
+fn nucleus(mut probs: Vec<(u32, f32)>, z: f32, top_p: f64) -> Vec<(u32, f32)> {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let walk = |sorted: &[(u32, f32)]| {
+        let mut kept = Vec::new();
+        let mut acc = 0.0f32;
+        for &(i, p) in sorted {
+            kept.push((i, p / z));
+            acc += p / z;
+            if acc as f64 >= top_p {
+                return (kept, true);
+            }
+        }
+        (kept, false)
+    };
+    if top_p < 1.0 && probs.len() > NUCLEUS_HEAD {
+        probs.select_nth_unstable_by(NUCLEUS_HEAD - 1, order);
+        probs[..NUCLEUS_HEAD].sort_unstable_by(order);
+        let (kept, reached) = walk(&probs[..NUCLEUS_HEAD]);
+        if reached {
+            return kept;
+        }
+        probs.sort_unstable_by(order);
+    } else {
+        probs = radix_sort_descending(probs);
+    }
+    walk(&probs).0
+}
+
+/// Stable sort by `f32::total_cmp`, largest first, in four 8-bit passes (least significant
+/// first): equal values keep their input order.
+fn radix_sort_descending(mut v: Vec<(u32, f32)>) -> Vec<(u32, f32)> {
+    // total_cmp's order as unsigned integers, then complemented: ascending keys = descending values.
+    let key = |p: f32| {
+        let b = p.to_bits();
+        !(if b >> 31 == 1 { !b } else { b | 0x8000_0000 })
+    };
+    let mut out = v.clone();
+    for shift in [0u32, 8, 16, 24] {
+        let mut count = [0usize; 257];
+        for &(_, p) in &v {
+            count[((key(p) >> shift) & 0xff) as usize + 1] += 1;
+        }
+        for i in 0..256 {
+            count[i + 1] += count[i];
+        }
+        for &e in &v {
+            let d = ((key(e.1) >> shift) & 0xff) as usize;
+            out[count[d]] = e;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut v, &mut out);
+    }
+    v
+}
+
 pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
@@ -167,4 +224,60 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The nucleus as first written: a stable sort of the whole vocabulary by probability.
+    fn nucleus_by_full_sort(mut probs: Vec<(u32, f32)>, z: f32, top_p: f64) -> Vec<(u32, f32)> {
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut kept = Vec::new();
+        let mut acc = 0.0f32;
+        for (i, p) in probs {
+            kept.push((i, p / z));
+            acc += p / z;
+            if acc as f64 >= top_p {
+                break;
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn the_radix_sort_orders_as_total_cmp_and_keeps_ties_in_order() {
+        let v: Vec<(u32, f32)> =
+            [0.5f32, -1.0, 0.0, -0.0, 2.0, 0.5, f32::INFINITY, 1e-30, -0.0, 0.5].iter().enumerate().map(|(i, &p)| (i as u32, p)).collect();
+        let mut want = v.clone();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let got = radix_sort_descending(v);
+        assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), want.iter().map(|e| e.0).collect::<Vec<_>>());
+    }
+
+    proptest! {
+        /// Same tokens, same shares, same order as the full sort — with many ties (logits on
+        /// a coarse grid), flat and peaked distributions, and top_p up to 1 (past the head).
+        #[test]
+        fn the_nucleus_equals_the_full_sort(
+            grid in prop::collection::vec(0u8..40, 1..2000),
+            scale in 0.05f32..4.0,
+            temperature in 0.1f64..2.0,
+            top_p in prop_oneof![0.01f64..1.0, Just(1.0)],
+        ) {
+            let logits: Vec<f32> = grid.iter().map(|&g| g as f32 * scale).collect();
+            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let probs: Vec<(u32, f32)> =
+                logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / temperature as f32).exp())).collect();
+            let z: f32 = probs.iter().map(|p| p.1).sum();
+            let want = nucleus_by_full_sort(probs.clone(), z, top_p);
+            let got = nucleus(probs, z, top_p);
+            prop_assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert_eq!(g.0, w.0);
+                prop_assert_eq!(g.1.to_bits(), w.1.to_bits());
+            }
+        }
+    }
 }
