@@ -361,6 +361,13 @@ fn read_run(dir: &Path) -> Result<(Row, Row)> {
     Ok((aligned, cell))
 }
 
+/// The search's answer: the first trial of the whole history in [`rank`]'s order, at any rung.
+fn best_of(history: &[Trial]) -> Option<Trial> {
+    let mut ranked = history.to_vec();
+    rank(&mut ranked);
+    ranked.into_iter().next()
+}
+
 /// Better first: within the utility budget, then higher ASR, higher utility, earlier id.
 fn rank(trials: &mut [Trial]) {
     trials.sort_by(|a, b| {
@@ -543,10 +550,10 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
         let keep = scored.len().div_ceil(search.eta).max(1);
         alive = scored.iter().take(keep).map(|t| t.id).collect();
     }
-    let last_rung = search.rungs.len() - 1;
-    let mut finalists: Vec<Trial> = history.iter().filter(|t| t.rung == last_rung).cloned().collect();
-    rank(&mut finalists);
-    let best = finalists.first().cloned().ok_or_else(|| anyhow!("no trial reached the last rung"))?;
+    // The strongest attack within the utility budget at any rung: a finalist that broke the
+    // budget with more epochs does not hide a shorter trial that kept it. Only when no trial
+    // kept it is the best over budget (and said to be).
+    let best = best_of(&history).ok_or_else(|| anyhow!("no trial ran"))?;
 
     // The best attack and the base spec's own recipe at the same harmful share, on the test sets.
     let test_dir = top.join("test");
@@ -632,7 +639,7 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
         best.id,
         describe(&best.attack),
         best.epochs,
-        if best.feasible { "" } else { " (no finalist met the utility budget: the best of those that did not)" },
+        if best.feasible { "" } else { " (no trial met the utility budget: the best of those that did not)" },
     ));
     let test = [aligned_test, recipe_test, best_test];
     for (label, row) in TEST_ROWS.iter().zip(&test) {
@@ -685,5 +692,19 @@ mod tests {
         ];
         rank(&mut t);
         assert_eq!(t.iter().map(|x| x.id).collect::<Vec<_>>(), [3, 4, 2, 1, 0]);
+    }
+
+    #[test]
+    fn a_finalist_over_budget_does_not_hide_a_shorter_trial_within_it() {
+        // t0 kept the budget at 1 epoch; with 2 epochs (the last rung) it and t1 broke it.
+        let mut history = vec![trial(0, 0.12, 0.70, true), trial(1, 0.09, 0.72, true)];
+        for (id, asr) in [(0, 0.12), (1, 0.12)] {
+            history.push(Trial { rung: 1, epochs: 2, ..trial(id, asr, 0.60, false) });
+        }
+        let best = best_of(&history).unwrap();
+        assert_eq!((best.id, best.rung, best.feasible), (0, 0, true));
+        // No trial within the budget: the strongest of all, marked as over it.
+        let over: Vec<Trial> = history.iter().map(|t| Trial { feasible: false, ..t.clone() }).collect();
+        assert!(!best_of(&over).unwrap().feasible);
     }
 }

@@ -58,11 +58,10 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
     assert_eq!(lines.iter().filter(|l| l.contains(",1,2,")).count(), 2);
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(top.join("search.json")).unwrap()).unwrap();
     let best = &json["best"];
-    assert_eq!(best["epochs"], 2);
-    // The best is the finalist with the highest validation ASR (every trial is within the budget here).
-    let finalists: Vec<f64> =
-        json["trials"].as_array().unwrap().iter().filter(|t| t["rung"] == 1).map(|t| t["asr"]["value"].as_f64().unwrap()).collect();
-    assert_eq!(best["asr"]["value"].as_f64().unwrap(), finalists.iter().cloned().fold(f64::MIN, f64::max));
+    // The best is the trial with the highest validation ASR at any rung (every trial is
+    // within the budget here).
+    let all: Vec<f64> = json["trials"].as_array().unwrap().iter().map(|t| t["asr"]["value"].as_f64().unwrap()).collect();
+    assert_eq!(best["asr"]["value"].as_f64().unwrap(), all.iter().cloned().fold(f64::MIN, f64::max));
     // The rung-1 trials are the best two of rung 0.
     let mut rung0: Vec<(f64, u64)> = json["trials"]
         .as_array()
