@@ -557,11 +557,14 @@ fn search_stack(ctx: &Ctx, stack: &[String], top: &Path) -> Result<Outcome> {
 
     // The best attack and the base spec's own recipe at the same harmful share, on the test sets.
     let test_dir = top.join("test");
-    let best_spec = attack_spec(base, search, stack, &best.attack, best.epochs, "best".into(), true)?;
+    // Named after the trial, so a rerun whose choice differs (another rule, a changed trial)
+    // tests it in its own directory instead of colliding with the earlier choice's.
+    let best_name = format!("best-t{:02}-e{}", best.id, best.epochs);
+    let best_spec = attack_spec(base, search, stack, &best.attack, best.epochs, best_name.clone(), true)?;
     crate::output::say(quiet, format!("[attack-search] test sets: best attack t{:02} and the spec's recipe", best.id));
     let recipe = recipe_spec(base, search, stack, best.attack.poison_ratio)?;
     run_batch(&[best_spec, recipe], exec, &RunOptions::new(data_dir.clone(), test_dir.clone(), quiet), top, "test")?;
-    let (_, best_test) = read_run(&test_dir.join("best"))?;
+    let (_, best_test) = read_run(&test_dir.join(&best_name))?;
     let (aligned_test, recipe_test) = read_run(&test_dir.join("recipe"))?;
 
     // History (CSV, JSON), the table, and ASR against utility over the trials.

@@ -27,6 +27,12 @@ n = [8]
 rho = 0.5
 "#;
 
+/// The test-set run of a model's best attack: `best-t<id>-e<epochs>` (from its search.json).
+fn best_run(top: &std::path::Path) -> String {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(top.join("search.json")).unwrap()).unwrap();
+    format!("best-t{:02}-e{}", json["best"]["id"].as_u64().unwrap(), json["best"]["epochs"].as_u64().unwrap())
+}
+
 #[test]
 fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
     let d = tmp("attack-search");
@@ -49,7 +55,7 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
     assert!(summary.contains("| undefended | t") && summary.contains("| lisa | t"), "{summary}");
     let both: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("s/search.json")).unwrap()).unwrap();
     assert!(both["undefended"]["best"].is_object() && both["lisa"]["best"].is_object());
-    assert!(out.join("s/lisa/search.csv").is_file() && out.join("s/lisa/test/best/summary.md").is_file());
+    assert!(out.join("s/lisa/search.csv").is_file() && out.join("s/lisa/test").join(best_run(&out.join("s/lisa"))).join("summary.md").is_file());
     let top = out.join("s/undefended");
     let csv = std::fs::read_to_string(top.join("search.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().skip(1).collect();
@@ -78,7 +84,8 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
     want.sort();
     got.sort();
     assert_eq!(got, want);
-    for f in ["search.md", "search_asr_utility.svg", "search_asr_utility.png", "test/best/summary.md", "test/recipe/summary.md"] {
+    let best_summary = format!("test/{}/summary.md", best_run(&top));
+    for f in ["search.md", "search_asr_utility.svg", "search_asr_utility.png", &best_summary, "test/recipe/summary.md"] {
         assert!(top.join(f).is_file(), "{f}");
     }
     let md = std::fs::read_to_string(top.join("search.md")).unwrap();
@@ -114,7 +121,7 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
         serde_json::from_slice::<serde_json::Value>(&std::fs::read(&f).unwrap()).unwrap()["defense_options"].clone()
     };
     assert_eq!(options("lisa", "recipe")["lisa"]["rho"], 0.5);
-    assert_eq!(options("lisa", "best")["lisa"]["rho"], 0.5);
+    assert_eq!(options("lisa", &best_run(&par.join("s/lisa")))["lisa"]["rho"], 0.5);
     assert!(options("undefended", "recipe").get("lisa").is_none());
 
     // A bad search is one line naming the field, exit 2.
