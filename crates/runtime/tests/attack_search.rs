@@ -55,7 +55,9 @@ fn successive_halving_finds_an_attack_and_a_rerun_reuses_every_trial() {
     assert!(summary.contains("| undefended | t") && summary.contains("| lisa | t"), "{summary}");
     let both: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("s/search.json")).unwrap()).unwrap();
     assert!(both["undefended"]["best"].is_object() && both["lisa"]["best"].is_object());
-    assert!(out.join("s/lisa/search.csv").is_file() && out.join("s/lisa/test").join(best_run(&out.join("s/lisa"))).join("summary.md").is_file());
+    assert!(
+        out.join("s/lisa/search.csv").is_file() && out.join("s/lisa/test").join(best_run(&out.join("s/lisa"))).join("summary.md").is_file()
+    );
     let top = out.join("s/undefended");
     let csv = std::fs::read_to_string(top.join("search.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().skip(1).collect();
