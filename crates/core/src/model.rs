@@ -138,6 +138,34 @@ pub trait CausalLm: Send + Sync {
         let _ = settled;
         self.generate(prompts, params)
     }
+
+    /// Next-token logits after each whole sequence (`[seqs.len(), vocab]`, row `i` for
+    /// `seqs[i]`), where every sequence starts with the same `shared` tokens. Each row must
+    /// equal, bit for bit, a [`forward`](Self::forward) of its sequence alone with
+    /// `logits_at` its last position; an implementation may compute the shared tokens once
+    /// (a key/value cache: few-shot prompts that share their shots). The default runs each
+    /// sequence whole ([`last_logits_each`]).
+    fn last_logits_sharing(&self, seqs: &[Vec<u32>], shared: usize) -> Result<Tensor> {
+        let _ = shared;
+        last_logits_each(self, seqs)
+    }
+}
+
+/// Next-token logits after each whole sequence, one `forward` per sequence (`[seqs.len(), vocab]`).
+pub fn last_logits_each<M: CausalLm + ?Sized>(model: &M, seqs: &[Vec<u32>]) -> Result<Tensor> {
+    let mut rows = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        if s.is_empty() {
+            crate::anyhow::bail!("next-token logits of an empty sequence");
+        }
+        let ids = Tensor::new(s.as_slice(), model.device())?.unsqueeze(0)?;
+        let last = Tensor::new(&[(s.len() - 1) as u32], model.device())?;
+        rows.push(model.forward(&ForwardRequest { ids: Some(&ids), logits_at: Some(&last), ..Default::default() })?.logits);
+    }
+    if rows.is_empty() {
+        crate::anyhow::bail!("next-token logits of no sequence");
+    }
+    Ok(Tensor::cat(&rows, 0)?)
 }
 
 /// `settled(i, ids)`: whether prompt `i`'s completion so far (`ids`) may end here.

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use candle_core::{Tensor, D};
 use safetune_core::anyhow::{anyhow, bail};
-use safetune_core::model::ForwardRequest;
 use safetune_core::rng::SeededRng;
 use safetune_core::{CausalLm, Example, Result};
 
@@ -83,6 +82,11 @@ fn letter_ids(model: &dyn CausalLm) -> Result<[u32; 4]> {
     Ok(ids)
 }
 
+/// Questions scored together: a subject's share its few-shot head, which the model may
+/// compute once ([`CausalLm::last_logits_sharing`]); at most this many at a time bounds the
+/// logits held (`[n, vocab]`).
+const GROUP: usize = 64;
+
 /// Accuracy on `questions` with `shots` dev examples of the same subject each,
 /// and one record per question (id, the letter chosen, correct/wrong).
 pub fn accuracy(
@@ -94,31 +98,44 @@ pub fn accuracy(
 ) -> Result<(MmluResult, Vec<GenRecord>)> {
     let letters = letter_ids(model)?;
     let dev_by_subject = |s: Option<&String>| -> Vec<&Example> { dev.iter().filter(|d| d.meta.get("subject") == s).take(shots).collect() };
-    let dev_ = model.device().clone();
-    let pick = Tensor::new(&letters, &dev_)?;
-    let mut correct = Vec::with_capacity(questions.len());
-    let mut recs = Vec::with_capacity(questions.len());
-    for e in questions {
-        let examples = dev_by_subject(e.meta.get("subject"));
+    let pick = Tensor::new(&letters, model.device())?;
+    // Questions of one subject in their order, subjects in order of first appearance.
+    let mut groups: Vec<(Option<&String>, Vec<usize>)> = Vec::new();
+    for (i, e) in questions.iter().enumerate() {
+        let subject = e.meta.get("subject");
+        match groups.iter_mut().find(|(s, _)| *s == subject) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((subject, vec![i])),
+        }
+    }
+    let mut best = vec![0usize; questions.len()];
+    for (subject, members) in &groups {
+        let examples = dev_by_subject(*subject);
         if examples.len() < shots {
             bail!(
                 "MMLU: subject `{}` has {} dev questions, {shots}-shot needs {shots}",
-                e.meta.get("subject").map(String::as_str).unwrap_or(""),
+                subject.map(String::as_str).unwrap_or(""),
                 examples.len()
             );
         }
-        let ids = model.tokenizer().encode(&prompt(e, &examples)?)?;
-        let t = ids.len();
-        let ids = Tensor::from_vec(ids, (1, t), &dev_)?;
-        let last = Tensor::new(&[(t - 1) as u32], &dev_)?;
-        let out = model.forward(&ForwardRequest { ids: Some(&ids), logits_at: Some(&last), ..Default::default() })?;
-        let scores = out.logits.flatten_all()?.index_select(&pick, 0)?;
-        let best = scores.argmax(D::Minus1)?.to_scalar::<u32>()? as usize;
-        let ok = e.label.as_deref() == Some(LETTERS[best]);
+        for chunk in members.chunks(GROUP) {
+            let seqs =
+                chunk.iter().map(|&i| model.tokenizer().encode(&prompt(questions[i], &examples)?)).collect::<Result<Vec<Vec<u32>>>>()?;
+            let shared = (0..seqs[0].len()).take_while(|&j| seqs.iter().all(|s| s.get(j) == seqs[0].get(j))).count();
+            let scores = model.last_logits_sharing(&seqs, shared)?.index_select(&pick, 1)?;
+            for (&i, row) in chunk.iter().zip(scores.argmax(D::Minus1)?.to_vec1::<u32>()?) {
+                best[i] = row as usize;
+            }
+        }
+    }
+    let mut correct = Vec::with_capacity(questions.len());
+    let mut recs = Vec::with_capacity(questions.len());
+    for (e, &b) in questions.iter().zip(&best) {
+        let ok = e.label.as_deref() == Some(LETTERS[b]);
         correct.push(ok);
         recs.push(GenRecord {
             id: e.id.clone(),
-            response: LETTERS[best].to_string(),
+            response: LETTERS[b].to_string(),
             verdict: if ok { "correct" } else { "wrong" }.into(),
             category: None,
             cut: false,
@@ -158,5 +175,46 @@ mod tests {
         assert_eq!(select(&test, 4).iter().map(|e| &e.id).collect::<Vec<_>>(), picked.iter().map(|e| &e.id).collect::<Vec<_>>(), "seeded");
         assert_eq!(select(&test, 0).len(), 13);
         assert_eq!(select(&test, 100).len(), 13);
+    }
+
+    /// Scoring a subject's questions together (their few-shot head computed once) picks, for
+    /// every question in its place, the letter one whole-prompt forward per question picks.
+    #[test]
+    fn questions_scored_by_subject_come_back_in_order_with_the_letters_of_single_forwards() {
+        let m = safetune_model::tiny_model_with(5, &["Ġ A", "Ġ B", "Ġ C", "Ġ D"]).unwrap();
+        let long = "a question long enough that its rest after the shared head is a part of its own?";
+        let mut dev = Vec::new();
+        for subject in ["astronomy", "virology"] {
+            for (i, letter) in LETTERS.iter().enumerate().take(3) {
+                let mut d = q(&format!("{subject} dev {i}?"), subject, letter);
+                d.id = format!("{subject}-dev{i}");
+                dev.push(d);
+            }
+        }
+        let test: Vec<Example> = (0..7)
+            .map(|i| {
+                let subject = if i % 3 == 0 { "virology" } else { "astronomy" };
+                let mut e = q(&format!("t{i} {long}{}", "more ".repeat(i)), subject, LETTERS[i % 4]);
+                e.id = format!("t{i}");
+                e
+            })
+            .collect();
+        let questions: Vec<&Example> = test.iter().collect();
+        let (result, recs) = accuracy(&m, &dev, &questions, 2, 0).unwrap();
+        assert_eq!(recs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t0", "t1", "t2", "t3", "t4", "t5", "t6"]);
+        let letters = letter_ids(&m).unwrap();
+        let mut correct = 0;
+        for (e, r) in questions.iter().zip(&recs) {
+            let shots: Vec<&Example> = dev.iter().filter(|d| d.meta.get("subject") == e.meta.get("subject")).take(2).collect();
+            let ids = m.tokenizer().encode(&prompt(e, &shots).unwrap()).unwrap();
+            let row = safetune_core::model::last_logits_each(&m, &[ids]).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+            let scores: Vec<f32> = letters.iter().map(|&l| row[l as usize]).collect();
+            let want = (0..4).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+            assert_eq!(r.response, LETTERS[want], "{}", e.id);
+            correct += usize::from(e.label.as_deref() == Some(LETTERS[want]));
+        }
+        assert_eq!(result.accuracy.n, 7);
+        assert!((result.accuracy.value - correct as f64 / 7.0).abs() < 1e-12);
+        assert!(accuracy(&m, &dev, &questions, 4, 0).unwrap_err().to_string().contains("4-shot needs 4"));
     }
 }

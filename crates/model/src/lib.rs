@@ -25,6 +25,7 @@ use safetune_core::anyhow::bail;
 use safetune_core::Result;
 
 pub mod memory;
+pub use causal_lm::MIN_PART;
 pub use config::LlamaConfig;
 pub use export::export_hf;
 pub use generate::argmax;
@@ -32,7 +33,7 @@ pub use gguf::check_gguf;
 pub use gguf::load_gguf;
 pub use hf::{check_hf_dir, detect_format, load_hf_dir};
 pub use llama::{Llama, Param};
-pub use tiny::{tiny_model, tiny_tokenizer};
+pub use tiny::{tiny_model, tiny_model_with, tiny_tokenizer, tiny_tokenizer_with};
 pub use tokenizer::{byte_alphabet, PreTokenizer, TextTokenizer};
 
 /// Loads a model from a `.gguf` file or a Hugging Face directory.

@@ -16,10 +16,16 @@ const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
 /// A byte-level tokenizer: 3 ChatML specials, 256 bytes, and a few merges.
 pub fn tiny_tokenizer() -> Result<Tokenizer> {
+    tiny_tokenizer_with(&[])
+}
+
+/// [`tiny_tokenizer`] with more merges after its own (`"Ġ A"`: ` A` one token, as MMLU's
+/// answer letters are in real vocabularies).
+pub fn tiny_tokenizer_with(extra_merges: &[&str]) -> Result<Tokenizer> {
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     tokens.extend(byte_alphabet().into_iter().map(|c| c.to_string()));
-    let merges = ["e r", "t h", "i n", "Ġ t", "a n"];
-    for m in merges {
+    let merges: Vec<&str> = ["e r", "t h", "i n", "Ġ t", "a n"].into_iter().chain(extra_merges.iter().copied()).collect();
+    for &m in &merges {
         tokens.push(m.replace(' ', ""));
     }
     let special: BTreeSet<u32> = (0..SPECIALS.len() as u32).collect();
@@ -29,7 +35,13 @@ pub fn tiny_tokenizer() -> Result<Tokenizer> {
 
 /// A tiny ChatML model with seeded random weights.
 pub fn tiny_model(seed: u64) -> Result<Llama> {
-    let inner = tiny_tokenizer()?;
+    tiny_model_with(seed, &[])
+}
+
+/// [`tiny_model`] over [`tiny_tokenizer_with`]`(extra_merges)` (its vocabulary, and so its
+/// random weights, differ from `tiny_model`'s when there are any).
+pub fn tiny_model_with(seed: u64, extra_merges: &[&str]) -> Result<Llama> {
+    let inner = tiny_tokenizer_with(extra_merges)?;
     let cfg = LlamaConfig::tiny(inner.get_vocab_size(true));
     let mut rng = SeededRng::new(seed);
     let mut weights = BTreeMap::new();

@@ -102,3 +102,38 @@ fn answers_leaving_the_batch_leave_the_others_unchanged() {
         }
     }
 }
+
+/// MMLU-shaped prompts (a long solved head, then a question each): logits after the head
+/// computed once into a key/value cache are bit for bit those of a whole-prompt forward on
+/// the real model's shapes (the head is longer than gemm's inner blocking).
+#[test]
+fn logits_after_a_shared_head_computed_once_equal_whole_prompt_forwards() {
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
+    let m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
+    let mut head = String::from("The following are multiple choice questions (with answers) about astronomy.\n\n");
+    for i in 0..12 {
+        head.push_str(&format!(
+            "Which planet is number {i} counted outward from the Sun, in the order astronomers have used since the nineteenth century?\n\
+             A. Mercury\nB. Venus\nC. Earth\nD. Mars\nAnswer: {}\n\n",
+            ["A", "B", "C", "D"][i % 4]
+        ));
+    }
+    // Rests of about 15, 40 and 100 tokens: the short ones start inside the head.
+    let long = "Astronomers measure distances inside the Solar System in astronomical units, the mean distance from the Earth to the Sun. \
+                Which of the following is closest to the distance from the Sun to Jupiter, measured in those units?";
+    let questions = ["Which planet has the most moons?", "What is the Sun mostly made of, by mass, and how do we know it?", long];
+    let seqs: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| m.tokenizer().encode(&format!("{head}{q}\nA. one\nB. two\nC. three\nD. four\nAnswer:")).unwrap())
+        .collect();
+    let shared = (0..seqs[0].len()).take_while(|&i| seqs.iter().all(|s| s.get(i) == seqs[0].get(i))).count();
+    assert!(shared > 512, "the head is {shared} tokens: longer than gemm's inner blocks of 512");
+    let bits = |t: candle_core::Tensor| t.to_vec2::<f32>().unwrap().into_iter().flatten().map(f32::to_bits).collect::<Vec<u32>>();
+    let each = bits(safetune_core::model::last_logits_each(&m, &seqs).unwrap());
+    assert!(bits(m.last_logits_sharing(&seqs, shared).unwrap()) == each);
+    // A head running past the first inner block of a whole prompt's attention-weighted sums
+    // groups its last tokens' sums otherwise.
+    assert!(bits(m.last_logits_split(&seqs, shared, safetune_model::MIN_PART, false).unwrap()) != each);
+}

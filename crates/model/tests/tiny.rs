@@ -81,6 +81,39 @@ fn frozen_linear_backward_gives_the_input_gradient_only() {
     assert!(g.get(&w).is_none());
 }
 
+/// Each logit's bits, row after row.
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec2::<f32>().unwrap().into_iter().flatten().map(f32::to_bits).collect()
+}
+
+#[test]
+fn logits_after_a_shared_head_computed_once_equal_whole_sequence_forwards() {
+    let m = safetune_model::tiny_model(2).unwrap();
+    let tok = m.tokenizer();
+    let head = tok.encode(&"A few solved questions that every prompt repeats. Answer: C\n\n".repeat(3)).unwrap();
+    assert!(head.len() > 2 * safetune_model::MIN_PART, "{}", head.len());
+    // Rests longer and shorter than MIN_PART (the short one's split moves back into the head).
+    let seqs: Vec<Vec<u32>> = [
+        "one question, long enough to be a part of its own: what is the capital of France, and why?".to_string(),
+        "another, longer question here?".repeat(4),
+        "q3".to_string(),
+    ]
+    .iter()
+    .map(|q| head.iter().copied().chain(tok.encode(q).unwrap()).collect())
+    .collect();
+    let each = bits(&safetune_core::model::last_logits_each(&m, &seqs).unwrap());
+    assert_eq!(each.len(), 3 * m.info().vocab_size);
+    for shared in [0, 2, safetune_model::MIN_PART - 1, safetune_model::MIN_PART, head.len() - 7, head.len()] {
+        assert_eq!(bits(&m.last_logits_sharing(&seqs, shared).unwrap()), each, "sharing the first {shared} tokens");
+    }
+    // Parts of a few tokens take gemm's small-product paths and round otherwise: the reason
+    // for the limit.
+    assert_ne!(bits(&m.last_logits_split(&seqs, head.len(), 2, true).unwrap()), each);
+    let err = m.last_logits_sharing(&seqs, head.len() + 1).unwrap_err().to_string();
+    assert!(err.contains("do not share their first"), "{err}");
+    assert!(m.last_logits_sharing(&[], 0).is_err());
+}
+
 #[test]
 fn padded_batch_and_kv_cache_match_unbatched_full_forward() {
     let m = safetune_model::tiny_model(2).unwrap();
