@@ -71,6 +71,7 @@ impl Llama {
                 output_hidden: false,
                 train: false,
                 capture: None,
+                transposed: None,
             };
             Ok(self.run(&p, Some(cache))?.0)
         };
@@ -133,6 +134,7 @@ impl CausalLm for Llama {
             output_hidden: req.output_hidden,
             train: req.train,
             capture: capture.as_ref(),
+            transposed: None,
         };
         let (h, hidden) = self.run(&pass, None)?;
         let logits = match req.logits_at {

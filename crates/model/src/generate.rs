@@ -8,12 +8,32 @@ use candle_core::{DType, Tensor};
 use safetune_core::rng::SeededRng;
 use safetune_core::{GenerationParams, Result, Settled, Tokenize};
 
-use crate::llama::{KvCache, Llama, Pass};
+use crate::llama::{KvCache, Llama, Pass, TransposedWeights};
 use crate::ops;
 
 /// Completions of `prompts` (see [`safetune_core::CausalLm::generate_until`]).
 pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams, settled: &Settled<'_>) -> Result<Vec<Vec<u32>>> {
+    generate_with(model, prompts, params, settled, true)
+}
+
+/// [`generate`], reading the weights transposed ([`TransposedWeights`]: gemm then does not copy
+/// every weight before each decoding step) when `transposed` and some batch has two rows or
+/// more; `false` only shows in tests that the answers are the same either way.
+#[doc(hidden)]
+pub fn generate_with(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    params: &GenerationParams,
+    settled: &Settled<'_>,
+    transposed: bool,
+) -> Result<Vec<Vec<u32>>> {
     let mut out = vec![Vec::new(); prompts.len()];
+    // Built per call (a copy of the weights, a fraction of a second at 135M parameters), so
+    // it never outlives weights that training may change.
+    let wt = match transposed && prompts.len() >= 2 && params.batch_size >= 2 && params.max_new_tokens > 0 {
+        true => Some(model.transposed_weights()?),
+        false => None,
+    };
     // Similar lengths together waste less padding; results return in input order.
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| (prompts[i].len(), i));
@@ -21,7 +41,7 @@ pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &GenerationParams, 
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
         let rngs: Vec<SeededRng> = chunk.iter().map(|&i| SeededRng::derive(params.seed, &format!("gen{i}"))).collect();
         let settled_here = |k: usize, ids: &[u32]| settled(chunk[k], ids);
-        for (k, ids) in generate_batch(model, &batch, params, rngs, &settled_here)?.into_iter().enumerate() {
+        for (k, ids) in generate_batch(model, &batch, params, rngs, &settled_here, wt.as_ref())?.into_iter().enumerate() {
             out[chunk[k]] = ids;
         }
         safetune_core::progress::advance(chunk.len());
@@ -35,6 +55,7 @@ fn generate_batch(
     params: &GenerationParams,
     mut rngs: Vec<SeededRng>,
     settled: &Settled<'_>,
+    transposed: Option<&TransposedWeights>,
 ) -> Result<Vec<Vec<u32>>> {
     let dev = model.device_ref();
     let tok = model.text_tokenizer();
@@ -62,10 +83,18 @@ fn generate_batch(
     }
     let bias = ops::attention_bias(Some(&mask_t), b, len, len, dev)?;
     let mut cache: KvCache = vec![None; model.config().num_layers];
-    let pass =
-        Pass { ids: &ids_t, positions: &positions, bias: &bias, perturbation: None, output_hidden: false, train: false, capture: None };
+    let pass = Pass {
+        ids: &ids_t,
+        positions: &positions,
+        bias: &bias,
+        perturbation: None,
+        output_hidden: false,
+        train: false,
+        capture: None,
+        transposed,
+    };
     let (h, _) = model.run(&pass, Some(&mut cache))?;
-    let mut logits = model.lm_head(&h.narrow(1, len - 1, 1)?)?.squeeze(1)?;
+    let mut logits = model.lm_head_with(&h.narrow(1, len - 1, 1)?, transposed)?.squeeze(1)?;
 
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
@@ -121,10 +150,18 @@ fn generate_batch(
         mask_t = Tensor::cat(&[&mask_t, &Tensor::ones((n, 1), DType::F32, dev)?], 1)?;
         let s = mask_t.dim(1)?;
         let bias = ops::attention_bias(Some(&mask_t), n, 1, s, dev)?;
-        let pass =
-            Pass { ids: &step_ids, positions: &pos, bias: &bias, perturbation: None, output_hidden: false, train: false, capture: None };
+        let pass = Pass {
+            ids: &step_ids,
+            positions: &pos,
+            bias: &bias,
+            perturbation: None,
+            output_hidden: false,
+            train: false,
+            capture: None,
+            transposed,
+        };
         let (h, _) = model.run(&pass, Some(&mut cache))?;
-        logits = model.lm_head(&h)?.squeeze(1)?;
+        logits = model.lm_head_with(&h, transposed)?.squeeze(1)?;
     }
     Ok(out)
 }

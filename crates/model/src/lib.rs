@@ -28,7 +28,7 @@ pub mod memory;
 pub use causal_lm::MIN_PART;
 pub use config::LlamaConfig;
 pub use export::export_hf;
-pub use generate::argmax;
+pub use generate::{argmax, generate_with};
 pub use gguf::check_gguf;
 pub use gguf::load_gguf;
 pub use hf::{check_hf_dir, detect_format, load_hf_dir};

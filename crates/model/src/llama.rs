@@ -54,7 +54,22 @@ pub(crate) struct Pass<'a> {
     pub train: bool,
     /// Collects each linear module's input statistics (`ForwardRequest::linear_input_norms`).
     pub capture: Option<&'a InputNorms>,
+    /// Each linear weight stored transposed (`[in, out]`, see [`Llama::transposed_weights`]):
+    /// products of at least two rows read it instead.
+    pub transposed: Option<&'a TransposedWeights>,
 }
+
+/// Every matrix weight of a model stored transposed and contiguous (`[in, out]`), by name.
+///
+/// Why: candle's CPU matmul hands `x Wᵀ` to gemm, which computes it as `W xᵀ` with `W` as its
+/// left operand. Stored `[out, in]`, `W` has no unit stride along its rows there, so gemm packs
+/// (copies) all of it before every product; while decoding (a few rows against the whole
+/// weight) that copy was 53% of the time. Stored `[in, out]` the rows are unit-stride and gemm
+/// reads the weight in place for up to 96 input rows. The values, the kernel and the order of
+/// every sum are the same, so each product is bit for bit the same from two rows up (a single
+/// row takes gemm's matrix-vector path, whose kernel depends on the layout: it keeps the
+/// stored weight). Checked on the model's shapes in `crates/model/tests/smollm2.rs`.
+pub(crate) type TransposedWeights = BTreeMap<String, Tensor>;
 
 /// `Σ_tokens x_j²` of each linear module's input, over the tokens where `real` (`[b, t, 1]`) is 1.
 pub(crate) struct InputNorms {
@@ -159,12 +174,32 @@ impl Llama {
         self.params.get(name).map(Param::tensor).ok_or_else(|| anyhow!("no weight `{name}`"))
     }
 
+    /// A transposed copy of every matrix weight ([`TransposedWeights`]), detached: for
+    /// inference passes over weights that do not change while it is held.
+    pub(crate) fn transposed_weights(&self) -> Result<TransposedWeights> {
+        self.params
+            .iter()
+            .filter(|(_, p)| p.tensor().rank() == 2)
+            .map(|(k, p)| Ok((k.clone(), p.tensor().detach().t()?.contiguous()?)))
+            .collect()
+    }
+
+    /// `x Wᵀ` of the weight `name`: from its transposed copy when the pass holds one and the
+    /// product has two rows or more (bit for bit the same, see [`TransposedWeights`]).
+    fn product(&self, name: &str, x: &Tensor, transposed: Option<&TransposedWeights>) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+        match transposed.and_then(|t| t.get(name)) {
+            Some(wt) if ops::transposed_alike(rows, wt.dims2()?) && !x.track_op() => ops::linear_transposed(x, wt),
+            _ => ops::linear(x, self.w(name)?),
+        }
+    }
+
     fn linear(&self, module: &str, x: &Tensor, p: &Pass) -> Result<Tensor> {
         let train = p.train;
         if let Some(c) = p.capture {
             c.add(module, x)?;
         }
-        let mut y = ops::linear(x, self.w(&format!("{module}.weight"))?)?;
+        let mut y = self.product(&format!("{module}.weight"), x, p.transposed)?;
         if let Some(b) = self.params.get(&format!("{module}.bias")) {
             y = y.broadcast_add(b.tensor())?;
         }
@@ -251,8 +286,13 @@ impl Llama {
 
     /// Vocabulary logits for hidden states `[.., d]`.
     pub(crate) fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
+        self.lm_head_with(h, None)
+    }
+
+    /// [`lm_head`](Self::lm_head), from the transposed weights when given.
+    pub(crate) fn lm_head_with(&self, h: &Tensor, transposed: Option<&TransposedWeights>) -> Result<Tensor> {
         let name = if self.cfg.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        ops::linear(h, self.w(name)?)
+        self.product(name, h, transposed)
     }
 
     pub(crate) fn rope_positions(mask: Option<&Tensor>, b: usize, t: usize, device: &Device) -> Result<Tensor> {

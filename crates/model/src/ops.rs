@@ -81,6 +81,25 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x2.matmul(&w.t()?)?.reshape(dims)?)
 }
 
+/// Whether a product of `rows` input rows against a weight stored transposed (`[in, out]`)
+/// gives the bits of the stored weight's product: gemm (0.19) takes special kernels whose
+/// rounding depends on the layout for one row (matrix-vector), for at most 256 outputs
+/// (a dot-product kernel, with the stored layout only) and for an inner dimension of 2 or
+/// less; everywhere else both layouts run the same blocked kernel over the same sums.
+pub fn transposed_alike(rows: usize, (in_dim, out_dim): (usize, usize)) -> bool {
+    rows >= 2 && rows * out_dim > 256 && in_dim > 2
+}
+
+/// `x Wᵀ` for `x` of any rank `[.., in]` from `wt` = `Wᵀ` stored `[in, out]` (inference only).
+pub fn linear_transposed(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    let (in_dim, out_dim) = wt.dims2()?;
+    let mut dims = x.dims().to_vec();
+    let last = dims.len() - 1;
+    let rows: usize = dims[..last].iter().product();
+    dims[last] = out_dim;
+    Ok(x.reshape((rows, in_dim))?.matmul(wt)?.reshape(dims)?)
+}
+
 /// `y = x Wᵀ` for a frozen `W` in one op: the product is written straight
 /// into the result (the graph keeps only `x`), and backward returns only
 /// `dx = dy · W` — no weight gradient, which candle's matmul would compute.
@@ -159,6 +178,47 @@ pub fn attention_bias(mask: Option<&Tensor>, b: usize, t: usize, s: usize, devic
         Some(m) => {
             let pad = ((m.to_dtype(DType::F32)? - 1.0)? * (-(NEG as f64)))?.reshape((b, 1, 1, 1, s))?;
             Ok(causal.broadcast_add(&pad)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+    }
+
+    /// On SmolLM2-135M's weight shapes, a product against the weight stored transposed is
+    /// bit for bit the stored weight's wherever `transposed_alike` says so: from 2 rows up
+    /// (decoding batches, shrinking batches, prompts), below, at and above gemm's packing
+    /// threshold of 96 rows.
+    #[test]
+    fn products_from_a_transposed_weight_are_bit_for_bit_the_stored_weights() {
+        let dev = Device::Cpu;
+        for (out, inp) in [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)] {
+            let w = Tensor::randn(0f32, 0.05, (out, inp), &dev).unwrap();
+            let wt = w.t().unwrap().contiguous().unwrap();
+            let rows_list: &[usize] = if out == 49152 { &[2, 7, 24, 97] } else { &[2, 3, 8, 24, 64, 65, 96, 97, 130, 512] };
+            for &rows in rows_list {
+                assert!(transposed_alike(rows, (inp, out)));
+                let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+                let stored = linear(&x, &w).unwrap();
+                let from_t = linear_transposed(&x, &wt).unwrap();
+                assert_eq!(stored.dims(), from_t.dims());
+                assert!(bits(&stored) == bits(&from_t), "{rows} rows x [{out}, {inp}]: the products differ");
+            }
+        }
+        // Where the guard says no, the products differ: one row (gemm's matrix-vector path)
+        // and at most 256 outputs (its dot-product kernel for the stored layout).
+        for (out, inp, rows) in [(576, 576, 1), (49152, 576, 1), (16, 128, 2), (64, 64, 2)] {
+            assert!(!transposed_alike(rows, (inp, out)));
+            let w = Tensor::randn(0f32, 0.05, (out, inp), &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+            let from_t = linear_transposed(&x, &w.t().unwrap().contiguous().unwrap()).unwrap();
+            assert!(bits(&linear(&x, &w).unwrap()) != bits(&from_t), "{rows} rows x [{out}, {inp}]");
         }
     }
 }

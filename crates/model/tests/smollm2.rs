@@ -103,6 +103,39 @@ fn answers_leaving_the_batch_leave_the_others_unchanged() {
     }
 }
 
+/// Decoding from the weights stored transposed (gemm reads them in place instead of copying
+/// every weight before each step) gives the same answers, greedy and sampled, in full batches,
+/// in a batch that shrinks as answers end, and in a last batch of one prompt.
+#[test]
+fn decoding_from_transposed_weights_gives_the_same_answers() {
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
+    let m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
+    let asks = [
+        "Write a haiku about rain.",
+        "What is 17 times 23?",
+        "Name three rivers in Europe.",
+        "Explain photosynthesis in one sentence.",
+        "Give me a synonym for happy.",
+        "How do I boil an egg?",
+        "Translate 'good morning' into French.",
+    ];
+    let prompts: Vec<Vec<u32>> = asks.iter().map(|a| m.tokenizer().encode(&m.info().format.prompt(None, a)).unwrap()).collect();
+    for (temperature, batch_size) in [(0.0, 3), (0.7, 7), (1.0, 4)] {
+        let p = safetune_core::GenerationParams { max_new_tokens: 24, temperature, top_p: 0.9, seed: 5, batch_size };
+        let never = |_: usize, _: &[u32]| false;
+        let plain = safetune_model::generate_with(&m, &prompts, &p, &never, false).unwrap();
+        let transposed = safetune_model::generate_with(&m, &prompts, &p, &never, true).unwrap();
+        assert_eq!(plain, transposed, "temperature {temperature}, batch {batch_size}");
+        assert!(plain.iter().all(|a| a.len() > 3));
+        // Answers ending at different steps: the batch shrinks to two rows.
+        let ends = |i: usize, ids: &[u32]| ids.len() >= 2 + 3 * i;
+        let plain = safetune_model::generate_with(&m, &prompts, &p, &ends, false).unwrap();
+        assert_eq!(plain, safetune_model::generate_with(&m, &prompts, &p, &ends, true).unwrap());
+    }
+}
+
 /// MMLU-shaped prompts (a long solved head, then a question each): logits after the head
 /// computed once into a key/value cache are bit for bit those of a whole-prompt forward on
 /// the real model's shapes (the head is longer than gemm's inner blocking).

@@ -66,7 +66,10 @@ pub fn decode(m: &Llama, batch: usize, new: usize) -> Result<usize> {
     let prompt = tok.encode(&m.info().format.prompt(None, "Write a short story about a lighthouse keeper."))?;
     let prompts = vec![prompt; batch];
     let params = GenerationParams { max_new_tokens: new, temperature: 1.0, top_p: 1.0, seed: 1, batch_size: batch };
-    Ok(m.generate(&prompts, &params)?.iter().map(|o| o.len()).sum())
+    // `SAFETUNE_PERF_STORED_WEIGHTS=1`: decode from the weights as stored, not their transposed
+    // copy (docs/PERFORMANCE.md, "Decoding from transposed weights"), to time the difference.
+    let stored = std::env::var("SAFETUNE_PERF_STORED_WEIGHTS").is_ok_and(|v| v == "1");
+    Ok(safetune_model::generate_with(m, &prompts, &params, &|_, _| false, !stored)?.iter().map(|o| o.len()).sum())
 }
 
 /// One forward pass over a `tokens`-token prompt (and one generated token).
