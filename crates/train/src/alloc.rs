@@ -1,6 +1,12 @@
 //! glibc returns large freed blocks to the OS at once (mmap threshold), so
 //! every training step page-faults its activations back in: ~15% of a step.
-//! Raising the thresholds keeps them in the heap.
+//! Raising the mmap threshold keeps them in the heap. It also returns the top
+//! of the heap once more than the trim threshold of it is free: with batches
+//! of varying length (alignment's long answers) the heap of a real run swung
+//! between 6.6 and 13 GB every few steps at a threshold of 1 GB, and the
+//! kernel's page zeroing took 10% of the run's CPU time (docs/PERFORMANCE.md).
+//! So trimming is off: the heap keeps its peak size, which the run needed
+//! anyway, until the process ends.
 
 /// Call once at program start. No effect off glibc.
 pub fn tune_allocator() {
@@ -14,7 +20,8 @@ pub fn tune_allocator() {
         // SAFETY: mallopt only changes allocator tuning parameters.
         unsafe {
             mallopt(M_MMAP_THRESHOLD, 1 << 30);
-            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            // -1: never trim (mallopt(3)).
+            mallopt(M_TRIM_THRESHOLD, -1);
         }
     }
 }
