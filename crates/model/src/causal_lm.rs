@@ -63,17 +63,7 @@ impl Llama {
             let ids = Tensor::new(ids, dev)?.unsqueeze(0)?;
             let positions = Tensor::arange(from as u32, (from + t) as u32, dev)?.unsqueeze(0)?;
             let bias = ops::attention_bias(None, 1, t, from + t, dev)?;
-            let p = Pass {
-                ids: &ids,
-                positions: &positions,
-                bias: &bias,
-                perturbation: None,
-                output_hidden: false,
-                train: false,
-                capture: None,
-                transposed: None,
-            };
-            Ok(self.run(&p, Some(cache))?.0)
+            Ok(self.run(&Pass::inference(&ids, &positions, &bias, None), Some(cache))?.0)
         };
         let mut cache: crate::llama::KvCache = vec![None; self.cfg.num_layers];
         pass(&first[..head], 0, &mut cache)?;

@@ -83,17 +83,7 @@ fn generate_batch(
     }
     let bias = ops::attention_bias(Some(&mask_t), b, len, len, dev)?;
     let mut cache: KvCache = vec![None; model.config().num_layers];
-    let pass = Pass {
-        ids: &ids_t,
-        positions: &positions,
-        bias: &bias,
-        perturbation: None,
-        output_hidden: false,
-        train: false,
-        capture: None,
-        transposed,
-    };
-    let (h, _) = model.run(&pass, Some(&mut cache))?;
+    let (h, _) = model.run(&Pass::inference(&ids_t, &positions, &bias, transposed), Some(&mut cache))?;
     let mut logits = model.lm_head_with(&h.narrow(1, len - 1, 1)?, transposed)?.squeeze(1)?;
 
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
@@ -150,17 +140,7 @@ fn generate_batch(
         mask_t = Tensor::cat(&[&mask_t, &Tensor::ones((n, 1), DType::F32, dev)?], 1)?;
         let s = mask_t.dim(1)?;
         let bias = ops::attention_bias(Some(&mask_t), n, 1, s, dev)?;
-        let pass = Pass {
-            ids: &step_ids,
-            positions: &pos,
-            bias: &bias,
-            perturbation: None,
-            output_hidden: false,
-            train: false,
-            capture: None,
-            transposed,
-        };
-        let (h, _) = model.run(&pass, Some(&mut cache))?;
+        let (h, _) = model.run(&Pass::inference(&step_ids, &pos, &bias, transposed), Some(&mut cache))?;
         logits = model.lm_head_with(&h, transposed)?.squeeze(1)?;
     }
     Ok(out)

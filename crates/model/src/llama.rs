@@ -59,6 +59,13 @@ pub(crate) struct Pass<'a> {
     pub transposed: Option<&'a TransposedWeights>,
 }
 
+impl<'a> Pass<'a> {
+    /// An inference pass (no perturbation, capture or hidden states; not training).
+    pub(crate) fn inference(ids: &'a Tensor, positions: &'a Tensor, bias: &'a Tensor, transposed: Option<&'a TransposedWeights>) -> Self {
+        Pass { ids, positions, bias, perturbation: None, output_hidden: false, train: false, capture: None, transposed }
+    }
+}
+
 /// Every matrix weight of a model stored transposed and contiguous (`[in, out]`), by name.
 ///
 /// Why: candle's CPU matmul hands `x Wᵀ` to gemm, which computes it as `W xᵀ` with `W` as its

@@ -71,17 +71,7 @@ fn answers_leaving_the_batch_leave_the_others_unchanged() {
         return;
     };
     let m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
-    let asks = [
-        "Write a haiku about rain.",
-        "What is 17 times 23?",
-        "Name three rivers in Europe.",
-        "Explain photosynthesis in one sentence.",
-        "Give me a synonym for happy.",
-        "How do I boil an egg?",
-        "Translate 'good morning' into French.",
-        "What is the capital of Peru?",
-    ];
-    let prompts: Vec<Vec<u32>> = asks.iter().map(|a| m.tokenizer().encode(&m.info().format.prompt(None, a)).unwrap()).collect();
+    let prompts = everyday_prompts(&m, 8);
     for temperature in [0.0, 0.7] {
         let p = safetune_core::GenerationParams { max_new_tokens: 20, temperature, top_p: 0.9, seed: 3, batch_size: 8 };
         let full = m.generate(&prompts, &p).unwrap();
@@ -112,16 +102,7 @@ fn decoding_from_transposed_weights_gives_the_same_answers() {
         return;
     };
     let m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
-    let asks = [
-        "Write a haiku about rain.",
-        "What is 17 times 23?",
-        "Name three rivers in Europe.",
-        "Explain photosynthesis in one sentence.",
-        "Give me a synonym for happy.",
-        "How do I boil an egg?",
-        "Translate 'good morning' into French.",
-    ];
-    let prompts: Vec<Vec<u32>> = asks.iter().map(|a| m.tokenizer().encode(&m.info().format.prompt(None, a)).unwrap()).collect();
+    let prompts = everyday_prompts(&m, 7);
     for (temperature, batch_size) in [(0.0, 3), (0.7, 7), (1.0, 4)] {
         let p = safetune_core::GenerationParams { max_new_tokens: 24, temperature, top_p: 0.9, seed: 5, batch_size };
         let never = |_: usize, _: &[u32]| false;
@@ -169,4 +150,19 @@ fn logits_after_a_shared_head_computed_once_equal_whole_prompt_forwards() {
     // A head running past the first inner block of a whole prompt's attention-weighted sums
     // groups its last tokens' sums otherwise.
     assert!(bits(m.last_logits_split(&seqs, shared, safetune_model::MIN_PART, false).unwrap()) != each);
+}
+
+/// The first `n` of eight everyday requests, in the model's chat template, tokenised.
+fn everyday_prompts(m: &safetune_model::Llama, n: usize) -> Vec<Vec<u32>> {
+    let asks = [
+        "Write a haiku about rain.",
+        "What is 17 times 23?",
+        "Name three rivers in Europe.",
+        "Explain photosynthesis in one sentence.",
+        "Give me a synonym for happy.",
+        "How do I boil an egg?",
+        "Translate 'good morning' into French.",
+        "What is the capital of Peru?",
+    ];
+    asks[..n].iter().map(|a| m.tokenizer().encode(&m.info().format.prompt(None, a)).unwrap()).collect()
 }
