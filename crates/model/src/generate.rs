@@ -29,8 +29,9 @@ pub fn generate_with(
 ) -> Result<Vec<Vec<u32>>> {
     let mut out = vec![Vec::new(); prompts.len()];
     // Built per call (a copy of the weights, a fraction of a second at 135M parameters), so
-    // it never outlives weights that training may change.
-    let wt = match transposed && prompts.len() >= 2 && params.batch_size >= 2 && params.max_new_tokens > 0 {
+    // it never outlives weights that training may change. Only on the CPU (weights are f32
+    // there): the equality is a property of gemm's f32 kernels, not of another device's matmul.
+    let wt = match transposed && model.device_ref().is_cpu() && prompts.len() >= 2 && params.batch_size >= 2 && params.max_new_tokens > 0 {
         true => Some(model.transposed_weights()?),
         false => None,
     };

@@ -73,9 +73,11 @@ impl<'a> Pass<'a> {
 /// (copies) all of it before every product; while decoding (a few rows against the whole
 /// weight) that copy was 53% of the time. Stored `[in, out]` the rows are unit-stride and gemm
 /// reads the weight in place for up to 96 input rows. The values, the kernel and the order of
-/// every sum are the same, so each product is bit for bit the same from two rows up (a single
-/// row takes gemm's matrix-vector path, whose kernel depends on the layout: it keeps the
-/// stored weight). Checked on the model's shapes in `crates/model/tests/smollm2.rs`.
+/// every sum are the same, so each product is bit for bit the same where
+/// [`ops::transposed_alike`] says so (a single row takes gemm's matrix-vector path and small
+/// products a dot-product kernel, which depend on the layout: those keep the stored weight).
+/// f32 on the CPU only. Checked on the model's shapes by the `ops` unit test and on whole
+/// answers in `crates/model/tests/smollm2.rs`.
 pub(crate) type TransposedWeights = BTreeMap<String, Tensor>;
 
 /// `Σ_tokens x_j²` of each linear module's input, over the tokens where `real` (`[b, t, 1]`) is 1.
@@ -186,7 +188,7 @@ impl Llama {
     pub(crate) fn transposed_weights(&self) -> Result<TransposedWeights> {
         self.params
             .iter()
-            .filter(|(_, p)| p.tensor().rank() == 2)
+            .filter(|(_, p)| p.tensor().rank() == 2 && p.tensor().dtype() == DType::F32)
             .map(|(k, p)| Ok((k.clone(), p.tensor().detach().t()?.contiguous()?)))
             .collect()
     }
