@@ -68,17 +68,23 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// When `w` is frozen, backward computes only the input gradient.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
+    over_rows(x, in_dim, out_dim, |x2| {
+        let frozen = !w.track_op();
+        if frozen && x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() {
+            return Ok(x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?);
+        }
+        Ok(x2.matmul(&w.t()?)?)
+    })
+}
+
+/// `f` applied to `x` (`[.., in_dim]`) flattened to rows (`[rows, in_dim]`), its `[rows,
+/// out_dim]` result given `x`'s leading dimensions back.
+fn over_rows(x: &Tensor, in_dim: usize, out_dim: usize, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let last = dims.len() - 1;
     let rows: usize = dims[..last].iter().product();
-    let x2 = x.reshape((rows, in_dim))?;
     dims[last] = out_dim;
-    let frozen = !w.track_op();
-    if frozen && x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() {
-        let y = x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?;
-        return Ok(y.reshape(dims)?);
-    }
-    Ok(x2.matmul(&w.t()?)?.reshape(dims)?)
+    Ok(f(&x.reshape((rows, in_dim))?)?.reshape(dims)?)
 }
 
 /// Whether a product of `rows` input rows against a weight stored transposed (`[in, out]`)
@@ -93,11 +99,7 @@ pub fn transposed_alike(rows: usize, (in_dim, out_dim): (usize, usize)) -> bool 
 /// `x Wᵀ` for `x` of any rank `[.., in]` from `wt` = `Wᵀ` stored `[in, out]` (inference only).
 pub fn linear_transposed(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     let (in_dim, out_dim) = wt.dims2()?;
-    let mut dims = x.dims().to_vec();
-    let last = dims.len() - 1;
-    let rows: usize = dims[..last].iter().product();
-    dims[last] = out_dim;
-    Ok(x.reshape((rows, in_dim))?.matmul(wt)?.reshape(dims)?)
+    over_rows(x, in_dim, out_dim, |x2| Ok(x2.matmul(wt)?))
 }
 
 /// `y = x Wᵀ` for a frozen `W` in one op: the product is written straight
