@@ -1,5 +1,6 @@
 //! Generating answers for evaluation sets and scoring them.
 
+use std::path::Path;
 use std::time::Instant;
 
 use safetune_core::judge::{Estimate, Judge, Judgement, UtilityMetric, Verdict};
@@ -128,194 +129,270 @@ pub fn evaluate(
     label: &str,
     quiet: bool,
 ) -> Result<(ModelEval, Generations, MetricTimes)> {
+    evaluate_resumable(model, inputs, spec, judge, seed, label, quiet, None)
+}
+
+/// One finished part of an evaluation as [`evaluate_resumable`] keeps it.
+#[derive(serde::Deserialize)]
+struct Part<T> {
+    result: T,
+    records: Generations,
+    times: MetricTimes,
+}
+
+/// Runs one part of an evaluation (a safety set with its samples and variants, an
+/// over-refusal set, the task, an MMLU shot count) unless `dir` already holds it
+/// (`file`), appending its answers and times. A finished part is written there
+/// atomically; a file that does not parse is computed again.
+#[allow(clippy::too_many_arguments)]
+fn part<T: serde::Serialize + serde::de::DeserializeOwned>(
+    dir: Option<&Path>,
+    file: &str,
+    what: &str,
+    label: &str,
+    quiet: bool,
+    records: &mut Generations,
+    times: &mut MetricTimes,
+    compute: impl FnOnce(&mut Generations, &mut MetricTimes) -> Result<T>,
+) -> Result<T> {
+    let path = dir.map(|d| d.join(file));
+    if let Some(p) = &path {
+        if let Some(done) = std::fs::read_to_string(p).ok().and_then(|t| serde_json::from_str::<Part<T>>(&t).ok()) {
+            say(quiet, format!("[eval {label}] {what}: kept from the interrupted evaluation ({})", p.display()));
+            records.extend(done.records);
+            times.extend(done.times);
+            return Ok(done.result);
+        }
+    }
+    let (mut recs, mut ts) = (Vec::new(), Vec::new());
+    let result = compute(&mut recs, &mut ts)?;
+    if let Some(p) = &path {
+        let json = serde_json::json!({ "result": &result, "records": &recs, "times": &ts });
+        safetune_core::files::write_atomic(p, json.to_string().as_bytes())?;
+    }
+    records.extend(recs);
+    times.extend(ts);
+    Ok(result)
+}
+
+/// [`evaluate`], keeping each finished part in `parts` (a directory) when given, so that an
+/// evaluation stopped part-way and run again with the same model, inputs and settings
+/// resumes at its first unfinished part with the same results. The caller keys the
+/// directory by all of those and removes it once the whole result is stored.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_resumable(
+    model: &dyn CausalLm,
+    inputs: &EvalInputs,
+    spec: &EvalSpec,
+    judge: &dyn Judge,
+    seed: u64,
+    label: &str,
+    quiet: bool,
+    parts: Option<&Path>,
+) -> Result<(ModelEval, Generations, MetricTimes)> {
     let mut safety = Vec::new();
     let mut records = Vec::new();
     let mut times: MetricTimes = Vec::new();
-    for (name, set) in &inputs.safety {
-        let set = limit(set, spec.safety_limit);
-        let t = Instant::now();
-        // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
-        let probed = spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name);
-        let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
-        let again = if spec.variants { spec.samples + VARIANTS.len() } else { spec.samples };
-        let steps = Steps::new(&format!("eval {label}: {name}"), set.len() + again * probe.len(), "answer", quiet);
-        let (recs, judgements) = steps.current(|| {
-            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
+    for (set_index, (name, set)) in inputs.safety.iter().enumerate() {
+        let result = part(parts, &format!("safety-{set_index}.json"), name, label, quiet, &mut records, &mut times, |records, times| {
+            let set = limit(set, spec.safety_limit);
+            let t = Instant::now();
+            // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
+            let probed = spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name);
+            let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
+            let again = if spec.variants { spec.samples + VARIANTS.len() } else { spec.samples };
+            let steps = Steps::new(&format!("eval {label}: {name}"), set.len() + again * probe.len(), "answer", quiet);
+            let (recs, judgements) = steps.current(|| {
+                judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
+            })?;
+            let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
+            let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
+            let harmful_score = safetune_metrics::harm_of(&judgements, seed);
+            times.push((format!("{name}: ASR"), t.elapsed().as_secs_f64()));
+            if !quiet {
+                match crate::results::unmeasured(empty, asr.n) {
+                    Some(why) => {
+                        safetune_core::tracing::info!("[eval {label}] {name}: ASR NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64())
+                    }
+                    None => safetune_core::tracing::info!(
+                        "[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)",
+                        100.0 * asr.value,
+                        asr.n,
+                        t.elapsed().as_secs_f64()
+                    ),
+                }
+            }
+            let by_category = per_category(&recs, &verdicts, seed);
+            records.push((name.clone(), recs));
+            let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); probe.len()];
+            let (mut asr_at_k, mut refusal_consistency, mut variant_asr) = (None, None, None);
+            if spec.samples > 0 && probed {
+                let t = Instant::now();
+                let mut per_prompt: Vec<Vec<Verdict>> = vec![Vec::with_capacity(spec.samples); probe.len()];
+                let mut sample_recs = Vec::new();
+                for k in 0..spec.samples {
+                    let params = GenerationParams {
+                        max_new_tokens: spec.safety_max_new_tokens,
+                        temperature: spec.sample_temperature,
+                        top_p: spec.sample_top_p,
+                        seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
+                        batch_size: spec.batch_size,
+                    };
+                    let (recs, judged) =
+                        steps.current(|| judged_answers(model, probe, &params, judge, &format!("#{k}"), spec.stop_at_verdict))?;
+                    for (i, j) in judged.iter().enumerate() {
+                        per_prompt[i].push(j.verdict);
+                        others[i].push(j.verdict);
+                    }
+                    sample_recs.extend(recs);
+                }
+                let at_k = safetune_metrics::any_compliance(&per_prompt, seed);
+                times.push((format!("{name}: ASR@{0} ({0} samples)", spec.samples), t.elapsed().as_secs_f64()));
+                say(
+                    quiet,
+                    format!("[eval {label}] {name}: ASR@{} {:.1}% ({:.0}s)", spec.samples, 100.0 * at_k.value, t.elapsed().as_secs_f64()),
+                );
+                records.push((format!("{name}.samples"), sample_recs));
+                asr_at_k = Some(at_k);
+            }
+            if spec.variants && probed {
+                let t = Instant::now();
+                let mut per_prompt: Vec<Vec<Verdict>> = verdicts[..probe.len()].iter().map(|v| vec![*v]).collect();
+                let mut variant_recs = Vec::new();
+                let params = greedy(spec.safety_max_new_tokens, spec.batch_size);
+                for variant in VARIANTS {
+                    let asked: Vec<Example> = probe.iter().map(|e| variant_of(e, variant)).collect();
+                    let format = variant_format(variant, model.info().format);
+                    let (recs, judged) = steps.current(|| {
+                        judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"), spec.stop_at_verdict)
+                    })?;
+                    for (i, j) in judged.iter().enumerate() {
+                        per_prompt[i].push(j.verdict);
+                        others[i].push(j.verdict);
+                    }
+                    variant_recs.extend(recs);
+                }
+                let v_asr = safetune_metrics::any_compliance(&per_prompt, seed);
+                times.push((format!("{name}: ASR under {} surface variants", VARIANTS.len()), t.elapsed().as_secs_f64()));
+                say(
+                    quiet,
+                    format!(
+                        "[eval {label}] {name}: ASR under any surface variant {:.1}% ({:.0}s)",
+                        100.0 * v_asr.value,
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+                records.push((format!("{name}.variants"), variant_recs));
+                variant_asr = Some(v_asr);
+            }
+            if (spec.samples > 0 || spec.variants) && probed {
+                let c = safetune_metrics::refusal_consistency(&verdicts[..probe.len()], &others, seed);
+                say(quiet, format!("[eval {label}] {name}: refusal consistency {:.1}% of {} refused prompts", 100.0 * c.value, c.n));
+                refusal_consistency = Some(c);
+            }
+            Ok(SafetyResult { set: name.clone(), asr, empty, harmful_score, asr_at_k, refusal_consistency, variant_asr, by_category })
         })?;
-        let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
-        let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
-        let harmful_score = safetune_metrics::harm_of(&judgements, seed);
-        times.push((format!("{name}: ASR"), t.elapsed().as_secs_f64()));
-        if !quiet {
-            match crate::results::unmeasured(empty, asr.n) {
-                Some(why) => {
-                    safetune_core::tracing::info!("[eval {label}] {name}: ASR NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64())
-                }
-                None => safetune_core::tracing::info!(
-                    "[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)",
-                    100.0 * asr.value,
-                    asr.n,
-                    t.elapsed().as_secs_f64()
-                ),
-            }
-        }
-        let by_category = per_category(&recs, &verdicts, seed);
-        records.push((name.clone(), recs));
-        let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); probe.len()];
-        let (mut asr_at_k, mut refusal_consistency, mut variant_asr) = (None, None, None);
-        if spec.samples > 0 && probed {
-            let t = Instant::now();
-            let mut per_prompt: Vec<Vec<Verdict>> = vec![Vec::with_capacity(spec.samples); probe.len()];
-            let mut sample_recs = Vec::new();
-            for k in 0..spec.samples {
-                let params = GenerationParams {
-                    max_new_tokens: spec.safety_max_new_tokens,
-                    temperature: spec.sample_temperature,
-                    top_p: spec.sample_top_p,
-                    seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
-                    batch_size: spec.batch_size,
-                };
-                let (recs, judged) =
-                    steps.current(|| judged_answers(model, probe, &params, judge, &format!("#{k}"), spec.stop_at_verdict))?;
-                for (i, j) in judged.iter().enumerate() {
-                    per_prompt[i].push(j.verdict);
-                    others[i].push(j.verdict);
-                }
-                sample_recs.extend(recs);
-            }
-            let at_k = safetune_metrics::any_compliance(&per_prompt, seed);
-            times.push((format!("{name}: ASR@{0} ({0} samples)", spec.samples), t.elapsed().as_secs_f64()));
-            say(
-                quiet,
-                format!("[eval {label}] {name}: ASR@{} {:.1}% ({:.0}s)", spec.samples, 100.0 * at_k.value, t.elapsed().as_secs_f64()),
-            );
-            records.push((format!("{name}.samples"), sample_recs));
-            asr_at_k = Some(at_k);
-        }
-        if spec.variants && probed {
-            let t = Instant::now();
-            let mut per_prompt: Vec<Vec<Verdict>> = verdicts[..probe.len()].iter().map(|v| vec![*v]).collect();
-            let mut variant_recs = Vec::new();
-            let params = greedy(spec.safety_max_new_tokens, spec.batch_size);
-            for variant in VARIANTS {
-                let asked: Vec<Example> = probe.iter().map(|e| variant_of(e, variant)).collect();
-                let format = variant_format(variant, model.info().format);
-                let (recs, judged) = steps
-                    .current(|| judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"), spec.stop_at_verdict))?;
-                for (i, j) in judged.iter().enumerate() {
-                    per_prompt[i].push(j.verdict);
-                    others[i].push(j.verdict);
-                }
-                variant_recs.extend(recs);
-            }
-            let v_asr = safetune_metrics::any_compliance(&per_prompt, seed);
-            times.push((format!("{name}: ASR under {} surface variants", VARIANTS.len()), t.elapsed().as_secs_f64()));
-            say(
-                quiet,
-                format!(
-                    "[eval {label}] {name}: ASR under any surface variant {:.1}% ({:.0}s)",
-                    100.0 * v_asr.value,
-                    t.elapsed().as_secs_f64()
-                ),
-            );
-            records.push((format!("{name}.variants"), variant_recs));
-            variant_asr = Some(v_asr);
-        }
-        if (spec.samples > 0 || spec.variants) && probed {
-            let c = safetune_metrics::refusal_consistency(&verdicts[..probe.len()], &others, seed);
-            say(quiet, format!("[eval {label}] {name}: refusal consistency {:.1}% of {} refused prompts", 100.0 * c.value, c.n));
-            refusal_consistency = Some(c);
-        }
-        safety.push(SafetyResult { set: name.clone(), asr, empty, harmful_score, asr_at_k, refusal_consistency, variant_asr, by_category });
+        safety.push(result);
     }
     let mut over_refusal = Vec::new();
-    for (name, set) in &inputs.over_refusal {
-        let set = limit(set, spec.safety_limit);
+    for (set_index, (name, set)) in inputs.over_refusal.iter().enumerate() {
+        let result =
+            part(parts, &format!("over-refusal-{set_index}.json"), name, label, quiet, &mut records, &mut times, |records, times| {
+                let set = limit(set, spec.safety_limit);
+                let t = Instant::now();
+                let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
+                let (recs, judgements) = steps.current(|| {
+                    judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
+                })?;
+                let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
+                let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
+                times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
+                if !quiet {
+                    match crate::results::unmeasured(empty, refusal_rate.n) {
+                        Some(why) => safetune_core::tracing::info!(
+                            "[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)",
+                            t.elapsed().as_secs_f64()
+                        ),
+                        None => safetune_core::tracing::info!(
+                            "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
+                            100.0 * refusal_rate.value,
+                            refusal_rate.n,
+                            t.elapsed().as_secs_f64()
+                        ),
+                    }
+                }
+                records.push((name.clone(), recs));
+                Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty })
+            })?;
+        over_refusal.push(result);
+    }
+    let task_result = part(parts, "task.json", &inputs.task_name, label, quiet, &mut records, &mut times, |records, times| {
+        let task = limit(inputs.task, spec.task_limit);
         let t = Instant::now();
-        let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
-        let (recs, judgements) = steps.current(|| {
-            judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
-        })?;
-        let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
-        let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
-        times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
+        let steps = Steps::new(&format!("eval {label}: {}", inputs.task_name), task.len(), "answer", quiet);
+        let resp = steps.current(|| answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32)))?;
+        let mut scores = Vec::with_capacity(task.len());
+        let mut unparseable = 0;
+        let mut recs = Vec::with_capacity(task.len());
+        let mut secondary: Vec<(&'static str, Vec<f64>)> = Vec::new();
+        let scorer = inputs.utility.scorer()?;
+        for (e, r) in task.iter().zip(resp) {
+            let reference = e.label.as_deref().unwrap_or(&e.response);
+            let s = (scorer.score)(&inputs.utility.labels, &r, reference);
+            unparseable += usize::from(!s.parsed);
+            scores.push(s.score);
+            for (name, v) in (scorer.secondary)(&r, reference, e.meta.get("schema").map(String::as_str)) {
+                match secondary.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, values)) => values.extend(v),
+                    None => secondary.push((name, v.into_iter().collect())),
+                }
+            }
+            let verdict = if !s.parsed { "unparseable".to_string() } else { format!("{:.4}", s.score) };
+            recs.push(GenRecord { id: e.id.clone(), response: r, verdict, category: None, cut: false });
+        }
+        let score = mean_estimate(&scores, seed);
+        times.push((format!("{}: {}", inputs.task_name, inputs.utility.name()), t.elapsed().as_secs_f64()));
+        let also: Vec<Named> = secondary
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, v)| Named { name: n.to_string(), estimate: mean_estimate(&v, seed) })
+            .collect();
+        for a in &also {
+            say(quiet, format!("[eval {label}] {}: {} {:.1}% of {}", inputs.task_name, a.name, 100.0 * a.estimate.value, a.estimate.n));
+        }
         if !quiet {
-            match crate::results::unmeasured(empty, refusal_rate.n) {
-                Some(why) => safetune_core::tracing::info!(
-                    "[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)",
-                    t.elapsed().as_secs_f64()
-                ),
-                None => safetune_core::tracing::info!(
-                    "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
-                    100.0 * refusal_rate.value,
-                    refusal_rate.n,
-                    t.elapsed().as_secs_f64()
-                ),
-            }
+            safetune_core::tracing::info!(
+                "[eval {label}] {}: score {:.1}% of {}, unparseable {unparseable} ({:.0}s)",
+                inputs.task_name,
+                100.0 * score.value,
+                score.n,
+                t.elapsed().as_secs_f64()
+            );
         }
-        records.push((name.clone(), recs));
-        over_refusal.push(OverRefusalResult { set: name.clone(), refusal_rate, empty });
-    }
-    let task = limit(inputs.task, spec.task_limit);
-    let t = Instant::now();
-    let steps = Steps::new(&format!("eval {label}: {}", inputs.task_name), task.len(), "answer", quiet);
-    let resp = steps.current(|| answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32)))?;
-    let mut scores = Vec::with_capacity(task.len());
-    let mut unparseable = 0;
-    let mut recs = Vec::with_capacity(task.len());
-    let mut secondary: Vec<(&'static str, Vec<f64>)> = Vec::new();
-    let scorer = inputs.utility.scorer()?;
-    for (e, r) in task.iter().zip(resp) {
-        let reference = e.label.as_deref().unwrap_or(&e.response);
-        let s = (scorer.score)(&inputs.utility.labels, &r, reference);
-        unparseable += usize::from(!s.parsed);
-        scores.push(s.score);
-        for (name, v) in (scorer.secondary)(&r, reference, e.meta.get("schema").map(String::as_str)) {
-            match secondary.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, values)) => values.extend(v),
-                None => secondary.push((name, v.into_iter().collect())),
-            }
-        }
-        let verdict = if !s.parsed { "unparseable".to_string() } else { format!("{:.4}", s.score) };
-        recs.push(GenRecord { id: e.id.clone(), response: r, verdict, category: None, cut: false });
-    }
-    let score = mean_estimate(&scores, seed);
-    times.push((format!("{}: {}", inputs.task_name, inputs.utility.name()), t.elapsed().as_secs_f64()));
-    let also: Vec<Named> = secondary
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(n, v)| Named { name: n.to_string(), estimate: mean_estimate(&v, seed) })
-        .collect();
-    for a in &also {
-        say(quiet, format!("[eval {label}] {}: {} {:.1}% of {}", inputs.task_name, a.name, 100.0 * a.estimate.value, a.estimate.n));
-    }
-    if !quiet {
-        safetune_core::tracing::info!(
-            "[eval {label}] {}: score {:.1}% of {}, unparseable {unparseable} ({:.0}s)",
-            inputs.task_name,
-            100.0 * score.value,
-            score.n,
-            t.elapsed().as_secs_f64()
-        );
-    }
-    records.push((inputs.task_name.clone(), recs));
+        records.push((inputs.task_name.clone(), recs));
+        Ok(TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable, also })
+    })?;
     let mut mmlu = Vec::new();
     if let Some(mc) = inputs.mmlu {
         let questions = crate::mmlu::select(&mc.test, spec.mmlu_questions);
         for &shots in &spec.mmlu_shots {
-            let t = Instant::now();
-            let (r, recs) = crate::mmlu::accuracy(model, &mc.dev, &questions, shots, seed)?;
-            times.push((format!("mmlu {shots}-shot"), t.elapsed().as_secs_f64()));
-            say(
-                quiet,
-                format!(
-                    "[eval {label}] mmlu {shots}-shot: accuracy {:.1}% of {} ({:.0}s)",
-                    100.0 * r.accuracy.value,
-                    r.accuracy.n,
-                    t.elapsed().as_secs_f64()
-                ),
-            );
-            records.push((format!("mmlu-{shots}shot"), recs));
+            let what = format!("mmlu {shots}-shot");
+            let r = part(parts, &format!("mmlu-{shots}shot.json"), &what, label, quiet, &mut records, &mut times, |records, times| {
+                let t = Instant::now();
+                let (r, recs) = crate::mmlu::accuracy(model, &mc.dev, &questions, shots, seed)?;
+                times.push((format!("mmlu {shots}-shot"), t.elapsed().as_secs_f64()));
+                say(
+                    quiet,
+                    format!(
+                        "[eval {label}] mmlu {shots}-shot: accuracy {:.1}% of {} ({:.0}s)",
+                        100.0 * r.accuracy.value,
+                        r.accuracy.n,
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+                records.push((format!("mmlu-{shots}shot"), recs));
+                Ok(r)
+            })?;
             mmlu.push(r);
         }
     }
@@ -328,17 +405,7 @@ pub fn evaluate(
         records.extend(recs);
         mt_bench = Some(r);
     }
-    Ok((
-        ModelEval {
-            safety,
-            task: TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable, also },
-            over_refusal,
-            mmlu,
-            mt_bench,
-        },
-        records,
-        times,
-    ))
+    Ok((ModelEval { safety, task: task_result, over_refusal, mmlu, mt_bench }, records, times))
 }
 
 /// Metric times as a JSON object (seconds), for timings files and the manifest.

@@ -16,7 +16,7 @@ use safetune_data::Regime;
 use safetune_model::Checkpoint;
 use safetune_train::{clear_checkpoints, StageData, StageRun, TrainReport};
 
-use crate::evaluate::evaluate;
+use crate::evaluate::evaluate_resumable;
 use crate::hashing::write_json;
 use crate::output::say;
 use crate::prepare::open_model;
@@ -177,7 +177,9 @@ impl Run<'_> {
         let task_test = with_system(&self.pools.task_test);
         let inputs = self.eval_inputs(&sets, &over, &task_test);
         let eval_meter = crate::resources::StageMeter::start();
-        let (eval, recs, times) = evaluate(&*model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet)?;
+        let parts = self.eval_parts(&self.cell_key(method, names, regime, aligned)?);
+        let (eval, recs, times) =
+            evaluate_resumable(&*model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet, parts.as_deref())?;
         write_generations(&self.run_dir.join("generations").join(&cell), &recs)?;
         write_json(
             &self.run_dir.join("timings").join(format!("{cell}.json")),

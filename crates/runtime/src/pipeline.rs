@@ -184,6 +184,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             mark_done(&r.run_dir, "cells", &c.label, &key)?;
             write_json(&r.run_dir.join("cells").join(format!("{}.json", c.label)), &res)?;
             StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;
+            crate::run::remove_parts(r.eval_parts(&key).as_deref());
         }
     }
     if opts.worker_cells.is_some() {

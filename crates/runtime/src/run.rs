@@ -11,7 +11,7 @@ use safetune_data::{Pools, Regime};
 use safetune_model::Checkpoint;
 use safetune_train::Checkpoints;
 
-use crate::evaluate::{evaluate, EvalInputs};
+use crate::evaluate::{evaluate_resumable, EvalInputs};
 use crate::fetch::cache_dir;
 use crate::hashing::{sha256_json, write_atomic, write_json};
 use crate::options::{CodeKeys, RunOptions};
@@ -78,6 +78,21 @@ impl<'a> Run<'a> {
             }
         }
         Some(Checkpoints { dir: cache_dir().join("partial").join(&key[..16]), every })
+    }
+
+    /// Where the evaluation of content key `key` keeps its finished parts until its whole
+    /// result is stored, if this run checkpoints: a run stopped mid-evaluation and started
+    /// again resumes at the first unfinished set (`safetune_eval::evaluate::evaluate_resumable`).
+    pub(crate) fn eval_parts(&self, key: &str) -> Option<PathBuf> {
+        self.checkpoint_every.map(|_| cache_dir().join("partial").join(format!("eval-{}", &key[..16])))
+    }
+}
+
+/// Drops an evaluation's kept parts once its whole result is stored (a leftover only costs
+/// disk space, so a failure to remove it is not an error).
+pub(crate) fn remove_parts(parts: Option<&Path>) {
+    if let Some(dir) = parts {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -179,7 +194,9 @@ impl Run<'_> {
         let t = crate::resources::StageMeter::start();
         let m = model()?;
         let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.over_refusal, &self.pools.task_test);
-        let (e, recs, times) = evaluate(&*m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet)?;
+        let parts = self.eval_parts(&key);
+        let (e, recs, times) =
+            evaluate_resumable(&*m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet, parts.as_deref())?;
         write_generations(&gen_dir, &recs)?;
         // The key first: a result is done once its file exists under the key.
         mark_done(&self.run_dir, "models", label, &key)?;
@@ -188,6 +205,7 @@ impl Run<'_> {
         report["metrics_s"] = crate::evaluate::times_json(&times);
         self.timings.insert(format!("eval_{label}"), report);
         cache.publish(&key, &self.run_dir, &rels)?;
+        remove_parts(parts.as_deref());
         Ok(e)
     }
 

@@ -95,6 +95,11 @@ fn an_edit_recomputes_its_stage_and_the_later_ones_only() {
         let opts = RunOptions { code, ..RunOptions::new(None, out.clone(), true) };
         safetune_runtime::run(&spec, &opts).unwrap();
         let cell = std::fs::read(out.join("edit/keys/cells/sft-lora__high-harm")).unwrap();
+        // Each evaluation kept its finished sets under partial/eval-<key> and dropped them once stored.
+        let parts = std::fs::read_dir(cache.join("partial"))
+            .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("eval-")).count())
+            .unwrap_or(0);
+        assert_eq!(parts, 0, "an evaluation's kept parts outlived its stored result");
         (["aligned", "trained", "evals", "cells"].map(|k| entries(&cache, k)), cell)
     };
     let built = CodeKeys::built();
