@@ -133,7 +133,7 @@ pub fn evaluate(
 }
 
 /// One finished part of an evaluation as [`evaluate_resumable`] keeps it.
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Part<T> {
     result: T,
     records: Generations,
@@ -156,23 +156,25 @@ fn part<T: serde::Serialize + serde::de::DeserializeOwned>(
     compute: impl FnOnce(&mut Generations, &mut MetricTimes) -> Result<T>,
 ) -> Result<T> {
     let path = dir.map(|d| d.join(file));
-    if let Some(p) = &path {
-        if let Some(done) = std::fs::read_to_string(p).ok().and_then(|t| serde_json::from_str::<Part<T>>(&t).ok()) {
+    let kept = path.as_ref().and_then(|p| Some((p, serde_json::from_str::<Part<T>>(&std::fs::read_to_string(p).ok()?).ok()?)));
+    let done = match kept {
+        Some((p, done)) => {
             say(quiet, format!("[eval {label}] {what}: kept from the interrupted evaluation ({})", p.display()));
-            records.extend(done.records);
-            times.extend(done.times);
-            return Ok(done.result);
+            done
         }
-    }
-    let (mut recs, mut ts) = (Vec::new(), Vec::new());
-    let result = compute(&mut recs, &mut ts)?;
-    if let Some(p) = &path {
-        let json = serde_json::json!({ "result": &result, "records": &recs, "times": &ts });
-        safetune_core::files::write_atomic(p, json.to_string().as_bytes())?;
-    }
-    records.extend(recs);
-    times.extend(ts);
-    Ok(result)
+        None => {
+            let (mut recs, mut ts) = (Vec::new(), Vec::new());
+            let result = compute(&mut recs, &mut ts)?;
+            let done = Part { result, records: recs, times: ts };
+            if let Some(p) = &path {
+                crate::results::write_json(p, &done)?;
+            }
+            done
+        }
+    };
+    records.extend(done.records);
+    times.extend(done.times);
+    Ok(done.result)
 }
 
 /// [`evaluate`], keeping each finished part in `parts` (a directory) when given, so that an

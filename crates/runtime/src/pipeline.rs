@@ -179,7 +179,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &groups)?;
     } else {
         for (c, key, rels) in pending {
-            let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align])?;
+            let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align], &key)?;
             // The key first: a cell is done once its file exists under the key.
             mark_done(&r.run_dir, "cells", &c.label, &key)?;
             write_json(&r.run_dir.join("cells").join(format!("{}.json", c.label)), &res)?;
