@@ -39,7 +39,7 @@ pub mod rng;
 pub mod template;
 pub mod training;
 
-pub use adapter::LinearAdapter;
+pub use adapter::{LinearAdapter, LowRank};
 pub use example::{Example, ExampleKind};
 pub use model::{CausalLm, ForwardOutput, GenerationParams, Settled, Tokenize};
 pub use template::PromptFormat;

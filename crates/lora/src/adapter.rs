@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use safetune_core::anyhow::bail;
 use safetune_core::config::LoraConfig;
 use safetune_core::rng::SeededRng;
-use safetune_core::{CausalLm, LinearAdapter, Result};
+use safetune_core::{CausalLm, LinearAdapter, LowRank, Result};
 
 pub struct LoraAdapter {
     pub a: Var,
@@ -39,18 +39,28 @@ impl LoraAdapter {
     }
 }
 
+impl LoraAdapter {
+    /// `h = x' Aᵀ` over the rows of `x` (`[rows, r]`), `x'` being `x` after dropout when training.
+    fn down(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = if train && self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
+        let in_dim = self.a.dim(1)?;
+        let rows = x.elem_count() / in_dim;
+        Ok(x.reshape((rows, in_dim))?.matmul(&self.a.t()?)?)
+    }
+}
+
 impl LinearAdapter for LoraAdapter {
     fn delta(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = if train && self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
-        let (r, in_dim) = self.a.dims2()?;
-        let out_dim = self.b.dim(0)?;
+        let h = self.down(x, train)?;
+        let y = (h.matmul(&self.b.t()?)? * self.scale)?;
         let mut dims = x.dims().to_vec();
-        let rows = x.elem_count() / in_dim;
-        let h = x.reshape((rows, in_dim))?.matmul(&self.a.t()?)?;
-        let y = (h.reshape((rows, r))?.matmul(&self.b.t()?)? * self.scale)?;
         let last = dims.len() - 1;
-        dims[last] = out_dim;
+        dims[last] = self.b.dim(0)?;
         Ok(y.reshape(dims)?)
+    }
+
+    fn low_rank(&self, x: &Tensor, train: bool) -> Result<Option<LowRank>> {
+        Ok(Some(LowRank { h: self.down(x, train)?, b: self.b.as_tensor().clone(), scale: self.scale }))
     }
 
     fn vars(&self) -> Vec<(String, Var)> {

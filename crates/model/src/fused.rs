@@ -21,6 +21,18 @@ fn chunk_rows(cols: usize) -> usize {
     (16_384 / cols.max(1)).max(1)
 }
 
+/// `o = softmax(x)` for one row.
+fn softmax_row(o: &mut [f32], x: &[f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for (o, &v) in o.iter_mut().zip(x) {
+        *o = (v - max).exp();
+        sum += *o;
+    }
+    let inv = 1.0 / sum;
+    o.iter_mut().for_each(|v| *v *= inv);
+}
+
 pub(crate) struct SoftmaxLast;
 
 impl CustomOp1 for SoftmaxLast {
@@ -34,14 +46,7 @@ impl CustomOp1 for SoftmaxLast {
         let per = chunk_rows(cols) * cols;
         out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| {
             for (o, x) in o.chunks_mut(cols).zip(x.chunks(cols)) {
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
+                softmax_row(o, x);
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -102,6 +107,113 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
+/// Grouped-query attention in one op for training: `out = softmax(scale · q kᵀ + bias) v`
+/// per key/value head, `q` `[b, kvh, rep·t, d]` (the `rep` query heads of a key/value head
+/// stacked), `k`, `v` `[b, kvh, s, d]`, `bias` `[b, 1, 1, t, s]` (a constant). The graph keeps
+/// `q`, `k` and `v` (kept anyway) instead of the scores, their scaled and biased copies and
+/// the probabilities (four `[.., rep·t, s]` tensors a layer); backward computes the
+/// probabilities again. Forward and backward make the products, the scaling, the bias
+/// and the softmax of the composition in `Llama::attention` with the same gemm calls and
+/// float operations, so they give the same bits.
+pub(crate) struct Attention {
+    pub bias: Tensor,
+    pub scale: f64,
+}
+
+impl Attention {
+    /// The probabilities `[b, kvh, rep·t, s]` for contiguous f32 `q` and `k`.
+    fn probs(&self, q: &[f32], ql: &Layout, k: &[f32], kl: &Layout) -> candle_core::Result<(Vec<f32>, [usize; 5])> {
+        let err = |m: String| candle_core::Error::Msg(format!("fused attention: {m}"));
+        let (b, g, m, d) = ql.shape().dims4()?;
+        let (kb, kg, s, kd) = kl.shape().dims4()?;
+        let (bb, one, one2, t, bs) = self.bias.dims5()?;
+        if (kb, kg, kd) != (b, g, d) || (bb, one, one2, bs) != (b, 1, 1, s) || t == 0 || m % t != 0 {
+            return Err(err(format!("q {:?}, k {:?}, bias {:?}", ql.dims(), kl.dims(), self.bias.dims())));
+        }
+        let (storage, bl) = self.bias.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(err("bias not on the CPU".into())) };
+        let (bias, _) = f32_rows(cpu, bl, "fused attention bias")?;
+        let mul = self.scale as f32;
+        let mut p = vec![0f32; b * g * m * s];
+        let mut raw = vec![0f32; m * s];
+        for (i, p) in p.chunks_mut(m * s).enumerate() {
+            let bi = i / g;
+            crate::ops::gemm_xwt(&mut raw, &q[i * m * d..(i + 1) * m * d], &k[i * s * d..(i + 1) * s * d], (m, s, d), false, 1.0);
+            let bias = &bias[bi * t * s..(bi + 1) * t * s];
+            p.par_chunks_mut(chunk_rows(s) * s).zip(raw.par_chunks_mut(chunk_rows(s) * s)).enumerate().for_each(|(c, (p, raw))| {
+                for (j, (p, x)) in p.chunks_mut(s).zip(raw.chunks_mut(s)).enumerate() {
+                    let row = c * chunk_rows(s) + j;
+                    // What `scores * scale` (candle's affine: v·mul + 0) and `+ bias` compute.
+                    for (x, &bv) in x.iter_mut().zip(&bias[(row % t) * s..(row % t + 1) * s]) {
+                        *x = (*x * mul + 0f32) + bv;
+                    }
+                    softmax_row(p, x);
+                }
+            });
+        }
+        Ok((p, [b, g, m, s, d]))
+    }
+}
+
+/// `f` over the f32 CPU data and layout of `t`.
+fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32], &Layout) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(candle_core::Error::Msg(format!("{what}: not on the CPU"))) };
+    let (data, _) = f32_rows(cpu, layout, what)?;
+    f(data, layout)
+}
+
+impl candle_core::CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, _) = f32_rows(sq, lq, "fused attention q")?;
+        let (k, _) = f32_rows(sk, lk, "fused attention k")?;
+        let (v, _) = f32_rows(sv, lv, "fused attention v")?;
+        if lv.dims() != lk.dims() {
+            return Err(candle_core::Error::Msg(format!("fused attention: v {:?} for k {:?}", lv.dims(), lk.dims())));
+        }
+        let (p, [b, g, m, s, d]) = self.probs(q, lq, k, lk)?;
+        let mut out = vec![0f32; b * g * m * d];
+        for (i, o) in out.chunks_mut(m * d).enumerate() {
+            crate::ops::gemm_xy(o, &p[i * m * s..(i + 1) * m * s], &v[i * s * d..(i + 1) * s * d], (m, d, s));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, g, m, d))))
+    }
+
+    /// The composition's backward: `dv = pᵀ·dout`, `dp = dout·vᵀ`, the softmax's
+    /// `p ⊙ (dp − Σ dp ⊙ p)`, times `scale`, then `dq = ds·k`, `dk = (qᵀ·ds)ᵀ`.
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        dout: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (p, [b, g, m, s, _]) =
+            with_f32(q, "fused attention q", |qv, lq| with_f32(k, "fused attention k", |kv, lk| self.probs(qv, lq, kv, lk)))?;
+        let p = Tensor::from_vec(p, (b, g, m, s), q.device())?;
+        let dv = if v.track_op() { Some(p.t()?.matmul(dout)?) } else { None };
+        let dp = dout.matmul(&v.t()?)?;
+        let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+        let ds = (&p * dp.broadcast_sub(&dot)?)?.affine(self.scale, 0.)?;
+        let dq = if q.track_op() { Some(ds.matmul(k)?) } else { None };
+        let dk = if k.track_op() { Some(q.t()?.matmul(&ds)?.t()?) } else { None };
+        Ok((dq, dk, dv))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var, D};
@@ -153,5 +265,69 @@ mod tests {
         let g3 = (crate::ops::rms_norm(x.as_tensor(), &frozen, 1e-5).unwrap() * &up).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(g3.get(&frozen).is_none());
         assert!(max_diff(g3.get(x.as_tensor()).unwrap(), g1.get(x.as_tensor()).unwrap()) < 1e-6);
+    }
+
+    #[test]
+    fn frozen_low_rank_matches_the_composition_forward_and_backward() {
+        // Shapes past gemm's special small-matrix kernels, several k-blocks deep.
+        let (rows, inp, out, r) = (2 * 40, 600, 72, 8);
+        let w = (random(&[out, inp], 6) * 0.05).unwrap();
+        let x = Var::from_tensor(&random(&[2, 40, inp], 7)).unwrap();
+        let a = Var::from_tensor(&(random(&[r, inp], 8) * 0.05).unwrap()).unwrap();
+        let b = Var::from_tensor(&(random(&[out, r], 9) * 0.1).unwrap()).unwrap();
+        let up = random(&[2, 40, out], 10);
+        for scale in [2.0, 0.75] {
+            let h = x.as_tensor().reshape((rows, inp)).unwrap().matmul(&a.t().unwrap()).unwrap();
+            let lr = safetune_core::LowRank { h: h.clone(), b: b.as_tensor().clone(), scale };
+            let fused = crate::ops::linear_low_rank(x.as_tensor(), &w, &lr).unwrap();
+            assert_eq!(fused.dims(), &[2, 40, out]);
+            // What the model computed before: the frozen product plus the adapter's delta.
+            let delta = (h.matmul(&b.t().unwrap()).unwrap() * scale).unwrap().reshape((2, 40, out)).unwrap();
+            let composed = (crate::ops::linear(x.as_tensor(), &w).unwrap() + delta).unwrap();
+            let d = max_diff(&fused, &composed);
+            // A power-of-two scale is exact, so the sums are the same bits.
+            assert!(if scale == 2.0 { d == 0.0 } else { d < 1e-5 }, "scale {scale}: forward {d}");
+            let g1 = (&fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("x", x.as_tensor()), ("A", a.as_tensor()), ("B", b.as_tensor())] {
+                let (g1, g2) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                let d = max_diff(g1, g2);
+                // The same products in the same order: the same bits, whatever the scale.
+                assert!(if scale == 2.0 { d == 0.0 } else { d < 1e-4 }, "scale {scale}: {name} backward {d}");
+                assert!(g1.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "{name}: a gradient must flow");
+            }
+            // The frozen weight gets no gradient.
+            assert!(g1.get(&w).is_none());
+        }
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composition_forward_and_backward() {
+        // SmolLM2's grouping (3 key/value heads, 3 query heads each), a padded batch.
+        let (b, kvh, rep, t, d) = (2, 3, 3, 24, 64);
+        let q = Var::from_tensor(&(random(&[b, kvh, rep * t, d], 11) * 0.3).unwrap()).unwrap();
+        let k = Var::from_tensor(&(random(&[b, kvh, t, d], 12) * 0.3).unwrap()).unwrap();
+        let v = Var::from_tensor(&random(&[b, kvh, t, d], 13)).unwrap();
+        let mask =
+            Tensor::from_vec((0..b * t).map(|i| if i % t < 3 && i >= t { 0f32 } else { 1.0 }).collect::<Vec<_>>(), (b, t), &Device::Cpu)
+                .unwrap();
+        let bias = crate::ops::attention_bias(Some(&mask), b, t, t, &Device::Cpu).unwrap();
+        let up = random(&[b, kvh, rep * t, d], 14);
+        let scale = 1.0 / (d as f64).sqrt();
+        let fused = crate::ops::attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &bias, scale).unwrap();
+        let composed = crate::ops::attention_composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), &bias, scale).unwrap();
+        assert_eq!(fused.dims(), composed.dims());
+        // The same gemm calls and float operations: the same bits.
+        assert_eq!(max_diff(&fused, &composed), 0.0, "forward");
+        let g1 = (&fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, x) in [("q", q.as_tensor()), ("k", k.as_tensor()), ("v", v.as_tensor())] {
+            let (a, c) = (g1.get(x).unwrap(), g2.get(x).unwrap());
+            assert_eq!(max_diff(a, c), 0.0, "{name} backward");
+            assert!(a.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "{name}: a gradient must flow");
+        }
+        // Inference (nothing tracked) takes the composition.
+        let out = crate::ops::attention(&q.as_tensor().detach(), &k.as_tensor().detach(), &v.as_tensor().detach(), &bias, scale).unwrap();
+        assert_eq!(max_diff(&out, &composed), 0.0);
     }
 }

@@ -208,11 +208,23 @@ impl Llama {
         if let Some(c) = p.capture {
             c.add(module, x)?;
         }
-        let mut y = self.product(&format!("{module}.weight"), x, p.transposed)?;
-        if let Some(b) = self.params.get(&format!("{module}.bias")) {
+        let weight = format!("{module}.weight");
+        let bias = self.params.get(&format!("{module}.bias"));
+        let adapter = self.adapters.get(module);
+        // A low-rank adapter over a frozen weight: its product added into the frozen one in one op.
+        if let (Some(a), None) = (adapter, bias) {
+            let w = self.w(&weight)?;
+            if ops::low_rank_fusable(x, w) {
+                if let Some(lr) = a.low_rank(x, train)? {
+                    return ops::linear_low_rank(x, w, &lr);
+                }
+            }
+        }
+        let mut y = self.product(&weight, x, p.transposed)?;
+        if let Some(b) = bias {
             y = y.broadcast_add(b.tensor())?;
         }
-        if let Some(a) = self.adapters.get(module) {
+        if let Some(a) = adapter {
             y = (y + a.delta(x, train)?)?;
         }
         Ok(y)
@@ -236,14 +248,11 @@ impl Llama {
             }
             cache[l] = Some((k.clone(), v.clone()));
         }
-        let s = k.dim(2)?;
         let rep = h / kvh;
         // Group the query heads that share a key/value head instead of copying k and v.
         let q = q.reshape((b, kvh, rep * t, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(p.bias)?;
-        let probs = ops::softmax_last(&scores)?.reshape((b, kvh, rep * t, s))?;
-        let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let out = ops::attention(&q, &k, &v, p.bias, 1.0 / (hd as f64).sqrt())?;
+        let out = out.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         self.linear(&format!("{pre}.o_proj"), &out, p)
     }
 

@@ -2,10 +2,11 @@
 //!
 //! candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` record no
 //! gradient, so the model is built from compositions of ops that do, plus
-//! one custom op: a matmul against a frozen weight whose backward returns
+//! two custom ops: a matmul against a frozen weight whose backward returns
 //! only the input gradient (candle's matmul backward always computes the
 //! weight gradient too, which doubles the cost for frozen weights), and
-//! which keeps nothing but its input for the backward pass.
+//! which keeps nothing but its input for the backward pass; and the same
+//! with a low-rank adapter's product added into its result.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 
@@ -51,6 +52,30 @@ pub fn softmax_last_composed(x: &Tensor) -> Result<Tensor> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&sum)?)
+}
+
+/// Grouped-query attention: `softmax(scale · q kᵀ + bias) v` for `q` `[b, kvh, rep·t, d]`
+/// (the `rep` query heads sharing a key/value head stacked), `k`, `v` `[b, kvh, s, d]` and
+/// an additive `bias` `[b, 1, 1, t, s]`; `[b, kvh, rep·t, d]`. While training, on CPU f32,
+/// one op that keeps no `[.., s]` tensor for backward ([`crate::fused::Attention`], the same
+/// bits); otherwise the composition.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let training = q.track_op() || k.track_op() || v.track_op();
+    if training && !bias.track_op() && [q, k, v, bias].into_iter().all(fusable) {
+        return Ok(q.apply_op3(k, v, crate::fused::Attention { bias: bias.clone(), scale })?);
+    }
+    attention_composed(q, k, v, bias, scale)
+}
+
+/// [`attention`] from differentiable candle ops (the reference for the fused op).
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, kvh, m, _) = q.dims4()?;
+    let s = k.dim(2)?;
+    let t = bias.dim(3)?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = scores.reshape((b, kvh, m / t, t, s))?.broadcast_add(bias)?;
+    let probs = softmax_last(&scores)?.reshape((b, kvh, m, s))?;
+    Ok(probs.matmul(v)?)
 }
 
 /// Rotary embedding, Hugging Face "rotate half" layout.
@@ -109,61 +134,190 @@ struct FrozenLinear {
     w: Tensor,
 }
 
+fn op_err(what: &str, m: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{what}: {m}"))
+}
+
+/// The contiguous f32 CPU data of an op's argument, checked to be `[rows, cols]`.
+fn f32_matrix<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<(&'a [f32], usize, usize)> {
+    let (rows, cols) = l.shape().dims2()?;
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| op_err(what, "not contiguous"))?;
+    let CpuStorage::F32(v) = s else { return Err(op_err(what, "f32 only")) };
+    Ok((&v[start..end], rows, cols))
+}
+
+/// `y = x Wᵀ` (`x` `[m, k]`, `w` `[n, k]`, both row-major; `y` `[m, n]`) written into `y`, or
+/// `y + beta · x Wᵀ` when `accumulate`. The strides are the ones candle's matmul passes to
+/// gemm for `x.matmul(&w.t())`, so the sums are the same.
+pub(crate) fn gemm_xwt(y: &mut [f32], x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize), accumulate: bool, beta: f32) {
+    assert!(y.len() == m * n && x.len() == m * k && w.len() == n * k, "gemm_xwt: slice lengths");
+    // Wᵀ is read from `w` (n × k row-major) as a k × n matrix: row stride 1, column stride k.
+    // SAFETY: the lengths are asserted above.
+    unsafe { gemm_call(y, x, w, (m, n, k), (k as isize, 1), accumulate, beta) }
+}
+
+/// `y = x V` (`x` `[m, k]`, `v` `[k, n]`, both row-major; `y` `[m, n]`), with the strides
+/// candle's matmul passes to gemm for `x.matmul(&v)` of contiguous operands.
+pub(crate) fn gemm_xy(y: &mut [f32], x: &[f32], v: &[f32], (m, n, k): (usize, usize, usize)) {
+    assert!(y.len() == m * n && x.len() == m * k && v.len() == k * n, "gemm_xy: slice lengths");
+    // SAFETY: the lengths are asserted above; `v` is k × n row-major (row stride n, column stride 1).
+    unsafe { gemm_call(y, x, v, (m, n, k), (1, n as isize), false, 1.0) }
+}
+
+/// gemm of a row-major `[m, k]` lhs and a rhs of strides `(column, row)` into a row-major
+/// `[m, n]` destination, parallel as candle runs it.
+///
+/// # Safety
+/// `rhs` must hold every element its strides reach for a `k × n` matrix; `y` and `x` are
+/// `m × n` and `m × k`.
+unsafe fn gemm_call(
+    y: &mut [f32],
+    x: &[f32],
+    rhs: &[f32],
+    (m, n, k): (usize, usize, usize),
+    (rcs, rrs): (isize, isize),
+    accumulate: bool,
+    beta: f32,
+) {
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        y.as_mut_ptr(),
+        1,
+        n as isize,
+        accumulate,
+        x.as_ptr(),
+        1,
+        k as isize,
+        rhs.as_ptr(),
+        rcs,
+        rrs,
+        if accumulate { 1f32 } else { 0f32 },
+        beta,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// The frozen weight's data, `[n, k]`.
+fn weight_data(w: &Tensor, what: &str, k: usize, f: impl FnOnce(&[f32], usize) -> Vec<f32>) -> candle_core::Result<Vec<f32>> {
+    let (storage, wl) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(op_err(what, "weight not on the CPU")) };
+    let (w, n, wk) = f32_matrix(cpu, wl, what)?;
+    if wk != k {
+        return Err(op_err(what, &format!("input has {k} features, weight {wk}")));
+    }
+    Ok(f(w, n))
+}
+
 impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let err = |m: &str| candle_core::Error::Msg(format!("frozen linear: {m}"));
-        let (m, k) = l.shape().dims2()?;
-        let (start, end) = l.contiguous_offsets().ok_or_else(|| err("input not contiguous"))?;
-        let CpuStorage::F32(x) = s else { return Err(err("f32 only")) };
-        let x = &x[start..end];
-        let (storage, wl) = self.w.storage_and_layout();
-        let candle_core::Storage::Cpu(CpuStorage::F32(w)) = &*storage else { return Err(err("weight not f32 on the CPU")) };
-        let (n, wk) = wl.shape().dims2()?;
-        let (ws, we) = wl.contiguous_offsets().ok_or_else(|| err("weight not contiguous"))?;
-        if wk != k {
-            return Err(err(&format!("input has {k} features, weight {wk}")));
-        }
-        let w = &w[ws..we];
-        let mut y = vec![0f32; m * n];
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: `y` is m × n, row-major (row stride n, column stride 1);
-        // `x` is m × k row-major; Wᵀ is read from `w` (n × k row-major) as a
-        // k × n matrix with row stride 1 and column stride k. All three
-        // slices have exactly those lengths, checked above.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                y.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        const WHAT: &str = "frozen linear";
+        let (x, m, k) = f32_matrix(s, l, WHAT)?;
+        let mut n = 0;
+        let y = weight_data(&self.w, WHAT, k, |w, wn| {
+            n = wn;
+            let mut y = vec![0f32; m * n];
+            gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
+            y
+        })?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.w)?))
     }
+}
+
+/// `y = x Wᵀ + scale · h Bᵀ` for a frozen `W` and a low-rank adapter's `h` (`[rows, r]`)
+/// and `B` (`[out, r]`) in one op: the adapter's product is added into the frozen
+/// product's result, so the graph keeps `x`, `h` and `B` (all kept anyway) instead of
+/// the frozen product, `h Bᵀ`, its scaled copy and their sum. Backward computes what
+/// candle's backward of that composition computes, in the same order: `dx = dy · W`,
+/// `g = scale · dy`, `dh = g · B`, `dB = (hᵀ · g)ᵀ`.
+struct FrozenLowRank {
+    w: Tensor,
+    scale: f64,
+}
+
+impl candle_core::CustomOp3 for FrozenLowRank {
+    fn name(&self) -> &'static str {
+        "frozen-linear-low-rank"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        const WHAT: &str = "frozen linear with adapter";
+        let (x, m, k) = f32_matrix(s1, l1, WHAT)?;
+        let (h, hm, r) = f32_matrix(s2, l2, WHAT)?;
+        let (b, bn, br) = f32_matrix(s3, l3, WHAT)?;
+        if hm != m || br != r {
+            return Err(op_err(WHAT, &format!("{m} input rows, h {hm} × {r}, B {bn} × {br}")));
+        }
+        let mut n = 0;
+        let y = weight_data(&self.w, WHAT, k, |w, wn| {
+            n = wn;
+            let mut y = vec![0f32; m * n];
+            gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
+            y
+        })?;
+        if bn != n {
+            return Err(op_err(WHAT, &format!("B has {bn} outputs, the weight {n}")));
+        }
+        let mut y = y;
+        gemm_xwt(&mut y, h, b, (m, n, r), true, self.scale as f32);
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        h: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() { Some(grad.matmul(&self.w)?) } else { None };
+        let g = grad.affine(self.scale, 0.)?;
+        let dh = if h.track_op() { Some(g.matmul(b)?) } else { None };
+        let db = if b.track_op() { Some(h.t()?.matmul(&g)?.t()?) } else { None };
+        Ok((dx, dh, db))
+    }
+}
+
+/// Whether [`linear_low_rank`] runs as one op for input `x` and weight `w`: `w` frozen, both
+/// f32 on the CPU, `w` contiguous, and fused kernels not switched off.
+pub fn low_rank_fusable(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && !w.track_op() && fusable(w)
+}
+
+/// `x Wᵀ + scale · h Bᵀ` for a frozen `W` and a low-rank adapter's factors `lr`
+/// (`[.., in]` → `[.., out]`): one op ([`FrozenLowRank`]) where
+/// [`low_rank_fusable`] holds and the factors are f32 and contiguous, else the composition.
+pub fn linear_low_rank(x: &Tensor, w: &Tensor, lr: &safetune_core::LowRank) -> Result<Tensor> {
+    let (out_dim, in_dim) = w.dims2()?;
+    if low_rank_fusable(x, w) && fusable(&lr.h) && fusable(&lr.b) {
+        let op = FrozenLowRank { w: w.clone(), scale: lr.scale };
+        return over_rows(x, in_dim, out_dim, |x2| Ok(x2.contiguous()?.apply_op3(&lr.h, &lr.b, op)?));
+    }
+    let delta = (lr.h.matmul(&lr.b.t()?)? * lr.scale)?;
+    over_rows(x, in_dim, out_dim, |x2| Ok((linear(x2, w)? + delta)?))
 }
 
 /// Additive attention bias `[b, 1, 1, t, s]`: 0 where query `i` may see key
