@@ -38,9 +38,7 @@ fn benches(c: &mut Criterion) {
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements((b * t) as u64));
     g.bench_function("fused", |bn| bn.iter(|| step(ops::attention(&q, &k, &v, &bias, scale).expect("attention"), &up)));
-    g.bench_function("composed", |bn| {
-        bn.iter(|| step(ops::attention_composed(&q, &k, &v, &bias, scale).expect("attention"), &up))
-    });
+    g.bench_function("composed", |bn| bn.iter(|| step(ops::attention_composed(&q, &k, &v, &bias, scale).expect("attention"), &up)));
     g.finish();
 
     let (rows, dim, r) = (b * t, 576, 8);
