@@ -214,6 +214,81 @@ impl candle_core::CustomOp3 for Attention {
     }
 }
 
+/// Rotary embedding ("rotate half") in one op: for `x` `[b, h, t, d]` and `cos`, `sin`
+/// `[b or 1, 1, t, d/2]` (constants), `[x₁·cos − x₂·sin, x₂·cos + x₁·sin]`. The graph keeps
+/// `x` only, instead of the composition's six half-size products and sums; forward and
+/// backward make the composition's float operations (`ops::rope_composed`), so the same bits.
+pub(crate) struct Rope {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl Rope {
+    /// `out[..half] = f(x₁, x₂, c, s)`, `out[half..] = g(x₁, x₂, c, s)` row by row over `[b, h, t]`.
+    fn map(
+        &self,
+        x: &[f32],
+        dims: &[usize],
+        f: impl Fn(f32, f32, f32, f32) -> f32 + Sync,
+        g: impl Fn(f32, f32, f32, f32) -> f32 + Sync,
+    ) -> candle_core::Result<Vec<f32>> {
+        let err = |m: String| candle_core::Error::Msg(format!("fused rope: {m}"));
+        let [b, h, t, d] = dims else { return Err(err(format!("x of rank {}", dims.len()))) };
+        let (b, h, t, d) = (*b, *h, *t, *d);
+        let (cb, one, ct, half) = self.cos.dims4()?;
+        if one != 1 || ct != t || half * 2 != d || (cb != 1 && cb != b) || self.sin.dims() != self.cos.dims() {
+            return Err(err(format!("x {dims:?}, cos {:?}, sin {:?}", self.cos.dims(), self.sin.dims())));
+        }
+        with_f32(&self.cos, "fused rope cos", |cos, _| {
+            with_f32(&self.sin, "fused rope sin", |sin, _| {
+                let mut out = vec![0f32; x.len()];
+                // One head of one sequence: `t` rows of `d`.
+                let head = |(bh, (o, x)): (usize, (&mut [f32], &[f32]))| {
+                    let bi = if cb == 1 { 0 } else { bh / h };
+                    for ti in 0..t {
+                        let (c, s) = (&cos[(bi * t + ti) * half..][..half], &sin[(bi * t + ti) * half..][..half]);
+                        let (x, o) = (&x[ti * d..(ti + 1) * d], &mut o[ti * d..(ti + 1) * d]);
+                        let (x1, x2) = x.split_at(half);
+                        let (o1, o2) = o.split_at_mut(half);
+                        for j in 0..half {
+                            o1[j] = f(x1[j], x2[j], c[j], s[j]);
+                            o2[j] = g(x1[j], x2[j], c[j], s[j]);
+                        }
+                    }
+                };
+                // Decoding's one position a step is too little to hand to the thread pool.
+                if x.len() >= 1 << 15 {
+                    out.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).enumerate().for_each(head);
+                } else {
+                    out.chunks_mut(t * d).zip(x.chunks(t * d)).enumerate().for_each(head);
+                }
+                Ok(out)
+            })
+        })
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, _) = f32_rows(st, l, "fused rope")?;
+        let out = self.map(x, l.dims(), |x1, x2, c, s| x1 * c - x2 * s, |x1, x2, c, s| x2 * c + x1 * s)?;
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    /// The composition's gradients: `dx₁ = da·cos + db·sin`, `dx₂ = (−da)·sin + db·cos`.
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let dx = with_f32(&dy, "fused rope gradient", |g, l| {
+            self.map(g, l.dims(), |da, db, c, s| da * c + db * s, |da, db, c, s| (-da) * s + db * c)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, dy.shape(), dy.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var, D};
@@ -329,5 +404,25 @@ mod tests {
         // Inference (nothing tracked) takes the composition.
         let out = crate::ops::attention(&q.as_tensor().detach(), &k.as_tensor().detach(), &v.as_tensor().detach(), &bias, scale).unwrap();
         assert_eq!(max_diff(&out, &composed), 0.0);
+    }
+
+    #[test]
+    fn fused_rope_matches_the_composition_forward_and_backward() {
+        // A decoding-sized input (run on the calling thread) and a training-sized one (in parallel),
+        // with per-sequence positions (batch b) and shared ones (batch 1).
+        for ((b, h, t, d), cb) in [((2, 3, 5, 8), 2), ((2, 3, 5, 8), 1), ((2, 9, 64, 64), 2), ((2, 9, 64, 64), 1)] {
+            let x = Var::from_tensor(&random(&[b, h, t, d], 15)).unwrap();
+            let up = random(&[b, h, t, d], 16);
+            let cos = (random(&[cb, 1, t, d / 2], 17) * 0.3).unwrap();
+            let sin = (random(&[cb, 1, t, d / 2], 18) * 0.3).unwrap();
+            let fused = crate::ops::rope(x.as_tensor(), &cos, &sin).unwrap();
+            let composed = crate::ops::rope_composed(x.as_tensor(), &cos, &sin).unwrap();
+            assert_eq!(max_diff(&fused, &composed), 0.0, "forward, cos batch {cb}");
+            let g1 = (&fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g1, g2) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+            assert_eq!(max_diff(g1, g2), 0.0, "backward, cos batch {cb}");
+            assert!(g1.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "a gradient must flow");
+        }
     }
 }

@@ -79,8 +79,17 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, sca
 }
 
 /// Rotary embedding, Hugging Face "rotate half" layout.
-/// `x`: `[b, h, t, d]`; `cos`, `sin`: `[b or 1, 1, t, d/2]`.
+/// `x`: `[b, h, t, d]`; `cos`, `sin`: `[b or 1, 1, t, d/2]`, constants. One op on CPU f32
+/// ([`crate::fused::Rope`], the same bits), else the composition.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fusable(x) && fusable(cos) && fusable(sin) && !cos.track_op() && !sin.track_op() && x.rank() == 4 {
+        return Ok(x.apply_op1(crate::fused::Rope { cos: cos.clone(), sin: sin.clone() })?);
+    }
+    rope_composed(x, cos, sin)
+}
+
+/// [`rope`] from differentiable candle ops (the reference for the fused op).
+pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
@@ -204,15 +213,18 @@ unsafe fn gemm_call(
     );
 }
 
-/// The frozen weight's data, `[n, k]`.
-fn weight_data(w: &Tensor, what: &str, k: usize, f: impl FnOnce(&[f32], usize) -> Vec<f32>) -> candle_core::Result<Vec<f32>> {
+/// `x Wᵀ` for rows `x` (`[m, k]`) and the frozen weight `w` (`[n, k]`, f32 on the CPU): the
+/// product and `n`.
+fn frozen_product(w: &Tensor, x: &[f32], (m, k): (usize, usize), what: &str) -> candle_core::Result<(Vec<f32>, usize)> {
     let (storage, wl) = w.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(op_err(what, "weight not on the CPU")) };
     let (w, n, wk) = f32_matrix(cpu, wl, what)?;
     if wk != k {
         return Err(op_err(what, &format!("input has {k} features, weight {wk}")));
     }
-    Ok(f(w, n))
+    let mut y = vec![0f32; m * n];
+    gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
+    Ok((y, n))
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -223,13 +235,7 @@ impl CustomOp1 for FrozenLinear {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         const WHAT: &str = "frozen linear";
         let (x, m, k) = f32_matrix(s, l, WHAT)?;
-        let mut n = 0;
-        let y = weight_data(&self.w, WHAT, k, |w, wn| {
-            n = wn;
-            let mut y = vec![0f32; m * n];
-            gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
-            y
-        })?;
+        let (y, n) = frozen_product(&self.w, x, (m, k), WHAT)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -270,17 +276,10 @@ impl candle_core::CustomOp3 for FrozenLowRank {
         if hm != m || br != r {
             return Err(op_err(WHAT, &format!("{m} input rows, h {hm} × {r}, B {bn} × {br}")));
         }
-        let mut n = 0;
-        let y = weight_data(&self.w, WHAT, k, |w, wn| {
-            n = wn;
-            let mut y = vec![0f32; m * n];
-            gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
-            y
-        })?;
+        let (mut y, n) = frozen_product(&self.w, x, (m, k), WHAT)?;
         if bn != n {
             return Err(op_err(WHAT, &format!("B has {bn} outputs, the weight {n}")));
         }
-        let mut y = y;
         gemm_xwt(&mut y, h, b, (m, n, r), true, self.scale as f32);
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
