@@ -37,9 +37,7 @@ impl LoraAdapter {
         let mask: Vec<f32> = (0..n).map(|_| if rng.next_f64() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
         Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
     }
-}
 
-impl LoraAdapter {
     /// `h = x' Aᵀ` over the rows of `x` (`[rows, r]`), `x'` being `x` after dropout when training.
     fn down(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = if train && self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
