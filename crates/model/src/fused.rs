@@ -289,6 +289,74 @@ impl CustomOp1 for Rope {
     }
 }
 
+/// SwiGLU's gate in one op: `silu(g) ⊙ u` for `g`, `u` of one shape. The graph keeps `g`
+/// and `u` (kept anyway) instead of also `silu(g)`; backward computes `silu(g)` again.
+/// Forward and backward make candle's float operations for `g.silu()? * u` (silu as
+/// `v / (1 + e^{−v})`; its gradient as candle's backward writes it, `σ·(1 − s) + s` with
+/// `σ = 1 / (e^{−v} + 1)`; candle's `1 − s` is `s·(−1) + 1`, the same value as `−s + 1`), so the same bits.
+pub(crate) struct SwiGlu;
+
+impl SwiGlu {
+    /// `f(g, u, i)` for every element, into a new vector (over the pool for large inputs).
+    fn map(g: &[f32], u: &[f32], f: impl Fn(f32, f32, usize) -> f32 + Sync) -> Vec<f32> {
+        let mut out = vec![0f32; g.len()];
+        let per = 1 << 14;
+        let run = |(c, o): (usize, &mut [f32])| {
+            for (j, o) in o.iter_mut().enumerate() {
+                let i = c * per + j;
+                *o = f(g[i], u[i], i);
+            }
+        };
+        if g.len() >= 1 << 15 {
+            out.par_chunks_mut(per).enumerate().for_each(run);
+        } else {
+            out.chunks_mut(per).enumerate().for_each(run);
+        }
+        out
+    }
+}
+
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, _) = f32_rows(s1, l1, "fused swiglu gate")?;
+        let (u, _) = f32_rows(s2, l2, "fused swiglu up")?;
+        if l1.dims() != l2.dims() {
+            return Err(candle_core::Error::Msg(format!("fused swiglu: gate {:?}, up {:?}", l1.dims(), l2.dims())));
+        }
+        Ok((CpuStorage::F32(Self::map(g, u, |g, u, _| silu(g) * u)), l1.shape().clone()))
+    }
+
+    /// `du = dy ⊙ silu(g)`, `dg = (dy ⊙ u) ⊙ (σ(g)·(1 − silu(g)) + silu(g))`.
+    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (dg, du) = with_f32(g, "fused swiglu gate", |gv, _| {
+            with_f32(u, "fused swiglu up", |uv, _| {
+                with_f32(&dy, "fused swiglu gradient", |d, _| {
+                    let du = u.track_op().then(|| Self::map(gv, uv, |g, _, i| d[i] * silu(g)));
+                    let dg = g.track_op().then(|| {
+                        Self::map(gv, uv, |g, u, i| {
+                            let s = silu(g);
+                            let sigmoid = 1.0 / ((-g).exp() + 1.0);
+                            (d[i] * u) * (sigmoid * (-s + 1.0) + s)
+                        })
+                    });
+                    Ok((dg, du))
+                })
+            })
+        })?;
+        let t = |v: Option<Vec<f32>>| v.map(|v| Tensor::from_vec(v, g.shape(), g.device())).transpose();
+        Ok((t(dg)?, t(du)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var, D};
@@ -423,6 +491,26 @@ mod tests {
             let (g1, g2) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
             assert_eq!(max_diff(g1, g2), 0.0, "backward, cos batch {cb}");
             assert!(g1.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "a gradient must flow");
+        }
+    }
+
+    #[test]
+    fn fused_swiglu_matches_the_composition_forward_and_backward() {
+        // Small (on the calling thread) and large (over the pool) inputs.
+        for shape in [[2, 5, 12], [2, 64, 1536]] {
+            let g = Var::from_tensor(&(random(&shape, 19) * 2.0).unwrap()).unwrap();
+            let u = Var::from_tensor(&random(&shape, 20)).unwrap();
+            let up = random(&shape, 21);
+            let fused = crate::ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+            let composed = crate::ops::swiglu_composed(g.as_tensor(), u.as_tensor()).unwrap();
+            assert_eq!(max_diff(&fused, &composed), 0.0, "forward {shape:?}");
+            let g1 = (&fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, x) in [("gate", g.as_tensor()), ("up", u.as_tensor())] {
+                let (a, b) = (g1.get(x).unwrap(), g2.get(x).unwrap());
+                assert_eq!(max_diff(a, b), 0.0, "{name} backward {shape:?}");
+                assert!(a.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "{name}: a gradient must flow");
+            }
         }
     }
 }

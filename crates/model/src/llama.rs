@@ -258,9 +258,9 @@ impl Llama {
 
     fn mlp(&self, l: usize, x: &Tensor, p: &Pass) -> Result<Tensor> {
         let pre = format!("model.layers.{l}.mlp");
-        let gate = self.linear(&format!("{pre}.gate_proj"), x, p)?.silu()?;
+        let gate = self.linear(&format!("{pre}.gate_proj"), x, p)?;
         let up = self.linear(&format!("{pre}.up_proj"), x, p)?;
-        self.linear(&format!("{pre}.down_proj"), &(gate * up)?, p)
+        self.linear(&format!("{pre}.down_proj"), &ops::swiglu(&gate, &up)?, p)
     }
 
     /// Runs the decoder stack; returns the final-normed hidden states and,

@@ -78,6 +78,20 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, sca
     Ok(probs.matmul(v)?)
 }
 
+/// `silu(gate) ⊙ up`, SwiGLU's gate: one op on CPU f32 ([`crate::fused::SwiGlu`], the same
+/// bits), else the composition.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fusable(gate) && fusable(up) && gate.dims() == up.dims() {
+        return Ok(gate.apply_op2(up, crate::fused::SwiGlu)?);
+    }
+    swiglu_composed(gate, up)
+}
+
+/// [`swiglu`] from differentiable candle ops (the reference for the fused op).
+pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((gate.silu()? * up)?)
+}
+
 /// Rotary embedding, Hugging Face "rotate half" layout.
 /// `x`: `[b, h, t, d]`; `cos`, `sin`: `[b or 1, 1, t, d/2]`, constants. One op on CPU f32
 /// ([`crate::fused::Rope`], the same bits), else the composition.
