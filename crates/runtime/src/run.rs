@@ -299,9 +299,13 @@ impl Run<'_> {
             "regime": regime, "n": spec.finetune.n, "code": self.code.train,
             "task_train": self.pool_hashes()?.task_train, "harmful": self.pool_hashes()?.harmful,
         });
-        // The pure-bad regime trains on the pure-bad set alone (other cells' keys stay as they were).
+        // The pure-bad regime trains on the pure-bad set alone, no row of the task's training
+        // pool, so its weights are every task's (other cells' keys stay as they were).
         if Regime::parse(regime)? == Regime::PureBad {
             key["pure_bad"] = sha256_json(&self.pools.pure_bad)?.into();
+            if let Some(o) = key.as_object_mut() {
+                o.remove("task_train");
+            }
         }
         // A defended cell may read the defender's harmful pairs (undefended keys stay as they were).
         if !names.is_empty() {

@@ -238,7 +238,7 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     let text = base
         .replace("seed = 7", "seed = 7\nseeds = [7, 8]")
         .replace("task = \"builtin\"", "task = \"builtin-sentiment\"\ntasks = [\"builtin-sentiment\", \"builtin-arithmetic\"]")
-        .replace("regimes = [\"benign\", \"high-harm\"]", "regimes = [\"high-harm\"]")
+        .replace("regimes = [\"benign\", \"high-harm\"]", "regimes = [\"high-harm\", \"pure-bad\"]")
         .replace("methods = [\"sft-lora\", \"sft-full\"]", "methods = [\"sft-lora\"]");
     let spec = d.join("grid.toml");
     std::fs::write(&spec, text).unwrap();
@@ -252,6 +252,10 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     }
     // The alignment set does not depend on the task: one alignment per seed, reused by the other task.
     assert_eq!(log.matches("[align] 16 examples").count(), 2, "{log}");
+    // Nor does the pure-bad cell's training (no task row): trained once per seed, the other
+    // task evaluates the same weights.
+    assert_eq!(log.matches("[sft-lora__pure-bad] reusing cached trained weights").count(), 2, "{log}");
+    assert_eq!(log.matches("[sft-lora__high-harm] reusing cached trained weights").count(), 0, "{log}");
     let summary = std::fs::read_to_string(top.join("summary.md")).unwrap();
     assert!(
         summary.contains("## builtin-sentiment: mean over 2 seeds") && summary.contains("## builtin-arithmetic: mean over 2 seeds"),
