@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<(&'a [f32], usize)> {
+pub(crate) fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<(&'a [f32], usize)> {
     let CpuStorage::F32(v) = s else { return Err(candle_core::Error::Msg(format!("{what}: f32 only"))) };
     let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input not contiguous")))?;
     let cols = *l.dims().last().ok_or_else(|| candle_core::Error::Msg(format!("{what}: scalar input")))?;
@@ -130,9 +130,18 @@ impl Attention {
         if (kb, kg, kd) != (b, g, d) || (bb, one, one2, bs) != (b, 1, 1, s) || t == 0 || m % t != 0 {
             return Err(err(format!("q {:?}, k {:?}, bias {:?}", ql.dims(), kl.dims(), self.bias.dims())));
         }
-        let (storage, bl) = self.bias.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(err("bias not on the CPU".into())) };
-        let (bias, _) = f32_rows(cpu, bl, "fused attention bias")?;
+        with_f32(&self.bias, "fused attention bias", |bias, _| self.scores_softmax(q, k, bias, [b, g, m, s, d], t))
+    }
+
+    /// [`Self::probs`] past its shape checks, over the bias's data.
+    fn scores_softmax(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        bias: &[f32],
+        [b, g, m, s, d]: [usize; 5],
+        t: usize,
+    ) -> candle_core::Result<(Vec<f32>, [usize; 5])> {
         let mul = self.scale as f32;
         let mut p = vec![0f32; b * g * m * s];
         let mut raw = vec![0f32; m * s];
@@ -156,7 +165,7 @@ impl Attention {
 }
 
 /// `f` over the f32 CPU data and layout of `t`.
-fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32], &Layout) -> candle_core::Result<R>) -> candle_core::Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32], &Layout) -> candle_core::Result<R>) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(candle_core::Error::Msg(format!("{what}: not on the CPU"))) };
     let (data, _) = f32_rows(cpu, layout, what)?;

@@ -2,11 +2,14 @@
 //!
 //! candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` record no
 //! gradient, so the model is built from compositions of ops that do, plus
-//! two custom ops: a matmul against a frozen weight whose backward returns
+//! custom ops: here a matmul against a frozen weight whose backward returns
 //! only the input gradient (candle's matmul backward always computes the
 //! weight gradient too, which doubles the cost for frozen weights), and
-//! which keeps nothing but its input for the backward pass; and the same
-//! with a low-rank adapter's product added into its result.
+//! which keeps nothing but its input for the backward pass, and the same
+//! with a low-rank adapter's product added into its result; in `fused`,
+//! softmax, RMSNorm, attention, RoPE and SwiGLU with backward passes. Each
+//! function here picks the custom op where it applies and otherwise the
+//! composition (`*_composed`, the tests' reference).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 
@@ -164,9 +167,7 @@ fn op_err(what: &str, m: &str) -> candle_core::Error {
 /// The contiguous f32 CPU data of an op's argument, checked to be `[rows, cols]`.
 fn f32_matrix<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<(&'a [f32], usize, usize)> {
     let (rows, cols) = l.shape().dims2()?;
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| op_err(what, "not contiguous"))?;
-    let CpuStorage::F32(v) = s else { return Err(op_err(what, "f32 only")) };
-    Ok((&v[start..end], rows, cols))
+    Ok((crate::fused::f32_rows(s, l, what)?.0, rows, cols))
 }
 
 /// `y = x Wᵀ` (`x` `[m, k]`, `w` `[n, k]`, both row-major; `y` `[m, n]`) written into `y`, or
@@ -230,15 +231,15 @@ unsafe fn gemm_call(
 /// `x Wᵀ` for rows `x` (`[m, k]`) and the frozen weight `w` (`[n, k]`, f32 on the CPU): the
 /// product and `n`.
 fn frozen_product(w: &Tensor, x: &[f32], (m, k): (usize, usize), what: &str) -> candle_core::Result<(Vec<f32>, usize)> {
-    let (storage, wl) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(op_err(what, "weight not on the CPU")) };
-    let (w, n, wk) = f32_matrix(cpu, wl, what)?;
-    if wk != k {
-        return Err(op_err(what, &format!("input has {k} features, weight {wk}")));
-    }
-    let mut y = vec![0f32; m * n];
-    gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
-    Ok((y, n))
+    crate::fused::with_f32(w, what, |w, wl| {
+        let (n, wk) = wl.shape().dims2()?;
+        if wk != k {
+            return Err(op_err(what, &format!("input has {k} features, weight {wk}")));
+        }
+        let mut y = vec![0f32; m * n];
+        gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
+        Ok((y, n))
+    })
 }
 
 impl CustomOp1 for FrozenLinear {
