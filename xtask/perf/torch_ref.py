@@ -4,7 +4,7 @@ Times the same workloads as crates/train/examples/perf.rs on the same weights
 (a Hugging Face directory exported by that example) and prints one JSON line
 per workload: {"workload", "value", "unit", "peak_rss_mb"}. Dev tooling only.
 
-usage: torch_ref.py HF_DIR WORKLOAD [--batch B] [--tokens T] [--steps S] [--new N]
+usage: torch_ref.py HF_DIR WORKLOAD [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N]
 """
 import json
 import resource
@@ -49,6 +49,18 @@ def main():
     path, workload = sys.argv[1], sys.argv[2]
     torch.set_num_threads(int(flag("--threads", torch.get_num_threads())))
     batch, tokens, steps, new = flag("--batch", 4), flag("--tokens", 128), flag("--steps", 3), flag("--new", 64)
+    if workload == "gemm":
+        # x @ W.T with W stored (n, k), as a Linear layer holds it: best of 15 after a warm-up.
+        m, k, n = flag("--m", 512), flag("--k", 576), flag("--n", 1536)
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        x @ w.T
+        best = float("inf")
+        for _ in range(15):
+            t = time.perf_counter()
+            x @ w.T
+            best = min(best, time.perf_counter() - t)
+        print(json.dumps({"workload": workload, "value": 2 * m * k * n / best / 1e9, "unit": "GFLOP/s", "peak_rss_mb": peak_rss_mb()}))
+        return
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
     if workload in ("lora-qv", "lora-all"):

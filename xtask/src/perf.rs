@@ -1,6 +1,7 @@
 //! `cargo xtask perf [--reps N] [--quick] [--only WORKLOAD]... [--compare-torch]`: times the
 //! training step (LoRA q,v; LoRA all-linear; full), batched decoding (batch
-//! 1, 8, 32 × 64 new tokens) and prefill (512 tokens) on SmolLM2-135M with the
+//! 1, 8, 32 × 64 new tokens), prefill (512 tokens) and the machine's matrix-product
+//! ceiling (GFLOP/s of `x · Wᵀ` at the MLP's training shape) on SmolLM2-135M with the
 //! fused kernels and with the plain compositions (`SAFETUNE_COMPOSED_OPS=1`),
 //! runs alternating, and prints medians, peak memory and ratios. With
 //! `--compare-torch` it also runs the same workloads through PyTorch + PEFT
@@ -16,21 +17,43 @@ use crate::{cargo, fail, root, run};
 struct Workload {
     name: &'static str,
     args: Vec<String>,
-    /// Lower is better (seconds) or higher is better (tokens per second).
+    /// Lower is better (seconds) or higher is better (tokens or GFLOP per second).
     lower_better: bool,
+    unit: &'static str,
 }
 
 fn workloads(quick: bool) -> Vec<Workload> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let steps = if quick { "2" } else { "3" };
     vec![
-        Workload { name: "lora-qv", args: s(&["lora-qv", "--batch", "4", "--tokens", "128", "--steps", steps]), lower_better: true },
-        Workload { name: "lora-all", args: s(&["lora-all", "--batch", "4", "--tokens", "128", "--steps", steps]), lower_better: true },
-        Workload { name: "full", args: s(&["full", "--batch", "4", "--tokens", "128", "--steps", steps]), lower_better: true },
-        Workload { name: "decode b1", args: s(&["decode", "--batch", "1", "--new", "64"]), lower_better: false },
-        Workload { name: "decode b8", args: s(&["decode", "--batch", "8", "--new", "64"]), lower_better: false },
-        Workload { name: "decode b32", args: s(&["decode", "--batch", "32", "--new", "64"]), lower_better: false },
-        Workload { name: "prefill 512", args: s(&["prefill", "--tokens", "512"]), lower_better: false },
+        Workload {
+            name: "lora-qv",
+            args: s(&["lora-qv", "--batch", "4", "--tokens", "128", "--steps", steps]),
+            lower_better: true,
+            unit: "s/step",
+        },
+        Workload {
+            name: "lora-all",
+            args: s(&["lora-all", "--batch", "4", "--tokens", "128", "--steps", steps]),
+            lower_better: true,
+            unit: "s/step",
+        },
+        Workload {
+            name: "full",
+            args: s(&["full", "--batch", "4", "--tokens", "128", "--steps", steps]),
+            lower_better: true,
+            unit: "s/step",
+        },
+        Workload { name: "decode b1", args: s(&["decode", "--batch", "1", "--new", "64"]), lower_better: false, unit: "tok/s" },
+        Workload { name: "decode b8", args: s(&["decode", "--batch", "8", "--new", "64"]), lower_better: false, unit: "tok/s" },
+        Workload { name: "decode b32", args: s(&["decode", "--batch", "32", "--new", "64"]), lower_better: false, unit: "tok/s" },
+        Workload { name: "prefill 512", args: s(&["prefill", "--tokens", "512"]), lower_better: false, unit: "tok/s" },
+        Workload {
+            name: "gemm 512x576x1536",
+            args: s(&["gemm", "--m", "512", "--k", "576", "--n", "1536"]),
+            lower_better: false,
+            unit: "GFLOP/s",
+        },
     ]
 }
 
@@ -153,7 +176,7 @@ pub fn perf(args: PerfArgs) {
             }
         }
         let (f, p, t) = (median(fused), median(plain), median(reference));
-        let unit = if w.lower_better { "s/step" } else { "tok/s" };
+        let unit = w.unit;
         // Ratios > 1 mean the first is slower.
         let slower = |a: f64, b: f64| if w.lower_better { a / b } else { b / a };
         let torch_cols = if py.is_some() { (format!("{t:.3} {unit}"), format!("{:.2}", slower(f, t))) } else { ("-".into(), "-".into()) };

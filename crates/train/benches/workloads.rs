@@ -22,7 +22,7 @@ fn group<'a>(c: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, 
 }
 
 fn benches(c: &mut Criterion) {
-    safetune_train::tune_allocator();
+    safetune_train::tune_process();
     let Some(path) = workloads::smollm2() else { return };
     for (name, kind) in [("train-step/lora-qv", "lora-qv"), ("train-step/lora-all", "lora-all"), ("train-step/full", "full")] {
         safetune_model::memory::reset_peak_rss();

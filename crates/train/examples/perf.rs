@@ -3,7 +3,8 @@
 //! WORKLOAD is `lora-qv`, `lora-all`, `full` (seconds per training step, after
 //! one warm-up step), `decode` (generated tokens per second at batch B, N new
 //! tokens each), `prefill` (prompt tokens per second, one prompt of T tokens),
-//! or `export DIR` (the model as a Hugging Face directory, for the PyTorch
+//! `gemm` (GFLOP/s of the best of 15 products x·Wᵀ, x `M × K`, W `N × K`: the
+//! machine's ceiling for the model's products), or `export DIR` (the model as a Hugging Face directory, for the PyTorch
 //! reference). Prints one JSON line with the value and the peak resident set.
 //! The workloads themselves are in `workloads/mod.rs`, shared with the
 //! criterion benchmarks.
@@ -15,10 +16,12 @@ fn flag(args: &[String], name: &str, default: usize) -> usize {
 }
 
 fn main() -> safetune_core::Result<()> {
-    safetune_train::tune_allocator();
+    safetune_train::tune_process();
     let args: Vec<String> = std::env::args().collect();
     let (Some(path), Some(workload)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: perf MODEL lora-qv|lora-all|full|decode|prefill|export [--batch B] [--tokens T] [--steps S] [--new N]");
+        eprintln!(
+            "usage: perf MODEL lora-qv|lora-all|full|decode|prefill|gemm|export [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N]"
+        );
         std::process::exit(2);
     };
     let path = std::path::Path::new(path);
@@ -32,7 +35,10 @@ fn main() -> safetune_core::Result<()> {
         }
         "decode" => {
             let m = workloads::prepared(path, "inference")?;
-            workloads::decode(&m, 1, 2)?; // warm-up
+            // Warm-up at the same batch (as the PyTorch reference does): a batch of two or more
+            // decodes from a transposed copy of the weights, built per call, and only the
+            // process's first copy faults its pages in (docs/PERFORMANCE.md, session 26).
+            workloads::decode(&m, batch, 2)?;
             (workloads::rate(|| workloads::decode(&m, batch, new))?, "tok/s")
         }
         "prefill" => {
@@ -40,6 +46,7 @@ fn main() -> safetune_core::Result<()> {
             workloads::prefill(&m, tokens)?; // warm-up
             (workloads::rate(|| workloads::prefill(&m, tokens))?, "tok/s")
         }
+        "gemm" => (workloads::gemm_gflops(flag(&args, "--m", 512), flag(&args, "--k", 576), flag(&args, "--n", 1536))?, "GFLOP/s"),
         "export" => {
             let m = workloads::prepared(path, "inference")?;
             let dir = args.get(3).ok_or_else(|| safetune_core::anyhow::anyhow!("export needs a directory"))?;

@@ -8,18 +8,18 @@
 //! `sft-full` methods.
 
 mod adamw;
-mod alloc;
 mod batch;
 mod checkpoint;
 mod loss;
 mod methods;
+mod process;
 mod schedule;
 mod trainer;
 
 pub use adamw::AdamW;
-pub use alloc::tune_allocator;
 pub use batch::{encode_example, make_batches, EncodedExample};
 pub use checkpoint::{clear as clear_checkpoints, Checkpoints};
 pub use loss::masked_cross_entropy;
+pub use process::{fix_thread_count, tune_allocator, tune_process};
 pub use schedule::learning_rate;
 pub use trainer::{train, train_stage, with_context, StageData, StageRun, TrainReport};

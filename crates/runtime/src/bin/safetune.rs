@@ -9,7 +9,7 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    safetune_train::tune_allocator();
+    safetune_train::tune_process();
     if let Err(e) = safetune_runtime::logging::init() {
         eprintln!("error: {e}");
         std::process::exit(2);

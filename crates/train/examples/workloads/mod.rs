@@ -59,6 +59,22 @@ pub fn train_steps(m: &mut Llama, batch: usize, tokens: usize, steps: usize) -> 
     Ok(r.seconds / r.steps as f64)
 }
 
+/// GFLOP/s of candle's CPU matmul on `x · Wᵀ` (x `m × k`, W `n × k` as the model stores
+/// its weights): the best of 15 calls after one warm-up.
+pub fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
+    let dev = candle_core::Device::Cpu;
+    let x = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+    x.matmul(&w.t()?)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..15 {
+        let t = Instant::now();
+        x.matmul(&w.t()?)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
 /// Generates `new` tokens for `batch` copies of one prompt (sampling at a
 /// fixed seed); returns the number of tokens generated.
 pub fn decode(m: &Llama, batch: usize, new: usize) -> Result<usize> {
