@@ -107,12 +107,12 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
-/// Grouped-query attention in one op for training: `out = softmax(scale · q kᵀ + bias) v`
+/// Grouped-query attention in one op (training and inference): `out = softmax(scale · q kᵀ + bias) v`
 /// per key/value head, `q` `[b, kvh, rep·t, d]` (the `rep` query heads of a key/value head
 /// stacked), `k`, `v` `[b, kvh, s, d]`, `bias` `[b, 1, 1, t, s]` (a constant). The graph keeps
 /// `q`, `k` and `v` (kept anyway) instead of the scores, their scaled and biased copies and
 /// the probabilities (four `[.., rep·t, s]` tensors a layer); backward computes the
-/// probabilities again. Forward and backward make the products, the scaling, the bias
+/// probabilities again. In inference it is one pass instead of four. Forward and backward make the products, the scaling, the bias
 /// and the softmax of the composition in `Llama::attention` with the same gemm calls and
 /// float operations, so they give the same bits.
 pub(crate) struct Attention {
@@ -478,9 +478,30 @@ mod tests {
             assert_eq!(max_diff(a, c), 0.0, "{name} backward");
             assert!(a.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "{name}: a gradient must flow");
         }
-        // Inference (nothing tracked) takes the composition.
-        let out = crate::ops::attention(&q.as_tensor().detach(), &k.as_tensor().detach(), &v.as_tensor().detach(), &bias, scale).unwrap();
-        assert_eq!(max_diff(&out, &composed), 0.0);
+    }
+
+    #[test]
+    fn fused_attention_in_inference_matches_the_composition_at_prefill_and_decoding_shapes() {
+        // Nothing tracked: a left-padded prefill (t = s), then decoding steps (t = 1) against caches
+        // of a few lengths — small products take gemm's other kernels (rows × columns ≤ 256).
+        let (b, kvh, rep, d) = (2, 3, 3, 64);
+        for (t, s) in [(24, 24), (1, 5), (1, 40), (1, 100), (1, 700)] {
+            let q = (random(&[b, kvh, rep * t, d], 21) * 0.3).unwrap();
+            let k = (random(&[b, kvh, s, d], 22) * 0.3).unwrap();
+            let v = random(&[b, kvh, s, d], 23);
+            let mask = Tensor::from_vec(
+                (0..b * s).map(|i| if i % s < 2 && i >= s { 0f32 } else { 1.0 }).collect::<Vec<_>>(),
+                (b, s),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let bias = crate::ops::attention_bias(Some(&mask), b, t, s, &Device::Cpu).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let fused = q.apply_op3(&k, &v, super::Attention { bias: bias.clone(), scale }).unwrap();
+            let composed = crate::ops::attention_composed(&q, &k, &v, &bias, scale).unwrap();
+            assert_eq!(fused.dims(), composed.dims());
+            assert_eq!(max_diff(&fused, &composed), 0.0, "t {t}, s {s}");
+        }
     }
 
     #[test]

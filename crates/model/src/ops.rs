@@ -59,12 +59,12 @@ pub fn softmax_last_composed(x: &Tensor) -> Result<Tensor> {
 
 /// Grouped-query attention: `softmax(scale · q kᵀ + bias) v` for `q` `[b, kvh, rep·t, d]`
 /// (the `rep` query heads sharing a key/value head stacked), `k`, `v` `[b, kvh, s, d]` and
-/// an additive `bias` `[b, 1, 1, t, s]`; `[b, kvh, rep·t, d]`. While training, on CPU f32,
-/// one op that keeps no `[.., s]` tensor for backward ([`crate::fused::Attention`], the same
-/// bits); otherwise the composition.
+/// an additive `bias` `[b, 1, 1, t, s]`; `[b, kvh, rep·t, d]`. On CPU f32 one op
+/// ([`crate::fused::Attention`], the same bits): while training it keeps no `[.., s]` tensor
+/// for backward, and in inference (prefill and decoding) it makes one pass where the
+/// composition makes four, each with a new `[.., s]` tensor. Otherwise the composition.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let training = q.track_op() || k.track_op() || v.track_op();
-    if training && !bias.track_op() && [q, k, v, bias].into_iter().all(fusable) {
+    if !bias.track_op() && [q, k, v, bias].into_iter().all(fusable) {
         return Ok(q.apply_op3(k, v, crate::fused::Attention { bias: bias.clone(), scale })?);
     }
     attention_composed(q, k, v, bias, scale)
