@@ -107,14 +107,14 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
-/// Grouped-query attention in one op (training and inference): `out = softmax(scale · q kᵀ + bias) v`
-/// per key/value head, `q` `[b, kvh, rep·t, d]` (the `rep` query heads of a key/value head
-/// stacked), `k`, `v` `[b, kvh, s, d]`, `bias` `[b, 1, 1, t, s]` (a constant). The graph keeps
-/// `q`, `k` and `v` (kept anyway) instead of the scores, their scaled and biased copies and
-/// the probabilities (four `[.., rep·t, s]` tensors a layer); backward computes the
-/// probabilities again. In inference it is one pass instead of four. Forward and backward make the products, the scaling, the bias
-/// and the softmax of the composition in `Llama::attention` with the same gemm calls and
-/// float operations, so they give the same bits.
+/// Grouped-query attention in one op (training and inference): `out = softmax(scale · q kᵀ +
+/// bias) v` per key/value head, `q` `[b, kvh, rep·t, d]` (the `rep` query heads of a key/value
+/// head stacked), `k`, `v` `[b, kvh, s, d]`, `bias` `[b, 1, 1, t, s]` (a constant). The graph
+/// keeps `q`, `k` and `v` (kept anyway) instead of the scores, their scaled and biased copies
+/// and the probabilities (four `[.., rep·t, s]` tensors a layer); backward computes the
+/// probabilities again. In inference it is one pass instead of four. Forward and backward make
+/// the products, the scaling, the bias and the softmax of the composition in `Llama::attention`
+/// with the same gemm calls and float operations, so they give the same bits.
 pub(crate) struct Attention {
     pub bias: Tensor,
     pub scale: f64,

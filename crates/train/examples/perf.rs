@@ -1,13 +1,12 @@
-//! One timed workload on a model file, for `cargo xtask perf`:
-//! `perf MODEL WORKLOAD [--batch B] [--tokens T] [--steps S] [--new N]`, where
-//! WORKLOAD is `lora-qv`, `lora-all`, `full` (seconds per training step, after
-//! one warm-up step), `decode` (generated tokens per second at batch B, N new
-//! tokens each), `prefill` (prompt tokens per second, one prompt of T tokens),
-//! `gemm` (GFLOP/s of the best of 15 products x·Wᵀ, x `M × K`, W `N × K`: the
-//! machine's ceiling for the model's products), or `export DIR` (the model as a Hugging Face directory, for the PyTorch
-//! reference). Prints one JSON line with the value and the peak resident set.
-//! The workloads themselves are in `workloads/mod.rs`, shared with the
-//! criterion benchmarks.
+//! One timed workload on a model file, for `cargo xtask perf`: `perf MODEL WORKLOAD [--batch B]
+//! [--tokens T] [--steps S] [--new N]`, where WORKLOAD is `lora-qv`, `lora-all`, `full`
+//! (seconds per training step, after one warm-up step), `decode` (generated tokens per second
+//! at batch B, N new tokens each), `prefill` (prompt tokens per second, one prompt of T
+//! tokens), `gemm` (GFLOP/s of the best of 15 products x·Wᵀ, x `M × K`, W `N × K`: the
+//! machine's ceiling for the model's products), or `export DIR` (the model as a Hugging Face
+//! directory, for the PyTorch reference). Prints one JSON line with the value and the peak
+//! resident set. The workloads themselves are in `workloads/mod.rs`, shared with the criterion
+//! benchmarks.
 
 mod workloads;
 

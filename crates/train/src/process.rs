@@ -22,8 +22,8 @@ pub fn tune_process() {
 /// candle 0.11 asks `get_num_threads()` before every matrix product (and so does
 /// `safetune_model::ops`), and without `RAYON_NUM_THREADS` that counts the physical
 /// cores by reading and parsing `/proc/cpuinfo` each time: about 200 reads per decoded
-/// token at 135M, each making the kernel ask every CPU its clock (an interrupt on the
-/// core running the product). This reads it once and sets `RAYON_NUM_THREADS` to the
+/// token at 135M, each a system call in which the kernel formats the file anew. This
+/// reads it once and sets `RAYON_NUM_THREADS` to the
 /// same number, so every product splits its work as before (the same bits), only
 /// without the reads (docs/PERFORMANCE.md, "candle counted the cores before every
 /// product"). rayon's global pool — which also reads the variable, and whose default is
