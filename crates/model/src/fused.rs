@@ -21,10 +21,10 @@ fn chunk_rows(cols: usize) -> usize {
     (16_384 / cols.max(1)).max(1)
 }
 
-/// `o = softmax(x)` for one row.
 /// Every `d` below it has `d.exp() == +0.0` (test `exp_underflows_to_zero_below_the_cut`).
 const UNDERFLOWS: f32 = -104.0;
 
+/// `o = softmax(x)` for one row.
 fn softmax_row(o: &mut [f32], x: &[f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
