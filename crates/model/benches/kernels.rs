@@ -1,8 +1,8 @@
 //! The fused training kernels against the compositions they replace, forward
 //! and backward, at SmolLM2-135M's shapes for a batch of 4 × 128 tokens:
 //! grouped-query attention (9 query heads over 3 key/value heads, head size
-//! 64) and a frozen 576 × 576 linear layer with a LoRA r8 adapter. Random
-//! inputs, no model file. `cargo bench -p safetune-model --bench kernels`.
+//! 64) and a frozen 576 × 576 linear layer with a LoRA r8 adapter; and the
+//! attention of one 512-token prefill in inference. Random inputs, no model file. `cargo bench -p safetune-model --bench kernels`.
 
 use std::time::Duration;
 
@@ -41,6 +41,17 @@ fn benches(c: &mut Criterion) {
     g.bench_function("composed", |bn| bn.iter(|| step(ops::attention_composed(&q, &k, &v, &bias, scale).expect("attention"), &up)));
     g.finish();
 
+    // Inference: one 512-token causal prefill (nothing tracked, forward only).
+    let t = 512;
+    let (q, k, v) = (random(&[1, kvh, rep * t, d], 1), random(&[1, kvh, t, d], 2), random(&[1, kvh, t, d], 3));
+    let bias = ops::attention_bias(None, 1, t, t, &Device::Cpu).expect("bias");
+    let mut g = c.benchmark_group("attention 1 x 512, inference");
+    g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(t as u64));
+    g.bench_function("fused", |bn| bn.iter(|| std::hint::black_box(ops::attention(&q, &k, &v, &bias, scale).expect("attention"))));
+    g.finish();
+
+    let (b, t) = (4, 128);
     let (rows, dim, r) = (b * t, 576, 8);
     let w = random(&[dim, dim], 5);
     let x = var(&[b, t, dim], 6);

@@ -26,18 +26,39 @@ const UNDERFLOWS: f32 = -104.0;
 
 /// `o = softmax(x)` for one row.
 fn softmax_row(o: &mut [f32], x: &[f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(x);
     let mut sum = 0f32;
     for (o, &v) in o.iter_mut().zip(x) {
         let d = v - max;
         // Below -104, e^d is under half the smallest subnormal: `exp` returns +0 exactly, but
         // through libm's slow underflow path (`xflowf`) — where a masked attention entry
-        // (bias -1e9) always lands: ~9% of a 512-token prefill. The same bits without the call.
-        *o = if d < UNDERFLOWS { 0.0 } else { d.exp() };
-        sum += *o;
+        // (bias -1e9) always lands: ~9% of a 512-token prefill. The same bits without the call,
+        // and without adding the +0 into `sum` (which is never -0: it starts at +0 and every
+        // term is at least +0), so a masked entry is not a step of the sum's dependency chain.
+        if d < UNDERFLOWS {
+            *o = 0.0;
+        } else {
+            *o = d.exp();
+            sum += *o;
+        }
     }
     let inv = 1.0 / sum;
     o.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The left-to-right `f32::max` fold of `x`, in eight independent lanes so that it is not one
+/// dependency chain. The same value: the maximum does not depend on the order (`f32::max`
+/// passes over NaN either way); only a tie of +0 and -0 may come out with the other sign,
+/// which moves no difference `v - max` but the sign of an exact zero, and e^±0 = 1.
+fn row_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    chunks.remainder().iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 pub(crate) struct SoftmaxLast;
@@ -399,6 +420,45 @@ mod tests {
         assert_eq!(f32::NEG_INFINITY.exp().to_bits(), 0);
         // ... and just above it, exp is not yet zero everywhere (the cut is not needlessly low).
         assert!((-103.0f32).exp() > 0.0);
+    }
+
+    #[test]
+    fn softmax_row_gives_the_bits_of_the_plain_loop() {
+        // The row kernel before its lane max and skipped zero terms: one fold, one loop.
+        fn plain(o: &mut [f32], x: &[f32]) {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in o.iter_mut().zip(x) {
+                let d = v - max;
+                *o = if d < super::UNDERFLOWS { 0.0 } else { d.exp() };
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|v| *v *= inv);
+        }
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for (len, seed) in [(1, 1), (7, 2), (8, 3), (9, 4), (63, 5), (100, 6), (512, 7), (513, 8)] {
+            let base: Vec<f32> = random(&[len], seed).flatten_all().unwrap().to_vec1().unwrap();
+            let scaled: Vec<f32> = base.iter().map(|v| v * 40.0).collect();
+            // Attention-style masks: a causal tail, left padding, every other entry, everything.
+            let masked = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
+                base.iter().enumerate().map(|(j, &v)| if keep(j) { v } else { v + -1e9 }).collect()
+            };
+            rows.extend([base.clone(), scaled, masked(&|j| j <= len / 3), masked(&|j| j >= len / 2), masked(&|j| j % 2 == 0)]);
+            rows.push(masked(&|_| false));
+        }
+        rows.push(vec![0.0, -0.0, 0.0, -0.0, -0.0, 0.0, 0.0, -0.0, -0.0]);
+        rows.push(vec![-0.0; 9]);
+        rows.push(vec![f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, -200.0, 3.0, -0.0, 0.5, -104.0, 2.0, -103.9]);
+        rows.push(vec![0.0, -103.9, -104.0, -87.0, -100.0, -88.7, -1e9, -103.99, -90.0]);
+        rows.push(vec![1.0, f32::NAN, 2.0, -5.0, 0.0, 7.0, 1.0, 1.0, 4.0]);
+        for x in &rows {
+            let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            super::softmax_row(&mut a, x);
+            plain(&mut b, x);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "row {x:?}");
+        }
     }
 
     #[test]
