@@ -1,8 +1,9 @@
 //! The fused training kernels against the compositions they replace, forward
 //! and backward, at SmolLM2-135M's shapes for a batch of 4 × 128 tokens:
 //! grouped-query attention (9 query heads over 3 key/value heads, head size
-//! 64) and a frozen 576 × 576 linear layer with a LoRA r8 adapter; and the
-//! attention of one 512-token prefill in inference. Random inputs, no model file. `cargo bench -p safetune-model --bench kernels`.
+//! 64), SwiGLU's gate (1536 wide) and a frozen 576 × 576 linear layer with a
+//! LoRA r8 adapter; and the attention of one 512-token prefill in inference.
+//! Random inputs, no model file. `cargo bench -p safetune-model --bench kernels`.
 
 use std::time::Duration;
 
@@ -39,6 +40,16 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements((b * t) as u64));
     g.bench_function("fused", |bn| bn.iter(|| step(ops::attention(&q, &k, &v, &bias, scale).expect("attention"), &up)));
     g.bench_function("composed", |bn| bn.iter(|| step(ops::attention_composed(&q, &k, &v, &bias, scale).expect("attention"), &up)));
+    g.finish();
+
+    // SwiGLU's gate at the MLP's width, both inputs tracked (as under LoRA or full fine-tuning).
+    let (g_in, u_in) = (var(&[b, t, 1536], 10), var(&[b, t, 1536], 11));
+    let up = random(&[b, t, 1536], 12);
+    let mut g = c.benchmark_group("swiglu 4 x 128 x 1536, forward + backward");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements((b * t) as u64));
+    g.bench_function("fused", |bn| bn.iter(|| step(ops::swiglu(g_in.as_tensor(), u_in.as_tensor()).expect("swiglu"), &up)));
+    g.bench_function("composed", |bn| bn.iter(|| step(ops::swiglu_composed(g_in.as_tensor(), u_in.as_tensor()).expect("swiglu"), &up)));
     g.finish();
 
     // Inference: one 512-token causal prefill (nothing tracked, forward only).

@@ -351,10 +351,36 @@ impl SwiGlu {
         }
         out
     }
+
+    /// [`Self::map`] for an `f` with two results, into two vectors in one pass.
+    fn map2(g: &[f32], u: &[f32], f: impl Fn(f32, f32, usize) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f32>) {
+        let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+        let per = 1 << 14;
+        let run = |(c, (a, b)): (usize, (&mut [f32], &mut [f32]))| {
+            for (j, (a, b)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+                let i = c * per + j;
+                (*a, *b) = f(g[i], u[i], i);
+            }
+        };
+        if g.len() >= 1 << 15 {
+            a.par_chunks_mut(per).zip(b.par_chunks_mut(per)).enumerate().for_each(run);
+        } else {
+            a.chunks_mut(per).zip(b.chunks_mut(per)).enumerate().for_each(run);
+        }
+        (a, b)
+    }
 }
 
 fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())
+}
+
+/// `(silu(v), σ(v))` from one `exp`: candle's sigmoid is `1 / (e^{−v} + 1)`, and
+/// `e^{−v} + 1 = 1 + e^{−v}` exactly (float addition commutes), so both are the bits of the
+/// separate formulas.
+fn silu_sigmoid(v: f32) -> (f32, f32) {
+    let den = 1.0 + (-v).exp();
+    (v / den, 1.0 / den)
 }
 
 impl CustomOp2 for SwiGlu {
@@ -371,21 +397,28 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(Self::map(g, u, |g, u, _| silu(g) * u)), l1.shape().clone()))
     }
 
-    /// `du = dy ⊙ silu(g)`, `dg = (dy ⊙ u) ⊙ (σ(g)·(1 − silu(g)) + silu(g))`.
+    /// `du = dy ⊙ silu(g)`, `dg = (dy ⊙ u) ⊙ (σ(g)·(1 − silu(g)) + silu(g))`, both from one
+    /// `e^{−g}` per element (it used to take three: `silu` twice and `σ`).
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (dg, du) = with_f32(g, "fused swiglu gate", |gv, _| {
             with_f32(u, "fused swiglu up", |uv, _| {
                 with_f32(&dy, "fused swiglu gradient", |d, _| {
-                    let du = u.track_op().then(|| Self::map(gv, uv, |g, _, i| d[i] * silu(g)));
-                    let dg = g.track_op().then(|| {
-                        Self::map(gv, uv, |g, u, i| {
-                            let s = silu(g);
-                            let sigmoid = 1.0 / ((-g).exp() + 1.0);
-                            (d[i] * u) * (sigmoid * (-s + 1.0) + s)
-                        })
-                    });
-                    Ok((dg, du))
+                    let dg_of = |u: f32, i: usize, (s, sigmoid): (f32, f32)| (d[i] * u) * (sigmoid * (-s + 1.0) + s);
+                    // Both gradients in one pass and from one `exp` when both are wanted (the
+                    // usual case: LoRA on the MLP, or full fine-tuning).
+                    Ok(match (g.track_op(), u.track_op()) {
+                        (true, true) => {
+                            let (dg, du) = Self::map2(gv, uv, |g, u, i| {
+                                let ss = silu_sigmoid(g);
+                                (dg_of(u, i, ss), d[i] * ss.0)
+                            });
+                            (Some(dg), Some(du))
+                        }
+                        (true, false) => (Some(Self::map(gv, uv, |g, u, i| dg_of(u, i, silu_sigmoid(g)))), None),
+                        (false, true) => (None, Some(Self::map(gv, uv, |g, _, i| d[i] * silu(g)))),
+                        (false, false) => (None, None),
+                    })
                 })
             })
         })?;
@@ -620,6 +653,22 @@ mod tests {
                 let (a, b) = (g1.get(x).unwrap(), g2.get(x).unwrap());
                 assert_eq!(max_diff(a, b), 0.0, "{name} backward {shape:?}");
                 assert!(a.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "{name}: a gradient must flow");
+            }
+            // One input tracked, the other a constant: each gradient alone, the same bits.
+            for gate_tracked in [true, false] {
+                let (gt, ut) = if gate_tracked {
+                    (g.as_tensor().clone(), u.as_tensor().detach())
+                } else {
+                    (g.as_tensor().detach(), u.as_tensor().clone())
+                };
+                let x = if gate_tracked { g.as_tensor() } else { u.as_tensor() };
+                let fused = crate::ops::swiglu(&gt, &ut).unwrap();
+                let composed = crate::ops::swiglu_composed(&gt, &ut).unwrap();
+                let g1 = (&fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                assert_eq!(max_diff(g1.get(x).unwrap(), g2.get(x).unwrap()), 0.0, "gate tracked {gate_tracked}, {shape:?}");
+                let other = if gate_tracked { u.as_tensor() } else { g.as_tensor() };
+                assert!(g1.get(other).is_none(), "a constant gets no gradient");
             }
         }
     }
