@@ -1,8 +1,9 @@
 //! The fused training kernels against the compositions they replace, forward
 //! and backward, at SmolLM2-135M's shapes for a batch of 4 × 128 tokens:
 //! grouped-query attention (9 query heads over 3 key/value heads, head size
-//! 64), SwiGLU's gate (1536 wide) and a frozen 576 × 576 linear layer with a
-//! LoRA r8 adapter; and the attention of one 512-token prefill in inference.
+//! 64), SwiGLU's gate (1536 wide), RMSNorm (576 wide) and a frozen 576 × 576
+//! linear layer with a LoRA r8 adapter; and the attention of one 512-token
+//! prefill in inference.
 //! Random inputs, no model file. `cargo bench -p safetune-model --bench kernels`.
 
 use std::time::Duration;
@@ -50,6 +51,17 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements((b * t) as u64));
     g.bench_function("fused", |bn| bn.iter(|| step(ops::swiglu(g_in.as_tensor(), u_in.as_tensor()).expect("swiglu"), &up)));
     g.bench_function("composed", |bn| bn.iter(|| step(ops::swiglu_composed(g_in.as_tensor(), u_in.as_tensor()).expect("swiglu"), &up)));
+    g.finish();
+
+    // RMSNorm over the residual stream (576 wide), input tracked, weight frozen (as under LoRA).
+    let x_in = var(&[b, t, 576], 13);
+    let w_norm = random(&[576], 14);
+    let up = random(&[b, t, 576], 15);
+    let mut g = c.benchmark_group("rms_norm 4 x 128 x 576, forward + backward");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements((b * t) as u64));
+    g.bench_function("fused", |bn| bn.iter(|| step(ops::rms_norm(x_in.as_tensor(), &w_norm, 1e-5).expect("rms_norm"), &up)));
+    g.bench_function("composed", |bn| bn.iter(|| step(ops::rms_norm_composed(x_in.as_tensor(), &w_norm, 1e-5).expect("rms_norm"), &up)));
     g.finish();
 
     // Inference: one 512-token causal prefill (nothing tracked, forward only).
