@@ -3,8 +3,8 @@
 //! grouped-query attention (9 query heads over 3 key/value heads, head size
 //! 64), SwiGLU's gate (1536 wide), RMSNorm (576 wide) and a frozen 576 × 576
 //! linear layer with a LoRA r8 adapter; and the attention of one 512-token
-//! prefill in inference.
-//! Random inputs, no model file. `cargo bench -p safetune-model --bench kernels`.
+//! prefill in inference. Random inputs, no model file.
+//! `cargo bench -p safetune-model --bench kernels`.
 
 use std::time::Duration;
 
