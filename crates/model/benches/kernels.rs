@@ -65,16 +65,15 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // Inference: one 512-token causal prefill (nothing tracked, forward only).
-    let t = 512;
-    let (q, k, v) = (random(&[1, kvh, rep * t, d], 1), random(&[1, kvh, t, d], 2), random(&[1, kvh, t, d], 3));
-    let bias = ops::attention_bias(None, 1, t, t, &Device::Cpu).expect("bias");
+    let n = 512;
+    let (q, k, v) = (random(&[1, kvh, rep * n, d], 1), random(&[1, kvh, n, d], 2), random(&[1, kvh, n, d], 3));
+    let bias = ops::attention_bias(None, 1, n, n, &Device::Cpu).expect("bias");
     let mut g = c.benchmark_group("attention 1 x 512, inference");
     g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    g.throughput(Throughput::Elements(t as u64));
+    g.throughput(Throughput::Elements(n as u64));
     g.bench_function("fused", |bn| bn.iter(|| std::hint::black_box(ops::attention(&q, &k, &v, &bias, scale).expect("attention"))));
     g.finish();
 
-    let (b, t) = (4, 128);
     let (rows, dim, r) = (b * t, 576, 8);
     let w = random(&[dim, dim], 5);
     let x = var(&[b, t, dim], 6);

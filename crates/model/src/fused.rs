@@ -21,6 +21,10 @@ fn chunk_rows(cols: usize) -> usize {
     (16_384 / cols.max(1)).max(1)
 }
 
+/// Elements below which an element-wise kernel runs on the calling thread (decoding's one
+/// position a step is too little to hand to the thread pool).
+const PARALLEL_MIN: usize = 1 << 15;
+
 /// Every `d` below it has `d.exp() == +0.0` (test `exp_underflows_to_zero_below_the_cut`).
 const UNDERFLOWS: f32 = -104.0;
 
@@ -293,8 +297,7 @@ impl Rope {
                         }
                     }
                 };
-                // Decoding's one position a step is too little to hand to the thread pool.
-                if x.len() >= 1 << 15 {
+                if x.len() >= PARALLEL_MIN {
                     out.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).enumerate().for_each(head);
                 } else {
                     out.chunks_mut(t * d).zip(x.chunks(t * d)).enumerate().for_each(head);
@@ -334,17 +337,20 @@ impl CustomOp1 for Rope {
 pub(crate) struct SwiGlu;
 
 impl SwiGlu {
+    /// Elements per parallel task of [`Self::map`] and [`Self::map2`].
+    const CHUNK: usize = 1 << 14;
+
     /// `f(g, u, i)` for every element, into a new vector (over the pool for large inputs).
     fn map(g: &[f32], u: &[f32], f: impl Fn(f32, f32, usize) -> f32 + Sync) -> Vec<f32> {
         let mut out = vec![0f32; g.len()];
-        let per = 1 << 14;
+        let per = Self::CHUNK;
         let run = |(c, o): (usize, &mut [f32])| {
             for (j, o) in o.iter_mut().enumerate() {
                 let i = c * per + j;
                 *o = f(g[i], u[i], i);
             }
         };
-        if g.len() >= 1 << 15 {
+        if g.len() >= PARALLEL_MIN {
             out.par_chunks_mut(per).enumerate().for_each(run);
         } else {
             out.chunks_mut(per).enumerate().for_each(run);
@@ -355,14 +361,14 @@ impl SwiGlu {
     /// [`Self::map`] for an `f` with two results, into two vectors in one pass.
     fn map2(g: &[f32], u: &[f32], f: impl Fn(f32, f32, usize) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f32>) {
         let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-        let per = 1 << 14;
+        let per = Self::CHUNK;
         let run = |(c, (a, b)): (usize, (&mut [f32], &mut [f32]))| {
             for (j, (a, b)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
                 let i = c * per + j;
                 (*a, *b) = f(g[i], u[i], i);
             }
         };
-        if g.len() >= 1 << 15 {
+        if g.len() >= PARALLEL_MIN {
             a.par_chunks_mut(per).zip(b.par_chunks_mut(per)).enumerate().for_each(run);
         } else {
             a.chunks_mut(per).zip(b.chunks_mut(per)).enumerate().for_each(run);
