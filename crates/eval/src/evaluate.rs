@@ -1,6 +1,6 @@
 //! Generating answers for evaluation sets and scoring them.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use safetune_core::judge::{Estimate, Judge, Judgement, UtilityMetric, Verdict};
@@ -140,26 +140,55 @@ struct Part<T> {
     times: MetricTimes,
 }
 
-/// Runs one part of an evaluation (a safety set with its samples and variants, an
-/// over-refusal set, the task, an MMLU shot count) unless `dir` already holds it
-/// (`file`), appending its answers and times. A finished part is written there
-/// atomically; a file that does not parse is computed again.
+/// Where [`evaluate_resumable`] keeps each finished part of an evaluation (a safety set
+/// with its samples and variants, an over-refusal set, the task, an MMLU shot count) and
+/// finds it again. `what` holds everything the part's result depends on that the
+/// evaluation knows — its kind, its examples (after `safety_limit`/`task_limit`), the
+/// decoding settings, the prompt template, the judge and the seed — and none of the
+/// settings it does not read; the store adds the model (and the code) and answers with
+/// one file per content key. So an evaluation stopped part-way resumes at its first
+/// unfinished part, and another evaluation of the same model that asks a part with the
+/// same `what` (the same safety set while the task differs, say) reuses it.
+pub trait PartStore {
+    fn file(&self, what: &serde_json::Value) -> Result<PathBuf>;
+}
+
+/// What a safety or over-refusal part (greedy answers to `set`, judged) depends on.
+fn harmful_part(
+    kind: &str,
+    name: &str,
+    set: &[Example],
+    format: PromptFormat,
+    spec: &EvalSpec,
+    judge: &dyn Judge,
+    seed: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "part": kind, "set": name, "examples": set, "format": format, "judge": judge.fingerprint(),
+        "max_new_tokens": spec.safety_max_new_tokens, "batch_size": spec.batch_size,
+        "stop_at_verdict": spec.stop_at_verdict, "seed": seed,
+    })
+}
+
+/// Runs one part of an evaluation unless the store already holds it, appending its answers
+/// and times. A finished part is written atomically; a file that does not parse is
+/// computed again.
 #[allow(clippy::too_many_arguments)]
 fn part<T: serde::Serialize + serde::de::DeserializeOwned>(
-    dir: Option<&Path>,
-    file: &str,
-    what: &str,
+    store: Option<&dyn PartStore>,
+    what: impl FnOnce() -> serde_json::Value,
+    name: &str,
     label: &str,
     quiet: bool,
     records: &mut Generations,
     times: &mut MetricTimes,
     compute: impl FnOnce(&mut Generations, &mut MetricTimes) -> Result<T>,
 ) -> Result<T> {
-    let path = dir.map(|d| d.join(file));
+    let path = store.map(|s| s.file(&what())).transpose()?;
     let kept = path.as_ref().and_then(|p| Some((p, serde_json::from_str::<Part<T>>(&std::fs::read_to_string(p).ok()?).ok()?)));
     let done = match kept {
         Some((p, done)) => {
-            say(quiet, format!("[eval {label}] {what}: kept from the interrupted evaluation ({})", p.display()));
+            say(quiet, format!("[eval {label}] {name}: reusing this model's stored answers to the same part ({})", p.display()));
             done
         }
         None => {
@@ -177,10 +206,8 @@ fn part<T: serde::Serialize + serde::de::DeserializeOwned>(
     Ok(done.result)
 }
 
-/// [`evaluate`], keeping each finished part in `parts` (a directory) when given, so that an
-/// evaluation stopped part-way and run again with the same model, inputs and settings
-/// resumes at its first unfinished part with the same results. The caller keys the
-/// directory by all of those and removes it once the whole result is stored.
+/// [`evaluate`], keeping each finished part in `parts` when given and reusing a part it
+/// already holds for this model ([`PartStore`]).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_resumable(
     model: &dyn CausalLm,
@@ -190,18 +217,29 @@ pub fn evaluate_resumable(
     seed: u64,
     label: &str,
     quiet: bool,
-    parts: Option<&Path>,
+    parts: Option<&dyn PartStore>,
 ) -> Result<(ModelEval, Generations, MetricTimes)> {
+    let format = model.info().format;
     let mut safety = Vec::new();
     let mut records = Vec::new();
     let mut times: MetricTimes = Vec::new();
-    for (set_index, (name, set)) in inputs.safety.iter().enumerate() {
-        let result = part(parts, &format!("safety-{set_index}.json"), name, label, quiet, &mut records, &mut times, |records, times| {
-            let set = limit(set, spec.safety_limit);
+    for (name, set) in &inputs.safety {
+        let set = limit(set, spec.safety_limit);
+        // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
+        let probed = (spec.samples > 0 || spec.variants) && (spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name));
+        let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
+        let what = || {
+            let mut w = harmful_part("safety", name, set, format, spec, judge, seed);
+            if probed {
+                w["probe"] = serde_json::json!({
+                    "prompts": probe.len(), "samples": spec.samples, "variants": spec.variants.then_some(VARIANTS),
+                    "temperature": spec.sample_temperature, "top_p": spec.sample_top_p,
+                });
+            }
+            w
+        };
+        let result = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
             let t = Instant::now();
-            // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
-            let probed = spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name);
-            let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
             let again = if spec.variants { spec.samples + VARIANTS.len() } else { spec.samples };
             let steps = Steps::new(&format!("eval {label}: {name}"), set.len() + again * probe.len(), "answer", quiet);
             let (recs, judgements) = steps.current(|| {
@@ -297,42 +335,49 @@ pub fn evaluate_resumable(
         safety.push(result);
     }
     let mut over_refusal = Vec::new();
-    for (set_index, (name, set)) in inputs.over_refusal.iter().enumerate() {
-        let result =
-            part(parts, &format!("over-refusal-{set_index}.json"), name, label, quiet, &mut records, &mut times, |records, times| {
-                let set = limit(set, spec.safety_limit);
-                let t = Instant::now();
-                let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
-                let (recs, judgements) = steps.current(|| {
-                    judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
-                })?;
-                let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
-                let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
-                times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
-                if !quiet {
-                    match crate::results::unmeasured(empty, refusal_rate.n) {
-                        Some(why) => safetune_core::tracing::info!(
-                            "[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)",
-                            t.elapsed().as_secs_f64()
-                        ),
-                        None => safetune_core::tracing::info!(
-                            "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
-                            100.0 * refusal_rate.value,
-                            refusal_rate.n,
-                            t.elapsed().as_secs_f64()
-                        ),
-                    }
-                }
-                records.push((name.clone(), recs));
-                Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty })
+    for (name, set) in &inputs.over_refusal {
+        let set = limit(set, spec.safety_limit);
+        let what = || harmful_part("over-refusal", name, set, format, spec, judge, seed);
+        let result = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
+            let t = Instant::now();
+            let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
+            let (recs, judgements) = steps.current(|| {
+                judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
             })?;
+            let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
+            let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
+            times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
+            if !quiet {
+                match crate::results::unmeasured(empty, refusal_rate.n) {
+                    Some(why) => safetune_core::tracing::info!(
+                        "[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)",
+                        t.elapsed().as_secs_f64()
+                    ),
+                    None => safetune_core::tracing::info!(
+                        "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
+                        100.0 * refusal_rate.value,
+                        refusal_rate.n,
+                        t.elapsed().as_secs_f64()
+                    ),
+                }
+            }
+            records.push((name.clone(), recs));
+            Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty })
+        })?;
         over_refusal.push(result);
     }
-    let task_result = part(parts, "task.json", &inputs.task_name, label, quiet, &mut records, &mut times, |records, times| {
-        let task = limit(inputs.task, spec.task_limit);
+    let task = limit(inputs.task, spec.task_limit);
+    let task_batch = spec.batch_size.max(32);
+    let what = || {
+        serde_json::json!({
+            "part": "task", "task": inputs.task_name, "examples": task, "utility": inputs.utility, "format": format,
+            "max_new_tokens": spec.task_max_new_tokens, "batch_size": task_batch, "seed": seed,
+        })
+    };
+    let task_result = part(parts, what, &inputs.task_name, label, quiet, &mut records, &mut times, |records, times| {
         let t = Instant::now();
         let steps = Steps::new(&format!("eval {label}: {}", inputs.task_name), task.len(), "answer", quiet);
-        let resp = steps.current(|| answers(model, task, spec.task_max_new_tokens, spec.batch_size.max(32)))?;
+        let resp = steps.current(|| answers(model, task, spec.task_max_new_tokens, task_batch))?;
         let mut scores = Vec::with_capacity(task.len());
         let mut unparseable = 0;
         let mut recs = Vec::with_capacity(task.len());
@@ -378,8 +423,13 @@ pub fn evaluate_resumable(
     if let Some(mc) = inputs.mmlu {
         let questions = crate::mmlu::select(&mc.test, spec.mmlu_questions);
         for &shots in &spec.mmlu_shots {
-            let what = format!("mmlu {shots}-shot");
-            let r = part(parts, &format!("mmlu-{shots}shot.json"), &what, label, quiet, &mut records, &mut times, |records, times| {
+            let name = format!("mmlu {shots}-shot");
+            let what = || {
+                serde_json::json!({
+                    "part": "mmlu", "shots": shots, "dev": mc.dev, "questions": questions, "format": format, "seed": seed,
+                })
+            };
+            let r = part(parts, what, &name, label, quiet, &mut records, &mut times, |records, times| {
                 let t = Instant::now();
                 let (r, recs) = crate::mmlu::accuracy(model, &mc.dev, &questions, shots, seed)?;
                 times.push((format!("mmlu {shots}-shot"), t.elapsed().as_secs_f64()));

@@ -1,13 +1,39 @@
-//! `evaluate_resumable`: an evaluation stopped part-way resumes at its first unfinished part.
-//! Each finished part (a safety set with its samples, an over-refusal set, the task) is kept in
-//! the directory; a kept part is used as it is, a missing or unreadable one is computed again.
+//! `evaluate_resumable`: an evaluation stopped part-way resumes at its first unfinished part,
+//! and another evaluation of the same model reuses the parts it asks alike. Each finished part
+//! (a safety set with its samples, an over-refusal set, the task) is kept in the store under
+//! what it depends on; a kept part is used as it is, a missing or unreadable one is computed
+//! again.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 
 use safetune_core::judge::UtilityMetric;
 use safetune_core::{Example, ExampleKind};
-use safetune_eval::evaluate::{evaluate, evaluate_resumable, EvalInputs};
+use safetune_eval::evaluate::{evaluate, evaluate_resumable, EvalInputs, PartStore};
 use safetune_eval::results::{Generations, ModelEval};
 use safetune_eval::spec::EvalSpec;
 use serde_json::{to_value, Value};
+
+/// A store in `dir` for the model called `model` (the runtime's hashes the model's identity
+/// and the code with sha256; a hash of the same text will do here).
+struct Store {
+    dir: PathBuf,
+    model: &'static str,
+}
+
+impl PartStore for Store {
+    fn file(&self, what: &Value) -> safetune_core::Result<PathBuf> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.model, what.to_string()).hash(&mut h);
+        Ok(self.dir.join(format!("{:016x}.json", h.finish())))
+    }
+}
+
+fn files(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
 
 fn answers_of(gens: &Generations, prefix: &str) -> Value {
     to_value(gens.iter().filter(|(set, _)| set.starts_with(prefix)).collect::<Vec<_>>()).unwrap()
@@ -38,27 +64,28 @@ fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_miss
 
     // Two different models: what each answers on its own.
     let (first, second) = (safetune_model::tiny_model(5).unwrap(), safetune_model::tiny_model(6).unwrap());
-    let (e1, g1, _) = evaluate_resumable(&first, &inputs, &spec, &judge, 1, "first", true, Some(&dir)).unwrap();
+    let store = Store { dir: dir.clone(), model: "first" };
+    let (e1, g1, _) = evaluate_resumable(&first, &inputs, &spec, &judge, 1, "first", true, Some(&store)).unwrap();
     let (e2, g2, _) = evaluate(&second, &inputs, &spec, &judge, 1, "second", true).unwrap();
     for prefix in ["harm", "benign", "toy"] {
         assert_ne!(answers_of(&g1, prefix), answers_of(&g2, prefix), "the two models must answer {prefix} differently");
     }
-    let mut kept: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    kept.sort();
-    assert_eq!(kept, ["over-refusal-0.json", "safety-0.json", "task.json"]);
+    let kept = files(&dir);
+    assert_eq!(kept.len(), 3, "one file per part: {kept:?}");
+    let (task_file, harm_file) = (part_of(&dir, &kept, "toy"), part_of(&dir, &kept, "harm"));
 
     // Every part kept: the second model is never asked; the result is the first one's.
-    let (r, rg, _) = evaluate_resumable(&second, &inputs, &spec, &judge, 1, "resumed", true, Some(&dir)).unwrap();
+    let (r, rg, _) = evaluate_resumable(&second, &inputs, &spec, &judge, 1, "resumed", true, Some(&store)).unwrap();
     assert_eq!(to_value(&r).unwrap(), to_value(&e1).unwrap());
     assert_eq!(to_value(&rg).unwrap(), to_value(&g1).unwrap());
 
     // The task's part missing and the safety part unreadable (a stop mid-write leaves no file,
     // but a damaged one is computed again too): those two come from the second model, the
     // over-refusal set from the kept part.
-    std::fs::remove_file(dir.join("task.json")).unwrap();
-    std::fs::write(dir.join("safety-0.json"), "{").unwrap();
+    std::fs::remove_file(dir.join(&task_file)).unwrap();
+    std::fs::write(dir.join(&harm_file), "{").unwrap();
     let (m, mg, _): (ModelEval, Generations, _) =
-        evaluate_resumable(&second, &inputs, &spec, &judge, 1, "mixed", true, Some(&dir)).unwrap();
+        evaluate_resumable(&second, &inputs, &spec, &judge, 1, "mixed", true, Some(&store)).unwrap();
     assert_eq!(to_value(&m.task).unwrap(), to_value(&e2.task).unwrap());
     assert_eq!(to_value(&m.safety).unwrap(), to_value(&e2.safety).unwrap());
     assert_eq!(to_value(&m.over_refusal).unwrap(), to_value(&e1.over_refusal).unwrap());
@@ -69,4 +96,97 @@ fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_miss
     let order = |g: &Generations| g.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>();
     assert_eq!(order(&mg), order(&g1));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The file of `kept` whose part answered the set `name` first.
+fn part_of(dir: &std::path::Path, kept: &[String], name: &str) -> String {
+    let first_set = |f: &String| -> Value {
+        let part: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
+        part["records"][0][0].clone()
+    };
+    let found: Vec<&String> = kept.iter().filter(|f| first_set(f) == name).collect();
+    assert_eq!(found.len(), 1, "{name}: {found:?}");
+    found[0].clone()
+}
+
+#[test]
+fn another_evaluation_of_the_same_model_reuses_the_parts_it_asks_alike_and_no_other() {
+    let harmful: Vec<Example> =
+        (0..6).map(|i| Example::new(format!("h:{i}"), ExampleKind::Harmful, format!("request number {i} please"), "")).collect();
+    let benign: Vec<Example> =
+        (0..4).map(|i| Example::new(format!("b:{i}"), ExampleKind::Benign, format!("a benign question {i}"), "")).collect();
+    let task_a: Vec<Example> =
+        (0..3).map(|i| Example::new(format!("t:{i}"), ExampleKind::Task, format!("Say something {i}."), "x y")).collect();
+    let task_b: Vec<Example> =
+        (0..5).map(|i| Example::new(format!("u:{i}"), ExampleKind::Task, format!("Name a colour {i}."), "red")).collect();
+    let inputs = |task_name: &str, task: &'static [Example]| EvalInputs {
+        safety: vec![("harm".into(), leak(&harmful))],
+        over_refusal: vec![("benign".into(), leak(&benign))],
+        task_name: task_name.into(),
+        task,
+        utility: UtilityMetric::named("rouge-l"),
+        mmlu: None,
+        mt_bench: None,
+    };
+    let (task_a, task_b) = (leak(&task_a), leak(&task_b));
+    let spec =
+        EvalSpec { safety_max_new_tokens: 6, task_max_new_tokens: 4, batch_size: 4, samples: 1, variants: false, ..EvalSpec::default() };
+    let judge = safetune_metrics::KeywordJudge::extended();
+    let dir = std::env::temp_dir().join(format!("safetune-eval-shared-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store { dir: dir.clone(), model: "m" };
+    let (first, second) = (safetune_model::tiny_model(5).unwrap(), safetune_model::tiny_model(6).unwrap());
+
+    let (_, g1, _) = evaluate_resumable(&first, &inputs("toy", task_a), &spec, &judge, 1, "first", true, Some(&store)).unwrap();
+    // What the second model answers on its own: a part taken from the store is the first's.
+    let on_its_own = |inputs: &EvalInputs, spec: &EvalSpec, judge: &dyn safetune_core::judge::Judge, seed| {
+        evaluate(&second, inputs, spec, judge, seed, "second", true).unwrap().1
+    };
+    let g2 = on_its_own(&inputs("toy", task_a), &spec, &judge, 1);
+    for set in ["harm", "benign"] {
+        assert_ne!(answers_of(&g1, set), answers_of(&g2, set), "the two models must answer {set} differently");
+    }
+
+    // Another task with another limit (the next task of a run, the same model): the safety
+    // and over-refusal parts are reused, only the task is answered.
+    let other_task = EvalSpec { task_limit: 4, task_max_new_tokens: 3, ..spec.clone() };
+    let (_, g, _) = evaluate_resumable(&second, &inputs("colours", task_b), &other_task, &judge, 1, "next", true, Some(&store)).unwrap();
+    let own = on_its_own(&inputs("colours", task_b), &other_task, &judge, 1);
+    assert_eq!(answers_of(&g, "harm"), answers_of(&g1, "harm"));
+    assert_eq!(answers_of(&g, "benign"), answers_of(&g1, "benign"));
+    assert_eq!(answers_of(&g, "colours"), answers_of(&own, "colours"));
+    assert_eq!(files(&dir).len(), 4, "only the new task's part was added");
+
+    // Whatever a safety part reads changes its key: the answer budget, the batch, the
+    // samples, the judge, the seed, the model — each is answered again by the second model.
+    let longer = EvalSpec { safety_max_new_tokens: 7, ..spec.clone() };
+    let batch = EvalSpec { batch_size: 3, ..spec.clone() };
+    let no_samples = EvalSpec { samples: 0, ..spec.clone() };
+    let qi = safetune_metrics::KeywordJudge::qi2023();
+    let cases: [(&str, &EvalSpec, &dyn safetune_core::judge::Judge, u64, &'static str); 6] = [
+        ("answer budget", &longer, &judge, 1, "m"),
+        ("batch size", &batch, &judge, 1, "m"),
+        ("samples", &no_samples, &judge, 1, "m"),
+        ("judge", &spec, &qi, 1, "m"),
+        ("seed", &spec, &judge, 2, "m"),
+        ("model", &spec, &judge, 1, "another"),
+    ];
+    for (what, spec, judge, seed, model) in cases {
+        let store = Store { dir: dir.clone(), model };
+        let (_, g, _) = evaluate_resumable(&second, &inputs("toy", task_a), spec, judge, seed, what, true, Some(&store)).unwrap();
+        let own = on_its_own(&inputs("toy", task_a), spec, judge, seed);
+        assert_eq!(answers_of(&g, "harm"), answers_of(&own, "harm"), "{what}: the safety part was reused");
+        if what != "samples" {
+            // The over-refusal part reads no sample setting.
+            assert_eq!(answers_of(&g, "benign"), answers_of(&own, "benign"), "{what}: the over-refusal part was reused");
+        } else {
+            assert_eq!(answers_of(&g, "benign"), answers_of(&g1, "benign"), "samples: the over-refusal part was not reused");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A `'static` view of test data (the inputs borrow it across closures).
+fn leak<T: Clone>(v: &[T]) -> &'static [T] {
+    Box::leak(v.to_vec().into_boxed_slice())
 }

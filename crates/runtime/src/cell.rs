@@ -68,9 +68,8 @@ impl Run<'_> {
         StageCache::new("trained").publish_as(&self.train_key(method, names, regime, aligned)?, &self.run_dir, &Self::trained_files(cell))
     }
 
-    /// Fine-tunes one cell from the aligned model, applies its defenses, evaluates; `key` is
-    /// the cell's content key ([`Run::cell_key`]).
-    pub(crate) fn cell(&mut self, method: &str, names: &[String], regime: &str, aligned: &Aligned, key: &str) -> Result<CellResult> {
+    /// Fine-tunes one cell from the aligned model, applies its defenses, evaluates.
+    pub(crate) fn cell(&mut self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<CellResult> {
         let spec = self.spec;
         let cell = format!("{}__{regime}", label(method, names));
         let t = Instant::now();
@@ -178,9 +177,9 @@ impl Run<'_> {
         let task_test = with_system(&self.pools.task_test);
         let inputs = self.eval_inputs(&sets, &over, &task_test);
         let eval_meter = crate::resources::StageMeter::start();
-        let parts = self.eval_parts(key);
+        let parts = self.parts(self.cell_model(method, names, regime, aligned)?);
         let (eval, recs, times) =
-            evaluate_resumable(&*model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet, parts.as_deref())?;
+            evaluate_resumable(&*model, &inputs, &spec.eval, self.judge.as_ref(), spec.seed, &cell, self.quiet, Some(&parts))?;
         write_generations(&self.run_dir.join("generations").join(&cell), &recs)?;
         write_json(
             &self.run_dir.join("timings").join(format!("{cell}.json")),

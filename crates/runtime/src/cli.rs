@@ -129,8 +129,8 @@ struct RunArgs {
     /// Check every input of every sub-run and print the plan, writing nothing
     #[arg(long)]
     dry_run: bool,
-    /// Checkpoint each training stage every M minutes and keep each finished evaluation set (0: neither);
-    /// a run started again resumes each stage from its last checkpoint and each evaluation at its first unfinished set
+    /// Checkpoint each training stage every M minutes (0: never); a run started again resumes each
+    /// stage from its last checkpoint (an evaluation always resumes at its first unfinished set)
     #[arg(long, value_name = "M", default_value_t = 10.0, value_parser = minutes, allow_negative_numbers = true)]
     checkpoint_minutes: f64,
     /// Submit the run to Slurm instead: a preparation job, one array task per cell and a

@@ -179,12 +179,11 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &groups)?;
     } else {
         for (c, key, rels) in pending {
-            let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align], &key)?;
+            let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align])?;
             // The key first: a cell is done once its file exists under the key.
             mark_done(&r.run_dir, "cells", &c.label, &key)?;
             write_json(&r.run_dir.join("cells").join(format!("{}.json", c.label)), &res)?;
             StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;
-            crate::run::remove_parts(r.eval_parts(&key).as_deref());
         }
     }
     if opts.worker_cells.is_some() {

@@ -80,19 +80,29 @@ impl<'a> Run<'a> {
         Some(Checkpoints { dir: cache_dir().join("partial").join(&key[..16]), every })
     }
 
-    /// Where the evaluation of content key `key` keeps its finished parts until its whole
-    /// result is stored, if this run checkpoints: a run stopped mid-evaluation and started
-    /// again resumes at the first unfinished set (`safetune_eval::evaluate::evaluate_resumable`).
-    pub(crate) fn eval_parts(&self, key: &str) -> Option<PathBuf> {
-        self.checkpoint_every.map(|_| cache_dir().join("partial").join(format!("eval-{}", &key[..16])))
+    /// Where the evaluations of the model `identity` (everything its weights depend on) keep
+    /// their finished parts ([`ModelParts`]).
+    pub(crate) fn parts(&self, identity: serde_json::Value) -> ModelParts {
+        ModelParts { model: identity, code: self.code.eval.clone() }
     }
 }
 
-/// Drops an evaluation's kept parts once its whole result is stored (a leftover only costs
-/// disk space, so a failure to remove it is not an error).
-pub(crate) fn remove_parts(parts: Option<&Path>) {
-    if let Some(dir) = parts {
-        let _ = std::fs::remove_dir_all(dir);
+/// The finished parts of one model's evaluations (a safety set with its samples and
+/// variants, an over-refusal set, the task, an MMLU shot count), in the cache's
+/// `evalparts/`, each under the sha256 of the model's identity, the evaluation code and
+/// what the part depends on. They stay after the evaluation: a run stopped mid-evaluation
+/// resumes at its first unfinished part, and another evaluation of the same model that
+/// asks the same part — the next task's evaluation of the base and aligned models, of a
+/// pure-bad cell's weights, a run with other task limits — reuses it.
+pub(crate) struct ModelParts {
+    model: serde_json::Value,
+    code: String,
+}
+
+impl safetune_eval::evaluate::PartStore for ModelParts {
+    fn file(&self, what: &serde_json::Value) -> Result<PathBuf> {
+        let key = sha256_json(&serde_json::json!({ "model": self.model, "code": self.code, "part": what }))?;
+        Ok(cache_dir().join("evalparts").join(format!("{key}.json")))
     }
 }
 
@@ -194,9 +204,9 @@ impl Run<'_> {
         let t = crate::resources::StageMeter::start();
         let m = model()?;
         let inputs = self.eval_inputs(&self.pools.safety_evals, &self.pools.over_refusal, &self.pools.task_test);
-        let parts = self.eval_parts(&key);
+        let parts = self.parts(identity);
         let (e, recs, times) =
-            evaluate_resumable(&*m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet, parts.as_deref())?;
+            evaluate_resumable(&*m, &inputs, &self.spec.eval, self.judge.as_ref(), self.spec.seed, label, self.quiet, Some(&parts))?;
         write_generations(&gen_dir, &recs)?;
         // The key first: a result is done once its file exists under the key.
         mark_done(&self.run_dir, "models", label, &key)?;
@@ -205,7 +215,6 @@ impl Run<'_> {
         report["metrics_s"] = crate::evaluate::times_json(&times);
         self.timings.insert(format!("eval_{label}"), report);
         cache.publish(&key, &self.run_dir, &rels)?;
-        remove_parts(parts.as_deref());
         Ok(e)
     }
 
@@ -325,6 +334,17 @@ impl Run<'_> {
         key["seed"] = self.spec.seed.into();
         key["template"] = serde_json::to_value(self.spec.data.template)?;
         sha256_json(&key)
+    }
+
+    /// What a cell's evaluated model depends on: [`Self::train_key_parts`] of the whole stack
+    /// (a post-tuning repair included), the seed and the template — its content key without
+    /// the evaluation. The cells of two tasks' runs that train on the same data (pure-bad)
+    /// are one model.
+    pub(crate) fn cell_model(&self, method: &str, names: &[String], regime: &str, aligned: &Aligned) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "cell": self.train_key_parts(method, names, regime, aligned)?,
+            "seed": self.spec.seed, "template": self.spec.data.template,
+        }))
     }
 
     /// The content key of a cell: its trained weights and its evaluation.

@@ -95,25 +95,27 @@ fn an_edit_recomputes_its_stage_and_the_later_ones_only() {
         let opts = RunOptions { code, ..RunOptions::new(None, out.clone(), true) };
         safetune_runtime::run(&spec, &opts).unwrap();
         let cell = std::fs::read(out.join("edit/keys/cells/sft-lora__high-harm")).unwrap();
-        // Each evaluation kept its finished sets under partial/eval-<key> and dropped them once stored.
-        let parts = std::fs::read_dir(cache.join("partial"))
-            .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("eval-")).count())
-            .unwrap_or(0);
-        assert_eq!(parts, 0, "an evaluation's kept parts outlived its stored result");
-        (["aligned", "trained", "evals", "cells"].map(|k| entries(&cache, k)), cell)
+        // Each evaluation keeps its finished parts (one file each) under evalparts/.
+        let parts = std::fs::read_dir(cache.join("evalparts")).map(|d| d.filter_map(|e| e.ok()).count()).unwrap_or(0);
+        (["aligned", "trained", "evals", "cells"].map(|k| entries(&cache, k)), parts, cell)
     };
     let built = CodeKeys::built();
-    let (counts, cell) = run(built.clone());
+    let (counts, parts, cell) = run(built.clone());
     assert_eq!(counts, [1, 1, 2, 1], "aligned, trained, evals (base and aligned), cells");
+    // Three models (base, aligned, the cell) with the same parts each.
+    assert!(parts >= 3 && parts % 3 == 0, "{parts} parts");
     // The same code: everything reused from the run directory.
-    assert_eq!(run(built.clone()), (counts, cell.clone()));
-    // Evaluation code edited: both evaluations and the cell are made again, training is not.
+    assert_eq!(run(built.clone()), (counts, parts, cell.clone()));
+    // Evaluation code edited: both evaluations and the cell are made again, every part
+    // answered again, training is not.
     let eval_edit = CodeKeys { eval: format!("{}-edited", built.eval), ..built.clone() };
-    let (c2, cell2) = run(eval_edit.clone());
+    let (c2, p2, cell2) = run(eval_edit.clone());
     assert_eq!(c2, [1, 1, 4, 2], "an evaluation edit retrained or did not re-evaluate");
+    assert_eq!(p2, 2 * parts, "an evaluation edit reused parts answered by the old code");
     assert_ne!(cell2, cell);
     // Training code edited: alignment, fine-tuning and the evaluations of their models, not the base's.
-    let (c3, _) = run(CodeKeys { train: format!("{}-edited", built.train), ..eval_edit });
+    let (c3, p3, _) = run(CodeKeys { train: format!("{}-edited", built.train), ..eval_edit });
     assert_eq!(c3, [2, 2, 5, 3], "a training edit did not realign and retrain (or re-evaluated the base)");
+    assert_eq!(p3, p2 + 2 * parts / 3, "the retrained models' parts, not the base's");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -256,6 +256,26 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     // task evaluates the same weights.
     assert_eq!(log.matches("[sft-lora__pure-bad] reusing cached trained weights").count(), 2, "{log}");
     assert_eq!(log.matches("[sft-lora__high-harm] reusing cached trained weights").count(), 0, "{log}");
+    // The models both tasks of a seed evaluate (base, aligned, the pure-bad weights) answer
+    // each safety and over-refusal set once: the second task reuses those answers and asks
+    // only its own task. A high-harm cell is another model per task: nothing reused.
+    let lines = |label: &str, what: &str| log.lines().filter(|l| l.contains(&format!("[eval {label}] ")) && l.contains(what)).count();
+    for label in ["base", "aligned", "sft-lora__pure-bad"] {
+        // A set answered: its greedy ASR line ("<set>: ASR 12.5% of 8") or refusal rate.
+        let answered = log
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("[eval {label}] ")) && (l.contains(": ASR ") && l.contains("% of ") || l.contains(": refused "))
+            })
+            .count();
+        let reused = lines(label, "reusing this model's stored answers");
+        assert!(answered >= 2, "{label}: {log}");
+        assert_eq!(reused, answered, "{label}: {log}");
+        for task in ["builtin-sentiment", "builtin-arithmetic"] {
+            assert_eq!(lines(label, &format!("{task}: score")), 2, "{label} {task}: {log}");
+        }
+    }
+    assert_eq!(lines("sft-lora__high-harm", "reusing this model's stored answers"), 0, "{log}");
     let summary = std::fs::read_to_string(top.join("summary.md")).unwrap();
     assert!(
         summary.contains("## builtin-sentiment: mean over 2 seeds") && summary.contains("## builtin-arithmetic: mean over 2 seeds"),
