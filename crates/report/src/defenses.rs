@@ -268,6 +268,147 @@ pub fn markdown(effects: &[Effect]) -> String {
     md
 }
 
+/// Whether the seeds order the defenses of one (task, method, regime) alike: each seed's
+/// defenses by their mean-ASR difference to that seed's undefended cell (largest cut
+/// first), and for every two seeds Kendall's τ-b over the defenses both ran with the pairs
+/// they order oppositely.
+#[derive(Debug, Clone)]
+pub struct SeedOrder {
+    pub task: String,
+    pub method: String,
+    pub regime: String,
+    /// Per seed, (defense stack, mean ASR difference) sorted by the difference.
+    pub per_seed: Vec<(u64, Vec<(String, f64)>)>,
+    /// Per two seeds (a, b): τ-b (`None` when every difference is tied on one seed) and
+    /// the pairs ordered oppositely.
+    pub agreement: Vec<(u64, u64, Option<f64>, Vec<Opposite>)>,
+}
+
+/// Two defense stacks two seeds order oppositely: (first, second, first minus second on
+/// seed a, on seed b).
+pub type Opposite = (String, String, f64, f64);
+
+/// Kendall's τ-b of two paired samples (ties allowed); `None` when either has no untied pair.
+pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
+    let (mut concordant, mut discordant, mut tied_x, mut tied_y, mut pairs) = (0i64, 0i64, 0i64, 0i64, 0i64);
+    for i in 0..x.len() {
+        for j in i + 1..x.len() {
+            pairs += 1;
+            let (dx, dy) = (x[i] - x[j], y[i] - y[j]);
+            tied_x += i64::from(dx == 0.0);
+            tied_y += i64::from(dy == 0.0);
+            match (dx * dy).partial_cmp(&0.0) {
+                Some(std::cmp::Ordering::Greater) => concordant += 1,
+                Some(std::cmp::Ordering::Less) => discordant += 1,
+                _ => {}
+            }
+        }
+    }
+    let denominator = (((pairs - tied_x) * (pairs - tied_y)) as f64).sqrt();
+    (denominator > 0.0).then(|| (concordant - discordant) as f64 / denominator)
+}
+
+/// The per-seed order of every (task, method, regime) that has defended cells on at
+/// least two seeds.
+pub fn seed_orders(runs: &[(String, u64, std::path::PathBuf)]) -> Result<Vec<SeedOrder>> {
+    let mut seeds: Vec<u64> = Vec::new();
+    let mut by_seed = Vec::new();
+    for (_, seed, _) in runs {
+        if !seeds.contains(seed) {
+            seeds.push(*seed);
+        }
+    }
+    seeds.sort_unstable();
+    for &seed in &seeds {
+        let of_seed: Vec<_> = runs.iter().filter(|r| r.1 == seed).cloned().collect();
+        // A cell of another seed in the same directory (a run over several seeds) is not this seed's.
+        let e: Vec<Effect> = effects(&of_seed)?.into_iter().filter(|e| e.seeds == [seed]).collect();
+        by_seed.push((seed, e));
+    }
+    let mut groups: Vec<(String, String, String)> = Vec::new();
+    for (_, es) in &by_seed {
+        for e in es {
+            let g = (e.task.clone(), e.method.clone(), e.regime.clone());
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (task, method, regime) in groups {
+        let per_seed: Vec<(u64, Vec<(String, f64)>)> = by_seed
+            .iter()
+            .map(|(seed, es)| {
+                let mut v: Vec<(String, f64)> = es
+                    .iter()
+                    .filter(|e| e.task == task && e.method == method && e.regime == regime)
+                    .filter_map(|e| Some((e.label(), e.mean_asr?.mean)))
+                    .collect();
+                v.sort_by(|a, b| a.1.total_cmp(&b.1));
+                (*seed, v)
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        if per_seed.len() < 2 {
+            continue;
+        }
+        let mut agreement = Vec::new();
+        for (i, (sa, a)) in per_seed.iter().enumerate() {
+            for (sb, b) in &per_seed[i + 1..] {
+                let common: Vec<(&String, f64, f64)> =
+                    a.iter().filter_map(|(n, x)| Some((n, *x, b.iter().find(|(m, _)| m == n)?.1))).collect();
+                let (x, y): (Vec<f64>, Vec<f64>) = common.iter().map(|c| (c.1, c.2)).unzip();
+                let mut opposite = Vec::new();
+                for (k, p) in common.iter().enumerate() {
+                    for q in &common[k + 1..] {
+                        let (gap_a, gap_b) = (p.1 - q.1, p.2 - q.2);
+                        if gap_a * gap_b < 0.0 {
+                            opposite.push((p.0.clone(), q.0.clone(), gap_a, gap_b));
+                        }
+                    }
+                }
+                agreement.push((*sa, *sb, kendall_tau_b(&x, &y), opposite));
+            }
+        }
+        out.push(SeedOrder { task, method, regime, per_seed, agreement });
+    }
+    Ok(out)
+}
+
+/// The seed-order section in Markdown; empty when no group has two seeds.
+pub fn seed_order_markdown(orders: &[SeedOrder]) -> String {
+    if orders.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Do the seeds order the defenses alike?\n\nPer seed, every defense stack by its mean-ASR difference to that seed's \
+         undefended cell (largest cut first, points); then for every two seeds Kendall's τ-b over the stacks both ran \
+         (1: the same order, −1: reversed) and the pairs of stacks they order oppositely, with the gap between the two \
+         on each seed (a gap of a point or two is inside the noise of one seed's sets).\n",
+    );
+    for o in orders {
+        md.push_str(&format!("\n{} {} {}:\n\n", o.task, o.method, o.regime));
+        for (seed, v) in &o.per_seed {
+            let list: Vec<String> = v.iter().map(|(n, d)| format!("{n} {:+.1}", 100.0 * d)).collect();
+            md.push_str(&format!("- seed {seed}: {}\n", list.join(", ")));
+        }
+        for (a, b, tau, opposite) in &o.agreement {
+            let tau = tau.map(|t| format!("{t:.2}")).unwrap_or_else(|| "undefined (all tied)".into());
+            let pairs: Vec<String> = opposite
+                .iter()
+                .map(|(p, q, ga, gb)| format!("{p} vs {q} ({:+.1} on seed {a}, {:+.1} on seed {b})", 100.0 * ga, 100.0 * gb))
+                .collect();
+            let which = if pairs.is_empty() {
+                "no pair ordered oppositely".to_string()
+            } else {
+                format!("ordered oppositely: {}", pairs.join("; "))
+            };
+            md.push_str(&format!("- seeds {a} and {b}: τ-b {tau}; {which}\n"));
+        }
+    }
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +505,58 @@ mod tests {
         let e = effects(&runs).unwrap();
         assert!(e[0].mean_asr.is_none());
         assert!(e[0].verdict().starts_with("not measured (sft-lora+vaccine seed 7: a: 900 of 1000 answers empty"), "{}", e[0].verdict());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn kendall_tau_b_is_one_for_the_same_order_minus_one_reversed_and_counts_ties() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(kendall_tau_b(&x, &[10.0, 20.0, 30.0, 40.0]), Some(1.0));
+        assert_eq!(kendall_tau_b(&x, &[4.0, 3.0, 2.0, 1.0]), Some(-1.0));
+        // One swap of six pairs: (5 − 1) / 6.
+        assert!((kendall_tau_b(&x, &[1.0, 3.0, 2.0, 4.0]).unwrap() - 4.0 / 6.0).abs() < 1e-12);
+        // A tie in y: 5 concordant, 0 discordant, sqrt(6 · 5).
+        assert!((kendall_tau_b(&x, &[1.0, 2.0, 2.0, 4.0]).unwrap() - 5.0 / 30f64.sqrt()).abs() < 1e-12);
+        assert_eq!(kendall_tau_b(&x, &[2.0; 4]), None);
+        assert_eq!(kendall_tau_b(&[1.0], &[1.0]), None);
+    }
+
+    #[test]
+    fn the_seeds_order_of_the_defenses_is_compared_pair_by_pair() {
+        let root = std::env::temp_dir().join(format!("safetune-defense-order-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut runs = Vec::new();
+        // Mean ASR cuts (points) per seed: lisa 40 / 40 / 40, safelora 30 / 10 / 30, bea 20 / 20 / 20.
+        for (seed, safelora) in [(1u64, 0.5), (2, 0.7), (3, 0.5)] {
+            let dir = root.join(format!("s{seed}"));
+            cell(&dir, &[], seed, [0.8, 0.8], 0.85, 0.2, 70.0);
+            cell(&dir, &["lisa"], seed, [0.4, 0.4], 0.83, 0.3, 90.0);
+            cell(&dir, &["safelora"], seed, [safelora, safelora], 0.75, 0.2, 75.0);
+            cell(&dir, &["bea"], seed, [0.6, 0.6], 0.85, 0.2, 70.0);
+            runs.push(("t".to_string(), seed, dir));
+        }
+        let o = seed_orders(&runs).unwrap();
+        assert_eq!(o.len(), 1);
+        let names = |seed: usize| o[0].per_seed[seed].1.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>();
+        assert_eq!(names(0), ["lisa", "safelora", "bea"]);
+        assert_eq!(names(1), ["lisa", "bea", "safelora"]);
+        let (a, b, tau, opposite) = &o[0].agreement[0];
+        assert_eq!((*a, *b), (1, 2));
+        assert!((tau.unwrap() - 1.0 / 3.0).abs() < 1e-9, "{tau:?}");
+        assert_eq!(opposite.len(), 1);
+        let (p, q, ga, gb) = &opposite[0];
+        assert_eq!((p.as_str(), q.as_str()), ("safelora", "bea"));
+        assert!((ga + 0.1).abs() < 1e-9 && (gb - 0.1).abs() < 1e-9, "{ga} {gb}");
+        let (a, b, tau, opposite) = &o[0].agreement[1];
+        assert_eq!((*a, *b, *tau), (1, 3, Some(1.0)));
+        assert!(opposite.is_empty());
+        let md = seed_order_markdown(&o);
+        assert!(md.contains("- seed 2: lisa -40.0, bea -20.0, safelora -10.0\n"), "{md}");
+        assert!(md.contains("- seeds 1 and 2: τ-b 0.33; ordered oppositely: safelora vs bea (-10.0 on seed 1, +10.0 on seed 2)\n"), "{md}");
+        assert!(md.contains("- seeds 1 and 3: τ-b 1.00; no pair ordered oppositely\n"), "{md}");
+        // One seed: nothing to compare.
+        assert!(seed_orders(&runs[..1]).unwrap().is_empty());
+        assert_eq!(seed_order_markdown(&[]), "");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
