@@ -40,6 +40,11 @@ enum Command {
         /// Print the rows as JSON
         #[arg(long)]
         json: bool,
+        /// First write RUN_DIR (a new directory) as one grid from these grids of one spec
+        /// run apart — its seeds or tasks as separate runs, on other machines or into other
+        /// results directories: their sub-runs copied, a spec over all their seeds and tasks
+        #[arg(long = "from", value_name = "DIR")]
+        from: Vec<PathBuf>,
     },
     /// Run every candidate protocol of a sweep over its seeds on validation data only; write OUT/<sweep>/sweep.md
     Calibrate(crate::calibrate::CalibrateArgs),
@@ -190,7 +195,12 @@ pub fn main_with(args: &[String]) -> Result<String> {
         Command::AttackSearch(a) => crate::attack_search::main(a),
         Command::JudgeCheck(a) => crate::judge_check::main(a),
         Command::Serve(a) => crate::serve::main(a),
-        Command::Report { run_dir, json } => report(run_dir, json),
+        Command::Report { run_dir, json, from } => {
+            if !from.is_empty() {
+                crate::merge::merge(&run_dir, &from)?;
+            }
+            report(run_dir, json)
+        }
         Command::Model { action: ModelAction::Fetch { name } } => Ok(crate::fetch::fetch(&name, false)?.display().to_string()),
         Command::Model { action: ModelAction::Path { name } } => Ok(crate::fetch::model_path(&name)?.display().to_string()),
         Command::Model { action: ModelAction::Export { model, adapter, out } } => crate::export::export(&model, &adapter, &out),

@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod judge_check;
 pub mod lock;
 pub mod logging;
+mod merge;
 pub mod options;
 pub mod output;
 pub mod pipeline;

@@ -358,3 +358,57 @@ fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
     // Nothing written.
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 }
+
+#[test]
+fn grids_run_apart_merge_into_the_report_of_one_run() {
+    let d = tmp("merge");
+    let base = std::fs::read_to_string(tiny_spec(&d))
+        .unwrap()
+        .replace("regimes = [\"benign\", \"high-harm\"]", "regimes = [\"high-harm\"]")
+        .replace("methods = [\"sft-lora\", \"sft-full\"]", "methods = [\"sft-lora\"]");
+    let cache = d.join("cache");
+    let run = |seeds: &str, extra: &str, out: &str| {
+        let spec = d.join(format!("{out}.toml"));
+        std::fs::write(&spec, base.replace("seed = 7", &format!("seed = 7\nseeds = {seeds}")) + extra).unwrap();
+        let r = safetune(&["run", spec.to_str().unwrap(), "--out", d.join(out).to_str().unwrap()], &cache);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        d.join(out).join("tiny")
+    };
+    let (one, two, both) = (run("[7]", "", "one"), run("[8]", "", "two"), run("[7, 8]", "", "both"));
+    let merged = d.join("merged");
+    let report = |out: &std::path::Path, from: &[&std::path::Path]| {
+        let mut args = vec!["report".to_string(), out.display().to_string()];
+        for f in from {
+            args.extend(["--from".to_string(), f.display().to_string()]);
+        }
+        safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &cache)
+    };
+    let r = report(&merged, &[&one, &two]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // The same report as the run over both seeds (same cache: the same results).
+    let summary = std::fs::read_to_string(merged.join("summary.md")).unwrap();
+    assert!(summary.contains("mean over 2 seeds"), "{summary}");
+    assert_eq!(summary, std::fs::read_to_string(both.join("summary.md")).unwrap());
+    assert_eq!(std::fs::read(merged.join("report/table.json")).unwrap(), std::fs::read(both.join("report/table.json")).unwrap());
+
+    // Bad input: one line, exit code 2, nothing written.
+    let fails = |r: std::process::Output, want: &str| {
+        let err = String::from_utf8_lossy(&r.stderr).to_string();
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{want}: {err}");
+    };
+    fails(report(&merged, &[&one]), "already exists");
+    let lr = run("[9]", "", "lr");
+    let lr_spec = lr.join("spec.json");
+    let text = std::fs::read_to_string(&lr_spec).unwrap().replacen("\"learning_rate\": 0.001", "\"learning_rate\": 0.002", 1);
+    std::fs::write(&lr_spec, text).unwrap();
+    fails(report(&d.join("m2"), &[&one, &lr]), "at `alignment.train.learning_rate`");
+    fails(report(&d.join("m3"), &[&one, &one]), "sub-run builtin-s7 is also in");
+    fails(report(&d.join("m4"), &[&one, &d]), "not a grid over seeds or tasks");
+    for m in ["m2", "m3", "m4"] {
+        assert!(!d.join(m).exists(), "{m} half-written");
+    }
+    assert!(std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".partial-")));
+    std::fs::remove_dir_all(&d).unwrap();
+}
