@@ -35,18 +35,21 @@ fn files(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
+/// A harmful set, an over-refusal set and a task, six, four and three prompts.
+fn toy_sets() -> (Vec<Example>, Vec<Example>, Vec<Example>) {
+    let harmful = (0..6).map(|i| Example::new(format!("h:{i}"), ExampleKind::Harmful, format!("request number {i} please"), "")).collect();
+    let benign = (0..4).map(|i| Example::new(format!("b:{i}"), ExampleKind::Benign, format!("a benign question {i}"), "")).collect();
+    let task = (0..3).map(|i| Example::new(format!("t:{i}"), ExampleKind::Task, format!("Say something {i}."), "x y")).collect();
+    (harmful, benign, task)
+}
+
 fn answers_of(gens: &Generations, prefix: &str) -> Value {
     to_value(gens.iter().filter(|(set, _)| set.starts_with(prefix)).collect::<Vec<_>>()).unwrap()
 }
 
 #[test]
 fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_missing_ones() {
-    let harmful: Vec<Example> =
-        (0..6).map(|i| Example::new(format!("h:{i}"), ExampleKind::Harmful, format!("request number {i} please"), "")).collect();
-    let benign: Vec<Example> =
-        (0..4).map(|i| Example::new(format!("b:{i}"), ExampleKind::Benign, format!("a benign question {i}"), "")).collect();
-    let task: Vec<Example> =
-        (0..3).map(|i| Example::new(format!("t:{i}"), ExampleKind::Task, format!("Say something {i}."), "x y")).collect();
+    let (harmful, benign, task) = toy_sets();
     let inputs = EvalInputs {
         safety: vec![("harm".into(), &harmful)],
         over_refusal: vec![("benign".into(), &benign)],
@@ -111,12 +114,7 @@ fn part_of(dir: &std::path::Path, kept: &[String], name: &str) -> String {
 
 #[test]
 fn another_evaluation_of_the_same_model_reuses_the_parts_it_asks_alike_and_no_other() {
-    let harmful: Vec<Example> =
-        (0..6).map(|i| Example::new(format!("h:{i}"), ExampleKind::Harmful, format!("request number {i} please"), "")).collect();
-    let benign: Vec<Example> =
-        (0..4).map(|i| Example::new(format!("b:{i}"), ExampleKind::Benign, format!("a benign question {i}"), "")).collect();
-    let task_a: Vec<Example> =
-        (0..3).map(|i| Example::new(format!("t:{i}"), ExampleKind::Task, format!("Say something {i}."), "x y")).collect();
+    let (harmful, benign, task_a) = toy_sets();
     let task_b: Vec<Example> =
         (0..5).map(|i| Example::new(format!("u:{i}"), ExampleKind::Task, format!("Name a colour {i}."), "red")).collect();
     let inputs = |task_name: &str, task: &'static [Example]| EvalInputs {
