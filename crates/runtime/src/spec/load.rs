@@ -260,11 +260,12 @@ mod tests {
         assert_eq!(cell("sft-full", "pure-bad"), (2e-5, 5, 2));
         assert_eq!(cell("sft-lora", "benign"), (1e-4, 2, 2));
         assert_eq!(s.cell_train("sft-full", "benign").unwrap(), *s.method_train("sft-full"));
+        // A named regime this run does not train (settings of a spec it extends and narrows) loads.
+        std::fs::write(&p, format!("{spec}[finetune.regime_train.high-harm]\nepochs = 5\n")).unwrap();
+        assert_eq!(super::RunSpec::load(&p).unwrap().cell_train("sft-lora", "high-harm").unwrap().epochs, 5);
         for (extra, want) in [
-            (
-                "[finetune.regime_train.high-harm]\nepochs = 5\n",
-                "s.toml:13: finetune.regime_train.high-harm: `high-harm` is not in finetune.regimes",
-            ),
+            ("[finetune.regime_train.purebad]\nepochs = 5\n", "s.toml:13: finetune.regime_train.purebad: unknown regime `purebad`"),
+            ("[finetune.regime_train.\"0.2\"]\nepochs = 5\n", "s.toml:13: finetune.regime_train.0.2: `0.2` is not in finetune.regimes"),
             ("[finetune.regime_train.pure-bad]\nepochs = 0\n", "s.toml:14: finetune.regime_train.pure-bad.epochs: must be at least 1"),
             ("[finetune.regime_train.pure-bad]\nepoch = 5\n", "s.toml:14: finetune.regime_train.pure-bad.epoch: unknown field `epoch`"),
             ("[finetune.regime_train.pure-bad]\nseed = 5\n", "finetune.regime_train.pure-bad.seed: set by the run's top-level `seed`"),

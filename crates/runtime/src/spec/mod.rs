@@ -239,7 +239,11 @@ impl RunSpec {
             t.validate(&format!("finetune.method_train.{m}"))?;
         }
         for r in self.finetune.regime_train.keys() {
-            if !self.finetune.regimes.contains(r) {
+            let parsed = safetune_data::Regime::parse(r).map_err(|e| anyhow!("finetune.regime_train.{r}: {e}"))?;
+            // A named regime's settings may come from a spec this one extends and narrows
+            // (`defenses` runs high-harm only on `standard`'s settings); a ratio must be
+            // written as in finetune.regimes, or it would apply to no cell.
+            if matches!(parsed, safetune_data::Regime::Ratio(_)) && !self.finetune.regimes.contains(r) {
                 bail!("finetune.regime_train.{r}: `{r}` is not in finetune.regimes");
             }
             for m in &self.finetune.methods {
