@@ -30,6 +30,10 @@ pub struct TrainReport {
     pub losses: Vec<f64>,
     pub tokens: usize,
     pub seconds: f64,
+    /// Examples left out because not one answer token fits within `max_len` after the
+    /// prompt (ids; they would carry no loss).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
 }
 
 struct Stream {
@@ -94,20 +98,39 @@ impl Ctx<'_> {
     }
 }
 
-/// Encodes and batches every non-empty stream of `data` (each shuffled by its own seeded stream).
-fn streams_of(model: &dyn CausalLm, data: &StageData, cfg: &TrainConfig) -> Result<BTreeMap<String, Stream>> {
+/// Encodes and batches every non-empty stream of `data` (each shuffled by its own seeded
+/// stream). An example whose prompt leaves no answer token within `max_len` would carry no
+/// loss: it is left out before batching, named in the log and in the returned ids (a
+/// stream with nothing left is an error).
+fn streams_of(model: &dyn CausalLm, data: &StageData, cfg: &TrainConfig) -> Result<(BTreeMap<String, Stream>, Vec<String>)> {
     let format = model.info().format;
     let mut streams = BTreeMap::new();
+    let mut left_out = Vec::new();
     for (name, examples) in &data.streams {
         if examples.is_empty() {
             continue;
         }
-        let encoded = examples.iter().map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len)).collect::<Result<Vec<_>>>()?;
+        let all = examples.iter().map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len)).collect::<Result<Vec<_>>>()?;
+        let (encoded, cut): (Vec<EncodedExample>, Vec<EncodedExample>) = all.into_iter().partition(|e| e.is_response.contains(&true));
+        if !cut.is_empty() {
+            let ids: Vec<String> = cut.into_iter().map(|e| e.id).collect();
+            if encoded.is_empty() {
+                bail!("stream `{name}`: no example has an answer token within max_len {} (examples {ids:?}): raise max_len", cfg.max_len);
+            }
+            safetune_core::tracing::warn!(
+                "stream `{name}`: {} of {} examples left out, no answer token within max_len {}: {}",
+                ids.len(),
+                examples.len(),
+                cfg.max_len,
+                ids.join(", ")
+            );
+            left_out.extend(ids);
+        }
         let mut rng = SeededRng::derive(cfg.seed, &format!("batches/{name}"));
         let batches = make_batches(&encoded, cfg.batch_size, &mut rng);
         streams.insert(name.clone(), Stream { encoded, batches, pos: 0, rng, batch_size: cfg.batch_size });
     }
-    Ok(streams)
+    Ok((streams, left_out))
 }
 
 /// Runs `f` with a step context over `model` and the streams of `data` (batched as `cfg`
@@ -119,7 +142,7 @@ pub fn with_context<R>(
     cfg: &TrainConfig,
     f: impl FnOnce(&mut dyn StepContext) -> Result<R>,
 ) -> Result<R> {
-    let streams = streams_of(model, data, cfg)?;
+    let (streams, _) = streams_of(model, data, cfg)?;
     let mut ctx = Ctx { model, reference, params: Vec::new(), streams, step: 0, total: 0, tokens: 0 };
     f(&mut ctx)
 }
@@ -164,7 +187,7 @@ pub fn train_stage(
     if step_fn.wants_reference() && reference.is_none() {
         bail!("{label}: `{}` needs a reference model and the stage gave none", step_fn.name());
     }
-    let streams = streams_of(model, data, cfg)?;
+    let (streams, left_out) = streams_of(model, data, cfg)?;
     let per_epoch =
         streams.get(stream::TASK).map(|s| s.batches.len()).ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
     let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };
@@ -232,7 +255,7 @@ pub fn train_stage(
         }
     }
     progress.finish();
-    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: before + start.elapsed().as_secs_f64() })
+    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: before + start.elapsed().as_secs_f64(), left_out })
 }
 
 /// Saves the stage as it stands before step `next`.

@@ -136,3 +136,24 @@ fn a_non_finite_loss_stops_the_run_with_a_clear_error() {
     let err = train(&mut m, &data(), &mut Nan, &cfg(), None, "test", true).unwrap_err();
     assert!(err.to_string().contains("diverged"), "{err}");
 }
+
+#[test]
+fn an_example_without_an_answer_token_within_max_len_is_left_out_and_named() {
+    // A prompt of ~400 words leaves no answer token within 256: it would carry no loss.
+    let long = Example::new("long:0", ExampleKind::Task, "word ".repeat(400), "positive");
+    let mut with_long = data();
+    with_long.streams.get_mut("task").unwrap().insert(5, long.clone());
+    let mut m = lora_model();
+    let r = train(&mut m, &with_long, &mut PlainSft, &cfg(), None, "test", true).unwrap();
+    assert_eq!(r.left_out, ["long:0"]);
+    // The same run as without it: left out before batching, not a batch of its own.
+    let mut m2 = lora_model();
+    let plain = train(&mut m2, &data(), &mut PlainSft, &cfg(), None, "test", true).unwrap();
+    assert_eq!(r.losses, plain.losses);
+    assert!(plain.left_out.is_empty());
+    // Nothing left to train on: an error naming the examples.
+    let mut only_long = StageData::default();
+    only_long.streams.insert("task".into(), vec![long]);
+    let err = train(&mut lora_model(), &only_long, &mut PlainSft, &cfg(), None, "test", true).unwrap_err().to_string();
+    assert!(err.contains("no example has an answer token within max_len 256") && err.contains("long:0"), "{err}");
+}
