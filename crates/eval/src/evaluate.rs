@@ -154,7 +154,7 @@ pub trait PartStore {
 }
 
 /// What a safety or over-refusal part (greedy answers to `set`, judged) depends on.
-fn harmful_part(
+fn judged_part(
     kind: &str,
     name: &str,
     set: &[Example],
@@ -229,7 +229,7 @@ pub fn evaluate_resumable(
         let probed = (spec.samples > 0 || spec.variants) && (spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name));
         let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
         let what = || {
-            let mut w = harmful_part("safety", name, set, format, spec, judge, seed);
+            let mut w = judged_part("safety", name, set, format, spec, judge, seed);
             if probed {
                 w["probe"] = serde_json::json!({
                     "prompts": probe.len(), "samples": spec.samples, "variants": spec.variants.then_some(VARIANTS),
@@ -337,7 +337,7 @@ pub fn evaluate_resumable(
     let mut over_refusal = Vec::new();
     for (name, set) in &inputs.over_refusal {
         let set = limit(set, spec.safety_limit);
-        let what = || harmful_part("over-refusal", name, set, format, spec, judge, seed);
+        let what = || judged_part("over-refusal", name, set, format, spec, judge, seed);
         let result = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
             let t = Instant::now();
             let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);

@@ -311,14 +311,10 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
 /// The per-seed order of every (task, method, regime) that has defended cells on at
 /// least two seeds.
 pub fn seed_orders(runs: &[(String, u64, std::path::PathBuf)]) -> Result<Vec<SeedOrder>> {
-    let mut seeds: Vec<u64> = Vec::new();
-    let mut by_seed = Vec::new();
-    for (_, seed, _) in runs {
-        if !seeds.contains(seed) {
-            seeds.push(*seed);
-        }
-    }
+    let mut seeds: Vec<u64> = runs.iter().map(|r| r.1).collect();
     seeds.sort_unstable();
+    seeds.dedup();
+    let mut by_seed = Vec::new();
     for &seed in &seeds {
         let of_seed: Vec<_> = runs.iter().filter(|r| r.1 == seed).cloned().collect();
         // A cell of another seed in the same directory (a run over several seeds) is not this seed's.

@@ -6,21 +6,17 @@
 
 use std::path::{Path, PathBuf};
 
-use safetune_core::anyhow::{anyhow, bail, Context};
+use safetune_core::anyhow::{bail, Context};
 use safetune_core::Result;
 
 use crate::spec::RunSpec;
 
-/// A grid directory's spec, as JSON and parsed.
-fn read_spec(dir: &Path) -> Result<(serde_json::Value, RunSpec)> {
+/// A grid directory's spec (`spec.json`, read and checked as `safetune run` would).
+fn read_spec(dir: &Path) -> Result<RunSpec> {
     if !dir.join("runs").is_dir() {
         bail!("{}: not a grid over seeds or tasks (no runs/ directory)", dir.display());
     }
-    let file = dir.join("spec.json");
-    let text = std::fs::read_to_string(&file).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let spec: RunSpec = serde_json::from_value(value.clone()).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    Ok((value, spec))
+    RunSpec::load(&dir.join("spec.json"))
 }
 
 /// The spec without what may differ between the grids merged: seeds and tasks.
@@ -56,20 +52,6 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> O
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("{}: cannot create", to.display()))?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("{}: cannot read", from.display()))? {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if entry.file_type()?.is_dir() {
-            copy_dir(&src, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst).with_context(|| format!("{}: cannot copy to {}", src.display(), dst.display()))?;
-        }
-    }
-    Ok(())
-}
-
 /// Writes `out` (which must not exist): the sub-runs of every grid of `from` and a spec over
 /// their seeds and tasks. Nothing is left at `out` when it fails.
 pub fn merge(out: &Path, from: &[PathBuf]) -> Result<()> {
@@ -80,12 +62,12 @@ pub fn merge(out: &Path, from: &[PathBuf]) -> Result<()> {
     for dir in from {
         specs.push((dir, read_spec(dir)?));
     }
-    let (first_dir, (first_value, first)) = &specs[0];
-    let reference = without_grid(first_value.clone());
+    let (first_dir, first) = &specs[0];
+    let reference = without_grid(serde_json::to_value(first)?);
     let (mut seeds, mut tasks): (Vec<u64>, Vec<String>) = (Vec::new(), Vec::new());
     let mut subs: Vec<(String, PathBuf)> = Vec::new();
-    for (dir, (value, spec)) in &specs {
-        if let Some(path) = first_difference(&reference, &without_grid(value.clone()), "") {
+    for (dir, spec) in &specs {
+        if let Some(path) = first_difference(&reference, &without_grid(serde_json::to_value(spec)?), "") {
             bail!(
                 "{}: its spec differs from {}'s in more than seeds and tasks, at `{path}`",
                 dir.join("spec.json").display(),
@@ -123,7 +105,7 @@ pub fn merge(out: &Path, from: &[PathBuf]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| -> Result<()> {
         for (sub, src) in &subs {
-            copy_dir(src, &tmp.join("runs").join(sub))?;
+            crate::stage_cache::copy_tree(src, &tmp.join("runs").join(sub))?;
         }
         crate::hashing::write_json(&tmp.join("spec.json"), &top)?;
         std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot create", out.display()))?;

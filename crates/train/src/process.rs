@@ -15,9 +15,9 @@ pub fn tune_process() {
 /// token at 135M, each a system call in which the kernel formats the file anew. This
 /// reads it once and sets `RAYON_NUM_THREADS` to the same number, so every product splits
 /// its work as before (the same bits), only without the reads (docs/PERFORMANCE.md,
-/// "candle counted the cores before every product"). rayon's global pool — which also reads the variable, and whose default is
-/// the logical CPU count — is built first, so its size does not change either. A
-/// variable the user (or `--jobs`) set is left alone.
+/// "candle counted the cores before every product"). rayon's global pool — which also
+/// reads the variable, and whose default is the logical CPU count — is built first, so its
+/// size does not change either. A variable the user (or `--jobs`) set is left alone.
 pub fn fix_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return;
