@@ -4,7 +4,10 @@ Times the same workloads as crates/train/examples/perf.rs on the same weights
 (a Hugging Face directory exported by that example) and prints one JSON line
 per workload: {"workload", "value", "unit", "peak_rss_mb"}. Dev tooling only.
 
-usage: torch_ref.py HF_DIR WORKLOAD [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N]
+usage: torch_ref.py HF_DIR WORKLOAD [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N] [--dtype f32|bf16]
+
+`--dtype bf16` loads the model in bfloat16 (the LoRA adapters PEFT adds stay f32)
+and multiplies bf16 matrices in `gemm`: PyTorch's bf16 path, for the bf16 target.
 """
 import json
 import resource
@@ -19,6 +22,11 @@ def flag(name, default):
     if name in sys.argv:
         return int(sys.argv[sys.argv.index(name) + 1])
     return default
+
+
+def dtype():
+    name = sys.argv[sys.argv.index("--dtype") + 1] if "--dtype" in sys.argv else "f32"
+    return {"f32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def peak_rss_mb():
@@ -52,7 +60,7 @@ def main():
     if workload == "gemm":
         # x @ W.T with W stored (n, k), as a Linear layer holds it: best of 15 after a warm-up.
         m, k, n = flag("--m", 512), flag("--k", 576), flag("--n", 1536)
-        x, w = torch.randn(m, k), torch.randn(n, k)
+        x, w = torch.randn(m, k, dtype=dtype()), torch.randn(n, k, dtype=dtype())
         x @ w.T
         best = float("inf")
         for _ in range(15):
@@ -61,7 +69,7 @@ def main():
             best = min(best, time.perf_counter() - t)
         print(json.dumps({"workload": workload, "value": 2 * m * k * n / best / 1e9, "unit": "GFLOP/s", "peak_rss_mb": peak_rss_mb()}))
         return
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype())
     tok = AutoTokenizer.from_pretrained(path)
     if workload in ("lora-qv", "lora-all"):
         from peft import LoraConfig, get_peft_model

@@ -7,7 +7,9 @@
 //! `--compare-torch` it also runs the same workloads through PyTorch + PEFT
 //! (`xtask/perf/torch_ref.py`, in a venv under `target/perf-venv` installed
 //! from PyPI: dev tooling, never a runtime dependency) and prints
-//! candle / PyTorch. Timings belong to a quiet machine: nothing else running.
+//! candle / PyTorch, and for the training steps and the product also against PyTorch in
+//! bfloat16 (`--dtype bf16`). Before the table it prints one core's multiply-add ceiling
+//! with f32 FMAs and with AVX-512 BF16 dot products. Timings belong to a quiet machine: nothing else running.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,6 +22,8 @@ struct Workload {
     /// Lower is better (seconds) or higher is better (tokens or GFLOP per second).
     lower_better: bool,
     unit: &'static str,
+    /// With `--compare-torch`, PyTorch also runs it in bfloat16 (training steps and the product).
+    torch_bf16: bool,
 }
 
 fn workloads(quick: bool) -> Vec<Workload> {
@@ -31,28 +35,50 @@ fn workloads(quick: bool) -> Vec<Workload> {
             args: s(&["lora-qv", "--batch", "4", "--tokens", "128", "--steps", steps]),
             lower_better: true,
             unit: "s/step",
+            torch_bf16: true,
         },
         Workload {
             name: "lora-all",
             args: s(&["lora-all", "--batch", "4", "--tokens", "128", "--steps", steps]),
             lower_better: true,
             unit: "s/step",
+            torch_bf16: true,
         },
         Workload {
             name: "full",
             args: s(&["full", "--batch", "4", "--tokens", "128", "--steps", steps]),
             lower_better: true,
             unit: "s/step",
+            torch_bf16: true,
         },
-        Workload { name: "decode b1", args: s(&["decode", "--batch", "1", "--new", "64"]), lower_better: false, unit: "tok/s" },
-        Workload { name: "decode b8", args: s(&["decode", "--batch", "8", "--new", "64"]), lower_better: false, unit: "tok/s" },
-        Workload { name: "decode b32", args: s(&["decode", "--batch", "32", "--new", "64"]), lower_better: false, unit: "tok/s" },
-        Workload { name: "prefill 512", args: s(&["prefill", "--tokens", "512"]), lower_better: false, unit: "tok/s" },
+        Workload {
+            name: "decode b1",
+            args: s(&["decode", "--batch", "1", "--new", "64"]),
+            lower_better: false,
+            unit: "tok/s",
+            torch_bf16: false,
+        },
+        Workload {
+            name: "decode b8",
+            args: s(&["decode", "--batch", "8", "--new", "64"]),
+            lower_better: false,
+            unit: "tok/s",
+            torch_bf16: false,
+        },
+        Workload {
+            name: "decode b32",
+            args: s(&["decode", "--batch", "32", "--new", "64"]),
+            lower_better: false,
+            unit: "tok/s",
+            torch_bf16: false,
+        },
+        Workload { name: "prefill 512", args: s(&["prefill", "--tokens", "512"]), lower_better: false, unit: "tok/s", torch_bf16: false },
         Workload {
             name: "gemm 512x576x1536",
             args: s(&["gemm", "--m", "512", "--k", "576", "--n", "1536"]),
             lower_better: false,
             unit: "GFLOP/s",
+            torch_bf16: true,
         },
     ]
 }
@@ -154,12 +180,27 @@ pub fn perf(args: PerfArgs) {
         torch_python()
     });
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string();
+    // One core's multiply-add ceiling: f32 FMAs, and the AVX-512 BF16 dot product a bf16
+    // path would be built on (absent on most CPUs).
+    let ceiling = |w: &str| {
+        let out = Command::new(&exe).arg(&model).arg(w).output().ok()?;
+        if out.status.success() {
+            json_line(&out.stdout).map(|(v, _)| format!("{v:.1} GFLOP/s"))
+        } else {
+            None
+        }
+    };
     println!(
-        "| workload | fused | plain compositions | plain / fused | PyTorch | candle / PyTorch | peak RSS fused / plain / PyTorch (MB) |"
+        "One core's ceiling: f32 FMA {}, AVX-512 BF16 dot product {}.\n",
+        ceiling("peak-f32").unwrap_or_else(|| "not measured (no AVX-512)".into()),
+        ceiling("peak-bf16").unwrap_or_else(|| "absent".into())
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| workload | fused | plain compositions | plain / fused | PyTorch | candle / PyTorch | PyTorch bf16 | candle / PyTorch bf16 | peak RSS fused / plain / PyTorch (MB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for w in workloads(quick).into_iter().filter(|w| only.is_empty() || only.iter().any(|o| *o == w.name)) {
-        let (mut fused, mut plain, mut reference) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fused, mut plain, mut reference, mut reference_bf16) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut mem_f, mut mem_p, mut mem_t) = (0f64, 0f64, 0f64);
         for _ in 0..reps {
             let (v, m) = measure(Command::new(&exe).arg(&model).args(&w.args).env("SAFETUNE_COMPOSED_OPS", "0"), w.name);
@@ -173,19 +214,35 @@ pub fn perf(args: PerfArgs) {
                 let (v, m) = measure(Command::new(py).arg(&script).arg(&hf_dir).args(&w.args).args(["--threads", &threads]), w.name);
                 reference.push(v);
                 mem_t = mem_t.max(m);
+                if w.torch_bf16 {
+                    let (v, _) = measure(
+                        Command::new(py).arg(&script).arg(&hf_dir).args(&w.args).args(["--threads", &threads, "--dtype", "bf16"]),
+                        w.name,
+                    );
+                    reference_bf16.push(v);
+                }
             }
         }
-        let (f, p, t) = (median(fused), median(plain), median(reference));
+        let (f, p, t, tb) = (median(fused), median(plain), median(reference), median(reference_bf16));
         let unit = w.unit;
         // Ratios > 1 mean the first is slower.
         let slower = |a: f64, b: f64| if w.lower_better { a / b } else { b / a };
-        let torch_cols = if py.is_some() { (format!("{t:.3} {unit}"), format!("{:.2}", slower(f, t))) } else { ("-".into(), "-".into()) };
+        let torch_cols = |t: f64| {
+            if py.is_some() && !t.is_nan() {
+                (format!("{t:.3} {unit}"), format!("{:.2}", slower(f, t)))
+            } else {
+                ("-".into(), "-".into())
+            }
+        };
+        let (torch_f32, torch_bf16) = (torch_cols(t), torch_cols(tb));
         println!(
-            "| {} | {f:.3} {unit} | {p:.3} {unit} | {:.2} | {} | {} | {mem_f:.0} / {mem_p:.0} / {} |",
+            "| {} | {f:.3} {unit} | {p:.3} {unit} | {:.2} | {} | {} | {} | {} | {mem_f:.0} / {mem_p:.0} / {} |",
             w.name,
             slower(p, f),
-            torch_cols.0,
-            torch_cols.1,
+            torch_f32.0,
+            torch_f32.1,
+            torch_bf16.0,
+            torch_bf16.1,
             if py.is_some() { format!("{mem_t:.0}") } else { "-".into() }
         );
     }

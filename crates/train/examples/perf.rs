@@ -3,7 +3,8 @@
 //! (seconds per training step, after one warm-up step), `decode` (generated tokens per second
 //! at batch B, N new tokens each), `prefill` (prompt tokens per second, one prompt of T
 //! tokens), `gemm` (GFLOP/s of the best of 15 products x·Wᵀ, x `M × K`, W `N × K`: the
-//! machine's ceiling for the model's products), or `export DIR` (the model as a Hugging Face
+//! machine's ceiling for the model's products), `peak-f32` / `peak-bf16` (one core's
+//! multiply-add ceiling with AVX-512 f32 FMAs / AVX-512 BF16 dot products), or `export DIR` (the model as a Hugging Face
 //! directory, for the PyTorch reference). Prints one JSON line with the value and the peak
 //! resident set. The workloads themselves are in `workloads/mod.rs`, shared with the criterion
 //! benchmarks.
@@ -19,7 +20,7 @@ fn main() -> safetune_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(path), Some(workload)) = (args.get(1), args.get(2)) else {
         eprintln!(
-            "usage: perf MODEL lora-qv|lora-all|full|decode|prefill|gemm|export [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N]"
+            "usage: perf MODEL lora-qv|lora-all|full|decode|prefill|gemm|peak-f32|peak-bf16|export [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N]"
         );
         std::process::exit(2);
     };
@@ -46,6 +47,11 @@ fn main() -> safetune_core::Result<()> {
             (workloads::rate(|| workloads::prefill(&m, tokens))?, "tok/s")
         }
         "gemm" => (workloads::gemm_gflops(flag(&args, "--m", 512), flag(&args, "--k", 576), flag(&args, "--n", 1536))?, "GFLOP/s"),
+        // One core's ceiling; not a product of the model (so nothing for PyTorch to compare).
+        "peak-f32" | "peak-bf16" => match workloads::peak_gflops(workload == "peak-bf16") {
+            Some(v) => (v, "GFLOP/s"),
+            None => safetune_core::anyhow::bail!("this CPU lacks the instructions of `{workload}`"),
+        },
         "export" => {
             let m = workloads::prepared(path, "inference")?;
             let dir = args.get(3).ok_or_else(|| safetune_core::anyhow::anyhow!("export needs a directory"))?;

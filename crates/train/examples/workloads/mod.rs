@@ -102,3 +102,69 @@ pub fn rate(f: impl FnOnce() -> Result<usize>) -> Result<f64> {
     let n = f()?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
+
+/// One core's multiply-add ceiling in GFLOP/s: 28 independent chains of AVX-512 f32 FMAs
+/// (`bf16 = false`, 32 flops an instruction) or of AVX-512 BF16 dot products (`vdpbf16ps`,
+/// 64 flops an instruction: 16 lanes × 2 products × 2), the instruction a bf16 matrix
+/// product would be built on (docs/PERFORMANCE.md, "bf16"). `None` when the CPU lacks the
+/// instruction set.
+pub fn peak_gflops(bf16: bool) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const ITERS: usize = 10_000_000;
+        let ok = if bf16 { is_x86_feature_detected!("avx512bf16") } else { is_x86_feature_detected!("avx512f") };
+        if !ok {
+            return None;
+        }
+        let t = Instant::now();
+        // SAFETY: the instruction sets were detected above.
+        let sum = unsafe {
+            if bf16 {
+                peak::dot_bf16(ITERS)
+            } else {
+                peak::fma_f32(ITERS)
+            }
+        };
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        let flops_per_instruction = if bf16 { 64.0 } else { 32.0 };
+        Some((ITERS * peak::CHAINS) as f64 * flops_per_instruction / secs / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = bf16;
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    pub const CHAINS: usize = 28;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma_f32(iters: usize) -> f32 {
+        let (a, b) = (_mm512_set1_ps(1.0), _mm512_set1_ps(1e-9));
+        let mut c = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for acc in c.iter_mut() {
+                *acc = _mm512_fmadd_ps(a, b, *acc);
+            }
+        }
+        c.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dot_bf16(iters: usize) -> f32 {
+        // bf16 pairs (1.0, 1.0): 0x3f80 each half.
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        let mut c = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for acc in c.iter_mut() {
+                *acc = _mm512_dpbf16_ps(*acc, a, a);
+            }
+        }
+        c.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+    }
+}
