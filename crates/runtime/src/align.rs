@@ -17,8 +17,9 @@ use crate::spec::TemplateChoice;
 use crate::stack::{build_defense, resolved_options};
 
 impl Run<'_> {
-    /// The aligned model for an alignment-stage defense (or none), trained once per content key and cached.
-    pub(crate) fn aligned(&mut self, defense: Option<&str>) -> Result<Aligned> {
+    /// The cache key and directory of the aligned model for an alignment-stage defense (or
+    /// none), and whether that model is already there.
+    fn alignment_entry(&self, defense: Option<&str>) -> Result<(Aligned, bool)> {
         let spec = self.spec;
         let mut train_cfg = spec.alignment.train.clone();
         train_cfg.seed = spec.seed;
@@ -41,13 +42,28 @@ impl Run<'_> {
         }
         let key = sha256_json(&key_parts)?;
         let dir = cache_dir().join("aligned").join(&key[..16]);
+        let done = if full { dir.join("model/model.safetensors") } else { dir.join("adapter_model.safetensors") };
+        let cached = done.exists();
+        Ok((Aligned { key, dir, full }, cached))
+    }
+
+    /// Whether the aligned model for `defense` (or none) is in the cache already.
+    pub(crate) fn alignment_cached(&self, defense: Option<&str>) -> Result<bool> {
+        Ok(self.alignment_entry(defense)?.1)
+    }
+
+    /// The aligned model for an alignment-stage defense (or none), trained once per content key and cached.
+    pub(crate) fn aligned(&mut self, defense: Option<&str>) -> Result<Aligned> {
+        let spec = self.spec;
+        let (Aligned { key, dir, full }, cached) = self.alignment_entry(defense)?;
+        let mut train_cfg = spec.alignment.train.clone();
+        train_cfg.seed = spec.seed;
         let label = match defense {
             Some(d) => format!("align+{d}"),
             None => "align".into(),
         };
         let trainable = if full { Trainable::Full } else { Trainable::Lora(spec.alignment.lora.clone()) };
-        let done = if full { dir.join("model/model.safetensors") } else { dir.join("adapter_model.safetensors") };
-        if done.exists() {
+        if cached {
             say(self.quiet, format!("[{label}] reusing cached alignment {}", &key[..16]));
             return Ok(Aligned { key, dir, full });
         }

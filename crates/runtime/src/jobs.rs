@@ -1,8 +1,12 @@
-//! `--jobs N`: cells fine-tuned in parallel worker processes. The parent keeps
-//! the lock, has already aligned and evaluated the shared models, and deals the
-//! pending cells round-robin to N workers, cells that train alike together; each
-//! worker runs the resolved spec (`spec.json`) restricted to its cells with
-//! cores / N compute threads, so the workers together use the machine's cores once.
+//! `--jobs N`: aligned models and cells trained in parallel worker processes. The
+//! parent keeps the lock and evaluates the base model; it deals the aligned models not
+//! yet in the cache round-robin to N workers (each trains and evaluates its models),
+//! then the pending cells, cells that train alike together. Each worker runs the
+//! resolved spec (`spec.json`) restricted to its models or cells with cores / N compute
+//! threads, so the workers together use the machine's cores once. On 2 cores two
+//! one-thread workers train 1.47 × as many steps an hour as one two-thread process
+//! (docs/PERFORMANCE.md, "Two one-thread workers"), and a model trained on one thread is
+//! the one trained on two, to the bit.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,15 +25,29 @@ fn workers(opts: &RunOptions, items: usize) -> Result<(usize, usize, std::path::
     Ok((jobs, (cores / jobs).max(1), exe))
 }
 
-/// Runs the cells of `groups` in `opts.jobs` worker processes and waits for all of them;
-/// a group (cells that train alike, `RunPlan::training_groups`) goes to one worker whole.
-pub fn run_workers(spec_json: &Path, opts: &RunOptions, groups: &[Vec<String>]) -> Result<()> {
+/// What a worker of [`run_workers`] computes.
+#[derive(Clone, Copy)]
+pub enum WorkerKind {
+    /// Aligned models (labels `aligned`, `aligned+<defense>`), trained and evaluated.
+    Alignments,
+    /// Cells (fine-tuned, repaired, evaluated).
+    Cells,
+}
+
+/// Runs the aligned models or cells of `groups` in `opts.jobs` worker processes and waits
+/// for all of them; a group (cells that train alike, `RunPlan::training_groups`) goes to
+/// one worker whole.
+pub fn run_workers(spec_json: &Path, opts: &RunOptions, kind: WorkerKind, groups: &[Vec<String>]) -> Result<()> {
     let (jobs, threads, exe) = workers(opts, groups.len())?;
+    let flag = match kind {
+        WorkerKind::Alignments => "--worker-alignments",
+        WorkerKind::Cells => "--worker-cells",
+    };
     let mut children = Vec::new();
     for w in 0..jobs {
         let mine: Vec<&str> = groups.iter().skip(w).step_by(jobs).flatten().map(String::as_str).collect();
         let mut cmd = Command::new(&exe);
-        cmd.args(opts.worker_args(spec_json, &opts.out)).arg("--worker-cells").arg(mine.join(","));
+        cmd.args(opts.worker_args(spec_json, &opts.out)).arg(flag).arg(mine.join(","));
         cmd.env("RAYON_NUM_THREADS", threads.to_string());
         if !opts.quiet {
             safetune_core::tracing::info!("[jobs] worker {w}: {} with {threads} thread(s)", mine.join(", "));
@@ -44,7 +62,7 @@ pub fn run_workers(spec_json: &Path, opts: &RunOptions, groups: &[Vec<String>]) 
         }
     }
     if !failed.is_empty() {
-        bail!("--jobs: {} failed; finished cells are kept, rerun to complete the grid", failed.join(", "));
+        bail!("--jobs: {} failed; finished models and cells are kept, rerun to complete the grid", failed.join(", "));
     }
     Ok(())
 }

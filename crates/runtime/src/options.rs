@@ -16,6 +16,9 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Set in a worker process: the cells it computes (the parent holds the lock).
     pub worker_cells: Option<Vec<String>>,
+    /// Set in a worker process: the aligned models it trains and evaluates (labels
+    /// `aligned`, `aligned+<defense>`), then it stops (the parent holds the lock).
+    pub worker_alignments: Option<Vec<String>>,
     /// Check every input and print the plan; train, evaluate and write nothing.
     pub dry_run: bool,
     /// Time between two checkpoints of a training stage (`None`: none saved). A stage
@@ -43,6 +46,12 @@ impl CodeKeys {
 }
 
 impl RunOptions {
+    /// Whether this process is a `--jobs` or `--slurm` worker (its parent holds the lock
+    /// and writes the run's manifest and report).
+    pub fn is_worker(&self) -> bool {
+        self.worker_cells.is_some() || self.worker_alignments.is_some()
+    }
+
     pub fn new(data_dir: Option<PathBuf>, out: PathBuf, quiet: bool) -> Self {
         Self {
             data_dir,
@@ -50,6 +59,7 @@ impl RunOptions {
             quiet,
             jobs: 1,
             worker_cells: None,
+            worker_alignments: None,
             dry_run: false,
             checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
             code: CodeKeys::built(),

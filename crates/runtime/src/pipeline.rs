@@ -52,12 +52,12 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             plan.join("")
         ));
     }
-    let (top, _lock, _) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
+    let (top, _lock, _) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
     let runs = top.join("runs");
     let mut dirs = Vec::new();
     for s in &subs {
         say(opts.quiet, format!("[grid] {} of {}: task {}, seed {}", dirs.len() + 1, subs.len(), s.data.task, s.seed));
-        let sub_opts = RunOptions { out: runs.clone(), worker_cells: None, ..opts.clone() };
+        let sub_opts = RunOptions { out: runs.clone(), worker_cells: None, worker_alignments: None, ..opts.clone() };
         run_single(s, &sub_opts)?;
         dirs.push((s.data.task.clone(), s.seed, runs.join(&s.name)));
     }
@@ -115,7 +115,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     if opts.dry_run {
         return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, align_set.len())?));
     }
-    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, opts.worker_cells.is_none())?;
+    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
     let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
     manifest["alignment"] =
         serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
@@ -126,14 +126,32 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let base_id = serde_json::json!({ "base": r.model_sha });
     r.evaluate_once("base", base_id, || open_model(&path, template))?;
     let plan = RunPlan::of(spec)?;
+    let align_label = |d: &Option<String>| d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
+    // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
+    // processes side by side, one per model dealt round-robin; the loop below then finds
+    // them in the cache.
+    if opts.jobs > 1 && !opts.is_worker() {
+        let mut pending = Vec::new();
+        for d in &plan.alignments {
+            if !r.alignment_cached(d.as_deref())? {
+                pending.push(vec![align_label(d)]);
+            }
+        }
+        if pending.len() > 1 {
+            crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, crate::jobs::WorkerKind::Alignments, &pending)?;
+        }
+    }
     let mut aligned: BTreeMap<Option<String>, Aligned> = BTreeMap::new();
     let mut keys = serde_json::Map::new();
     let mut published = Vec::new();
     for d in &plan.alignments {
+        let label = align_label(d);
+        if opts.worker_alignments.as_ref().is_some_and(|w| !w.contains(&label)) {
+            continue;
+        }
         let a = r.aligned(d.as_deref())?;
-        let label = d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
         write_alignment_time(&r.run_dir, &label, &a)?;
-        if opts.worker_cells.is_none() && !a.full {
+        if !opts.is_worker() && !a.full {
             crate::align::publish_aligned_adapter(&r.run_dir, &label, &a)?;
             published.push(label.clone());
         }
@@ -142,6 +160,9 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;
         keys.insert(label, a.key.clone().into());
         aligned.insert(d.clone(), a);
+    }
+    if opts.worker_alignments.is_some() {
+        return Ok(String::new());
     }
     manifest["alignment"]["keys"] = serde_json::Value::Object(keys);
     crate::align::write_adapters_readme(&r.run_dir, &spec.model.source, &published)?;
@@ -168,7 +189,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         }
         pending.push((c, key, rels));
     }
-    if opts.jobs > 1 && pending.len() > 1 && opts.worker_cells.is_none() {
+    if opts.jobs > 1 && pending.len() > 1 && !opts.is_worker() {
         let todo: std::collections::HashSet<&String> = pending.iter().map(|p| &p.0.label).collect();
         let groups: Vec<Vec<String>> = plan
             .training_groups()
@@ -176,7 +197,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             .map(|g| g.into_iter().filter(|l| todo.contains(l)).collect::<Vec<_>>())
             .filter(|g| !g.is_empty())
             .collect();
-        crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, &groups)?;
+        crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, crate::jobs::WorkerKind::Cells, &groups)?;
     } else {
         for (c, key, rels) in pending {
             let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align])?;

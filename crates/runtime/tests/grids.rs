@@ -107,6 +107,31 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
             serde_json::from_str(&std::fs::read_to_string(out.join("tiny-stack/timings").join(format!("{label}.json"))).unwrap()).unwrap();
         assert!(t["train"]["seconds"].as_f64().unwrap() > 0.0, "{t}");
     }
+    // --jobs 2 with its own cache: the two aligned models are trained (and evaluated) side by
+    // side in two workers, once each, then the cells in workers; every result file is the
+    // sequential run's, byte for byte.
+    let outj = d.join("outj");
+    let rj = safetune(
+        &[
+            "run",
+            spec.to_str().unwrap(),
+            "--overlay",
+            d.join("stack.toml").to_str().unwrap(),
+            "--out",
+            outj.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ],
+        &d.join("cachej"),
+    );
+    let logj = String::from_utf8_lossy(&rj.stderr).to_string();
+    assert!(rj.status.success(), "{logj}");
+    assert!(logj.contains("[jobs] worker 0: aligned with "), "{logj}");
+    assert!(logj.contains("[jobs] worker 1: aligned+vaccine with "), "{logj}");
+    assert_eq!(logj.matches("[align] 16 examples").count(), 1, "{logj}");
+    assert_eq!(logj.matches("[align+vaccine] 16 examples").count(), 1, "{logj}");
+    assert_eq!(files(&outj.join("tiny-stack")), files(&out.join("tiny-stack")));
+    assert!(outj.join("tiny-stack/summary.md").is_file(), "the parent wrote the report");
     // Two defenses giving the same part of a stack (two fine-tuning objectives) is an error naming
     // both and the part; data mixes are the one part that stacks.
     std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"lisa\", \"ldifs\"]]\n").unwrap();
