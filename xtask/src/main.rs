@@ -37,6 +37,11 @@ enum Task {
         out: Option<PathBuf>,
         #[arg(long)]
         quiet: bool,
+        /// Train aligned models and cells in N processes at once (`safetune run --jobs`)
+        /// [default: 2 on a machine with 2 or more cores, else 1: on 2 cores two one-thread
+        /// workers train ~1.5x as fast as one process, with the same results]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
     },
     /// Run the candidate protocols of a sweep on validation data and write results/<sweep>/sweep.md
     Calibrate {
@@ -139,7 +144,7 @@ fn presets() -> Vec<String> {
     v
 }
 
-fn bench_all(preset: String, overlays: Vec<PathBuf>, data_dir: Option<PathBuf>, out: Option<PathBuf>, quiet: bool) {
+fn bench_all(preset: String, overlays: Vec<PathBuf>, data_dir: Option<PathBuf>, out: Option<PathBuf>, quiet: bool, jobs: Option<u16>) {
     let overlays: Vec<PathBuf> = overlays.into_iter().map(absolute).collect();
     let data_dir = data_dir.map(absolute);
     let out = out.map(absolute).unwrap_or_else(|| root().join("results"));
@@ -168,6 +173,9 @@ fn bench_all(preset: String, overlays: Vec<PathBuf>, data_dir: Option<PathBuf>, 
     if quiet {
         cmd.arg("--quiet");
     }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let jobs = jobs.unwrap_or(if cores >= 2 { 2 } else { 1 });
+    cmd.arg("--jobs").arg(jobs.to_string());
     run(&mut cmd);
 }
 
@@ -228,7 +236,7 @@ fn main() {
         },
     };
     match xtask.command {
-        Task::BenchAll { preset, overlay, data_dir, out, quiet } => bench_all(preset, overlay, data_dir, out, quiet),
+        Task::BenchAll { preset, overlay, data_dir, out, quiet, jobs } => bench_all(preset, overlay, data_dir, out, quiet, jobs),
         Task::Presets => println!("{}", presets().join("\n")),
         Task::Calibrate { sweep, data_dir, out, only, quiet } => calibrate(sweep, data_dir, out, only, quiet),
         Task::Perf(args) => perf::perf(args),
