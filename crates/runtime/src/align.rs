@@ -2,6 +2,7 @@
 //! trained once per content key and cached.
 
 use safetune_core::anyhow::{anyhow, Context};
+use safetune_core::config::TrainConfig;
 use safetune_core::registry::Trainable;
 use safetune_core::training::TrainStep;
 use safetune_core::training::{stream, PlainSft};
@@ -21,8 +22,7 @@ impl Run<'_> {
     /// none), and whether that model is already there.
     fn alignment_entry(&self, defense: Option<&str>) -> Result<(Aligned, bool)> {
         let spec = self.spec;
-        let mut train_cfg = spec.alignment.train.clone();
-        train_cfg.seed = spec.seed;
+        let train_cfg = self.alignment_train_config();
         let mut key_parts = serde_json::json!({
             "model": self.model_sha, "lora": spec.alignment.lora, "train": train_cfg,
             "data": sha256_json(&self.align_set)?, "code": self.code.train,
@@ -47,6 +47,11 @@ impl Run<'_> {
         Ok((Aligned { key, dir, full }, cached))
     }
 
+    /// The alignment's training settings, with the run's seed.
+    fn alignment_train_config(&self) -> TrainConfig {
+        TrainConfig { seed: self.spec.seed, ..self.spec.alignment.train.clone() }
+    }
+
     /// Whether the aligned model for `defense` (or none) is in the cache already.
     pub(crate) fn alignment_cached(&self, defense: Option<&str>) -> Result<bool> {
         Ok(self.alignment_entry(defense)?.1)
@@ -56,8 +61,7 @@ impl Run<'_> {
     pub(crate) fn aligned(&mut self, defense: Option<&str>) -> Result<Aligned> {
         let spec = self.spec;
         let (Aligned { key, dir, full }, cached) = self.alignment_entry(defense)?;
-        let mut train_cfg = spec.alignment.train.clone();
-        train_cfg.seed = spec.seed;
+        let train_cfg = self.alignment_train_config();
         let label = match defense {
             Some(d) => format!("align+{d}"),
             None => "align".into(),
