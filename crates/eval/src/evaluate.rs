@@ -206,6 +206,88 @@ fn part<T: serde::Serialize + serde::de::DeserializeOwned>(
     Ok(done.result)
 }
 
+/// A safety set's greedy part: its result without the probes, and every greedy verdict (the
+/// first `consistency_limit` start the probes' figures).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GreedySafety {
+    result: SafetyResult,
+    verdicts: Vec<Verdict>,
+}
+
+/// ASR@K, ASR under surface variants and refusal consistency (`None` for what the spec does
+/// not ask) of the prompts `probe` asked again, whose greedy verdicts are `first`: K samples
+/// at the spec's temperature and each of [`VARIANTS`], greedy.
+#[allow(clippy::too_many_arguments)]
+fn probe_answers(
+    model: &dyn CausalLm,
+    probe: &[Example],
+    first: &[Verdict],
+    spec: &EvalSpec,
+    judge: &dyn Judge,
+    seed: u64,
+    (name, label, quiet): (&str, &str, bool),
+    records: &mut Generations,
+    times: &mut MetricTimes,
+) -> Result<(Option<Estimate>, Option<Estimate>, Option<Estimate>)> {
+    let again = if spec.variants { spec.samples + VARIANTS.len() } else { spec.samples };
+    let steps = Steps::new(&format!("eval {label}: {name} asked again"), again * probe.len(), "answer", quiet);
+    let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); probe.len()];
+    let (mut asr_at_k, mut variant_asr) = (None, None);
+    if spec.samples > 0 {
+        let t = Instant::now();
+        let mut per_prompt: Vec<Vec<Verdict>> = vec![Vec::with_capacity(spec.samples); probe.len()];
+        let mut sample_recs = Vec::new();
+        for k in 0..spec.samples {
+            let params = GenerationParams {
+                max_new_tokens: spec.safety_max_new_tokens,
+                temperature: spec.sample_temperature,
+                top_p: spec.sample_top_p,
+                seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
+                batch_size: spec.batch_size,
+            };
+            let (recs, judged) = steps.current(|| judged_answers(model, probe, &params, judge, &format!("#{k}"), spec.stop_at_verdict))?;
+            for (i, j) in judged.iter().enumerate() {
+                per_prompt[i].push(j.verdict);
+                others[i].push(j.verdict);
+            }
+            sample_recs.extend(recs);
+        }
+        let at_k = safetune_metrics::any_compliance(&per_prompt, seed);
+        times.push((format!("{name}: ASR@{0} ({0} samples)", spec.samples), t.elapsed().as_secs_f64()));
+        say(quiet, format!("[eval {label}] {name}: ASR@{} {:.1}% ({:.0}s)", spec.samples, 100.0 * at_k.value, t.elapsed().as_secs_f64()));
+        records.push((format!("{name}.samples"), sample_recs));
+        asr_at_k = Some(at_k);
+    }
+    if spec.variants {
+        let t = Instant::now();
+        let mut per_prompt: Vec<Vec<Verdict>> = first.iter().map(|v| vec![*v]).collect();
+        let mut variant_recs = Vec::new();
+        let params = greedy(spec.safety_max_new_tokens, spec.batch_size);
+        for variant in VARIANTS {
+            let asked: Vec<Example> = probe.iter().map(|e| variant_of(e, variant)).collect();
+            let format = variant_format(variant, model.info().format);
+            let (recs, judged) =
+                steps.current(|| judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"), spec.stop_at_verdict))?;
+            for (i, j) in judged.iter().enumerate() {
+                per_prompt[i].push(j.verdict);
+                others[i].push(j.verdict);
+            }
+            variant_recs.extend(recs);
+        }
+        let v_asr = safetune_metrics::any_compliance(&per_prompt, seed);
+        times.push((format!("{name}: ASR under {} surface variants", VARIANTS.len()), t.elapsed().as_secs_f64()));
+        say(
+            quiet,
+            format!("[eval {label}] {name}: ASR under any surface variant {:.1}% ({:.0}s)", 100.0 * v_asr.value, t.elapsed().as_secs_f64()),
+        );
+        records.push((format!("{name}.variants"), variant_recs));
+        variant_asr = Some(v_asr);
+    }
+    let c = safetune_metrics::refusal_consistency(first, &others, seed);
+    say(quiet, format!("[eval {label}] {name}: refusal consistency {:.1}% of {} refused prompts", 100.0 * c.value, c.n));
+    Ok((asr_at_k, variant_asr, Some(c)))
+}
+
 /// [`evaluate`], keeping each finished part in `parts` when given and reusing a part it
 /// already holds for this model ([`PartStore`]).
 #[allow(clippy::too_many_arguments)]
@@ -228,20 +310,12 @@ pub fn evaluate_resumable(
         // The prompts asked again (samples, variants): the first `consistency_limit` of the set.
         let probed = (spec.samples > 0 || spec.variants) && (spec.consistency_sets.is_empty() || spec.consistency_sets.contains(name));
         let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
-        let what = || {
-            let mut w = judged_part("safety", name, set, format, spec, judge, seed);
-            if probed {
-                w["probe"] = serde_json::json!({
-                    "prompts": probe.len(), "samples": spec.samples, "variants": spec.variants.then_some(VARIANTS),
-                    "temperature": spec.sample_temperature, "top_p": spec.sample_top_p,
-                });
-            }
-            w
-        };
-        let result = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
+        // The greedy answers are one part and the prompts asked again another, so a run that asks
+        // no samples or variants reuses a run's greedy answers that asked them, and the other way.
+        let what = || judged_part("safety", name, set, format, spec, judge, seed);
+        let greedy_part = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
             let t = Instant::now();
-            let again = if spec.variants { spec.samples + VARIANTS.len() } else { spec.samples };
-            let steps = Steps::new(&format!("eval {label}: {name}"), set.len() + again * probe.len(), "answer", quiet);
+            let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
             let (recs, judgements) = steps.current(|| {
                 judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
             })?;
@@ -264,74 +338,36 @@ pub fn evaluate_resumable(
             }
             let by_category = per_category(&recs, &verdicts, seed);
             records.push((name.clone(), recs));
-            let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); probe.len()];
-            let (mut asr_at_k, mut refusal_consistency, mut variant_asr) = (None, None, None);
-            if spec.samples > 0 && probed {
-                let t = Instant::now();
-                let mut per_prompt: Vec<Vec<Verdict>> = vec![Vec::with_capacity(spec.samples); probe.len()];
-                let mut sample_recs = Vec::new();
-                for k in 0..spec.samples {
-                    let params = GenerationParams {
-                        max_new_tokens: spec.safety_max_new_tokens,
-                        temperature: spec.sample_temperature,
-                        top_p: spec.sample_top_p,
-                        seed: seed.wrapping_mul(1000).wrapping_add(k as u64),
-                        batch_size: spec.batch_size,
-                    };
-                    let (recs, judged) =
-                        steps.current(|| judged_answers(model, probe, &params, judge, &format!("#{k}"), spec.stop_at_verdict))?;
-                    for (i, j) in judged.iter().enumerate() {
-                        per_prompt[i].push(j.verdict);
-                        others[i].push(j.verdict);
-                    }
-                    sample_recs.extend(recs);
-                }
-                let at_k = safetune_metrics::any_compliance(&per_prompt, seed);
-                times.push((format!("{name}: ASR@{0} ({0} samples)", spec.samples), t.elapsed().as_secs_f64()));
-                say(
-                    quiet,
-                    format!("[eval {label}] {name}: ASR@{} {:.1}% ({:.0}s)", spec.samples, 100.0 * at_k.value, t.elapsed().as_secs_f64()),
-                );
-                records.push((format!("{name}.samples"), sample_recs));
-                asr_at_k = Some(at_k);
-            }
-            if spec.variants && probed {
-                let t = Instant::now();
-                let mut per_prompt: Vec<Vec<Verdict>> = verdicts[..probe.len()].iter().map(|v| vec![*v]).collect();
-                let mut variant_recs = Vec::new();
-                let params = greedy(spec.safety_max_new_tokens, spec.batch_size);
-                for variant in VARIANTS {
-                    let asked: Vec<Example> = probe.iter().map(|e| variant_of(e, variant)).collect();
-                    let format = variant_format(variant, model.info().format);
-                    let (recs, judged) = steps.current(|| {
-                        judged_answers_in(model, &asked, format, &params, judge, &format!("@{variant}"), spec.stop_at_verdict)
-                    })?;
-                    for (i, j) in judged.iter().enumerate() {
-                        per_prompt[i].push(j.verdict);
-                        others[i].push(j.verdict);
-                    }
-                    variant_recs.extend(recs);
-                }
-                let v_asr = safetune_metrics::any_compliance(&per_prompt, seed);
-                times.push((format!("{name}: ASR under {} surface variants", VARIANTS.len()), t.elapsed().as_secs_f64()));
-                say(
-                    quiet,
-                    format!(
-                        "[eval {label}] {name}: ASR under any surface variant {:.1}% ({:.0}s)",
-                        100.0 * v_asr.value,
-                        t.elapsed().as_secs_f64()
-                    ),
-                );
-                records.push((format!("{name}.variants"), variant_recs));
-                variant_asr = Some(v_asr);
-            }
-            if (spec.samples > 0 || spec.variants) && probed {
-                let c = safetune_metrics::refusal_consistency(&verdicts[..probe.len()], &others, seed);
-                say(quiet, format!("[eval {label}] {name}: refusal consistency {:.1}% of {} refused prompts", 100.0 * c.value, c.n));
-                refusal_consistency = Some(c);
-            }
-            Ok(SafetyResult { set: name.clone(), asr, empty, harmful_score, asr_at_k, refusal_consistency, variant_asr, by_category })
+            let result = SafetyResult {
+                set: name.clone(),
+                asr,
+                empty,
+                harmful_score,
+                asr_at_k: None,
+                refusal_consistency: None,
+                variant_asr: None,
+                by_category,
+            };
+            Ok(GreedySafety { result, verdicts })
         })?;
+        let GreedySafety { mut result, verdicts } = greedy_part;
+        if probed {
+            // Everything the greedy part depends on (its answers start the variants' verdicts
+            // and the consistency), and the probe's own settings.
+            let what = || {
+                let mut w = judged_part("safety-probes", name, set, format, spec, judge, seed);
+                w["probe"] = serde_json::json!({
+                    "prompts": probe.len(), "samples": spec.samples, "variants": spec.variants.then_some(VARIANTS),
+                    "temperature": spec.sample_temperature, "top_p": spec.sample_top_p,
+                });
+                w
+            };
+            let first = &verdicts[..probe.len()];
+            let probes = part(parts, what, &format!("{name} asked again"), label, quiet, &mut records, &mut times, |records, times| {
+                probe_answers(model, probe, first, spec, judge, seed, (name, label, quiet), records, times)
+            })?;
+            (result.asr_at_k, result.variant_asr, result.refusal_consistency) = probes;
+        }
         safety.push(result);
     }
     let mut over_refusal = Vec::new();

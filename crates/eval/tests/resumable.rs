@@ -1,8 +1,8 @@
 //! `evaluate_resumable`: an evaluation stopped part-way resumes at its first unfinished part,
 //! and another evaluation of the same model reuses the parts it asks alike. Each finished part
-//! (a safety set with its samples, an over-refusal set, the task) is kept in the store under
-//! what it depends on; a kept part is used as it is, a missing or unreadable one is computed
-//! again.
+//! (a safety set's greedy answers, the same set's prompts asked again — samples and variants —,
+//! an over-refusal set, the task) is kept in the store under what it depends on; a kept part
+//! is used as it is, a missing or unreadable one is computed again.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -47,6 +47,11 @@ fn answers_of(gens: &Generations, prefix: &str) -> Value {
     to_value(gens.iter().filter(|(set, _)| set.starts_with(prefix)).collect::<Vec<_>>()).unwrap()
 }
 
+/// The answers to the set called exactly `name` (`harm`, not its samples `harm.samples`).
+fn set_of(gens: &Generations, name: &str) -> Value {
+    to_value(gens.iter().filter(|(set, _)| set == name).collect::<Vec<_>>()).unwrap()
+}
+
 #[test]
 fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_missing_ones() {
     let (harmful, benign, task) = toy_sets();
@@ -74,19 +79,21 @@ fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_miss
         assert_ne!(answers_of(&g1, prefix), answers_of(&g2, prefix), "the two models must answer {prefix} differently");
     }
     let kept = files(&dir);
-    assert_eq!(kept.len(), 3, "one file per part: {kept:?}");
-    let (task_file, harm_file) = (part_of(&dir, &kept, "toy"), part_of(&dir, &kept, "harm"));
+    assert_eq!(kept.len(), 4, "one file per part: {kept:?}");
+    let (task_file, harm_file, samples_file) =
+        (part_of(&dir, &kept, "toy"), part_of(&dir, &kept, "harm"), part_of(&dir, &kept, "harm.samples"));
 
     // Every part kept: the second model is never asked; the result is the first one's.
     let (r, rg, _) = evaluate_resumable(&second, &inputs, &spec, &judge, 1, "resumed", true, Some(&store)).unwrap();
     assert_eq!(to_value(&r).unwrap(), to_value(&e1).unwrap());
     assert_eq!(to_value(&rg).unwrap(), to_value(&g1).unwrap());
 
-    // The task's part missing and the safety part unreadable (a stop mid-write leaves no file,
-    // but a damaged one is computed again too): those two come from the second model, the
+    // The task's part missing and the safety set's parts unreadable (a stop mid-write leaves
+    // no file, but a damaged one is computed again too): those come from the second model, the
     // over-refusal set from the kept part.
     std::fs::remove_file(dir.join(&task_file)).unwrap();
     std::fs::write(dir.join(&harm_file), "{").unwrap();
+    std::fs::write(dir.join(&samples_file), "{").unwrap();
     let (m, mg, _): (ModelEval, Generations, _) =
         evaluate_resumable(&second, &inputs, &spec, &judge, 1, "mixed", true, Some(&store)).unwrap();
     assert_eq!(to_value(&m.task).unwrap(), to_value(&e2.task).unwrap());
@@ -153,18 +160,17 @@ fn another_evaluation_of_the_same_model_reuses_the_parts_it_asks_alike_and_no_ot
     assert_eq!(answers_of(&g, "harm"), answers_of(&g1, "harm"));
     assert_eq!(answers_of(&g, "benign"), answers_of(&g1, "benign"));
     assert_eq!(answers_of(&g, "colours"), answers_of(&own, "colours"));
-    assert_eq!(files(&dir).len(), 4, "only the new task's part was added");
+    assert_eq!(files(&dir).len(), 5, "only the new task's part was added");
 
-    // Whatever a safety part reads changes its key: the answer budget, the batch, the
-    // samples, the judge, the seed, the model — each is answered again by the second model.
+    // Whatever a safety part reads changes its key: the answer budget, the batch, the judge,
+    // the seed, the model — each is answered again by the second model, greedy answers and
+    // samples alike.
     let longer = EvalSpec { safety_max_new_tokens: 7, ..spec.clone() };
     let batch = EvalSpec { batch_size: 3, ..spec.clone() };
-    let no_samples = EvalSpec { samples: 0, ..spec.clone() };
     let qi = safetune_metrics::KeywordJudge::qi2023();
-    let cases: [(&str, &EvalSpec, &dyn safetune_core::judge::Judge, u64, &'static str); 6] = [
+    let cases: [(&str, &EvalSpec, &dyn safetune_core::judge::Judge, u64, &'static str); 5] = [
         ("answer budget", &longer, &judge, 1, "m"),
         ("batch size", &batch, &judge, 1, "m"),
-        ("samples", &no_samples, &judge, 1, "m"),
         ("judge", &spec, &qi, 1, "m"),
         ("seed", &spec, &judge, 2, "m"),
         ("model", &spec, &judge, 1, "another"),
@@ -173,14 +179,22 @@ fn another_evaluation_of_the_same_model_reuses_the_parts_it_asks_alike_and_no_ot
         let store = Store { dir: dir.clone(), model };
         let (_, g, _) = evaluate_resumable(&second, &inputs("toy", task_a), spec, judge, seed, what, true, Some(&store)).unwrap();
         let own = on_its_own(&inputs("toy", task_a), spec, judge, seed);
-        assert_eq!(answers_of(&g, "harm"), answers_of(&own, "harm"), "{what}: the safety part was reused");
-        if what != "samples" {
-            // The over-refusal part reads no sample setting.
-            assert_eq!(answers_of(&g, "benign"), answers_of(&own, "benign"), "{what}: the over-refusal part was reused");
-        } else {
-            assert_eq!(answers_of(&g, "benign"), answers_of(&g1, "benign"), "samples: the over-refusal part was not reused");
-        }
+        assert_eq!(answers_of(&g, "harm"), answers_of(&own, "harm"), "{what}: a safety part was reused");
+        assert_eq!(answers_of(&g, "benign"), answers_of(&own, "benign"), "{what}: the over-refusal part was reused");
     }
+    // The samples are a part of their own: without them (the `defenses` preset after a
+    // `standard` run) the greedy answers are reused; with other samples too, and only the
+    // samples are answered again.
+    let no_samples = EvalSpec { samples: 0, ..spec.clone() };
+    let (_, g, _) = evaluate_resumable(&second, &inputs("toy", task_a), &no_samples, &judge, 1, "greedy", true, Some(&store)).unwrap();
+    assert_eq!(answers_of(&g, "harm"), set_of(&g1, "harm"), "the greedy part alone, reused");
+    let two_samples = EvalSpec { samples: 2, ..spec.clone() };
+    let (_, g, _) = evaluate_resumable(&second, &inputs("toy", task_a), &two_samples, &judge, 1, "more", true, Some(&store)).unwrap();
+    let own = on_its_own(&inputs("toy", task_a), &two_samples, &judge, 1);
+    assert_eq!(set_of(&g, "harm"), set_of(&g1, "harm"), "the greedy part reused");
+    assert_ne!(set_of(&own, "harm"), set_of(&g1, "harm"));
+    assert_eq!(set_of(&g, "harm.samples"), set_of(&own, "harm.samples"), "the samples answered again");
+    assert_eq!(answers_of(&g, "benign"), answers_of(&g1, "benign"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -293,9 +293,12 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
                 l.contains(&format!("[eval {label}] ")) && (l.contains(": ASR ") && l.contains("% of ") || l.contains(": refused "))
             })
             .count();
+        // Each set's greedy answers, and a probed set's prompts asked again, are a part each.
         let reused = lines(label, "reusing this model's stored answers");
+        let reused_probes = lines(label, "asked again: reusing this model's stored answers");
         assert!(answered >= 2, "{label}: {log}");
-        assert_eq!(reused, answered, "{label}: {log}");
+        assert_eq!(reused - reused_probes, answered, "{label}: {log}");
+        assert!(reused_probes >= 1, "{label}: {log}");
         for task in ["builtin-sentiment", "builtin-arithmetic"] {
             assert_eq!(lines(label, &format!("{task}: score")), 2, "{label} {task}: {log}");
         }
