@@ -187,8 +187,13 @@ fn part<T: serde::Serialize + serde::de::DeserializeOwned>(
     let path = store.map(|s| s.file(&what())).transpose()?;
     let kept = path.as_ref().and_then(|p| Some((p, serde_json::from_str::<Part<T>>(&std::fs::read_to_string(p).ok()?).ok()?)));
     let done = match kept {
-        Some((p, done)) => {
+        Some((p, mut done)) => {
             say(quiet, format!("[eval {label}] {name}: reusing this model's stored answers to the same part ({})", p.display()));
+            // This evaluation spent no time on it: its metrics are listed, marked, at 0 s.
+            for (metric, seconds) in &mut done.times {
+                *metric = format!("{metric} (reused)");
+                *seconds = 0.0;
+            }
             done
         }
         None => {

@@ -73,7 +73,7 @@ fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_miss
     // Two different models: what each answers on its own.
     let (first, second) = (safetune_model::tiny_model(5).unwrap(), safetune_model::tiny_model(6).unwrap());
     let store = Store { dir: dir.clone(), model: "first" };
-    let (e1, g1, _) = evaluate_resumable(&first, &inputs, &spec, &judge, 1, "first", true, Some(&store)).unwrap();
+    let (e1, g1, t1) = evaluate_resumable(&first, &inputs, &spec, &judge, 1, "first", true, Some(&store)).unwrap();
     let (e2, g2, _) = evaluate(&second, &inputs, &spec, &judge, 1, "second", true).unwrap();
     for prefix in ["harm", "benign", "toy"] {
         assert_ne!(answers_of(&g1, prefix), answers_of(&g2, prefix), "the two models must answer {prefix} differently");
@@ -83,10 +83,15 @@ fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_miss
     let (task_file, harm_file, samples_file) =
         (part_of(&dir, &kept, "toy"), part_of(&dir, &kept, "harm"), part_of(&dir, &kept, "harm.samples"));
 
-    // Every part kept: the second model is never asked; the result is the first one's.
-    let (r, rg, _) = evaluate_resumable(&second, &inputs, &spec, &judge, 1, "resumed", true, Some(&store)).unwrap();
+    // Every part kept: the second model is never asked; the result is the first one's, and
+    // the times say this evaluation spent none on them.
+    let (r, rg, rt) = evaluate_resumable(&second, &inputs, &spec, &judge, 1, "resumed", true, Some(&store)).unwrap();
     assert_eq!(to_value(&r).unwrap(), to_value(&e1).unwrap());
     assert_eq!(to_value(&rg).unwrap(), to_value(&g1).unwrap());
+    assert_eq!(rt.len(), t1.len());
+    for ((metric, seconds), (first_metric, _)) in rt.iter().zip(&t1) {
+        assert_eq!((metric.as_str(), *seconds), (format!("{first_metric} (reused)").as_str(), 0.0));
+    }
 
     // The task's part missing and the safety set's parts unreadable (a stop mid-write leaves
     // no file, but a damaged one is computed again too): those come from the second model, the
