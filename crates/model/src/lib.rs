@@ -33,7 +33,7 @@ pub use gguf::check_gguf;
 pub use gguf::load_gguf;
 pub use hf::{check_hf_dir, detect_format, load_hf_dir};
 pub use llama::{Llama, Param};
-pub use tiny::{tiny_model, tiny_model_with, tiny_tokenizer, tiny_tokenizer_with};
+pub use tiny::{tiny_model, tiny_model_shaped, tiny_model_with, tiny_tokenizer, tiny_tokenizer_with};
 pub use tokenizer::{byte_alphabet, PreTokenizer, TextTokenizer};
 
 /// Loads a model from a `.gguf` file or a Hugging Face directory.

@@ -41,8 +41,19 @@ pub fn tiny_model(seed: u64) -> Result<Llama> {
 /// [`tiny_model`] over [`tiny_tokenizer_with`]`(extra_merges)` (its vocabulary, and so its
 /// random weights, differ from `tiny_model`'s when there are any).
 pub fn tiny_model_with(seed: u64, extra_merges: &[&str]) -> Result<Llama> {
+    random_model(seed, extra_merges, |c| c)
+}
+
+/// A random model over [`tiny_tokenizer`] with the tiny configuration as `shape` changes it
+/// (wider layers, more of them): for tests that need products and kernels large enough to
+/// be split across threads.
+pub fn tiny_model_shaped(seed: u64, shape: impl FnOnce(LlamaConfig) -> LlamaConfig) -> Result<Llama> {
+    random_model(seed, &[], shape)
+}
+
+fn random_model(seed: u64, extra_merges: &[&str], shape: impl FnOnce(LlamaConfig) -> LlamaConfig) -> Result<Llama> {
     let inner = tiny_tokenizer_with(extra_merges)?;
-    let cfg = LlamaConfig::tiny(inner.get_vocab_size(true));
+    let cfg = shape(LlamaConfig::tiny(inner.get_vocab_size(true)));
     let mut rng = SeededRng::new(seed);
     let mut weights = BTreeMap::new();
     for (name, shape) in cfg.weight_shapes() {
