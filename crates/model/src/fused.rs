@@ -179,7 +179,7 @@ impl Attention {
         let mut raw = vec![0f32; m * s];
         for (i, p) in p.chunks_mut(m * s).enumerate() {
             let bi = i / g;
-            crate::ops::gemm_xwt(&mut raw, &q[i * m * d..(i + 1) * m * d], &k[i * s * d..(i + 1) * s * d], (m, s, d), false, 1.0);
+            crate::products::gemm_xwt(&mut raw, &q[i * m * d..(i + 1) * m * d], &k[i * s * d..(i + 1) * s * d], (m, s, d), false, 1.0);
             let bias = &bias[bi * t * s..(bi + 1) * t * s];
             p.par_chunks_mut(chunk_rows(s) * s).zip(raw.par_chunks_mut(chunk_rows(s) * s)).enumerate().for_each(|(c, (p, raw))| {
                 for (j, (p, x)) in p.chunks_mut(s).zip(raw.chunks_mut(s)).enumerate() {
@@ -227,7 +227,7 @@ impl candle_core::CustomOp3 for Attention {
         let (p, [b, g, m, s, d]) = self.probs(q, lq, k, lk)?;
         let mut out = vec![0f32; b * g * m * d];
         for (i, o) in out.chunks_mut(m * d).enumerate() {
-            crate::ops::gemm_xy(o, &p[i * m * s..(i + 1) * m * s], &v[i * s * d..(i + 1) * s * d], (m, d, s));
+            crate::products::gemm_xy(o, &p[i * m * s..(i + 1) * m * s], &v[i * s * d..(i + 1) * s * d], (m, d, s));
         }
         Ok((CpuStorage::F32(out), Shape::from((b, g, m, d))))
     }

@@ -14,6 +14,7 @@ mod gguf;
 mod hf;
 mod llama;
 pub mod ops;
+mod products;
 mod safetensors_header;
 mod tiny;
 mod tokenizer;
