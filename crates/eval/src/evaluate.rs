@@ -8,6 +8,7 @@ use safetune_core::progress::Steps;
 use safetune_core::{CausalLm, Example, GenerationParams, PromptFormat, Result};
 use safetune_metrics::mean_estimate;
 
+use crate::answers::{complete_until, greedy};
 use crate::results::{GenRecord, Generations, ModelEval, Named, OverRefusalResult, SafetyResult, TaskResult};
 use crate::say;
 use crate::spec::EvalSpec;
@@ -56,35 +57,6 @@ fn answers_until(
 ) -> Result<Vec<(String, bool)>> {
     let texts: Vec<String> = examples.iter().map(|e| format.prompt(e.system.as_deref(), &e.prompt)).collect();
     complete_until(model, &texts, params, settle)
-}
-
-/// The model's continuations of prompt texts (already in a template), decoded and trimmed;
-/// with `settle`, each ends once that judge's verdict on it is settled (flag true: cut there).
-pub(crate) fn complete_until(
-    model: &dyn CausalLm,
-    texts: &[String],
-    params: &GenerationParams,
-    settle: Option<&dyn Judge>,
-) -> Result<Vec<(String, bool)>> {
-    let tok = model.tokenizer();
-    let prompts = texts.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>()?;
-    let cut: Vec<std::sync::atomic::AtomicBool> = prompts.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
-    let ids = match settle {
-        None => model.generate(&prompts, params)?,
-        Some(judge) => {
-            let settled = |i: usize, ids: &[u32]| {
-                // The text as the judge will see it (decoded, trimmed); a prefix that does not
-                // decode is not settled.
-                let done = tok.decode(ids).is_ok_and(|t| judge.settled(t.trim()));
-                if done {
-                    cut[i].store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                done
-            };
-            model.generate_until(&prompts, params, &settled)?
-        }
-    };
-    ids.iter().zip(&cut).map(|(ids, c)| Ok((tok.decode(ids)?.trim().to_string(), c.load(std::sync::atomic::Ordering::Relaxed)))).collect()
 }
 
 /// Surface variants of a harmful prompt that refusal consistency asks again
@@ -515,10 +487,6 @@ pub fn per_category(recs: &[GenRecord], verdicts: &[Verdict], seed: u64) -> Vec<
         }
     }
     by.into_iter().map(|(c, v)| Named { name: c.to_string(), estimate: safetune_metrics::asr_of(&v, seed).0 }).collect()
-}
-
-pub(crate) fn greedy(max_new_tokens: usize, batch_size: usize) -> GenerationParams {
-    GenerationParams { max_new_tokens, temperature: 0.0, top_p: 1.0, seed: 0, batch_size }
 }
 
 /// Answers to a set with the given decoding, judged; records carry the example

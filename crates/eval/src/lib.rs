@@ -3,6 +3,7 @@
 //! over-refusal sets, the task's utility, MMLU and MT-Bench — and the result types a run
 //! writes. Knows nothing of training, caches or the results layout.
 
+mod answers;
 pub mod evaluate;
 pub mod mmlu;
 pub mod mt_bench;

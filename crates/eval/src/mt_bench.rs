@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use safetune_core::anyhow::anyhow;
-use safetune_core::judge::{ChatGrader, Estimate};
+use safetune_core::judge::ChatGrader;
 use safetune_core::progress::Steps;
 use safetune_core::{CausalLm, Example, Result};
 use safetune_data::mt_bench::{MtBenchJudging, NEEDS_REFERENCE, SINGLE, SINGLE_MATH};
@@ -21,7 +21,8 @@ use safetune_metrics::mean_estimate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::{complete_until, greedy};
+use crate::answers::{complete_until, greedy};
+pub use crate::results::MtBenchResult;
 use crate::results::{GenRecord, Generations, Named};
 
 /// `eval.mt_bench`: how MT-Bench is answered and graded (when `data.utility_evals` names `mt-bench`).
@@ -59,21 +60,6 @@ impl Default for MtBenchSpec {
             reference_answers: None,
         }
     }
-}
-
-/// MT-Bench scores of one model: ratings on FastChat's 1–10 scale.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MtBenchResult {
-    /// Mean rating over every rated turn (FastChat's overall score).
-    pub score: Estimate,
-    pub turn1: Estimate,
-    pub turn2: Estimate,
-    /// Turns whose grader reply held no rating (left out of the means).
-    pub unrated: usize,
-    /// Mean rating per category (both turns).
-    pub by_category: Vec<Named>,
-    /// The grader's identity (endpoint and model).
-    pub grader: String,
 }
 
 /// What MT-Bench needs besides the model.

@@ -74,7 +74,7 @@ pub struct ModelEval {
     pub mmlu: Vec<MmluResult>,
     /// MT-Bench ratings, when selected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mt_bench: Option<crate::mt_bench::MtBenchResult>,
+    pub mt_bench: Option<MtBenchResult>,
 }
 
 /// One generated answer (no prompt text: ids only).
@@ -176,4 +176,19 @@ pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
     let mut s = serde_json::to_string_pretty(v)?;
     s.push('\n');
     write_atomic(path, s.as_bytes())
+}
+
+/// MT-Bench scores of one model: ratings on FastChat's 1–10 scale.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MtBenchResult {
+    /// Mean rating over every rated turn (FastChat's overall score).
+    pub score: Estimate,
+    pub turn1: Estimate,
+    pub turn2: Estimate,
+    /// Turns whose grader reply held no rating (left out of the means).
+    pub unrated: usize,
+    /// Mean rating per category (both turns).
+    pub by_category: Vec<Named>,
+    /// The grader's identity (endpoint and model).
+    pub grader: String,
 }
