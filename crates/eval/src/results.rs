@@ -133,6 +133,12 @@ pub fn cell_label(method: &str, defenses: &[String]) -> String {
     std::iter::once(method.to_string()).chain(defenses.iter().cloned()).collect::<Vec<_>>().join("+")
 }
 
+/// The label of an aligned model (its `models/`, `timings/` and `adapters/` entries):
+/// `aligned`, or `aligned+<defense>` for an alignment-stage defense's.
+pub fn aligned_label(defense: Option<&str>) -> String {
+    defense.map_or_else(|| "aligned".into(), |d| format!("aligned+{d}"))
+}
+
 /// Why a set's rate is not a measurement: more than half of its answers were
 /// empty (a model that emits nothing looks perfectly safe by ASR and perfectly
 /// helpful by over-refusal, since empty answers are left out of both). `None`

@@ -16,7 +16,7 @@ use safetune_core::Result;
 
 use safetune_core::judge::Estimate;
 
-use safetune_eval::results::{cell_label, write_atomic, CellResult, GenRecord, ModelEval};
+use safetune_eval::results::{aligned_label, cell_label, write_atomic, CellResult, GenRecord, ModelEval};
 
 pub use defenses::{effects as defense_effects, Effect as DefenseEffect, CUT_MIN, TASK_COST_MAX};
 pub use tables::{csv_table, latex_table, markdown_table};
@@ -131,10 +131,7 @@ fn aligned_of(c: &CellResult) -> String {
     let align_defense = c.defenses.iter().find(|d| {
         safetune_core::registry::defense(d).and_then(|e| e.stages()).is_ok_and(|s| s.contains(&safetune_core::registry::Stage::Alignment))
     });
-    match align_defense {
-        Some(d) => format!("aligned+{d}"),
-        None => "aligned".into(),
-    }
+    aligned_label(align_defense.map(String::as_str))
 }
 
 /// Refusal retention of a cell against the aligned model it started from

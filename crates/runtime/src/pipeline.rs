@@ -126,7 +126,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let base_id = serde_json::json!({ "base": r.model_sha });
     r.evaluate_once("base", base_id, || open_model(&path, template))?;
     let plan = RunPlan::of(spec)?;
-    let align_label = |d: &Option<String>| d.as_ref().map(|d| format!("aligned+{d}")).unwrap_or_else(|| "aligned".into());
+    let align_label = |d: &Option<String>| crate::results::aligned_label(d.as_deref());
     // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
     // processes side by side, one per model dealt round-robin; the loop below then finds
     // them in the cache.
