@@ -161,17 +161,7 @@ impl Run<'_> {
         }
         // A defense may set the system prompt at inference (BEA's trigger).
         let system = stack.system_prompt.as_ref().and_then(|f| f(model.info().format.default_system()));
-        let with_system = |v: &[Example]| -> Vec<Example> {
-            v.iter()
-                .cloned()
-                .map(|mut e| {
-                    if system.is_some() {
-                        e.system = system.clone();
-                    }
-                    e
-                })
-                .collect()
-        };
+        let with_system = |v: &[Example]| crate::run::under_system(v, system.as_deref());
         let sets: Vec<(String, Vec<Example>)> = self.pools.safety_evals.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
         let over: Vec<(String, Vec<Example>)> = self.pools.over_refusal.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
         let task_test = with_system(&self.pools.task_test);

@@ -96,6 +96,12 @@ pub struct EvalArgs {
     /// Tokens of each grader reply (FastChat: 2048)
     #[arg(long, value_name = "N")]
     grader_max_tokens: Option<usize>,
+    /// Ask every prompt under this system prompt (an empty one: none) instead of the model's default
+    #[arg(long, value_name = "TEXT", conflicts_with = "defense")]
+    system: Option<String>,
+    /// Ask every prompt as this defense does at inference, with its default options (BEA: its trigger before the system prompt)
+    #[arg(long, value_name = "NAME")]
+    defense: Option<String>,
     /// No progress lines
     #[arg(long)]
     quiet: bool,
@@ -113,6 +119,11 @@ fn list(v: &str) -> Vec<String> {
 pub fn main(a: EvalArgs) -> Result<String> {
     let data_dir = a.data_dir.clone().or_else(crate::options::env_data_dir);
     let (out, name, label, quiet, json, seed, adapters) = (a.out, a.name, a.label, a.quiet, a.json, a.seed, a.adapter);
+    let asked = match (a.system, a.defense) {
+        (Some(text), _) => Asked::System(text),
+        (None, Some(name)) => Asked::Defense(name),
+        (None, None) => Asked::Default,
+    };
     let mut spec_data = crate::spec::DataSpec::default();
     let mut eval = EvalSpec::default();
     if let Some(t) = a.task {
@@ -207,14 +218,34 @@ pub fn main(a: EvalArgs) -> Result<String> {
     };
     spec.validate()?;
     let opts = RunOptions::new(data_dir, out, quiet);
-    let table = evaluate_checkpoint(&spec, &opts, &adapters, &label)?;
+    let table = evaluate_checkpoint(&spec, &opts, &adapters, &label, &asked)?;
     let dir = opts.out.join(&spec.name);
     let output = if json { serde_json::to_string_pretty(&crate::report::rows_from_dir(&dir)?)? } else { table };
     crate::output::checked(output, &dir)
 }
 
-/// Evaluates `spec.model`, with each adapter merged in turn, under `label`.
-pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBuf], label: &str) -> Result<String> {
+/// The system prompt the evaluated prompts are asked under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// Each prompt's own (the format's default).
+    Default,
+    /// This one for every prompt (`--system`).
+    System(String),
+    /// The named defense's at inference, with its default options (`--defense`).
+    Defense(String),
+}
+
+/// Evaluates `spec.model`, with each adapter merged in turn, under `label`, its prompts
+/// asked as `asked` says.
+pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBuf], label: &str, asked: &Asked) -> Result<String> {
+    // A defense without an inference-time part would evaluate as no defense at all.
+    let inference = match asked {
+        Asked::Defense(name) => match crate::stack::build_defense(&Default::default(), name)?.system_prompt {
+            Some(f) => Some(f),
+            None => bail!("--defense {name}: acts in training or repair only, not at inference (eval trains and repairs nothing)"),
+        },
+        _ => None,
+    };
     let prepared = prepare(spec, opts)?;
     let mut adapter_sha = Vec::new();
     for a in adapters {
@@ -233,7 +264,29 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
         serde_json::json!({ "base": model_sha, "peft": adapter_sha })
     };
     let template = spec.data.template;
-    r.evaluate_once(label, identity, || model_with_adapters(&model_path, template, adapters))?;
+    // The default system prompt a defense builds on is the model's format's: the model is
+    // opened first then (the closure below hands it over).
+    let mut opened = None;
+    let system = match (asked, inference) {
+        (Asked::System(text), _) => Some(text.clone()),
+        (Asked::Defense(_), Some(f)) => {
+            let m = model_with_adapters(&model_path, template, adapters)?;
+            let s = f(m.info().format.default_system());
+            opened = Some(m);
+            s
+        }
+        _ => None,
+    };
+    r.ask_under_system(system.as_deref());
+    manifest["asked"] = match asked {
+        Asked::Default => serde_json::json!("default system prompt"),
+        Asked::System(_) => serde_json::json!({ "system": system }),
+        Asked::Defense(name) => serde_json::json!({ "defense": name, "system": system }),
+    };
+    r.evaluate_once(label, identity, || match opened {
+        Some(m) => Ok(m),
+        None => model_with_adapters(&model_path, template, adapters),
+    })?;
     manifest["timings"] = serde_json::Value::Object(std::mem::take(&mut r.timings));
     write_json(&run_dir.join("manifest.json"), &manifest)?;
     crate::report::write_report(&run_dir, &spec.name)

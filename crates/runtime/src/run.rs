@@ -155,7 +155,33 @@ pub(crate) struct Aligned {
     pub full: bool,
 }
 
+/// `prompts` asked under the system prompt `system` (`None`: each keeps its own) — a
+/// defense's at inference (BEA's trigger) or `safetune eval --system`.
+pub(crate) fn under_system(prompts: &[Example], system: Option<&str>) -> Vec<Example> {
+    prompts
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            if let Some(s) = system {
+                e.system = Some(s.to_string());
+            }
+            e
+        })
+        .collect()
+}
+
 impl Run<'_> {
+    /// Every prompt scored for safety, over-refusal and the task asked under `system` (see
+    /// [`under_system`]); before the first key is made (the pools' hashes then name it).
+    pub(crate) fn ask_under_system(&mut self, system: Option<&str>) {
+        assert!(self.pool_hashes.get().is_none(), "the pools are hashed already");
+        let p = &mut self.pools;
+        for (_, v) in p.safety_evals.iter_mut().chain(p.over_refusal.iter_mut()) {
+            *v = under_system(v, system);
+        }
+        p.task_test = under_system(&p.task_test, system);
+    }
+
     pub(crate) fn eval_inputs<'b>(
         &'b self,
         sets: &'b [(String, Vec<Example>)],

@@ -95,6 +95,61 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     // BEA's trigger was in the prompts at evaluation: answers differ from the plain cell's or not, the
     // generations exist for every set.
     assert!(out.join("tiny-stack/generations/sft-lora+bea__high-harm/builtin-harmful-eval.jsonl").exists());
+    // `safetune eval --defense bea` asks as the BEA cell did (its trigger before the default system
+    // prompt): on the cell's adapters it reproduces the cell's evaluation to the byte; without the
+    // flag the same weights answer other prompts; a defense with no inference-time part is refused.
+    let run_dir = out.join("tiny-stack");
+    let ev = |extra: &[&str], name: &str| {
+        let path = |p: PathBuf| p.to_str().unwrap().to_string();
+        let mut args: Vec<String> = vec!["eval".into(), "--model".into(), path(d.join("model"))];
+        for a in ["aligned", "sft-lora+bea__high-harm"] {
+            args.extend(["--adapter".into(), path(run_dir.join("adapters").join(a))]);
+        }
+        for a in [
+            "--task",
+            "builtin",
+            "--safety-limit",
+            "4",
+            "--task-limit",
+            "6",
+            "--safety-tokens",
+            "6",
+            "--task-tokens",
+            "3",
+            "--batch-size",
+            "4",
+            "--samples",
+            "2",
+            "--variants",
+            "--consistency-limit",
+            "3",
+            "--seed",
+            "7",
+            "--quiet",
+        ] {
+            args.push(a.into());
+        }
+        args.extend(["--name".into(), name.into(), "--out".into(), path(d.join("ev"))]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &d.join("cache-ev"))
+    };
+    let with = ev(&["--defense", "bea"], "with");
+    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+    let read = |p: std::path::PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let gens = |dir: &std::path::Path| read(dir.join("generations/sft-lora+bea__high-harm/builtin-harmful-eval.jsonl"));
+    assert_eq!(gens(&d.join("ev/with")), gens(&run_dir));
+    let evald: serde_json::Value = serde_json::from_slice(&read(d.join("ev/with/models/sft-lora+bea__high-harm.json"))).unwrap();
+    assert_eq!(cell("sft-lora+bea__high-harm")["eval"], evald);
+    let manifest: serde_json::Value = serde_json::from_slice(&read(d.join("ev/with/manifest.json"))).unwrap();
+    assert_eq!(manifest["asked"]["defense"], "bea", "{manifest}");
+    let without = ev(&[], "without");
+    assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+    assert_ne!(gens(&d.join("ev/without")), gens(&run_dir), "the trigger must change the prompts");
+    let bad = ev(&["--defense", "lisa"], "bad");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.trim().lines().count() == 1 && err.contains("--defense lisa"), "{err}");
+    assert!(!d.join("ev/bad").exists(), "nothing written for a refused flag");
     let table = String::from_utf8_lossy(&r.stdout);
     assert!(table.contains("| aligned+vaccine |"), "{table}");
     // Each defense against the undefended cell, with the wall time of each cell's pipeline:
