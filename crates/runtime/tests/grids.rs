@@ -105,30 +105,7 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
         for a in ["aligned", "sft-lora+bea__high-harm"] {
             args.extend(["--adapter".into(), path(run_dir.join("adapters").join(a))]);
         }
-        for a in [
-            "--task",
-            "builtin",
-            "--safety-limit",
-            "4",
-            "--task-limit",
-            "6",
-            "--safety-tokens",
-            "6",
-            "--task-tokens",
-            "3",
-            "--batch-size",
-            "4",
-            "--samples",
-            "2",
-            "--variants",
-            "--consistency-limit",
-            "3",
-            "--seed",
-            "7",
-            "--quiet",
-        ] {
-            args.push(a.into());
-        }
+        args.extend(common::TINY_EVAL_FLAGS.iter().chain(&["--quiet"]).map(|a| a.to_string()));
         args.extend(["--name".into(), name.into(), "--out".into(), path(d.join("ev"))]);
         args.extend(extra.iter().map(|a| a.to_string()));
         safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &d.join("cache-ev"))

@@ -95,41 +95,11 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
         readme.contains("--adapter adapters/aligned --adapter adapters/<cell>") && readme.contains(model_dir.to_str().unwrap()),
         "{readme}"
     );
-    let ev = safetune(
-        &[
-            "eval",
-            "--model",
-            model_dir.to_str().unwrap(),
-            "--adapter",
-            aligned_dir.to_str().unwrap(),
-            "--adapter",
-            cell_adapter.to_str().unwrap(),
-            "--task",
-            "builtin",
-            "--safety-limit",
-            "4",
-            "--task-limit",
-            "6",
-            "--safety-tokens",
-            "6",
-            "--task-tokens",
-            "3",
-            "--batch-size",
-            "4",
-            "--samples",
-            "2",
-            "--variants",
-            "--consistency-limit",
-            "3",
-            "--seed",
-            "7",
-            "--name",
-            "ev",
-            "--out",
-            ev_out.to_str().unwrap(),
-        ],
-        &d.join("cache-ev"),
-    );
+    let mut args = vec!["eval", "--model", model_dir.to_str().unwrap()];
+    args.extend(["--adapter", aligned_dir.to_str().unwrap(), "--adapter", cell_adapter.to_str().unwrap()]);
+    args.extend(common::TINY_EVAL_FLAGS);
+    args.extend(["--name", "ev", "--out", ev_out.to_str().unwrap()]);
+    let ev = safetune(&args, &d.join("cache-ev"));
     assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
     let gens = |dir: &Path, label: &str| std::fs::read(dir.join(format!("generations/{label}/builtin-sentiment.jsonl"))).unwrap();
     assert_ne!(gens(&run1, "sft-lora__high-harm"), gens(&run1, "base"), "the adapters must matter");

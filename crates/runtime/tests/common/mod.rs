@@ -52,6 +52,31 @@ consistency_limit = 3
     p
 }
 
+/// `safetune eval`'s flags for what [`tiny_spec`]'s `[data]` and `[eval]` say (its task, limits,
+/// token budgets, batch, samples, variants, consistency limit and seed): an evaluation with these
+/// scores a model as that run's cells are scored.
+pub const TINY_EVAL_FLAGS: [&str; 19] = [
+    "--task",
+    "builtin",
+    "--safety-limit",
+    "4",
+    "--task-limit",
+    "6",
+    "--safety-tokens",
+    "6",
+    "--task-tokens",
+    "3",
+    "--batch-size",
+    "4",
+    "--samples",
+    "2",
+    "--variants",
+    "--consistency-limit",
+    "3",
+    "--seed",
+    "7",
+];
+
 /// Runs the `safetune` binary with its own cache and no data directory from the environment,
 /// with `RUST_BACKTRACE=1` as in a developer's shell (errors must stay one short line).
 pub fn safetune(args: &[&str], cache: &Path) -> std::process::Output {
