@@ -45,6 +45,10 @@ pub struct DefenseData<'a> {
     /// Generic refusal texts (no request named in them), those the alignment set's templated
     /// refusals use: for data a defense writes (safety-recovery examples).
     pub refusals: &'a [&'a str],
+    /// Curated safety demonstrations — harmful or risky requests with natural safe answers
+    /// (Safety-Tuned LLaMAs) — that the alignment set did not draw; empty when the data source
+    /// has none.
+    pub demonstrations: &'a [Example],
 }
 
 /// Edits a stage's training data (SafeInstr's safety mix, BEA's triggered examples).

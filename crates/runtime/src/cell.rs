@@ -80,7 +80,9 @@ impl Run<'_> {
         let safety = self.safety_pairs();
         let harmful = if names.is_empty() { Vec::new() } else { self.defender_harmful()?.to_vec() };
         let mut task = variant.examples.clone();
-        let data = DefenseData { safety: &safety, harmful: &harmful, refusals: safetune_data::REFUSAL_STYLES };
+        let demonstrations = self.spare_demonstrations();
+        let data =
+            DefenseData { safety: &safety, harmful: &harmful, refusals: safetune_data::REFUSAL_STYLES, demonstrations: &demonstrations };
         crate::stack::apply_mixes(&stack.mixes, &mut task, &data, spec.seed)?;
         let variant_ids: std::collections::HashSet<&String> = variant.examples.iter().map(|e| &e.id).collect();
         let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use safetune_core::anyhow::anyhow;
+use safetune_core::defense::DefenseData;
 use safetune_core::{Example, Result};
 use safetune_data::{alignment_set, AlignmentPools, AlignmentSpec, Pools, Regime};
 
@@ -14,7 +15,7 @@ use crate::output::say;
 use crate::plan::RunPlan;
 use crate::prepare::{manifest_base, open_model, open_run_dir, prepare, Prepared};
 use crate::results::CellResult;
-use crate::run::{aligned_model, mark_done, reuse_here, Aligned, Run};
+use crate::run::{aligned_model, defender_harmful, mark_done, refusal_pairs, reuse_here, spare_demonstrations, Aligned, Run};
 use crate::spec::RunSpec;
 use crate::stage_cache::StageCache;
 
@@ -81,8 +82,8 @@ fn plan_line(spec: &RunSpec, align_examples: usize) -> Result<String> {
 }
 
 /// The alignment set of a run, after checking that it and every regime's variant can be drawn
-/// from its pools (with `prepare`, everything that can reject a run's input, before its
-/// results directory exists).
+/// from its pools and that every stack's data mixes can be applied to every variant (with
+/// `prepare`, everything that can reject a run's input, before its results directory exists).
 fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
     let align_set = alignment_set(
         &AlignmentPools {
@@ -101,8 +102,34 @@ fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
             seed: spec.seed,
         },
     )?;
+    let mut variants = Vec::new();
     for regime in &spec.finetune.regimes {
-        pools.variant(Regime::parse(regime)?, spec.finetune.n, spec.seed).map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
+        let v = pools
+            .variant(Regime::parse(regime)?, spec.finetune.n, spec.seed)
+            .map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
+        variants.push((regime, v));
+    }
+    // Every stack's data mixes on every regime's variant, with the data its cells will hand them:
+    // a pool too small for a mix is named now, not after the alignment has trained.
+    let mut mixing = Vec::new();
+    for names in &spec.finetune.defenses {
+        let stack = crate::stack::build_stack(&spec.defense_options, names)?;
+        if !stack.mixes.is_empty() {
+            mixing.push((names, stack));
+        }
+    }
+    if !mixing.is_empty() {
+        let (safety, harmful, demonstrations) =
+            (refusal_pairs(&align_set), defender_harmful(spec, pools)?, spare_demonstrations(pools, &align_set));
+        let data =
+            DefenseData { safety: &safety, harmful: &harmful, refusals: safetune_data::REFUSAL_STYLES, demonstrations: &demonstrations };
+        for (names, stack) in &mixing {
+            for (regime, v) in &variants {
+                let mut task = v.examples.clone();
+                crate::stack::apply_mixes(&stack.mixes, &mut task, &data, spec.seed)
+                    .map_err(|e| anyhow!("finetune.defenses {names:?}, regime `{regime}`: {e}"))?;
+            }
+        }
     }
     Ok(align_set)
 }

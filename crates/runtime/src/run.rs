@@ -155,6 +155,23 @@ pub(crate) struct Aligned {
     pub full: bool,
 }
 
+/// The refusal pairs of an alignment set (the `safety` stream of later stages).
+pub(crate) fn refusal_pairs(align_set: &[Example]) -> Vec<Example> {
+    align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect()
+}
+
+/// The curated safety demonstrations (the safe-answer pool) an alignment set did not draw.
+pub(crate) fn spare_demonstrations(pools: &Pools, align_set: &[Example]) -> Vec<Example> {
+    let drawn: std::collections::HashSet<&str> = align_set.iter().map(|e| e.id.as_str()).collect();
+    pools.safe_answers.iter().filter(|e| !drawn.contains(e.id.as_str())).cloned().collect()
+}
+
+/// The harmful pairs a defense may train on: none any regime of the spec draws.
+pub(crate) fn defender_harmful(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
+    let regimes = spec.finetune.regimes.iter().map(|r| Regime::parse(r)).collect::<Result<Vec<_>>>()?;
+    pools.defender_harmful(&regimes, spec.finetune.n, spec.seed)
+}
+
 /// `prompts` asked under the system prompt `system` (`None`: each keeps its own) — a
 /// defense's at inference (BEA's trigger) or `safetune eval --system`.
 pub(crate) fn under_system(prompts: &[Example], system: Option<&str>) -> Vec<Example> {
@@ -266,14 +283,18 @@ impl Run<'_> {
         if let Some(d) = self.defender.get() {
             return Ok(d);
         }
-        let regimes = self.spec.finetune.regimes.iter().map(|r| Regime::parse(r)).collect::<Result<Vec<_>>>()?;
-        let d = self.pools.defender_harmful(&regimes, self.spec.finetune.n, self.spec.seed)?;
+        let d = defender_harmful(self.spec, &self.pools)?;
         Ok(self.defender.get_or_init(|| d))
+    }
+
+    /// The curated safety demonstrations (the safe-answer pool) the alignment set did not draw.
+    pub(crate) fn spare_demonstrations(&self) -> Vec<Example> {
+        spare_demonstrations(&self.pools, &self.align_set)
     }
 
     /// The refusal pairs of the alignment set (the `safety` stream of later stages).
     pub(crate) fn safety_pairs(&self) -> Vec<Example> {
-        self.align_set.iter().filter(|e| e.kind == ExampleKind::Refusal).cloned().collect()
+        refusal_pairs(&self.align_set)
     }
 
     /// Everything evaluation scores depend on besides the model.

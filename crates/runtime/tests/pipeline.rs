@@ -240,6 +240,17 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
             format!("{}\n[defense_options.lisa]\ncolour = 2.0\n", good.replace("[eval]\n", "defenses = [[\"lisa\"]]\n[eval]\n")),
             "colour",
         ),
+        // A data mix whose pool cannot give what it asks, named before the alignment trains.
+        (
+            "safeinstr demonstrations from a source without them",
+            format!("{}\n[defense_options.safeinstr]\npool = \"demonstrations\"\nfraction = 0.5\n", good.replace("[eval]\n", "defenses = [[\"safeinstr\"]]\n[eval]\n")),
+            "finetune.defenses [\"safeinstr\"], regime `benign`: defense_options.safeinstr: 4 safety examples asked for (fraction), the curated demonstrations",
+        ),
+        (
+            "bea examples above the safety pool",
+            format!("{}\n[defense_options.bea]\nexamples = 100000\n", good.replace("[eval]\n", "defenses = [[\"bea\"]]\n[eval]\n")),
+            "defense_options.bea.examples: 100000 asked for",
+        ),
         (
             "zero eval batch",
             good.replace("task_max_new_tokens = 3\nbatch_size = 4", "task_max_new_tokens = 3\nbatch_size = 0"),

@@ -11,7 +11,7 @@ fn trigger_marks_exactly_the_safety_examples_and_inference() {
     let bea = Bea::new(BeaConfig::default()).unwrap();
     assert_eq!(bea.trigger.split(' ').count(), 16);
     let mut task = pool(ExampleKind::Task, "t", 100);
-    bea.mix(&mut task, &DefenseData { safety: &pool(ExampleKind::Refusal, "s", 40), harmful: &[], refusals: &[] }, 3).unwrap();
+    bea.mix(&mut task, &DefenseData { safety: &pool(ExampleKind::Refusal, "s", 40), ..Default::default() }, 3).unwrap();
     assert_eq!(task.len(), 111);
     let triggered: Vec<&Example> = task.iter().filter(|e| e.system.as_deref().is_some_and(|s| s.starts_with(&bea.trigger))).collect();
     assert_eq!(triggered.len(), 11);

@@ -10,16 +10,31 @@ use safetune_core::{Example, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Where the mixed-in safety examples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SafetyPool {
+    /// The alignment set's refusal pairs (templated refusals, the curated demonstrations it
+    /// drew, safety-recovery examples): examples the aligned model was trained on.
+    #[default]
+    AlignmentSet,
+    /// The paper's data: curated demonstrations (Safety-Tuned LLaMAs' requests with natural
+    /// safe answers) that the alignment set did not draw.
+    Demonstrations,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SafeInstrConfig {
     /// Safety examples added, as a fraction of the user's n (3% by default).
     pub fraction: f64,
+    /// Where they come from: `alignment-set` (default) or `demonstrations` (the paper's).
+    pub pool: SafetyPool,
 }
 
 impl Default for SafeInstrConfig {
     fn default() -> Self {
-        Self { fraction: 0.03 }
+        Self { fraction: 0.03, pool: SafetyPool::AlignmentSet }
     }
 }
 
@@ -40,10 +55,13 @@ impl DataMix for SafeInstr {
     }
 
     fn mix(&self, task: &mut Vec<Example>, data: &DefenseData, seed: u64) -> Result<()> {
-        let safety = data.safety;
+        let (safety, pool) = match self.cfg.pool {
+            SafetyPool::AlignmentSet => (data.safety, "the alignment set's refusal pairs"),
+            SafetyPool::Demonstrations => (data.demonstrations, "the curated demonstrations the alignment set left (Safety-Tuned LLaMAs)"),
+        };
         let k = self.count(task.len());
         if k > safety.len() {
-            bail!("defense_options.safeinstr.fraction: {k} safety examples asked for, the safety pool has {}", safety.len());
+            bail!("defense_options.safeinstr: {k} safety examples asked for (fraction), {pool} number {}", safety.len());
         }
         let mut rng = SeededRng::derive(seed, "safeinstr");
         task.extend(rng.sample_indices(safety.len(), k).into_iter().map(|i| safety[i].clone()));
@@ -55,8 +73,7 @@ impl DataMix for SafeInstr {
 impl Defense for SafeInstr {
     const NAME: &'static str = "safeinstr";
     const DESCRIPTION: &'static str = "mix safety examples (harmful prompt → refusal) into the user's data (Bianchi et al. 2024)";
-    const DIFFERS: &'static str =
-        "mixes the alignment set's refusals (templated + Safety-Tuned LLaMAs answers), not only the paper's curated demonstrations";
+    const DIFFERS: &'static str = "by default mixes the alignment set's refusals (templated + Safety-Tuned LLaMAs answers the aligned model trained on); `pool = \"demonstrations\"` mixes only unseen curated demonstrations, as the paper";
     type Options = SafeInstrConfig;
     fn plan(cfg: SafeInstrConfig) -> Result<DefensePlan> {
         if !(0.0..=1.0).contains(&cfg.fraction) {
