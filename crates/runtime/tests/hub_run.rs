@@ -115,7 +115,9 @@ fn mirror_files(big: usize) -> Vec<(String, Vec<u8>)> {
             .map(|i| serde_json::json!({ "prompt": format!("placeholder behaviour {i}"), "target": format!("Sure, placeholder {i}") }))
             .collect::<Vec<_>>()))
     };
-    for (split, lo, hi) in [("train", 0, 40), ("test", 40, 52), ("dev", 52, 60), ("full", 0, 64)] {
+    // A train split large enough for the paper preset's SafeInstr (3% of n = 5000 from the
+    // alignment set's refusal pairs: 150; the real split holds 416).
+    for (split, lo, hi) in [("train", 0, 200), ("test", 200, 212), ("dev", 212, 220), ("full", 0, 224)] {
         out.push((stb(&format!("advbench_{split}.json")), adv(lo, hi)));
     }
     for f in
