@@ -140,7 +140,6 @@ pub fn read_records(path: &Path, format: Format, columns: Option<&[&str]>) -> Re
 
 fn read_parquet(path: &Path) -> Result<Vec<Record>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::Field;
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| anyhow!("{file}: {e}"))?;
     let reader = SerializedFileReader::new(f).map_err(|e| anyhow!("{file}: not a readable Parquet file: {e}"))?;
@@ -150,22 +149,7 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>> {
         let row = row.map_err(|e| anyhow!("{file}: row {}: {e}", i + 1))?;
         let mut fields = Map::new();
         for (name, field) in row.get_column_iter() {
-            let v = match field {
-                Field::Null => Value::Null,
-                Field::Bool(b) => Value::Bool(*b),
-                Field::Byte(x) => Value::from(*x),
-                Field::Short(x) => Value::from(*x),
-                Field::Int(x) => Value::from(*x),
-                Field::Long(x) => Value::from(*x),
-                Field::UByte(x) => Value::from(*x),
-                Field::UShort(x) => Value::from(*x),
-                Field::UInt(x) => Value::from(*x),
-                Field::ULong(x) => Value::from(*x),
-                Field::Float(x) => Value::from(*x),
-                Field::Double(x) => Value::from(*x),
-                Field::Str(s) => Value::String(s.clone()),
-                other => Value::String(other.to_string()),
-            };
+            let v = parquet_value(field);
             fields.insert(name.clone(), v);
         }
         out.push(Record { line: i + 1, fields });
@@ -174,6 +158,29 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>> {
         bail!("{file}: no rows");
     }
     Ok(out)
+}
+
+/// A Parquet value as JSON: scalars as themselves, lists (MMLU's `choices`) as arrays of
+/// their items, anything else as its text.
+fn parquet_value(field: &parquet::record::Field) -> Value {
+    use parquet::record::Field;
+    match field {
+        Field::Null => Value::Null,
+        Field::Bool(b) => Value::Bool(*b),
+        Field::Byte(x) => Value::from(*x),
+        Field::Short(x) => Value::from(*x),
+        Field::Int(x) => Value::from(*x),
+        Field::Long(x) => Value::from(*x),
+        Field::UByte(x) => Value::from(*x),
+        Field::UShort(x) => Value::from(*x),
+        Field::UInt(x) => Value::from(*x),
+        Field::ULong(x) => Value::from(*x),
+        Field::Float(x) => Value::from(*x),
+        Field::Double(x) => Value::from(*x),
+        Field::Str(s) => Value::String(s.clone()),
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(parquet_value).collect()),
+        other => Value::String(other.to_string()),
+    }
 }
 
 impl Record {

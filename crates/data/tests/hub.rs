@@ -140,3 +140,40 @@ fn github_sources_download_at_a_pinned_commit_then_cache_without_network() {
     assert_eq!(server.requests(), 8);
     std::fs::remove_dir_all(&cache).unwrap();
 }
+
+/// MMLU from the Hub: `cais/mmlu`'s config `all`, one Parquet file per split written by pyarrow
+/// (fixtures/mmlu-hub, the Hub's layout: `choices` a list of strings, the subject a column).
+/// Rows become the local layout's questions — choices A-D, the answer's letter, the subject —
+/// so few-shot heads and the question draw group them alike.
+#[test]
+fn mmlu_downloads_from_the_hub_with_choices_as_a_list() {
+    let cache = std::env::temp_dir().join(format!("safetune-mmlu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let fixture = |split: &str| std::fs::read(format!("{}/../../fixtures/mmlu-hub/{split}.parquet", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let files =
+        ["dev", "test"].iter().map(|s| (format!("/datasets/cais/mmlu/resolve/main/all/{s}-00000-of-00001.parquet"), fixture(s))).collect();
+    let server = serve(files);
+    let hub = HubClient {
+        endpoint: server.url.clone(),
+        cache: cache.clone(),
+        github_endpoint: "http://127.0.0.1:9".into(),
+        github_cache: cache.join("github"),
+        token: None,
+        offline: false,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let mmlu = load(&DataSource::Hub(&hub), "mmlu").unwrap();
+    assert_eq!((mmlu.splits["dev"].len(), mmlu.splits["test"].len()), (10, 6));
+    let q = &mmlu.splits["test"][1];
+    assert_eq!(q.prompt, "placeholder test question 1 of abstract_algebra");
+    assert_eq!(q.label.as_deref(), Some("C"), "answer 2");
+    let meta = |k: &str| q.meta.get(k).map(String::as_str);
+    assert_eq!(meta("subject"), Some("abstract_algebra"));
+    assert_eq!(
+        (meta("A"), meta("B"), meta("C"), meta("D")),
+        (Some("t1a"), Some("t1b, with a comma"), Some("t1c\nover two lines"), Some("t1d"))
+    );
+    assert_eq!(mmlu.splits["test"][3].meta.get("subject").map(String::as_str), Some("anatomy"));
+    assert_eq!(server.requests(), 2);
+    std::fs::remove_dir_all(&cache).unwrap();
+}

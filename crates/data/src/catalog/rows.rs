@@ -152,13 +152,32 @@ pub(super) fn xstest(r: &Record, f: &str, id: String) -> Result<Example> {
     Ok(Example::new(id, kind, r.text("prompt", f)?, "").with_label(label).with_meta("type", r.text("type", f)?))
 }
 
+/// A row of the local MMLU layout: `question,choice0,choice1,choice2,choice3,answer` (the
+/// subject is the file's).
 pub(super) fn mmlu(r: &Record, f: &str, id: String) -> Result<Example> {
+    let choices = (0..4).map(|k| r.text(&format!("choice{k}"), f)).collect::<Result<Vec<_>>>()?;
+    multiple_choice(r, f, id, choices)
+}
+
+/// A row of the Hub's MMLU (`cais/mmlu`, config `all`): `question`, `subject`, `choices` (a
+/// list of four), `answer` (0-3).
+pub(super) fn mmlu_hub(r: &Record, f: &str, id: String) -> Result<Example> {
+    let choices = r.texts("choices", f)?;
+    if choices.len() != 4 {
+        bail!("{f}:{}: field `choices`: expected 4 choices, found {}", r.line, choices.len());
+    }
+    Ok(multiple_choice(r, f, id, choices)?.with_meta("subject", r.text("subject", f)?))
+}
+
+/// A four-way multiple-choice question: its choices as metadata `A`-`D`, its label the letter
+/// of `answer` (0-3).
+fn multiple_choice(r: &Record, f: &str, id: String, choices: Vec<String>) -> Result<Example> {
     let answer = r.scalar("answer", f)?;
     let idx: usize =
         answer.trim().parse().ok().filter(|i| *i < 4).ok_or_else(|| anyhow!("{f}:{}: field `answer`: expected 0-3", r.line))?;
     let mut e = Example::new(id, ExampleKind::Task, r.text("question", f)?, "").with_label(["A", "B", "C", "D"][idx]);
-    for (k, letter) in ["A", "B", "C", "D"].iter().enumerate() {
-        e = e.with_meta(letter, r.text(&format!("choice{k}"), f)?);
+    for (letter, choice) in ["A", "B", "C", "D"].iter().zip(choices) {
+        e = e.with_meta(letter, choice);
     }
     Ok(e)
 }

@@ -297,9 +297,19 @@ register_dataset! {
 register_dataset! {
     role: "eval-utility",
     splits: "dev 285 / test 14,042 (57 subjects)",
-    files: "mmlu/{dev,test}/*.csv",
+    files: "mmlu/{dev,test}/*.csv | hub cais/mmlu (config all)",
     DatasetDef {
         per_subject_dir: true,
+        // The Hub's copy: every subject in one file per split, the subject a column.
+        hub: Some(HubDef {
+            host: Host::HfDataset,
+            repo: "cais/mmlu",
+            revision: "main",
+            files: &[
+                file!("dev", "all/dev-00000-of-00001.parquet", Parquet, mmlu_hub),
+                file!("test", "all/test-00000-of-00001.parquet", Parquet, mmlu_hub),
+            ],
+        }),
         ..def(
             "mmlu",
             &[Use::UtilityEval],
