@@ -33,6 +33,19 @@ fn parquet_bytes(questions: &[&str], answers: &[&str]) -> Vec<u8> {
     buf
 }
 
+/// A client of the Hub at `endpoint` (cache `cache`) and of GitHub at `github_endpoint`.
+fn client(endpoint: &str, cache: std::path::PathBuf, github_endpoint: &str, github_cache: std::path::PathBuf) -> HubClient {
+    HubClient {
+        endpoint: endpoint.into(),
+        cache,
+        github_endpoint: github_endpoint.into(),
+        github_cache,
+        token: None,
+        offline: false,
+        timeout: std::time::Duration::from_secs(10),
+    }
+}
+
 /// The Hub's and GitHub's files on loopback, each answered with the commit header the Hub sends.
 fn serve(files: Vec<(String, Vec<u8>)>) -> Loopback {
     Loopback::files(files, &[("X-Repo-Commit", COMMIT)])
@@ -58,15 +71,7 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     ];
     let server = serve(files);
     let endpoint = server.url.clone();
-    let hub = HubClient {
-        endpoint: endpoint.clone(),
-        cache: cache.clone(),
-        github_endpoint: endpoint.clone(),
-        github_cache: cache.join("github"),
-        token: None,
-        offline: false,
-        timeout: std::time::Duration::from_secs(10),
-    };
+    let hub = client(&endpoint, cache.clone(), &endpoint, cache.join("github"));
     let gsm = load(&DataSource::Hub(&hub), "gsm8k").unwrap();
     assert_eq!(gsm.splits["train"].len(), 2);
     assert_eq!(gsm.splits["test"][0].label.as_deref(), Some("21"));
@@ -116,15 +121,7 @@ fn github_sources_download_at_a_pinned_commit_then_cache_without_network() {
     }
     let server = serve(files);
     let endpoint = server.url.clone();
-    let hub = HubClient {
-        endpoint: "http://127.0.0.1:9".into(),
-        cache: cache.join("hf"),
-        github_endpoint: endpoint,
-        github_cache: cache.join("github"),
-        token: None,
-        offline: false,
-        timeout: std::time::Duration::from_secs(10),
-    };
+    let hub = client("http://127.0.0.1:9", cache.join("hf"), &endpoint, cache.join("github"));
     let stl = load(&DataSource::Hub(&hub), "safety-tuned-llamas").unwrap();
     // The same split as from a data directory: 200 held out (stl-dev), ids without the split.
     assert_eq!((stl.splits["train"].len(), stl.splits["test"].len()), (5, 200));
@@ -153,15 +150,7 @@ fn mmlu_downloads_from_the_hub_with_choices_as_a_list() {
     let files =
         ["dev", "test"].iter().map(|s| (format!("/datasets/cais/mmlu/resolve/main/all/{s}-00000-of-00001.parquet"), fixture(s))).collect();
     let server = serve(files);
-    let hub = HubClient {
-        endpoint: server.url.clone(),
-        cache: cache.clone(),
-        github_endpoint: "http://127.0.0.1:9".into(),
-        github_cache: cache.join("github"),
-        token: None,
-        offline: false,
-        timeout: std::time::Duration::from_secs(10),
-    };
+    let hub = client(&server.url, cache.clone(), "http://127.0.0.1:9", cache.join("github"));
     let mmlu = load(&DataSource::Hub(&hub), "mmlu").unwrap();
     assert_eq!((mmlu.splits["dev"].len(), mmlu.splits["test"].len()), (10, 6));
     let q = &mmlu.splits["test"][1];
