@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub struct BeaConfig {
     /// Safety examples carrying the trigger (the paper's 11).
     pub examples: usize,
-    /// Random tokens in the trigger.
+    /// Random words in the trigger (each a few tokens; the option keeps its first name).
     pub trigger_tokens: usize,
     /// Seed of the secret trigger.
     pub trigger_seed: u64,
@@ -83,7 +83,7 @@ impl Defense for Bea {
     const DESCRIPTION: &'static str =
         "backdoor-enhanced alignment: safety examples under a secret system-prompt trigger, also used at inference (Wang et al. 2024)";
     const DIFFERS: &'static str =
-        "the secret trigger is 16 random words (~40 tokens) so prompts fit max_len 256; the paper uses a long random-token prompt";
+        "the secret trigger is 16 random words (66 SmolLM2 tokens) so safety examples fit max_len 256; the paper uses a long random-token prompt";
     type Options = BeaConfig;
     fn plan(cfg: BeaConfig) -> Result<DefensePlan> {
         let bea = Bea::new(cfg)?;
