@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use safetune_core::anyhow::bail;
+use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::Result;
 
 use crate::hashing::sha256_file;
@@ -99,9 +99,12 @@ pub struct EvalArgs {
     /// Ask every prompt under this system prompt (an empty one: none) instead of the model's default
     #[arg(long, value_name = "TEXT", conflicts_with = "defense")]
     system: Option<String>,
-    /// Ask every prompt as this defense does at inference, with its default options (BEA: its trigger before the system prompt)
+    /// Ask every prompt as this defense does at inference (BEA: its trigger before the system prompt)
     #[arg(long, value_name = "NAME")]
     defense: Option<String>,
+    /// The defense's options as a spec's `[defense_options.NAME]` table says them, e.g. 'trigger_tokens = 36' [default: its defaults]
+    #[arg(long, value_name = "TOML", requires = "defense")]
+    defense_options: Option<String>,
     /// No progress lines
     #[arg(long)]
     quiet: bool,
@@ -121,7 +124,16 @@ pub fn main(a: EvalArgs) -> Result<String> {
     let (out, name, label, quiet, json, seed, adapters) = (a.out, a.name, a.label, a.quiet, a.json, a.seed, a.adapter);
     let asked = match (a.system, a.defense) {
         (Some(text), _) => Asked::System(text),
-        (None, Some(name)) => Asked::Defense(name),
+        (None, Some(name)) => {
+            let options = match &a.defense_options {
+                Some(text) => {
+                    let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("--defense-options: {}", e.message().trim()))?;
+                    serde_json::to_value(table)?
+                }
+                None => serde_json::Value::Null,
+            };
+            Asked::Defense(name, options)
+        }
         (None, None) => Asked::Default,
     };
     let mut spec_data = crate::spec::DataSpec::default();
@@ -231,8 +243,9 @@ pub enum Asked {
     Default,
     /// This one for every prompt (`--system`).
     System(String),
-    /// The named defense's at inference, with its default options (`--defense`).
-    Defense(String),
+    /// The named defense's at inference, with these options (`--defense`, `--defense-options`;
+    /// null: its defaults).
+    Defense(String, serde_json::Value),
 }
 
 /// Evaluates `spec.model`, with each adapter merged in turn, under `label`, its prompts
@@ -240,10 +253,17 @@ pub enum Asked {
 pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBuf], label: &str, asked: &Asked) -> Result<String> {
     // A defense without an inference-time part would evaluate as no defense at all.
     let inference = match asked {
-        Asked::Defense(name) => match crate::stack::build_defense(&Default::default(), name)?.system_prompt {
-            Some(f) => Some(f),
-            None => bail!("--defense {name}: acts in training or repair only, not at inference (eval trains and repairs nothing)"),
-        },
+        Asked::Defense(name, options) => {
+            let all: crate::stack::DefenseOptions =
+                if options.is_null() { Default::default() } else { [(name.clone(), options.clone())].into_iter().collect() };
+            let plan =
+                crate::stack::build_defense(&all, name)
+                    .map_err(|e| if options.is_null() { e } else { anyhow!("--defense-options: {e}") })?;
+            match plan.system_prompt {
+                Some(f) => Some(f),
+                None => bail!("--defense {name}: acts in training or repair only, not at inference (eval trains and repairs nothing)"),
+            }
+        }
         _ => None,
     };
     let prepared = prepare(spec, opts)?;
@@ -269,7 +289,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     let mut opened = None;
     let system = match (asked, inference) {
         (Asked::System(text), _) => Some(text.clone()),
-        (Asked::Defense(_), Some(f)) => {
+        (Asked::Defense(..), Some(f)) => {
             let m = model_with_adapters(&model_path, template, adapters)?;
             let s = f(m.info().format.default_system());
             opened = Some(m);
@@ -281,7 +301,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     manifest["asked"] = match asked {
         Asked::Default => serde_json::json!("default system prompt"),
         Asked::System(_) => serde_json::json!({ "system": system }),
-        Asked::Defense(name) => serde_json::json!({ "defense": name, "system": system }),
+        Asked::Defense(name, options) => serde_json::json!({ "defense": name, "options": options, "system": system }),
     };
     r.evaluate_once(label, identity, || match opened {
         Some(m) => Ok(m),

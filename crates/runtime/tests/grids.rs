@@ -122,11 +122,25 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     let without = ev(&[], "without");
     assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
     assert_ne!(gens(&d.join("ev/without")), gens(&run_dir), "the trigger must change the prompts");
-    let bad = ev(&["--defense", "lisa"], "bad");
-    assert_eq!(bad.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.trim().lines().count() == 1 && err.contains("--defense lisa"), "{err}");
-    assert!(!d.join("ev/bad").exists(), "nothing written for a refused flag");
+    // Another trigger through the defense's options: other prompts, recorded in the manifest.
+    let short = ev(&["--defense", "bea", "--defense-options", "trigger_tokens = 4"], "short");
+    assert!(short.status.success(), "{}", String::from_utf8_lossy(&short.stderr));
+    assert_ne!(gens(&d.join("ev/short")), gens(&run_dir), "a 4-word trigger is another prompt");
+    let manifest: serde_json::Value = serde_json::from_slice(&read(d.join("ev/short/manifest.json"))).unwrap();
+    assert_eq!(manifest["asked"]["options"]["trigger_tokens"], 4, "{manifest}");
+    for (extra, needle) in [
+        (&["--defense", "lisa"][..], "--defense lisa"),
+        (&["--defense", "bea", "--defense-options", "trigger_tokens = 0"][..], "--defense-options: defense_options.bea.trigger_tokens"),
+        (&["--defense", "bea", "--defense-options", "colour = 1"][..], "colour"),
+        (&["--defense", "bea", "--defense-options", "trigger_tokens ="][..], "--defense-options"),
+        (&["--defense-options", "trigger_tokens = 4"][..], "--defense"),
+    ] {
+        let bad = ev(extra, "bad");
+        assert_eq!(bad.status.code(), Some(2), "{extra:?}");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.trim().lines().count() == 1 && err.contains(needle), "{extra:?}: {err}");
+        assert!(!d.join("ev/bad").exists(), "{extra:?}: nothing written for a refused flag");
+    }
     let table = String::from_utf8_lossy(&r.stdout);
     assert!(table.contains("| aligned+vaccine |"), "{table}");
     // Each defense against the undefended cell, with the wall time of each cell's pipeline:
