@@ -147,6 +147,9 @@ In safetune (the cell's evaluation again):\n\n\
 ```sh\n\
 safetune eval --model {source} --adapter adapters/{first} --adapter adapters/<cell>\n\
 ```\n\n\
+A cell whose defense acts at inference (BEA: its secret trigger before the system prompt)\n\
+was asked as that defense asks: add `--defense <name>`, and `--defense-options '<options>'`\n\
+when `spec.json`'s `defense_options` sets any for it.\n\n\
 Outside it: make the base a Hugging Face directory (for a GGUF model, the f32 weights\n\
 the run dequantized and used), then stack with transformers and peft:\n\n\
 ```sh\n\

@@ -110,6 +110,8 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
         args.extend(extra.iter().map(|a| a.to_string()));
         safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &d.join("cache-ev"))
     };
+    let readme = std::fs::read_to_string(run_dir.join("adapters/README.md")).unwrap();
+    assert!(readme.contains("add `--defense <name>`"), "the adapters' README says how to ask as BEA does:\n{readme}");
     let with = ev(&["--defense", "bea"], "with");
     assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
     let read = |p: std::path::PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
