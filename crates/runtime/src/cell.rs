@@ -11,7 +11,7 @@ use safetune_core::registry::Trainable;
 use safetune_core::repair::{Repair, WeightSets, Weights};
 use safetune_core::training::stream;
 use safetune_core::training::TrainStep;
-use safetune_core::{CausalLm, Example, Result};
+use safetune_core::{CausalLm, Result};
 use safetune_data::Regime;
 use safetune_model::Checkpoint;
 use safetune_train::{clear_checkpoints, StageData, StageRun, TrainReport};
@@ -163,11 +163,8 @@ impl Run<'_> {
         }
         // A defense may set the system prompt at inference (BEA's trigger).
         let system = stack.system_prompt.as_ref().and_then(|f| f(model.info().format.default_system()));
-        let with_system = |v: &[Example]| crate::run::under_system(v, system.as_deref());
-        let sets: Vec<(String, Vec<Example>)> = self.pools.safety_evals.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
-        let over: Vec<(String, Vec<Example>)> = self.pools.over_refusal.iter().map(|(n, v)| (n.clone(), with_system(v))).collect();
-        let task_test = with_system(&self.pools.task_test);
-        let inputs = self.eval_inputs(&sets, &over, &task_test);
+        let asked = self.scored_prompts_under(system.as_deref());
+        let inputs = self.eval_inputs(&asked.safety, &asked.over_refusal, &asked.task);
         let eval_meter = crate::resources::StageMeter::start();
         let parts = self.parts(self.cell_model(method, names, regime, aligned)?);
         let (eval, recs, times) =

@@ -187,16 +187,31 @@ pub(crate) fn under_system(prompts: &[Example], system: Option<&str>) -> Vec<Exa
         .collect()
 }
 
+/// The prompts a model is scored on: safety sets, over-refusal sets, the task's test rows.
+pub(crate) struct ScoredPrompts {
+    pub safety: Vec<(String, Vec<Example>)>,
+    pub over_refusal: Vec<(String, Vec<Example>)>,
+    pub task: Vec<Example>,
+}
+
 impl Run<'_> {
-    /// Every prompt scored for safety, over-refusal and the task asked under `system` (see
-    /// [`under_system`]); before the first key is made (the pools' hashes then name it).
+    /// Every prompt scored for safety, over-refusal and the task, asked under `system` (see
+    /// [`under_system`]): what a system prompt at inference applies to.
+    pub(crate) fn scored_prompts_under(&self, system: Option<&str>) -> ScoredPrompts {
+        let sets = |v: &[(String, Vec<Example>)]| v.iter().map(|(n, v)| (n.clone(), under_system(v, system))).collect();
+        ScoredPrompts {
+            safety: sets(&self.pools.safety_evals),
+            over_refusal: sets(&self.pools.over_refusal),
+            task: under_system(&self.pools.task_test, system),
+        }
+    }
+
+    /// [`Self::scored_prompts_under`] made the run's pools, before the first key is made (the
+    /// pools' hashes then name the system prompt).
     pub(crate) fn ask_under_system(&mut self, system: Option<&str>) {
         assert!(self.pool_hashes.get().is_none(), "the pools are hashed already");
-        let p = &mut self.pools;
-        for (_, v) in p.safety_evals.iter_mut().chain(p.over_refusal.iter_mut()) {
-            *v = under_system(v, system);
-        }
-        p.task_test = under_system(&p.task_test, system);
+        let ScoredPrompts { safety, over_refusal, task } = self.scored_prompts_under(system);
+        (self.pools.safety_evals, self.pools.over_refusal, self.pools.task_test) = (safety, over_refusal, task);
     }
 
     pub(crate) fn eval_inputs<'b>(
