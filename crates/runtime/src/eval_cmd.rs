@@ -128,9 +128,9 @@ pub fn main(a: EvalArgs) -> Result<String> {
             let options = match &a.defense_options {
                 Some(text) => {
                     let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("--defense-options: {}", e.message().trim()))?;
-                    serde_json::to_value(table)?
+                    Some(serde_json::to_value(table)?)
                 }
-                None => serde_json::Value::Null,
+                None => None,
             };
             Asked::Defense(name, options)
         }
@@ -244,8 +244,8 @@ pub enum Asked {
     /// This one for every prompt (`--system`).
     System(String),
     /// The named defense's at inference, with these options (`--defense`, `--defense-options`;
-    /// null: its defaults).
-    Defense(String, serde_json::Value),
+    /// none: its defaults).
+    Defense(String, Option<serde_json::Value>),
 }
 
 /// Evaluates `spec.model`, with each adapter merged in turn, under `label`, its prompts
@@ -254,11 +254,12 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     // A defense without an inference-time part would evaluate as no defense at all.
     let inference = match asked {
         Asked::Defense(name, options) => {
-            let all: crate::stack::DefenseOptions =
-                if options.is_null() { Default::default() } else { [(name.clone(), options.clone())].into_iter().collect() };
-            let plan =
-                crate::stack::build_defense(&all, name)
-                    .map_err(|e| if options.is_null() { e } else { anyhow!("--defense-options: {e}") })?;
+            let plan = match options {
+                None => crate::stack::build_defense(&Default::default(), name)?,
+                Some(o) => {
+                    crate::stack::build_defense(&[(name.clone(), o.clone())].into(), name).map_err(|e| anyhow!("--defense-options: {e}"))?
+                }
+            };
             match plan.system_prompt {
                 Some(f) => Some(f),
                 None => bail!("--defense {name}: acts in training or repair only, not at inference (eval trains and repairs nothing)"),
