@@ -16,7 +16,8 @@ use crate::Llama;
 /// What a model directory holds, read without its weights.
 struct Dir {
     cfg: LlamaConfig,
-    inner: Tokenizer,
+    tokenizer: TextTokenizer,
+    format: PromptFormat,
     files: Vec<std::path::PathBuf>,
 }
 
@@ -29,6 +30,7 @@ fn read_dir(dir: &Path) -> Result<Dir> {
         bail!("{}: missing (a Hugging Face model directory needs tokenizer.json)", tok_path.display());
     }
     let inner = TextTokenizer::from_file(&tok_path)?;
+    let (tokenizer, format) = dir_tokenizer(dir, inner)?;
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -38,36 +40,12 @@ fn read_dir(dir: &Path) -> Result<Dir> {
     if files.is_empty() {
         bail!("{}: no *.safetensors weights", dir.display());
     }
-    Ok(Dir { cfg, inner, files })
+    Ok(Dir { cfg, tokenizer, format, files })
 }
 
-/// Checks a model directory as [`load_hf_dir`] does, without reading its weights: config,
-/// tokenizer, and every safetensors header (each tensor within its file, every weight the
-/// config needs with its shape). Returns the configuration.
-pub fn check_hf_dir(dir: &Path) -> Result<LlamaConfig> {
-    let Dir { cfg, files, .. } = read_dir(dir)?;
-    let mut declared = Vec::new();
-    for f in &files {
-        declared.extend(crate::safetensors_header::tensors(f)?);
-    }
-    cfg.check_shapes(&declared, &dir.display().to_string())?;
-    Ok(cfg)
-}
-
-pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
-    let Dir { cfg, inner, files } = read_dir(dir)?;
-    let mut weights = BTreeMap::new();
-    for f in &files {
-        let loaded =
-            candle_core::safetensors::load(f, device).map_err(|e| anyhow!("{}: not a readable safetensors file: {e}", f.display()))?;
-        for (k, v) in loaded {
-            weights.insert(k, v.to_dtype(DType::F32)?);
-        }
-    }
-    if cfg.tie_embeddings {
-        weights.remove("lm_head.weight");
-    }
-    // Template: tokenizer_config.json's chat_template, else by vocabulary.
+/// The prompt format (`tokenizer_config.json`'s chat template, else the vocabulary) and the
+/// tokenizer with its stop ids (`generation_config.json`'s and `tokenizer_config.json`'s EOS).
+fn dir_tokenizer(dir: &Path, inner: Tokenizer) -> Result<(TextTokenizer, PromptFormat)> {
     let tc = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap_or_default();
     let tc: serde_json::Value = serde_json::from_str(&tc).unwrap_or(serde_json::Value::Null);
     let template = tc.get("chat_template").and_then(|v| v.as_str()).unwrap_or("");
@@ -88,9 +66,38 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
         eos.push(e);
     }
     let first = eos.first().copied();
-    let tok = finish_tokenizer(inner, format, first, Some(eos))?;
+    let tok = finish_tokenizer(inner, format, first, Some(eos)).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    Ok((tok, format))
+}
+
+/// Checks a model directory as [`load_hf_dir`] does, without reading its weights: config,
+/// tokenizer, and every safetensors header (each tensor within its file, every weight the
+/// config needs with its shape). Returns the configuration.
+pub fn check_hf_dir(dir: &Path) -> Result<crate::CheckedModel> {
+    let Dir { cfg, tokenizer, format, files } = read_dir(dir)?;
+    let mut declared = Vec::new();
+    for f in &files {
+        declared.extend(crate::safetensors_header::tensors(f)?);
+    }
+    cfg.check_shapes(&declared, &dir.display().to_string())?;
+    Ok(crate::CheckedModel { config: cfg, tokenizer, format })
+}
+
+pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Llama> {
+    let Dir { cfg, tokenizer, format, files } = read_dir(dir)?;
+    let mut weights = BTreeMap::new();
+    for f in &files {
+        let loaded =
+            candle_core::safetensors::load(f, device).map_err(|e| anyhow!("{}: not a readable safetensors file: {e}", f.display()))?;
+        for (k, v) in loaded {
+            weights.insert(k, v.to_dtype(DType::F32)?);
+        }
+    }
+    if cfg.tie_embeddings {
+        weights.remove("lm_head.weight");
+    }
     let name = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let model = Llama::from_weights(cfg, weights, tok, &name, format, device).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    let model = Llama::from_weights(cfg, weights, tokenizer, &name, format, device).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     Ok(model)
 }
 

@@ -46,9 +46,28 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Llama> {
     load_gguf(path, device)
 }
 
+/// What checking a model without its weights gives: the configuration, the tokenizer and the
+/// prompt format that loading it would give.
+pub struct CheckedModel {
+    pub config: LlamaConfig,
+    pub tokenizer: TextTokenizer,
+    pub format: safetune_core::PromptFormat,
+}
+
+impl std::fmt::Debug for CheckedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedModel")
+            .field("config", &self.config)
+            .field("vocabulary", &self.tokenizer.vocab_size())
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
 /// Checks a model as [`load_model`] would, without reading its weights (seconds for any size):
-/// the configuration it would load, or the same error. Commands run it before writing anything.
-pub fn check_model(path: &Path) -> Result<LlamaConfig> {
+/// the configuration, tokenizer and format it would load, or the same error. Commands run it
+/// before writing anything.
+pub fn check_model(path: &Path) -> Result<CheckedModel> {
     if path.is_dir() {
         return check_hf_dir(path);
     }

@@ -60,7 +60,7 @@ fn crafted_gguf_headers_are_errors_naming_file_and_key() {
         let err = check_model(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains(key), "check_model: {err}");
     }
-    assert_eq!(check_model(&ok).unwrap().num_layers, 2);
+    assert_eq!(check_model(&ok).unwrap().config.num_layers, 2);
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn a_model_with_a_nan_weight_is_an_error_naming_the_weight() {
 fn a_safetensors_header_that_lies_about_its_tensors_is_caught_by_the_check() {
     let d = dir("st-lie");
     export_hf(&tiny_model(5).unwrap(), &d).unwrap();
-    assert_eq!(check_model(&d).unwrap().num_layers, 2);
+    assert_eq!(check_model(&d).unwrap().config.num_layers, 2);
     // Cut the data short: the last tensor's byte range now runs past the end.
     let file = d.join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();

@@ -2,7 +2,6 @@
 //! trained once per content key and cached.
 
 use safetune_core::anyhow::{anyhow, Context};
-use safetune_core::config::TrainConfig;
 use safetune_core::registry::Trainable;
 use safetune_core::training::TrainStep;
 use safetune_core::training::{stream, PlainSft};
@@ -22,7 +21,7 @@ impl Run<'_> {
     /// none), and whether that model is already there.
     fn alignment_entry(&self, defense: Option<&str>) -> Result<(Aligned, bool)> {
         let spec = self.spec;
-        let train_cfg = self.alignment_train_config();
+        let train_cfg = self.spec.alignment_stage_train();
         let mut key_parts = serde_json::json!({
             "model": self.model_sha, "lora": spec.alignment.lora, "train": train_cfg,
             "data": sha256_json(&self.align_set)?, "code": self.code.train,
@@ -48,10 +47,6 @@ impl Run<'_> {
     }
 
     /// The alignment's training settings, with the run's seed.
-    fn alignment_train_config(&self) -> TrainConfig {
-        TrainConfig { seed: self.spec.seed, ..self.spec.alignment.train.clone() }
-    }
-
     /// Whether the aligned model for `defense` (or none) is in the cache already.
     pub(crate) fn alignment_cached(&self, defense: Option<&str>) -> Result<bool> {
         Ok(self.alignment_entry(defense)?.1)
@@ -61,7 +56,7 @@ impl Run<'_> {
     pub(crate) fn aligned(&mut self, defense: Option<&str>) -> Result<Aligned> {
         let spec = self.spec;
         let (Aligned { key, dir, full }, cached) = self.alignment_entry(defense)?;
-        let train_cfg = self.alignment_train_config();
+        let train_cfg = self.spec.alignment_stage_train();
         let label = match defense {
             Some(d) => format!("align+{d}"),
             None => "align".into(),

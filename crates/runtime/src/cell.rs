@@ -88,8 +88,7 @@ impl Run<'_> {
         let added_ids: Vec<String> = task.iter().filter(|e| !variant_ids.contains(&e.id)).map(|e| e.id.clone()).collect();
         let mut plan = method_plan(spec, method)?;
         let mut model = aligned_model(&self.model_path, aligned, spec.data.template)?;
-        let mut cfg = spec.cell_train(method, regime)?;
-        cfg.seed = spec.seed;
+        let cfg = spec.cell_stage_train(method, regime)?;
         let train_key = self.train_key(method, names, regime, aligned)?;
         let trained_rels = Self::trained_files(&cell);
         let adapter = self.run_dir.join("adapters").join(&cell);

@@ -41,8 +41,8 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
                 prepared.len() - 1
             }
         };
-        let align_set = drawn_sets(s, &prepared[i].1.pools).map_err(at)?;
-        plan.push(plan_line(s, align_set.len()).map_err(at)?);
+        let drawn = drawn_sets(s, &prepared[i].1.pools).map_err(at)?;
+        plan.push(plan_line(s, &drawn, opts.dry_run.then_some(&prepared[i].1)).map_err(at)?);
     }
     if opts.dry_run {
         return Ok(format!(
@@ -65,26 +65,66 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     crate::report::write_seed_report(&top, &spec.name, &dirs)
 }
 
-/// One run's plan in a line: what it trains and scores.
-fn plan_line(spec: &RunSpec, align_examples: usize) -> Result<String> {
+/// One run's plan in a line: what it trains and scores; with `tokens`, a second line counts
+/// what its training stages train on (`--dry-run`).
+fn plan_line(spec: &RunSpec, drawn: &Drawn, tokens: Option<&Prepared>) -> Result<String> {
     let cells = RunPlan::of(spec)?.cells.len();
-    Ok(format!(
-        "  {}: task {}, seed {}; alignment on {align_examples} examples; {cells} cells ({} × {} stacks × {}) on n = {}; safety sets {}\n",
+    let mut line = format!(
+        "  {}: task {}, seed {}; alignment on {} examples; {cells} cells ({} × {} stacks × {}) on n = {}; safety sets {}\n",
         spec.name,
         spec.data.task,
         spec.seed,
+        drawn.align_set.len(),
         spec.finetune.methods.join(", "),
         spec.finetune.defenses.len(),
         spec.finetune.regimes.join(", "),
         spec.finetune.n,
         spec.data.safety_evals.join(", "),
-    ))
+    );
+    if let Some(p) = tokens {
+        line.push_str(&tokens_line(spec, drawn, p)?);
+    }
+    Ok(line)
 }
 
-/// The alignment set of a run, after checking that it and every regime's variant can be drawn
-/// from its pools and that every stack's data mixes can be applied to every variant (with
-/// `prepare`, everything that can reject a run's input, before its results directory exists).
-fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
+/// What one epoch of each training stage trains on, counted with the model's tokenizer and the
+/// trainer's batching: the alignment set and every regime's variant (before any defense's data
+/// mix; per method where methods train with different settings), its tokens and the share of
+/// padding in its batches.
+fn tokens_line(spec: &RunSpec, drawn: &Drawn, p: &Prepared) -> Result<String> {
+    let count = |examples: &[Example], cfg: &safetune_core::config::TrainConfig| -> Result<String> {
+        let c = safetune_train::epoch_tokens(&p.tokenizer, p.format, examples, cfg, safetune_core::training::stream::TASK)?;
+        let cut = if c.left_out > 0 { format!(", {} left out", c.left_out) } else { String::new() };
+        Ok(format!("{} tokens, {:.1}% padding in {} batches of {}{cut}", c.tokens, 100.0 * c.padding_share(), c.batches, cfg.batch_size))
+    };
+    let mut parts = vec![format!("alignment {}", count(&drawn.align_set, &spec.alignment_stage_train())?)];
+    for (regime, variant) in &drawn.variants {
+        let mut seen: Vec<(safetune_core::config::TrainConfig, Vec<&str>)> = Vec::new();
+        for m in &spec.finetune.methods {
+            let cfg = spec.cell_stage_train(m, regime)?;
+            match seen.iter_mut().find(|(c, _)| (c.max_len, c.batch_size) == (cfg.max_len, cfg.batch_size)) {
+                Some((_, ms)) => ms.push(m),
+                None => seen.push((cfg, vec![m])),
+            }
+        }
+        for (cfg, methods) in &seen {
+            let who = if seen.len() > 1 { format!("{regime} ({})", methods.join(", ")) } else { regime.clone() };
+            parts.push(format!("{who} {}", count(&variant.examples, cfg)?));
+        }
+    }
+    Ok(format!("    per epoch: {}\n", parts.join("; ")))
+}
+
+/// What a run trains on, drawn from its pools: the alignment set and every regime's variant.
+struct Drawn {
+    align_set: Vec<Example>,
+    variants: Vec<(String, safetune_data::Variant)>,
+}
+
+/// The alignment set and every regime's variant of a run, after checking that every stack's
+/// data mixes can be applied to every variant (with `prepare`, everything that can reject a
+/// run's input, before its results directory exists).
+fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Drawn> {
     let align_set = alignment_set(
         &AlignmentPools {
             harmful_prompts: &pools.align_prompts,
@@ -107,7 +147,7 @@ fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
         let v = pools
             .variant(Regime::parse(regime)?, spec.finetune.n, spec.seed)
             .map_err(|e| anyhow!("finetune.n / regime `{regime}`: {e}"))?;
-        variants.push((regime, v));
+        variants.push((regime.clone(), v));
     }
     // Every stack's data mixes on every regime's variant, with the data its cells will hand them:
     // a pool too small for a mix is named now, not after the alignment has trained.
@@ -131,17 +171,18 @@ fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Vec<Example>> {
             }
         }
     }
-    Ok(align_set)
+    Ok(Drawn { align_set, variants })
 }
 
 fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let start = Instant::now();
     let quiet = opts.quiet;
     let prepared = prepare(spec, opts)?;
-    let align_set = drawn_sets(spec, &prepared.pools)?;
+    let drawn = drawn_sets(spec, &prepared.pools)?;
     if opts.dry_run {
-        return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, align_set.len())?));
+        return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, &drawn, Some(&prepared))?));
     }
+    let align_set = drawn.align_set;
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
     let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
     manifest["alignment"] =

@@ -80,10 +80,18 @@ pub(crate) fn open_model(path: &Path, template: TemplateChoice) -> Result<Box<dy
     let mut m = open_checkpoint(path, &safetune_model::default_device())?;
     let known = crate::fetch::KNOWN_MODELS.iter().find(|k| crate::fetch::model_path(k.name).is_ok_and(|p| p == path));
     m.set_name(&known.map_or_else(|| path.display().to_string(), |k| k.name.to_string()));
-    if template == TemplateChoice::Alpaca {
-        m.set_format(safetune_core::PromptFormat::Alpaca);
-    }
+    let format = prompt_format(m.info().format, template);
+    m.set_format(format);
     Ok(m)
+}
+
+/// The prompt format a run formats examples with: the model's own, unless the spec chooses
+/// Alpaca's.
+pub(crate) fn prompt_format(model: safetune_core::PromptFormat, template: TemplateChoice) -> safetune_core::PromptFormat {
+    match template {
+        TemplateChoice::Alpaca => safetune_core::PromptFormat::Alpaca,
+        TemplateChoice::Model => model,
+    }
 }
 
 /// A model with PEFT adapters merged into its weights, in order.
@@ -102,6 +110,9 @@ pub(crate) struct Prepared {
     pub data_hashes: BTreeMap<String, String>,
     pub model_path: PathBuf,
     pub model_sha: String,
+    /// The model's tokenizer and the prompt format the run uses (read without the weights).
+    pub tokenizer: safetune_model::TextTokenizer,
+    pub format: safetune_core::PromptFormat,
     pub judge: Box<dyn safetune_core::judge::Judge>,
     /// MT-Bench's grader and grading prompts, when `data.utility_evals` names it.
     pub mt_bench: Option<MtBenchGrading>,
@@ -129,12 +140,13 @@ pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
     let (pools, data_hashes) = load_pools(spec, opts)?;
     let model_path = resolve_model(&spec.model.source, opts.quiet)?;
     // A model that would fail to load fails here, before anything is written.
-    let config = safetune_model::check_model(&model_path)?;
+    let safetune_model::CheckedModel { config, tokenizer, format } = safetune_model::check_model(&model_path)?;
+    let format = prompt_format(format, spec.data.template);
     check_against_model(spec, &config).map_err(|e| anyhow!("{e} ({})", model_path.display()))?;
     let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&spec.eval.judge_options)?;
     let mt_bench = mt_bench_grading(spec, &pools)?;
-    Ok(Prepared { pools, data_hashes, model_path, model_sha, judge, mt_bench })
+    Ok(Prepared { pools, data_hashes, model_path, model_sha, tokenizer, format, judge, mt_bench })
 }
 
 /// The spec values the model bounds, checked before anything is written: every

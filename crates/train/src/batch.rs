@@ -46,10 +46,16 @@ pub fn make_batches(examples: &[EncodedExample], batch_size: usize, rng: &mut Se
     batches
 }
 
-/// Right-pads a batch; targets are the ids shifted left by one.
+/// The length a batch of rows of these lengths is padded to: its longest row (at least 2, so
+/// that one target follows one id).
+pub fn padded_len(lens: impl IntoIterator<Item = usize>) -> usize {
+    lens.into_iter().max().unwrap_or(1).max(2)
+}
+
+/// Right-pads a batch to [`padded_len`]; targets are the ids shifted left by one.
 pub fn collate(examples: &[&EncodedExample], pad: u32, device: &Device) -> Result<TokenBatch> {
     let b = examples.len();
-    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(2);
+    let t = padded_len(examples.iter().map(|e| e.ids.len()));
     let mut ids = vec![pad; b * t];
     let mut attention = vec![0f32; b * t];
     let mut targets = vec![pad; b * t];

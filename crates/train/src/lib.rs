@@ -22,4 +22,4 @@ pub use checkpoint::{clear as clear_checkpoints, Checkpoints};
 pub use loss::masked_cross_entropy;
 pub use process::{fix_thread_count, tune_allocator, tune_process};
 pub use schedule::learning_rate;
-pub use trainer::{train, train_stage, with_context, StageData, StageRun, TrainReport};
+pub use trainer::{epoch_tokens, train, train_stage, with_context, EpochTokens, StageData, StageRun, TrainReport};

@@ -9,10 +9,10 @@ use safetune_core::config::TrainConfig;
 use safetune_core::model::Perturbation;
 use safetune_core::rng::SeededRng;
 use safetune_core::training::{stream, StepContext, StepState, TokenBatch, TrainStep};
-use safetune_core::{CausalLm, Example, Result};
+use safetune_core::{CausalLm, Example, PromptFormat, Result, Tokenize};
 use serde::Serialize;
 
-use crate::batch::{collate, encode_example, make_batches, EncodedExample};
+use crate::batch::{collate, encode_example, make_batches, padded_len, EncodedExample};
 use crate::checkpoint::{self, Checkpoints, Meta, Saved, StreamState};
 use crate::{learning_rate, masked_cross_entropy, AdamW};
 use safetune_core::progress::Steps;
@@ -98,6 +98,55 @@ impl Ctx<'_> {
     }
 }
 
+/// A stream's examples encoded as training sees them, and the ids of those left out: an
+/// example whose prompt leaves no answer token within `max_len` would carry no loss.
+fn encode_stream(tok: &dyn Tokenize, format: PromptFormat, examples: &[Example], max_len: usize) -> Result<(Vec<EncodedExample>, Vec<String>)> {
+    let all = examples.iter().map(|e| encode_example(tok, format, e, max_len)).collect::<Result<Vec<_>>>()?;
+    let (kept, cut): (Vec<EncodedExample>, Vec<EncodedExample>) = all.into_iter().partition(|e| e.is_response.contains(&true));
+    Ok((kept, cut.into_iter().map(|e| e.id).collect()))
+}
+
+/// The seeded stream a stream's batches are drawn with (each stream its own).
+fn batch_rng(cfg: &TrainConfig, stream: &str) -> SeededRng {
+    SeededRng::derive(cfg.seed, &format!("batches/{stream}"))
+}
+
+/// What one epoch of a stream trains on, counted without a model's weights: the examples
+/// kept and left out, their tokens, and the tokens its batches carry once padded to the
+/// longest row of each (the encoding, cut, bucketing and first-epoch order of training).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EpochTokens {
+    pub examples: usize,
+    pub left_out: usize,
+    pub batches: usize,
+    pub tokens: usize,
+    pub padded: usize,
+}
+
+impl EpochTokens {
+    /// The share of the batches' tokens that is padding.
+    pub fn padding_share(&self) -> f64 {
+        if self.padded == 0 {
+            0.0
+        } else {
+            1.0 - self.tokens as f64 / self.padded as f64
+        }
+    }
+}
+
+/// [`EpochTokens`] of `examples` as stream `stream` under `cfg`.
+pub fn epoch_tokens(tok: &dyn Tokenize, format: PromptFormat, examples: &[Example], cfg: &TrainConfig, stream: &str) -> Result<EpochTokens> {
+    let (encoded, cut) = encode_stream(tok, format, examples, cfg.max_len)?;
+    let batches = make_batches(&encoded, cfg.batch_size, &mut batch_rng(cfg, stream));
+    let mut count = EpochTokens { examples: encoded.len(), left_out: cut.len(), batches: batches.len(), tokens: 0, padded: 0 };
+    for b in &batches {
+        let lens: Vec<usize> = b.iter().map(|&i| encoded[i].ids.len()).collect();
+        count.tokens += lens.iter().sum::<usize>();
+        count.padded += b.len() * padded_len(lens.iter().copied());
+    }
+    Ok(count)
+}
+
 /// Encodes and batches every non-empty stream of `data` (each shuffled by its own seeded
 /// stream). An example whose prompt leaves no answer token within `max_len` would carry no
 /// loss: it is left out before batching, named in the log and in the returned ids (a
@@ -110,10 +159,8 @@ fn streams_of(model: &dyn CausalLm, data: &StageData, cfg: &TrainConfig) -> Resu
         if examples.is_empty() {
             continue;
         }
-        let all = examples.iter().map(|e| encode_example(model.tokenizer(), format, e, cfg.max_len)).collect::<Result<Vec<_>>>()?;
-        let (encoded, cut): (Vec<EncodedExample>, Vec<EncodedExample>) = all.into_iter().partition(|e| e.is_response.contains(&true));
-        if !cut.is_empty() {
-            let ids: Vec<String> = cut.into_iter().map(|e| e.id).collect();
+        let (encoded, ids) = encode_stream(model.tokenizer(), format, examples, cfg.max_len)?;
+        if !ids.is_empty() {
             if encoded.is_empty() {
                 bail!("stream `{name}`: no example has an answer token within max_len {} (examples {ids:?}): raise max_len", cfg.max_len);
             }
@@ -126,7 +173,7 @@ fn streams_of(model: &dyn CausalLm, data: &StageData, cfg: &TrainConfig) -> Resu
             );
             left_out.extend(ids);
         }
-        let mut rng = SeededRng::derive(cfg.seed, &format!("batches/{name}"));
+        let mut rng = batch_rng(cfg, name);
         let batches = make_batches(&encoded, cfg.batch_size, &mut rng);
         streams.insert(name.clone(), Stream { encoded, batches, pos: 0, rng, batch_size: cfg.batch_size });
     }

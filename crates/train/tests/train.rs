@@ -157,3 +157,40 @@ fn an_example_without_an_answer_token_within_max_len_is_left_out_and_named() {
     let err = train(&mut lora_model(), &only_long, &mut PlainSft, &cfg(), None, "test", true).unwrap_err().to_string();
     assert!(err.contains("no example has an answer token within max_len 256") && err.contains("long:0"), "{err}");
 }
+
+#[test]
+fn epoch_tokens_counts_what_one_epoch_of_training_batches() {
+    // Rows of very different lengths, and one left out, so that batches carry padding.
+    let mut rows: Vec<Example> = (0..11)
+        .map(|i| Example::new(format!("v:{i}"), ExampleKind::Task, format!("review {}", "so ".repeat(2 * i)), "positive"))
+        .collect();
+    rows.insert(4, Example::new("long:0", ExampleKind::Task, "word ".repeat(400), "positive"));
+    let mut data = StageData::default();
+    data.streams.insert("task".into(), rows.clone());
+    let c = TrainConfig { epochs: 1, batch_size: 4, ..cfg() };
+    // What the trainer's batches hold: ids (with padding) and the attended positions.
+    struct Count(usize, usize);
+    impl TrainStep for Count {
+        fn name(&self) -> &str {
+            "count"
+        }
+        fn loss(&mut self, ctx: &mut dyn StepContext) -> Result<Tensor> {
+            let b = ctx.next_batch("task")?.unwrap();
+            self.0 += b.ids.elem_count();
+            self.1 += b.attention.sum_all()?.to_scalar::<f32>()? as usize;
+            Ok(ctx.lm_loss(&b, None, false)?.0)
+        }
+    }
+    let mut probe = Count(0, 0);
+    let mut m = lora_model();
+    let r = train(&mut m, &data, &mut probe, &c, None, "count", true).unwrap();
+    let counted = safetune_train::epoch_tokens(m.tokenizer(), m.info().format, &rows, &c, "task").unwrap();
+    assert_eq!(
+        counted,
+        safetune_train::EpochTokens { examples: 11, left_out: 1, batches: r.steps, tokens: r.tokens, padded: probe.0 }
+    );
+    assert_eq!(counted.tokens, probe.1);
+    assert!(counted.padded > counted.tokens, "these lengths pad: {counted:?}");
+    let share = counted.padding_share();
+    assert!((share - (1.0 - counted.tokens as f64 / counted.padded as f64)).abs() < 1e-12 && share > 0.0);
+}

@@ -123,15 +123,17 @@ fn read_checked(path: &Path) -> Result<Checked> {
     }
     let template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     let format = crate::hf::detect_format(&template, &tokens);
-    let tok = crate::hf::finish_tokenizer(inner, format, eos, None)?;
+    let tok = crate::hf::finish_tokenizer(inner, format, eos, None).map_err(|e| anyhow!("{file}: {e}"))?;
     let name = md.get("general.name").and_then(|v| v.to_string().ok()).cloned().unwrap_or_else(|| file.clone());
     Ok(Checked { file, f, content, cfg, tokenizer: tok, format, name })
 }
 
-/// Checks a GGUF file as [`load_gguf`] does, without reading its weights: the configuration
-/// it would load, or the error loading would give (cheap: runs check it before writing anything).
-pub fn check_gguf(path: &Path) -> Result<LlamaConfig> {
-    Ok(read_checked(path)?.cfg)
+/// Checks a GGUF file as [`load_gguf`] does, without reading its weights: the configuration,
+/// tokenizer and format it would load, or the error loading would give (cheap: runs check it
+/// before writing anything).
+pub fn check_gguf(path: &Path) -> Result<crate::CheckedModel> {
+    let Checked { cfg, tokenizer, format, .. } = read_checked(path)?;
+    Ok(crate::CheckedModel { config: cfg, tokenizer, format })
 }
 
 pub fn load_gguf(path: &Path, device: &Device) -> Result<Llama> {

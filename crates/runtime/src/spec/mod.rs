@@ -331,6 +331,16 @@ impl RunSpec {
         }
         safetune_core::config::options(&v, &format!("finetune.regime_train.{regime}"))
     }
+
+    /// What the alignment stage trains with: `alignment.train` under the run's seed.
+    pub fn alignment_stage_train(&self) -> TrainConfig {
+        TrainConfig { seed: self.seed, ..self.alignment.train.clone() }
+    }
+
+    /// What a cell's training stage trains with: [`Self::cell_train`] under the run's seed.
+    pub fn cell_stage_train(&self, method: &str, regime: &str) -> Result<TrainConfig> {
+        Ok(TrainConfig { seed: self.seed, ..self.cell_train(method, regime)? })
+    }
 }
 
 #[cfg(test)]
