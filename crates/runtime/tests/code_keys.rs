@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use safetune_runtime::code_hash::{hash_sources, STAGES};
+use safetune_runtime::code_hash::{hash_sources, without_comments, STAGES};
 use safetune_runtime::options::{CodeKeys, RunOptions};
 
 fn entries(cache: &Path, kind: &str) -> usize {
@@ -66,6 +66,55 @@ fn a_changed_file_changes_the_hash_and_an_unlisted_one_does_not() {
     assert_ne!(first, second, "an edit deep in a listed directory was missed");
     std::fs::write(d.join("one.rs"), "").unwrap();
     assert_ne!(second, h(), "a listed file that appears must change the hash");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn comments_docs_and_tests_do_not_enter_the_hash_and_literals_do() {
+    let strip = |s: &str| String::from_utf8(without_comments(s.as_bytes())).unwrap();
+    // Line, doc and nested block comments go; a block comment leaves a space between tokens.
+    assert_eq!(strip("//! crate doc\n/// item doc\nfn f() {} // trailing\n"), "\n\nfn f() {} \n");
+    assert_eq!(strip("let a/* x /* nested */ y */= 1;"), "let a = 1;");
+    // Literals are copied whole, whatever they hold.
+    for kept in [
+        r#"let u = "https://example.org/*x*/";"#,
+        r#"let e = "a \" // still a string";"#,
+        r###"let r = r#"raw "// kept" /* kept */"#;"###,
+        r#"let b = br"//"; let c = b"/*";"#,
+        r#"let q = '"'; let s = "//";"#,
+        "let c = ['/', '\\'', '\\\\', 'é', '\\u{1F600}']; let d = \"//\";",
+        "fn f<'a>(x: &'a str) -> &'a str { 'outer: loop { break 'outer x; } }",
+        "let r#type = 1; let x = 2 / 3 * 4;",
+    ] {
+        assert_eq!(strip(kept), kept, "{kept}");
+    }
+    // A lifetime does not start a char literal that would swallow a comment after it.
+    assert_eq!(strip("fn f<'a>() {} // c"), "fn f<'a>() {} ");
+
+    let d = std::env::temp_dir().join(format!("safetune-codehash-c-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("c/src")).unwrap();
+    std::fs::create_dir_all(d.join("c/tests")).unwrap();
+    std::fs::write(d.join("c/src/lib.rs"), "/// Adds.\nfn add(a: u8) -> u8 { a + 1 } // one\n").unwrap();
+    std::fs::write(d.join("c/Cargo.toml"), "[package]\nname = \"c\"\n").unwrap();
+    let h = || hash_sources(&d, &["c"]).unwrap();
+    let first = h();
+    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 1 } // the increment\n").unwrap();
+    assert_eq!(first, h(), "a comment edit changed the hash");
+    std::fs::write(d.join("c/README.md"), "# c").unwrap();
+    std::fs::write(d.join("c/tests/t.rs"), "#[test] fn t() {}").unwrap();
+    assert_eq!(first, h(), "a README or a test entered the hash");
+    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\n").unwrap();
+    let second = h();
+    assert_ne!(first, second, "a code edit was missed");
+    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\nconst S: &str = \"//x\";\n").unwrap();
+    let third = h();
+    assert_ne!(second, third);
+    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\nconst S: &str = \"//y\";\n").unwrap();
+    assert_ne!(third, h(), "an edit inside a string after `//` was missed");
+    let fourth = h();
+    std::fs::write(d.join("c/Cargo.toml"), "[package]\nname = \"c\"\n[features]\nx = []\n").unwrap();
+    assert_ne!(fourth, h(), "a manifest edit was missed");
     let _ = std::fs::remove_dir_all(&d);
 }
 
