@@ -180,7 +180,12 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let prepared = prepare(spec, opts)?;
     let drawn = drawn_sets(spec, &prepared.pools)?;
     if opts.dry_run {
-        return Ok(format!("{}: one run in {}\n{}", spec.name, opts.out.join(&spec.name).display(), plan_line(spec, &drawn, Some(&prepared))?));
+        return Ok(format!(
+            "{}: one run in {}\n{}",
+            spec.name,
+            opts.out.join(&spec.name).display(),
+            plan_line(spec, &drawn, Some(&prepared))?
+        ));
     }
     let align_set = drawn.align_set;
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, !opts.is_worker())?;

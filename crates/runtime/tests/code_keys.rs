@@ -107,10 +107,12 @@ fn comments_docs_and_tests_do_not_enter_the_hash_and_literals_do() {
     std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\n").unwrap();
     let second = h();
     assert_ne!(first, second, "a code edit was missed");
-    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\nconst S: &str = \"//x\";\n").unwrap();
+    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\nconst S: &str = \"//x\";\n")
+        .unwrap();
     let third = h();
     assert_ne!(second, third);
-    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\nconst S: &str = \"//y\";\n").unwrap();
+    std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 2 } // the increment\nconst S: &str = \"//y\";\n")
+        .unwrap();
     assert_ne!(third, h(), "an edit inside a string after `//` was missed");
     let fourth = h();
     std::fs::write(d.join("c/Cargo.toml"), "[package]\nname = \"c\"\n[features]\nx = []\n").unwrap();

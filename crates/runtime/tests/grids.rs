@@ -417,7 +417,11 @@ fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
         assert!(plan.contains("alignment on") && plan.contains("cells"), "{}: {plan}", p.display());
         // Each run's second line counts what its training stages train on per epoch.
         let runs = plan.matches("alignment on").count();
-        assert!(plan.matches("per epoch: alignment ").count() == runs && plan.matches("% padding in ").count() > runs, "{}: {plan}", p.display());
+        assert!(
+            plan.matches("per epoch: alignment ").count() == runs && plan.matches("% padding in ").count() > runs,
+            "{}: {plan}",
+            p.display()
+        );
     }
     let plan = run(&["calibrate", root.join("presets/calibrate/sweep.toml").to_str().unwrap()]);
     assert!(plan.matches("one run in").count() >= 10, "{plan}");

@@ -100,7 +100,12 @@ impl Ctx<'_> {
 
 /// A stream's examples encoded as training sees them, and the ids of those left out: an
 /// example whose prompt leaves no answer token within `max_len` would carry no loss.
-fn encode_stream(tok: &dyn Tokenize, format: PromptFormat, examples: &[Example], max_len: usize) -> Result<(Vec<EncodedExample>, Vec<String>)> {
+fn encode_stream(
+    tok: &dyn Tokenize,
+    format: PromptFormat,
+    examples: &[Example],
+    max_len: usize,
+) -> Result<(Vec<EncodedExample>, Vec<String>)> {
     let all = examples.iter().map(|e| encode_example(tok, format, e, max_len)).collect::<Result<Vec<_>>>()?;
     let (kept, cut): (Vec<EncodedExample>, Vec<EncodedExample>) = all.into_iter().partition(|e| e.is_response.contains(&true));
     Ok((kept, cut.into_iter().map(|e| e.id).collect()))
@@ -135,7 +140,13 @@ impl EpochTokens {
 }
 
 /// [`EpochTokens`] of `examples` as stream `stream` under `cfg`.
-pub fn epoch_tokens(tok: &dyn Tokenize, format: PromptFormat, examples: &[Example], cfg: &TrainConfig, stream: &str) -> Result<EpochTokens> {
+pub fn epoch_tokens(
+    tok: &dyn Tokenize,
+    format: PromptFormat,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    stream: &str,
+) -> Result<EpochTokens> {
     let (encoded, cut) = encode_stream(tok, format, examples, cfg.max_len)?;
     let batches = make_batches(&encoded, cfg.batch_size, &mut batch_rng(cfg, stream));
     let mut count = EpochTokens { examples: encoded.len(), left_out: cut.len(), batches: batches.len(), tokens: 0, padded: 0 };

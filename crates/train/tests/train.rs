@@ -161,9 +161,8 @@ fn an_example_without_an_answer_token_within_max_len_is_left_out_and_named() {
 #[test]
 fn epoch_tokens_counts_what_one_epoch_of_training_batches() {
     // Rows of very different lengths, and one left out, so that batches carry padding.
-    let mut rows: Vec<Example> = (0..11)
-        .map(|i| Example::new(format!("v:{i}"), ExampleKind::Task, format!("review {}", "so ".repeat(2 * i)), "positive"))
-        .collect();
+    let mut rows: Vec<Example> =
+        (0..11).map(|i| Example::new(format!("v:{i}"), ExampleKind::Task, format!("review {}", "so ".repeat(2 * i)), "positive")).collect();
     rows.insert(4, Example::new("long:0", ExampleKind::Task, "word ".repeat(400), "positive"));
     let mut data = StageData::default();
     data.streams.insert("task".into(), rows.clone());
@@ -185,10 +184,7 @@ fn epoch_tokens_counts_what_one_epoch_of_training_batches() {
     let mut m = lora_model();
     let r = train(&mut m, &data, &mut probe, &c, None, "count", true).unwrap();
     let counted = safetune_train::epoch_tokens(m.tokenizer(), m.info().format, &rows, &c, "task").unwrap();
-    assert_eq!(
-        counted,
-        safetune_train::EpochTokens { examples: 11, left_out: 1, batches: r.steps, tokens: r.tokens, padded: probe.0 }
-    );
+    assert_eq!(counted, safetune_train::EpochTokens { examples: 11, left_out: 1, batches: r.steps, tokens: r.tokens, padded: probe.0 });
     assert_eq!(counted.tokens, probe.1);
     assert!(counted.padded > counted.tokens, "these lengths pad: {counted:?}");
     let share = counted.padding_share();
