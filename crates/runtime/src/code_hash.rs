@@ -26,7 +26,9 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 /// The stages and their sources, relative to the workspace root; a directory
-/// stands for every file under it.
+/// stands for every file under it, and a path after `!` is left out of the
+/// directories above it (training never generates text: a decoding edit does
+/// not retrain; `tests/code_keys.rs` checks that no training source calls it).
 pub const STAGES: &[(&str, &[&str])] = &[
     (
         "train",
@@ -34,6 +36,7 @@ pub const STAGES: &[(&str, &[&str])] = &[
             "Cargo.lock",
             "crates/core/src",
             "crates/model/src",
+            "!crates/model/src/generate.rs",
             "crates/lora/src",
             "crates/train/src",
             "crates/defenses",
@@ -61,25 +64,15 @@ pub const STAGES: &[(&str, &[&str])] = &[
 
 /// sha256 over the listed files under `root` (path and contents of each, in
 /// sorted order, Rust files without comments; directories walked, skipping
-/// `target`, `tests`, `benches` and `examples` directories, dot-files and
-/// Markdown files). A listed path that does not exist is hashed as missing, so
-/// removing a file changes the hash too.
+/// `target`, `tests`, `benches` and `examples` directories, dot-files,
+/// Markdown files and the files listed after `!`). A listed path that does not
+/// exist is hashed as missing, so removing a file changes the hash too.
 pub fn hash_sources(root: &Path, paths: &[&str]) -> std::io::Result<String> {
-    let mut files = Vec::new();
     let mut h = Sha256::new();
-    for p in paths {
-        let full = root.join(p);
-        if full.is_dir() {
-            walk(&full, &mut files)?;
-        } else if full.is_file() {
-            files.push(full);
-        } else {
-            h.update(format!("missing {p}\n").as_bytes());
-        }
+    for p in paths.iter().filter(|p| !p.starts_with('!') && !root.join(p).exists()) {
+        h.update(format!("missing {p}\n").as_bytes());
     }
-    files.sort();
-    files.dedup();
-    for f in &files {
+    for f in &listed_files(root, paths)? {
         let rel = f.strip_prefix(root).unwrap_or(f);
         let mut body = std::fs::read(f)?;
         if f.extension().is_some_and(|e| e == "rs") {
@@ -89,6 +82,25 @@ pub fn hash_sources(root: &Path, paths: &[&str]) -> std::io::Result<String> {
         h.update(&body);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The files [`hash_sources`] reads, sorted: the listed files that exist and the files under
+/// the listed directories (walked as it says), less those listed after `!`.
+pub fn listed_files(root: &Path, paths: &[&str]) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let left_out: Vec<std::path::PathBuf> = paths.iter().filter_map(|p| p.strip_prefix('!')).map(|p| root.join(p)).collect();
+    for p in paths.iter().filter(|p| !p.starts_with('!')) {
+        let full = root.join(p);
+        if full.is_dir() {
+            walk(&full, &mut files)?;
+        } else if full.is_file() {
+            files.push(full);
+        }
+    }
+    files.retain(|f| !left_out.contains(f));
+    files.sort();
+    files.dedup();
+    Ok(files)
 }
 
 fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use safetune_runtime::code_hash::{hash_sources, without_comments, STAGES};
+use safetune_runtime::code_hash::{hash_sources, listed_files, without_comments, STAGES};
 use safetune_runtime::options::{CodeKeys, RunOptions};
 
 fn entries(cache: &Path, kind: &str) -> usize {
@@ -28,6 +28,7 @@ fn every_listed_source_exists_and_every_crate_is_placed() {
     let root = workspace();
     for (stage, paths) in STAGES {
         for p in *paths {
+            let p = p.trim_start_matches('!');
             assert!(root.join(p).exists(), "{stage}: {p} does not exist (renamed? update src/code_hash.rs)");
         }
     }
@@ -66,7 +67,32 @@ fn a_changed_file_changes_the_hash_and_an_unlisted_one_does_not() {
     assert_ne!(first, second, "an edit deep in a listed directory was missed");
     std::fs::write(d.join("one.rs"), "").unwrap();
     assert_ne!(second, h(), "a listed file that appears must change the hash");
+    // A file listed after `!` is left out of its directory.
+    let without = || hash_sources(&d, &["a/src", "!a/src/inner/m.rs"]).unwrap();
+    let kept = without();
+    std::fs::write(d.join("a/src/inner/m.rs"), "fn g3() {}").unwrap();
+    assert_eq!(kept, without(), "a file left out with `!` entered the hash");
+    assert_ne!(second, h());
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The train hash leaves out the model's decoding (`!crates/model/src/generate.rs`): that holds
+/// only while no training source generates text. The model's `CausalLm` implementation and the
+/// trait itself name generation without training calling it.
+#[test]
+fn no_training_source_generates_text() {
+    let root = workspace();
+    let train = STAGES.iter().find(|(s, _)| *s == "train").unwrap().1;
+    assert!(train.contains(&"!crates/model/src/generate.rs"), "{train:?}");
+    let defining = [root.join("crates/model/src/causal_lm.rs"), root.join("crates/model/src/lib.rs"), root.join("crates/core/src/model.rs")];
+    let files = listed_files(&root, train).unwrap();
+    assert!(files.len() > 50, "{}", files.len());
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "rs") && !defining.contains(f)) {
+        let code = String::from_utf8(without_comments(&std::fs::read(f).unwrap())).unwrap();
+        for call in ["generate(", "generate_until(", "generate_with(", "generate::"] {
+            assert!(!code.contains(call), "{} calls `{call}`: training generates text, so list generate.rs in the train hash", f.display());
+        }
+    }
 }
 
 #[test]
