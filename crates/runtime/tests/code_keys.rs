@@ -84,7 +84,8 @@ fn no_training_source_generates_text() {
     let root = workspace();
     let train = STAGES.iter().find(|(s, _)| *s == "train").unwrap().1;
     assert!(train.contains(&"!crates/model/src/generate.rs"), "{train:?}");
-    let defining = [root.join("crates/model/src/causal_lm.rs"), root.join("crates/model/src/lib.rs"), root.join("crates/core/src/model.rs")];
+    let defining =
+        [root.join("crates/model/src/causal_lm.rs"), root.join("crates/model/src/lib.rs"), root.join("crates/core/src/model.rs")];
     let files = listed_files(&root, train).unwrap();
     assert!(files.len() > 50, "{}", files.len());
     for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "rs") && !defining.contains(f)) {
