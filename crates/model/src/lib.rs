@@ -15,6 +15,7 @@ mod hf;
 mod llama;
 pub mod ops;
 mod products;
+mod replace;
 mod safetensors_header;
 mod tiny;
 mod tokenizer;
@@ -34,6 +35,7 @@ pub use gguf::check_gguf;
 pub use gguf::load_gguf;
 pub use hf::{check_hf_dir, detect_format, load_hf_dir};
 pub use llama::{Llama, Param};
+pub use replace::{check_replacements, replace_weights};
 pub use tiny::{tiny_model, tiny_model_shaped, tiny_model_with, tiny_tokenizer, tiny_tokenizer_with};
 pub use tokenizer::{byte_alphabet, PreTokenizer, TextTokenizer};
 

@@ -142,6 +142,9 @@ In safetune (the cell's evaluation again):\n\n\
 ```sh\n\
 safetune eval --model {source} --adapter adapters/{first} --adapter adapters/<cell>\n\
 ```\n\n\
+A cell that evaluated more than its adapter has `weights/<cell>.safetensors` in the run\n\
+directory (a post-tuning repair's replaced tensors, a full fine-tuning's whole model): add\n\
+`--weights weights/<cell>.safetensors`, which replaces those weights after the adapters.\n\
 A cell whose defense acts at inference (BEA: its secret trigger before the system prompt)\n\
 was asked as that defense asks: add `--defense <name>`, and `--defense-options '<options>'`\n\
 when `spec.json`'s `defense_options` sets any for it.\n\n\
@@ -158,7 +161,8 @@ model = PeftModel.from_pretrained(model, \"adapters/{first}\").merge_and_unload(
 model = PeftModel.from_pretrained(model, \"adapters/<cell>\")\n\
 ```\n\n\
 (or `safetune model export --model {source} --adapter adapters/{first} --adapter adapters/<cell> --out cell`\n\
-for the merged cell). `cargo xtask interop --adapter adapters/{first} --adapter adapters/<cell>`\n\
+for the merged cell, with `--weights weights/<cell>.safetensors` when the cell has one: the\n\
+exported directory then holds exactly the weights the cell evaluated). `cargo xtask interop --adapter adapters/{first} --adapter adapters/<cell>`\n\
 checks that peft's greedy answers equal safetune's.\n",
         aligned.iter().map(|a| format!("`{a}/`")).collect::<Vec<_>>().join(", ")
     );

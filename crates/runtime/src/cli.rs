@@ -87,10 +87,8 @@ enum ModelAction {
         /// A known model name, a .gguf file or a Hugging Face directory
         #[arg(long, value_name = "PATH_OR_NAME")]
         model: String,
-        /// A PEFT LoRA adapter directory, merged in order (repeatable): for a cell,
-        /// the aligned model's adapter first, then the cell's
-        #[arg(long, value_name = "PEFT_DIR")]
-        adapter: Vec<PathBuf>,
+        #[command(flatten)]
+        parts: crate::prepare::AddedWeights,
         /// The directory to write (must not exist, or be empty)
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -206,7 +204,7 @@ pub fn main_with(args: &[String]) -> Result<String> {
         }
         Command::Model { action: ModelAction::Fetch { name } } => Ok(crate::fetch::fetch(&name, false)?.display().to_string()),
         Command::Model { action: ModelAction::Path { name } } => Ok(crate::fetch::model_path(&name)?.display().to_string()),
-        Command::Model { action: ModelAction::Export { model, adapter, out } } => crate::export::export(&model, &adapter, &out),
+        Command::Model { action: ModelAction::Export { model, parts, out } } => crate::export::export(&model, &parts, &out),
         Command::List { what } => list(what),
         Command::Schema => crate::spec::schema_json(),
         Command::Completions { shell } => {

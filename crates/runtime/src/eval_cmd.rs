@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::Result;
 
-use crate::hashing::sha256_file;
 use crate::hashing::write_json;
 use crate::options::RunOptions;
-use crate::prepare::{manifest_base, model_with_adapters, open_run_dir, prepare};
+use crate::prepare::{manifest_base, model_with, open_run_dir, prepare, AddedWeights};
 use crate::run::Run;
 use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 
@@ -20,9 +19,8 @@ pub struct EvalArgs {
     /// A known model name, a .gguf file or a Hugging Face directory
     #[arg(long, value_name = "PATH_OR_NAME")]
     model: String,
-    /// A PEFT LoRA adapter directory, merged in order (repeatable)
-    #[arg(long, value_name = "PEFT_DIR")]
-    adapter: Vec<PathBuf>,
+    #[command(flatten)]
+    parts: AddedWeights,
     /// The task scored for utility
     #[arg(long)]
     task: Option<String>,
@@ -41,7 +39,7 @@ pub struct EvalArgs {
     /// The results directory's name [default: eval-LABEL]
     #[arg(long)]
     name: Option<String>,
-    /// The model's row label [default: the last adapter's directory name, or `model`]
+    /// The model's row label [default: the last weights file's name, else the last adapter's directory name, else `model`]
     #[arg(long)]
     label: Option<String>,
     /// Where results go (OUT/NAME/)
@@ -121,7 +119,7 @@ fn list(v: &str) -> Vec<String> {
 /// Runs `safetune eval`; returns what to print.
 pub fn main(a: EvalArgs) -> Result<String> {
     let data_dir = a.data_dir.clone().or_else(crate::options::env_data_dir);
-    let (out, name, label, quiet, json, seed, adapters) = (a.out, a.name, a.label, a.quiet, a.json, a.seed, a.adapter);
+    let (out, name, label, quiet, json, seed, parts) = (a.out, a.name, a.label, a.quiet, a.json, a.seed, a.parts);
     let asked = match (a.system, a.defense) {
         (Some(text), _) => Asked::System(text),
         (None, Some(name)) => {
@@ -185,14 +183,11 @@ pub fn main(a: EvalArgs) -> Result<String> {
         eval.mt_bench = Some(m);
     }
     let model = a.model;
-    for a in &adapters {
-        if !a.join("adapter_config.json").is_file() || !a.join("adapter_model.safetensors").is_file() {
-            bail!("--adapter {}: not a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)", a.display());
-        }
-    }
-    let label = label.unwrap_or_else(|| match adapters.last() {
-        Some(a) => a.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "adapter".into()),
-        None => "model".into(),
+    parts.check_present()?;
+    let label = label.unwrap_or_else(|| match (parts.weights.last(), parts.adapter.last()) {
+        (Some(w), _) => w.file_stem().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "weights".into()),
+        (None, Some(a)) => a.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "adapter".into()),
+        (None, None) => "model".into(),
     });
     if label.is_empty() || label.contains(['/', '\\']) || label.starts_with('.') {
         bail!("--label: must be a plain file name");
@@ -230,7 +225,7 @@ pub fn main(a: EvalArgs) -> Result<String> {
     };
     spec.validate()?;
     let opts = RunOptions::new(data_dir, out, quiet);
-    let table = evaluate_checkpoint(&spec, &opts, &adapters, &label, &asked)?;
+    let table = evaluate_checkpoint(&spec, &opts, &parts, &label, &asked)?;
     let dir = opts.out.join(&spec.name);
     let output = if json { serde_json::to_string_pretty(&crate::report::rows_from_dir(&dir)?)? } else { table };
     crate::output::checked(output, &dir)
@@ -248,9 +243,9 @@ pub enum Asked {
     Defense(String, Option<serde_json::Value>),
 }
 
-/// Evaluates `spec.model`, with each adapter merged in turn, under `label`, its prompts
-/// asked as `asked` says.
-pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBuf], label: &str, asked: &Asked) -> Result<String> {
+/// Evaluates `spec.model` with its `parts` (each adapter merged in turn, then the weights
+/// replaced) under `label`, its prompts asked as `asked` says.
+pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, parts: &AddedWeights, label: &str, asked: &Asked) -> Result<String> {
     // A defense without an inference-time part would evaluate as no defense at all.
     let inference = match asked {
         Asked::Defense(name, options) => {
@@ -268,22 +263,25 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
         _ => None,
     };
     let prepared = prepare(spec, opts)?;
-    let mut adapter_sha = Vec::new();
-    for a in adapters {
-        safetune_lora::check_peft(a)?;
-        adapter_sha.push(sha256_file(&a.join("adapter_model.safetensors"))? + &sha256_file(&a.join("adapter_config.json"))?);
-    }
+    parts.check(&prepared.config)?;
+    let hashes = parts.hashes()?;
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, true)?;
     let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
-    manifest["adapters"] =
-        serde_json::json!({ "paths": adapters.iter().map(|a| a.display().to_string()).collect::<Vec<_>>(), "sha256": adapter_sha });
+    let paths = |ps: &[PathBuf]| ps.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
+    manifest["adapters"] = serde_json::json!({ "paths": paths(&parts.adapter), "sha256": hashes["peft"] });
+    if !parts.weights.is_empty() {
+        manifest["weights"] = serde_json::json!({ "paths": paths(&parts.weights), "sha256": hashes["weights"] });
+    }
     let (model_path, model_sha) = (prepared.model_path.clone(), prepared.model_sha.clone());
     let mut r = Run::new(spec, opts, prepared, run_dir.clone(), Vec::new());
-    let identity = if adapter_sha.is_empty() {
-        serde_json::json!({ "base": model_sha })
-    } else {
-        serde_json::json!({ "base": model_sha, "peft": adapter_sha })
-    };
+    // The evaluated weights' identity: the base, then (when given) the adapters and weights files.
+    let mut identity = serde_json::json!({ "base": model_sha });
+    if !parts.adapter.is_empty() {
+        identity["peft"] = hashes["peft"].clone();
+    }
+    if !parts.weights.is_empty() {
+        identity["weights"] = hashes["weights"].clone();
+    }
     let template = spec.data.template;
     // The default system prompt a defense builds on is the model's format's: the model is
     // opened first then (the closure below hands it over).
@@ -291,7 +289,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     let system = match (asked, inference) {
         (Asked::System(text), _) => Some(text.clone()),
         (Asked::Defense(..), Some(f)) => {
-            let m = model_with_adapters(&model_path, template, adapters)?;
+            let m = model_with(&model_path, template, parts)?;
             let s = f(m.info().format.default_system());
             opened = Some(m);
             s
@@ -306,7 +304,7 @@ pub fn evaluate_checkpoint(spec: &RunSpec, opts: &RunOptions, adapters: &[PathBu
     };
     r.evaluate_once(label, identity, || match opened {
         Some(m) => Ok(m),
-        None => model_with_adapters(&model_path, template, adapters),
+        None => model_with(&model_path, template, parts),
     })?;
     manifest["timings"] = serde_json::Value::Object(std::mem::take(&mut r.timings));
     write_json(&run_dir.join("manifest.json"), &manifest)?;

@@ -94,12 +94,71 @@ pub(crate) fn prompt_format(model: safetune_core::PromptFormat, template: Templa
     }
 }
 
-/// A model with PEFT adapters merged into its weights, in order.
-pub(crate) fn model_with_adapters(model_path: &Path, template: TemplateChoice, adapters: &[PathBuf]) -> Result<Box<dyn Checkpoint>> {
+/// What `eval`, `serve` and `model export` put on top of their model: PEFT adapters merged in
+/// order, then weights replaced from safetensors files (what a cell evaluated beyond its
+/// adapter).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AddedWeights {
+    /// A PEFT LoRA adapter directory, merged in order (repeatable): for a cell, the aligned
+    /// model's adapter first, then the cell's
+    #[arg(long, value_name = "PEFT_DIR")]
+    pub adapter: Vec<PathBuf>,
+    /// A safetensors file whose tensors replace the model's weights of the same names once the
+    /// adapters are merged (repeatable): a cell's `weights/<cell>.safetensors` (a repair's
+    /// tensors, a full fine-tuning's model)
+    #[arg(long, value_name = "FILE")]
+    pub weights: Vec<PathBuf>,
+}
+
+impl AddedWeights {
+    /// Checks every part against the model's configuration without loading it: each adapter a
+    /// PEFT directory, each weights file a safetensors file of the model's weights with their
+    /// shapes. Errors name the flag and the file.
+    pub(crate) fn check(&self, config: &safetune_model::LlamaConfig) -> Result<()> {
+        self.check_present()?;
+        for a in &self.adapter {
+            safetune_lora::check_peft(a).map_err(|e| anyhow!("--adapter: {e}"))?;
+        }
+        for w in &self.weights {
+            safetune_model::check_replacements(w, config).map_err(|e| anyhow!("--weights: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every part is there (before anything else is read): each adapter a directory
+    /// with a PEFT adapter's two files, each weights path a file.
+    pub(crate) fn check_present(&self) -> Result<()> {
+        for a in &self.adapter {
+            if !a.join("adapter_config.json").is_file() || !a.join("adapter_model.safetensors").is_file() {
+                bail!("--adapter {}: not a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)", a.display());
+            }
+        }
+        if let Some(w) = self.weights.iter().find(|w| !w.is_file()) {
+            bail!("--weights {}: no such file", w.display());
+        }
+        Ok(())
+    }
+
+    /// The sha256 of each part: adapters (weights and config) then weights files, in order.
+    pub(crate) fn hashes(&self) -> Result<serde_json::Value> {
+        let mut peft = Vec::new();
+        for a in &self.adapter {
+            peft.push(sha256_file(&a.join("adapter_model.safetensors"))? + &sha256_file(&a.join("adapter_config.json"))?);
+        }
+        let weights = self.weights.iter().map(|w| sha256_file(w)).collect::<Result<Vec<_>>>()?;
+        Ok(serde_json::json!({ "peft": peft, "weights": weights }))
+    }
+}
+
+/// A model with its parts: adapters merged into its weights in order, then weights replaced.
+pub(crate) fn model_with(model_path: &Path, template: TemplateChoice, parts: &AddedWeights) -> Result<Box<dyn Checkpoint>> {
     let mut m = open_model(model_path, template)?;
-    for a in adapters {
+    for a in &parts.adapter {
         safetune_lora::load_peft(&mut *m, a, &safetune_model::default_device())?;
         safetune_lora::merge_adapters(&mut *m)?;
+    }
+    for w in &parts.weights {
+        safetune_model::replace_weights(&mut *m, w).map_err(|e| anyhow!("--weights: {e}"))?;
     }
     Ok(m)
 }
@@ -110,7 +169,9 @@ pub(crate) struct Prepared {
     pub data_hashes: BTreeMap<String, String>,
     pub model_path: PathBuf,
     pub model_sha: String,
-    /// The model's tokenizer and the prompt format the run uses (read without the weights).
+    /// The model's configuration, tokenizer and the prompt format the run uses (read without the
+    /// weights).
+    pub config: safetune_model::LlamaConfig,
     pub tokenizer: safetune_model::TextTokenizer,
     pub format: safetune_core::PromptFormat,
     pub judge: Box<dyn safetune_core::judge::Judge>,
@@ -146,7 +207,7 @@ pub(crate) fn prepare(spec: &RunSpec, opts: &RunOptions) -> Result<Prepared> {
     let model_sha = if model_path.is_file() { sha256_file(&model_path)? } else { sha256_json(&model_path.display().to_string())? };
     let judge = (registry::judge(&spec.eval.judge)?.build)(&spec.eval.judge_options)?;
     let mt_bench = mt_bench_grading(spec, &pools)?;
-    Ok(Prepared { pools, data_hashes, model_path, model_sha, tokenizer, format, judge, mt_bench })
+    Ok(Prepared { pools, data_hashes, model_path, model_sha, config, tokenizer, format, judge, mt_bench })
 }
 
 /// The spec values the model bounds, checked before anything is written: every

@@ -16,7 +16,7 @@ use crate::fetch::cache_dir;
 use crate::hashing::{sha256_json, write_atomic, write_json};
 use crate::options::{CodeKeys, RunOptions};
 use crate::output::say;
-use crate::prepare::{model_with_adapters, open_model, Prepared};
+use crate::prepare::{model_with, open_model, AddedWeights, Prepared};
 use crate::results::{GenRecord, ModelEval};
 use crate::spec::{RunSpec, TemplateChoice};
 use crate::stack::resolved_options;
@@ -143,7 +143,7 @@ pub(crate) fn aligned_model(model_path: &Path, aligned: &Aligned, template: Temp
         // Full-parameter alignment stores the whole aligned model as a Hugging Face directory.
         return open_model(&aligned.dir.join("model"), template);
     }
-    model_with_adapters(model_path, template, std::slice::from_ref(&aligned.dir))
+    model_with(model_path, template, &AddedWeights { adapter: vec![aligned.dir.clone()], weights: Vec::new() })
 }
 
 /// A cached aligned model: its content key and adapter directory.

@@ -238,6 +238,87 @@ fn post_tuning_repairs_reuse_the_undefended_cells_training() {
     )
     .unwrap();
     assert_eq!(saved.len(), 3, "the evaluated weights are the repaired ones");
+    // `safetune eval --weights` on the cell's adapters and its weights file reproduces the repaired
+    // cell's evaluation to the byte; the adapters alone are the unrepaired model.
+    let run_dir = d.join("out/tiny-repairs");
+    let ev = |cell: &str, extra: &[String], name: &str| {
+        let path = |p: PathBuf| p.to_str().unwrap().to_string();
+        let mut args: Vec<String> = vec!["eval".into(), "--model".into(), path(d.join("model"))];
+        for a in ["aligned", cell] {
+            args.extend(["--adapter".into(), path(run_dir.join("adapters").join(a))]);
+        }
+        args.extend(common::TINY_EVAL_FLAGS.iter().chain(&["--quiet"]).map(|a| a.to_string()));
+        args.extend(["--name".into(), name.into(), "--out".into(), path(d.join("ev"))]);
+        args.extend(extra.iter().cloned());
+        safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &d.join("cache-ev"))
+    };
+    let readme = std::fs::read_to_string(run_dir.join("adapters/README.md")).unwrap();
+    assert!(
+        readme.contains("add\n`--weights weights/<cell>.safetensors`"),
+        "the adapters' README says how to add a cell's weights:\n{readme}"
+    );
+    let gens =
+        |dir: &std::path::Path, label: &str| std::fs::read(dir.join("generations").join(label).join("builtin-harmful-eval.jsonl")).unwrap();
+    for name in ["sft-lora+safelora__high-harm", "sft-lora+antidote__high-harm"] {
+        let weights = run_dir.join("weights").join(format!("{name}.safetensors"));
+        let with = ev(name, &["--weights".into(), weights.to_str().unwrap().into()], &format!("with-{name}"));
+        assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+        let dir = d.join("ev").join(format!("with-{name}"));
+        // The label defaults to the weights file's name: the cell's.
+        let evald: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("models").join(format!("{name}.json"))).unwrap()).unwrap();
+        assert_eq!(cell("out", name)["eval"], evald, "{name}");
+        assert_eq!(gens(&dir, name), gens(&run_dir, name), "{name}");
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["weights"]["paths"][0], weights.to_str().unwrap(), "{manifest}");
+        let without = ev(name, &[], &format!("without-{name}"));
+        assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+        let plain: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(d.join("ev").join(format!("without-{name}")).join("models").join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(plain, cell("out", "sft-lora__high-harm")["eval"], "{name}: its adapter alone is the undefended cell");
+        // The tiny model answers alike with and without the repair, so the weights themselves
+        // tell: `model export --weights` writes the file's tensors, without it others.
+        let export = |extra: &[String], to: &str| {
+            let mut args: Vec<String> = vec!["model".into(), "export".into(), "--model".into(), d.join("model").to_str().unwrap().into()];
+            for a in ["aligned", name] {
+                args.extend(["--adapter".into(), run_dir.join("adapters").join(a).to_str().unwrap().into()]);
+            }
+            args.extend(extra.iter().cloned());
+            args.extend(["--out".into(), d.join(to).to_str().unwrap().into()]);
+            let r = safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &d.join("cache-ev"));
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+            candle_core::safetensors::load(d.join(to).join("model.safetensors"), &candle_core::Device::Cpu).unwrap()
+        };
+        let file = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+        let same = |m: &std::collections::HashMap<String, candle_core::Tensor>, n: &str| {
+            m[n].flatten_all().unwrap().to_vec1::<f32>().unwrap() == file[n].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let replaced = export(&["--weights".into(), weights.to_str().unwrap().into()], &format!("x-{name}"));
+        assert!(file.keys().all(|n| same(&replaced, n)), "{name}: exported with --weights");
+        let unrepaired = export(&[], &format!("y-{name}"));
+        assert!(file.keys().any(|n| !same(&unrepaired, n)), "{name}: the repair changed no weight");
+    }
+    // A weights file that is not the model's: one line naming the flag, the file and the tensor;
+    // exit 2; nothing written.
+    let dev = candle_core::Device::Cpu;
+    let bad_shape = d.join("bad-shape.safetensors");
+    let t = candle_core::Tensor::zeros((3, 5), candle_core::DType::F32, &dev).unwrap();
+    candle_core::safetensors::save(&[("model.norm.weight".to_string(), t.clone())].into_iter().collect(), &bad_shape).unwrap();
+    let unknown = d.join("unknown.safetensors");
+    candle_core::safetensors::save(&[("model.colour".to_string(), t)].into_iter().collect(), &unknown).unwrap();
+    let junk = d.join("junk.safetensors");
+    std::fs::write(&junk, b"not a safetensors file").unwrap();
+    for (file, needle) in
+        [(&bad_shape, "`model.norm.weight` has shape [3, 5]"), (&unknown, "`model.colour` is not a weight"), (&junk, "junk.safetensors")]
+    {
+        let bad = ev("sft-lora+safelora__high-harm", &["--weights".into(), file.to_str().unwrap().into()], "bad");
+        assert_eq!(bad.status.code(), Some(2), "{needle}");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.trim().lines().count() == 1 && err.contains("--weights") && err.contains(needle), "{needle}: {err}");
+        assert!(!d.join("ev/bad").exists(), "nothing written for a refused weights file");
+    }
     // Trained afresh (another cache, no undefended cell in the grid): the same repaired cells.
     let log = run("one.toml", "fresh", "cache-fresh", &[]);
     assert_eq!(log.matches("fine-tuning on").count(), 1, "{log}");
