@@ -138,7 +138,12 @@ Python `peft`. `base_model_name_or_path` names the base as the run's spec does: 
 Aligned model(s): {}. Each cell's adapter (`<method>__<regime>`) was trained on top of\n\
 its aligned model, so a cell is the base with the aligned adapter merged first and the\n\
 cell's adapter second; on the bare base it gives other answers.\n\n\
-In safetune (the cell's evaluation again):\n\n\
+In safetune, the cell's evaluation again — everything taken from the run (model, adapters,\n\
+weights file, sets, settings, seed, and how its defense asks at inference):\n\n\
+```sh\n\
+safetune eval --run <this run's directory> --cell <cell>\n\
+```\n\n\
+or piece by piece:\n\n\
 ```sh\n\
 safetune eval --model {source} --adapter adapters/{first} --adapter adapters/<cell>\n\
 ```\n\n\

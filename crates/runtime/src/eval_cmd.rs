@@ -17,10 +17,19 @@ use crate::spec::{AlignmentStage, EvalSpec, FinetuneStage, ModelSpec, RunSpec};
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// A known model name, a .gguf file or a Hugging Face directory
-    #[arg(long, value_name = "PATH_OR_NAME")]
-    model: String,
+    #[arg(long, value_name = "PATH_OR_NAME", required_unless_present = "run")]
+    model: Option<String>,
     #[command(flatten)]
     parts: AddedWeights,
+    /// A finished run's directory (one with spec.json and cells/; for a grid, one of its
+    /// runs/<name>): evaluate one of its models again as the run did, with --cell
+    #[arg(long, value_name = "RUN_DIR", requires = "cell", conflicts_with_all = FROM_RUN_CONFLICTS)]
+    run: Option<PathBuf>,
+    /// The model of --run to evaluate: `base`, an aligned model (`aligned`, `aligned+DEFENSE`) or
+    /// a cell (`METHOD[+DEFENSE…]__REGIME`) — its model, adapters, weights file, data, evaluation
+    /// settings, seed and the way its defense asks at inference all come from the run
+    #[arg(long, value_name = "LABEL", requires = "run")]
+    cell: Option<String>,
     /// The task scored for utility
     #[arg(long)]
     task: Option<String>,
@@ -111,6 +120,101 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// The flags `--run` sets from the run itself (the evaluation's size, where it goes and how it
+/// is printed stay the user's).
+const FROM_RUN_CONFLICTS: [&str; 19] = [
+    "model",
+    "adapter",
+    "weights",
+    "task",
+    "task_split",
+    "suite",
+    "over_refusal",
+    "seed",
+    "judge",
+    "safety_tokens",
+    "task_tokens",
+    "samples",
+    "variants",
+    "consistency_sets",
+    "mmlu",
+    "mmlu_shots",
+    "mt_bench",
+    "system",
+    "defense",
+];
+
+/// One of a finished run's models as the run evaluated it (`--run`, `--cell`): the run's spec,
+/// the model (the base, or a full-parameter alignment's aligned model from the stage cache),
+/// the adapters and weights file on top, and how its prompts were asked.
+struct FromRun {
+    spec: RunSpec,
+    model: String,
+    parts: AddedWeights,
+    asked: Asked,
+}
+
+fn from_run(dir: &std::path::Path, label: &str) -> Result<FromRun> {
+    let at = |what: &str| anyhow!("--run {}: {what}", dir.display());
+    if dir.join("runs").is_dir() {
+        return Err(at("a grid of runs; pass one of them (runs/<name>)"));
+    }
+    let spec_file = dir.join("spec.json");
+    if !spec_file.is_file() {
+        return Err(at("no spec.json (not a results directory)"));
+    }
+    let spec = RunSpec::load(&spec_file).map_err(|e| anyhow!("--run: {e}"))?;
+    let plan = crate::plan::RunPlan::of(&spec).map_err(|e| anyhow!("--run: {e}"))?;
+    let aligned_dir = |defense: Option<&str>| -> Result<(Option<String>, Vec<PathBuf>)> {
+        let name = safetune_eval::results::aligned_label(defense);
+        if !spec.alignment.full {
+            return Ok((None, vec![dir.join("adapters").join(&name)]));
+        }
+        // A full-parameter alignment's model is not in the results: the stage cache has it
+        // under the key the manifest records.
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).map_err(|e| at(&format!("manifest.json: {e}")))?)
+                .map_err(|e| at(&format!("manifest.json: {e}")))?;
+        let key = manifest["alignment"]["keys"][&name].as_str().ok_or_else(|| at(&format!("manifest.json records no key for `{name}`")))?;
+        let model = crate::fetch::cache_dir().join("aligned").join(&key[..16.min(key.len())]).join("model");
+        if !model.join("model.safetensors").is_file() {
+            return Err(at(&format!("`{name}` was aligned in full and its model is not in the stage cache ({})", model.display())));
+        }
+        Ok((Some(model.display().to_string()), Vec::new()))
+    };
+    let (model, adapter, weights, asked) = if label == "base" {
+        (None, Vec::new(), Vec::new(), Asked::Default)
+    } else if let Some(d) = plan.alignments.iter().find(|d| safetune_eval::results::aligned_label(d.as_deref()) == label) {
+        let (model, adapter) = aligned_dir(d.as_deref())?;
+        (model, adapter, Vec::new(), Asked::Default)
+    } else if let Some(c) = plan.cells.iter().find(|c| c.label == label) {
+        let (model, mut adapter) = aligned_dir(c.align.as_deref())?;
+        let own = dir.join("adapters").join(label);
+        if own.is_dir() {
+            adapter.push(own);
+        }
+        let file = dir.join("weights").join(format!("{label}.safetensors"));
+        let weights = if file.is_file() { vec![file] } else { Vec::new() };
+        if adapter.len() + weights.len() < 1 + usize::from(model.is_none()) {
+            return Err(at(&format!("cell `{label}` has neither an adapter nor a weights file (not finished?)")));
+        }
+        // The member of its stack that acts at inference, with the run's options for it.
+        let mut asked = Asked::Default;
+        for name in &c.defenses {
+            if crate::stack::build_defense(&spec.defense_options, name)?.system_prompt.is_some() {
+                asked = Asked::Defense(name.clone(), spec.defense_options.get(name).cloned());
+            }
+        }
+        (model, adapter, weights, asked)
+    } else {
+        let mut known = vec!["base".to_string()];
+        known.extend(plan.alignments.iter().map(|d| safetune_eval::results::aligned_label(d.as_deref())));
+        known.extend(plan.cells.iter().map(|c| c.label.clone()));
+        return Err(anyhow!("--cell {label}: not a model of {} (one of: {})", dir.display(), known.join(", ")));
+    };
+    Ok(FromRun { model: model.unwrap_or_else(|| spec.model.source.clone()), parts: AddedWeights { adapter, weights }, asked, spec })
+}
+
 /// A comma-separated list with blanks trimmed and empty items dropped.
 fn list(v: &str) -> Vec<String> {
     v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
@@ -119,8 +223,16 @@ fn list(v: &str) -> Vec<String> {
 /// Runs `safetune eval`; returns what to print.
 pub fn main(a: EvalArgs) -> Result<String> {
     let data_dir = a.data_dir.clone().or_else(crate::options::env_data_dir);
-    let (out, name, label, quiet, json, seed, parts) = (a.out, a.name, a.label, a.quiet, a.json, a.seed, a.parts);
-    let asked = match (a.system, a.defense) {
+    let from = match (&a.run, &a.cell) {
+        (Some(dir), Some(cell)) => Some(from_run(dir, cell)?),
+        _ => None,
+    };
+    let (out, name, quiet, json, seed) = (a.out, a.name, a.quiet, a.json, a.seed);
+    let (label, parts) = match (&from, a.cell) {
+        (Some(f), Some(cell)) => (Some(a.label.unwrap_or(cell)), f.parts.clone()),
+        _ => (a.label, a.parts),
+    };
+    let flagged = match (a.system, a.defense) {
         (Some(text), _) => Asked::System(text),
         (None, Some(name)) => {
             let options = match &a.defense_options {
@@ -134,8 +246,12 @@ pub fn main(a: EvalArgs) -> Result<String> {
         }
         (None, None) => Asked::Default,
     };
-    let mut spec_data = crate::spec::DataSpec::default();
-    let mut eval = EvalSpec::default();
+    // From a run: its data, evaluation settings, seed, model and way of asking; the flags left
+    // to the user (sizes, where results go) apply on top.
+    let (mut spec_data, mut eval, seed, model, asked) = match from {
+        Some(f) => (f.spec.data, f.spec.eval, f.spec.seed, f.model, f.asked),
+        None => (crate::spec::DataSpec::default(), EvalSpec::default(), seed, a.model.unwrap_or_default(), flagged),
+    };
     if let Some(t) = a.task {
         spec_data.task = t;
     }
@@ -182,7 +298,6 @@ pub fn main(a: EvalArgs) -> Result<String> {
         set(&mut m.grader_max_tokens, a.grader_max_tokens);
         eval.mt_bench = Some(m);
     }
-    let model = a.model;
     parts.check_present()?;
     let label = label.unwrap_or_else(|| match (parts.weights.last(), parts.adapter.last()) {
         (Some(w), _) => w.file_stem().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "weights".into()),

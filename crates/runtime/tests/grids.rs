@@ -112,6 +112,7 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     };
     let readme = std::fs::read_to_string(run_dir.join("adapters/README.md")).unwrap();
     assert!(readme.contains("add `--defense <name>`"), "the adapters' README says how to ask as BEA does:\n{readme}");
+    assert!(readme.contains("safetune eval --run <this run's directory> --cell <cell>"), "{readme}");
     let with = ev(&["--defense", "bea"], "with");
     assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
     let read = |p: std::path::PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -124,6 +125,54 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     let without = ev(&[], "without");
     assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
     assert_ne!(gens(&d.join("ev/without")), gens(&run_dir), "the trigger must change the prompts");
+    // `--run DIR --cell LABEL` takes all of it from the run: model, adapters, sets, settings, seed
+    // and BEA's way of asking; the same evaluation for a cell, the aligned models and the base.
+    let from = |cell: &str, name: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "--run", run_dir.to_str().unwrap(), "--cell", cell, "--quiet", "--name", name];
+        let out = d.join("ev");
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        safetune(&args, &d.join("cache-ev"))
+    };
+    for (label, models_file) in [
+        ("sft-lora+bea__high-harm", None),
+        ("sft-lora+vaccine+lisa+safelora__high-harm", None),
+        ("aligned+vaccine", Some("aligned+vaccine")),
+        ("base", Some("base")),
+    ] {
+        let name = format!("from-{label}");
+        let r = from(label, &name, &[]);
+        assert!(r.status.success(), "{label}: {}", String::from_utf8_lossy(&r.stderr));
+        let evald: serde_json::Value =
+            serde_json::from_slice(&read(d.join("ev").join(&name).join("models").join(format!("{label}.json")))).unwrap();
+        let expected = match models_file {
+            None => cell(label)["eval"].clone(),
+            Some(m) => serde_json::from_slice(&read(run_dir.join("models").join(format!("{m}.json")))).unwrap(),
+        };
+        assert_eq!(evald, expected, "{label}");
+        let g = |dir: &std::path::Path| read(dir.join("generations").join(label).join("builtin-harmful-eval.jsonl"));
+        assert_eq!(g(&d.join("ev").join(&name)), g(&run_dir), "{label}");
+    }
+    let (here, nowhere, grid) = (run_dir.to_str().unwrap(), d.join("nowhere"), d.join("grid"));
+    std::fs::create_dir_all(grid.join("runs")).unwrap();
+    std::fs::write(grid.join("spec.json"), "{}").unwrap();
+    for (args, needle) in [
+        (vec!["--run", here, "--cell", "sft-lora__benign"], "--cell sft-lora__benign: not a model of"),
+        (vec!["--run", nowhere.to_str().unwrap(), "--cell", "base"], "no spec.json"),
+        (vec!["--run", grid.to_str().unwrap(), "--cell", "base"], "a grid of runs"),
+        (vec!["--run", here, "--cell", "base", "--model", "x"], "--model"),
+        (vec!["--run", here, "--cell", "base", "--defense", "bea"], "--defense"),
+        (vec!["--run", here], "--cell"),
+    ] {
+        let out = d.join("ev");
+        let mut all = vec!["eval", "--name", "bad", "--out", out.to_str().unwrap()];
+        all.extend(args.iter().copied());
+        let bad = safetune(&all, &d.join("cache-ev"));
+        assert_eq!(bad.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!d.join("ev/bad").exists(), "{args:?}: nothing written");
+    }
     // Another trigger through the defense's options: other prompts, recorded in the manifest.
     let short = ev(&["--defense", "bea", "--defense-options", "trigger_tokens = 4"], "short");
     assert!(short.status.success(), "{}", String::from_utf8_lossy(&short.stderr));
