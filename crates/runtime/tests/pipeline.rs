@@ -420,5 +420,28 @@ fn full_parameter_alignment_stores_the_whole_model_and_cells_start_from_it() {
     let log = String::from_utf8_lossy(&r.stderr).to_string();
     assert!(r.status.success() && log.contains("reusing cached alignment"), "{log}");
     assert_eq!(gens("aligned"), std::fs::read(d.join("out2/tiny-full/generations/aligned/builtin-sentiment.jsonl")).unwrap());
+    // `eval --run --cell` finds the whole aligned model in the stage cache (the results hold no
+    // adapter for it): the aligned model and the cell on top of it evaluate as the run did.
+    let run_dir = d.join("out/tiny-full");
+    for label in ["aligned", "sft-lora__benign"] {
+        let ev = d.join("ev");
+        let args = ["eval", "--run", run_dir.to_str().unwrap(), "--cell", label, "--quiet", "--out", ev.to_str().unwrap(), "--name", label];
+        let r = safetune(&args, &d.join("cache"));
+        assert!(r.status.success(), "{label}: {}", String::from_utf8_lossy(&r.stderr));
+        let again = std::fs::read(ev.join(label).join("generations").join(label).join("builtin-sentiment.jsonl")).unwrap();
+        assert_eq!(again, gens(label), "{label}");
+    }
+    // Without the cache, the message says where the whole model was expected.
+    let r = safetune(
+        &["eval", "--run", run_dir.to_str().unwrap(), "--cell", "aligned", "--out", d.join("ev2").to_str().unwrap()],
+        &d.join("empty-cache"),
+    );
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("aligned in full and its model is not in the stage cache"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(!d.join("ev2").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
