@@ -149,6 +149,14 @@ pub trait CausalLm: Send + Sync {
         let _ = shared;
         last_logits_each(self, seqs)
     }
+
+    /// `log p(target)` for each row of `logits` (`[n, vocab]`, `targets` `[n]` u32), `[n]`,
+    /// recorded for backward: what training's losses are made of. An implementation may fuse
+    /// it, and must then give the bits of [`crate::training::target_log_probs_composed`] (the
+    /// default) forward and backward.
+    fn target_log_probs(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        crate::training::target_log_probs_composed(logits, targets)
+    }
 }
 
 /// Next-token logits after each whole sequence, one `forward` per sequence (`[seqs.len(), vocab]`).

@@ -2,7 +2,8 @@
 //! and backward, at SmolLM2-135M's shapes for a batch of 4 × 128 tokens:
 //! grouped-query attention (9 query heads over 3 key/value heads, head size
 //! 64), SwiGLU's gate (1536 wide), RMSNorm (576 wide) and a frozen 576 × 576
-//! linear layer with a LoRA r8 adapter; and the attention of one 512-token
+//! linear layer with a LoRA r8 adapter; the loss's log-probabilities (256 answer
+//! positions over a 49,152-word vocabulary); and the attention of one 512-token
 //! prefill in inference. Random inputs, no model file.
 //! `cargo bench -p safetune-model --bench kernels`.
 
@@ -95,6 +96,21 @@ fn benches(c: &mut Criterion) {
             let delta = (h().matmul(&bb.t().expect("t")).expect("hb") * 2.0).and_then(|d| d.reshape((b, t, dim))).expect("delta");
             step((ops::linear(&x, &w).expect("linear") + delta).expect("sum"), &up)
         })
+    });
+    g.finish();
+
+    // The loss's log-probabilities: 256 answer positions over SmolLM2's 49,152-word vocabulary.
+    let (n, vocab) = (256, 49_152);
+    let logits = var(&[n, vocab], 16);
+    let targets =
+        Tensor::new((0..n as u32).map(|i| (i * 7919) % vocab as u32).collect::<Vec<_>>().as_slice(), &Device::Cpu).expect("targets");
+    let up = random(&[n], 17);
+    let mut g = c.benchmark_group("target log-probs 256 x 49152, forward + backward");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("fused", |bn| bn.iter(|| step(ops::target_log_probs(logits.as_tensor(), &targets).expect("log-probs"), &up)));
+    g.bench_function("composed", |bn| {
+        bn.iter(|| step(safetune_core::training::target_log_probs_composed(logits.as_tensor(), &targets).expect("log-probs"), &up))
     });
     g.finish();
 }

@@ -212,6 +212,11 @@ impl CausalLm for Llama {
         self.last_logits_split(seqs, shared, MIN_PART, true)
     }
 
+    /// One fused op on CPU f32 (`ops::target_log_probs`), the bits of the composition.
+    fn target_log_probs(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        crate::ops::target_log_probs(logits, targets)
+    }
+
     fn generate(&self, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>> {
         crate::generate::generate(self, prompts, params, &|_, _| false)
     }
