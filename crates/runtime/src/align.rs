@@ -8,7 +8,6 @@ use safetune_core::training::{stream, PlainSft};
 use safetune_core::{CausalLm, ExampleKind, Result};
 use safetune_train::{clear_checkpoints, train_stage, StageData, StageRun};
 
-use crate::fetch::cache_dir;
 use crate::hashing::{sha256_json, write_json};
 use crate::output::say;
 use crate::prepare::open_model;
@@ -39,14 +38,11 @@ impl Run<'_> {
         if full {
             key_parts["full"] = true.into();
         }
-        let key = sha256_json(&key_parts)?;
-        let dir = cache_dir().join("aligned").join(&key[..16]);
-        let done = if full { dir.join("model/model.safetensors") } else { dir.join("adapter_model.safetensors") };
-        let cached = done.exists();
-        Ok((Aligned { key, dir, full }, cached))
+        let aligned = Aligned::in_cache(sha256_json(&key_parts)?, full);
+        let cached = aligned.is_cached();
+        Ok((aligned, cached))
     }
 
-    /// The alignment's training settings, with the run's seed.
     /// Whether the aligned model for `defense` (or none) is in the cache already.
     pub(crate) fn alignment_cached(&self, defense: Option<&str>) -> Result<bool> {
         Ok(self.alignment_entry(defense)?.1)
@@ -97,7 +93,7 @@ impl Run<'_> {
         let _ = std::fs::remove_dir_all(&tmp);
         if full {
             model.freeze_all();
-            model.export_hf(&tmp.join("model"))?;
+            model.export_hf(&tmp.join(Aligned::MODEL))?;
         } else {
             safetune_lora::save_peft(&*model, &spec.alignment.lora, &tmp)?;
         }

@@ -175,12 +175,18 @@ fn from_run(dir: &std::path::Path, label: &str) -> Result<FromRun> {
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).map_err(|e| at(&format!("manifest.json: {e}")))?)
                 .map_err(|e| at(&format!("manifest.json: {e}")))?;
-        let key = manifest["alignment"]["keys"][&name].as_str().ok_or_else(|| at(&format!("manifest.json records no key for `{name}`")))?;
-        let model = crate::fetch::cache_dir().join("aligned").join(&key[..16.min(key.len())]).join("model");
-        if !model.join("model.safetensors").is_file() {
-            return Err(at(&format!("`{name}` was aligned in full and its model is not in the stage cache ({})", model.display())));
+        let key = manifest["alignment"]["keys"][&name]
+            .as_str()
+            .filter(|k| k.len() >= 16 && k.chars().all(|c| c.is_ascii_hexdigit()))
+            .ok_or_else(|| at(&format!("manifest.json records no key for `{name}`")))?;
+        let aligned = crate::run::Aligned::in_cache(key.to_string(), true);
+        if !aligned.is_cached() {
+            return Err(at(&format!(
+                "`{name}` was aligned in full and its model is not in the stage cache ({})",
+                aligned.model_dir().display()
+            )));
         }
-        Ok((Some(model.display().to_string()), Vec::new()))
+        Ok((Some(aligned.model_dir().display().to_string()), Vec::new()))
     };
     let (model, adapter, weights, asked) = if label == "base" {
         (None, Vec::new(), Vec::new(), Asked::Default)
@@ -190,14 +196,14 @@ fn from_run(dir: &std::path::Path, label: &str) -> Result<FromRun> {
     } else if let Some(c) = plan.cells.iter().find(|c| c.label == label) {
         let (model, mut adapter) = aligned_dir(c.align.as_deref())?;
         let own = dir.join("adapters").join(label);
+        let file = dir.join("weights").join(format!("{label}.safetensors"));
+        if !own.is_dir() && !file.is_file() {
+            return Err(at(&format!("cell `{label}` has neither an adapter nor a weights file (not finished?)")));
+        }
         if own.is_dir() {
             adapter.push(own);
         }
-        let file = dir.join("weights").join(format!("{label}.safetensors"));
         let weights = if file.is_file() { vec![file] } else { Vec::new() };
-        if adapter.len() + weights.len() < 1 + usize::from(model.is_none()) {
-            return Err(at(&format!("cell `{label}` has neither an adapter nor a weights file (not finished?)")));
-        }
         // The member of its stack that acts at inference, with the run's options for it.
         let mut asked = Asked::Default;
         for name in &c.defenses {

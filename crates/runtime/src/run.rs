@@ -141,7 +141,7 @@ pub(crate) fn method_plan(spec: &RunSpec, method: &str) -> Result<registry::Meth
 pub(crate) fn aligned_model(model_path: &Path, aligned: &Aligned, template: TemplateChoice) -> Result<Box<dyn Checkpoint>> {
     if aligned.full {
         // Full-parameter alignment stores the whole aligned model as a Hugging Face directory.
-        return open_model(&aligned.dir.join("model"), template);
+        return open_model(&aligned.model_dir(), template);
     }
     model_with(model_path, template, &AddedWeights { adapter: vec![aligned.dir.clone()], weights: Vec::new() })
 }
@@ -153,6 +153,27 @@ pub(crate) struct Aligned {
     pub dir: PathBuf,
     /// The directory holds a whole model (`model/`), not a LoRA adapter.
     pub full: bool,
+}
+
+impl Aligned {
+    /// The subdirectory a full-parameter alignment's model is in (a Hugging Face directory).
+    pub(crate) const MODEL: &'static str = "model";
+
+    /// The aligned model of content key `key` (at least 16 characters) in the stage cache.
+    pub(crate) fn in_cache(key: String, full: bool) -> Self {
+        let dir = cache_dir().join("aligned").join(&key[..16]);
+        Self { key, dir, full }
+    }
+
+    /// A full-parameter alignment's model, a Hugging Face directory.
+    pub(crate) fn model_dir(&self) -> PathBuf {
+        self.dir.join(Self::MODEL)
+    }
+
+    /// Whether its files are in the cache.
+    pub(crate) fn is_cached(&self) -> bool {
+        if self.full { self.model_dir().join("model.safetensors") } else { self.dir.join("adapter_model.safetensors") }.exists()
+    }
 }
 
 /// The refusal pairs of an alignment set (the `safety` stream of later stages).
