@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -152,10 +152,10 @@ pub trait CausalLm: Send + Sync {
 
     /// `log p(target)` for each row of `logits` (`[n, vocab]`, `targets` `[n]` u32), `[n]`,
     /// recorded for backward: what training's losses are made of. An implementation may fuse
-    /// it, and must then give the bits of [`crate::training::target_log_probs_composed`] (the
+    /// it, and must then give the bits of [`target_log_probs_composed`] (the
     /// default) forward and backward.
     fn target_log_probs(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        crate::training::target_log_probs_composed(logits, targets)
+        target_log_probs_composed(logits, targets)
     }
 }
 
@@ -174,6 +174,17 @@ pub fn last_logits_each<M: CausalLm + ?Sized>(model: &M, seqs: &[Vec<u32>]) -> R
         crate::anyhow::bail!("next-token logits of no sequence");
     }
     Ok(Tensor::cat(&rows, 0)?)
+}
+
+/// `log p(target)` for each row of `logits` (`[n, vocab]`, `targets` `[n]` u32) as candle ops:
+/// `x_t − (log Σ exp(x − max) + max)`, the max detached. [`CausalLm::target_log_probs`]'s
+/// default, and the reference a fused kernel must equal bit for bit.
+pub fn target_log_probs_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let lse = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&max)?;
+    let picked = logits.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok((picked - lse)?.squeeze(1)?)
 }
 
 /// `settled(i, ids)`: whether prompt `i`'s completion so far (`ids`) may end here.

@@ -2,7 +2,7 @@
 //! the next batches of named data streams into one loss; the trainer owns
 //! the optimiser, schedule, clipping, accumulation and checkpoints.
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var};
 
 use crate::model::{ForwardRequest, Perturbation, PerturbationSite};
 
@@ -172,17 +172,6 @@ pub fn response_log_probs(
     })?;
     let targets = batch.targets.flatten_all()?.index_select(&idx, 0)?;
     Ok((model.target_log_probs(&out.logits, &targets)?, out.hidden))
-}
-
-/// `log p(target)` for each row of `logits` (`[n, vocab]`, `targets` `[n]` u32) as candle ops:
-/// `x_t − (log Σ exp(x − max) + max)`, the max detached. [`CausalLm::target_log_probs`]'s
-/// default, and the reference a fused kernel must equal bit for bit.
-pub fn target_log_probs_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(DType::F32)?;
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let lse = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&max)?;
-    let picked = logits.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok((picked - lse)?.squeeze(1)?)
 }
 
 /// For every response token of `batch` (the order of [`response_log_probs`]), its index within

@@ -110,7 +110,7 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("fused", |bn| bn.iter(|| step(ops::target_log_probs(logits.as_tensor(), &targets).expect("log-probs"), &up)));
     g.bench_function("composed", |bn| {
-        bn.iter(|| step(safetune_core::training::target_log_probs_composed(logits.as_tensor(), &targets).expect("log-probs"), &up))
+        bn.iter(|| step(safetune_core::model::target_log_probs_composed(logits.as_tensor(), &targets).expect("log-probs"), &up))
     });
     g.finish();
 }

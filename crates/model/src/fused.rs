@@ -434,7 +434,7 @@ impl CustomOp2 for SwiGlu {
 }
 
 /// `log p(target)` per row of logits `[n, vocab]`: `x_t − (ln Σ_j e^{x_j − m} + m)`, `m` the
-/// row's maximum — the bits of `safetune_core::training::target_log_probs_composed`, forward
+/// row's maximum — the bits of `safetune_core::model::target_log_probs_composed`, forward
 /// and backward, without its `[n, vocab]` intermediates (the shifted logits, their
 /// exponentials, and in backward a zero tensor and a sum per node of that chain: about a
 /// dozen passes over 50 MB at 256 answer tokens of a 49,152-word vocabulary). Every step is
@@ -617,7 +617,7 @@ mod tests {
         up[3] = -0.0;
         let up = Tensor::new(up.as_slice(), &Device::Cpu).unwrap();
         let fused = crate::ops::target_log_probs(x.as_tensor(), &t).unwrap();
-        let composed = safetune_core::training::target_log_probs_composed(x.as_tensor(), &t).unwrap();
+        let composed = safetune_core::model::target_log_probs_composed(x.as_tensor(), &t).unwrap();
         let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&fused), bits(&composed), "forward");
         let g1 = (&fused * &up).unwrap().sum_all().unwrap().backward().unwrap();

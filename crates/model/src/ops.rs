@@ -44,13 +44,13 @@ pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor
 
 /// `log p(target)` per row of `logits` `[n, vocab]` (`targets` `[n]` u32): the fused kernel on
 /// CPU f32 ([`crate::fused::TargetLogProbs`], the same bits), else the composition
-/// (`safetune_core::training::target_log_probs_composed`).
+/// (`safetune_core::model::target_log_probs_composed`).
 pub fn target_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if fusable(logits) && logits.rank() == 2 {
         let targets: Vec<u32> = targets.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
         return Ok(logits.apply_op1(crate::fused::TargetLogProbs { targets })?);
     }
-    safetune_core::training::target_log_probs_composed(logits, targets)
+    safetune_core::model::target_log_probs_composed(logits, targets)
 }
 
 /// Softmax over the last dimension: the fused kernel on CPU f32, else the composition.
