@@ -167,10 +167,7 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
         let out = d.join("ev");
         let mut all = vec!["eval", "--name", "bad", "--out", out.to_str().unwrap()];
         all.extend(args.iter().copied());
-        let bad = safetune(&all, &d.join("cache-ev"));
-        assert_eq!(bad.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&bad.stderr);
-        assert!(err.contains(needle), "{args:?}: {err}");
+        common::refused(&safetune(&all, &d.join("cache-ev")), needle);
         assert!(!d.join("ev/bad").exists(), "{args:?}: nothing written");
     }
     // Another trigger through the defense's options: other prompts, recorded in the manifest.
@@ -236,12 +233,7 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
         &["run", spec.to_str().unwrap(), "--overlay", d.join("bad.toml").to_str().unwrap(), "--out", out.to_str().unwrap()],
         &d.join("cache"),
     );
-    assert_eq!(r.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&r.stderr).contains("`lisa` and `ldifs` both give the fine-tuning objective"),
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    common::refused(&r, "`lisa` and `ldifs` both give the fine-tuning objective");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -363,9 +355,7 @@ fn post_tuning_repairs_reuse_the_undefended_cells_training() {
         [(&bad_shape, "`model.norm.weight` has shape [3, 5]"), (&unknown, "`model.colour` is not a weight"), (&junk, "junk.safetensors")]
     {
         let bad = ev("sft-lora+safelora__high-harm", &["--weights".into(), file.to_str().unwrap().into()], "bad");
-        assert_eq!(bad.status.code(), Some(2), "{needle}");
-        let err = String::from_utf8_lossy(&bad.stderr);
-        assert!(err.trim().lines().count() == 1 && err.contains("--weights") && err.contains(needle), "{needle}: {err}");
+        assert!(common::refused(&bad, needle).contains("--weights"), "{needle}");
         assert!(!d.join("ev/bad").exists(), "nothing written for a refused weights file");
     }
     // Trained afresh (another cache, no undefended cell in the grid): the same repaired cells.

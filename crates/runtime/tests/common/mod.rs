@@ -90,6 +90,16 @@ pub fn safetune(args: &[&str], cache: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Asserts that a command was refused as bad input: exit code 2 and one line on stderr that
+/// contains `needle`. Returns that line.
+#[allow(dead_code)]
+pub fn refused(out: &std::process::Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(2), "{needle}: {err}");
+    assert!(err.lines().count() == 1 && err.contains(needle), "{needle}: {err}");
+    err
+}
+
 /// As [`safetune`], with `RUST_LOG` set.
 pub fn safetune_logged(args: &[&str], cache: &Path, rust_log: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_safetune"))
