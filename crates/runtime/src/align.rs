@@ -15,11 +15,18 @@ use crate::run::{describe, make_trainable, Aligned, Run};
 use crate::spec::TemplateChoice;
 use crate::stack::{build_defense, resolved_options};
 
+/// The alignment-stage defense whose objective trains an aligned model: the stack's own, else
+/// the run's `alignment.objective`, else none (plain supervised fine-tuning).
+fn objective<'a>(spec: &'a crate::spec::RunSpec, stack: Option<&'a str>) -> Option<&'a str> {
+    stack.or(spec.alignment.objective.as_deref())
+}
+
 impl Run<'_> {
     /// The cache key and directory of the aligned model for an alignment-stage defense (or
     /// none), and whether that model is already there.
     fn alignment_entry(&self, defense: Option<&str>) -> Result<(Aligned, bool)> {
         let spec = self.spec;
+        let defense = objective(spec, defense);
         let train_cfg = self.spec.alignment_stage_train();
         let mut key_parts = serde_json::json!({
             "model": self.model_sha, "lora": spec.alignment.lora, "train": train_cfg,
@@ -52,6 +59,7 @@ impl Run<'_> {
     pub(crate) fn aligned(&mut self, defense: Option<&str>) -> Result<Aligned> {
         let spec = self.spec;
         let (Aligned { key, dir, full }, cached) = self.alignment_entry(defense)?;
+        let defense = objective(spec, defense);
         let train_cfg = self.spec.alignment_stage_train();
         let label = match defense {
             Some(d) => format!("align+{d}"),

@@ -328,6 +328,7 @@ pub fn main(a: EvalArgs) -> Result<String> {
             benign_lookalikes: 0,
             task_examples: 0,
             full: false,
+            objective: None,
             train: Default::default(),
             lora: Default::default(),
         },

@@ -615,3 +615,50 @@ fn grids_run_apart_merge_into_the_report_of_one_run() {
     assert!(std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".partial-")));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn an_alignment_objective_trains_the_runs_own_aligned_model_with_a_defense() {
+    // `alignment.objective = "booster"`: the run's aligned model is Booster's, the very model a
+    // stack naming Booster aligns with (one content key, trained once); a defense without an
+    // alignment objective is refused by name.
+    let d = tmp("objective");
+    let spec = tiny_spec(&d);
+    let overlay = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let booster = overlay(
+        "booster.toml",
+        "name = \"tiny-objective\"\n[alignment]\nobjective = \"booster\"\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\ndefenses = [[], [\"booster\"]]\n",
+    );
+    let out = d.join("out");
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", booster.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &d.join("cache"),
+    );
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert_eq!(log.matches("[align+booster] 16 examples").count(), 1, "trained once:\n{log}");
+    assert!(log.contains("reusing cached alignment"), "{log}");
+    let cell = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("tiny-objective/cells").join(format!("{name}.json"))).unwrap()).unwrap()
+    };
+    assert_eq!(cell("sft-lora__high-harm")["aligned_key"], cell("sft-lora+booster__high-harm")["aligned_key"]);
+    // Plain alignment is another model.
+    let plain = overlay("plain.toml", "name = \"tiny-plain\"\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\n");
+    let r =
+        safetune(&["run", spec.to_str().unwrap(), "--overlay", plain.to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let plain_key: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("tiny-plain/cells/sft-lora__high-harm.json")).unwrap())
+            .unwrap()["aligned_key"]
+            .clone();
+    assert_ne!(plain_key, cell("sft-lora__high-harm")["aligned_key"]);
+    let lisa = overlay("lisa.toml", "name = \"tiny-lisa\"\n[alignment]\nobjective = \"lisa\"\n");
+    let r =
+        safetune(&["run", spec.to_str().unwrap(), "--overlay", lisa.to_str().unwrap(), "--out", out.to_str().unwrap()], &d.join("cache"));
+    common::refused(&r, "alignment.objective: `lisa` has no alignment objective");
+    assert!(!out.join("tiny-lisa").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -128,6 +128,12 @@ pub struct AlignmentStage {
     /// model is cached whole (~540 MB in f32 for 135M) instead of as an adapter.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub full: bool,
+    /// An alignment-stage defense whose objective trains the run's own aligned model instead
+    /// of plain supervised fine-tuning (`booster`, `vaccine`, `t-vaccine`, `repnoise`; its
+    /// options from `[defense_options.NAME]`). A stack that names its own alignment-stage
+    /// defense still aligns with that one. Omit for plain alignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<String>,
     #[serde(default)]
     pub train: TrainConfig,
     #[serde(default)]
@@ -258,8 +264,14 @@ impl RunSpec {
         if self.finetune.defenses.is_empty() {
             bail!("finetune.defenses: list at least one stack (`[]` for no defense)");
         }
+        if let Some(name) = &self.alignment.objective {
+            let plan = crate::stack::build_defense(&self.defense_options, name).map_err(|e| anyhow!("alignment.objective: {e}"))?;
+            if plan.align_step.is_none() {
+                bail!("alignment.objective: `{name}` has no alignment objective (it acts in another stage)");
+            }
+        }
         for name in self.defense_options.keys() {
-            if !self.finetune.defenses.iter().flatten().any(|d| d == name) {
+            if !self.finetune.defenses.iter().flatten().any(|d| d == name) && self.alignment.objective.as_ref() != Some(name) {
                 bail!("defense_options.{name}: `{name}` is in no stack of finetune.defenses");
             }
         }
