@@ -17,7 +17,7 @@ use crate::stack::{build_defense, resolved_options};
 
 /// The alignment-stage defense whose objective trains an aligned model: the stack's own, else
 /// the run's `alignment.objective`, else none (plain supervised fine-tuning).
-fn objective<'a>(spec: &'a crate::spec::RunSpec, stack: Option<&'a str>) -> Option<&'a str> {
+pub(crate) fn objective<'a>(spec: &'a crate::spec::RunSpec, stack: Option<&'a str>) -> Option<&'a str> {
     stack.or(spec.alignment.objective.as_deref())
 }
 

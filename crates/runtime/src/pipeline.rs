@@ -203,15 +203,22 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
     // processes side by side, one per model dealt round-robin; the loop below then finds
     // them in the cache.
+    // Aligned models that train with the same objective (a stack naming `alignment.objective`'s
+    // defense) share a content key: one worker takes them together, so it trains once.
     if opts.jobs > 1 && !opts.is_worker() {
-        let mut pending = Vec::new();
+        let mut pending: Vec<(Option<&str>, Vec<String>)> = Vec::new();
         for d in &plan.alignments {
             if !r.alignment_cached(d.as_deref())? {
-                pending.push(vec![align_label(d)]);
+                let objective = crate::align::objective(spec, d.as_deref());
+                match pending.iter_mut().find(|(o, _)| *o == objective) {
+                    Some((_, labels)) => labels.push(align_label(d)),
+                    None => pending.push((objective, vec![align_label(d)])),
+                }
             }
         }
-        if pending.len() > 1 {
-            crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, crate::jobs::WorkerKind::Alignments, &pending)?;
+        let groups: Vec<Vec<String>> = pending.into_iter().map(|(_, labels)| labels).collect();
+        if groups.len() > 1 {
+            crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, crate::jobs::WorkerKind::Alignments, &groups)?;
         }
     }
     let mut aligned: BTreeMap<Option<String>, Aligned> = BTreeMap::new();

@@ -645,6 +645,17 @@ fn an_alignment_objective_trains_the_runs_own_aligned_model_with_a_defense() {
         serde_json::from_str(&std::fs::read_to_string(out.join("tiny-objective/cells").join(format!("{name}.json"))).unwrap()).unwrap()
     };
     assert_eq!(cell("sft-lora__high-harm")["aligned_key"], cell("sft-lora+booster__high-harm")["aligned_key"]);
+    // With --jobs 2 (another cache) the two labels go to one worker: still one training, the
+    // same results.
+    let outj = d.join("outj");
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", booster.to_str().unwrap(), "--out", outj.to_str().unwrap(), "--jobs", "2"],
+        &d.join("cachej"),
+    );
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert_eq!(log.matches("[align+booster] 16 examples").count(), 1, "trained once:\n{log}");
+    assert_eq!(files(&outj.join("tiny-objective")), files(&out.join("tiny-objective")));
     // Plain alignment is another model.
     let plain = overlay("plain.toml", "name = \"tiny-plain\"\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\n");
     let r =
