@@ -234,9 +234,10 @@ pub fn main(a: EvalArgs) -> Result<String> {
         _ => None,
     };
     let (out, name, quiet, json, seed) = (a.out, a.name, a.quiet, a.json, a.seed);
-    let (label, parts) = match (&from, a.cell) {
-        (Some(f), Some(cell)) => (Some(a.label.unwrap_or(cell)), f.parts.clone()),
-        _ => (a.label, a.parts),
+    // From a run, the label defaults to the model's (`--cell`).
+    let (label, parts) = match &from {
+        Some(f) => (a.label.or(a.cell), f.parts.clone()),
+        None => (a.label, a.parts),
     };
     let flagged = match (a.system, a.defense) {
         (Some(text), _) => Asked::System(text),

@@ -201,10 +201,9 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let plan = RunPlan::of(spec)?;
     let align_label = |d: &Option<String>| crate::results::aligned_label(d.as_deref());
     // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
-    // processes side by side, one per model dealt round-robin; the loop below then finds
-    // them in the cache.
-    // Aligned models that train with the same objective (a stack naming `alignment.objective`'s
-    // defense) share a content key: one worker takes them together, so it trains once.
+    // processes side by side, the loop below then finding them in the cache. Models that train
+    // with the same objective (a stack naming `alignment.objective`'s defense) share a content
+    // key, so they go to one worker together and train once.
     if opts.jobs > 1 && !opts.is_worker() {
         let mut pending: Vec<(Option<&str>, Vec<String>)> = Vec::new();
         for d in &plan.alignments {

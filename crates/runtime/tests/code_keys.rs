@@ -14,6 +14,18 @@ fn workspace() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A fresh directory under the system's temp dir holding `files` (path, contents).
+fn source_tree(name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("safetune-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    for (path, text) in files {
+        let p = d.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    d
+}
+
 #[test]
 fn the_build_hashed_these_sources() {
     let built = CodeKeys::built();
@@ -50,13 +62,7 @@ fn every_listed_source_exists_and_every_crate_is_placed() {
 
 #[test]
 fn a_changed_file_changes_the_hash_and_an_unlisted_one_does_not() {
-    let d = std::env::temp_dir().join(format!("safetune-codehash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("a/src/inner")).unwrap();
-    std::fs::create_dir_all(d.join("b")).unwrap();
-    std::fs::write(d.join("a/src/lib.rs"), "fn f() {}").unwrap();
-    std::fs::write(d.join("a/src/inner/m.rs"), "fn g() {}").unwrap();
-    std::fs::write(d.join("b/other.rs"), "fn h() {}").unwrap();
+    let d = source_tree("codehash", &[("a/src/lib.rs", "fn f() {}"), ("a/src/inner/m.rs", "fn g() {}"), ("b/other.rs", "fn h() {}")]);
     let h = || hash_sources(&d, &["a/src", "one.rs"]).unwrap();
     let first = h();
     assert_eq!(first, h());
@@ -118,12 +124,11 @@ fn comments_docs_and_tests_do_not_enter_the_hash_and_literals_do() {
     // A lifetime does not start a char literal that would swallow a comment after it.
     assert_eq!(strip("fn f<'a>() {} // c"), "fn f<'a>() {} ");
 
-    let d = std::env::temp_dir().join(format!("safetune-codehash-c-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("c/src")).unwrap();
+    let d = source_tree(
+        "codehash-c",
+        &[("c/src/lib.rs", "/// Adds.\nfn add(a: u8) -> u8 { a + 1 } // one\n"), ("c/Cargo.toml", "[package]\nname = \"c\"\n")],
+    );
     std::fs::create_dir_all(d.join("c/tests")).unwrap();
-    std::fs::write(d.join("c/src/lib.rs"), "/// Adds.\nfn add(a: u8) -> u8 { a + 1 } // one\n").unwrap();
-    std::fs::write(d.join("c/Cargo.toml"), "[package]\nname = \"c\"\n").unwrap();
     let h = || hash_sources(&d, &["c"]).unwrap();
     let first = h();
     std::fs::write(d.join("c/src/lib.rs"), "/// Adds one.\nfn add(a: u8) -> u8 { a + 1 } // the increment\n").unwrap();
