@@ -122,6 +122,40 @@ pub fn gradients_of<'a>(loss: &Tensor, vars: impl IntoIterator<Item = &'a Var>) 
     vars.into_iter().map(|v| Ok(grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)?.detach())).collect()
 }
 
+/// A term whose value is exactly zero and whose gradient with respect to each of `params` is
+/// the matching tensor of `grads` (same order and shapes): added to a loss, it applies a
+/// gradient computed by an earlier backward pass, whose graph is already freed. `None` when
+/// `params` is empty.
+pub fn zero_valued_gradient(params: &[(String, Var)], grads: &[Tensor]) -> Result<Option<Tensor>> {
+    if params.len() != grads.len() {
+        anyhow::bail!("zero_valued_gradient: {} parameters but {} gradients", params.len(), grads.len());
+    }
+    let mut linear: Option<Tensor> = None;
+    for ((_, v), g) in params.iter().zip(grads) {
+        let term = (g.detach() * v.as_tensor())?.sum_all()?;
+        linear = Some(match linear {
+            None => term,
+            Some(acc) => (acc + term)?,
+        });
+    }
+    Ok(match linear {
+        Some(linear) => Some((&linear - linear.detach())?),
+        None => None,
+    })
+}
+
+/// `loss` with its backward pass taken now: a tensor of the same value and the same gradient
+/// with respect to `params`, holding none of the forward pass's activations (freed on return).
+/// A step whose loss adds parts that each run the model (RepNoise: the alignment batch and the
+/// harmful batch) then keeps one part's activations alive at a time instead of all of them.
+pub fn backward_now(loss: &Tensor, params: &[(String, Var)]) -> Result<Tensor> {
+    let grads = gradients_of(loss, params.iter().map(|(_, v)| v))?;
+    Ok(match zero_valued_gradient(params, &grads)? {
+        Some(term) => (loss.detach() + term)?,
+        None => loss.detach(),
+    })
+}
+
 /// The L2 norm of all `tensors` taken together (per-tensor sums of squares added in f64).
 pub fn global_norm(tensors: &[Tensor]) -> Result<f64> {
     let mut sq = 0.0;
@@ -189,4 +223,57 @@ pub fn response_offsets(batch: &TokenBatch) -> Result<Vec<usize>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn params() -> Vec<(String, Var)> {
+        let dev = Device::Cpu;
+        vec![
+            ("a".into(), Var::new(&[0.3f32, -1.2, 2.0], &dev).unwrap()),
+            ("b".into(), Var::new(&[[0.5f32, 0.25], [-0.75, 1.5]], &dev).unwrap()),
+        ]
+    }
+
+    /// Two losses that share both parameters, as a step's parts share the model.
+    fn parts(p: &[(String, Var)]) -> (Tensor, Tensor) {
+        let (a, b) = (p[0].1.as_tensor(), p[1].1.as_tensor());
+        let f = ((a.sqr().unwrap().sum_all().unwrap() * 3.0).unwrap() + b.exp().unwrap().sum_all().unwrap()).unwrap();
+        let h = (a.sin().unwrap().sum_all().unwrap() * b.sqr().unwrap().sum_all().unwrap()).unwrap();
+        (f, h)
+    }
+
+    fn grads(loss: &Tensor, p: &[(String, Var)]) -> Vec<Vec<f32>> {
+        gradients_of(loss, p.iter().map(|(_, v)| v)).unwrap().iter().map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    }
+
+    #[test]
+    fn backward_now_keeps_the_value_and_the_gradient() {
+        let p = params();
+        let (f, h) = parts(&p);
+        let joint = (&f + &h).unwrap();
+        let split = (backward_now(&f, &p).unwrap() + &h).unwrap();
+        assert_eq!(joint.to_scalar::<f32>().unwrap(), split.to_scalar::<f32>().unwrap());
+        assert_eq!(grads(&joint, &p), grads(&split, &p));
+        // Without the gradient term the split loss would train on `h` alone.
+        let h_only = grads(&(f.detach() + &h).unwrap(), &p);
+        assert_ne!(grads(&split, &p), h_only);
+    }
+
+    #[test]
+    fn a_zero_valued_gradient_term_applies_the_given_gradient() {
+        let p = params();
+        let g = vec![
+            Tensor::new(&[1.0f32, 2.0, -3.0], &Device::Cpu).unwrap(),
+            Tensor::new(&[[0.5f32, 0.0], [4.0, -1.0]], &Device::Cpu).unwrap(),
+        ];
+        let term = zero_valued_gradient(&p, &g).unwrap().unwrap();
+        assert_eq!(term.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(grads(&term, &p), vec![vec![1.0, 2.0, -3.0], vec![0.5, 0.0, 4.0, -1.0]]);
+        assert!(zero_valued_gradient(&p, &g[..1]).is_err());
+        assert!(zero_valued_gradient(&[], &[]).unwrap().is_none());
+    }
 }

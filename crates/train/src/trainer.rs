@@ -192,7 +192,8 @@ fn streams_of(model: &dyn CausalLm, data: &StageData, cfg: &TrainConfig) -> Resu
 }
 
 /// Runs `f` with a step context over `model` and the streams of `data` (batched as `cfg`
-/// says), training nothing: what a post-tuning repair gets to score weights on data.
+/// says), training nothing: what a post-tuning repair gets to score weights on data. Its
+/// `params` are the model's trainable tensors, as a training stage's are.
 pub fn with_context<R>(
     model: &dyn CausalLm,
     reference: Option<&dyn CausalLm>,
@@ -201,7 +202,7 @@ pub fn with_context<R>(
     f: impl FnOnce(&mut dyn StepContext) -> Result<R>,
 ) -> Result<R> {
     let (streams, _) = streams_of(model, data, cfg)?;
-    let mut ctx = Ctx { model, reference, params: Vec::new(), streams, step: 0, total: 0, tokens: 0 };
+    let mut ctx = Ctx { model, reference, params: model.trainable(), streams, step: 0, total: 0, tokens: 0 };
     f(&mut ctx)
 }
 

@@ -16,7 +16,7 @@
 use candle_core::{DType, Tensor};
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::defense::{Defense, DefensePlan};
-use safetune_core::training::{global_norm, gradients_of, stream, StepContext, TrainStep};
+use safetune_core::training::{global_norm, gradients_of, stream, zero_valued_gradient, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -99,17 +99,11 @@ impl TrainStep for Booster {
         self.last_drop = Some((before, after));
         // f(w) plus a term whose value is zero and whose gradient is λ·(∇h(w) − ∇h(w')).
         let f = ctx.lm_loss(&batch, None, false)?.0;
-        let mut linear: Option<Tensor> = None;
-        for (((_, v), a), b) in params.iter().zip(&g).zip(&g_shifted) {
-            let term = ((a - b)? * v.as_tensor())?.sum_all()?;
-            linear = Some(match linear {
-                None => term,
-                Some(acc) => (acc + term)?,
-            });
-        }
-        let Some(linear) = linear else { return Ok(f) };
-        let zero_valued = ((&linear - linear.detach())? * self.options.lambda)?;
-        Ok((f + zero_valued)?)
+        let diff = g.iter().zip(&g_shifted).map(|(a, b)| Ok(((a - b)? * self.options.lambda)?)).collect::<Result<Vec<_>>>()?;
+        Ok(match zero_valued_gradient(&params, &diff)? {
+            Some(term) => (f + term)?,
+            None => f,
+        })
     }
 }
 

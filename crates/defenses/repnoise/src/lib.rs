@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor, D};
 use safetune_core::anyhow::{anyhow, bail};
 use safetune_core::defense::{Defense, DefensePlan};
 use safetune_core::rng::SeededRng;
-use safetune_core::training::{stream, StepContext, TrainStep};
+use safetune_core::training::{backward_now, stream, StepContext, TrainStep};
 use safetune_core::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,9 @@ impl TrainStep for RepNoise {
         if self.options.alpha == 0.0 && self.options.beta == 0.0 {
             return Ok(retain);
         }
+        // The alignment batch's backward pass now, before the harmful batch's forward pass: one
+        // pass's activations alive at a time (the same value and gradient; half the peak).
+        let retain = backward_now(&retain, ctx.params())?;
         let harmful = ctx.next_batch(stream::HARMFUL)?.ok_or_else(|| {
             anyhow!("repnoise: no `harmful` stream (it needs harmful pairs that no attack variant draws: raise the harmful pool)")
         })?;

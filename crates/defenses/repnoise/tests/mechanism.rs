@@ -102,6 +102,37 @@ fn zero_weights_are_plain_sft_and_the_terms_change_training() {
 }
 
 #[test]
+fn the_step_gradient_is_the_joint_losss_though_its_parts_run_backward_apart() {
+    // The alignment batch's backward pass runs before the harmful batch's forward pass
+    // (backward_now: half the peak memory); the gradient must be that of the loss as one graph.
+    use safetune_core::training::gradients_of;
+    let grads = |f: &mut dyn FnMut(&mut dyn StepContext) -> Result<Tensor>| {
+        let model = lora_model();
+        let cfg = TrainConfig { batch_size: 2, max_len: 256, ..Default::default() };
+        with_context(&model, None, &streams(), &cfg, |ctx| {
+            let loss = f(ctx)?;
+            let value = scalar(&loss);
+            let g = gradients_of(&loss, ctx.params().iter().map(|(_, v)| v))?;
+            Ok((value, g.iter().flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect::<Vec<f32>>()))
+        })
+        .unwrap()
+    };
+    let mut step = RepNoise::new(RepNoiseOptions { alpha: 0.7, beta: 0.0, seed: 0 }).unwrap();
+    let split = grads(&mut |ctx| step.loss(ctx));
+    let joint = grads(&mut |ctx| {
+        let t = ctx.next_batch(stream::TASK)?.unwrap();
+        let h = ctx.next_batch(stream::HARMFUL)?.unwrap();
+        let retain = ctx.lm_loss(&t, None, false)?.0;
+        let harm = ctx.lm_loss(&h, None, false)?.0;
+        Ok((retain - ((harm + 1.0)?.log()? * 0.7)?)?)
+    });
+    assert_eq!(split.0, joint.0, "the loss's value");
+    assert!(split.1.iter().any(|g| *g != 0.0));
+    let worst = split.1.iter().zip(&joint.1).map(|(a, b)| (a - b).abs() / b.abs().max(1e-6)).fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "largest relative gradient difference {worst}");
+}
+
+#[test]
 fn defaults_and_bad_options() {
     use safetune_core::defense::Defense;
     assert_eq!(RepNoiseOptions::default(), RepNoiseOptions { alpha: 1.0, beta: 0.001, seed: 0 });
