@@ -220,6 +220,41 @@ consistency_sets = []
     for dir in dirs {
         assert_eq!(files(&d.join("offline").join(dir)), files(&d.join("online").join(dir)), "{dir}");
     }
+    // One cell evaluated again from the offline run's directory (`eval --run`): its data come
+    // from the same source, the Hub mirror's cache, offline; the same evaluation and answers.
+    // Its stage and evaluation caches are empty (nothing is reused); the downloads are not.
+    let run_dir = d.join("offline/standard/runs/sst2-s7");
+    let cell = "sft-lora__high-harm";
+    copy_dir(&d.join("cache/github"), &d.join("cache-ev/github"));
+    let r = Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args(["eval", "--run", run_dir.to_str().unwrap(), "--cell", cell, "--quiet", "--name", "again"])
+        .args(["--out", d.join("ev").to_str().unwrap()])
+        .env("SAFETUNE_CACHE", d.join("cache-ev"))
+        .env("HF_HUB_CACHE", d.join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("SAFETUNE_GITHUB_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("SAFETUNE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json = |p: std::path::PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap() };
+    let again = d.join("ev/again");
+    assert_eq!(json(again.join(format!("models/{cell}.json"))), json(run_dir.join(format!("cells/{cell}.json")))["eval"]);
+    let gens = |dir: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join("generations").join(cell))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(!gens(&run_dir).is_empty());
+    assert_eq!(gens(&again), gens(&run_dir), "the cell's answers");
+    assert_eq!(server.requests(), n_files, "eval --run asks the mirror nothing");
     // A set with no download source is named before anything downloads.
     std::fs::write(d.join("cats.toml"), "[data]\nsafety_evals = [\"advbench-test\", \"beavertails-categories\"]\n").unwrap();
     let r = Command::new(env!("CARGO_BIN_EXE_safetune"))
@@ -247,6 +282,19 @@ consistency_sets = []
     assert_eq!(server.requests(), n_files, "nothing was downloaded");
     assert!(!d.join("cats").exists());
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Copies a directory tree.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
 
 /// The `paper` preset (SafeTuneBed's n = 5000 per variant, data from the Hub) plans its whole
