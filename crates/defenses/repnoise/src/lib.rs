@@ -111,7 +111,7 @@ impl TrainStep for RepNoise {
             return Ok(retain);
         }
         // The alignment batch's backward pass now, before the harmful batch's forward pass: one
-        // pass's activations alive at a time (the same value and gradient; half the peak).
+        // pass's activations alive at a time instead of two (the same value and gradient; README).
         let retain = backward_now(&retain, ctx.params())?;
         let harmful = ctx.next_batch(stream::HARMFUL)?.ok_or_else(|| {
             anyhow!("repnoise: no `harmful` stream (it needs harmful pairs that no attack variant draws: raise the harmful pool)")

@@ -104,7 +104,7 @@ fn zero_weights_are_plain_sft_and_the_terms_change_training() {
 #[test]
 fn the_step_gradient_is_the_joint_gradient_though_its_parts_run_backward_apart() {
     // The alignment batch's backward pass runs before the harmful batch's forward pass
-    // (backward_now: half the peak memory); the gradient must be that of the loss as one graph.
+    // (backward_now: one pass's activations alive at a time); the gradient must be that of the loss as one graph.
     use safetune_core::training::gradients_of;
     let grads = |f: &mut dyn FnMut(&mut dyn StepContext) -> Result<Tensor>| {
         let model = lora_model();
