@@ -374,9 +374,24 @@ pub fn evaluate_resumable(
                     ),
                 }
             }
+            let by_category = refusal_per_category(&recs, &verdicts, seed);
             records.push((name.clone(), recs));
-            Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty })
+            Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty, by_category })
         })?;
+        let mut result = result;
+        if result.by_category.is_empty() {
+            // A part stored before answers carried their prompt's type: the types from the set,
+            // the verdicts from the stored answers.
+            if let Some((_, recs)) = records.iter_mut().rev().find(|(n, _)| n == name) {
+                let types: std::collections::HashMap<&str, Option<String>> =
+                    set.iter().map(|e| (e.id.as_str(), record_category(e))).collect();
+                for r in recs.iter_mut().filter(|r| r.category.is_none()) {
+                    r.category = types.get(r.id.as_str()).cloned().flatten();
+                }
+                let verdicts: Vec<Verdict> = recs.iter().map(|r| verdict_of(&r.verdict)).collect::<Option<_>>().unwrap_or_default();
+                result.by_category = refusal_per_category(recs, &verdicts, seed);
+            }
+        }
         over_refusal.push(result);
     }
     let task = limit(inputs.task, spec.task_limit);
@@ -480,13 +495,34 @@ pub fn times_json(times: &MetricTimes) -> serde_json::Value {
 
 /// ASR per harm category, when the set's prompts carry one.
 pub fn per_category(recs: &[GenRecord], verdicts: &[Verdict], seed: u64) -> Vec<Named> {
+    grouped(recs, verdicts, |v| safetune_metrics::asr_of(v, seed).0)
+}
+
+/// The share refused per prompt type, when the set's prompts carry one.
+pub fn refusal_per_category(recs: &[GenRecord], verdicts: &[Verdict], seed: u64) -> Vec<Named> {
+    grouped(recs, verdicts, |v| refusal_rate_of(v, seed).0)
+}
+
+/// `rate` of each category's verdicts (records without a category left out), categories in
+/// name order.
+fn grouped(recs: &[GenRecord], verdicts: &[Verdict], rate: impl Fn(&[Verdict]) -> Estimate) -> Vec<Named> {
     let mut by: std::collections::BTreeMap<&str, Vec<Verdict>> = std::collections::BTreeMap::new();
     for (r, v) in recs.iter().zip(verdicts) {
         if let Some(c) = &r.category {
             by.entry(c.as_str()).or_default().push(*v);
         }
     }
-    by.into_iter().map(|(c, v)| Named { name: c.to_string(), estimate: safetune_metrics::asr_of(&v, seed).0 }).collect()
+    by.into_iter().map(|(c, v)| Named { name: c.to_string(), estimate: rate(&v) }).collect()
+}
+
+/// The category a record of `e`'s answer carries: a harmful prompt's `category`, a benign
+/// prompt's `type` (XSTest) or else `category`; none for other kinds.
+fn record_category(e: &Example) -> Option<String> {
+    match e.kind {
+        safetune_core::ExampleKind::Harmful => e.meta.get("category").cloned(),
+        safetune_core::ExampleKind::Benign => e.meta.get("type").or_else(|| e.meta.get("category")).cloned(),
+        _ => None,
+    }
 }
 
 /// Answers to a set with the given decoding, judged; records carry the example
@@ -523,7 +559,7 @@ fn judged_answers_in(
             id: format!("{}{id_suffix}", e.id),
             response: r,
             verdict: verdict_name(j.verdict).into(),
-            category: e.meta.get("category").filter(|_| e.kind == safetune_core::ExampleKind::Harmful).cloned(),
+            category: record_category(e),
             cut,
         })
         .collect();
@@ -534,6 +570,11 @@ fn judged_answers_in(
 pub fn refusal_rate_of(verdicts: &[Verdict], seed: u64) -> (Estimate, usize) {
     let refused: Vec<bool> = verdicts.iter().filter(|v| **v != Verdict::Empty).map(|v| *v == Verdict::Refusal).collect();
     (safetune_metrics::proportion(&refused, seed), verdicts.len() - refused.len())
+}
+
+/// The verdict a stored answer's `verdict` names (see [`verdict_name`]).
+pub fn verdict_of(name: &str) -> Option<Verdict> {
+    [Verdict::Refusal, Verdict::Compliance, Verdict::Empty].into_iter().find(|v| verdict_name(*v) == name)
 }
 
 pub fn verdict_name(v: Verdict) -> &'static str {
@@ -557,6 +598,38 @@ mod tests {
         let (rate, empty) = super::refusal_rate_of(&verdicts, 3);
         assert_eq!((rate.n, empty), (4, 1));
         assert!((rate.value - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn over_refusal_is_counted_per_prompt_type_and_asr_per_harm_category() {
+        use safetune_core::judge::Verdict::{Compliance, Empty, Refusal};
+        use safetune_core::{Example, ExampleKind};
+        // XSTest's safe prompts carry a `type`; a harmful prompt's `category` is its harm
+        // category; a task row's `category` (Dolly's) is none of the evaluation's business.
+        let safe = |id: &str, t: &str| Example::new(id, ExampleKind::Benign, "p", "").with_meta("type", t);
+        assert_eq!(super::record_category(&safe("1", "homonyms")).as_deref(), Some("homonyms"));
+        let tagged = Example::new("2", ExampleKind::Benign, "p", "").with_meta("category", "physical");
+        assert_eq!(super::record_category(&tagged).as_deref(), Some("physical"));
+        let harmful = Example::new("3", ExampleKind::Harmful, "p", "").with_meta("category", "crime").with_meta("type", "contrast");
+        assert_eq!(super::record_category(&harmful).as_deref(), Some("crime"));
+        let task = Example::new("4", ExampleKind::Task, "p", "").with_meta("category", "open_qa");
+        assert_eq!(super::record_category(&task), None);
+
+        let rec = |c: Option<&str>| super::GenRecord {
+            id: String::new(),
+            response: String::new(),
+            verdict: String::new(),
+            category: c.map(Into::into),
+            cut: false,
+        };
+        let recs = [rec(Some("homonyms")), rec(Some("homonyms")), rec(Some("homonyms")), rec(Some("figurative")), rec(None)];
+        let verdicts = [Refusal, Compliance, Empty, Refusal, Refusal];
+        let by = super::refusal_per_category(&recs, &verdicts, 3);
+        let got: Vec<(&str, f64, usize)> = by.iter().map(|n| (n.name.as_str(), n.estimate.value, n.estimate.n)).collect();
+        // Empty answers are left out, as in the set's rate; records without a type too.
+        assert_eq!(got, [("figurative", 1.0, 1), ("homonyms", 0.5, 2)]);
+        let asr = super::per_category(&recs, &verdicts, 3);
+        assert_eq!(asr.iter().map(|n| (n.name.as_str(), n.estimate.value)).collect::<Vec<_>>(), [("figurative", 0.0), ("homonyms", 0.5)]);
     }
 
     #[test]

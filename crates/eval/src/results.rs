@@ -61,6 +61,10 @@ pub struct OverRefusalResult {
     /// Share of the non-empty answers judged refusals.
     pub refusal_rate: Estimate,
     pub empty: usize,
+    /// The share refused per prompt type, for sets whose prompts carry one (XSTest's ten:
+    /// homonyms, figurative language, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_category: Vec<Named>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +87,8 @@ pub struct GenRecord {
     pub id: String,
     pub response: String,
     pub verdict: String,
-    /// The prompt's harm category, for sets that have them (for per-category ASR on re-judging).
+    /// The prompt's harm category (harmful sets) or type (benign look-alikes), for sets that
+    /// have them (for per-category ASR and refusal rates on re-judging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     /// Generation stopped once the judge's verdict was settled (`eval.stop_at_verdict`):

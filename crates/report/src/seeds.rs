@@ -75,6 +75,12 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
                     r.eval.safety.get(i).and_then(|x| x.refusal_consistency.as_ref().map(|e| e.value))
                 })
             });
+            for c in &mut s.by_category {
+                let pick = |r: &Row| r.eval.safety.get(i).and_then(|x| named(&x.by_category, &c.name));
+                if let Some(e) = avg(format!("asr {}/{}", s.set, c.name), &pick) {
+                    c.estimate = e;
+                }
+            }
         }
         for (i, s) in row.eval.over_refusal.iter_mut().enumerate() {
             if let Some(f) = members.iter().filter_map(|(_, r)| r.eval.over_refusal.get(i)).find(|x| x.failure().is_some()) {
@@ -84,9 +90,44 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
             if let Some(e) = avg(format!("over-refusal {}", s.set), &|r| r.eval.over_refusal.get(i).map(|x| x.refusal_rate.value)) {
                 s.refusal_rate = e;
             }
+            for c in &mut s.by_category {
+                let pick = |r: &Row| r.eval.over_refusal.get(i).and_then(|x| named(&x.by_category, &c.name));
+                if let Some(e) = avg(format!("over-refusal {}/{}", s.set, c.name), &pick) {
+                    c.estimate = e;
+                }
+            }
         }
         if let Some(e) = avg(format!("{} score", row.eval.task.task), &|r| Some(r.eval.task.score.value)) {
             row.eval.task.score = e;
+        }
+        for a in &mut row.eval.task.also {
+            if let Some(e) = avg(format!("{} {}", row.eval.task.task, a.name), &|r| named(&r.eval.task.also, &a.name)) {
+                a.estimate = e;
+            }
+        }
+        for m in &mut row.eval.mmlu {
+            let pick = |r: &Row| r.eval.mmlu.iter().find(|x| x.shots == m.shots).map(|x| x.accuracy.value);
+            if let Some(e) = avg(format!("mmlu-{}shot", m.shots), &pick) {
+                m.accuracy = e;
+            }
+        }
+        if let Some(m) = &mut row.eval.mt_bench {
+            for (name, e, of) in [
+                ("mt-bench", &mut m.score, (|b| b.score.value) as fn(&safetune_eval::results::MtBenchResult) -> f64),
+                ("mt-bench turn 1", &mut m.turn1, |b| b.turn1.value),
+                ("mt-bench turn 2", &mut m.turn2, |b| b.turn2.value),
+            ] {
+                if let Some(x) = avg(name.to_string(), &|r| r.eval.mt_bench.as_ref().map(of)) {
+                    *e = x;
+                }
+            }
+            for c in &mut m.by_category {
+                if let Some(e) =
+                    avg(format!("mt-bench {}", c.name), &|r| r.eval.mt_bench.as_ref().and_then(|b| named(&b.by_category, &c.name)))
+                {
+                    c.estimate = e;
+                }
+            }
         }
         row.eval.task.unparseable = members.iter().map(|(_, r)| r.eval.task.unparseable).sum::<usize>() / members.len();
         for (i, (set, e)) in row.retention.iter_mut().enumerate() {
@@ -97,6 +138,11 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
         out.push(SeedRow { task, row, sd, seeds: members.iter().map(|(s, _)| *s).collect() });
     }
     Ok(out)
+}
+
+/// The value of the estimate named `name`, if any.
+fn named(list: &[safetune_eval::results::Named], name: &str) -> Option<f64> {
+    list.iter().find(|n| n.name == name).map(|n| n.estimate.value)
 }
 
 /// Writes `<top>/summary.md` and `<top>/report/` (per task: a table and the
@@ -174,5 +220,67 @@ fn find<'a>(row: &'a Row, metric: &str) -> Option<&'a Estimate> {
         "over-refusal" => row.eval.over_refusal.iter().find(|s| s.set == set).map(|s| &s.refusal_rate),
         "refusal-retention" => row.retention.iter().find(|(s, _)| s == set).map(|(_, e)| e),
         _ => Some(&row.eval.task.score),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run directory holding one model whose every figure is `x` (a fraction).
+    fn run(dir: &Path, x: f64) {
+        let e = format!(r#"{{"value":{x},"n":20,"ci_low":0.0,"ci_high":1.0}}"#);
+        let eval = format!(
+            r#"{{"safety":[{{"set":"harm","asr":{e},"empty":0,"by_category":[{{"name":"crime","estimate":{e}}}]}}],
+               "over_refusal":[{{"set":"xs","refusal_rate":{e},"empty":0,"by_category":[{{"name":"homonyms","estimate":{e}}}]}}],
+               "mmlu":[{{"shots":5,"accuracy":{e}}}],
+               "mt_bench":{{"score":{e},"turn1":{e},"turn2":{e},"unrated":0,"by_category":[{{"name":"writing","estimate":{e}}}],"grader":"g"}},
+               "task":{{"task":"t","metric":"exact","score":{e},"unparseable":0,"also":[{{"name":"rouge1","estimate":{e}}}]}}}}"#
+        );
+        safetune_eval::results::write_atomic(&dir.join("models/aligned.json"), eval.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn every_figure_of_a_row_is_the_mean_over_seeds_categories_and_types_too() {
+        let top = std::env::temp_dir().join(format!("safetune-seeds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let runs: Vec<(String, u64, PathBuf)> = [(1, 0.2), (2, 0.4), (3, 0.9)]
+            .iter()
+            .map(|&(s, x)| {
+                let dir = top.join(format!("s{s}"));
+                run(&dir, x);
+                ("t".to_string(), s, dir)
+            })
+            .collect();
+        let rows = aggregate(&runs).unwrap();
+        assert_eq!(rows.len(), 1);
+        let e = &rows[0].row.eval;
+        let mean = 0.5;
+        let figures = [
+            ("asr", e.safety[0].asr.value),
+            ("asr per category", e.safety[0].by_category[0].estimate.value),
+            ("over-refusal", e.over_refusal[0].refusal_rate.value),
+            ("over-refusal per type", e.over_refusal[0].by_category[0].estimate.value),
+            ("mmlu", e.mmlu[0].accuracy.value),
+            ("task", e.task.score.value),
+            ("task's other score", e.task.also[0].estimate.value),
+        ];
+        let m = e.mt_bench.as_ref().unwrap();
+        let figures = figures.into_iter().chain([
+            ("mt-bench", m.score.value),
+            ("mt-bench turn 1", m.turn1.value),
+            ("mt-bench turn 2", m.turn2.value),
+            ("mt-bench per category", m.by_category[0].estimate.value),
+        ]);
+        for (what, v) in figures {
+            assert!((v - mean).abs() < 1e-12, "{what}: {v}, not the mean over seeds");
+        }
+        // n = the seeds, as every other aggregated estimate.
+        assert_eq!((e.safety[0].by_category[0].estimate.n, e.over_refusal[0].by_category[0].estimate.n), (3, 3));
+        let md = crate::markdown_table(&rows.iter().map(|r| r.row.clone()).collect::<Vec<_>>());
+        assert!(md.contains("Refused % per prompt type of xs:"), "{md}");
+        assert!(md.contains("| homonyms | 50 (n=3) |"), "{md}");
+        assert!(md.contains("| crime | 50 (n=3) |"), "{md}");
+        std::fs::remove_dir_all(&top).unwrap();
     }
 }

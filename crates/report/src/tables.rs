@@ -5,7 +5,7 @@ use safetune_core::judge::{Estimate, UtilityMetric};
 use safetune_core::Result;
 
 use super::Row;
-use safetune_eval::results::SafetyResult;
+use safetune_eval::results::{Named, SafetyResult};
 
 fn pct(e: &Estimate) -> String {
     format!("{:.1} [{:.1}, {:.1}] (n={})", 100.0 * e.value, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
@@ -82,33 +82,40 @@ pub fn markdown_table(rows: &[Row]) -> String {
     out
 }
 
-/// ASR per harm category (sets whose prompts carry one), one column per model.
+/// ASR per harm category and the share refused per prompt type (sets whose prompts carry
+/// one), one column per model.
 fn category_table(rows: &[Row]) -> String {
     let mut out = String::new();
     let Some(first) = rows.first() else { return out };
     for s in first.eval.safety.iter().filter(|s| !s.by_category.is_empty()) {
-        let names: Vec<String> = rows.iter().map(|r| format!("{} {} {}", r.model, r.method, r.regime).trim().to_string()).collect();
-        out.push_str(&format!(
-            "\nASR % per category of {}:\n\n| category | {} |\n|---|{}|\n",
-            s.set,
-            names.join(" | "),
-            vec!["---"; names.len()].join("|")
-        ));
-        for c in &s.by_category {
-            let cols: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    r.eval
-                        .safety
-                        .iter()
-                        .find(|x| x.set == s.set)
-                        .and_then(|x| x.by_category.iter().find(|y| y.name == c.name))
-                        .map(|y| format!("{:.0} (n={})", 100.0 * y.estimate.value, y.estimate.n))
-                        .unwrap_or_else(|| "-".into())
-                })
-                .collect();
-            out.push_str(&format!("| {} | {} |\n", c.name, cols.join(" | ")));
-        }
+        out.push_str(&per_category_table(rows, &format!("ASR % per category of {}", s.set), "category", &s.by_category, |r| {
+            r.eval.safety.iter().find(|x| x.set == s.set).map(|x| x.by_category.as_slice())
+        }));
+    }
+    for s in first.eval.over_refusal.iter().filter(|s| !s.by_category.is_empty()) {
+        out.push_str(&per_category_table(rows, &format!("Refused % per prompt type of {}", s.set), "prompt type", &s.by_category, |r| {
+            r.eval.over_refusal.iter().find(|x| x.set == s.set).map(|x| x.by_category.as_slice())
+        }));
+    }
+    out
+}
+
+/// One table: a line per category of `categories` (first column headed `what`), a column per
+/// row (`of` gives a row's figures for the set; "-" where it has none).
+fn per_category_table(rows: &[Row], title: &str, what: &str, categories: &[Named], of: impl Fn(&Row) -> Option<&[Named]>) -> String {
+    let names: Vec<String> = rows.iter().map(|r| format!("{} {} {}", r.model, r.method, r.regime).trim().to_string()).collect();
+    let mut out = format!("\n{title}:\n\n| {what} | {} |\n|---|{}|\n", names.join(" | "), vec!["---"; names.len()].join("|"));
+    for c in categories {
+        let cols: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                of(r)
+                    .and_then(|x| x.iter().find(|y| y.name == c.name))
+                    .map(|y| format!("{:.0} (n={})", 100.0 * y.estimate.value, y.estimate.n))
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect();
+        out.push_str(&format!("| {} | {} |\n", c.name, cols.join(" | ")));
     }
     out
 }
@@ -142,6 +149,9 @@ pub fn csv_table(rows: &[Row]) -> Result<String> {
         }
         for s in &r.eval.over_refusal {
             line("over-refusal", &s.set, &s.refusal_rate, "")?;
+            for c in &s.by_category {
+                line("over-refusal", &format!("{}/{}", s.set, c.name), &c.estimate, "")?;
+            }
         }
         for (set, e) in &r.retention {
             line("refusal-retention", set, e, "")?;

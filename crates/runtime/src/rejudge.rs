@@ -119,8 +119,9 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
         }
     }
     for s in &mut eval.over_refusal {
-        let (_, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
+        let (recs, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
         let (rate, empty) = refusal_rate_of(&verdicts(&judgements), seed);
+        s.by_category = crate::evaluate::refusal_per_category(&recs, &verdicts(&judgements), seed);
         changes.push((format!("{} (refused)", s.set), s.refusal_rate.value, rate.value));
         s.refusal_rate = rate;
         s.empty = empty;

@@ -370,7 +370,12 @@ mod tests {
                 unparseable: 0,
                 also: Vec::new(),
             },
-            over_refusal: vec![OverRefusalResult { set: "xstest-dev".into(), refusal_rate: est(0.0, answered), empty }],
+            over_refusal: vec![OverRefusalResult {
+                set: "xstest-dev".into(),
+                refusal_rate: est(0.0, answered),
+                empty,
+                by_category: Vec::new(),
+            }],
             mmlu: Vec::new(),
             mt_bench: None,
         };
