@@ -43,6 +43,19 @@ fn toy_sets() -> (Vec<Example>, Vec<Example>, Vec<Example>) {
     (harmful, benign, task)
 }
 
+/// The three sets as an evaluation's inputs (`harm`, `benign`, task `toy`, ROUGE-L).
+fn toy_inputs<'a>(harmful: &'a [Example], benign: &'a [Example], task: &'a [Example]) -> EvalInputs<'a> {
+    EvalInputs {
+        safety: vec![("harm".into(), harmful)],
+        over_refusal: vec![("benign".into(), benign)],
+        task_name: "toy".into(),
+        task,
+        utility: UtilityMetric::named("rouge-l"),
+        mmlu: None,
+        mt_bench: None,
+    }
+}
+
 fn answers_of(gens: &Generations, prefix: &str) -> Value {
     to_value(gens.iter().filter(|(set, _)| set.starts_with(prefix)).collect::<Vec<_>>()).unwrap()
 }
@@ -55,15 +68,7 @@ fn set_of(gens: &Generations, name: &str) -> Value {
 #[test]
 fn a_stopped_evaluation_resumes_from_its_kept_parts_and_recomputes_only_the_missing_ones() {
     let (harmful, benign, task) = toy_sets();
-    let inputs = EvalInputs {
-        safety: vec![("harm".into(), &harmful)],
-        over_refusal: vec![("benign".into(), &benign)],
-        task_name: "toy".into(),
-        task: &task,
-        utility: UtilityMetric::named("rouge-l"),
-        mmlu: None,
-        mt_bench: None,
-    };
+    let inputs = toy_inputs(&harmful, &benign, &task);
     let spec =
         EvalSpec { safety_max_new_tokens: 6, task_max_new_tokens: 4, batch_size: 4, samples: 1, variants: false, ..EvalSpec::default() };
     let judge = safetune_metrics::KeywordJudge::extended();
@@ -215,15 +220,7 @@ fn over_refusal_per_prompt_type_is_given_for_a_part_stored_before_answers_carrie
     let benign: Vec<Example> = (0..4)
         .map(|i| Example::new(format!("b:{i}"), ExampleKind::Benign, format!("a benign question {i}"), "").with_meta("type", types[i]))
         .collect();
-    let inputs = EvalInputs {
-        safety: vec![("harm".into(), &harmful)],
-        over_refusal: vec![("benign".into(), &benign)],
-        task_name: "toy".into(),
-        task: &task,
-        utility: UtilityMetric::named("rouge-l"),
-        mmlu: None,
-        mt_bench: None,
-    };
+    let inputs = toy_inputs(&harmful, &benign, &task);
     let spec = EvalSpec { safety_max_new_tokens: 6, task_max_new_tokens: 4, batch_size: 4, ..EvalSpec::default() };
     let judge = safetune_metrics::KeywordJudge::extended();
     let dir = std::env::temp_dir().join(format!("safetune-eval-types-{}", std::process::id()));
