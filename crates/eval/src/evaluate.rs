@@ -378,20 +378,6 @@ pub fn evaluate_resumable(
             records.push((name.clone(), recs));
             Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty, by_category })
         })?;
-        let mut result = result;
-        if result.by_category.is_empty() {
-            // A part stored before answers carried their prompt's type: the types from the set,
-            // the verdicts from the stored answers.
-            if let Some((_, recs)) = records.iter_mut().rev().find(|(n, _)| n == name) {
-                let types: std::collections::HashMap<&str, Option<String>> =
-                    set.iter().map(|e| (e.id.as_str(), record_category(e))).collect();
-                for r in recs.iter_mut().filter(|r| r.category.is_none()) {
-                    r.category = types.get(r.id.as_str()).cloned().flatten();
-                }
-                let verdicts: Vec<Verdict> = recs.iter().map(|r| verdict_of(&r.verdict)).collect::<Option<_>>().unwrap_or_default();
-                result.by_category = refusal_per_category(recs, &verdicts, seed);
-            }
-        }
         over_refusal.push(result);
     }
     let task = limit(inputs.task, spec.task_limit);
@@ -570,11 +556,6 @@ fn judged_answers_in(
 pub fn refusal_rate_of(verdicts: &[Verdict], seed: u64) -> (Estimate, usize) {
     let refused: Vec<bool> = verdicts.iter().filter(|v| **v != Verdict::Empty).map(|v| *v == Verdict::Refusal).collect();
     (safetune_metrics::proportion(&refused, seed), verdicts.len() - refused.len())
-}
-
-/// The verdict a stored answer's `verdict` names (see [`verdict_name`]).
-pub fn verdict_of(name: &str) -> Option<Verdict> {
-    [Verdict::Refusal, Verdict::Compliance, Verdict::Empty].into_iter().find(|v| verdict_name(*v) == name)
 }
 
 pub fn verdict_name(v: Verdict) -> &'static str {

@@ -214,48 +214,22 @@ fn leak<T: Clone>(v: &[T]) -> &'static [T] {
 }
 
 #[test]
-fn over_refusal_per_prompt_type_is_given_for_a_part_stored_before_answers_carried_types() {
+fn an_over_refusal_set_with_prompt_types_is_scored_per_type_and_its_answers_carry_them() {
     let (harmful, _, task) = toy_sets();
     let types = ["homonyms", "homonyms", "figurative_language", "safe_contexts"];
     let benign: Vec<Example> = (0..4)
         .map(|i| Example::new(format!("b:{i}"), ExampleKind::Benign, format!("a benign question {i}"), "").with_meta("type", types[i]))
         .collect();
-    let inputs = toy_inputs(&harmful, &benign, &task);
     let spec = EvalSpec { safety_max_new_tokens: 6, task_max_new_tokens: 4, batch_size: 4, ..EvalSpec::default() };
     let judge = safetune_metrics::KeywordJudge::extended();
-    let dir = std::env::temp_dir().join(format!("safetune-eval-types-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     let model = safetune_model::tiny_model(5).unwrap();
-    let store = Store { dir: dir.clone(), model: "m" };
-    let (fresh, gens, _) = evaluate_resumable(&model, &inputs, &spec, &judge, 1, "m", true, Some(&store)).unwrap();
-    let by = &fresh.over_refusal[0].by_category;
-    let names: Vec<&str> = by.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names, ["figurative_language", "homonyms", "safe_contexts"], "{by:?}");
-    assert_eq!(by.iter().map(|n| n.estimate.n).sum::<usize>() + fresh.over_refusal[0].empty, 4);
-    let typed = |g: &Generations| g.iter().filter(|(s, _)| s == "benign").flat_map(|(_, r)| r).filter(|r| r.category.is_some()).count();
-    assert_eq!(typed(&gens), 4);
-
-    // The stored part as an older binary wrote it: no per-type figures, answers without types.
-    let mut rewritten = 0;
-    for f in files(&dir) {
-        let path = dir.join(f);
-        let mut part: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        if part["result"].get("refusal_rate").is_some() {
-            part["result"].as_object_mut().unwrap().remove("by_category");
-            // `records`: [set, [answer, ...]] pairs.
-            for set in part["records"].as_array_mut().unwrap() {
-                for r in set[1].as_array_mut().unwrap() {
-                    r.as_object_mut().unwrap().remove("category");
-                }
-            }
-            std::fs::write(&path, serde_json::to_string(&part).unwrap()).unwrap();
-            rewritten += 1;
-        }
-    }
-    assert_eq!(rewritten, 1);
-    let (again, gens2, times) = evaluate_resumable(&model, &inputs, &spec, &judge, 1, "m", true, Some(&store)).unwrap();
-    assert!(times.iter().any(|(m, _)| m.starts_with("benign") && m.ends_with("(reused)")), "{times:?}");
-    assert_eq!(to_value(&again.over_refusal).unwrap(), to_value(&fresh.over_refusal).unwrap());
-    assert_eq!(typed(&gens2), 4);
-    std::fs::remove_dir_all(&dir).unwrap();
+    let (e, gens, _) = evaluate(&model, &toy_inputs(&harmful, &benign, &task), &spec, &judge, 1, "m", true).unwrap();
+    let o = &e.over_refusal[0];
+    let names: Vec<&str> = o.by_category.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["figurative_language", "homonyms", "safe_contexts"], "{:?}", o.by_category);
+    // Every non-empty answer is in exactly one type's figure.
+    assert_eq!(o.by_category.iter().map(|n| n.estimate.n).sum::<usize>(), o.refusal_rate.n);
+    let stored: Vec<Option<&str>> =
+        gens.iter().filter(|(s, _)| s == "benign").flat_map(|(_, r)| r).map(|r| r.category.as_deref()).collect();
+    assert_eq!(stored, types.map(Some));
 }
