@@ -501,11 +501,12 @@ fn grouped(recs: &[GenRecord], verdicts: &[Verdict], rate: impl Fn(&[Verdict]) -
     by.into_iter().map(|(c, v)| Named { name: c.to_string(), estimate: rate(&v) }).collect()
 }
 
-/// The category a record of `e`'s answer carries: a harmful prompt's `category`, a benign
-/// prompt's `type` (XSTest) or else `category`; none for other kinds.
+/// The category a record of `e`'s answer carries: a harmful prompt's harm `category`, else
+/// its `type` (XSTest's contrast prompts); a benign prompt's `type` (XSTest), else `category`;
+/// none for other kinds.
 fn record_category(e: &Example) -> Option<String> {
     match e.kind {
-        safetune_core::ExampleKind::Harmful => e.meta.get("category").cloned(),
+        safetune_core::ExampleKind::Harmful => e.meta.get("category").or_else(|| e.meta.get("type")).cloned(),
         safetune_core::ExampleKind::Benign => e.meta.get("type").or_else(|| e.meta.get("category")).cloned(),
         _ => None,
     }
@@ -593,6 +594,8 @@ mod tests {
         assert_eq!(super::record_category(&tagged).as_deref(), Some("physical"));
         let harmful = Example::new("3", ExampleKind::Harmful, "p", "").with_meta("category", "crime").with_meta("type", "contrast");
         assert_eq!(super::record_category(&harmful).as_deref(), Some("crime"));
+        let contrast = Example::new("5", ExampleKind::Harmful, "p", "").with_meta("type", "contrast_homonyms");
+        assert_eq!(super::record_category(&contrast).as_deref(), Some("contrast_homonyms"));
         let task = Example::new("4", ExampleKind::Task, "p", "").with_meta("category", "open_qa");
         assert_eq!(super::record_category(&task), None);
 
