@@ -75,14 +75,14 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
     let asked_again = |per: &[Vec<Verdict>]| per.iter().rposition(|v| !v.is_empty()).map_or(0, |i| i + 1);
     for s in &mut eval.safety {
         let (recs, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
-        let (asr, empty) = safetune_metrics::asr_of(&verdicts(&judgements), seed);
-        s.by_category = crate::evaluate::per_category(&recs, &verdicts(&judgements), seed);
+        let default = verdicts(&judgements);
+        let (asr, empty) = safetune_metrics::asr_of(&default, seed);
+        s.by_category = crate::evaluate::per_category(&recs, &default, seed);
         s.harmful_score = safetune_metrics::harm_of(&judgements, seed);
         changes.push((s.set.clone(), s.asr.value, asr.value));
         s.asr = asr;
         s.empty = empty;
         // Answers beyond the greedy one: samples (`<id>#<k>`) and surface variants (`<id>@<variant>`).
-        let default = verdicts(&judgements);
         let index: std::collections::HashMap<&str, usize> = recs.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
         let mut others: Vec<Vec<Verdict>> = vec![Vec::new(); recs.len()];
         let mut regroup = |suffix: &str, sep: char| -> Result<Vec<Vec<Verdict>>> {
@@ -120,8 +120,9 @@ fn rejudge_eval(eval: &mut ModelEval, gen_dir: &Path, judge: &dyn Judge, seed: u
     }
     for s in &mut eval.over_refusal {
         let (recs, judgements) = rejudge_file(&gen_dir.join(format!("{}.jsonl", s.set)), judge)?;
-        let (rate, empty) = refusal_rate_of(&verdicts(&judgements), seed);
-        s.by_category = crate::evaluate::refusal_per_category(&recs, &verdicts(&judgements), seed);
+        let judged = verdicts(&judgements);
+        let (rate, empty) = refusal_rate_of(&judged, seed);
+        s.by_category = crate::evaluate::refusal_per_category(&recs, &judged, seed);
         changes.push((format!("{} (refused)", s.set), s.refusal_rate.value, rate.value));
         s.refusal_rate = rate;
         s.empty = empty;
