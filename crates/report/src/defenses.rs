@@ -268,6 +268,47 @@ pub fn markdown(effects: &[Effect]) -> String {
     md
 }
 
+/// The defenses section of a report over `runs`: [`markdown`] of their [`effects`] and,
+/// when they have any, [`alignment_note`].
+pub fn section(runs: &[(String, u64, std::path::PathBuf)]) -> Result<String> {
+    let effects = effects(runs)?;
+    if effects.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!("{}{}", markdown(&effects), alignment_note(runs)))
+}
+
+/// What the undefended cells were aligned with, from each run's `spec.json`
+/// (`alignment.objective`): nothing when every run aligns by plain supervised fine-tuning
+/// (or has no `spec.json`), else a sentence naming the objective (per run when the runs
+/// differ) — a stack with an alignment-stage defense of its own trains its aligned model
+/// with that defense's objective instead, so its row compares two alignment objectives.
+pub fn alignment_note(runs: &[(String, u64, std::path::PathBuf)]) -> String {
+    let objective = |dir: &Path| -> Option<String> {
+        let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("spec.json")).ok()?).ok()?;
+        spec["alignment"]["objective"].as_str().map(str::to_string)
+    };
+    let per_run: Vec<(&String, u64, Option<String>)> = runs.iter().map(|(t, s, d)| (t, *s, objective(d))).collect();
+    if per_run.iter().all(|(.., o)| o.is_none()) {
+        return String::new();
+    }
+    let tail = "a stack with an alignment-stage defense of its own trains its aligned model with that defense's \
+                objective instead, so its row compares the two alignment objectives.";
+    let first = &per_run[0].2;
+    if per_run.iter().all(|(.., o)| o == first) {
+        let o = first.as_deref().unwrap_or_default();
+        return format!(
+            "\nEvery undefended cell starts from a model aligned with `{o}`'s alignment objective \
+             (`alignment.objective`), and so does every defended cell of a stack without an alignment-stage defense; {tail}\n"
+        );
+    }
+    let each: Vec<String> = per_run
+        .iter()
+        .map(|(t, s, o)| format!("{t} seed {s}: {}", o.as_deref().map_or("plain supervised".into(), |o| format!("`{o}`"))))
+        .collect();
+    format!("\nThe runs align with different objectives (`alignment.objective`): {}; {tail}\n", each.join(", "))
+}
+
 /// Whether the seeds order the defenses of one (task, method, regime) alike: each seed's
 /// defenses by their mean-ASR difference to that seed's undefended cell (largest cut
 /// first), and for every two seeds Kendall's τ-b over the defenses both ran with the pairs
@@ -479,6 +520,22 @@ mod tests {
             "{md}"
         );
         assert_eq!(markdown(&[]), "");
+        // No spec.json, or one without an alignment objective: no note, the section is the table.
+        assert_eq!(alignment_note(&runs), "");
+        write_atomic(&runs[0].2.join("spec.json"), br#"{"alignment":{"refusals":8}}"#).unwrap();
+        assert_eq!(alignment_note(&runs), "");
+        assert_eq!(section(&runs).unwrap(), md);
+        // Both runs aligned with Booster's objective: one sentence, after the table.
+        for (.., dir) in &runs {
+            write_atomic(&dir.join("spec.json"), br#"{"alignment":{"objective":"booster"}}"#).unwrap();
+        }
+        let note = alignment_note(&runs);
+        assert!(note.contains("Every undefended cell starts from a model aligned with `booster`'s alignment objective"), "{note}");
+        assert_eq!(section(&runs).unwrap(), format!("{md}{note}"));
+        // Runs that differ are named one by one.
+        write_atomic(&runs[1].2.join("spec.json"), br#"{"alignment":{}}"#).unwrap();
+        let note = alignment_note(&runs);
+        assert!(note.contains("different objectives (`alignment.objective`): t seed 1: `booster`, t seed 2: plain supervised;"), "{note}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -251,8 +251,8 @@ pub fn write_report(run_dir: &Path, title: &str) -> Result<String> {
     let rows = rows_from_dir(run_dir)?;
     let task = rows.first().map(|r| r.eval.task.task.clone()).unwrap_or_default();
     let seed = 0; // one run: the pairing needs no seed of its own (cells carry theirs)
-    let effects = defenses::effects(&[(task, seed, run_dir.to_path_buf())])?;
-    let md = format!("{}{}{}", markdown_table(&rows), reading(&rows), defenses::markdown(&effects));
+    let defended = defenses::section(&[(task, seed, run_dir.to_path_buf())])?;
+    let md = format!("{}{}{}", markdown_table(&rows), reading(&rows), defended);
     let dir = run_dir.join("report");
     write_atomic(&run_dir.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;
