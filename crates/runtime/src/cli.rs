@@ -45,6 +45,10 @@ enum Command {
         /// results directories: their sub-runs copied, a spec over all their seeds and tasks
         #[arg(long = "from", value_name = "DIR")]
         from: Vec<PathBuf>,
+        /// With --from: copy scores and verdicts only — no answer text, no trained weights —
+        /// a grid to publish or commit without harmful text (rejudge refuses it)
+        #[arg(long, requires = "from")]
+        scores_only: bool,
     },
     /// Run every candidate protocol of a sweep over its seeds on validation data only; write OUT/<sweep>/sweep.md
     Calibrate(crate::calibrate::CalibrateArgs),
@@ -196,9 +200,10 @@ pub fn main_with(args: &[String]) -> Result<String> {
         Command::AttackSearch(a) => crate::attack_search::main(a),
         Command::JudgeCheck(a) => crate::judge_check::main(a),
         Command::Serve(a) => crate::serve::main(a),
-        Command::Report { run_dir, json, from } => {
+        Command::Report { run_dir, json, from, scores_only } => {
             if !from.is_empty() {
-                crate::merge::merge(&run_dir, &from)?;
+                let how = if scores_only { crate::merge::Copy::ScoresOnly } else { crate::merge::Copy::Whole };
+                crate::merge::merge(&run_dir, &from, how)?;
             }
             report(run_dir, json)
         }

@@ -3,6 +3,12 @@
 //! directories. Every sub-run of each DIR is copied into the new RUN_DIR with a spec over
 //! all their seeds and tasks, so the report averages across them as if one run had made
 //! them. The specs must be the same but for their seeds and tasks.
+//!
+//! With `--scores-only` the copy leaves out every answer's text (each generations record
+//! keeps its id, verdict and category, so refusal retention and the report are the same)
+//! and the trained weights (`adapters/`, `weights/`): a grid to publish, commit or move
+//! between machines without harmful text, marked by [`SCORES_ONLY`] in each sub-run so
+//! that `safetune rejudge` refuses it.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +16,58 @@ use safetune_core::anyhow::{bail, Context};
 use safetune_core::Result;
 
 use crate::spec::RunSpec;
+
+/// The file marking a sub-run copied by `report --from ... --scores-only`.
+pub const SCORES_ONLY: &str = "scores-only.txt";
+
+/// What [`merge`] copies of each sub-run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Copy {
+    /// Every file.
+    Whole,
+    /// Scores, verdicts and logs: answers emptied, trained weights left out.
+    ScoresOnly,
+}
+
+/// Copies one sub-run's directory `from` to `to` as `how` says (the runner's lock never);
+/// `rel` is `from`'s path inside the sub-run (empty at its top).
+fn copy_sub_run(from: &Path, to: &Path, how: Copy, rel: &Path) -> Result<()> {
+    let top = rel.as_os_str().is_empty();
+    if from.is_dir() {
+        std::fs::create_dir_all(to).with_context(|| format!("{}: cannot create", to.display()))?;
+        for entry in std::fs::read_dir(from).with_context(|| format!("{}: cannot read", from.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let skip = top && (name == ".lock" || (how == Copy::ScoresOnly && (name == "adapters" || name == "weights")));
+            if !skip {
+                copy_sub_run(&entry.path(), &to.join(&name), how, &rel.join(&name))?;
+            }
+        }
+        if top && how == Copy::ScoresOnly {
+            crate::hashing::write_atomic(
+                &to.join(SCORES_ONLY),
+                b"Copied by `safetune report --from ... --scores-only`: every answer's text removed (its id, verdict and \
+                  category kept, so the scores and refusal retention are the run's), the trained weights left out. \
+                  `safetune rejudge` needs the directory it was copied from.\n",
+            )?;
+        }
+        return Ok(());
+    }
+    let bytes = std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?;
+    let in_generations = rel.starts_with("generations");
+    if how == Copy::ScoresOnly && in_generations && from.extension().is_some_and(|e| e == "jsonl") {
+        let mut out = String::new();
+        for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+            let mut rec: crate::results::GenRecord =
+                serde_json::from_str(line).map_err(|e| safetune_core::anyhow::anyhow!("{}:{}: {e}", from.display(), i + 1))?;
+            rec.response.clear();
+            out.push_str(&serde_json::to_string(&rec)?);
+            out.push('\n');
+        }
+        return crate::hashing::write_atomic(to, out.as_bytes());
+    }
+    crate::hashing::write_atomic(to, &bytes)
+}
 
 /// A grid directory's spec (`spec.json`, read and checked as `safetune run` would).
 fn read_spec(dir: &Path) -> Result<RunSpec> {
@@ -52,9 +110,9 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> O
     }
 }
 
-/// Writes `out` (which must not exist): the sub-runs of every grid of `from` and a spec over
-/// their seeds and tasks. Nothing is left at `out` when it fails.
-pub fn merge(out: &Path, from: &[PathBuf]) -> Result<()> {
+/// Writes `out` (which must not exist): the sub-runs of every grid of `from` (copied as
+/// `how` says) and a spec over their seeds and tasks. Nothing is left at `out` when it fails.
+pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
     if out.exists() {
         bail!("{}: already exists (the merged grid is written to a new directory)", out.display());
     }
@@ -105,7 +163,7 @@ pub fn merge(out: &Path, from: &[PathBuf]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| -> Result<()> {
         for (sub, src) in &subs {
-            crate::stage_cache::copy_tree(src, &tmp.join("runs").join(sub))?;
+            copy_sub_run(src, &tmp.join("runs").join(sub), how, Path::new(""))?;
         }
         crate::hashing::write_json(&tmp.join("spec.json"), &top)?;
         std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot create", out.display()))?;

@@ -149,6 +149,12 @@ pub fn main(args: RejudgeArgs) -> Result<String> {
         Some(v) => Some(serde_json::from_str::<serde_json::Value>(&v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?),
         None => None,
     };
+    if dir.join(crate::merge::SCORES_ONLY).is_file() {
+        bail!(
+            "{}: a scores-only copy (`report --from ... --scores-only`) has no answers to judge; rejudge the directory it was copied from",
+            dir.display()
+        );
+    }
     let spec_file = dir.join("spec.json");
     let text =
         std::fs::read_to_string(&spec_file).with_context(|| format!("{}: cannot read (not a results directory?)", spec_file.display()))?;

@@ -594,6 +594,42 @@ fn grids_run_apart_merge_into_the_report_of_one_run() {
     assert_eq!(summary, std::fs::read_to_string(both.join("summary.md")).unwrap());
     assert_eq!(std::fs::read(merged.join("report/table.json")).unwrap(), std::fs::read(both.join("report/table.json")).unwrap());
 
+    // --scores-only: the same report, without one answer's text or trained weight.
+    let scores = d.join("scores");
+    let mut args = vec!["report".to_string(), scores.display().to_string(), "--scores-only".into()];
+    for f in [&one, &two] {
+        args.extend(["--from".to_string(), f.display().to_string()]);
+    }
+    let r = safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &cache);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read_to_string(scores.join("summary.md")).unwrap(), summary);
+    assert_eq!(std::fs::read(scores.join("report/table.json")).unwrap(), std::fs::read(both.join("report/table.json")).unwrap());
+    let sub = scores.join("runs/builtin-s7");
+    assert!(one.join("runs/builtin-s7/adapters").is_dir() && !sub.join("adapters").exists());
+    assert!(sub.join("scores-only.txt").is_file());
+    let (mut records, mut answered) = (0, 0);
+    let gen = one.join("runs/builtin-s7/generations");
+    let sets: Vec<std::path::PathBuf> = std::fs::read_dir(&gen)
+        .unwrap()
+        .flat_map(|m| std::fs::read_dir(m.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path().strip_prefix(&gen).unwrap().to_path_buf())
+        .collect();
+    for set in sets {
+        let full = std::fs::read_to_string(one.join("runs/builtin-s7/generations").join(&set)).unwrap();
+        let kept = std::fs::read_to_string(sub.join("generations").join(&set)).unwrap();
+        for (a, b) in full.lines().zip(kept.lines()) {
+            let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_str(a).unwrap(), serde_json::from_str(b).unwrap());
+            assert_eq!((&a["id"], &a["verdict"], &a["category"]), (&b["id"], &b["verdict"], &b["category"]));
+            assert_eq!(b["response"], "");
+            records += 1;
+            answered += usize::from(a["response"] != "");
+        }
+        assert_eq!(full.lines().count(), kept.lines().count(), "{}", set.display());
+    }
+    assert!(records > 0 && answered > 0, "{records} records, {answered} answered");
+    let r = safetune(&["rejudge", sub.to_str().unwrap()], &cache);
+    common::refused(&r, "a scores-only copy");
+
     // Bad input: one line, exit code 2, nothing written.
     let fails = |r: std::process::Output, want: &str| {
         let err = String::from_utf8_lossy(&r.stderr).to_string();
