@@ -23,50 +23,43 @@ pub const SCORES_ONLY: &str = "scores-only.txt";
 /// What [`merge`] copies of each sub-run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Copy {
-    /// Every file.
+    /// Every file but the runner's lock.
     Whole,
     /// Scores, verdicts and logs: answers emptied, trained weights left out.
     ScoresOnly,
 }
 
-/// Copies one sub-run's directory `from` to `to` as `how` says (the runner's lock never);
-/// `rel` is `from`'s path inside the sub-run (empty at its top).
-fn copy_sub_run(from: &Path, to: &Path, how: Copy, rel: &Path) -> Result<()> {
-    let top = rel.as_os_str().is_empty();
-    if from.is_dir() {
-        std::fs::create_dir_all(to).with_context(|| format!("{}: cannot create", to.display()))?;
-        for entry in std::fs::read_dir(from).with_context(|| format!("{}: cannot read", from.display()))? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let skip = top && (name == ".lock" || (how == Copy::ScoresOnly && (name == "adapters" || name == "weights")));
-            if !skip {
-                copy_sub_run(&entry.path(), &to.join(&name), how, &rel.join(&name))?;
+/// Turns the copied sub-run `sub` into a scores-only one: its trained weights removed, every
+/// answer of its generations emptied (id, verdict, category kept), the [`SCORES_ONLY`] mark.
+fn keep_scores_only(sub: &Path) -> Result<()> {
+    for weights in ["adapters", "weights"] {
+        let dir = sub.join(weights);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot remove", dir.display()))?;
+        }
+    }
+    fn empty_answers(dir: &Path) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                empty_answers(&path)?;
+            } else if path.extension().is_some_and(|e| e == "jsonl") {
+                let mut recs = crate::rejudge::read_records(&path)?;
+                recs.iter_mut().for_each(|r| r.response.clear());
+                crate::rejudge::write_records(&path, &recs)?;
             }
         }
-        if top && how == Copy::ScoresOnly {
-            crate::hashing::write_atomic(
-                &to.join(SCORES_ONLY),
-                b"Copied by `safetune report --from ... --scores-only`: every answer's text removed (its id, verdict and \
-                  category kept, so the scores and refusal retention are the run's), the trained weights left out. \
-                  `safetune rejudge` needs the directory it was copied from.\n",
-            )?;
-        }
-        return Ok(());
+        Ok(())
     }
-    let bytes = std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?;
-    let in_generations = rel.starts_with("generations");
-    if how == Copy::ScoresOnly && in_generations && from.extension().is_some_and(|e| e == "jsonl") {
-        let mut out = String::new();
-        for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
-            let mut rec: crate::results::GenRecord =
-                serde_json::from_str(line).map_err(|e| safetune_core::anyhow::anyhow!("{}:{}: {e}", from.display(), i + 1))?;
-            rec.response.clear();
-            out.push_str(&serde_json::to_string(&rec)?);
-            out.push('\n');
-        }
-        return crate::hashing::write_atomic(to, out.as_bytes());
+    if sub.join("generations").is_dir() {
+        empty_answers(&sub.join("generations"))?;
     }
-    crate::hashing::write_atomic(to, &bytes)
+    crate::hashing::write_atomic(
+        &sub.join(SCORES_ONLY),
+        b"Copied by `safetune report --from ... --scores-only`: every answer's text removed (its id, verdict and \
+          category kept, so the scores and refusal retention are the run's), the trained weights left out. \
+          `safetune rejudge` needs the directory it was copied from.\n",
+    )
 }
 
 /// A grid directory's spec (`spec.json`, read and checked as `safetune run` would).
@@ -163,7 +156,13 @@ pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| -> Result<()> {
         for (sub, src) in &subs {
-            copy_sub_run(src, &tmp.join("runs").join(sub), how, Path::new(""))?;
+            let dest = tmp.join("runs").join(sub);
+            crate::stage_cache::copy_tree(src, &dest)?;
+            // The runner's lock of the copied directory is not a result.
+            let _ = std::fs::remove_file(dest.join(".lock"));
+            if how == Copy::ScoresOnly {
+                keep_scores_only(&dest)?;
+            }
         }
         crate::hashing::write_json(&tmp.join("spec.json"), &top)?;
         std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot create", out.display()))?;

@@ -18,7 +18,7 @@ use crate::results::CellResult;
 use crate::results::{GenRecord, ModelEval};
 use crate::spec::RunSpec;
 
-fn write_records(path: &Path, recs: &[GenRecord]) -> Result<()> {
+pub(crate) fn write_records(path: &Path, recs: &[GenRecord]) -> Result<()> {
     let mut out = String::new();
     for r in recs {
         out.push_str(&serde_json::to_string(r)?);
@@ -27,7 +27,7 @@ fn write_records(path: &Path, recs: &[GenRecord]) -> Result<()> {
     write_atomic(path, out.as_bytes())
 }
 
-fn read_records(path: &Path) -> Result<Vec<GenRecord>> {
+pub(crate) fn read_records(path: &Path) -> Result<Vec<GenRecord>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     text.lines().enumerate().map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow!("{}:{}: {e}", path.display(), i + 1))).collect()
 }
