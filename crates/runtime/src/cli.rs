@@ -140,6 +140,12 @@ struct RunArgs {
     /// stage from its last checkpoint (an evaluation always resumes at its first unfinished set)
     #[arg(long, value_name = "M", default_value_t = 10.0, value_parser = minutes, allow_negative_numbers = true)]
     checkpoint_minutes: f64,
+    /// Only these cells (labels as in the run's table, `<method>[+<defense>...]__<regime>`,
+    /// comma-separated) and the aligned models they start from; the base model is evaluated as
+    /// always. For a grid too long for one sitting: run it in pieces, then
+    /// `safetune report OUT --from PIECE...` puts them back together
+    #[arg(long, value_name = "CELL,...", value_delimiter = ',', num_args = 1)]
+    cells: Option<Vec<String>>,
     /// Submit the run to Slurm instead: a preparation job, one array task per cell and a
     /// report job per the dependencies; results directory and cache must be shared storage
     #[arg(long)]
@@ -232,6 +238,7 @@ fn run(a: RunArgs) -> Result<String> {
         jobs: a.jobs as usize,
         worker_cells: a.worker_cells.map(|cells| cells.into_iter().filter(|c| !c.is_empty()).collect()),
         worker_alignments: a.worker_alignments,
+        only_cells: a.cells,
         dry_run: a.dry_run,
         checkpoint_every,
         ..RunOptions::new(data_dir, a.out.clone(), a.quiet)

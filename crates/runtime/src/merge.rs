@@ -1,14 +1,25 @@
 //! `safetune report RUN_DIR --from DIR...`: one grid from the grids of one spec run apart
 //! — its seeds or tasks run as separate runs, on other machines or into other results
-//! directories. Every sub-run of each DIR is copied into the new RUN_DIR with a spec over
-//! all their seeds and tasks, so the report averages across them as if one run had made
-//! them. The specs must be the same but for their seeds and tasks.
+//! directories, or one sub-run's cells cut into pieces with `safetune run --cells`. Every
+//! sub-run of each DIR is copied into the new RUN_DIR with a spec over all their seeds and
+//! tasks, so the report averages across them as if one run had made them. The specs must be
+//! the same but for their seeds and tasks.
+//!
+//! A sub-run found in several DIRs (pieces of it) is their union: what only one piece has is
+//! taken from it; what two pieces both computed (the base model's evaluation, an aligned
+//! model both started from) must be the same, or the merge stops naming the file — except the
+//! bookkeeping that depends on the machine or the build (cache keys under `keys/`, wall times
+//! under `timings/`: the first piece's are kept). Its `manifest.json` is the first piece's with
+//! the aligned models' keys and the timings of all, and `pieces` saying what each computed,
+//! where and with which code.
 //!
 //! With `--scores-only` the copy leaves out every answer's text (each generations record
 //! keeps its id, verdict and category, so refusal retention and the report are the same)
 //! and the trained weights (`adapters/`, `weights/`): a grid to publish, commit or move
 //! between machines without harmful text, marked by [`SCORES_ONLY`] in each sub-run so
-//! that `safetune rejudge` refuses it.
+//! that `safetune rejudge` refuses it. A scores-only piece joins another piece of its
+//! sub-run only under `--scores-only`; their answers then agree when every record but its
+//! text does.
 
 use std::path::{Path, PathBuf};
 
@@ -103,8 +114,124 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> O
     }
 }
 
+/// Every file under `dir`, as paths relative to it, sorted.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Files of a sub-run rebuilt after a merge (or the runner's lock): never compared.
+fn rebuilt(rel: &Path) -> bool {
+    rel == Path::new(".lock")
+        || rel == Path::new("manifest.json")
+        || rel == Path::new("summary.md")
+        || rel == Path::new("adapters/README.md")
+        || rel.starts_with("report")
+}
+
+/// Bookkeeping that depends on the build or the machine, not on what was computed: the first
+/// piece's copy is kept when two differ.
+fn bookkeeping(rel: &Path) -> bool {
+    rel.starts_with("keys") || rel.starts_with("timings")
+}
+
+/// Whether two generations files hold the same records but for the answers' text.
+fn same_but_text(a: &Path, b: &Path) -> Result<bool> {
+    let strip = |p: &Path| -> Result<Vec<serde_json::Value>> {
+        let mut recs = crate::rejudge::read_records(p)?;
+        recs.iter_mut().for_each(|r| r.response.clear());
+        recs.iter().map(|r| Ok(serde_json::to_value(r)?)).collect()
+    };
+    Ok(strip(a)? == strip(b)?)
+}
+
+/// Adds the piece `src` of a sub-run to its copy `dest` (made from the piece `first`): the
+/// files `dest` lacks are copied; a file both have must agree (see the module's doc).
+fn add_piece(src: &Path, dest: &Path, first: &Path) -> Result<()> {
+    let scores_only = dest.join(SCORES_ONLY).is_file() || src.join(SCORES_ONLY).is_file();
+    for rel in files_under(src)? {
+        if rebuilt(&rel) {
+            continue;
+        }
+        let (from, to) = (src.join(&rel), dest.join(&rel));
+        if !to.exists() {
+            crate::stage_cache::copy_tree(&from, &to)?;
+            continue;
+        }
+        let same = std::fs::read(&from).with_context(|| format!("{}: cannot read", from.display()))?
+            == std::fs::read(&to).with_context(|| format!("{}: cannot read", to.display()))?;
+        let answers = rel.starts_with("generations") && rel.extension().is_some_and(|e| e == "jsonl");
+        if same || bookkeeping(&rel) || (scores_only && answers && same_but_text(&from, &to)?) {
+            continue;
+        }
+        bail!("{}: differs from {} — pieces of one sub-run must agree on what both computed", from.display(), first.join(&rel).display());
+    }
+    Ok(())
+}
+
+/// The manifest of a sub-run merged from `pieces`: the first piece's, with the aligned
+/// models' keys and the timings of every piece (`run_s`: their sum) and, per piece, where it
+/// came from, the build and machine it ran on and the cells it computed.
+fn merged_manifest(pieces: &[PathBuf]) -> Result<serde_json::Value> {
+    let read = |dir: &PathBuf| -> Result<serde_json::Value> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a run's manifest", path.display()))
+    };
+    let mut merged = read(&pieces[0])?;
+    let mut run_s = 0.0;
+    let mut about = Vec::new();
+    for dir in pieces {
+        let m = read(dir)?;
+        for (field, into) in [("alignment", "keys"), ("timings", "")] {
+            let (Some(theirs), Some(ours)) = (
+                if into.is_empty() { m.get(field) } else { m.get(field).and_then(|v| v.get(into)) }.and_then(|v| v.as_object()),
+                if into.is_empty() { merged.get_mut(field) } else { merged.get_mut(field).and_then(|v| v.get_mut(into)) }
+                    .and_then(|v| v.as_object_mut()),
+            ) else {
+                continue;
+            };
+            for (k, v) in theirs {
+                ours.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        run_s += m["timings"]["run_s"].as_f64().unwrap_or(0.0);
+        about.push(serde_json::json!({
+            "from": dir.display().to_string(),
+            "git_revision": m["git_revision"],
+            "code_sha256": m["code_sha256"],
+            "safetune_version": m["safetune_version"],
+            "machine": m["machine"],
+            "cells_selected": m.get("cells_selected").cloned().unwrap_or(serde_json::Value::String("all".into())),
+            "run_s": m["timings"]["run_s"],
+        }));
+    }
+    if let Some(t) = merged.get_mut("timings").and_then(|t| t.as_object_mut()) {
+        t.insert("run_s".into(), run_s.into());
+    }
+    if let Some(o) = merged.as_object_mut() {
+        o.remove("cells_selected");
+        o.insert("pieces".into(), about.into());
+    }
+    Ok(merged)
+}
+
 /// Writes `out` (which must not exist): the sub-runs of every grid of `from` (copied as
-/// `how` says) and a spec over their seeds and tasks. Nothing is left at `out` when it fails.
+/// `how` says; pieces of one sub-run joined) and a spec over their seeds and tasks.
+/// Nothing is left at `out` when it fails.
 pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
     if out.exists() {
         bail!("{}: already exists (the merged grid is written to a new directory)", out.display());
@@ -116,7 +243,8 @@ pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
     let (first_dir, first) = &specs[0];
     let reference = without_grid(serde_json::to_value(first)?);
     let (mut seeds, mut tasks): (Vec<u64>, Vec<String>) = (Vec::new(), Vec::new());
-    let mut subs: Vec<(String, PathBuf)> = Vec::new();
+    // Each sub-run with the directories of its pieces, in the order met.
+    let mut subs: Vec<(String, Vec<PathBuf>)> = Vec::new();
     for (dir, spec) in &specs {
         if let Some(path) = first_difference(&reference, &without_grid(serde_json::to_value(spec)?), "") {
             bail!(
@@ -130,8 +258,10 @@ pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
             if !src.join("spec.json").is_file() {
                 continue;
             }
-            if let Some((_, other)) = subs.iter().find(|(n, _)| *n == sub.name) {
-                bail!("{}: sub-run {} is also in {}", dir.display(), sub.name, other.display());
+            match subs.iter_mut().find(|(n, _)| *n == sub.name) {
+                Some((_, pieces)) if pieces.contains(&src) => bail!("--from: {} given twice", dir.display()),
+                Some((_, pieces)) => pieces.push(src),
+                None => subs.push((sub.name.clone(), vec![src])),
             }
             if !seeds.contains(&sub.seed) {
                 seeds.push(sub.seed);
@@ -139,11 +269,15 @@ pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
             if !tasks.contains(&sub.data.task) {
                 tasks.push(sub.data.task.clone());
             }
-            subs.push((sub.name.clone(), src));
         }
     }
     if subs.is_empty() {
         bail!("--from: no sub-run with results in {}", from.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    if how == Copy::Whole {
+        if let Some(p) = subs.iter().filter(|(_, p)| p.len() > 1).flat_map(|(_, p)| p).find(|p| p.join(SCORES_ONLY).is_file()) {
+            bail!("{}: a scores-only copy joins other pieces of its sub-run only under --scores-only", p.display());
+        }
     }
     seeds.sort_unstable();
     let mut top = first.clone();
@@ -155,11 +289,26 @@ pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
     let tmp = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| -> Result<()> {
-        for (sub, src) in &subs {
+        for (sub, pieces) in &subs {
             let dest = tmp.join("runs").join(sub);
-            crate::stage_cache::copy_tree(src, &dest)?;
+            crate::stage_cache::copy_tree(&pieces[0], &dest)?;
             // The runner's lock of the copied directory is not a result.
             let _ = std::fs::remove_file(dest.join(".lock"));
+            if pieces.len() > 1 {
+                for piece in &pieces[1..] {
+                    add_piece(piece, &dest, &pieces[0])?;
+                }
+                crate::hashing::write_json(&dest.join("manifest.json"), &merged_manifest(pieces)?)?;
+                let spec = RunSpec::load(&dest.join("spec.json"))?;
+                let aligned: Vec<String> = crate::plan::RunPlan::of(&spec)?
+                    .alignments
+                    .iter()
+                    .map(|d| crate::results::aligned_label(d.as_deref()))
+                    .filter(|l| dest.join("adapters").join(l).is_dir())
+                    .collect();
+                let _ = std::fs::remove_file(dest.join("adapters/README.md"));
+                crate::align::write_adapters_readme(&dest, &spec.model.source, &aligned)?;
+            }
             if how == Copy::ScoresOnly {
                 keep_scores_only(&dest)?;
             }

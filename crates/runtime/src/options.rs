@@ -19,6 +19,10 @@ pub struct RunOptions {
     /// Set in a worker process: the aligned models it trains and evaluates (labels
     /// `aligned`, `aligned+<defense>`), then it stops (the parent holds the lock).
     pub worker_alignments: Option<Vec<String>>,
+    /// `--cells`: only these cells (labels `<method>[+<defense>...]__<regime>`) and the
+    /// aligned models they start from; the base model is evaluated as always. A run cut into
+    /// pieces this way is put back together by `safetune report OUT --from PIECE...`.
+    pub only_cells: Option<Vec<String>>,
     /// Check every input and print the plan; train, evaluate and write nothing.
     pub dry_run: bool,
     /// Time between two checkpoints of a training stage (`None`: none saved). A stage
@@ -60,6 +64,7 @@ impl RunOptions {
             jobs: 1,
             worker_cells: None,
             worker_alignments: None,
+            only_cells: None,
             dry_run: false,
             checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
             code: CodeKeys::built(),
@@ -68,7 +73,8 @@ impl RunOptions {
 
     /// `safetune run SPEC --out OUT` plus the options a worker process inherits (data
     /// directory, quiet, checkpoint interval): the command line of `--jobs` workers and
-    /// of `--slurm` jobs, before their `--worker-cells`.
+    /// of `--slurm` jobs, before their `--worker-cells`. A worker of a `--cells` run gets the
+    /// same `--cells`, so that it, too, leaves the other cells' aligned models alone.
     pub fn worker_args(&self, spec_json: &std::path::Path, out: &std::path::Path) -> Vec<String> {
         let mut v = vec!["run".into(), spec_json.display().to_string(), "--out".into(), out.display().to_string()];
         if let Some(d) = &self.data_dir {
@@ -78,6 +84,9 @@ impl RunOptions {
             v.push("--quiet".into());
         }
         v.extend(["--checkpoint-minutes".into(), self.checkpoint_every.map_or(0.0, |d| d.as_secs_f64() / 60.0).to_string()]);
+        if let Some(cells) = &self.only_cells {
+            v.extend(["--cells".into(), cells.join(",")]);
+        }
         v
     }
 }

@@ -42,7 +42,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             }
         };
         let drawn = drawn_sets(s, &prepared[i].1.pools).map_err(at)?;
-        plan.push(plan_line(s, &drawn, opts.dry_run.then_some(&prepared[i].1)).map_err(at)?);
+        plan.push(plan_line(s, opts, &drawn, opts.dry_run.then_some(&prepared[i].1)).map_err(at)?);
     }
     if opts.dry_run {
         return Ok(format!(
@@ -67,10 +67,14 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
 
 /// One run's plan in a line: what it trains and scores; with `tokens`, a second line counts
 /// what its training stages train on (`--dry-run`).
-fn plan_line(spec: &RunSpec, drawn: &Drawn, tokens: Option<&Prepared>) -> Result<String> {
-    let cells = RunPlan::of(spec)?.cells.len();
+fn plan_line(spec: &RunSpec, opts: &RunOptions, drawn: &Drawn, tokens: Option<&Prepared>) -> Result<String> {
+    let all = RunPlan::of(spec)?;
+    let total = all.cells.len();
+    let only = all.only(opts.only_cells.as_deref())?;
+    let cells =
+        if only.cells.len() == total { format!("{total} cells") } else { format!("{} of its {total} cells (--cells)", only.cells.len()) };
     let mut line = format!(
-        "  {}: task {}, seed {}; alignment on {} examples; {cells} cells ({} × {} stacks × {}) on n = {}; safety sets {}\n",
+        "  {}: task {}, seed {}; alignment on {} examples; {cells} ({} × {} stacks × {}) on n = {}; safety sets {}\n",
         spec.name,
         spec.data.task,
         spec.seed,
@@ -184,21 +188,26 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             "{}: one run in {}\n{}",
             spec.name,
             opts.out.join(&spec.name).display(),
-            plan_line(spec, &drawn, Some(&prepared))?
+            plan_line(spec, opts, &drawn, Some(&prepared))?
         ));
     }
+    // The stages this run computes: every cell, or those of `--cells` and their aligned models.
+    let plan = RunPlan::of(spec)?.only(opts.only_cells.as_deref())?;
     let align_set = drawn.align_set;
     let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
     let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
     manifest["alignment"] =
         serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
+    if opts.only_cells.is_some() {
+        // A piece of the run: what it computed, for `report --from` and for the reader.
+        manifest["cells_selected"] = serde_json::json!(plan.cells.iter().map(|c| &c.label).collect::<Vec<_>>());
+    }
     let mut r = Run::new(spec, opts, prepared, run_dir, align_set);
 
     let path = r.model_path.clone();
     let template = spec.data.template;
     let base_id = serde_json::json!({ "base": r.model_sha });
     r.evaluate_once("base", base_id, || open_model(&path, template))?;
-    let plan = RunPlan::of(spec)?;
     let align_label = |d: &Option<String>| crate::results::aligned_label(d.as_deref());
     // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
     // processes side by side, the loop below then finding them in the cache. Models that train

@@ -87,6 +87,22 @@ impl RunPlan {
         }
         groups.into_iter().map(|(_, labels)| labels).collect()
     }
+
+    /// The plan of `--cells`: those cells only, in grid order, and the aligned models they start
+    /// from (`None`: the whole plan). A name that is not a cell of the plan is an error naming it.
+    pub fn only(self, names: Option<&[String]>) -> Result<Self> {
+        let Some(names) = names else { return Ok(self) };
+        if names.is_empty() {
+            return Err(anyhow!("--cells: no cell named"));
+        }
+        if let Some(bad) = names.iter().find(|n| !self.cells.iter().any(|c| c.label == **n)) {
+            let known: Vec<&str> = self.cells.iter().map(|c| c.label.as_str()).collect();
+            return Err(anyhow!("--cells: `{bad}` is not a cell of this run (its cells: {})", known.join(", ")));
+        }
+        let cells: Vec<CellPlan> = self.cells.into_iter().filter(|c| names.contains(&c.label)).collect();
+        let alignments = self.alignments.into_iter().filter(|a| cells.iter().any(|c| c.align == *a)).collect();
+        Ok(Self { alignments, cells })
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +144,19 @@ mod tests {
         assert_eq!(p.cells.len(), 12);
         assert_eq!(p.cells[2].align.as_deref(), Some("vaccine"));
         assert_eq!(p.cells[4].align, None);
+        // `--cells`: the cells named, in grid order, and only the aligned models they start from.
+        let only = |names: &[&str]| p.clone().only(Some(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+        let vac = only(&["sft-full+vaccine+lisa__benign", "sft-lora+vaccine+lisa__high-harm"]).unwrap();
+        assert_eq!(vac.alignments, vec![Some("vaccine".to_string())]);
+        assert_eq!(
+            vac.cells.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(),
+            ["sft-lora+vaccine+lisa__high-harm", "sft-full+vaccine+lisa__benign"]
+        );
+        assert_eq!(only(&["sft-lora+lisa__benign"]).unwrap().alignments, vec![None]);
+        let err = only(&["sft-lora__benign", "sft-lora+lisa__pure-bad"]).unwrap_err().to_string();
+        assert!(err.starts_with("--cells: `sft-lora+lisa__pure-bad` is not a cell of this run (its cells: sft-lora__benign,"), "{err}");
+        assert!(only(&[]).is_err());
+        assert_eq!(p.clone().only(None).unwrap(), p);
         spec.finetune.regimes.push("2.0".into());
         assert!(RunPlan::of(&spec).unwrap_err().to_string().starts_with("finetune.regimes:"));
     }

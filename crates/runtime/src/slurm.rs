@@ -80,7 +80,8 @@ pub fn submit(spec: &RunSpec, opts: &RunOptions, how: &Submit) -> Result<String>
         let spec_json = staging.join(format!("{}.json", s.name));
         write_json(&spec_json, s)?;
         // One line per group of cells that train alike (a repair with the cell it repairs).
-        let cells: Vec<String> = RunPlan::of(s)?.training_groups().into_iter().map(|g| g.join(",")).collect();
+        let cells: Vec<String> =
+            RunPlan::of(s)?.only(opts.only_cells.as_deref())?.training_groups().into_iter().map(|g| g.join(",")).collect();
         std::fs::write(staging.join(format!("{}.cells", s.name)), cells.join("\n") + "\n")?;
         // Preparation: every stage before the cells (no cell matches an empty name).
         let prep_cmd = job_line(&how.exe, &spec_json, dir, opts, " --worker-cells ''");

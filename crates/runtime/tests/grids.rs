@@ -643,12 +643,126 @@ fn grids_run_apart_merge_into_the_report_of_one_run() {
     let text = std::fs::read_to_string(&lr_spec).unwrap().replacen("\"learning_rate\": 0.001", "\"learning_rate\": 0.002", 1);
     std::fs::write(&lr_spec, text).unwrap();
     fails(report(&d.join("m2"), &[&one, &lr]), "at `alignment.train.learning_rate`");
-    fails(report(&d.join("m3"), &[&one, &one]), "sub-run builtin-s7 is also in");
+    fails(report(&d.join("m3"), &[&one, &one]), "given twice");
     fails(report(&d.join("m4"), &[&one, &d]), "not a grid over seeds or tasks");
     for m in ["m2", "m3", "m4"] {
         assert!(!d.join(m).exists(), "{m} half-written");
     }
     assert!(std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".partial-")));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_run_cut_into_pieces_with_cells_merges_into_the_whole_run() {
+    let d = tmp("pieces");
+    let spec = tiny_spec(&d);
+    let overlay = d.join("pieces.toml");
+    std::fs::write(
+        &overlay,
+        "seeds = [7]\n[finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\ndefenses = [[], [\"vaccine\"], [\"safelora\"]]\n",
+    )
+    .unwrap();
+    // Each piece with its own stage cache, as on two machines: both evaluate the base model.
+    // (`--jobs 2`: a worker, too, leaves the other cells' aligned models alone.)
+    let run = |out: &str, cells: &str, cache: &str| {
+        let dir = d.join(out);
+        let spec = spec.to_str().unwrap();
+        let args = ["run", spec, "--overlay", overlay.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--cells", cells, "--jobs", "2"];
+        let r = safetune(&args, &d.join(cache));
+        let log = String::from_utf8_lossy(&r.stderr).to_string();
+        (r, log, d.join(out).join("tiny"))
+    };
+    let plain = "sft-lora__high-harm,sft-lora+safelora__high-harm";
+    let (r, log, a) = run("a", plain, "cache-a");
+    assert!(r.status.success(), "{log}");
+    assert!(log.contains("[align] ") && !log.contains("[align+vaccine]"), "piece a trains only the plain aligned model: {log}");
+    let (r, log, b) = run("b", "sft-lora+vaccine__high-harm", "cache-b");
+    assert!(r.status.success(), "{log}");
+    assert!(log.contains("[align+vaccine]") && !log.contains("[align] "), "piece b trains only Vaccine's aligned model: {log}");
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let (sa, sb) = (a.join("runs/builtin-s7"), b.join("runs/builtin-s7"));
+    assert_eq!(names(&sa.join("models")), ["aligned.json", "base.json"]);
+    assert_eq!(names(&sb.join("models")), ["aligned+vaccine.json", "base.json"]);
+    assert_eq!(names(&sb.join("cells")), ["sft-lora+vaccine__high-harm.json"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(sb.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["cells_selected"], serde_json::json!(["sft-lora+vaccine__high-harm"]));
+
+    // The whole run, for comparison (its own cache: everything computed again).
+    let whole_out = d.join("whole");
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", overlay.to_str().unwrap(), "--out", whole_out.to_str().unwrap()],
+        &d.join("cache-w"),
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let whole = whole_out.join("tiny/runs/builtin-s7");
+
+    let report = |out: &std::path::Path, from: &[&std::path::Path], extra: &[&str]| {
+        let mut args = vec!["report".to_string(), out.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        for f in from {
+            args.extend(["--from".to_string(), f.display().to_string()]);
+        }
+        safetune(&args.iter().map(String::as_str).collect::<Vec<_>>(), &d.join("cache-a"))
+    };
+    let merged = d.join("merged");
+    let r = report(&merged, &[&a, &b], &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let sub = merged.join("runs/builtin-s7");
+    assert_eq!(names(&sub.join("models")), names(&whole.join("models")));
+    assert_eq!(names(&sub.join("cells")), names(&whole.join("cells")));
+    assert_eq!(names(&sub.join("cells")).len(), 3);
+    for f in ["models/base.json", "models/aligned.json", "models/aligned+vaccine.json", "report/table.json"] {
+        assert_eq!(std::fs::read(sub.join(f)).unwrap(), std::fs::read(whole.join(f)).unwrap(), "{f}");
+    }
+    assert_eq!(std::fs::read(merged.join("report/table.json")).unwrap(), std::fs::read(whole_out.join("tiny/report/table.json")).unwrap());
+    assert!(sub.join("adapters/aligned").is_dir() && sub.join("adapters/aligned+vaccine").is_dir());
+    let readme = std::fs::read_to_string(sub.join("adapters/README.md")).unwrap();
+    assert!(readme.contains("`aligned/`") && readme.contains("`aligned+vaccine/`"), "{readme}");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(sub.join("manifest.json")).unwrap()).unwrap();
+    let pieces = manifest["pieces"].as_array().unwrap();
+    assert_eq!(pieces.len(), 2);
+    assert_eq!(pieces[1]["cells_selected"], serde_json::json!(["sft-lora+vaccine__high-harm"]));
+    assert!(manifest["alignment"]["keys"]["aligned"].is_string() && manifest["alignment"]["keys"]["aligned+vaccine"].is_string());
+    assert!(manifest.get("cells_selected").is_none());
+
+    // A piece under --scores-only joins a whole one only under --scores-only, with the same table.
+    let scores_a = d.join("scores-a");
+    assert!(report(&scores_a, &[&a], &["--scores-only"]).status.success());
+    let fails = |r: std::process::Output, want: &str| {
+        let err = String::from_utf8_lossy(&r.stderr).to_string();
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{want}: {err}");
+    };
+    fails(report(&d.join("m1"), &[&scores_a, &b], &[]), "joins other pieces of its sub-run only under --scores-only");
+    let r = report(&d.join("m2"), &[&scores_a, &b], &["--scores-only"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(d.join("m2/report/table.json")).unwrap(), std::fs::read(merged.join("report/table.json")).unwrap());
+
+    // Two pieces that computed the same thing differently: refused, naming the file.
+    let b2 = d.join("b2");
+    common::copy_dir(&b, &b2);
+    let base = b2.join("runs/builtin-s7/models/base.json");
+    let text = std::fs::read_to_string(&base).unwrap().replacen("\"n\": ", "\"n\": 1", 1);
+    std::fs::write(&base, text).unwrap();
+    fails(report(&d.join("m3"), &[&a, &b2], &[]), "models/base.json: differs from");
+    // --cells naming no cell of the run: one line, exit 2, nothing written.
+    let (r, _, c) = run("c", "sft-lora__benign", "cache-a");
+    fails(r, "--cells: `sft-lora__benign` is not a cell of this run (its cells: sft-lora__high-harm,");
+    assert!(!c.exists());
+    for m in ["m1", "m3"] {
+        assert!(!d.join(m).exists(), "{m} half-written");
+    }
+    // The plan of a piece says so.
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", overlay.to_str().unwrap(), "--cells", "sft-lora+vaccine__high-harm", "--dry-run"],
+        &d.join("cache-a"),
+    );
+    assert!(String::from_utf8_lossy(&r.stdout).contains("1 of its 3 cells (--cells)"), "{}", String::from_utf8_lossy(&r.stdout));
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -123,3 +123,16 @@ pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     v
 }
+
+/// Copies a directory tree (a results directory to tamper with).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
