@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{files, tmp};
+use common::{copy_dir, files, tmp};
 use safetune_test_support::Loopback;
 
 /// A parquet file of UTF-8 and INT64 columns.
@@ -282,19 +282,6 @@ consistency_sets = []
     assert_eq!(server.requests(), n_files, "nothing was downloaded");
     assert!(!d.join("cats").exists());
     std::fs::remove_dir_all(&d).unwrap();
-}
-
-/// Copies a directory tree.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// The `paper` preset (SafeTuneBed's n = 5000 per variant, data from the Hub) plans its whole
