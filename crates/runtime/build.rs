@@ -23,6 +23,29 @@ fn main() {
         };
         println!("cargo:rustc-env=SAFETUNE_CODE_{}={hash}", stage.to_uppercase());
     }
+    // The commit the binary is built from, for every manifest it writes (not the commit of
+    // whatever directory it later runs in): "-dirty" when its sources had uncommitted changes,
+    // "unknown" outside a git checkout. Built again when HEAD moves or a source changes.
+    let git =
+        |args: &[&str]| std::process::Command::new("git").arg("-C").arg(&root).args(args).output().ok().filter(|o| o.status.success());
+    let revision = match git(&["rev-parse", "HEAD"]) {
+        Some(head) if in_workspace => {
+            let mut rev = String::from_utf8_lossy(&head.stdout).trim().to_string();
+            let status = git(&["status", "--porcelain", "--untracked-files=no", "--", "crates", "xtask", "Cargo.toml", "Cargo.lock"]);
+            if status.is_some_and(|s| !s.stdout.is_empty()) {
+                rev.push_str("-dirty");
+            }
+            for watched in [".git/HEAD", ".git/packed-refs", "crates", "xtask", "Cargo.toml", "Cargo.lock"] {
+                println!("cargo:rerun-if-changed={}", root.join(watched).display());
+            }
+            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                println!("cargo:rerun-if-changed={}", root.join(".git").join(String::from_utf8_lossy(&branch.stdout).trim()).display());
+            }
+            rev
+        }
+        _ => "unknown".to_string(),
+    };
+    println!("cargo:rustc-env=SAFETUNE_GIT_REVISION={revision}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/code_hash.rs");
 }

@@ -57,21 +57,6 @@ pub(crate) fn custom_hashes(spec: &RunSpec) -> Result<BTreeMap<String, String>> 
     Ok(h)
 }
 
-pub(crate) fn git_revision() -> String {
-    let rev = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output();
-    let dirty = std::process::Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]).output();
-    match (rev, dirty) {
-        (Ok(r), Ok(d)) if r.status.success() => {
-            let mut s = String::from_utf8_lossy(&r.stdout).trim().to_string();
-            if !d.stdout.is_empty() {
-                s.push_str("-dirty");
-            }
-            s
-        }
-        _ => "unknown".into(),
-    }
-}
-
 /// A model file opened in the prompt format the spec asks for, named as the user names it:
 /// a known model's name (`smollm2-135m-instruct`: `safetune model export --model` makes its
 /// Hugging Face directory), else its path. Saved adapters carry that name as
@@ -317,7 +302,8 @@ pub(crate) fn manifest_base(spec: &RunSpec, opts: &RunOptions, spec_hash: &str, 
         "data": { "source": p.pools.source, "task": p.pools.task, "files_sha256": p.data_hashes, "task_holdout_ids": p.pools.holdout_ids },
         "safetune_version": env!("CARGO_PKG_VERSION"),
         "crate_versions": crate::resources::crate_versions(),
-        "git_revision": git_revision(),
+        // The commit this binary was built from (build.rs), wherever it runs.
+        "git_revision": env!("SAFETUNE_GIT_REVISION"),
         "code_sha256": { "train": opts.code.train, "eval": opts.code.eval },
         "machine": { "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
                      "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },

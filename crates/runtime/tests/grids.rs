@@ -676,7 +676,18 @@ fn a_run_cut_into_pieces_with_cells_merges_into_the_whole_run() {
     let (r, log, a) = run("a", plain, "cache-a");
     assert!(r.status.success(), "{log}");
     assert!(log.contains("[align] ") && !log.contains("[align+vaccine]"), "piece a trains only the plain aligned model: {log}");
-    let (r, log, b) = run("b", "sft-lora+vaccine__high-harm", "cache-b");
+    // Piece b from a directory outside the repository: its manifest still names the commit
+    // the binary was built from.
+    let dir_b = d.join("b");
+    let r = Command::new(env!("CARGO_BIN_EXE_safetune"))
+        .args(["run", spec.to_str().unwrap(), "--overlay", overlay.to_str().unwrap(), "--out", dir_b.to_str().unwrap()])
+        .args(["--cells", "sft-lora+vaccine__high-harm", "--jobs", "2"])
+        .current_dir(&d)
+        .env("SAFETUNE_CACHE", d.join("cache-b"))
+        .env_remove("SAFETUNE_DATA_DIR")
+        .output()
+        .unwrap();
+    let (log, b) = (String::from_utf8_lossy(&r.stderr).to_string(), dir_b.join("tiny"));
     assert!(r.status.success(), "{log}");
     assert!(log.contains("[align+vaccine]") && !log.contains("[align] "), "piece b trains only Vaccine's aligned model: {log}");
     let names = |dir: &std::path::Path| -> Vec<String> {
@@ -690,6 +701,12 @@ fn a_run_cut_into_pieces_with_cells_merges_into_the_whole_run() {
     assert_eq!(names(&sb.join("cells")), ["sft-lora+vaccine__high-harm.json"]);
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(sb.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["cells_selected"], serde_json::json!(["sft-lora+vaccine__high-harm"]));
+    let head = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    let built = manifest["git_revision"].as_str().unwrap();
+    match head {
+        Ok(h) if h.status.success() => assert!(built.starts_with(String::from_utf8_lossy(&h.stdout).trim()), "{built}"),
+        _ => assert_eq!(built, "unknown"),
+    }
 
     // The whole run, for comparison (its own cache: everything computed again).
     let whole_out = d.join("whole");
