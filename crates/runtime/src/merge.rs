@@ -28,8 +28,8 @@ use safetune_core::Result;
 
 use crate::spec::RunSpec;
 
-/// The file marking a sub-run copied by `report --from ... --scores-only`.
-pub const SCORES_ONLY: &str = "scores-only.txt";
+/// The file marking a scores-only copy (defined beside `rejudge`, which refuses one).
+pub use crate::rejudge::SCORES_ONLY;
 
 /// What [`merge`] copies of each sub-run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

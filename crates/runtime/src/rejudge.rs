@@ -11,6 +11,10 @@ use safetune_core::judge::{Judge, Judgement, Verdict};
 use safetune_core::registry;
 use safetune_core::Result;
 
+/// The file marking a sub-run copied by `report --from ... --scores-only` (`merge.rs`): it has no
+/// answers to judge.
+pub const SCORES_ONLY: &str = "scores-only.txt";
+
 use crate::evaluate::{refusal_rate_of, verdict_name};
 use crate::hashing::write_atomic;
 use crate::hashing::write_json;
@@ -149,7 +153,7 @@ pub fn main(args: RejudgeArgs) -> Result<String> {
         Some(v) => Some(serde_json::from_str::<serde_json::Value>(&v).map_err(|e| anyhow!("--judge-options: not JSON: {e}"))?),
         None => None,
     };
-    if dir.join(crate::merge::SCORES_ONLY).is_file() {
+    if dir.join(SCORES_ONLY).is_file() {
         bail!(
             "{}: a scores-only copy (`report --from ... --scores-only`) has no answers to judge; rejudge the directory it was copied from",
             dir.display()
