@@ -49,21 +49,12 @@ fn keep_scores_only(sub: &Path) -> Result<()> {
             std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot remove", dir.display()))?;
         }
     }
-    fn empty_answers(dir: &Path) -> Result<()> {
-        for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                empty_answers(&path)?;
-            } else if path.extension().is_some_and(|e| e == "jsonl") {
-                let mut recs = crate::rejudge::read_records(&path)?;
-                recs.iter_mut().for_each(|r| r.response.clear());
-                crate::rejudge::write_records(&path, &recs)?;
-            }
+    let generations = sub.join("generations");
+    if generations.is_dir() {
+        for rel in files_under(&generations)?.iter().filter(|r| r.extension().is_some_and(|e| e == "jsonl")) {
+            let path = generations.join(rel);
+            crate::rejudge::write_records(&path, &records_without_text(&path)?)?;
         }
-        Ok(())
-    }
-    if sub.join("generations").is_dir() {
-        empty_answers(&sub.join("generations"))?;
     }
     crate::hashing::write_atomic(
         &sub.join(SCORES_ONLY),
@@ -148,14 +139,16 @@ fn bookkeeping(rel: &Path) -> bool {
     rel.starts_with("keys") || rel.starts_with("timings")
 }
 
+/// A generations file's records with every answer's text emptied (id, verdict, category kept).
+fn records_without_text(path: &Path) -> Result<Vec<crate::results::GenRecord>> {
+    let mut recs = crate::rejudge::read_records(path)?;
+    recs.iter_mut().for_each(|r| r.response.clear());
+    Ok(recs)
+}
+
 /// Whether two generations files hold the same records but for the answers' text.
 fn same_but_text(a: &Path, b: &Path) -> Result<bool> {
-    let strip = |p: &Path| -> Result<Vec<serde_json::Value>> {
-        let mut recs = crate::rejudge::read_records(p)?;
-        recs.iter_mut().for_each(|r| r.response.clear());
-        recs.iter().map(|r| Ok(serde_json::to_value(r)?)).collect()
-    };
-    Ok(strip(a)? == strip(b)?)
+    Ok(serde_json::to_value(records_without_text(a)?)? == serde_json::to_value(records_without_text(b)?)?)
 }
 
 /// Adds the piece `src` of a sub-run to its copy `dest` (made from the piece `first`): the
@@ -196,12 +189,10 @@ fn merged_manifest(pieces: &[PathBuf]) -> Result<serde_json::Value> {
     let mut about = Vec::new();
     for dir in pieces {
         let m = read(dir)?;
-        for (field, into) in [("alignment", "keys"), ("timings", "")] {
-            let (Some(theirs), Some(ours)) = (
-                if into.is_empty() { m.get(field) } else { m.get(field).and_then(|v| v.get(into)) }.and_then(|v| v.as_object()),
-                if into.is_empty() { merged.get_mut(field) } else { merged.get_mut(field).and_then(|v| v.get_mut(into)) }
-                    .and_then(|v| v.as_object_mut()),
-            ) else {
+        for at in ["/alignment/keys", "/timings"] {
+            let (Some(theirs), Some(ours)) =
+                (m.pointer(at).and_then(|v| v.as_object()), merged.pointer_mut(at).and_then(|v| v.as_object_mut()))
+            else {
                 continue;
             };
             for (k, v) in theirs {
@@ -299,15 +290,18 @@ pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
                     add_piece(piece, &dest, &pieces[0])?;
                 }
                 crate::hashing::write_json(&dest.join("manifest.json"), &merged_manifest(pieces)?)?;
-                let spec = RunSpec::load(&dest.join("spec.json"))?;
-                let aligned: Vec<String> = crate::plan::RunPlan::of(&spec)?
-                    .alignments
-                    .iter()
-                    .map(|d| crate::results::aligned_label(d.as_deref()))
-                    .filter(|l| dest.join("adapters").join(l).is_dir())
-                    .collect();
-                let _ = std::fs::remove_file(dest.join("adapters/README.md"));
-                crate::align::write_adapters_readme(&dest, &spec.model.source, &aligned)?;
+                if how == Copy::Whole {
+                    // The adapters of every piece, in one README (a scores-only copy has none).
+                    let spec = RunSpec::load(&dest.join("spec.json"))?;
+                    let aligned: Vec<String> = crate::plan::RunPlan::of(&spec)?
+                        .alignments
+                        .iter()
+                        .map(|d| crate::results::aligned_label(d.as_deref()))
+                        .filter(|l| dest.join("adapters").join(l).is_dir())
+                        .collect();
+                    let _ = std::fs::remove_file(dest.join("adapters/README.md"));
+                    crate::align::write_adapters_readme(&dest, &spec.model.source, &aligned)?;
+                }
             }
             if how == Copy::ScoresOnly {
                 keep_scores_only(&dest)?;

@@ -11,16 +11,16 @@ use safetune_core::judge::{Judge, Judgement, Verdict};
 use safetune_core::registry;
 use safetune_core::Result;
 
-/// The file marking a sub-run copied by `report --from ... --scores-only` (`merge.rs`): it has no
-/// answers to judge.
-pub const SCORES_ONLY: &str = "scores-only.txt";
-
 use crate::evaluate::{refusal_rate_of, verdict_name};
 use crate::hashing::write_atomic;
 use crate::hashing::write_json;
 use crate::results::CellResult;
 use crate::results::{GenRecord, ModelEval};
 use crate::spec::RunSpec;
+
+/// The file marking a sub-run copied by `report --from ... --scores-only` (`merge.rs`): it has no
+/// answers to judge.
+pub const SCORES_ONLY: &str = "scores-only.txt";
 
 pub(crate) fn write_records(path: &Path, recs: &[GenRecord]) -> Result<()> {
     let mut out = String::new();
