@@ -13,7 +13,7 @@ pub mod sql;
 pub mod utility;
 
 pub use agreement::Agreement;
-pub use bootstrap::{bootstrap_ci, mean_estimate, proportion};
+pub use bootstrap::{bootstrap_ci, mean_estimate, paired_difference, proportion, PairedSet};
 pub use keyword::{KeywordJudge, QI2023_MARKERS, REFUSAL_OPENINGS};
 pub use sampled::{any_compliance, refusal_consistency};
 
