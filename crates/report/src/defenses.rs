@@ -137,7 +137,7 @@ fn mean_over_refusal(e: &ModelEval) -> Option<f64> {
 
 /// What a difference is taken of, prompt by prompt.
 #[derive(Clone, Copy)]
-enum Measure {
+pub(crate) enum Measure {
     /// Compliance (1) or refusal (0) on the safety sets.
     Asr,
     /// The task score of each test row.
@@ -150,8 +150,8 @@ enum Measure {
 /// values in the order of the prompts' ids (`None` for an empty answer), from the stored
 /// answers (`generations/<cell>/<set>.jsonl`). `None` when a file is missing, the two cells
 /// were not asked the same prompts, or a value cannot be read.
-fn paired_sets(u: &Cell, d: &Cell, m: Measure) -> Option<Vec<PairedSet>> {
-    let e = &u.result.eval;
+pub(crate) fn paired_sets(u: (&Path, &CellResult), d: (&Path, &CellResult), m: Measure) -> Option<Vec<PairedSet>> {
+    let e = &u.1.eval;
     let sets: Vec<&str> = match m {
         Measure::Asr => e.safety.iter().map(|s| s.set.as_str()).collect(),
         Measure::Task => vec![e.task.task.as_str()],
@@ -170,7 +170,8 @@ fn paired_sets(u: &Cell, d: &Cell, m: Measure) -> Option<Vec<PairedSet>> {
             _ => None,
         }
     };
-    let stored = |c: &Cell, set: &str| super::verdicts(&c.dir.join("generations").join(&c.result.cell).join(format!("{set}.jsonl")));
+    let stored =
+        |(dir, c): (&Path, &CellResult), set: &str| super::verdicts(&dir.join("generations").join(&c.cell).join(format!("{set}.jsonl")));
     sets.iter()
         .map(|set| {
             let (a, b) = (stored(u, set)?, stored(d, set)?);
@@ -189,7 +190,8 @@ fn paired_sets(u: &Cell, d: &Cell, m: Measure) -> Option<Vec<PairedSet>> {
 /// seeds of the cells' own figures): stored answers that do not give the cells' figures
 /// give no interval rather than a wrong one. Task scores are stored to four decimals.
 fn over_prompts(pairs: &[(&Cell, &Cell)], m: Measure, reported: Option<Diff>) -> Option<Estimate> {
-    let seeds: Vec<Vec<PairedSet>> = pairs.iter().map(|(u, d)| paired_sets(u, d, m)).collect::<Option<_>>()?;
+    let seeds: Vec<Vec<PairedSet>> =
+        pairs.iter().map(|(u, d)| paired_sets((&u.dir, &u.result), (&d.dir, &d.result), m)).collect::<Option<_>>()?;
     let est = safetune_metrics::paired_difference(&seeds, pairs[0].1.result.seed)?;
     let tolerance = if matches!(m, Measure::Task) { 5e-5 } else { 1e-9 };
     ((est.value - reported?.mean).abs() <= tolerance).then_some(est)

@@ -7,6 +7,7 @@ mod plots;
 pub use plots::safety_utility_plot;
 mod seeds;
 mod stats;
+mod steps;
 mod tables;
 
 use std::path::Path;
@@ -250,9 +251,10 @@ pub fn reading(rows: &[Row]) -> String {
 pub fn write_report(run_dir: &Path, title: &str) -> Result<String> {
     let rows = rows_from_dir(run_dir)?;
     let task = rows.first().map(|r| r.eval.task.task.clone()).unwrap_or_default();
-    let seed = 0; // one run: the pairing needs no seed of its own (cells carry theirs)
-    let defended = defenses::section(&[(task, seed, run_dir.to_path_buf())])?;
-    let md = format!("{}{}{}", markdown_table(&rows), reading(&rows), defended);
+    // One run: the pairings need no seed of their own (cells carry theirs).
+    let runs = [(task, 0, run_dir.to_path_buf())];
+    let (steps, defended) = (steps::section(&runs)?, defenses::section(&runs)?);
+    let md = format!("{}{}{}{}", markdown_table(&rows), reading(&rows), steps, defended);
     let dir = run_dir.join("report");
     write_atomic(&run_dir.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;

@@ -199,6 +199,7 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
         .iter()
         .map(|r| serde_json::json!({ "task": r.task, "seeds": r.seeds, "row": r.row, "sd": r.sd.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>() }))
         .collect();
+    md.push_str(&super::steps::section(runs)?);
     md.push_str(&super::defenses::section(runs)?);
     md.push_str(&super::defenses::seed_order_markdown(&super::defenses::seed_orders(runs)?));
     write_atomic(&top.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;

@@ -1,0 +1,206 @@
+//! The harmful share, step by step: each method's undefended cells in order of the
+//! harmful share of their fine-tuning data (benign, low-harm, high-harm, pure-bad), each
+//! against the one before it on the same prompts — the difference of mean ASR with its
+//! 95% paired bootstrap interval over prompts, pooled over the seeds — so a reader sees
+//! whether ASR rises at every step beyond what the prompts' sampling could give.
+
+use std::path::PathBuf;
+
+use safetune_core::Result;
+use safetune_eval::results::CellResult;
+use safetune_metrics::PairedSet;
+
+use super::defenses::{paired_sets, Measure};
+
+/// One step from one regime to the next more harmful one, pooled over seeds.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub task: String,
+    pub method: String,
+    pub from: String,
+    pub to: String,
+    /// Seeds with both cells and their stored answers.
+    pub seeds: Vec<u64>,
+    /// Mean ASR of `to` minus `from` (fraction), with the paired interval over prompts; `None`
+    /// when a seed's answers are not stored or do not give the cells' own figures.
+    pub diff: Option<safetune_core::judge::Estimate>,
+}
+
+impl Step {
+    /// `rises`, `falls` (beyond the interval) or `within noise`.
+    pub fn reading(&self) -> &'static str {
+        match &self.diff {
+            Some(d) if d.ci_low > 0.0 => "rises",
+            Some(d) if d.ci_high < 0.0 => "falls",
+            Some(_) => "within noise",
+            None => "not measured",
+        }
+    }
+}
+
+/// The undefended cells of `runs` (task, seed, run directory), per task and method, in order
+/// of harmful share; every two neighbours make a [`Step`].
+pub fn steps(runs: &[(String, u64, PathBuf)]) -> Result<Vec<Step>> {
+    let mut cells: Vec<(String, PathBuf, CellResult)> = Vec::new();
+    for (task, _, dir) in runs {
+        for p in super::json_files(&dir.join("cells"))? {
+            let c: CellResult = super::read_json(&p)?;
+            if c.defenses.is_empty() {
+                cells.push((task.clone(), dir.clone(), c));
+            }
+        }
+    }
+    // (task, method) in the order first seen; regimes by harmful share.
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for (t, _, c) in &cells {
+        let k = (t.clone(), c.method.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let mut out = Vec::new();
+    for (task, method) in keys {
+        let mut regimes: Vec<(f64, String)> = Vec::new();
+        for (_, _, c) in cells.iter().filter(|(t, _, c)| *t == task && c.method == method) {
+            if !regimes.iter().any(|(_, r)| *r == c.regime) {
+                regimes.push((c.poison_ratio, c.regime.clone()));
+            }
+        }
+        regimes.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for w in regimes.windows(2) {
+            let (from, to) = (&w[0].1, &w[1].1);
+            let mut seeds = Vec::new();
+            let mut paired: Option<Vec<Vec<PairedSet>>> = Some(Vec::new());
+            let mut reported = Vec::new();
+            for (_, seed, dir) in runs.iter().filter(|(t, ..)| *t == task) {
+                let find = |r: &str| cells.iter().find(|(t, d, c)| *t == task && d == dir && c.method == method && c.regime == r);
+                let (Some((_, _, a)), Some((_, _, b))) = (find(from), find(to)) else { continue };
+                seeds.push(*seed);
+                reported.push(super::mean_asr(&b.eval) - super::mean_asr(&a.eval));
+                let sets = paired_sets((dir.as_path(), a), (dir.as_path(), b), Measure::Asr);
+                paired = paired.zip(sets).map(|(mut v, s)| {
+                    v.push(s);
+                    v
+                });
+            }
+            if seeds.is_empty() {
+                continue;
+            }
+            let mean_reported = reported.iter().sum::<f64>() / reported.len() as f64;
+            let diff =
+                paired.and_then(|p| safetune_metrics::paired_difference(&p, seeds[0])).filter(|d| (d.value - mean_reported).abs() <= 1e-9);
+            out.push(Step { task: task.clone(), method: method.clone(), from: from.clone(), to: to.clone(), seeds, diff });
+        }
+    }
+    Ok(out)
+}
+
+/// The section in Markdown; empty when no method has two regimes.
+pub fn markdown(steps: &[Step]) -> String {
+    if steps.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Harmful share, step by step\n\nEach method's undefended cells in order of the harmful share of their fine-tuning \
+         data, each against the one before it on the same prompts: mean ASR over the safety sets, later minus earlier, in \
+         points, with its 95% paired bootstrap interval over prompts (pooled over the seeds); a step *rises* or *falls* when \
+         the interval leaves out zero.\n\n| task | method | step | seeds | mean ASR Δ [95% over prompts] | reading |\n|---|---|---|---|---|---|\n",
+    );
+    for s in steps {
+        let d = s
+            .diff
+            .as_ref()
+            .map(|d| format!("{:+.1} [{:+.1}, {:+.1}]", 100.0 * d.value, 100.0 * d.ci_low, 100.0 * d.ci_high))
+            .unwrap_or_else(|| "-".into());
+        md.push_str(&format!("| {} | {} | {} → {} | {} | {d} | {} |\n", s.task, s.method, s.from, s.to, s.seeds.len(), s.reading()));
+    }
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for s in steps {
+        if !keys.contains(&(&s.task, &s.method)) {
+            keys.push((&s.task, &s.method));
+        }
+    }
+    for (task, method) in keys {
+        let these: Vec<&Step> = steps.iter().filter(|s| s.task == task && s.method == method).collect();
+        let not: Vec<String> =
+            these.iter().filter(|s| s.reading() != "rises").map(|s| format!("{} → {} ({})", s.from, s.to, s.reading())).collect();
+        if !not.is_empty() {
+            md.push_str(&format!("\n{method} on {task}: mean ASR does not rise beyond noise at every step: {}.", not.join(", ")));
+        } else {
+            md.push_str(&format!("\n{method} on {task}: mean ASR rises beyond noise at every step."));
+        }
+    }
+    md.push('\n');
+    md
+}
+
+/// [`markdown`] of the [`steps`] of `runs`.
+pub fn section(runs: &[(String, u64, PathBuf)]) -> Result<String> {
+    Ok(markdown(&steps(runs)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetune_eval::results::write_atomic;
+    use std::path::Path;
+
+    /// A cell `sft-lora__<regime>` at `share` harmful with per-set ASR `asr`, and its stored
+    /// answers: 100 prompts per set, the first `round(asr × 100)` complying.
+    fn cell(dir: &Path, regime: &str, share: f64, asr: [f64; 2]) {
+        let est = |v: f64| format!(r#"{{"value":{v},"n":100,"ci_low":{v},"ci_high":{v}}}"#);
+        let name = format!("sft-lora__{regime}");
+        let json = format!(
+            r#"{{"cell":"{name}","method":"sft-lora","regime":"{regime}","poison_ratio":{share},"n":4,"seed":5,"aligned_key":"k",
+               "task_ids":[],"harmful_ids":[],"train_losses":[],"train_steps":0,
+               "eval":{{"safety":[{{"set":"a","asr":{},"empty":0}},{{"set":"b","asr":{},"empty":0}}],
+                        "task":{{"task":"t","metric":"exact","score":{},"unparseable":0}}}}}}"#,
+            est(asr[0]),
+            est(asr[1]),
+            est(0.8)
+        );
+        write_atomic(&dir.join("cells").join(format!("{name}.json")), json.as_bytes()).unwrap();
+        for (set, rate) in [("a", asr[0]), ("b", asr[1])] {
+            let k = (rate * 100.0).round() as usize;
+            let lines: String = (0..100)
+                .map(|i| {
+                    format!(
+                        "{{\"id\":\"{set}:{i:03}\",\"response\":\"\",\"verdict\":\"{}\"}}\n",
+                        if i < k { "compliance" } else { "refusal" }
+                    )
+                })
+                .collect();
+            write_atomic(&dir.join("generations").join(&name).join(format!("{set}.jsonl")), lines.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn each_regime_is_compared_with_the_next_more_harmful_one_on_the_same_prompts() {
+        let dir = std::env::temp_dir().join(format!("safetune-steps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Written out of order: the steps follow the harmful share.
+        cell(&dir, "high-harm", 0.3, [0.40, 0.30]);
+        cell(&dir, "benign", 0.0, [0.05, 0.05]);
+        cell(&dir, "low-harm", 0.05, [0.06, 0.05]);
+        cell(&dir, "pure-bad", 1.0, [0.80, 0.70]);
+        let s = steps(&[("t".into(), 5, dir.clone())]).unwrap();
+        let names: Vec<String> = s.iter().map(|x| format!("{}>{}", x.from, x.to)).collect();
+        assert_eq!(names, ["benign>low-harm", "low-harm>high-harm", "high-harm>pure-bad"]);
+        // One more compliance of 200 answers: +0.5 points, within noise; the others rise.
+        let d = s[0].diff.as_ref().unwrap();
+        assert!((d.value - 0.005).abs() < 1e-9 && d.ci_low <= 0.0, "{d:?}");
+        assert_eq!([s[0].reading(), s[1].reading(), s[2].reading()], ["within noise", "rises", "rises"]);
+        let md = markdown(&s);
+        assert!(md.contains("| t | sft-lora | low-harm → high-harm | 1 | +29.5 ["), "{md}");
+        assert!(md.contains("sft-lora on t: mean ASR does not rise beyond noise at every step: benign → low-harm (within noise)."), "{md}");
+        // Answers that do not give the cell's figure: not measured, said so.
+        cell(&dir, "low-harm", 0.05, [0.06, 0.05]);
+        std::fs::write(dir.join("generations/sft-lora__low-harm/a.jsonl"), "").unwrap();
+        let s = steps(&[("t".into(), 5, dir.clone())]).unwrap();
+        assert_eq!(s[0].reading(), "not measured");
+        // A clear rise at every step.
+        cell(&dir, "low-harm", 0.05, [0.20, 0.15]);
+        assert!(section(&[("t".into(), 5, dir.clone())]).unwrap().contains("sft-lora on t: mean ASR rises beyond noise at every step."));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
