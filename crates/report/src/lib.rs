@@ -3,6 +3,7 @@
 //! `cells/*.json`), so `safetune report DIR` and the end of a run agree.
 
 mod defenses;
+mod paired;
 mod plots;
 pub use plots::safety_utility_plot;
 mod seeds;

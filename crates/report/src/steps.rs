@@ -10,7 +10,7 @@ use safetune_core::Result;
 use safetune_eval::results::CellResult;
 use safetune_metrics::PairedSet;
 
-use super::defenses::{paired_sets, Measure};
+use super::paired::{paired_sets, Measure};
 
 /// One step from one regime to the next more harmful one, pooled over seeds.
 #[derive(Debug, Clone)]
