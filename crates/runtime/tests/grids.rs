@@ -489,6 +489,12 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     assert!((row["row"]["eval"]["task"]["score"]["value"].as_f64().unwrap() - want).abs() < 1e-12);
     assert_eq!(row["seeds"], serde_json::json!([7, 8]));
     assert!(top.join("report/builtin-arithmetic_safety_utility.svg").exists());
+    // The harmful-share steps pair each task's cells over both seeds' stored answers.
+    for task in ["builtin-sentiment", "builtin-arithmetic"] {
+        let line = format!("| {task} | sft-lora | high-harm → pure-bad | 2 | ");
+        let row = summary.lines().find(|l| l.starts_with(&line)).unwrap_or_else(|| panic!("{line}: {summary}"));
+        assert!(!row.contains("| - |") && !row.contains("not measured"), "{row}");
+    }
     // `safetune report` on the grid rebuilds the same summary.
     let rep = safetune(&["report", top.to_str().unwrap()], &d.join("cache"));
     assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
