@@ -24,7 +24,7 @@ pub(crate) fn objective<'a>(spec: &'a crate::spec::RunSpec, stack: Option<&'a st
 impl Run<'_> {
     /// The cache key and directory of the aligned model for an alignment-stage defense (or
     /// none), and whether that model is already there.
-    fn alignment_entry(&self, defense: Option<&str>) -> Result<(Aligned, bool)> {
+    pub(crate) fn alignment_entry(&self, defense: Option<&str>) -> Result<(Aligned, bool)> {
         let spec = self.spec;
         let defense = objective(spec, defense);
         let train_cfg = self.spec.alignment_stage_train();

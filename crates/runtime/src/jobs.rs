@@ -73,26 +73,44 @@ pub enum WorkerKind {
 /// alike, `RunPlan::training_groups`: a group trains once), the groups with the most
 /// labels first and otherwise in grid order; waits for all of them.
 pub fn run_workers(spec_json: &Path, opts: &RunOptions, kind: WorkerKind, groups: &[Vec<String>]) -> Result<()> {
-    let (jobs, threads, exe) = workers(opts, groups.len())?;
+    let items: Vec<(PathBuf, Vec<String>)> = groups.iter().map(|g| (spec_json.to_path_buf(), g.clone())).collect();
+    run_items(&items, opts, kind)
+}
+
+/// [`run_workers`] for groups of several runs: each group with the resolved spec of the run it
+/// belongs to (`<run>/spec.json`; results under `opts.out`). Nothing to do for no groups.
+pub fn run_items(items: &[(PathBuf, Vec<String>)], opts: &RunOptions, kind: WorkerKind) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let (jobs, threads, exe) = workers(opts, items.len())?;
     let flag = match kind {
         WorkerKind::Alignments => "--worker-alignments",
         WorkerKind::Cells => "--worker-cells",
     };
-    let mut order: Vec<&Vec<String>> = groups.iter().collect();
-    order.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    let mut order: Vec<&(PathBuf, Vec<String>)> = items.iter().collect();
+    order.sort_by_key(|(_, g)| std::cmp::Reverse(g.len()));
     if !opts.quiet {
         safetune_core::tracing::info!("[jobs] {} group(s) in at most {jobs} worker(s) of {threads} thread(s), largest first", order.len());
     }
+    // The run a group belongs to, when there are several: its directory's name.
+    let several = items.iter().any(|(s, _)| *s != items[0].0);
+    let run_of = |spec: &Path| -> String {
+        match spec.parent().and_then(|d| d.file_name()) {
+            Some(n) if several => format!(" ({})", n.to_string_lossy()),
+            _ => String::new(),
+        }
+    };
     let failed = pool(
         &order,
         jobs,
-        |g| format!("worker for {}", g.join(", ")),
-        |g| {
+        |(s, g)| format!("worker for {}{}", g.join(", "), run_of(s)),
+        |(s, g)| {
             let mut cmd = Command::new(&exe);
-            cmd.args(opts.worker_args(spec_json, &opts.out)).arg(flag).arg(g.join(","));
+            cmd.args(opts.worker_args(s, &opts.out)).arg(flag).arg(g.join(","));
             cmd.env("RAYON_NUM_THREADS", threads.to_string());
             if !opts.quiet {
-                safetune_core::tracing::info!("[jobs] worker started: {}", g.join(", "));
+                safetune_core::tracing::info!("[jobs] worker started: {}{}", g.join(", "), run_of(s));
             }
             cmd.spawn().map_err(|e| anyhow!("--jobs: cannot start a worker: {e}"))
         },

@@ -31,6 +31,10 @@ pub struct RunOptions {
     /// Hashes of the code that computes each cached stage, part of its cache
     /// key (the build's own; tests set others to stand for an edited build).
     pub code: CodeKeys,
+    /// In a grid's sub-runs after `--jobs` computed their stages in workers across them: the
+    /// wall time that took (recorded in each sub-run's manifest as `grid_workers_s`, since
+    /// each sub-run's own `run_s` then counts only its pass over the finished stages).
+    pub grid_workers_s: Option<f64>,
 }
 
 /// Hashes of the sources that compute the cached stages (`src/code_hash.rs`,
@@ -68,6 +72,7 @@ impl RunOptions {
             dry_run: false,
             checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
             code: CodeKeys::built(),
+            grid_workers_s: None,
         }
     }
 

@@ -55,10 +55,14 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     }
     let (top, _lock, _) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
     let runs = top.join("runs");
+    let mut sub_opts = RunOptions { out: runs.clone(), worker_cells: None, worker_alignments: None, ..opts.clone() };
+    if opts.jobs > 1 && subs.len() > 1 {
+        say(opts.quiet, format!("[grid] {} sub-runs: aligned models and cells in up to {} workers across them", subs.len(), opts.jobs));
+        sub_opts.grid_workers_s = Some(stages_across_sub_runs(&subs, &sub_opts)?);
+    }
     let mut dirs = Vec::new();
     for s in &subs {
         say(opts.quiet, format!("[grid] {} of {}: task {}, seed {}", dirs.len() + 1, subs.len(), s.data.task, s.seed));
-        let sub_opts = RunOptions { out: runs.clone(), worker_cells: None, worker_alignments: None, ..opts.clone() };
         run_single(s, &sub_opts)?;
         dirs.push((s.data.task.clone(), s.seed, runs.join(&s.name)));
     }
@@ -178,6 +182,104 @@ fn drawn_sets(spec: &RunSpec, pools: &Pools) -> Result<Drawn> {
     Ok(Drawn { align_set, variants })
 }
 
+/// A run's results directory opened for computing: its inputs prepared, the directory locked
+/// (unless this process is a worker), the plan of what it computes — every cell, or those of
+/// `--cells` and their aligned models — and its manifest so far.
+struct Opened<'a> {
+    r: Run<'a>,
+    plan: RunPlan,
+    manifest: serde_json::Value,
+    _lock: Option<crate::lock::RunLock>,
+}
+
+fn open<'a>(spec: &'a RunSpec, opts: &RunOptions, prepared: Prepared, align_set: Vec<Example>) -> Result<Opened<'a>> {
+    let plan = RunPlan::of(spec)?.only(opts.only_cells.as_deref())?;
+    let (run_dir, lock, spec_hash) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
+    let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
+    manifest["alignment"] =
+        serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
+    if opts.only_cells.is_some() {
+        // A piece of the run: what it computed, for `report --from` and for the reader.
+        manifest["cells_selected"] = serde_json::json!(plan.cells.iter().map(|c| &c.label).collect::<Vec<_>>());
+    }
+    Ok(Opened { r: Run::new(spec, opts, prepared, run_dir, align_set), plan, manifest, _lock: lock })
+}
+
+/// The base model's evaluation, once per results directory (and per content key in the cache).
+fn evaluate_base(r: &mut Run) -> Result<()> {
+    let (path, template) = (r.model_path.clone(), r.spec.data.template);
+    let base_id = serde_json::json!({ "base": r.model_sha });
+    r.evaluate_once("base", base_id, || open_model(&path, template)).map(drop)
+}
+
+/// `--jobs N` over a grid of several sub-runs: before the sub-runs run one after another, their
+/// aligned models and then their cells are computed in one pool of worker processes across all
+/// the sub-runs (`jobs::run_items`: at most N at a time, largest groups first), so that one
+/// sub-run's lone alignment trains beside another's and one sub-run's cells fill the cores
+/// another's leave idle. A stage two sub-runs share — the alignment of a seed's tasks, the
+/// pure-bad cell's training — goes to the pool once; the other sub-run restores it from the
+/// cache when it runs. Each sub-run's base model is evaluated first, here, so that two workers
+/// in one directory never both evaluate it; its aligned models are evaluated (by workers)
+/// before its cells start, for the same reason. Returns the wall time it took.
+fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
+    use crate::jobs::{run_items, WorkerKind};
+    let start = Instant::now();
+    fn open_sub<'a>(s: &'a RunSpec, opts: &RunOptions) -> Result<Opened<'a>> {
+        let prepared = prepare(s, opts)?;
+        let drawn = drawn_sets(s, &prepared.pools)?;
+        open(s, opts, prepared, drawn.align_set)
+    }
+    let mut seen = std::collections::HashSet::new();
+    let (mut train, mut evaluate) = (Vec::new(), Vec::new());
+    for s in subs {
+        let Opened { mut r, plan, .. } = open_sub(s, opts)?;
+        evaluate_base(&mut r)?;
+        let spec_json = r.run_dir.join("spec.json");
+        for d in &plan.alignments {
+            let label = crate::results::aligned_label(d.as_deref());
+            let (a, cached) = r.alignment_entry(d.as_deref())?;
+            if !cached && seen.insert(a.key) {
+                train.push((spec_json.clone(), vec![label]));
+            } else if !r.run_dir.join("models").join(format!("{label}.json")).exists() {
+                evaluate.push((spec_json.clone(), vec![label]));
+            }
+        }
+    }
+    run_items(&train, opts, WorkerKind::Alignments)?;
+    run_items(&evaluate, opts, WorkerKind::Alignments)?;
+    let mut groups = Vec::new();
+    for s in subs {
+        let Opened { mut r, plan, .. } = open_sub(s, opts)?;
+        let spec_json = r.run_dir.join("spec.json");
+        let mut aligned = BTreeMap::new();
+        for d in &plan.alignments {
+            aligned.insert(d.clone(), r.aligned(d.as_deref())?);
+        }
+        let mut pending = std::collections::HashMap::new();
+        for c in &plan.cells {
+            let a = &aligned[&c.align];
+            let key = r.cell_key(&c.method, &c.defenses, &c.regime, a)?;
+            let file = r.run_dir.join("cells").join(format!("{}.json", c.label));
+            if reuse_here::<CellResult>(&r.run_dir, "cells", &c.label, &file, &key)?.is_some() || StageCache::new("cells").contains(&key) {
+                continue;
+            }
+            pending.insert(c.label.clone(), r.train_key(&c.method, &c.defenses, &c.regime, a)?);
+        }
+        for g in plan.training_groups() {
+            let g: Vec<String> = g.into_iter().filter(|l| pending.contains_key(l)).collect();
+            // A group trains once, as its first pending cell; a training another sub-run's group
+            // does is left to this sub-run's own pass, which restores it from the cache.
+            if let Some(first) = g.first() {
+                if seen.insert(pending[first].clone()) {
+                    groups.push((spec_json.clone(), g));
+                }
+            }
+        }
+    }
+    run_items(&groups, opts, WorkerKind::Cells)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
 fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let start = Instant::now();
     let quiet = opts.quiet;
@@ -191,23 +293,13 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             plan_line(spec, opts, &drawn, Some(&prepared))?
         ));
     }
-    // The stages this run computes: every cell, or those of `--cells` and their aligned models.
-    let plan = RunPlan::of(spec)?.only(opts.only_cells.as_deref())?;
-    let align_set = drawn.align_set;
-    let (run_dir, _lock, spec_hash) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
-    let mut manifest = manifest_base(spec, opts, &spec_hash, &prepared);
-    manifest["alignment"] =
-        serde_json::json!({ "examples": align_set.len(), "ids": align_set.iter().map(|e| e.id.clone()).collect::<Vec<_>>() });
-    if opts.only_cells.is_some() {
-        // A piece of the run: what it computed, for `report --from` and for the reader.
-        manifest["cells_selected"] = serde_json::json!(plan.cells.iter().map(|c| &c.label).collect::<Vec<_>>());
+    let Opened { mut r, plan, mut manifest, _lock } = open(spec, opts, prepared, drawn.align_set)?;
+    if let Some(s) = opts.grid_workers_s {
+        manifest["grid_workers_s"] = s.into();
     }
-    let mut r = Run::new(spec, opts, prepared, run_dir, align_set);
-
+    evaluate_base(&mut r)?;
     let path = r.model_path.clone();
     let template = spec.data.template;
-    let base_id = serde_json::json!({ "base": r.model_sha });
-    r.evaluate_once("base", base_id, || open_model(&path, template))?;
     let align_label = |d: &Option<String>| crate::results::aligned_label(d.as_deref());
     // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
     // processes side by side, the loop below then finding them in the cache. Models that train

@@ -29,6 +29,11 @@ impl StageCache {
         self.root.join(&key[..key.len().min(16)])
     }
 
+    /// Whether an entry for `key` is there (a finished stage: entries appear whole).
+    pub fn contains(&self, key: &str) -> bool {
+        self.entry(key).exists()
+    }
+
     /// Copies the entry's files (paths relative to the run directory) into
     /// `run_dir`; false when the key is not cached.
     pub fn restore(&self, key: &str, run_dir: &Path, rels: &[PathBuf]) -> Result<bool> {

@@ -499,6 +499,30 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     let rep = safetune(&["report", top.to_str().unwrap()], &d.join("cache"));
     assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
     assert_eq!(std::fs::read_to_string(top.join("summary.md")).unwrap(), summary);
+    // --jobs 2 over the grid: the two seeds' alignments train side by side in workers across the
+    // sub-runs, then every sub-run's cells in one pool; what two sub-runs share still trains
+    // once (one alignment per seed, the pure-bad weights once per seed); every result file is
+    // the sequential run's, byte for byte.
+    let outj = d.join("outj");
+    let rj = safetune(&["run", spec.to_str().unwrap(), "--out", outj.to_str().unwrap(), "--jobs", "2"], &d.join("cachej"));
+    let logj = String::from_utf8_lossy(&rj.stderr).to_string();
+    assert!(rj.status.success(), "{logj}");
+    assert!(logj.contains("[grid] 4 sub-runs: aligned models and cells in up to 2 workers across them"), "{logj}");
+    assert!(logj.contains("[jobs] worker started: aligned (builtin-sentiment-s7)"), "{logj}");
+    assert!(logj.contains("[jobs] worker started: aligned (builtin-sentiment-s8)"), "{logj}");
+    assert_eq!(logj.matches("[align] 16 examples").count(), 2, "{logj}");
+    // Four high-harm cells and the two seeds' pure-bad cells in the pool; the other task's
+    // pure-bad cell of each seed restores those weights in its own pass.
+    assert_eq!(logj.matches("[jobs] worker started: sft-lora__").count(), 6, "{logj}");
+    assert_eq!(logj.matches("[sft-lora__pure-bad] reusing cached trained weights").count(), 2, "{logj}");
+    let topj = outj.join("tiny");
+    for sub in ["builtin-sentiment-s7", "builtin-sentiment-s8", "builtin-arithmetic-s7", "builtin-arithmetic-s8"] {
+        assert_eq!(files(&topj.join("runs").join(sub)), files(&top.join("runs").join(sub)), "{sub}");
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(topj.join("runs").join(sub).join("manifest.json")).unwrap()).unwrap();
+        assert!(m["grid_workers_s"].as_f64().is_some_and(|s| s > 0.0), "{sub}: {m}");
+    }
+    assert_eq!(std::fs::read_to_string(topj.join("summary.md")).unwrap(), summary);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
