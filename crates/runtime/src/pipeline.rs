@@ -229,7 +229,8 @@ fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
         let drawn = drawn_sets(s, &prepared.pools)?;
         open(s, opts, prepared, drawn.align_set)
     }
-    let mut seen = std::collections::HashSet::new();
+    // Content keys of the aligned models and the cell trainings already given to the pool.
+    let (mut aligning, mut training) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     let (mut train, mut evaluate) = (Vec::new(), Vec::new());
     for s in subs {
         let Opened { mut r, plan, .. } = open_sub(s, opts)?;
@@ -238,7 +239,7 @@ fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
         for d in &plan.alignments {
             let label = crate::results::aligned_label(d.as_deref());
             let (a, cached) = r.alignment_entry(d.as_deref())?;
-            if !cached && seen.insert(a.key) {
+            if !cached && aligning.insert(a.key) {
                 train.push((spec_json.clone(), vec![label]));
             } else if !r.run_dir.join("models").join(format!("{label}.json")).exists() {
                 evaluate.push((spec_json.clone(), vec![label]));
@@ -270,7 +271,7 @@ fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
             // A group trains once, as its first pending cell; a training another sub-run's group
             // does is left to this sub-run's own pass, which restores it from the cache.
             if let Some(first) = g.first() {
-                if seen.insert(pending[first].clone()) {
+                if training.insert(pending[first].clone()) {
                     groups.push((spec_json.clone(), g));
                 }
             }
