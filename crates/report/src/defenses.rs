@@ -32,6 +32,13 @@ struct Cell {
     dir: std::path::PathBuf,
 }
 
+impl Cell {
+    /// Where its stored answers are, for [`paired_sets`].
+    fn answers(&self) -> (&Path, &str, &ModelEval) {
+        (&self.dir, &self.result.cell, &self.result.eval)
+    }
+}
+
 /// A difference (defended minus undefended) averaged over seeds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Diff {
@@ -142,8 +149,7 @@ fn mean_over_refusal(e: &ModelEval) -> Option<f64> {
 /// seeds of the cells' own figures): stored answers that do not give the cells' figures
 /// give no interval rather than a wrong one. Task scores are stored to four decimals.
 fn over_prompts(pairs: &[(&Cell, &Cell)], m: Measure, reported: Option<Diff>) -> Option<Estimate> {
-    let seeds: Vec<Vec<PairedSet>> =
-        pairs.iter().map(|(u, d)| paired_sets((&u.dir, &u.result), (&d.dir, &d.result), m)).collect::<Option<_>>()?;
+    let seeds: Vec<Vec<PairedSet>> = pairs.iter().map(|(u, d)| paired_sets(u.answers(), d.answers(), m)).collect::<Option<_>>()?;
     let est = safetune_metrics::paired_difference(&seeds, pairs[0].1.result.seed)?;
     let tolerance = if matches!(m, Measure::Task) { 5e-5 } else { 1e-9 };
     ((est.value - reported?.mean).abs() <= tolerance).then_some(est)

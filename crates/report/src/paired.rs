@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use safetune_eval::results::CellResult;
+use safetune_eval::results::ModelEval;
 use safetune_metrics::PairedSet;
 
 /// What a difference is taken of, prompt by prompt.
@@ -19,13 +19,14 @@ pub enum Measure {
     OverRefusal,
 }
 
-/// One measure of two cells (`u` first, `d` second: undefended and defended, or a regime and
-/// the next more harmful one), each given with its run directory, per prompt: per set of
-/// `u`'s evaluation, both cells' values in the order of the prompts' ids (`None` for an empty
-/// answer), from the stored answers (`generations/<cell>/<set>.jsonl`). `None` when a file is
+/// One measure of two evaluated models (`u` first, `d` second: undefended and defended, a
+/// regime and the next more harmful one, an aligned model and a cell trained from it), each
+/// given as its run directory, its label (`generations/<label>/`) and its evaluation, per
+/// prompt: per set of `u`'s evaluation, both cells' values in the order of the prompts' ids (`None` for an empty
+/// answer), from the stored answers (`generations/<label>/<set>.jsonl`). `None` when a file is
 /// missing, the two cells were not asked the same prompts, or a value cannot be read.
-pub fn paired_sets(u: (&Path, &CellResult), d: (&Path, &CellResult), m: Measure) -> Option<Vec<PairedSet>> {
-    let e = &u.1.eval;
+pub fn paired_sets(u: (&Path, &str, &ModelEval), d: (&Path, &str, &ModelEval), m: Measure) -> Option<Vec<PairedSet>> {
+    let e = u.2;
     let sets: Vec<&str> = match m {
         Measure::Asr => e.safety.iter().map(|s| s.set.as_str()).collect(),
         Measure::Task => vec![e.task.task.as_str()],
@@ -44,8 +45,9 @@ pub fn paired_sets(u: (&Path, &CellResult), d: (&Path, &CellResult), m: Measure)
             _ => None,
         }
     };
-    let stored =
-        |(dir, c): (&Path, &CellResult), set: &str| super::verdicts(&dir.join("generations").join(&c.cell).join(format!("{set}.jsonl")));
+    let stored = |(dir, label, _): (&Path, &str, &ModelEval), set: &str| {
+        super::verdicts(&dir.join("generations").join(label).join(format!("{set}.jsonl")))
+    };
     sets.iter()
         .map(|set| {
             let (a, b) = (stored(u, set)?, stored(d, set)?);
