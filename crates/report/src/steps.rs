@@ -1,6 +1,6 @@
-//! The harmful share, step by step: each method's undefended cells in order of the
-//! harmful share of their fine-tuning data (benign, low-harm, high-harm, pure-bad), each
-//! against the one before it on the same prompts — the difference of mean ASR with its
+//! The harmful share, step by step: the aligned model, then each method's undefended cells
+//! in order of the harmful share of their fine-tuning data (benign, low-harm, high-harm,
+//! pure-bad), each against the one before it on the same prompts — the difference of mean ASR with its
 //! 95% paired bootstrap interval over prompts, pooled over the seeds — so a reader sees
 //! whether ASR rises at every step beyond what the prompts' sampling could give.
 
@@ -15,14 +15,15 @@ use super::paired::{paired_sets, Measure};
 /// The label of the aligned model an undefended cell is trained from.
 const ALIGNED: &str = "aligned";
 
-/// One step from one regime to the next more harmful one, pooled over seeds.
+/// One step, pooled over seeds: from the aligned model to the least harmful regime, or from
+/// one regime to the next more harmful one.
 #[derive(Debug, Clone)]
 pub struct Step {
     pub task: String,
     pub method: String,
     pub from: String,
     pub to: String,
-    /// Seeds with both cells and their stored answers.
+    /// Seeds with both models evaluated.
     pub seeds: Vec<u64>,
     /// Mean ASR of `to` minus `from` (fraction), with the paired interval over prompts; `None`
     /// when a seed's answers are not stored or do not give the cells' own figures.
@@ -108,7 +109,7 @@ pub fn steps(runs: &[(String, u64, PathBuf)]) -> Result<Vec<Step>> {
     Ok(out)
 }
 
-/// The section in Markdown; empty when no method has two regimes.
+/// The section in Markdown; empty without steps (no undefended cell).
 pub fn markdown(steps: &[Step]) -> String {
     if steps.is_empty() {
         return String::new();
