@@ -180,7 +180,9 @@ fn apart(a: &Row, b: &Row) -> String {
         }
     }
     match sep {
-        0 => "within noise: the 95% intervals overlap on every set".into(),
+        // Overlapping intervals of two models asked the same prompts do not make a difference
+        // noise: the paired test (`steps.rs`, under the reading) is the sharper one.
+        0 => "their own 95% intervals overlap on every set".into(),
         k if k == total => "a clear difference: the 95% intervals are apart on every set".into(),
         k => format!("the 95% intervals are apart on {k} of {total} sets"),
     }
@@ -328,7 +330,7 @@ mod tests {
         ];
         let r = reading(&rows);
         assert!(r.contains("alignment: 90.0% (base) → 10.0% (aligned), -80.0 points (a clear difference"), "{r}");
-        assert!(r.contains("sft-lora: fine-tuning on benign data 20.0% (+10.0 points over aligned; within noise: the 95% intervals overlap on every set); with 30.0% harmful data (high-harm) 60.0% (+40.0 points over benign; a clear difference"), "{r}");
+        assert!(r.contains("sft-lora: fine-tuning on benign data 20.0% (+10.0 points over aligned; their own 95% intervals overlap on every set); with 30.0% harmful data (high-harm) 60.0% (+40.0 points over benign; a clear difference"), "{r}");
         assert_eq!(reading(&rows[2..]), "", "nothing to compare without base and aligned");
 
         // A model that answers (almost) nothing: its ASR of 0.0 over the two non-empty
