@@ -205,6 +205,31 @@ fn open<'a>(spec: &'a RunSpec, opts: &RunOptions, prepared: Prepared, align_set:
     Ok(Opened { r: Run::new(spec, opts, prepared, run_dir, align_set), plan, manifest, _lock: lock })
 }
 
+/// Where a cell of a run stands.
+#[derive(PartialEq, Eq)]
+enum CellState {
+    /// Its result is in the run's directory under its current key.
+    Here,
+    /// Its result is in the stage cache (a run restores it from there).
+    Cached,
+    /// It is still to compute.
+    ToDo,
+}
+
+/// A cell's content key and where it stands.
+fn cell_state(r: &Run, c: &crate::plan::CellPlan, a: &Aligned) -> Result<(String, CellState)> {
+    let key = r.cell_key(&c.method, &c.defenses, &c.regime, a)?;
+    let file = r.run_dir.join("cells").join(format!("{}.json", c.label));
+    let state = if reuse_here::<CellResult>(&r.run_dir, "cells", &c.label, &file, &key)?.is_some() {
+        CellState::Here
+    } else if StageCache::new("cells").contains(&key) {
+        CellState::Cached
+    } else {
+        CellState::ToDo
+    };
+    Ok((key, state))
+}
+
 /// The base model's evaluation, once per results directory (and per content key in the cache).
 fn evaluate_base(r: &mut Run) -> Result<()> {
     let (path, template) = (r.model_path.clone(), r.spec.data.template);
@@ -259,12 +284,10 @@ fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
         let mut pending = std::collections::HashMap::new();
         for c in &plan.cells {
             let a = &aligned[&c.align];
-            let key = r.cell_key(&c.method, &c.defenses, &c.regime, a)?;
-            let file = r.run_dir.join("cells").join(format!("{}.json", c.label));
-            if reuse_here::<CellResult>(&r.run_dir, "cells", &c.label, &file, &key)?.is_some() || StageCache::new("cells").contains(&key) {
-                continue;
+            // A cell here or in the cache is left to the sub-run's own pass (which restores it).
+            if cell_state(&r, c, a)?.1 == CellState::ToDo {
+                pending.insert(c.label.clone(), r.train_key(&c.method, &c.defenses, &c.regime, a)?);
             }
-            pending.insert(c.label.clone(), r.train_key(&c.method, &c.defenses, &c.regime, a)?);
         }
         for g in plan.training_groups() {
             let g: Vec<String> = g.into_iter().filter(|l| pending.contains_key(l)).collect();
@@ -355,14 +378,13 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         if opts.worker_cells.as_ref().is_some_and(|w| !w.contains(cell)) {
             continue;
         }
-        let cell_file = r.run_dir.join("cells").join(format!("{cell}.json"));
-        let key = r.cell_key(&c.method, &c.defenses, &c.regime, a)?;
-        if reuse_here::<CellResult>(&r.run_dir, "cells", cell, &cell_file, &key)?.is_some() {
+        let (key, state) = cell_state(&r, c, a)?;
+        if state == CellState::Here {
             say(quiet, format!("[{cell}] already done"));
             continue;
         }
         let rels = r.cell_files(&c.method, &c.defenses, cell)?;
-        if StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
+        if state == CellState::Cached && StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
             say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
             r.publish_trained_from_cell(&c.method, &c.defenses, &c.regime, a, cell)?;
             mark_done(&r.run_dir, "cells", cell, &key)?;
