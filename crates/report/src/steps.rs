@@ -6,14 +6,15 @@
 
 use std::path::PathBuf;
 
+use super::paired::{difference, Measure};
 use safetune_core::Result;
 use safetune_eval::results::{CellResult, ModelEval};
-use safetune_metrics::PairedSet;
-
-use super::paired::{paired_sets, Measure};
 
 /// The label of the aligned model an undefended cell is trained from.
 const ALIGNED: &str = "aligned";
+
+/// A model of a run: its label under `generations/` and its evaluation.
+type Labelled = (String, ModelEval);
 
 /// One step, pooled over seeds: from the aligned model to the least harmful regime, or from
 /// one regime to the next more harmful one.
@@ -76,33 +77,26 @@ pub fn steps(runs: &[(String, u64, PathBuf)]) -> Result<Vec<Step>> {
         let names: Vec<&str> = std::iter::once(ALIGNED).chain(regimes.iter().map(|(_, r)| r.as_str())).collect();
         for w in names.windows(2) {
             let (from, to) = (w[0], w[1]);
-            let mut seeds = Vec::new();
-            let mut paired: Option<Vec<Vec<PairedSet>>> = Some(Vec::new());
-            let mut reported = Vec::new();
+            // Per seed with both models: its run directory and each model's label and evaluation.
+            let mut points: Vec<(u64, &PathBuf, Labelled, Labelled)> = Vec::new();
             for (_, seed, dir) in runs.iter().filter(|(t, ..)| *t == task) {
-                // A point of the sequence in this run: its label under `generations/` and its evaluation.
-                let at = |name: &str| -> Option<(String, ModelEval)> {
+                let at = |name: &str| -> Option<Labelled> {
                     if name == ALIGNED {
                         return Some((ALIGNED.into(), super::read_json(&dir.join("models").join(format!("{ALIGNED}.json"))).ok()?));
                     }
                     let (_, _, c) = cells.iter().find(|(t, d, c)| *t == task && d == dir && c.method == method && c.regime == name)?;
                     Some((c.cell.clone(), c.eval.clone()))
                 };
-                let (Some(a), Some(b)) = (at(from), at(to)) else { continue };
-                seeds.push(*seed);
-                reported.push(super::mean_asr(&b.1) - super::mean_asr(&a.1));
-                let sets = paired_sets((dir.as_path(), &a.0, &a.1), (dir.as_path(), &b.0, &b.1), Measure::Asr);
-                paired = paired.zip(sets).map(|(mut v, s)| {
-                    v.push(s);
-                    v
-                });
+                if let (Some(a), Some(b)) = (at(from), at(to)) {
+                    points.push((*seed, dir, a, b));
+                }
             }
-            if seeds.is_empty() {
-                continue;
-            }
-            let mean_reported = reported.iter().sum::<f64>() / reported.len() as f64;
-            let diff =
-                paired.and_then(|p| safetune_metrics::paired_difference(&p, seeds[0])).filter(|d| (d.value - mean_reported).abs() <= 1e-9);
+            let Some(&(first_seed, ..)) = points.first() else { continue };
+            let reported =
+                points.iter().map(|(_, _, a, b)| super::mean_asr(&b.1) - super::mean_asr(&a.1)).sum::<f64>() / points.len() as f64;
+            let pairs = points.iter().map(|(_, dir, a, b)| ((dir.as_path(), a.0.as_str(), &a.1), (dir.as_path(), b.0.as_str(), &b.1)));
+            let diff = difference(pairs, Measure::Asr, first_seed, reported);
+            let seeds = points.iter().map(|p| p.0).collect();
             out.push(Step { task: task.clone(), method: method.clone(), from: from.into(), to: to.into(), seeds, diff });
         }
     }
