@@ -124,8 +124,7 @@ fn cell_seconds(dir: &Path, c: &CellResult) -> Option<f64> {
 fn cells(runs: &[(String, u64, std::path::PathBuf)]) -> Result<Vec<Cell>> {
     let mut out = Vec::new();
     for (task, _, dir) in runs {
-        for p in super::json_files(&dir.join("cells"))? {
-            let result: CellResult = super::read_json(&p)?;
+        for result in super::cell_results(dir)? {
             let seconds = cell_seconds(dir, &result);
             out.push(Cell { task: task.clone(), result, seconds, dir: dir.clone() });
         }

@@ -96,6 +96,11 @@ fn json_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(v)
 }
 
+/// Every cell result of a run directory (`cells/*.json`), in file-name order.
+fn cell_results(run_dir: &Path) -> Result<Vec<CellResult>> {
+    json_files(&run_dir.join("cells"))?.iter().map(|p| read_json(p)).collect()
+}
+
 /// The rows of a run directory: base, aligned models, then cells ordered by
 /// method label and poison ratio.
 pub fn rows_from_dir(run_dir: &Path) -> Result<Vec<Row>> {
@@ -105,7 +110,7 @@ pub fn rows_from_dir(run_dir: &Path) -> Result<Vec<Row>> {
     for p in models.iter().filter(|p| name(p) == "base").chain(models.iter().filter(|p| name(p) != "base")) {
         rows.push(Row::model(&name(p), &read_json(p)?));
     }
-    let mut cells: Vec<CellResult> = json_files(&run_dir.join("cells"))?.iter().map(|p| read_json(p)).collect::<Result<_>>()?;
+    let mut cells = cell_results(run_dir)?;
     cells.sort_by(|a, b| {
         (cell_label(&a.method, &a.defenses), a.poison_ratio)
             .partial_cmp(&(cell_label(&b.method, &b.defenses), b.poison_ratio))

@@ -50,11 +50,8 @@ impl Step {
 pub fn steps(runs: &[(String, u64, PathBuf)]) -> Result<Vec<Step>> {
     let mut cells: Vec<(String, PathBuf, CellResult)> = Vec::new();
     for (task, _, dir) in runs {
-        for p in super::json_files(&dir.join("cells"))? {
-            let c: CellResult = super::read_json(&p)?;
-            if c.defenses.is_empty() {
-                cells.push((task.clone(), dir.clone(), c));
-            }
+        for c in super::cell_results(dir)?.into_iter().filter(|c| c.defenses.is_empty()) {
+            cells.push((task.clone(), dir.clone(), c));
         }
     }
     // (task, method) in the order first seen; regimes by harmful share.
