@@ -17,7 +17,7 @@ use crate::stack::{build_defense, resolved_options};
 
 /// The alignment-stage defense whose objective trains an aligned model: the stack's own, else
 /// the run's `alignment.objective`, else none (plain supervised fine-tuning).
-pub(crate) fn objective<'a>(spec: &'a crate::spec::RunSpec, stack: Option<&'a str>) -> Option<&'a str> {
+fn objective<'a>(spec: &'a crate::spec::RunSpec, stack: Option<&'a str>) -> Option<&'a str> {
     stack.or(spec.alignment.objective.as_deref())
 }
 
@@ -48,11 +48,6 @@ impl Run<'_> {
         let aligned = Aligned::in_cache(sha256_json(&key_parts)?, full);
         let cached = aligned.is_cached();
         Ok((aligned, cached))
-    }
-
-    /// Whether the aligned model for `defense` (or none) is in the cache already.
-    pub(crate) fn alignment_cached(&self, defense: Option<&str>) -> Result<bool> {
-        Ok(self.alignment_entry(defense)?.1)
     }
 
     /// The aligned model for an alignment-stage defense (or none), trained once per content key and cached.

@@ -231,6 +231,25 @@ fn cell_state(r: &Run, c: &crate::plan::CellPlan, a: &Aligned) -> Result<(String
 }
 
 /// The base model's evaluation, once per results directory (and per content key in the cache).
+/// The aligned models of `plan` not yet in the cache, one entry per content key in plan order,
+/// each with the labels of the models that share it (a stack naming `alignment.objective`'s
+/// defense trains the same model as the plain alignment): one worker trains each entry once.
+fn alignments_to_train(r: &Run, plan: &RunPlan) -> Result<Vec<(String, Vec<String>)>> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for d in &plan.alignments {
+        let (a, cached) = r.alignment_entry(d.as_deref())?;
+        if cached {
+            continue;
+        }
+        let label = crate::results::aligned_label(d.as_deref());
+        match out.iter_mut().find(|(k, _)| *k == a.key) {
+            Some((_, labels)) => labels.push(label),
+            None => out.push((a.key, vec![label])),
+        }
+    }
+    Ok(out)
+}
+
 fn evaluate_base(r: &mut Run) -> Result<()> {
     let (path, template) = (r.model_path.clone(), r.spec.data.template);
     let base_id = serde_json::json!({ "base": r.model_sha });
@@ -261,12 +280,17 @@ fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
         let Opened { mut r, plan, .. } = open_sub(s, opts)?;
         evaluate_base(&mut r)?;
         let spec_json = r.run_dir.join("spec.json");
+        // Labels whose training this sub-run hands to the pool: its workers evaluate them too.
+        let mut mine = std::collections::HashSet::new();
+        for (key, labels) in alignments_to_train(&r, &plan)? {
+            if aligning.insert(key) {
+                mine.extend(labels.iter().cloned());
+                train.push((spec_json.clone(), labels));
+            }
+        }
         for d in &plan.alignments {
             let label = crate::results::aligned_label(d.as_deref());
-            let (a, cached) = r.alignment_entry(d.as_deref())?;
-            if !cached && aligning.insert(a.key) {
-                train.push((spec_json.clone(), vec![label]));
-            } else if !r.run_dir.join("models").join(format!("{label}.json")).exists() {
+            if !mine.contains(&label) && !r.run_dir.join("models").join(format!("{label}.json")).exists() {
                 evaluate.push((spec_json.clone(), vec![label]));
             }
         }
@@ -326,21 +350,9 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let template = spec.data.template;
     let align_label = |d: &Option<String>| crate::results::aligned_label(d.as_deref());
     // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
-    // processes side by side, the loop below then finding them in the cache. Models that train
-    // with the same objective (a stack naming `alignment.objective`'s defense) share a content
-    // key, so they go to one worker together and train once.
+    // processes side by side (one per content key), the loop below then finding them in the cache.
     if opts.jobs > 1 && !opts.is_worker() {
-        let mut pending: Vec<(Option<&str>, Vec<String>)> = Vec::new();
-        for d in &plan.alignments {
-            if !r.alignment_cached(d.as_deref())? {
-                let objective = crate::align::objective(spec, d.as_deref());
-                match pending.iter_mut().find(|(o, _)| *o == objective) {
-                    Some((_, labels)) => labels.push(align_label(d)),
-                    None => pending.push((objective, vec![align_label(d)])),
-                }
-            }
-        }
-        let groups: Vec<Vec<String>> = pending.into_iter().map(|(_, labels)| labels).collect();
+        let groups: Vec<Vec<String>> = alignments_to_train(&r, &plan)?.into_iter().map(|(_, labels)| labels).collect();
         if groups.len() > 1 {
             crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, crate::jobs::WorkerKind::Alignments, &groups)?;
         }

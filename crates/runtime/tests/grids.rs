@@ -238,6 +238,35 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
 }
 
 #[test]
+fn with_jobs_a_stack_naming_the_alignment_objective_trains_that_aligned_model_once_in_one_worker() {
+    // `alignment.objective = "vaccine"` and a stack that names vaccine: both labels' aligned
+    // models have one content key, so one worker trains it once and evaluates both labels,
+    // beside another worker for Booster's own aligned model.
+    let d = tmp("shared-objective");
+    let spec = tiny_spec(&d);
+    std::fs::write(
+        d.join("o.toml"),
+        "name = \"tiny-objective\"\n[alignment]\nobjective = \"vaccine\"\n\
+         [finetune]\nmethods = [\"sft-lora\"]\nregimes = [\"high-harm\"]\ndefenses = [[], [\"vaccine\"], [\"booster\"]]\n",
+    )
+    .unwrap();
+    let out = d.join("out");
+    let r = safetune(
+        &["run", spec.to_str().unwrap(), "--overlay", d.join("o.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", "2"],
+        &d.join("cache"),
+    );
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert_eq!(log.matches("[jobs] worker started: aligned, aligned+vaccine\n").count(), 1, "{log}");
+    assert_eq!(log.matches("[jobs] worker started: aligned+booster\n").count(), 1, "{log}");
+    assert_eq!(log.matches("[align+vaccine] 16 examples").count(), 1, "trained once:\n{log}");
+    assert_eq!(log.matches("[align] 16 examples").count(), 0, "{log}");
+    for label in ["aligned", "aligned+vaccine", "aligned+booster"] {
+        assert!(out.join("tiny-objective/models").join(format!("{label}.json")).is_file(), "{label} evaluated");
+    }
+}
+
+#[test]
 fn post_tuning_repairs_reuse_the_undefended_cells_training() {
     // SafeLoRA and Antidote change nothing fine-tuning trains: in one grid with the undefended
     // cell they repair its trained adapter instead of training again, and each repaired cell
