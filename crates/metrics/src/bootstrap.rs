@@ -12,9 +12,17 @@ pub fn bootstrap_ci(values: &[f64], seed: u64) -> (f64, f64) {
         return (0.0, 0.0);
     }
     let mut rng = SeededRng::derive(seed, "bootstrap");
-    let mut means: Vec<f64> = (0..RESAMPLES).map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64).collect();
-    means.sort_by(f64::total_cmp);
-    (means[(RESAMPLES as f64 * 0.025) as usize], means[(RESAMPLES as f64 * 0.975) as usize - 1])
+    let means: Vec<f64> = (0..RESAMPLES).map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64).collect();
+    percentile_interval(means)
+}
+
+/// The 95% percentile interval of bootstrap statistics: the ⌊2.5%⌋-th and the ⌈97.5%⌉-th
+/// smallest of them (indices ⌊0.025·n⌋ and ⌈0.975·n⌉ − 1; 50 and 1949 of 2,000), the one
+/// convention of every interval here.
+fn percentile_interval(mut stats: Vec<f64>) -> (f64, f64) {
+    stats.sort_by(f64::total_cmp);
+    let n = stats.len();
+    (stats[(n as f64 * 0.025) as usize], stats[((n as f64 * 0.975).ceil() as usize).clamp(1, n) - 1])
 }
 
 /// Mean of `values` with its bootstrap interval.
@@ -80,13 +88,12 @@ pub fn paired_difference(seeds: &[Vec<PairedSet>], seed: u64) -> Option<Estimate
     }
     let value = stat(seeds, None)?;
     let mut rng = SeededRng::derive(seed, "paired-bootstrap");
-    let mut stats: Vec<f64> = (0..RESAMPLES).filter_map(|_| stat(seeds, Some(&mut rng))).collect();
+    let stats: Vec<f64> = (0..RESAMPLES).filter_map(|_| stat(seeds, Some(&mut rng))).collect();
     if stats.len() < RESAMPLES * 9 / 10 {
         return None;
     }
-    stats.sort_by(f64::total_cmp);
-    let at = |q: f64| stats[((stats.len() as f64 * q) as usize).min(stats.len() - 1)];
-    Some(Estimate { value, n: seeds.iter().flatten().map(Vec::len).sum(), ci_low: at(0.025), ci_high: at(0.975) })
+    let (ci_low, ci_high) = percentile_interval(stats);
+    Some(Estimate { value, n: seeds.iter().flatten().map(Vec::len).sum(), ci_low, ci_high })
 }
 
 #[cfg(test)]
@@ -110,6 +117,13 @@ mod tests {
         let rate = covered as f64 / trials as f64;
         assert!((0.88..=0.99).contains(&rate), "coverage {rate}");
         assert_eq!(proportion(&[], 0).n, 0);
+    }
+    #[test]
+    fn every_interval_takes_the_same_two_order_statistics() {
+        let stats = |n: usize| (0..n).rev().map(|i| i as f64).collect::<Vec<_>>();
+        assert_eq!(percentile_interval(stats(2000)), (50.0, 1949.0));
+        assert_eq!(percentile_interval(stats(1800)), (45.0, 1754.0));
+        assert_eq!(percentile_interval(stats(1)), (0.0, 0.0));
     }
     #[test]
     fn a_paired_difference_is_exact_in_its_value_and_its_interval_shrinks_with_shared_prompts() {
