@@ -205,9 +205,9 @@ fn open<'a>(spec: &'a RunSpec, opts: &RunOptions, prepared: Prepared, align_set:
     Ok(Opened { r: Run::new(spec, opts, prepared, run_dir, align_set), plan, manifest, _lock: lock })
 }
 
-/// Where a cell of a run stands.
+/// Where a cell or a model's evaluation stands in a run.
 #[derive(PartialEq, Eq)]
-enum CellState {
+enum StageState {
     /// Its result is in the run's directory under its current key.
     Here,
     /// Its result is in the stage cache (a run restores it from there).
@@ -217,20 +217,37 @@ enum CellState {
 }
 
 /// A cell's content key and where it stands.
-fn cell_state(r: &Run, c: &crate::plan::CellPlan, a: &Aligned) -> Result<(String, CellState)> {
+fn cell_state(r: &Run, c: &crate::plan::CellPlan, a: &Aligned) -> Result<(String, StageState)> {
     let key = r.cell_key(&c.method, &c.defenses, &c.regime, a)?;
     let file = r.run_dir.join("cells").join(format!("{}.json", c.label));
-    let state = if reuse_here::<CellResult>(&r.run_dir, "cells", &c.label, &file, &key)?.is_some() {
-        CellState::Here
-    } else if StageCache::new("cells").contains(&key) {
-        CellState::Cached
-    } else {
-        CellState::ToDo
-    };
+    let here = reuse_here::<CellResult>(&r.run_dir, "cells", &c.label, &file, &key)?.is_some();
+    let state = stage_state(here, "cells", &key);
     Ok((key, state))
 }
 
-/// The base model's evaluation, once per results directory (and per content key in the cache).
+/// Where the evaluation of the aligned model `a` under `label` stands.
+fn aligned_evaluation_state(r: &Run, label: &str, a: &Aligned) -> Result<StageState> {
+    let key = r.evaluation_key(aligned_identity(r, a))?;
+    let file = r.run_dir.join("models").join(format!("{label}.json"));
+    let here = reuse_here::<crate::results::ModelEval>(&r.run_dir, "models", label, &file, &key)?.is_some();
+    Ok(stage_state(here, "evals", &key))
+}
+
+fn stage_state(here: bool, cache: &str, key: &str) -> StageState {
+    if here {
+        StageState::Here
+    } else if StageCache::new(cache).contains(key) {
+        StageState::Cached
+    } else {
+        StageState::ToDo
+    }
+}
+
+/// What an aligned model's evaluation is made of: the base model and the aligned model's key.
+fn aligned_identity(r: &Run, a: &Aligned) -> serde_json::Value {
+    serde_json::json!({ "base": r.model_sha, "aligned": a.key })
+}
+
 /// The aligned models of `plan` not yet in the cache, one entry per content key in plan order,
 /// each with the labels of the models that share it (a stack naming `alignment.objective`'s
 /// defense trains the same model as the plain alignment): one worker trains each entry once.
@@ -250,6 +267,7 @@ fn alignments_to_train(r: &Run, plan: &RunPlan) -> Result<Vec<(String, Vec<Strin
     Ok(out)
 }
 
+/// The base model's evaluation, once per results directory (and per content key in the cache).
 fn evaluate_base(r: &mut Run) -> Result<()> {
     let (path, template) = (r.model_path.clone(), r.spec.data.template);
     let base_id = serde_json::json!({ "base": r.model_sha });
@@ -288,9 +306,15 @@ fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
                 train.push((spec_json.clone(), labels));
             }
         }
+        // The others (in the cache, or trained by another sub-run's worker) are evaluated by
+        // workers too, unless their evaluation is here or in the cache already.
         for d in &plan.alignments {
             let label = crate::results::aligned_label(d.as_deref());
-            if !mine.contains(&label) && !r.run_dir.join("models").join(format!("{label}.json")).exists() {
+            if mine.contains(&label) {
+                continue;
+            }
+            let (a, cached) = r.alignment_entry(d.as_deref())?;
+            if !cached || aligned_evaluation_state(&r, &label, &a)? == StageState::ToDo {
                 evaluate.push((spec_json.clone(), vec![label]));
             }
         }
@@ -309,7 +333,7 @@ fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
         for c in &plan.cells {
             let a = &aligned[&c.align];
             // A cell here or in the cache is left to the sub-run's own pass (which restores it).
-            if cell_state(&r, c, a)?.1 == CellState::ToDo {
+            if cell_state(&r, c, a)?.1 == StageState::ToDo {
                 pending.insert(c.label.clone(), r.train_key(&c.method, &c.defenses, &c.regime, a)?);
             }
         }
@@ -372,7 +396,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             published.push(label.clone());
         }
         let a2 = a.clone();
-        let id = serde_json::json!({ "base": r.model_sha, "aligned": a.key });
+        let id = aligned_identity(&r, &a);
         r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;
         keys.insert(label, a.key.clone().into());
         aligned.insert(d.clone(), a);
@@ -391,12 +415,12 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             continue;
         }
         let (key, state) = cell_state(&r, c, a)?;
-        if state == CellState::Here {
+        if state == StageState::Here {
             say(quiet, format!("[{cell}] already done"));
             continue;
         }
         let rels = r.cell_files(&c.method, &c.defenses, cell)?;
-        if state == CellState::Cached && StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
+        if state == StageState::Cached && StageCache::new("cells").restore(&key, &r.run_dir, &rels)? {
             say(quiet, format!("[{cell}] reusing cached cell {}", &key[..16]));
             r.publish_trained_from_cell(&c.method, &c.defenses, &c.regime, a, cell)?;
             mark_done(&r.run_dir, "cells", cell, &key)?;

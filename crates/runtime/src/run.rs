@@ -255,6 +255,12 @@ impl Run<'_> {
         }
     }
 
+    /// The content key of a model's evaluation in this run: what the model is made of
+    /// (`identity`) and everything the evaluation reads.
+    pub(crate) fn evaluation_key(&self, identity: serde_json::Value) -> Result<String> {
+        sha256_json(&serde_json::json!({ "model": identity, "eval": self.eval_key()? }))
+    }
+
     /// Evaluates a model once per run directory (`models/<label>.json`), reusing an earlier
     /// result made under the same key: the run directory's, else the evaluation cache's. The
     /// key is the model's identity (`identity`: hashes of its weights) and everything the
@@ -267,7 +273,7 @@ impl Run<'_> {
     ) -> Result<ModelEval> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
         let gen_dir = self.run_dir.join("generations").join(label);
-        let key = sha256_json(&serde_json::json!({ "model": identity, "eval": self.eval_key()? }))?;
+        let key = self.evaluation_key(identity.clone())?;
         if let Some(e) = reuse_here(&self.run_dir, "models", label, &file, &key)? {
             say(self.quiet, format!("[eval {label}] reusing earlier result"));
             return Ok(e);

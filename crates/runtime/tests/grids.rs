@@ -552,6 +552,16 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
         assert!(m["grid_workers_s"].as_f64().is_some_and(|s| s > 0.0), "{sub}: {m}");
     }
     assert_eq!(std::fs::read_to_string(topj.join("summary.md")).unwrap(), summary);
+    // Again into a new directory with that cache: every aligned model, its evaluation and every
+    // cell is in the cache, so no worker starts (each sub-run restores them in its own pass).
+    let outk = d.join("outk");
+    let rk = safetune(&["run", spec.to_str().unwrap(), "--out", outk.to_str().unwrap(), "--jobs", "2"], &d.join("cachej"));
+    let logk = String::from_utf8_lossy(&rk.stderr).to_string();
+    assert!(rk.status.success(), "{logk}");
+    assert!(!logk.contains("[jobs] worker started"), "{logk}");
+    for sub in ["builtin-sentiment-s7", "builtin-arithmetic-s8"] {
+        assert_eq!(files(&outk.join("tiny/runs").join(sub)), files(&top.join("runs").join(sub)), "{sub}");
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }
 
