@@ -292,27 +292,11 @@ pub fn evaluate_resumable(
         let what = || judged_part("safety", name, set, format, spec, judge, seed);
         let greedy_part = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
             let t = Instant::now();
-            let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
-            let (recs, judgements) = steps.current(|| {
-                judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
-            })?;
-            let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
+            let (recs, judgements, verdicts) = greedy_judged(model, set, spec, judge, label, name, quiet)?;
             let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
             let harmful_score = safetune_metrics::harm_of(&judgements, seed);
             times.push((format!("{name}: ASR"), t.elapsed().as_secs_f64()));
-            if !quiet {
-                match crate::results::unmeasured(empty, asr.n) {
-                    Some(why) => {
-                        safetune_core::tracing::info!("[eval {label}] {name}: ASR NOT MEASURED, {why} ({:.0}s)", t.elapsed().as_secs_f64())
-                    }
-                    None => safetune_core::tracing::info!(
-                        "[eval {label}] {name}: ASR {:.1}% of {} ({:.0}s)",
-                        100.0 * asr.value,
-                        asr.n,
-                        t.elapsed().as_secs_f64()
-                    ),
-                }
-            }
+            log_rate(quiet, t, (label, name, "ASR"), (&asr, empty), || format!("ASR {:.1}% of {}", 100.0 * asr.value, asr.n));
             let by_category = per_category(&recs, &verdicts, seed);
             records.push((name.clone(), recs));
             let result = SafetyResult {
@@ -353,27 +337,12 @@ pub fn evaluate_resumable(
         let what = || judged_part("over-refusal", name, set, format, spec, judge, seed);
         let result = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
             let t = Instant::now();
-            let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
-            let (recs, judgements) = steps.current(|| {
-                judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict)
-            })?;
-            let verdicts: Vec<Verdict> = judgements.iter().map(|j| j.verdict).collect();
+            let (recs, _, verdicts) = greedy_judged(model, set, spec, judge, label, name, quiet)?;
             let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
             times.push((format!("{name}: over-refusal"), t.elapsed().as_secs_f64()));
-            if !quiet {
-                match crate::results::unmeasured(empty, refusal_rate.n) {
-                    Some(why) => safetune_core::tracing::info!(
-                        "[eval {label}] {name}: over-refusal NOT MEASURED, {why} ({:.0}s)",
-                        t.elapsed().as_secs_f64()
-                    ),
-                    None => safetune_core::tracing::info!(
-                        "[eval {label}] {name}: refused {:.1}% of {} benign prompts ({:.0}s)",
-                        100.0 * refusal_rate.value,
-                        refusal_rate.n,
-                        t.elapsed().as_secs_f64()
-                    ),
-                }
-            }
+            log_rate(quiet, t, (label, name, "over-refusal"), (&refusal_rate, empty), || {
+                format!("refused {:.1}% of {} benign prompts", 100.0 * refusal_rate.value, refusal_rate.n)
+            });
             let by_category = refusal_per_category(&recs, &verdicts, seed);
             records.push((name.clone(), recs));
             Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty, by_category })
@@ -515,6 +484,43 @@ fn record_category(e: &Example) -> Option<String> {
 /// Answers to a set with the given decoding, judged; records carry the example
 /// id plus `id_suffix` (`#k` for the k-th sample).
 /// `stop`: end each answer once the judge's verdict is settled (`eval.stop_at_verdict`).
+/// The greedy answers to a safety or over-refusal set, judged (stopping each answer at a
+/// settled verdict when the spec asks), with a progress line: records, judgements, verdicts.
+fn greedy_judged(
+    model: &dyn CausalLm,
+    set: &[Example],
+    spec: &EvalSpec,
+    judge: &dyn Judge,
+    label: &str,
+    name: &str,
+    quiet: bool,
+) -> Result<(Vec<GenRecord>, Vec<Judgement>, Vec<Verdict>)> {
+    let steps = Steps::new(&format!("eval {label}: {name}"), set.len(), "answer", quiet);
+    let (recs, judgements) = steps
+        .current(|| judged_answers(model, set, &greedy(spec.safety_max_new_tokens, spec.batch_size), judge, "", spec.stop_at_verdict))?;
+    let verdicts = judgements.iter().map(|j| j.verdict).collect();
+    Ok((recs, judgements, verdicts))
+}
+
+/// The log line of a set's rate: `measured()` with the time taken, or "`what` NOT MEASURED"
+/// and why when too many answers were empty (`results::unmeasured`).
+fn log_rate(
+    quiet: bool,
+    t: Instant,
+    (label, name, what): (&str, &str, &str),
+    (rate, empty): (&Estimate, usize),
+    measured: impl FnOnce() -> String,
+) {
+    if quiet {
+        return;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    match crate::results::unmeasured(empty, rate.n) {
+        Some(why) => safetune_core::tracing::info!("[eval {label}] {name}: {what} NOT MEASURED, {why} ({secs:.0}s)"),
+        None => safetune_core::tracing::info!("[eval {label}] {name}: {} ({secs:.0}s)", measured()),
+    }
+}
+
 fn judged_answers(
     model: &dyn CausalLm,
     set: &[Example],
