@@ -1,7 +1,7 @@
 //! `--jobs N`: aligned models and cells trained in parallel worker processes. The
 //! parent keeps the lock and evaluates the base model; then the aligned models not yet
 //! in the cache, then the pending cells, go to worker processes, at most N at a time:
-//! one process per group of work (models that train with one objective; cells that
+//! one process per group of work (aligned models of one content key; cells that
 //! train alike), the largest groups first, the next group starting as soon as a worker
 //! ends — so a long group does not hold up groups dealt behind it, and a worker's
 //! failure stops only its own group. Each worker runs the resolved spec (`spec.json`)
@@ -69,7 +69,7 @@ pub enum WorkerKind {
 }
 
 /// Runs the aligned models or cells of `groups` in worker processes, at most `opts.jobs` at
-/// once, one process per group (models that train with one objective, or cells that train
+/// once, one process per group (aligned models of one content key, or cells that train
 /// alike, `RunPlan::training_groups`: a group trains once), the groups with the most
 /// labels first and otherwise in grid order; waits for all of them.
 pub fn run_workers(spec_json: &Path, opts: &RunOptions, kind: WorkerKind, groups: &[Vec<String>]) -> Result<()> {
