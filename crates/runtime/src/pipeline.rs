@@ -227,7 +227,7 @@ fn cell_state(r: &Run, c: &crate::plan::CellPlan, a: &Aligned) -> Result<(String
 
 /// Where the evaluation of the aligned model `a` under `label` stands.
 fn aligned_evaluation_state(r: &Run, label: &str, a: &Aligned) -> Result<StageState> {
-    let key = r.evaluation_key(aligned_identity(r, a))?;
+    let key = r.evaluation_key(&aligned_identity(r, a))?;
     let file = r.run_dir.join("models").join(format!("{label}.json"));
     let here = reuse_here::<crate::results::ModelEval>(&r.run_dir, "models", label, &file, &key)?.is_some();
     Ok(stage_state(here, "evals", &key))

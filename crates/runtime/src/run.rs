@@ -257,7 +257,7 @@ impl Run<'_> {
 
     /// The content key of a model's evaluation in this run: what the model is made of
     /// (`identity`) and everything the evaluation reads.
-    pub(crate) fn evaluation_key(&self, identity: serde_json::Value) -> Result<String> {
+    pub(crate) fn evaluation_key(&self, identity: &serde_json::Value) -> Result<String> {
         sha256_json(&serde_json::json!({ "model": identity, "eval": self.eval_key()? }))
     }
 
@@ -273,7 +273,7 @@ impl Run<'_> {
     ) -> Result<ModelEval> {
         let file = self.run_dir.join("models").join(format!("{label}.json"));
         let gen_dir = self.run_dir.join("generations").join(label);
-        let key = self.evaluation_key(identity.clone())?;
+        let key = self.evaluation_key(&identity)?;
         if let Some(e) = reuse_here(&self.run_dir, "models", label, &file, &key)? {
             say(self.quiet, format!("[eval {label}] reusing earlier result"));
             return Ok(e);
