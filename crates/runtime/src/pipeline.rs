@@ -58,7 +58,7 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let mut sub_opts = RunOptions { out: runs.clone(), worker_cells: None, worker_alignments: None, ..opts.clone() };
     if opts.jobs > 1 && subs.len() > 1 {
         say(opts.quiet, format!("[grid] {} sub-runs: aligned models and cells in up to {} workers across them", subs.len(), opts.jobs));
-        sub_opts.grid_workers_s = Some(stages_across_sub_runs(&subs, &sub_opts)?);
+        sub_opts.grid_workers_s = Some(stages_in_workers(&subs, &sub_opts)?);
     }
     let mut dirs = Vec::new();
     for s in &subs {
@@ -248,25 +248,6 @@ fn aligned_identity(r: &Run, a: &Aligned) -> serde_json::Value {
     serde_json::json!({ "base": r.model_sha, "aligned": a.key })
 }
 
-/// The aligned models of `plan` not yet in the cache, one entry per content key in plan order,
-/// each with the labels of the models that share it (a stack naming `alignment.objective`'s
-/// defense trains the same model as the plain alignment): one worker trains each entry once.
-fn alignments_to_train(r: &Run, plan: &RunPlan) -> Result<Vec<(String, Vec<String>)>> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for d in &plan.alignments {
-        let (a, cached) = r.alignment_entry(d.as_deref())?;
-        if cached {
-            continue;
-        }
-        let label = crate::results::aligned_label(d.as_deref());
-        match out.iter_mut().find(|(k, _)| *k == a.key) {
-            Some((_, labels)) => labels.push(label),
-            None => out.push((a.key, vec![label])),
-        }
-    }
-    Ok(out)
-}
-
 /// The base model's evaluation, once per results directory (and per content key in the cache).
 fn evaluate_base(r: &mut Run) -> Result<()> {
     let (path, template) = (r.model_path.clone(), r.spec.data.template);
@@ -274,81 +255,111 @@ fn evaluate_base(r: &mut Run) -> Result<()> {
     r.evaluate_once("base", base_id, || open_model(&path, template)).map(drop)
 }
 
-/// `--jobs N` over a grid of several sub-runs: before the sub-runs run one after another, their
-/// aligned models and then their cells are computed in one pool of worker processes across all
-/// the sub-runs (`jobs::run_items`: at most N at a time, largest groups first), so that one
-/// sub-run's lone alignment trains beside another's and one sub-run's cells fill the cores
-/// another's leave idle. A stage two sub-runs share — the alignment of a seed's tasks, the
-/// pure-bad cell's training — goes to the pool once; the other sub-run restores it from the
-/// cache when it runs. Each sub-run's base model is evaluated first, here, so that two workers
-/// in one directory never both evaluate it; its aligned models are evaluated (by workers)
-/// before its cells start, for the same reason. Returns the wall time it took.
-fn stages_across_sub_runs(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
-    use crate::jobs::{run_items, WorkerKind};
-    let start = Instant::now();
-    fn open_sub<'a>(s: &'a RunSpec, opts: &RunOptions) -> Result<Opened<'a>> {
-        let prepared = prepare(s, opts)?;
-        let drawn = drawn_sets(s, &prepared.pools)?;
-        open(s, opts, prepared, drawn.align_set)
+/// What a `--jobs` pool computes across the runs given to it (`jobs::run_graph`): one item
+/// per worker process, and which item trains (or last evaluates) each aligned model's content
+/// key and trains each cell training's key, so that what two runs share — the alignment of a
+/// seed's tasks, the pure-bad cell's training — is computed once, the other run's item
+/// starting after it and reusing it from the cache (trained weights, stored answers).
+#[derive(Default)]
+struct Pool {
+    items: Vec<crate::jobs::Item>,
+    /// Aligned model's content key → the item that last trains or evaluates it.
+    evaluating: std::collections::HashMap<String, usize>,
+    /// Cell training key → the item that trains it.
+    training: std::collections::HashMap<String, usize>,
+}
+
+impl Pool {
+    fn push(&mut self, r: &Run, work: crate::jobs::Work, labels: Vec<String>, mut after: Vec<usize>) -> usize {
+        after.sort_unstable();
+        after.dedup();
+        self.items.push(crate::jobs::Item { spec: r.run_dir.join("spec.json"), work, labels, after });
+        self.items.len() - 1
     }
-    // Content keys of the aligned models and the cell trainings already given to the pool.
-    let (mut aligning, mut training) = (std::collections::HashSet::new(), std::collections::HashSet::new());
-    let (mut train, mut evaluate) = (Vec::new(), Vec::new());
-    for s in subs {
-        let Opened { mut r, plan, .. } = open_sub(s, opts)?;
-        evaluate_base(&mut r)?;
-        let spec_json = r.run_dir.join("spec.json");
-        // Labels whose training this sub-run hands to the pool: its workers evaluate them too.
-        let mut mine = std::collections::HashSet::new();
-        for (key, labels) in alignments_to_train(&r, &plan)? {
-            if aligning.insert(key) {
-                mine.extend(labels.iter().cloned());
-                train.push((spec_json.clone(), labels));
-            }
-        }
-        // The others (in the cache, or trained by another sub-run's worker) are evaluated by
-        // workers too, unless their evaluation is here or in the cache already.
-        for d in &plan.alignments {
-            let label = crate::results::aligned_label(d.as_deref());
-            if mine.contains(&label) {
-                continue;
-            }
-            let (a, cached) = r.alignment_entry(d.as_deref())?;
-            if !cached || aligned_evaluation_state(&r, &label, &a)? == StageState::ToDo {
-                evaluate.push((spec_json.clone(), vec![label]));
-            }
-        }
-    }
-    run_items(&train, opts, WorkerKind::Alignments)?;
-    run_items(&evaluate, opts, WorkerKind::Alignments)?;
-    let mut groups = Vec::new();
-    for s in subs {
-        let Opened { mut r, plan, .. } = open_sub(s, opts)?;
-        let spec_json = r.run_dir.join("spec.json");
+
+    /// Adds the run `r`'s aligned models, their evaluations and its cell groups that are
+    /// neither in its directory nor in the cache (a run's own pass restores those), each
+    /// after the items it needs: an aligned model's training trains once per content key,
+    /// the labels sharing that key in one item (a stack naming `alignment.objective`'s
+    /// defense trains the plain alignment's model), and evaluates them; another run's label
+    /// of that key is an evaluation after it; a cell group starts once its aligned models are
+    /// trained and evaluated in its run's directory (a worker must neither train nor evaluate
+    /// what another worker is computing). An aligned model's evaluation in the cache is
+    /// restored here, at once, rather than by each of its cells' workers side by side.
+    fn add(&mut self, r: &mut Run, plan: &RunPlan) -> Result<()> {
+        use crate::jobs::Work;
+        let mine = r.run_dir.join("spec.json");
+        // Per aligned label: the item after which it is trained and evaluated here (none: it is).
+        let mut ready: BTreeMap<String, Option<usize>> = BTreeMap::new();
         let mut aligned = BTreeMap::new();
         for d in &plan.alignments {
-            aligned.insert(d.clone(), r.aligned(d.as_deref())?);
+            let label = crate::results::aligned_label(d.as_deref());
+            let (a, cached) = r.alignment_entry(d.as_deref())?;
+            let mut state = aligned_evaluation_state(r, &label, &a)?;
+            if cached && state == StageState::Cached {
+                let (path, template, a2) = (r.model_path.clone(), r.spec.data.template, a.clone());
+                r.evaluate_once(&label, aligned_identity(r, &a), || aligned_model(&path, &a2, template))?;
+                state = StageState::Here;
+            }
+            let before = self.evaluating.get(&a.key).copied();
+            let item = match before {
+                // This run's training of the same key: one more label for it to evaluate.
+                Some(i) if !cached && self.items[i].work == Work::Align && self.items[i].spec == mine => {
+                    self.items[i].labels.push(label.clone());
+                    Some(i)
+                }
+                None if !cached => Some(self.push(r, Work::Align, vec![label.clone()], vec![])),
+                // Evaluated here already: wait for the training only, if another run's item does it.
+                _ if state != StageState::ToDo => before.filter(|_| !cached),
+                // Trained by another run's item, or evaluated there first (its answers then stored).
+                _ => Some(self.push(r, Work::Evaluate, vec![label.clone()], before.into_iter().collect())),
+            };
+            if let Some(i) = item {
+                self.evaluating.insert(a.key.clone(), i);
+            }
+            ready.insert(label, item);
+            aligned.insert(d.clone(), a);
         }
         let mut pending = std::collections::HashMap::new();
         for c in &plan.cells {
             let a = &aligned[&c.align];
-            // A cell here or in the cache is left to the sub-run's own pass (which restores it).
-            if cell_state(&r, c, a)?.1 == StageState::ToDo {
-                pending.insert(c.label.clone(), r.train_key(&c.method, &c.defenses, &c.regime, a)?);
+            if cell_state(r, c, a)?.1 == StageState::ToDo {
+                let wait = ready.get(&crate::results::aligned_label(c.align.as_deref())).copied().flatten();
+                pending.insert(c.label.clone(), (r.train_key(&c.method, &c.defenses, &c.regime, a)?, wait));
             }
         }
         for g in plan.training_groups() {
             let g: Vec<String> = g.into_iter().filter(|l| pending.contains_key(l)).collect();
-            // A group trains once, as its first pending cell; a training another sub-run's group
-            // does is left to this sub-run's own pass, which restores it from the cache.
-            if let Some(first) = g.first() {
-                if training.insert(pending[first].clone()) {
-                    groups.push((spec_json.clone(), g));
-                }
-            }
+            let Some(first) = g.first() else { continue };
+            let key = pending[first].0.clone();
+            let mut after: Vec<usize> = g.iter().filter_map(|l| pending[l].1).collect();
+            // A training another run's item does: this group restores its weights after it.
+            after.extend(self.training.get(&key).copied());
+            let i = self.push(r, Work::Cells, g, after);
+            self.training.entry(key).or_insert(i);
         }
+        Ok(())
     }
-    run_items(&groups, opts, WorkerKind::Cells)?;
+}
+
+/// `--jobs N`: the aligned models, their evaluations and the cells of `subs` (a run, or a
+/// grid's sub-runs) computed in one pool of worker processes (`jobs::run_graph`: at most N at
+/// a time, each item as soon as what it needs has ended), before the runs' own passes restore
+/// them from the cache; so one sub-run's lone alignment trains beside another's, and a run's
+/// cells start beside a longer alignment they do not need. Each run's base model is
+/// evaluated first, here, so that two workers in one directory never both evaluate it.
+/// Returns the wall time it took.
+fn stages_in_workers(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
+    let start = Instant::now();
+    let mut pool = Pool::default();
+    for s in subs {
+        let prepared = prepare(s, opts)?;
+        let drawn = drawn_sets(s, &prepared.pools)?;
+        let Opened { mut r, plan, .. } = open(s, opts, prepared, drawn.align_set)?;
+        evaluate_base(&mut r)?;
+        pool.add(&mut r, &plan)?;
+    }
+    crate::jobs::run_graph(&pool.items, opts)?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -373,20 +384,26 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let path = r.model_path.clone();
     let template = spec.data.template;
     let align_label = |d: &Option<String>| crate::results::aligned_label(d.as_deref());
-    // With --jobs, aligned models not yet in the cache are trained (and evaluated) in worker
-    // processes side by side (one per content key), the loop below then finding them in the cache.
-    if opts.jobs > 1 && !opts.is_worker() {
-        let groups: Vec<Vec<String>> = alignments_to_train(&r, &plan)?.into_iter().map(|(_, labels)| labels).collect();
-        if groups.len() > 1 {
-            crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, crate::jobs::WorkerKind::Alignments, &groups)?;
-        }
+    // With --jobs (unless a grid did it across its sub-runs), what is left to train and
+    // evaluate is computed in worker processes; the passes below then find it in the cache.
+    if opts.jobs > 1 && !opts.is_worker() && opts.grid_workers_s.is_none() {
+        let mut pool = Pool::default();
+        pool.add(&mut r, &plan)?;
+        crate::jobs::run_graph(&pool.items, opts)?;
     }
+    // A cells worker touches only the aligned models its cells start from: another worker
+    // may be training or evaluating the others. (`--worker-cells ''`, a Slurm preparation
+    // job, computes every stage before the cells.)
+    let needed = |d: &Option<String>| match &opts.worker_cells {
+        Some(w) if !w.is_empty() => plan.cells.iter().any(|c| c.align == *d && w.contains(&c.label)),
+        _ => true,
+    };
     let mut aligned: BTreeMap<Option<String>, Aligned> = BTreeMap::new();
     let mut keys = serde_json::Map::new();
     let mut published = Vec::new();
     for d in &plan.alignments {
         let label = align_label(d);
-        if opts.worker_alignments.as_ref().is_some_and(|w| !w.contains(&label)) {
+        if opts.worker_alignments.as_ref().is_some_and(|w| !w.contains(&label)) || !needed(d) {
             continue;
         }
         let a = r.aligned(d.as_deref())?;
@@ -410,10 +427,11 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     // Cells not finished in this directory nor in the cache, in grid order.
     let mut pending = Vec::new();
     for c in &plan.cells {
-        let (cell, a) = (&c.label, &aligned[&c.align]);
+        let cell = &c.label;
         if opts.worker_cells.as_ref().is_some_and(|w| !w.contains(cell)) {
             continue;
         }
+        let a = &aligned[&c.align];
         let (key, state) = cell_state(&r, c, a)?;
         if state == StageState::Here {
             say(quiet, format!("[{cell}] already done"));
@@ -428,23 +446,12 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         }
         pending.push((c, key, rels));
     }
-    if opts.jobs > 1 && pending.len() > 1 && !opts.is_worker() {
-        let todo: std::collections::HashSet<&String> = pending.iter().map(|p| &p.0.label).collect();
-        let groups: Vec<Vec<String>> = plan
-            .training_groups()
-            .into_iter()
-            .map(|g| g.into_iter().filter(|l| todo.contains(l)).collect::<Vec<_>>())
-            .filter(|g| !g.is_empty())
-            .collect();
-        crate::jobs::run_workers(&r.run_dir.join("spec.json"), opts, crate::jobs::WorkerKind::Cells, &groups)?;
-    } else {
-        for (c, key, rels) in pending {
-            let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align])?;
-            // The key first: a cell is done once its file exists under the key.
-            mark_done(&r.run_dir, "cells", &c.label, &key)?;
-            write_json(&r.run_dir.join("cells").join(format!("{}.json", c.label)), &res)?;
-            StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;
-        }
+    for (c, key, rels) in pending {
+        let res = r.cell(&c.method, &c.defenses, &c.regime, &aligned[&c.align])?;
+        // The key first: a cell is done once its file exists under the key.
+        mark_done(&r.run_dir, "cells", &c.label, &key)?;
+        write_json(&r.run_dir.join("cells").join(format!("{}.json", c.label)), &res)?;
+        StageCache::new("cells").publish(&key, &r.run_dir, &rels)?;
     }
     if opts.worker_cells.is_some() {
         return Ok(String::new());

@@ -540,10 +540,34 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     assert!(logj.contains("[jobs] worker started: aligned (builtin-sentiment-s7)"), "{logj}");
     assert!(logj.contains("[jobs] worker started: aligned (builtin-sentiment-s8)"), "{logj}");
     assert_eq!(logj.matches("[align] 16 examples").count(), 2, "{logj}");
-    // Four high-harm cells and the two seeds' pure-bad cells in the pool; the other task's
-    // pure-bad cell of each seed restores those weights in its own pass.
-    assert_eq!(logj.matches("[jobs] worker started: sft-lora__").count(), 6, "{logj}");
+    // Four high-harm cells and four pure-bad cells in the pool: the other task's pure-bad cell
+    // of each seed starts after the first has trained (and evaluated) and restores its weights.
+    assert_eq!(logj.matches("[jobs] worker started: sft-lora__").count(), 8, "{logj}");
     assert_eq!(logj.matches("[sft-lora__pure-bad] reusing cached trained weights").count(), 2, "{logj}");
+    // Each item after what it needs, declared and kept: a sub-run's cells after its aligned
+    // model's worker (the training, or the evaluation of the model another sub-run trained),
+    // the second task's pure-bad cell also after the first task's.
+    let at = |line: &str| logj.find(line).unwrap_or_else(|| panic!("no `{line}`:\n{logj}"));
+    let started = |what: &str| -> &str {
+        let line =
+            logj.lines().find(|l| l.contains(&format!("[jobs] worker started: {what}"))).unwrap_or_else(|| panic!("{what}:\n{logj}"));
+        line.split_once(", after ").map_or("", |(_, a)| a)
+    };
+    for sub in ["builtin-sentiment-s7", "builtin-sentiment-s8", "builtin-arithmetic-s7", "builtin-arithmetic-s8"] {
+        let aligned = at(&format!("[jobs] worker ended: aligned ({sub})"));
+        for cell in ["sft-lora__high-harm", "sft-lora__pure-bad"] {
+            let started_at = at(&format!("[jobs] worker started: {cell} ({sub})"));
+            assert!(aligned < started_at, "{sub} {cell}:\n{logj}");
+            assert!(started(&format!("{cell} ({sub})")).split("; ").any(|a| a == format!("aligned ({sub})")), "{sub} {cell}:\n{logj}");
+        }
+    }
+    for seed in ["s7", "s8"] {
+        let (first, second) =
+            (format!("sft-lora__pure-bad (builtin-sentiment-{seed})"), format!("sft-lora__pure-bad (builtin-arithmetic-{seed})"));
+        assert!(at(&format!("[jobs] worker ended: {first}")) < at(&format!("[jobs] worker started: {second}")), "{seed}:\n{logj}");
+        assert!(started(&second).split("; ").any(|a| a == first), "{seed}:\n{logj}");
+        assert_eq!(started(&format!("aligned (builtin-arithmetic-{seed})")), format!("aligned (builtin-sentiment-{seed})"), "{logj}");
+    }
     let topj = outj.join("tiny");
     for sub in ["builtin-sentiment-s7", "builtin-sentiment-s8", "builtin-arithmetic-s7", "builtin-arithmetic-s8"] {
         assert_eq!(files(&topj.join("runs").join(sub)), files(&top.join("runs").join(sub)), "{sub}");

@@ -141,12 +141,15 @@ fn same_seed_gives_identical_results_and_reruns_reuse_everything() {
     assert!(rj.status.success(), "{}", String::from_utf8_lossy(&rj.stderr));
     std::fs::write(&gen_file, original).unwrap();
     assert_eq!(files(&run1), f1);
-    // --jobs 2: the four cells in worker processes, two at a time, one process each; the same bytes.
+    // --jobs 2: the aligned model in a worker of its own (the only item that can run: every
+    // core), then the four cells in worker processes, two at a time, one process each; the
+    // same bytes.
     let outj = d.join("outj");
     let rj = safetune(&["run", spec, "--out", outj.to_str().unwrap(), "--jobs", "2"], &d.join("cachej"));
     let logj = String::from_utf8_lossy(&rj.stderr).to_string();
     assert!(rj.status.success(), "{logj}");
-    assert_eq!(logj.matches("[jobs] worker started: ").count(), 4, "{logj}");
+    assert_eq!(logj.matches("[jobs] worker started: ").count(), 5, "{logj}");
+    assert!(logj.find("[jobs] worker started: aligned\n") < logj.find("[jobs] worker started: sft"), "{logj}");
     assert_eq!(logj.matches("fine-tuning on").count(), 4, "{logj}");
     assert_eq!(files(&outj.join("tiny")), f1);
     // A new results directory with the same cache restores every stage by content key.
