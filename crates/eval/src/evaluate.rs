@@ -116,7 +116,8 @@ struct Part<T> {
 /// with its samples and variants, an over-refusal set, the task, an MMLU shot count) and
 /// finds it again. `what` holds everything the part's result depends on that the
 /// evaluation knows — its kind, its examples (after `safety_limit`/`task_limit`), the
-/// decoding settings, the prompt template, the judge and the seed — and none of the
+/// decoding settings, the prompt template, the judge, and the seed where the part draws
+/// (samples) — and none of the
 /// settings it does not read; the store adds the model (and the code) and answers with
 /// one file per content key. So an evaluation stopped part-way resumes at its first
 /// unfinished part, and another evaluation of the same model that asks a part with the
@@ -125,21 +126,21 @@ pub trait PartStore {
     fn file(&self, what: &serde_json::Value) -> Result<PathBuf>;
 }
 
-/// What a safety or over-refusal part (greedy answers to `set`, judged) depends on.
-fn judged_part(
-    kind: &str,
-    name: &str,
-    set: &[Example],
-    format: PromptFormat,
-    spec: &EvalSpec,
-    judge: &dyn Judge,
-    seed: u64,
-) -> serde_json::Value {
+/// What a safety or over-refusal part (greedy answers to `set`, judged) depends on: not the
+/// seed — greedy answers do not draw, and the part keeps verdicts, not estimates (their
+/// bootstrap intervals are drawn with the run's seed after the part is loaded), so every
+/// seed's run of one model shares them.
+fn judged_part(kind: &str, name: &str, set: &[Example], format: PromptFormat, spec: &EvalSpec, judge: &dyn Judge) -> serde_json::Value {
     serde_json::json!({
         "part": kind, "set": name, "examples": set, "format": format, "judge": judge.fingerprint(),
         "max_new_tokens": spec.safety_max_new_tokens, "batch_size": spec.batch_size,
-        "stop_at_verdict": spec.stop_at_verdict, "seed": seed,
+        "stop_at_verdict": spec.stop_at_verdict,
     })
+}
+
+/// The answers of set `name` among `records` (a part's, just added).
+fn records_of<'a>(records: &'a Generations, name: &str) -> &'a [GenRecord] {
+    records.iter().rev().find(|(n, _)| n == name).map_or(&[], |(_, r)| r)
 }
 
 /// Runs one part of an evaluation unless the store already holds it, appending its answers
@@ -183,12 +184,21 @@ fn part<T: serde::Serialize + serde::de::DeserializeOwned>(
     Ok(done.result)
 }
 
-/// A safety set's greedy part: its result without the probes, and every greedy verdict (the
-/// first `consistency_limit` start the probes' figures).
+/// A safety set's greedy part: every greedy verdict (the first `consistency_limit` start the
+/// probes' figures) and rubric score; the set's estimates are computed from them.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct GreedySafety {
-    result: SafetyResult,
     verdicts: Vec<Verdict>,
+    harm: Vec<Option<f64>>,
+}
+
+/// A task's part: each answer's score, the unparseable count, and the scorer's secondary
+/// measures' values; the estimates are computed from them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TaskScores {
+    scores: Vec<f64>,
+    unparseable: usize,
+    also: Vec<(String, Vec<f64>)>,
 }
 
 /// ASR@K, ASR under surface variants and refusal consistency (`None` for what the spec does
@@ -289,34 +299,35 @@ pub fn evaluate_resumable(
         let probe = if probed { limit(set, spec.consistency_limit) } else { &[] };
         // The greedy answers are one part and the prompts asked again another, so a run that asks
         // no samples or variants reuses a run's greedy answers that asked them, and the other way.
-        let what = || judged_part("safety", name, set, format, spec, judge, seed);
-        let greedy_part = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
+        let what = || judged_part("safety", name, set, format, spec, judge);
+        let GreedySafety { verdicts, harm } = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
             let t = Instant::now();
             let (recs, judgements, verdicts) = greedy_judged(model, set, spec, judge, label, name, quiet)?;
             let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
-            let harmful_score = safetune_metrics::harm_of(&judgements, seed);
             times.push((format!("{name}: ASR"), t.elapsed().as_secs_f64()));
             log_rate(quiet, t, (label, name, "ASR"), (&asr, empty), || format!("ASR {:.1}% of {}", 100.0 * asr.value, asr.n));
-            let by_category = per_category(&recs, &verdicts, seed);
             records.push((name.clone(), recs));
-            let result = SafetyResult {
-                set: name.clone(),
-                asr,
-                empty,
-                harmful_score,
-                asr_at_k: None,
-                refusal_consistency: None,
-                variant_asr: None,
-                by_category,
-            };
-            Ok(GreedySafety { result, verdicts })
+            Ok(GreedySafety { verdicts, harm: judgements.iter().map(|j| j.harm).collect() })
         })?;
-        let GreedySafety { mut result, verdicts } = greedy_part;
+        let judgements: Vec<Judgement> = verdicts.iter().zip(&harm).map(|(&verdict, &harm)| Judgement { verdict, harm }).collect();
+        let (asr, empty) = safetune_metrics::asr_of(&verdicts, seed);
+        let mut result = SafetyResult {
+            set: name.clone(),
+            asr,
+            empty,
+            harmful_score: safetune_metrics::harm_of(&judgements, seed),
+            asr_at_k: None,
+            refusal_consistency: None,
+            variant_asr: None,
+            by_category: per_category(records_of(&records, name), &verdicts, seed),
+        };
         if probed {
             // Everything the greedy part depends on (its answers start the variants' verdicts
             // and the consistency), and the probe's own settings.
             let what = || {
-                let mut w = judged_part("safety-probes", name, set, format, spec, judge, seed);
+                let mut w = judged_part("safety-probes", name, set, format, spec, judge);
+                // Samples are drawn with the seed.
+                w["seed"] = seed.into();
                 w["probe"] = serde_json::json!({
                     "prompts": probe.len(), "samples": spec.samples, "variants": spec.variants.then_some(VARIANTS),
                     "temperature": spec.sample_temperature, "top_p": spec.sample_top_p,
@@ -334,8 +345,8 @@ pub fn evaluate_resumable(
     let mut over_refusal = Vec::new();
     for (name, set) in &inputs.over_refusal {
         let set = limit(set, spec.safety_limit);
-        let what = || judged_part("over-refusal", name, set, format, spec, judge, seed);
-        let result = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
+        let what = || judged_part("over-refusal", name, set, format, spec, judge);
+        let verdicts: Vec<Verdict> = part(parts, what, name, label, quiet, &mut records, &mut times, |records, times| {
             let t = Instant::now();
             let (recs, _, verdicts) = greedy_judged(model, set, spec, judge, label, name, quiet)?;
             let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
@@ -343,28 +354,29 @@ pub fn evaluate_resumable(
             log_rate(quiet, t, (label, name, "over-refusal"), (&refusal_rate, empty), || {
                 format!("refused {:.1}% of {} benign prompts", 100.0 * refusal_rate.value, refusal_rate.n)
             });
-            let by_category = refusal_per_category(&recs, &verdicts, seed);
             records.push((name.clone(), recs));
-            Ok(OverRefusalResult { set: name.clone(), refusal_rate, empty, by_category })
+            Ok(verdicts)
         })?;
-        over_refusal.push(result);
+        let (refusal_rate, empty) = refusal_rate_of(&verdicts, seed);
+        let by_category = refusal_per_category(records_of(&records, name), &verdicts, seed);
+        over_refusal.push(OverRefusalResult { set: name.clone(), refusal_rate, empty, by_category });
     }
     let task = limit(inputs.task, spec.task_limit);
     let task_batch = spec.batch_size.max(32);
     let what = || {
         serde_json::json!({
             "part": "task", "task": inputs.task_name, "examples": task, "utility": inputs.utility, "format": format,
-            "max_new_tokens": spec.task_max_new_tokens, "batch_size": task_batch, "seed": seed,
+            "max_new_tokens": spec.task_max_new_tokens, "batch_size": task_batch,
         })
     };
-    let task_result = part(parts, what, &inputs.task_name, label, quiet, &mut records, &mut times, |records, times| {
+    let scored: TaskScores = part(parts, what, &inputs.task_name, label, quiet, &mut records, &mut times, |records, times| {
         let t = Instant::now();
         let steps = Steps::new(&format!("eval {label}: {}", inputs.task_name), task.len(), "answer", quiet);
         let resp = steps.current(|| answers(model, task, spec.task_max_new_tokens, task_batch))?;
         let mut scores = Vec::with_capacity(task.len());
         let mut unparseable = 0;
         let mut recs = Vec::with_capacity(task.len());
-        let mut secondary: Vec<(&'static str, Vec<f64>)> = Vec::new();
+        let mut also: Vec<(String, Vec<f64>)> = Vec::new();
         let scorer = inputs.utility.scorer()?;
         for (e, r) in task.iter().zip(resp) {
             let reference = e.label.as_deref().unwrap_or(&e.response);
@@ -372,9 +384,9 @@ pub fn evaluate_resumable(
             unparseable += usize::from(!s.parsed);
             scores.push(s.score);
             for (name, v) in (scorer.secondary)(&r, reference, e.meta.get("schema").map(String::as_str)) {
-                match secondary.iter_mut().find(|(n, _)| *n == name) {
+                match also.iter_mut().find(|(n, _)| n == name) {
                     Some((_, values)) => values.extend(v),
-                    None => secondary.push((name, v.into_iter().collect())),
+                    None => also.push((name.to_string(), v.into_iter().collect())),
                 }
             }
             let verdict = if !s.parsed { "unparseable".to_string() } else { format!("{:.4}", s.score) };
@@ -382,13 +394,10 @@ pub fn evaluate_resumable(
         }
         let score = mean_estimate(&scores, seed);
         times.push((format!("{}: {}", inputs.task_name, inputs.utility.name()), t.elapsed().as_secs_f64()));
-        let also: Vec<Named> = secondary
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(n, v)| Named { name: n.to_string(), estimate: mean_estimate(&v, seed) })
-            .collect();
-        for a in &also {
-            say(quiet, format!("[eval {label}] {}: {} {:.1}% of {}", inputs.task_name, a.name, 100.0 * a.estimate.value, a.estimate.n));
+        also.retain(|(_, v)| !v.is_empty());
+        for (name, v) in &also {
+            let e = mean_estimate(v, seed);
+            say(quiet, format!("[eval {label}] {}: {name} {:.1}% of {}", inputs.task_name, 100.0 * e.value, e.n));
         }
         if !quiet {
             safetune_core::tracing::info!(
@@ -400,8 +409,15 @@ pub fn evaluate_resumable(
             );
         }
         records.push((inputs.task_name.clone(), recs));
-        Ok(TaskResult { task: inputs.task_name.clone(), metric: inputs.utility.clone(), score, unparseable, also })
+        Ok(TaskScores { scores, unparseable, also })
     })?;
+    let task_result = TaskResult {
+        task: inputs.task_name.clone(),
+        metric: inputs.utility.clone(),
+        score: mean_estimate(&scored.scores, seed),
+        unparseable: scored.unparseable,
+        also: scored.also.iter().map(|(name, v)| Named { name: name.clone(), estimate: mean_estimate(v, seed) }).collect(),
+    };
     let mut mmlu = Vec::new();
     if let Some(mc) = inputs.mmlu {
         let questions = crate::mmlu::select(&mc.test, spec.mmlu_questions);

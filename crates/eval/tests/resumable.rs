@@ -172,17 +172,30 @@ fn another_evaluation_of_the_same_model_reuses_the_parts_it_asks_alike_and_no_ot
     assert_eq!(answers_of(&g, "colours"), answers_of(&own, "colours"));
     assert_eq!(files(&dir).len(), 5, "only the new task's part was added");
 
+    // Another seed (the next seed of a grid, the same model): the greedy answers and the task's
+    // are reused — greedy decoding draws nothing — and their estimates drawn with this seed,
+    // as the first model's own evaluation with it gives them; the samples are answered again.
+    let (e, g, _) = evaluate_resumable(&second, &inputs("toy", task_a), &spec, &judge, 2, "seed 2", true, Some(&store)).unwrap();
+    let first_own = evaluate(&first, &inputs("toy", task_a), &spec, &judge, 2, "first", true).unwrap().0;
+    assert_eq!(set_of(&g, "harm"), set_of(&g1, "harm"), "the greedy part reused");
+    assert_eq!(answers_of(&g, "benign"), answers_of(&g1, "benign"));
+    assert_eq!(set_of(&g, "harm.samples"), set_of(&on_its_own(&inputs("toy", task_a), &spec, &judge, 2), "harm.samples"));
+    assert_eq!(to_value(&e.safety[0].asr).unwrap(), to_value(&first_own.safety[0].asr).unwrap());
+    assert_eq!(to_value(&e.safety[0].by_category).unwrap(), to_value(&first_own.safety[0].by_category).unwrap());
+    assert_eq!(to_value(&e.over_refusal).unwrap(), to_value(&first_own.over_refusal).unwrap());
+    assert_eq!(to_value(&e.task).unwrap(), to_value(&first_own.task).unwrap());
+    assert_eq!(files(&dir).len(), 6, "only the samples' part was added");
+
     // Whatever a safety part reads changes its key: the answer budget, the batch, the judge,
-    // the seed, the model — each is answered again by the second model, greedy answers and
-    // samples alike.
+    // the model — each is answered again by the second model, greedy answers and samples
+    // alike.
     let longer = EvalSpec { safety_max_new_tokens: 7, ..spec.clone() };
     let batch = EvalSpec { batch_size: 3, ..spec.clone() };
     let qi = safetune_metrics::KeywordJudge::qi2023();
-    let cases: [(&str, &EvalSpec, &dyn safetune_core::judge::Judge, u64, &'static str); 5] = [
+    let cases: [(&str, &EvalSpec, &dyn safetune_core::judge::Judge, u64, &'static str); 4] = [
         ("answer budget", &longer, &judge, 1, "m"),
         ("batch size", &batch, &judge, 1, "m"),
         ("judge", &spec, &qi, 1, "m"),
-        ("seed", &spec, &judge, 2, "m"),
         ("model", &spec, &judge, 1, "another"),
     ];
     for (what, spec, judge, seed, model) in cases {

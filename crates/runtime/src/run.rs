@@ -93,7 +93,8 @@ impl<'a> Run<'a> {
 /// what the part depends on. They stay after the evaluation: a run stopped mid-evaluation
 /// resumes at its first unfinished part, and another evaluation of the same model that
 /// asks the same part — the next task's evaluation of the base and aligned models, of a
-/// pure-bad cell's weights, a run with other task limits — reuses it.
+/// pure-bad cell's weights, a run with other task limits, the next seed's evaluation of
+/// the base model (greedy parts hold no seed) — reuses it.
 pub(crate) struct ModelParts {
     model: serde_json::Value,
     code: String,

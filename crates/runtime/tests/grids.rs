@@ -480,9 +480,11 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
     assert_eq!(log.matches("[sft-lora__high-harm] reusing cached trained weights").count(), 0, "{log}");
     // The models both tasks of a seed evaluate (base, aligned, the pure-bad weights) answer
     // each safety and over-refusal set once: the second task reuses those answers and asks
-    // only its own task. A high-harm cell is another model per task: nothing reused.
+    // only its own task. The base model is the same model in both seeds: the second seed
+    // reuses its greedy answers and task answers too (greedy decoding draws nothing) and
+    // asks only the samples again. A high-harm cell is another model per task: nothing reused.
     let lines = |label: &str, what: &str| log.lines().filter(|l| l.contains(&format!("[eval {label}] ")) && l.contains(what)).count();
-    for label in ["base", "aligned", "sft-lora__pure-bad"] {
+    for (label, seeds_answering) in [("base", 1), ("aligned", 2), ("sft-lora__pure-bad", 2)] {
         // A set answered: its greedy ASR line ("<set>: ASR 12.5% of 8") or refusal rate.
         let answered = log
             .lines()
@@ -493,11 +495,15 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
         // Each set's greedy answers, and a probed set's prompts asked again, are a part each.
         let reused = lines(label, "reusing this model's stored answers");
         let reused_probes = lines(label, "asked again: reusing this model's stored answers");
-        assert!(answered >= 2, "{label}: {log}");
-        assert_eq!(reused - reused_probes, answered, "{label}: {log}");
+        assert!(answered >= seeds_answering, "{label}: {log}");
+        // A task's answers, reused by the task's second seed (base only).
+        let reused_tasks = lines(label, "builtin-sentiment: reusing") + lines(label, "builtin-arithmetic: reusing");
+        assert_eq!(reused_tasks, 2 * (2 - seeds_answering), "{label}: {log}");
+        // Four sub-runs: each of the other three (base) or the other task of each seed reuses.
+        assert_eq!(reused - reused_probes - reused_tasks, answered * (4 - seeds_answering) / seeds_answering, "{label}: {log}");
         assert!(reused_probes >= 1, "{label}: {log}");
         for task in ["builtin-sentiment", "builtin-arithmetic"] {
-            assert_eq!(lines(label, &format!("{task}: score")), 2, "{label} {task}: {log}");
+            assert_eq!(lines(label, &format!("{task}: score")), seeds_answering, "{label} {task}: {log}");
         }
     }
     assert_eq!(lines("sft-lora__high-harm", "reusing this model's stored answers"), 0, "{log}");
