@@ -130,7 +130,7 @@ struct RunArgs {
     /// Print the rows as JSON
     #[arg(long)]
     json: bool,
-    /// Train N aligned models or cells at once, each in its own process, cores split between them (on 2 cores, 2 one-thread workers train ~1.5× as fast as one process; results identical)
+    /// Train and evaluate N aligned models or cell groups at once, each in its own process as soon as what it needs is done, cores split between them (on 2 cores, 2 one-thread workers train 1.2–1.5× as fast as one process; results identical)
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: u16,
     /// Check every input of every sub-run and print the plan, writing nothing
