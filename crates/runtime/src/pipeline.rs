@@ -407,7 +407,6 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             continue;
         }
         let a = r.aligned(d.as_deref())?;
-        write_alignment_time(&r.run_dir, &label, &a)?;
         if !opts.is_worker() && !a.full {
             crate::align::publish_aligned_adapter(&r.run_dir, &label, &a)?;
             published.push(label.clone());
@@ -415,6 +414,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         let a2 = a.clone();
         let id = aligned_identity(&r, &a);
         r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;
+        write_alignment_time(&r.run_dir, &label, &a, r.timings.get(&format!("eval_{label}")))?;
         keys.insert(label, a.key.clone().into());
         aligned.insert(d.clone(), a);
     }
@@ -465,12 +465,21 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
 /// Records in `timings/<label>.json` how long the aligned model took to train
 /// (its cached `train_report.json`, so a reused alignment reports the time it
 /// cost when it was computed): the report charges it to the cells built on it.
-fn write_alignment_time(run_dir: &std::path::Path, label: &str, a: &Aligned) -> Result<()> {
+/// With `eval`, the time this process took to evaluate it; without, the file's
+/// earlier evaluation time is kept — so the evaluation a `--jobs` worker computed
+/// stays on record (`timings/`; the manifest lists what its own process computed).
+fn write_alignment_time(run_dir: &std::path::Path, label: &str, a: &Aligned, eval: Option<&serde_json::Value>) -> Result<()> {
     let path = a.dir.join("train_report.json");
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     let report: safetune_train::TrainReport = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    write_json(
-        &run_dir.join("timings").join(format!("{label}.json")),
-        &serde_json::json!({ "train": { "seconds": report.seconds }, "steps": report.steps, "tokens": report.tokens }),
-    )
+    let file = run_dir.join("timings").join(format!("{label}.json"));
+    let earlier = || -> Option<serde_json::Value> {
+        let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).ok()?).ok()?;
+        t.get("eval").cloned()
+    };
+    let mut t = serde_json::json!({ "train": { "seconds": report.seconds }, "steps": report.steps, "tokens": report.tokens });
+    if let Some(e) = eval.cloned().or_else(earlier) {
+        t["eval"] = e;
+    }
+    write_json(&file, &t)
 }

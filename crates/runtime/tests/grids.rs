@@ -226,6 +226,13 @@ fn defense_stacks_run_in_a_grid_with_one_alignment_per_alignment_defense() {
     assert_eq!(logj.matches("[align+vaccine] 16 examples").count(), 1, "{logj}");
     assert_eq!(files(&outj.join("tiny-stack")), files(&out.join("tiny-stack")));
     assert!(outj.join("tiny-stack/summary.md").is_file(), "the parent wrote the report");
+    // Each aligned model's evaluation time, computed in a worker, stays on record (its cells'
+    // workers, which reuse the evaluation, keep it).
+    for label in ["aligned", "aligned+vaccine"] {
+        let t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(outj.join("tiny-stack/timings").join(format!("{label}.json"))).unwrap()).unwrap();
+        assert!(t["train"]["seconds"].as_f64().unwrap() > 0.0 && t["eval"]["seconds"].as_f64().unwrap() > 0.0, "{label}: {t}");
+    }
     // Two defenses giving the same part of a stack (two fine-tuning objectives) is an error naming
     // both and the part; data mixes are the one part that stacks.
     std::fs::write(d.join("bad.toml"), "[finetune]\ndefenses = [[\"lisa\", \"ldifs\"]]\n").unwrap();
