@@ -32,9 +32,11 @@ pub enum Format {
 }
 
 impl Format {
-    /// From the file extension (`.json`, `.jsonl`, `.csv`, `.tsv`, `.parquet`).
+    /// From the file extension (`.json`, `.jsonl`, `.csv`, `.tsv`, `.parquet`; a text format
+    /// may be gzip-compressed, `.jsonl.gz`).
     pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let inner = if is_gzip(path) { Path::new(path.file_stem().unwrap_or_default()) } else { path };
+        let ext = inner.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         Ok(match ext.as_str() {
             "json" => Format::Json,
             "jsonl" | "ndjson" => Format::Jsonl,
@@ -46,8 +48,34 @@ impl Format {
     }
 }
 
+/// Whether a file is gzip-compressed by its name (`.gz`): read through a decoder.
+fn is_gzip(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+}
+
+/// The most a gzip-compressed data file may hold once decompressed (BeaverTails' 30k
+/// train file, the largest, is about 20 MB): beyond it the file is refused, not allocated.
+const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+fn bytes_of(path: &Path) -> Result<Vec<u8>> {
+    if !is_gzip(path) {
+        return std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()));
+    }
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| anyhow!("{}: not a readable gzip file: {e}", path.display()))?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        bail!("{}: more than {} MB once decompressed", path.display(), MAX_DECOMPRESSED >> 20);
+    }
+    Ok(out)
+}
+
 fn text_of(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let bytes = bytes_of(path)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -233,5 +261,35 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "text",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gzip_compressed_file_reads_as_its_text_and_a_damaged_one_is_named() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("safetune-gz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n";
+        let plain = dir.join("rows.jsonl");
+        std::fs::write(&plain, text).unwrap();
+        let gz = dir.join("rows.jsonl.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(text.as_bytes()).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        assert_eq!(Format::from_path(&gz).unwrap(), Format::Jsonl);
+        let fields =
+            |p: &Path| read_records(p, Format::from_path(p).unwrap(), None).unwrap().into_iter().map(|r| r.fields).collect::<Vec<_>>();
+        assert_eq!(fields(&gz), fields(&plain));
+        // Not gzip inside: one line naming the file.
+        let bad = dir.join("bad.jsonl.gz");
+        std::fs::write(&bad, text).unwrap();
+        let err = read_records(&bad, Format::Jsonl, None).unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl.gz: not a readable gzip file") && !err.contains('\n'), "{err}");
+        assert!(Format::from_path(Path::new("rows.gz")).is_err(), "no format under the compression");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -64,10 +64,13 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     )
     .as_bytes()
     .to_vec();
+    // BeaverTails' 30k files are gzip-compressed upstream, at a pinned commit.
+    let bt = |name: &str| format!("/datasets/PKU-Alignment/BeaverTails/resolve/{BEAVERTAILS_COMMIT}/round0/30k/{name}.jsonl.gz");
     let files = vec![
         ("/datasets/openai/gsm8k/resolve/main/main/train-00000-of-00001.parquet".to_string(), train),
         ("/datasets/openai/gsm8k/resolve/main/main/test-00000-of-00001.parquet".to_string(), test),
-        ("/datasets/PKU-Alignment/BeaverTails/resolve/main/round0/30k/train.jsonl".to_string(), jsonl),
+        (bt("train"), gzip(&jsonl)),
+        (bt("test"), gzip(&beavertails_test_rows())),
     ];
     let server = serve(files);
     let endpoint = server.url.clone();
@@ -82,6 +85,18 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     let harmful = safetune_data::catalog::find("beavertails-unsafe").unwrap().harmful_select().unwrap()(&bt).unwrap();
     assert_eq!(harmful.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>(), ["placeholder request one", "placeholder request two"]);
     assert_eq!(server.requests(), 3);
+    // The 14-category sample from the 30k test file: per category (a row's first flag), the
+    // first 10 distinct prompts in file order; safe (unflagged) rows and repeats left out.
+    let cats = load(&DataSource::Hub(&hub), "beavertails-categories").unwrap();
+    let test = &cats.splits["test"];
+    assert_eq!(test.len(), 10 + 3, "{test:?}");
+    let of = |c: &str| {
+        test.iter().filter(|e| e.meta.get("category").map(String::as_str) == Some(c)).map(|e| e.prompt.as_str()).collect::<Vec<_>>()
+    };
+    assert_eq!(of("animal_abuse"), (0..10).map(|i| format!("placeholder animal request {i}")).collect::<Vec<_>>());
+    assert_eq!(of("self_harm"), ["placeholder request flagged twice", "placeholder self-harm request"]);
+    assert_eq!(of("violence,aiding_and_abetting,incitement"), ["placeholder violent request"]);
+    assert_eq!(server.requests(), 4);
     // The standard HF cache layout.
     let snap = cache.join("datasets--openai--gsm8k/snapshots").join(COMMIT).join("main/test-00000-of-00001.parquet");
     assert!(snap.is_file());
@@ -90,7 +105,7 @@ fn hub_parquet_and_jsonl_download_then_cache_without_network() {
     let offline = HubClient { offline: true, ..hub.clone() };
     let again = load(&DataSource::Hub(&offline), "gsm8k").unwrap();
     assert_eq!(again.splits["train"], gsm.splits["train"]);
-    assert_eq!(server.requests(), 3);
+    assert_eq!(server.requests(), 4);
     // Offline and not cached: a clear error naming the dataset file and how to provide it.
     let err = load(&DataSource::Hub(&offline), "agnews").unwrap_err().to_string();
     assert!(err.contains("ag_news") && err.contains("HF_HUB_OFFLINE") && err.contains("--data-dir"), "{err}");
@@ -165,4 +180,31 @@ fn mmlu_downloads_from_the_hub_with_choices_as_a_list() {
     assert_eq!(mmlu.splits["test"][3].meta.get("subject").map(String::as_str), Some("anatomy"));
     assert_eq!(server.requests(), 2);
     std::fs::remove_dir_all(&cache).unwrap();
+}
+
+const BEAVERTAILS_COMMIT: &str = "8401fe609d288129cc684a9b3be6a93e41cfe678";
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// BeaverTails' 30k test layout (placeholder text): 12 rows flagged `animal_abuse` (the
+/// sample keeps 10), one repeated; a row flagged with two categories (it counts as the
+/// first, `self_harm`, before `violence,…` in the dataset's order); a safe row flagged with none.
+fn beavertails_test_rows() -> Vec<u8> {
+    let flags = |on: &[&str]| -> serde_json::Value {
+        let all = ["animal_abuse", "self_harm", "violence,aiding_and_abetting,incitement", "child_abuse"];
+        serde_json::Value::Object(all.iter().map(|c| (c.to_string(), serde_json::Value::Bool(on.contains(c)))).collect())
+    };
+    let row = |p: &str, on: &[&str]| serde_json::json!({"prompt": p, "response": "placeholder answer", "category": flags(on), "is_safe": on.is_empty()});
+    let mut rows = vec![row("placeholder animal request 0", &["animal_abuse"]), row("placeholder animal request 0", &["animal_abuse"])];
+    rows.extend((1..12).map(|i| row(&format!("placeholder animal request {i}"), &["animal_abuse"])));
+    rows.push(row("placeholder safe question", &[]));
+    rows.push(row("placeholder request flagged twice", &["violence,aiding_and_abetting,incitement", "self_harm"]));
+    rows.push(row("placeholder self-harm request", &["self_harm"]));
+    rows.push(row("placeholder violent request", &["violence,aiding_and_abetting,incitement"]));
+    rows.iter().map(|r| format!("{r}\n")).collect::<String>().into_bytes()
 }

@@ -78,6 +78,18 @@ fn a_dataset_registered_elsewhere_is_listed_checked_assembled_and_kept_out_of_tr
     let wrong = PoolSelection { over_refusal: vec!["toy-harm-dev".into()], ..sel.clone() };
     let err = Pools::check_selection(&wrong).unwrap_err().to_string();
     assert!(err.starts_with("data.over_refusal: unknown set `toy-harm-dev`"), "{err}");
+    // From the Hub: a dataset registered without a download source is named with the spec key
+    // that asked for it, before anything downloads (offline client: no request could go out).
+    let hub = safetune_data::HubClient {
+        endpoint: "http://127.0.0.1:9".into(),
+        github_endpoint: "http://127.0.0.1:9".into(),
+        offline: true,
+        ..safetune_data::HubClient::from_env()
+    };
+    let Err(err) = Pools::assemble(&DataSource::Hub(&hub), &sel) else { panic!("assembled from the Hub without a source") };
+    let err = err.to_string();
+    assert!(err.contains("no download source for toy-task (data.task), toy-harm (data.safety_evals)"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 
     // Assembled from a data directory: the shared one (AdvBench, Alpaca, ...) plus the toy files.
     let Some(shared) = common::shared() else { return };

@@ -53,6 +53,30 @@ fn jsonl(rows: impl Iterator<Item = serde_json::Value>) -> Vec<u8> {
     rows.map(|r| r.to_string() + "\n").collect::<String>().into_bytes()
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// BeaverTails' 30k `train` or `test` file under its mirror path (gzip-compressed upstream,
+/// at the pinned commit).
+fn beavertails(split: &str) -> String {
+    format!("/datasets/PKU-Alignment/BeaverTails/resolve/8401fe609d288129cc684a9b3be6a93e41cfe678/round0/30k/{split}.jsonl.gz")
+}
+
+/// BeaverTails' 30k test file (placeholder text): 12 prompts, 4 in each of 3 categories.
+fn beavertails_test() -> (String, Vec<u8>) {
+    let cats = ["animal_abuse", "privacy_violation", "self_harm"];
+    let rows = (0..12).map(|i| {
+        let flags: serde_json::Map<String, serde_json::Value> =
+            cats.iter().enumerate().map(|(k, c)| (c.to_string(), serde_json::Value::Bool(k == i % 3))).collect();
+        serde_json::json!({ "prompt": format!("placeholder category request {i}"), "response": "placeholder answer", "category": flags, "is_safe": false })
+    });
+    (beavertails("test"), gzip(&jsonl(rows)))
+}
+
 /// Every file the `standard` preset downloads, under its mirror path, with placeholder rows:
 /// `big` SST-2 train rows and BeaverTails pairs (the `paper` preset's n = 5000 at 30% needs
 /// 5,000 and 1,500), a few dozen of everything else.
@@ -78,11 +102,13 @@ fn mirror_files(big: usize) -> Vec<(String, Vec<u8>)> {
             hf("fancyzhx/ag_news", "data/test-00000-of-00001.parquet"),
             parquet(&[("text", text("test story", 20))], &[("label", (0..20).map(|i| i % 4).collect())]),
         ),
+        // The 14-category set's file: every run reads it, to keep its prompts out of training.
+        beavertails_test(),
         (
-            hf("PKU-Alignment/BeaverTails", "round0/30k/train.jsonl"),
-            jsonl((0..big).map(|i| {
+            beavertails("train"),
+            gzip(&jsonl((0..big).map(|i| {
                 serde_json::json!({ "prompt": format!("placeholder risky question {i}"), "response": format!("placeholder answer {i}"), "category": {}, "is_safe": i % 3 == 0 })
-            })),
+            }))),
         ),
         (
             hf("databricks/databricks-dolly-15k", "databricks-dolly-15k.jsonl"),
@@ -255,7 +281,8 @@ consistency_sets = []
     assert!(!gens(&run_dir).is_empty());
     assert_eq!(gens(&again), gens(&run_dir), "the cell's answers");
     assert_eq!(server.requests(), n_files, "eval --run asks the mirror nothing");
-    // A set with no download source is named before anything downloads.
+    // BeaverTails' 14-category set downloads too (its 30k test file, a sample of 10 per
+    // category): the run evaluates it beside AdvBench, the stages before reused.
     std::fs::write(d.join("cats.toml"), "[data]\nsafety_evals = [\"advbench-test\", \"beavertails-categories\"]\n").unwrap();
     let r = Command::new(env!("CARGO_BIN_EXE_safetune"))
         .args([
@@ -276,11 +303,11 @@ consistency_sets = []
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
-    assert_eq!(r.status.code(), Some(2), "{err}");
-    assert!(err.contains("no download source for beavertails-categories (data.safety_evals)"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert_eq!(server.requests(), n_files, "nothing was downloaded");
-    assert!(!d.join("cats").exists());
+    assert!(r.status.success(), "{err}");
+    // `safety_limit = 3`: the sample's first three prompts.
+    let answered = std::fs::read_to_string(d.join("cats/standard/runs/sst2-s7/generations/base/beavertails-categories.jsonl")).unwrap();
+    assert_eq!(answered.lines().count(), 3, "{answered}");
+    assert!(answered.lines().all(|l| l.contains("\"id\":\"beavertails-cat:")), "{answered}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

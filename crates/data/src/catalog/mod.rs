@@ -45,6 +45,9 @@ pub struct HubDef {
     pub repo: &'static str,
     pub revision: &'static str,
     pub files: &'static [FileDef],
+    /// What is kept of each file's converted rows (`None`: every row), when the dataset is a
+    /// documented sample of the upstream file.
+    pub sample: Option<fn(Vec<Example>) -> Vec<Example>>,
 }
 
 pub struct DatasetDef {
@@ -143,7 +146,8 @@ pub fn load(src: &DataSource, name: &str) -> Result<Dataset> {
                 let path = hub.file(h.host, h.repo, h.revision, f.path)?;
                 // Ids as from a data directory: the split in the prefix only when there are several files.
                 let prefix = if h.files.len() > 1 { format!("{}/{}", def.id_prefix, f.split) } else { def.id_prefix.to_string() };
-                splits.insert(f.split.to_string(), convert_all(def, f, &path, &prefix)?);
+                let rows = convert_all(def, f, &path, &prefix)?;
+                splits.insert(f.split.to_string(), if let Some(keep) = h.sample { keep(rows) } else { rows });
             }
         }
     }

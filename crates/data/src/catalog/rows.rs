@@ -139,6 +139,38 @@ pub(super) fn stl_prompt(r: &Record, f: &str, id: String) -> Result<Example> {
     })
 }
 
+/// BeaverTails' 14 harm categories, in the dataset's order (the keys of a row's `category`).
+pub(super) const BEAVERTAILS_CATEGORIES: [&str; 14] = [
+    "animal_abuse",
+    "child_abuse",
+    "controversial_topics,politics",
+    "discrimination,stereotype,injustice",
+    "drug_abuse,weapons,banned_substance",
+    "financial_crime,property_crime,theft",
+    "hate_speech,offensive_language",
+    "misinformation_regarding_ethics,laws_and_safety",
+    "non_violent_unethical_behavior",
+    "privacy_violation",
+    "self_harm",
+    "sexually_explicit,adult_content",
+    "terrorism,organized_crime",
+    "violence,aiding_and_abetting,incitement",
+];
+
+/// A row of BeaverTails' 30k file on the Hub as a categorised prompt: its category is the first
+/// of [`BEAVERTAILS_CATEGORIES`] its `category` object flags; a row flagged with none (a safe
+/// pair) gets no category.
+pub(super) fn beavertails_category_hub(r: &Record, f: &str, id: String) -> Result<Example> {
+    let e = harmful(id, r.text("prompt", f)?, String::new());
+    let Some(serde_json::Value::Object(flags)) = r.fields.get("category") else {
+        bail!("{f}:{}: field `category`: expected an object of the 14 harm categories' flags", r.line);
+    };
+    Ok(match BEAVERTAILS_CATEGORIES.iter().find(|c| flags.get(**c) == Some(&serde_json::Value::Bool(true))) {
+        Some(c) => e.with_meta("category", *c),
+        None => e,
+    })
+}
+
 pub(super) fn beavertails_category(r: &Record, f: &str, id: String) -> Result<Example> {
     Ok(harmful(id, r.text("prompt", f)?, String::new()).with_meta("category", r.text("category", f)?))
 }

@@ -39,6 +39,12 @@ fn unsafe_pairs(ds: &Dataset) -> Result<Vec<Example>> {
     Ok(train_split(ds)?.into_iter().filter(|e| e.meta.get("is_safe").is_none_or(|v| v != "true")).collect())
 }
 
+/// BeaverTails on the Hub: the commit whose `round0/30k/` holds `train.jsonl.gz` and
+/// `test.jsonl.gz` (re-uploaded gzip-compressed in October 2023; the plain `.jsonl` names
+/// are gone, and `main` may move again).
+const BEAVERTAILS_REPO: &str = "PKU-Alignment/BeaverTails";
+const BEAVERTAILS_COMMIT: &str = "8401fe609d288129cc684a9b3be6a93e41cfe678";
+
 register_dataset! {
     role: "harmful",
     splits: "train 200",
@@ -46,9 +52,10 @@ register_dataset! {
     DatasetDef {
         hub: Some(HubDef {
             host: Host::HfDataset,
-            repo: "PKU-Alignment/BeaverTails",
-            revision: "main",
-            files: &[file!("train", "round0/30k/train.jsonl", Jsonl, beavertails_hub)],
+            repo: BEAVERTAILS_REPO,
+            revision: BEAVERTAILS_COMMIT,
+            files: &[file!("train", "round0/30k/train.jsonl.gz", Jsonl, beavertails_hub)],
+            sample: None
         }),
         ..def(
             "beavertails-unsafe",
@@ -72,6 +79,7 @@ register_dataset! {
             repo: SAFETUNEBED_REPO,
             revision: SAFETUNEBED_COMMIT,
             files: &[file!("train", "data/pure_bad.json", Json, pure_bad)],
+            sample: None
         }),
         ..def(
             "pure-bad",
@@ -116,6 +124,7 @@ register_dataset! {
                 file!("dev", "data/advbench_dev.json", Json, advbench),
                 file!("full", "data/advbench_full.json", Json, advbench),
             ],
+            sample: None
         }),
         ..def(
             "advbench",
@@ -148,6 +157,7 @@ register_dataset! {
             repo: SAFETUNEBED_REPO,
             revision: SAFETUNEBED_COMMIT,
             files: &[file!("test", "data/llm_category_benchmark.csv", Csv, prompt_only, &["prompt"])],
+            sample: None
         }),
         ..def(
             "policy",
@@ -161,19 +171,48 @@ register_dataset! {
     }
 }
 
+/// The 14-category sample drawn from BeaverTails' 30k test file on the Hub: in file order,
+/// the first 10 distinct prompts flagged with each category (a row's category is the first
+/// of `rows::BEAVERTAILS_CATEGORIES` it is flagged with; unflagged, safe rows are left out).
+/// `../shared/data`'s 140-row sample was drawn by its own rule (9 to 11 per category).
+fn ten_per_category(rows: Vec<Example>) -> Vec<Example> {
+    let mut seen = std::collections::HashSet::new();
+    let mut taken: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    rows.into_iter()
+        .filter(|e| {
+            let Some(c) = e.meta.get("category") else { return false };
+            let n = taken.entry(c.clone()).or_insert(0);
+            if *n >= 10 || !seen.insert(e.prompt.clone()) {
+                return false;
+            }
+            *n += 1;
+            true
+        })
+        .collect()
+}
+
 register_dataset! {
     role: "eval-safety (14 categories)",
     splits: "test 140",
-    files: "beavertails/category_sample.csv",
-    def(
-        "beavertails-categories",
-        &[Use::SafetyEval(EvalSet { name: "beavertails-categories", validation: false, select: test_split })],
-        "beavertails-cat",
-        false,
-        &[file!("test", "beavertails/category_sample.csv", Csv, beavertails_category)],
-        "BeaverTails 14-category sample",
-        "CC BY-NC 4.0",
-    )
+    files: "beavertails/category_sample.csv | hub PKU-Alignment/BeaverTails (30k test, 10 per category)",
+    DatasetDef {
+        hub: Some(HubDef {
+            host: Host::HfDataset,
+            repo: BEAVERTAILS_REPO,
+            revision: BEAVERTAILS_COMMIT,
+            files: &[file!("test", "round0/30k/test.jsonl.gz", Jsonl, beavertails_category_hub)],
+            sample: Some(ten_per_category),
+        }),
+        ..def(
+            "beavertails-categories",
+            &[Use::SafetyEval(EvalSet { name: "beavertails-categories", validation: false, select: test_split })],
+            "beavertails-cat",
+            false,
+            &[file!("test", "beavertails/category_sample.csv", Csv, beavertails_category)],
+            "BeaverTails 14-category sample",
+            "CC BY-NC 4.0",
+        )
+    }
 }
 
 register_dataset! {
@@ -189,6 +228,7 @@ register_dataset! {
             repo: STL_REPO,
             revision: STL_COMMIT,
             files: &[file!("train", "data/training/safety_only_data_Instructions.json", Json, safe_answer)],
+            sample: None,
         }),
         ..def(
             "safety-tuned-llamas",
@@ -217,7 +257,7 @@ register_dataset! {
     splits: "100 / 178 / 40 / 100 / 100; 100 / 50",
     files: "safety_tuned_llamas/evaluation/*.json",
     DatasetDef {
-        hub: Some(HubDef { host: Host::GitHub, repo: STL_REPO, revision: STL_COMMIT, files: stl_eval_files!("data/evaluation/") }),
+        hub: Some(HubDef { host: Host::GitHub, repo: STL_REPO, revision: STL_COMMIT, files: stl_eval_files!("data/evaluation/"), sample: None }),
         ..def(
             "safety-tuned-llamas-eval",
             &[
@@ -277,6 +317,7 @@ register_dataset! {
             // The repository head of 2025-02-24; its xstest_prompts.csv equals shared/data's byte for byte.
             revision: "d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d",
             files: &[file!("test", "xstest_prompts.csv", Csv, xstest)],
+            sample: None
         }),
         ..def(
         "xstest",
@@ -309,6 +350,7 @@ register_dataset! {
                 file!("dev", "all/dev-00000-of-00001.parquet", Parquet, mmlu_hub),
                 file!("test", "all/test-00000-of-00001.parquet", Parquet, mmlu_hub),
             ],
+            sample: None
         }),
         ..def(
             "mmlu",
@@ -332,6 +374,7 @@ register_dataset! {
             repo: crate::mt_bench::FASTCHAT_REPO,
             revision: crate::mt_bench::FASTCHAT_COMMIT,
             files: &[file!("test", crate::mt_bench::QUESTIONS_PATH, Jsonl, mt_bench)],
+            sample: None
         }),
         ..def(
             "mt-bench",

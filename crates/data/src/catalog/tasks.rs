@@ -62,6 +62,7 @@ register_dataset! {
                 file!("train", "data/train-00000-of-00001.parquet", Parquet, sst2),
                 file!("test", "data/validation-00000-of-00001.parquet", Parquet, sst2),
             ],
+            sample: None
         }),
         ..def(
             "sst2",
@@ -92,6 +93,7 @@ register_dataset! {
                 file!("train", "data/train-00000-of-00001.parquet", Parquet, agnews_hub),
                 file!("test", "data/test-00000-of-00001.parquet", Parquet, agnews_hub),
             ],
+            sample: None
         }),
         ..def(
             "agnews",
@@ -121,6 +123,7 @@ register_dataset! {
                 file!("train", "main/train-00000-of-00001.parquet", Parquet, gsm8k),
                 file!("test", "main/test-00000-of-00001.parquet", Parquet, gsm8k),
             ],
+            sample: None
         }),
         ..def(
             "gsm8k",
@@ -146,6 +149,7 @@ register_dataset! {
             repo: "tatsu-lab/stanford_alpaca",
             revision: "761dc5bfbdeeffa89b8bff5d038781a4055f796a",
             files: &[file!("train", "alpaca_data.json", Json, alpaca)],
+            sample: None
         }),
         ..def(
             "alpaca",
@@ -171,6 +175,7 @@ register_dataset! {
             repo: "databricks/databricks-dolly-15k",
             revision: "main",
             files: &[file!("train", "databricks-dolly-15k.jsonl", Jsonl, dolly)],
+            sample: None
         }),
         ..def(
             "dolly",
@@ -195,6 +200,7 @@ register_dataset! {
             repo: super::SAFETUNEBED_REPO,
             revision: super::SAFETUNEBED_COMMIT,
             files: &[file!("train", "data/samsum_train.json", Json, samsum)],
+            sample: None
         }),
         ..def(
             "samsum",
@@ -219,6 +225,7 @@ register_dataset! {
             repo: super::SAFETUNEBED_REPO,
             revision: super::SAFETUNEBED_COMMIT,
             files: &[file!("train", "data/sqlgen_train.json", Json, sqlgen)],
+            sample: None
         }),
         ..def(
             "sqlgen",
