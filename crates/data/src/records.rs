@@ -270,16 +270,13 @@ mod tests {
 
     #[test]
     fn a_gzip_compressed_file_reads_as_its_text_and_a_damaged_one_is_named() {
-        use std::io::Write;
         let dir = std::env::temp_dir().join(format!("safetune-gz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let text = "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n";
         let plain = dir.join("rows.jsonl");
         std::fs::write(&plain, text).unwrap();
         let gz = dir.join("rows.jsonl.gz");
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(text.as_bytes()).unwrap();
-        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        std::fs::write(&gz, safetune_test_support::gzip(text.as_bytes())).unwrap();
         assert_eq!(Format::from_path(&gz).unwrap(), Format::Jsonl);
         let fields =
             |p: &Path| read_records(p, Format::from_path(p).unwrap(), None).unwrap().into_iter().map(|r| r.fields).collect::<Vec<_>>();

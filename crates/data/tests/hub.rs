@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use safetune_data::{load, DataSource, HubClient};
-use safetune_test_support::Loopback;
+use safetune_test_support::{gzip, Loopback};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -183,13 +183,6 @@ fn mmlu_downloads_from_the_hub_with_choices_as_a_list() {
 }
 
 const BEAVERTAILS_COMMIT: &str = "8401fe609d288129cc684a9b3be6a93e41cfe678";
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
 
 /// BeaverTails' 30k test layout (placeholder text): 12 rows flagged `animal_abuse` (the
 /// sample keeps 10), one repeated; a row flagged with two categories (it counts as the

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::{copy_dir, files, tmp};
-use safetune_test_support::Loopback;
+use safetune_test_support::{gzip, Loopback};
 
 /// A parquet file of UTF-8 and INT64 columns.
 fn parquet(text: &[(&str, Vec<String>)], ints: &[(&str, Vec<i64>)]) -> Vec<u8> {
@@ -51,13 +51,6 @@ fn json(v: serde_json::Value) -> Vec<u8> {
 
 fn jsonl(rows: impl Iterator<Item = serde_json::Value>) -> Vec<u8> {
     rows.map(|r| r.to_string() + "\n").collect::<String>().into_bytes()
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
 }
 
 /// BeaverTails' 30k `train` or `test` file under its mirror path (gzip-compressed upstream,

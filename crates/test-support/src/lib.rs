@@ -138,3 +138,11 @@ fn read_request(stream: &mut std::net::TcpStream, index: usize) -> Option<Reques
     r.read_exact(&mut body).ok()?;
     Some(Request { index, method, path, body })
 }
+
+/// `bytes` gzip-compressed (a mirrored upstream file that is `.gz`).
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("writing to memory");
+    enc.finish().expect("writing to memory")
+}
