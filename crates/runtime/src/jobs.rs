@@ -38,7 +38,8 @@ fn workers(opts: &RunOptions, items: usize) -> Result<(usize, usize, PathBuf)> {
 /// `cores / jobs`, or every core when nothing runs and no other item is ready (nothing can
 /// then become ready before it ends, so the cores are never given twice). Waits for all;
 /// returns the names of the items whose process failed (with its exit status) and of those
-/// never started because an item they need failed. `ended` hears of each process's end.
+/// never started because an item they need failed. `ended` hears of each process's end and
+/// how long it ran.
 fn pool<T>(
     items: &[T],
     jobs: usize,
@@ -46,7 +47,7 @@ fn pool<T>(
     after: impl Fn(&T) -> &[usize],
     name: impl Fn(&T) -> String,
     mut start: impl FnMut(&T, usize) -> Result<Child>,
-    mut ended: impl FnMut(&T, std::process::ExitStatus),
+    mut ended: impl FnMut(&T, std::process::ExitStatus, std::time::Duration),
 ) -> Result<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum State {
@@ -57,7 +58,7 @@ fn pool<T>(
     }
     let jobs = jobs.max(1);
     let mut state = vec![State::Waiting; items.len()];
-    let mut running: Vec<(usize, Child)> = Vec::new();
+    let mut running: Vec<(usize, Child, std::time::Instant)> = Vec::new();
     let mut failed = Vec::new();
     loop {
         while running.len() < jobs {
@@ -66,7 +67,7 @@ fn pool<T>(
                 .collect();
             let Some(&i) = ready.first() else { break };
             let threads = if running.is_empty() && ready.len() == 1 { cores } else { (cores / jobs).max(1) };
-            running.push((i, start(&items[i], threads)?));
+            running.push((i, start(&items[i], threads)?, std::time::Instant::now()));
             state[i] = State::Running;
         }
         if running.is_empty() {
@@ -82,8 +83,8 @@ fn pool<T>(
         let mut k = 0;
         while k < running.len() {
             if let Some(status) = running[k].1.try_wait().map_err(|e| anyhow!("--jobs: {e}"))? {
-                let (i, _) = running.remove(k);
-                ended(&items[i], status);
+                let (i, _, started) = running.remove(k);
+                ended(&items[i], status, started.elapsed());
                 state[i] = if status.success() { State::Ended } else { State::Failed };
                 if !status.success() {
                     failed.push(format!("{} ({status})", name(&items[i])));
@@ -169,10 +170,11 @@ pub fn run_graph(items: &[Item], opts: &RunOptions) -> Result<()> {
             }
             cmd.spawn().map_err(|e| anyhow!("--jobs: cannot start a worker: {e}"))
         },
-        |(it, _), status| {
+        |(it, _), status, took| {
             if !opts.quiet {
-                let how = if status.success() { String::new() } else { format!(" ({status})") };
-                safetune_core::tracing::info!("[jobs] worker ended: {}{how}", what(it));
+                let how = if status.success() { String::new() } else { format!(", {status}") };
+                let s = took.as_secs();
+                safetune_core::tracing::info!("[jobs] worker ended: {} ({}m {:02}s{how})", what(it), s / 60, s % 60);
             }
         },
     )?;
@@ -198,7 +200,7 @@ pub fn run_specs(specs: &[PathBuf], opts: &RunOptions) -> Result<()> {
             cmd.args(opts.worker_args(s, &opts.out)).env("RAYON_NUM_THREADS", threads.to_string());
             cmd.spawn().map_err(|e| anyhow!("--jobs: cannot start a run: {e}"))
         },
-        |_, _| {},
+        |_, _, _| {},
     )?;
     if !failed.is_empty() {
         bail!("--jobs: {} failed; finished stages are cached, rerun to complete", failed.join(", "));
@@ -231,7 +233,7 @@ mod tests {
             |(_, _, _, after)| after,
             |(n, ..)| n.to_string(),
             |(n, secs, code, _), threads| sh(&log, n, *secs, *code, threads),
-            |_, _| {},
+            |_, _, _| {},
         )
         .unwrap();
         let lines = std::fs::read_to_string(&log).unwrap().lines().map(String::from).collect();
