@@ -73,8 +73,11 @@ fn pool<T>(
         if running.is_empty() {
             // What still waits needs an item that failed (or, in a malformed list, itself).
             for item in items.iter().zip(&state).filter(|(_, s)| **s == State::Waiting).map(|(item, _)| item) {
-                let needs: Vec<String> =
-                    after(item).iter().filter(|&&j| state.get(j) != Some(&State::Ended)).map(|&j| name(&items[j])).collect();
+                let needs: Vec<String> = after(item)
+                    .iter()
+                    .filter(|&&j| state.get(j) != Some(&State::Ended))
+                    .map(|&j| items.get(j).map_or(format!("item {j}"), &name))
+                    .collect();
                 failed.push(format!("{} (not started: needs {})", name(item), needs.join(", ")));
             }
             return Ok(failed);
