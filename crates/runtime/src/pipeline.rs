@@ -255,6 +255,13 @@ fn evaluate_base(r: &mut Run) -> Result<()> {
     r.evaluate_once("base", base_id, || open_model(&path, template)).map(drop)
 }
 
+/// The aligned model `a`'s evaluation under `label`, once per results directory (and per
+/// content key in the cache).
+fn evaluate_aligned(r: &mut Run, label: &str, a: &Aligned) -> Result<()> {
+    let (path, template, a2) = (r.model_path.clone(), r.spec.data.template, a.clone());
+    r.evaluate_once(label, aligned_identity(r, a), || aligned_model(&path, &a2, template)).map(drop)
+}
+
 /// What a `--jobs` pool computes across the runs given to it (`jobs::run_graph`): one item
 /// per worker process, and which item trains (or last evaluates) each aligned model's content
 /// key and trains each cell training's key, so that what two runs share — the alignment of a
@@ -289,16 +296,15 @@ impl Pool {
     fn add(&mut self, r: &mut Run, plan: &RunPlan) -> Result<()> {
         use crate::jobs::Work;
         let mine = r.run_dir.join("spec.json");
-        // Per aligned label: the item after which it is trained and evaluated here (none: it is).
-        let mut ready: BTreeMap<String, Option<usize>> = BTreeMap::new();
+        // Per aligned model of the plan: its entry, and the item after which it is trained and
+        // evaluated here (none: it is).
         let mut aligned = BTreeMap::new();
         for d in &plan.alignments {
             let label = crate::results::aligned_label(d.as_deref());
             let (a, cached) = r.alignment_entry(d.as_deref())?;
             let mut state = aligned_evaluation_state(r, &label, &a)?;
             if cached && state == StageState::Cached {
-                let (path, template, a2) = (r.model_path.clone(), r.spec.data.template, a.clone());
-                r.evaluate_once(&label, aligned_identity(r, &a), || aligned_model(&path, &a2, template))?;
+                evaluate_aligned(r, &label, &a)?;
                 state = StageState::Here;
             }
             let before = self.evaluating.get(&a.key).copied();
@@ -317,15 +323,13 @@ impl Pool {
             if let Some(i) = item {
                 self.evaluating.insert(a.key.clone(), i);
             }
-            ready.insert(label, item);
-            aligned.insert(d.clone(), a);
+            aligned.insert(d.clone(), (a, item));
         }
         let mut pending = std::collections::HashMap::new();
         for c in &plan.cells {
-            let a = &aligned[&c.align];
+            let (a, wait) = &aligned[&c.align];
             if cell_state(r, c, a)?.1 == StageState::ToDo {
-                let wait = ready.get(&crate::results::aligned_label(c.align.as_deref())).copied().flatten();
-                pending.insert(c.label.clone(), (r.train_key(&c.method, &c.defenses, &c.regime, a)?, wait));
+                pending.insert(c.label.clone(), (r.train_key(&c.method, &c.defenses, &c.regime, a)?, *wait));
             }
         }
         for g in plan.training_groups() {
@@ -381,8 +385,6 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
         manifest["grid_workers_s"] = s.into();
     }
     evaluate_base(&mut r)?;
-    let path = r.model_path.clone();
-    let template = spec.data.template;
     let align_label = |d: &Option<String>| crate::results::aligned_label(d.as_deref());
     // With --jobs (unless a grid did it across its sub-runs), what is left to train and
     // evaluate is computed in worker processes; the passes below then find it in the cache.
@@ -411,9 +413,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
             crate::align::publish_aligned_adapter(&r.run_dir, &label, &a)?;
             published.push(label.clone());
         }
-        let a2 = a.clone();
-        let id = aligned_identity(&r, &a);
-        r.evaluate_once(&label, id, || aligned_model(&path, &a2, template))?;
+        evaluate_aligned(&mut r, &label, &a)?;
         write_alignment_time(&r.run_dir, &label, &a, r.timings.get(&format!("eval_{label}")))?;
         keys.insert(label, a.key.clone().into());
         aligned.insert(d.clone(), a);
