@@ -9,7 +9,7 @@
 //! taken from it; what two pieces both computed (the base model's evaluation, an aligned
 //! model both started from) must be the same, or the merge stops naming the file — except the
 //! bookkeeping that depends on the machine or the build (cache keys under `keys/`, wall times
-//! under `timings/`: the first piece's are kept). Its `manifest.json` is the first piece's with
+//! under `timings/` and in the training records under `trained/`: the first piece's are kept). Its `manifest.json` is the first piece's with
 //! the aligned models' keys and the timings of all, and `pieces` saying what each computed,
 //! where and with which code.
 //!
@@ -139,6 +139,24 @@ fn bookkeeping(rel: &Path) -> bool {
     rel.starts_with("keys") || rel.starts_with("timings")
 }
 
+/// Whether two `trained/<cell>.json` records agree on what was trained (steps, losses,
+/// tokens, examples left out), their wall times and peak memory aside: bookkeeping of the
+/// machine, and a record rebuilt from a cached cell takes its time from the cell's timings.
+fn same_training(a: &Path, b: &Path) -> Result<bool> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let mut v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not a training record", p.display()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("train");
+        }
+        if let Some(o) = v.get_mut("report").and_then(|r| r.as_object_mut()) {
+            o.remove("seconds");
+        }
+        Ok(v)
+    };
+    Ok(read(a)? == read(b)?)
+}
+
 /// A generations file's records with every answer's text emptied (id, verdict, category kept).
 fn records_without_text(path: &Path) -> Result<Vec<crate::results::GenRecord>> {
     let mut recs = crate::rejudge::read_records(path)?;
@@ -167,7 +185,12 @@ fn add_piece(src: &Path, dest: &Path, first: &Path) -> Result<()> {
         let same = std::fs::read(&from).with_context(|| format!("{}: cannot read", from.display()))?
             == std::fs::read(&to).with_context(|| format!("{}: cannot read", to.display()))?;
         let answers = rel.starts_with("generations") && rel.extension().is_some_and(|e| e == "jsonl");
-        if same || bookkeeping(&rel) || (scores_only && answers && same_but_text(&from, &to)?) {
+        let training = rel.starts_with("trained") && rel.extension().is_some_and(|e| e == "json");
+        if same
+            || bookkeeping(&rel)
+            || (scores_only && answers && same_but_text(&from, &to)?)
+            || (training && same_training(&from, &to)?)
+        {
             continue;
         }
         bail!("{}: differs from {} — pieces of one sub-run must agree on what both computed", from.display(), first.join(&rel).display());
@@ -320,6 +343,28 @@ pub fn merge(out: &Path, from: &[PathBuf], how: Copy) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_training_records_agree_but_for_their_wall_times() {
+        let dir = std::env::temp_dir().join(format!("safetune-merge-trained-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let piece = |name: &str, seconds: f64, losses: [f64; 2], rss: f64| {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.join("trained")).unwrap();
+            let record = serde_json::json!({ "report": { "steps": 2, "losses": losses, "tokens": 64, "seconds": seconds },
+                                             "train": { "seconds": seconds + 0.1, "peak_rss_mb": rss } });
+            std::fs::write(p.join("trained/cell.json"), serde_json::to_string_pretty(&record).unwrap()).unwrap();
+            p
+        };
+        let dest = piece("dest", 398.39, [0.5, 0.25], 2428.3);
+        // The record rebuilt from a cached cell: its time is the stage's, another machine's memory.
+        let rebuilt = piece("rebuilt", 398.53, [0.5, 0.25], 2500.0);
+        add_piece(&rebuilt, &dest, &dest).unwrap();
+        let other = piece("other", 398.39, [0.5, 0.125], 2428.3);
+        let err = add_piece(&other, &dest, &dest).unwrap_err().to_string();
+        assert!(err.contains("trained/cell.json: differs from"), "a different loss is a different training: {err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_first_difference_is_named_by_its_path() {
