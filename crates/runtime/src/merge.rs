@@ -186,11 +186,7 @@ fn add_piece(src: &Path, dest: &Path, first: &Path) -> Result<()> {
             == std::fs::read(&to).with_context(|| format!("{}: cannot read", to.display()))?;
         let answers = rel.starts_with("generations") && rel.extension().is_some_and(|e| e == "jsonl");
         let training = rel.starts_with("trained") && rel.extension().is_some_and(|e| e == "json");
-        if same
-            || bookkeeping(&rel)
-            || (scores_only && answers && same_but_text(&from, &to)?)
-            || (training && same_training(&from, &to)?)
-        {
+        if same || bookkeeping(&rel) || (scores_only && answers && same_but_text(&from, &to)?) || (training && same_training(&from, &to)?) {
             continue;
         }
         bail!("{}: differs from {} — pieces of one sub-run must agree on what both computed", from.display(), first.join(&rel).display());
