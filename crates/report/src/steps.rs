@@ -2,7 +2,11 @@
 //! in order of the harmful share of their fine-tuning data (benign, low-harm, high-harm,
 //! pure-bad), each against the one before it on the same prompts — the difference of mean ASR with its
 //! 95% paired bootstrap interval over prompts, pooled over the seeds — so a reader sees
-//! whether ASR rises at every step beyond what the prompts' sampling could give.
+//! whether ASR rises at every step beyond what the prompts' sampling could give — and, with
+//! two seeds or more, the 95% t-interval of the seeds' own differences (each seed's two
+//! models share its aligned model, so the seeds' spread is the alignment's as well as the
+//! fine-tuning's: a step can rise beyond the prompts' noise on every seed and still be small
+//! against it).
 
 use std::path::PathBuf;
 
@@ -29,6 +33,9 @@ pub struct Step {
     /// Mean ASR of `to` minus `from` (fraction), with the paired interval over prompts; `None`
     /// when a seed's answers are not stored or do not give the cells' own figures.
     pub diff: Option<safetune_core::judge::Estimate>,
+    /// With two seeds or more: the mean of the seeds' differences of mean ASR (fraction) and
+    /// the half-width of its 95% t-interval across seeds.
+    pub across: Option<(f64, f64)>,
 }
 
 impl Step {
@@ -40,6 +47,18 @@ impl Step {
             Some(_) => "within noise",
             None => "not measured",
         }
+    }
+
+    /// The same reading on the interval across seeds; `None` with fewer than two seeds.
+    pub fn seed_reading(&self) -> Option<&'static str> {
+        let (mean, half) = self.across?;
+        Some(if mean - half > 0.0 {
+            "rises"
+        } else if mean + half < 0.0 {
+            "falls"
+        } else {
+            "within noise"
+        })
     }
 }
 
@@ -89,35 +108,60 @@ pub fn steps(runs: &[(String, u64, PathBuf)]) -> Result<Vec<Step>> {
                 }
             }
             let Some(&(first_seed, ..)) = points.first() else { continue };
-            let reported =
-                points.iter().map(|(_, _, a, b)| super::mean_asr(&b.1) - super::mean_asr(&a.1)).sum::<f64>() / points.len() as f64;
+            let per_seed: Vec<f64> = points.iter().map(|(_, _, a, b)| super::mean_asr(&b.1) - super::mean_asr(&a.1)).collect();
+            let reported = per_seed.iter().sum::<f64>() / per_seed.len() as f64;
+            let across = (per_seed.len() >= 2).then(|| super::stats::mean_and_half_width(&per_seed));
             let pairs = points.iter().map(|(_, dir, a, b)| ((dir.as_path(), a.0.as_str(), &a.1), (dir.as_path(), b.0.as_str(), &b.1)));
             let diff = difference(pairs, Measure::Asr, first_seed, reported);
             let seeds = points.iter().map(|p| p.0).collect();
-            out.push(Step { task: task.clone(), method: method.clone(), from: from.into(), to: to.into(), seeds, diff });
+            out.push(Step { task: task.clone(), method: method.clone(), from: from.into(), to: to.into(), seeds, diff, across });
         }
     }
     Ok(out)
 }
 
-/// The section in Markdown; empty without steps (no undefended cell).
+/// The section in Markdown; empty without steps (no undefended cell). The column across
+/// seeds appears when a step has two seeds or more.
 pub fn markdown(steps: &[Step]) -> String {
     if steps.is_empty() {
         return String::new();
     }
+    let seeded = steps.iter().any(|s| s.across.is_some());
     let mut md = String::from(
         "\n## Harmful share, step by step\n\nThe aligned model, then each method's undefended cells in order of the harmful share \
          of their fine-tuning data, each against the one before it on the same prompts: mean ASR over the safety sets, later minus earlier, in \
          points, with its 95% paired bootstrap interval over prompts (pooled over the seeds); a step *rises* or *falls* when \
-         the interval leaves out zero.\n\n| task | method | step | seeds | mean ASR Δ [95% over prompts] | reading |\n|---|---|---|---|---|---|\n",
+         the interval leaves out zero.",
     );
+    if seeded {
+        md.push_str(
+            " Across seeds: the mean of the seeds' own differences with its 95% t-interval over the seeds — the seeds' \
+             spread includes their aligned models', so it is the stricter reading.",
+        );
+    }
+    md.push_str("\n\n| task | method | step | seeds | mean ASR Δ [95% over prompts] | reading |");
+    md.push_str(if seeded {
+        " Δ across seeds [95% t] | reading across seeds |\n|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|---|\n"
+    });
     for s in steps {
         let d = s
             .diff
             .as_ref()
             .map(|d| format!("{:+.1} [{:+.1}, {:+.1}]", 100.0 * d.value, 100.0 * d.ci_low, 100.0 * d.ci_high))
             .unwrap_or_else(|| "-".into());
-        md.push_str(&format!("| {} | {} | {} → {} | {} | {d} | {} |\n", s.task, s.method, s.from, s.to, s.seeds.len(), s.reading()));
+        md.push_str(&format!("| {} | {} | {} → {} | {} | {d} | {} |", s.task, s.method, s.from, s.to, s.seeds.len(), s.reading()));
+        if seeded {
+            let (a, r) = match s.across {
+                Some((m, h)) => {
+                    (format!("{:+.1} [{:+.1}, {:+.1}]", 100.0 * m, 100.0 * (m - h), 100.0 * (m + h)), s.seed_reading().unwrap_or("-"))
+                }
+                None => ("-".into(), "-"),
+            };
+            md.push_str(&format!(" {a} | {r} |"));
+        }
+        md.push('\n');
     }
     let mut keys: Vec<(&str, &str)> = Vec::new();
     for s in steps {
@@ -137,6 +181,18 @@ pub fn markdown(steps: &[Step]) -> String {
             md.push_str(&format!("\n{method} on {task}: mean ASR does not rise beyond noise at every step: {}.", not.join(", ")));
         } else {
             md.push_str(&format!("\n{method} on {task}: mean ASR rises beyond noise at every step."));
+        }
+        if these.iter().all(|s| s.across.is_some()) {
+            let not: Vec<String> = these
+                .iter()
+                .filter(|s| s.seed_reading() != Some("rises"))
+                .map(|s| format!("{} → {} ({})", s.from, s.to, s.seed_reading().unwrap_or("-")))
+                .collect();
+            if !not.is_empty() {
+                md.push_str(&format!(" Across seeds it does not at: {}.", not.join(", ")));
+            } else {
+                md.push_str(" Across seeds too.");
+            }
         }
     }
     md.push('\n');
@@ -231,6 +287,45 @@ mod tests {
         let md = section(&[("t".into(), 5, dir.clone())]).unwrap();
         assert!(md.contains("| aligned → benign | 1 | +0.0 [+0.0, +0.0] | within noise |"), "{md}");
         assert!(md.contains("sft-lora on t: mean ASR rises beyond noise at every step."), "{md}");
+        // One seed: no column across seeds.
+        assert!(!md.contains("across seeds"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn with_two_seeds_each_step_is_read_across_the_seeds_too() {
+        let root = std::env::temp_dir().join(format!("safetune-steps-seeds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (a, b) = (root.join("s5"), root.join("s6"));
+        // benign → high-harm rises on both seeds' prompts, by 30 points on one and 3 on the other.
+        cell(&a, "benign", 0.0, [0.05, 0.05]);
+        cell(&a, "high-harm", 0.3, [0.40, 0.30]);
+        cell(&b, "benign", 0.0, [0.00, 0.00]);
+        cell(&b, "high-harm", 0.3, [0.03, 0.03]);
+        let runs = [("t".to_string(), 5, a.clone()), ("t".to_string(), 6, b.clone())];
+        let s = steps(&runs).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].reading(), "rises");
+        let (mean, half) = s[0].across.unwrap();
+        assert!((mean - 0.165).abs() < 1e-9, "{mean}");
+        // t(1 df) = 12.706 × sd 0.1909 / √2.
+        assert!((half - 12.706 * (0.27f64 / 2f64.sqrt()) / 2f64.sqrt()).abs() < 1e-9, "{half}");
+        assert_eq!(s[0].seed_reading(), Some("within noise"));
+        let md = markdown(&s);
+        assert!(md.contains("| Δ across seeds [95% t] | reading across seeds |"), "{md}");
+        assert!(md.contains("| t | sft-lora | benign → high-harm | 2 | +16.5 ["), "{md}");
+        assert!(md.contains("| rises | +16.5 [-155.0, +188.0] | within noise |"), "{md}");
+        assert!(
+            md.contains(
+                "sft-lora on t: mean ASR rises beyond noise at every step. Across seeds it does not at: benign → high-harm (within noise)."
+            ),
+            "{md}"
+        );
+        // Two seeds that agree: a rise across seeds too.
+        cell(&b, "high-harm", 0.3, [0.30, 0.26]);
+        let md = section(&runs).unwrap();
+        assert!(md.contains("| rises | +29.0 [+16.3, +41.7] | rises |"), "{md}");
+        assert!(md.contains("sft-lora on t: mean ASR rises beyond noise at every step. Across seeds too."), "{md}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
