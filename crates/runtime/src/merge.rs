@@ -9,9 +9,9 @@
 //! taken from it; what two pieces both computed (the base model's evaluation, an aligned
 //! model both started from) must be the same, or the merge stops naming the file — except the
 //! bookkeeping that depends on the machine or the build (cache keys under `keys/`, wall times
-//! under `timings/` and in the training records under `trained/`: the first piece's are kept). Its `manifest.json` is the first piece's with
-//! the aligned models' keys and the timings of all, and `pieces` saying what each computed,
-//! where and with which code.
+//! under `timings/` and in the training records under `trained/`: the first piece's are
+//! kept). Its `manifest.json` is the first piece's with the aligned models' keys and the
+//! timings of all, and `pieces` saying what each computed, where and with which code.
 //!
 //! With `--scores-only` the copy leaves out every answer's text (each generations record
 //! keeps its id, verdict and category, so refusal retention and the report are the same)
