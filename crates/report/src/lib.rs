@@ -6,6 +6,7 @@ mod defenses;
 mod paired;
 mod plots;
 pub use plots::safety_utility_plot;
+mod provenance;
 mod seeds;
 mod stats;
 mod steps;

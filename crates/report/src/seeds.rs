@@ -202,6 +202,7 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
     md.push_str(&super::steps::section(runs)?);
     md.push_str(&super::defenses::section(runs)?);
     md.push_str(&super::defenses::seed_order_markdown(&super::defenses::seed_orders(runs)?));
+    md.push_str(&super::provenance::section(runs));
     write_atomic(&top.join("summary.md"), format!("# {title}\n\n{md}").as_bytes())?;
     write_atomic(&dir.join("table.md"), md.as_bytes())?;
     write_atomic(&dir.join("table.csv"), &csv.into_inner().map_err(|e| safetune_core::anyhow::anyhow!("{e}"))?)?;
