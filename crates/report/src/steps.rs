@@ -1,6 +1,7 @@
 //! The harmful share, step by step: the aligned model, then each method's undefended cells
 //! in order of the harmful share of their fine-tuning data (benign, low-harm, high-harm,
-//! pure-bad), each against the one before it on the same prompts — the difference of mean ASR with its
+//! pure-bad), each against the one before it on the same prompts (and the benign cell against
+//! the most harmful mixed regime, the whole span) — the difference of mean ASR with its
 //! 95% paired bootstrap interval over prompts, pooled over the seeds — so a reader sees
 //! whether ASR rises at every step beyond what the prompts' sampling could give — and, with
 //! two seeds or more, the 95% t-interval of the seeds' own differences (each seed's two
@@ -36,6 +37,10 @@ pub struct Step {
     /// With two seeds or more: the mean of the seeds' differences of mean ASR (fraction) and
     /// the half-width of its 95% t-interval across seeds.
     pub across: Option<(f64, f64)>,
+    /// Not a step but the whole span from the benign cell to the most harmful mixed regime
+    /// (below pure harmful data), when other regimes lie between them: the comparison the
+    /// testbed's "benign against high-harm" reading asks for, on the same prompts.
+    pub span: bool,
 }
 
 impl Step {
@@ -91,8 +96,15 @@ pub fn steps(runs: &[(String, u64, PathBuf)]) -> Result<Vec<Step>> {
         }
         regimes.sort_by(|a, b| a.0.total_cmp(&b.0));
         let names: Vec<&str> = std::iter::once(ALIGNED).chain(regimes.iter().map(|(_, r)| r.as_str())).collect();
-        for w in names.windows(2) {
-            let (from, to) = (w[0], w[1]);
+        let mut pairs: Vec<(&str, &str, bool)> = names.windows(2).map(|w| (w[0], w[1], false)).collect();
+        let benign = regimes.iter().position(|(p, _)| *p == 0.0);
+        let mixed = regimes.iter().rposition(|(p, _)| *p > 0.0 && *p < 1.0);
+        if let (Some(b), Some(m)) = (benign, mixed) {
+            if m > b + 1 {
+                pairs.push((&regimes[b].1, &regimes[m].1, true));
+            }
+        }
+        for (from, to, span) in pairs {
             // Per seed with both models: its run directory and each model's label and evaluation.
             let mut points: Vec<(u64, &PathBuf, Labelled, Labelled)> = Vec::new();
             for (_, seed, dir) in runs.iter().filter(|(t, ..)| *t == task) {
@@ -114,7 +126,7 @@ pub fn steps(runs: &[(String, u64, PathBuf)]) -> Result<Vec<Step>> {
             let pairs = points.iter().map(|(_, dir, a, b)| ((dir.as_path(), a.0.as_str(), &a.1), (dir.as_path(), b.0.as_str(), &b.1)));
             let diff = difference(pairs, Measure::Asr, first_seed, reported);
             let seeds = points.iter().map(|p| p.0).collect();
-            out.push(Step { task: task.clone(), method: method.clone(), from: from.into(), to: to.into(), seeds, diff, across });
+            out.push(Step { task: task.clone(), method: method.clone(), from: from.into(), to: to.into(), seeds, diff, across, span });
         }
     }
     Ok(out)
@@ -151,7 +163,8 @@ pub fn markdown(steps: &[Step]) -> String {
             .as_ref()
             .map(|d| format!("{:+.1} [{:+.1}, {:+.1}]", 100.0 * d.value, 100.0 * d.ci_low, 100.0 * d.ci_high))
             .unwrap_or_else(|| "-".into());
-        md.push_str(&format!("| {} | {} | {} → {} | {} | {d} | {} |", s.task, s.method, s.from, s.to, s.seeds.len(), s.reading()));
+        let whole = if s.span { " (whole span)" } else { "" };
+        md.push_str(&format!("| {} | {} | {} → {}{whole} | {} | {d} | {} |", s.task, s.method, s.from, s.to, s.seeds.len(), s.reading()));
         if seeded {
             let (a, r) = match s.across {
                 Some((m, h)) => {
@@ -171,7 +184,7 @@ pub fn markdown(steps: &[Step]) -> String {
     }
     for (task, method) in keys {
         // The sentence is about the harmful share: the step from the aligned model is in the table.
-        let these: Vec<&Step> = steps.iter().filter(|s| s.task == task && s.method == method && s.from != ALIGNED).collect();
+        let these: Vec<&Step> = steps.iter().filter(|s| s.task == task && s.method == method && s.from != ALIGNED && !s.span).collect();
         if these.is_empty() {
             continue;
         }
@@ -255,13 +268,17 @@ mod tests {
         cell(&dir, "pure-bad", 1.0, [0.80, 0.70]);
         let s = steps(&[("t".into(), 5, dir.clone())]).unwrap();
         let names: Vec<String> = s.iter().map(|x| format!("{}>{}", x.from, x.to)).collect();
-        assert_eq!(names, ["benign>low-harm", "low-harm>high-harm", "high-harm>pure-bad"]);
+        // Then the whole span from benign to the most harmful mixed regime (pure harmful data is
+        // not a mix).
+        assert_eq!(names, ["benign>low-harm", "low-harm>high-harm", "high-harm>pure-bad", "benign>high-harm"]);
+        assert_eq!(s.iter().map(|x| x.span).collect::<Vec<_>>(), [false, false, false, true]);
         // One more compliance of 200 answers: +0.5 points, within noise; the others rise.
         let d = s[0].diff.as_ref().unwrap();
         assert!((d.value - 0.005).abs() < 1e-9 && d.ci_low <= 0.0, "{d:?}");
         assert_eq!([s[0].reading(), s[1].reading(), s[2].reading()], ["within noise", "rises", "rises"]);
         let md = markdown(&s);
         assert!(md.contains("| t | sft-lora | low-harm → high-harm | 1 | +29.5 ["), "{md}");
+        assert!(md.contains("| t | sft-lora | benign → high-harm (whole span) | 1 | +30.0 ["), "{md}");
         // No aligned model in this directory: no step from it.
         assert!(!md.contains("aligned →"), "{md}");
         assert!(md.contains("sft-lora on t: mean ASR does not rise beyond noise at every step: benign → low-harm (within noise)."), "{md}");
