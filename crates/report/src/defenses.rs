@@ -243,41 +243,32 @@ fn points(d: &Diff, seeds: usize, prompts: Option<&Estimate>) -> String {
     s
 }
 
-/// The bar is inside the interval over prompts: a verdict these prompts do not settle. In
-/// words (`cut 18.7 [14.1, 23.2]`), `None` when the prompts settle both halves of the bar or
-/// give no interval.
-fn unsettled(e: &Effect) -> Option<String> {
+/// The halves of the bar that lie inside their intervals, in words (`cut 18.7 [14.1, 23.2]`):
+/// `asr` and `task` are a difference's (value, low, high), defended minus undefended, as
+/// fractions. `None` when the intervals settle both halves of the bar or there are none.
+fn bar_inside(e: &Effect, asr: Option<(f64, f64, f64)>, task: Option<(f64, f64, f64)>) -> Option<String> {
     let mut why = Vec::new();
-    if let Some(p) = &e.mean_asr_prompts {
-        if -p.ci_high < CUT_MIN && CUT_MIN < -p.ci_low {
-            why.push(format!("cut {:.1} [{:.1}, {:.1}]", -100.0 * p.value, -100.0 * p.ci_high, -100.0 * p.ci_low));
-        }
-    }
-    if let Some(p) = &e.task_prompts {
-        if -p.ci_high < TASK_COST_MAX && TASK_COST_MAX < -p.ci_low {
-            why.push(format!("task cost {:.1} [{:.1}, {:.1}]", -100.0 * p.value, -100.0 * p.ci_high, -100.0 * p.ci_low));
+    for (name, bar, d) in [("cut", CUT_MIN, asr), ("task cost", TASK_COST_MAX, task)] {
+        if let Some((value, low, high)) = d {
+            if -high < bar && bar < -low {
+                why.push(format!("{name} {:.1} [{:.1}, {:.1}]", -100.0 * value, -100.0 * high, -100.0 * low));
+            }
         }
     }
     (!why.is_empty()).then(|| format!("{} ({} {}): {}", e.label(), e.task, e.regime, why.join(", ")))
 }
 
+/// The bar is inside the interval over prompts: a verdict these prompts do not settle.
+fn unsettled(e: &Effect) -> Option<String> {
+    let over = |p: &Estimate| (p.value, p.ci_low, p.ci_high);
+    bar_inside(e, e.mean_asr_prompts.as_ref().map(over), e.task_prompts.as_ref().map(over))
+}
+
 /// The bar is inside the 95% t-interval across seeds (two seeds or more): a verdict the seeds
-/// do not settle, in words as [`unsettled`]'s.
+/// do not settle.
 fn unsettled_across(e: &Effect) -> Option<String> {
-    if e.seeds.len() < 2 {
-        return None;
-    }
-    let mut why = Vec::new();
-    if let Some(d) = &e.mean_asr {
-        if -d.high < CUT_MIN && CUT_MIN < -d.low {
-            why.push(format!("cut {:.1} [{:.1}, {:.1}]", -100.0 * d.mean, -100.0 * d.high, -100.0 * d.low));
-        }
-    }
-    let t = &e.task_score;
-    if -t.high < TASK_COST_MAX && TASK_COST_MAX < -t.low {
-        why.push(format!("task cost {:.1} [{:.1}, {:.1}]", -100.0 * t.mean, -100.0 * t.high, -100.0 * t.low));
-    }
-    (!why.is_empty()).then(|| format!("{} ({} {}): {}", e.label(), e.task, e.regime, why.join(", ")))
+    let across = |d: &Diff| (d.mean, d.low, d.high);
+    (e.seeds.len() >= 2).then(|| bar_inside(e, e.mean_asr.as_ref().map(across), Some(across(&e.task_score)))).flatten()
 }
 
 /// The section in Markdown: a table and the verdicts in words; empty without defended cells.
@@ -336,20 +327,16 @@ pub fn markdown(effects: &[Effect]) -> String {
     if !fail.is_empty() {
         md.push_str(&format!("Did not: {}.\n", fail.join("; ")));
     }
-    let open: Vec<String> = effects.iter().filter_map(unsettled).collect();
-    if !open.is_empty() {
-        md.push_str(&format!(
-            "Not settled by these prompts (the bar lies inside the 95% interval over prompts, in points): {}.\n",
-            open.join("; ")
-        ));
-    }
-    let open: Vec<String> = effects.iter().filter_map(unsettled_across).collect();
-    if !open.is_empty() {
-        md.push_str(&format!(
-            "Not settled across these seeds (the bar lies inside the 95% t-interval across seeds, in points): {}.\n",
-            open.join("; ")
-        ));
-    }
+    let mut not_settled = |open: Vec<String>, what: &str| {
+        if !open.is_empty() {
+            md.push_str(&format!("Not settled {what}, in points): {}.\n", open.join("; ")));
+        }
+    };
+    not_settled(effects.iter().filter_map(unsettled).collect(), "by these prompts (the bar lies inside the 95% interval over prompts");
+    not_settled(
+        effects.iter().filter_map(unsettled_across).collect(),
+        "across these seeds (the bar lies inside the 95% t-interval across seeds",
+    );
     md
 }
 

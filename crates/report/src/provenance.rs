@@ -27,8 +27,7 @@ fn code_of(m: &serde_json::Value) -> Option<Code> {
 fn codes(runs: &[(String, u64, PathBuf)]) -> Vec<(String, Vec<Code>)> {
     let mut out = Vec::new();
     for (_, _, dir) in runs {
-        let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else { continue };
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let Ok(m) = super::read_json::<serde_json::Value>(&dir.join("manifest.json")) else { continue };
         let mut these: Vec<Code> = Vec::new();
         let pieces: Vec<&serde_json::Value> = match m["pieces"].as_array() {
             Some(p) if !p.is_empty() => p.iter().collect(),

@@ -43,27 +43,26 @@ pub struct Step {
     pub span: bool,
 }
 
+/// `rises`, `falls` (the interval leaves out zero) or `within noise`.
+fn read(low: f64, high: f64) -> &'static str {
+    if low > 0.0 {
+        "rises"
+    } else if high < 0.0 {
+        "falls"
+    } else {
+        "within noise"
+    }
+}
+
 impl Step {
-    /// `rises`, `falls` (beyond the interval) or `within noise`.
+    /// [`read`] on the interval over prompts, or `not measured`.
     pub fn reading(&self) -> &'static str {
-        match &self.diff {
-            Some(d) if d.ci_low > 0.0 => "rises",
-            Some(d) if d.ci_high < 0.0 => "falls",
-            Some(_) => "within noise",
-            None => "not measured",
-        }
+        self.diff.as_ref().map_or("not measured", |d| read(d.ci_low, d.ci_high))
     }
 
     /// The same reading on the interval across seeds; `None` with fewer than two seeds.
     pub fn seed_reading(&self) -> Option<&'static str> {
-        let (mean, half) = self.across?;
-        Some(if mean - half > 0.0 {
-            "rises"
-        } else if mean + half < 0.0 {
-            "falls"
-        } else {
-            "within noise"
-        })
+        self.across.map(|(mean, half)| read(mean - half, mean + half))
     }
 }
 
