@@ -1,6 +1,8 @@
 //! Aggregating sub-runs across seeds: per task, each model row's every
 //! estimate becomes the mean over seeds with a 95% t-interval across seeds
 //! (n = the number of seeds), so the single-run tables and plots render it.
+//! A row only one seed measured keeps that seed's estimates and their 95%
+//! bootstrap intervals over prompts (n = prompts): one value has no spread.
 
 use std::path::{Path, PathBuf};
 
@@ -135,6 +137,12 @@ pub fn aggregate(runs: &[(String, u64, PathBuf)]) -> Result<Vec<SeedRow>> {
                 *e = x;
             }
         }
+        if let [(_, only)] = members.as_slice() {
+            // One seed has no spread across seeds (a t-interval of [x, x] would read as
+            // certainty): the row keeps that seed's own 95% intervals over prompts.
+            row = only.clone();
+            sd.iter_mut().for_each(|(_, s)| *s = f64::NAN);
+        }
         out.push(SeedRow { task, row, sd, seeds: members.iter().map(|(s, _)| *s).collect() });
     }
     Ok(out)
@@ -164,11 +172,21 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
         let these: Vec<&SeedRow> = rows.iter().filter(|r| r.task == *task).collect();
         let plain: Vec<Row> = these.iter().map(|r| r.row.clone()).collect();
         let n = these.iter().map(|r| r.seeds.len()).max().unwrap_or(0);
-        md.push_str(&format!(
-            "## {task}: mean over {n} seeds [95% t-interval across seeds] (n = seeds)\n\n{}\n",
-            super::markdown_table(&plain)
-        ));
-        for (file, bytes) in super::plots::all(&plain, &format!("{title} / {task} (mean of {n} seeds)"))
+        let (heading, of) = match these.first().map(|r| r.seeds.as_slice()) {
+            Some([seed]) if n == 1 => {
+                (format!("## {task}: seed {seed} alone [95% bootstrap interval over prompts] (n = prompts)"), format!("seed {seed}"))
+            }
+            _ if these.iter().any(|r| r.seeds.len() == 1) => (
+                format!(
+                    "## {task}: mean over {n} seeds [95% t-interval across seeds] (n = seeds); a row of one seed keeps that \
+                     seed's figures [95% bootstrap interval over prompts] (n = prompts)"
+                ),
+                format!("mean of {n} seeds"),
+            ),
+            _ => (format!("## {task}: mean over {n} seeds [95% t-interval across seeds] (n = seeds)"), format!("mean of {n} seeds")),
+        };
+        md.push_str(&format!("{heading}\n\n{}\n", super::markdown_table(&plain)));
+        for (file, bytes) in super::plots::all(&plain, &format!("{title} / {task} ({of})"))
             .map_err(|e| safetune_core::anyhow::anyhow!("{}: {e}", dir.display()))?
         {
             write_atomic(&dir.join(format!("{task}_{file}")), &bytes)?;
@@ -177,8 +195,9 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
             for (metric, sd) in &r.sd {
                 let e = find(&r.row, metric);
                 if let Some(e) = e {
-                    let numbers = [e.value, *sd, e.ci_low, e.ci_high].map(|x| x.to_string());
-                    let (row, n) = (&r.row, e.n.to_string());
+                    // No standard deviation with one seed: an empty field, not NaN.
+                    let numbers = [e.value, *sd, e.ci_low, e.ci_high].map(|x| if x.is_nan() { String::new() } else { x.to_string() });
+                    let (row, n) = (&r.row, r.seeds.len().to_string());
                     csv.write_record([
                         *task,
                         &row.model,
@@ -283,6 +302,27 @@ mod tests {
         assert!(md.contains("Refused % per prompt type of xs:"), "{md}");
         assert!(md.contains("| homonyms | 50 (n=3) |"), "{md}");
         assert!(md.contains("| crime | 50 (n=3) |"), "{md}");
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn a_row_of_one_seed_keeps_its_interval_over_prompts_not_a_t_interval_of_nothing() {
+        let top = std::env::temp_dir().join(format!("safetune-one-seed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let dir = top.join("s7");
+        run(&dir, 0.3);
+        let runs = vec![("t".to_string(), 7, dir)];
+        let rows = aggregate(&runs).unwrap();
+        let asr = &rows[0].row.eval.safety[0].asr;
+        // The seed's own figure and its interval over its 20 prompts, not [0.3, 0.3] (n=1).
+        assert_eq!((asr.value, asr.ci_low, asr.ci_high, asr.n), (0.3, 0.0, 1.0, 20), "{asr:?}");
+        assert!(rows[0].sd.iter().all(|(_, s)| s.is_nan()) && !rows[0].sd.is_empty());
+        let md = write(&top.join("out"), "one", &runs).unwrap();
+        assert!(md.contains("## t: seed 7 alone [95% bootstrap interval over prompts] (n = prompts)"), "{md}");
+        assert!(md.contains("30.0 [0.0, 100.0] (n=20)"), "{md}");
+        let csv = std::fs::read_to_string(top.join("out/report/table.csv")).unwrap();
+        // No standard deviation, and the last column counts seeds, not prompts.
+        assert!(csv.lines().any(|l| l.ends_with(",asr harm,0.3,,0,1,1")), "{csv}");
         std::fs::remove_dir_all(&top).unwrap();
     }
 }
