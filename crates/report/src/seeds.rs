@@ -173,7 +173,7 @@ pub fn write(top: &Path, title: &str, runs: &[(String, u64, PathBuf)]) -> Result
         let plain: Vec<Row> = these.iter().map(|r| r.row.clone()).collect();
         let n = these.iter().map(|r| r.seeds.len()).max().unwrap_or(0);
         let (heading, of) = match these.first().map(|r| r.seeds.as_slice()) {
-            Some([seed]) if n == 1 => {
+            Some([seed]) if these.iter().all(|r| r.seeds == [*seed]) => {
                 (format!("## {task}: seed {seed} alone [95% bootstrap interval over prompts] (n = prompts)"), format!("seed {seed}"))
             }
             _ if these.iter().any(|r| r.seeds.len() == 1) => (
