@@ -323,6 +323,18 @@ mod tests {
         let csv = std::fs::read_to_string(top.join("out/report/table.csv")).unwrap();
         // No standard deviation, and the last column counts seeds, not prompts.
         assert!(csv.lines().any(|l| l.ends_with(",asr harm,0.3,,0,1,1")), "{csv}");
+        // A second seed that measured the aligned model only: that row is the mean of two seeds,
+        // the other model's row stays seed 7's, and the heading names both kinds of row.
+        let dir8 = top.join("s8");
+        run(&dir8, 0.5);
+        std::fs::copy(dir8.join("models/aligned.json"), top.join("s7/models/other.json")).unwrap();
+        let runs = vec![("t".to_string(), 7, top.join("s7")), ("t".to_string(), 8, dir8)];
+        let md = write(&top.join("out2"), "two", &runs).unwrap();
+        assert!(md.contains("## t: mean over 2 seeds [95% t-interval across seeds] (n = seeds); a row of one seed keeps"), "{md}");
+        assert!(
+            md.contains("| aligned | - | - | 40.0 [0.0, 100.0] (n=2) |") && md.contains("| other | - | - | 50.0 [0.0, 100.0] (n=20) |"),
+            "{md}"
+        );
         std::fs::remove_dir_all(&top).unwrap();
     }
 }
