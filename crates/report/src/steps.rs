@@ -190,9 +190,12 @@ pub fn markdown(steps: &[Step]) -> String {
         let not: Vec<String> =
             these.iter().filter(|s| s.reading() != "rises").map(|s| format!("{} → {} ({})", s.from, s.to, s.reading())).collect();
         if !not.is_empty() {
-            md.push_str(&format!("\n{method} on {task}: mean ASR does not rise beyond noise at every step: {}.", not.join(", ")));
+            md.push_str(&format!(
+                "\n{method} on {task}: mean ASR does not rise beyond noise at every step up in harmful share: {}.",
+                not.join(", ")
+            ));
         } else {
-            md.push_str(&format!("\n{method} on {task}: mean ASR rises beyond noise at every step."));
+            md.push_str(&format!("\n{method} on {task}: mean ASR rises beyond noise at every step up in harmful share."));
         }
         if these.iter().all(|s| s.across.is_some()) {
             let not: Vec<String> = these
@@ -280,7 +283,12 @@ mod tests {
         assert!(md.contains("| t | sft-lora | benign → high-harm (whole span) | 1 | +30.0 ["), "{md}");
         // No aligned model in this directory: no step from it.
         assert!(!md.contains("aligned →"), "{md}");
-        assert!(md.contains("sft-lora on t: mean ASR does not rise beyond noise at every step: benign → low-harm (within noise)."), "{md}");
+        assert!(
+            md.contains(
+                "sft-lora on t: mean ASR does not rise beyond noise at every step up in harmful share: benign → low-harm (within noise)."
+            ),
+            "{md}"
+        );
         // Answers that do not give the cell's figure: not measured, said so.
         cell(&dir, "low-harm", 0.05, [0.06, 0.05]);
         std::fs::write(dir.join("generations/sft-lora__low-harm/a.jsonl"), "").unwrap();
@@ -288,7 +296,9 @@ mod tests {
         assert_eq!(s[0].reading(), "not measured");
         // A clear rise at every step.
         cell(&dir, "low-harm", 0.05, [0.20, 0.15]);
-        assert!(section(&[("t".into(), 5, dir.clone())]).unwrap().contains("sft-lora on t: mean ASR rises beyond noise at every step."));
+        assert!(section(&[("t".into(), 5, dir.clone())])
+            .unwrap()
+            .contains("sft-lora on t: mean ASR rises beyond noise at every step up in harmful share."));
         // With the aligned model's answers stored, the first step starts from it (2 → 5%); it is
         // not a step of harmful share, so the sentence is about the regimes alone.
         let e = r#"{"safety":[{"set":"a","asr":{"value":0.02,"n":100,"ci_low":0,"ci_high":0},"empty":0},{"set":"b","asr":{"value":0.02,"n":100,"ci_low":0,"ci_high":0},"empty":0}],"task":{"task":"t","metric":"exact","score":{"value":0.8,"n":100,"ci_low":0,"ci_high":0},"unparseable":0}}"#;
@@ -302,7 +312,7 @@ mod tests {
         write_atomic(&dir.join("models/aligned.json"), e.replace("0.02", "0.05").as_bytes()).unwrap();
         let md = section(&[("t".into(), 5, dir.clone())]).unwrap();
         assert!(md.contains("| aligned → benign | 1 | +0.0 [+0.0, +0.0] | within noise |"), "{md}");
-        assert!(md.contains("sft-lora on t: mean ASR rises beyond noise at every step."), "{md}");
+        assert!(md.contains("sft-lora on t: mean ASR rises beyond noise at every step up in harmful share."), "{md}");
         // One seed: no column across seeds.
         assert!(!md.contains("across seeds"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -333,7 +343,7 @@ mod tests {
         assert!(md.contains("| rises | +16.5 [-155.0, +188.0] | within noise |"), "{md}");
         assert!(
             md.contains(
-                "sft-lora on t: mean ASR rises beyond noise at every step. Across seeds it does not at: benign → high-harm (within noise)."
+                "sft-lora on t: mean ASR rises beyond noise at every step up in harmful share. Across seeds it does not at: benign → high-harm (within noise)."
             ),
             "{md}"
         );
@@ -341,7 +351,7 @@ mod tests {
         cell(&b, "high-harm", 0.3, [0.30, 0.26]);
         let md = section(&runs).unwrap();
         assert!(md.contains("| rises | +29.0 [+16.3, +41.7] | rises |"), "{md}");
-        assert!(md.contains("sft-lora on t: mean ASR rises beyond noise at every step. Across seeds too."), "{md}");
+        assert!(md.contains("sft-lora on t: mean ASR rises beyond noise at every step up in harmful share. Across seeds too."), "{md}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
