@@ -126,10 +126,18 @@ pub struct Item {
 /// Runs `items` in worker processes (results under `opts.out`), at most `opts.jobs` at once,
 /// the first ready item in the order trainings, evaluations, cells — the largest (most
 /// labels) first within each, otherwise in the given order; waits for all. A failure is
-/// named with the items it kept from starting. Nothing to do for no items.
-pub fn run_graph(items: &[Item], opts: &RunOptions) -> Result<()> {
+/// named with the items it kept from starting. Nothing to do for no items. `run_done`
+/// hears of each run (its spec's path) once every item of that run has ended well, while
+/// the other runs' workers go on (a grid then finishes that sub-run at once: its results
+/// stay whole if the grid is stopped or fails later); the next item starts after it returns.
+pub fn run_graph(items: &[Item], opts: &RunOptions, mut run_done: impl FnMut(&Path)) -> Result<()> {
     if items.is_empty() {
         return Ok(());
+    }
+    // Items of each run still to end well.
+    let mut left: std::collections::HashMap<&Path, usize> = std::collections::HashMap::new();
+    for it in items {
+        *left.entry(it.spec.as_path()).or_default() += 1;
     }
     let (jobs, cores, exe) = workers(opts, items.len())?;
     let mut order: Vec<usize> = (0..items.len()).collect();
@@ -178,6 +186,13 @@ pub fn run_graph(items: &[Item], opts: &RunOptions) -> Result<()> {
                 let how = if status.success() { String::new() } else { format!(", {status}") };
                 let s = took.as_secs();
                 safetune_core::tracing::info!("[jobs] worker ended: {} ({}m {:02}s{how})", what(it), s / 60, s % 60);
+            }
+            if status.success() {
+                let n = left.get_mut(it.spec.as_path()).expect("every item's run is counted");
+                *n -= 1;
+                if *n == 0 {
+                    run_done(&it.spec);
+                }
             }
         },
     )?;

@@ -32,8 +32,9 @@ pub struct RunOptions {
     /// key (the build's own; tests set others to stand for an edited build).
     pub code: CodeKeys,
     /// In a grid's sub-runs after `--jobs` computed their stages in workers across them: the
-    /// wall time that took (recorded in each sub-run's manifest as `grid_workers_s`, since
-    /// each sub-run's own `run_s` then counts only its pass over the finished stages).
+    /// wall time that took until the sub-run's last worker ended (recorded in its manifest as
+    /// `grid_workers_s`, since each sub-run's own `run_s` then counts only its pass over the
+    /// finished stages).
     pub grid_workers_s: Option<f64>,
 }
 

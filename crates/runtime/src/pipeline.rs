@@ -56,14 +56,35 @@ pub fn run(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     let (top, _lock, _) = open_run_dir(spec, &opts.out, !opts.is_worker())?;
     let runs = top.join("runs");
     let mut sub_opts = RunOptions { out: runs.clone(), worker_cells: None, worker_alignments: None, ..opts.clone() };
+    let mut finished = vec![false; subs.len()];
+    let pass = |i: usize, o: &RunOptions| -> Result<String> {
+        let s = &subs[i];
+        say(opts.quiet, format!("[grid] {} of {}: task {}, seed {}", i + 1, subs.len(), s.data.task, s.seed));
+        run_single(s, o)
+    };
     if opts.jobs > 1 && subs.len() > 1 {
         say(opts.quiet, format!("[grid] {} sub-runs: aligned models and cells in up to {} workers across them", subs.len(), opts.jobs));
-        sub_opts.grid_workers_s = Some(stages_in_workers(&subs, &sub_opts)?);
+        let start = Instant::now();
+        // A sub-run whose workers have all ended gets its own pass at once (seconds: it
+        // restores what they computed), so its manifest and report are written while the
+        // other sub-runs train, and stay written if the grid is stopped or fails later. Its
+        // `grid_workers_s` is the pool's wall time until then. A pass that fails here is
+        // tried again below, where its error stops the grid.
+        let workers = stages_in_workers(&subs, &sub_opts, |spec_json| {
+            let Some(i) = subs.iter().position(|s| runs.join(&s.name).join("spec.json") == spec_json) else { return };
+            let o = RunOptions { grid_workers_s: Some(start.elapsed().as_secs_f64()), ..sub_opts.clone() };
+            match pass(i, &o) {
+                Ok(_) => finished[i] = true,
+                Err(e) => safetune_core::tracing::warn!("[grid] {}: {e:#} (tried again when every worker has ended)", subs[i].name),
+            }
+        })?;
+        sub_opts.grid_workers_s = Some(workers);
     }
     let mut dirs = Vec::new();
-    for s in &subs {
-        say(opts.quiet, format!("[grid] {} of {}: task {}, seed {}", dirs.len() + 1, subs.len(), s.data.task, s.seed));
-        run_single(s, &sub_opts)?;
+    for (i, s) in subs.iter().enumerate() {
+        if !finished[i] {
+            pass(i, &sub_opts)?;
+        }
         dirs.push((s.data.task.clone(), s.seed, runs.join(&s.name)));
     }
     crate::report::write_seed_report(&top, &spec.name, &dirs)
@@ -352,8 +373,9 @@ impl Pool {
 /// them from the cache; so one sub-run's lone alignment trains beside another's, and a run's
 /// cells start beside a longer alignment they do not need. Each run's base model is
 /// evaluated first, here, so that two workers in one directory never both evaluate it.
-/// Returns the wall time it took.
-fn stages_in_workers(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
+/// `run_done` hears of each run whose workers have all ended (its `spec.json`), as the
+/// others go on. Returns the wall time it took.
+fn stages_in_workers(subs: &[RunSpec], opts: &RunOptions, run_done: impl FnMut(&std::path::Path)) -> Result<f64> {
     let start = Instant::now();
     let mut pool = Pool::default();
     for s in subs {
@@ -363,7 +385,7 @@ fn stages_in_workers(subs: &[RunSpec], opts: &RunOptions) -> Result<f64> {
         evaluate_base(&mut r)?;
         pool.add(&mut r, &plan)?;
     }
-    crate::jobs::run_graph(&pool.items, opts)?;
+    crate::jobs::run_graph(&pool.items, opts, run_done)?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -391,7 +413,7 @@ fn run_single(spec: &RunSpec, opts: &RunOptions) -> Result<String> {
     if opts.jobs > 1 && !opts.is_worker() && opts.grid_workers_s.is_none() {
         let mut pool = Pool::default();
         pool.add(&mut r, &plan)?;
-        crate::jobs::run_graph(&pool.items, opts)?;
+        crate::jobs::run_graph(&pool.items, opts, |_| {})?;
     }
     // A cells worker touches only the aligned models its cells start from: another worker
     // may be training or evaluating the others. (`--worker-cells ''`, a Slurm preparation

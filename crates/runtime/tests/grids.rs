@@ -581,6 +581,13 @@ fn a_grid_over_tasks_and_seeds_runs_each_once_and_averages_across_seeds() {
         assert!(started(&second).split("; ").any(|a| a == first), "{seed}:\n{logj}");
         assert_eq!(started(&format!("aligned (builtin-arithmetic-{seed})")), format!("aligned (builtin-sentiment-{seed})"), "{logj}");
     }
+    // A sub-run whose workers have all ended gets its pass (manifest, report) at once, while the
+    // others' workers go on, so a grid stopped later keeps it whole. When the pool's last item
+    // starts, at most one other runs (two slots): at least two of the four sub-runs have ended
+    // by then, and their passes come first. (Passes only after the whole pool: none would.)
+    let last_start = logj.rfind("[jobs] worker started: ").unwrap();
+    let early = logj[..last_start].lines().filter(|l| l.contains("[grid] ") && l.contains(" of 4: task ")).count();
+    assert!(early >= 2, "{early} sub-run passes before the pool's last worker started:\n{logj}");
     let topj = outj.join("tiny");
     for sub in ["builtin-sentiment-s7", "builtin-sentiment-s8", "builtin-arithmetic-s7", "builtin-arithmetic-s8"] {
         assert_eq!(files(&topj.join("runs").join(sub)), files(&top.join("runs").join(sub)), "{sub}");
