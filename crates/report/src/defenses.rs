@@ -308,8 +308,16 @@ pub fn markdown(effects: &[Effect]) -> String {
         let task = points(&e.task_score, n, e.task_prompts.as_ref());
         md.push_str(&format!(" {mean_asr} | {task} | {over} | {secs} | {} |\n", e.verdict()));
     }
-    let pass: Vec<String> =
-        effects.iter().filter(|e| e.verdict().starts_with("yes")).map(|e| format!("{} ({} {})", e.label(), e.task, e.regime)).collect();
+    // A pass on the means whose bar lies inside an interval says so where it is listed, not
+    // only in the sentences below.
+    let pass: Vec<String> = effects
+        .iter()
+        .filter(|e| e.verdict().starts_with("yes"))
+        .map(|e| {
+            let open = unsettled(e).is_some() || unsettled_across(e).is_some();
+            format!("{} ({} {}{})", e.label(), e.task, e.regime, if open { "; on the means, not settled: see below" } else { "" })
+        })
+        .collect();
     let fail: Vec<String> = effects
         .iter()
         .filter(|e| !e.verdict().starts_with("yes"))
@@ -633,6 +641,8 @@ mod tests {
             md.contains("Not settled across these seeds (the bar lies inside the 95% t-interval across seeds, in points): lisa (t high-harm): cut 21.0 [-55.2, 97.2].\n"),
             "{md}"
         );
+        // Where the passes are listed, the open one says so and the settled one does not.
+        assert!(md.contains("task score: bea (t high-harm), lisa (t high-harm; on the means, not settled: see below).\n"), "{md}");
         // One seed: nothing to say across seeds.
         assert!(!markdown(&effects(&runs[..1]).unwrap()).contains("across these seeds"));
         std::fs::remove_dir_all(&root).unwrap();
