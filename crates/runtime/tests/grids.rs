@@ -656,6 +656,15 @@ fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
             p.display()
         );
     }
+    // SafeLoRA's repair settings (presets/safelora: a validation base, one file per setting, the
+    // chosen setting on the test sets): each plans the undefended and the repaired cell.
+    let mut safelora: Vec<PathBuf> = std::fs::read_dir(root.join("presets/safelora")).unwrap().map(|e| e.unwrap().path()).collect();
+    safelora.sort();
+    assert!(safelora.len() >= 8, "{safelora:?}");
+    for p in &safelora {
+        let plan = run(&["run", p.to_str().unwrap()]);
+        assert!(plan.contains("2 cells (sft-lora × 2 stacks × high-harm)"), "{}: {plan}", p.display());
+    }
     let plan = run(&["calibrate", root.join("presets/calibrate/sweep.toml").to_str().unwrap()]);
     assert!(plan.matches("one run in").count() >= 10, "{plan}");
     // The attack searches (the files of presets/search that name a base spec; the others are
