@@ -638,12 +638,13 @@ fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
         assert!(o.status.success(), "{args:?}: {}{text}", String::from_utf8_lossy(&o.stderr));
         text
     };
-    let mut presets: Vec<PathBuf> = std::fs::read_dir(root.join("presets"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && !p.ends_with("paper.toml"))
-        .collect();
-    presets.sort();
+    // A presets directory's files that `keep` accepts, sorted.
+    let files = |dir: &str, keep: fn(&PathBuf) -> bool| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).filter(keep).collect();
+        v.sort();
+        v
+    };
+    let presets = files("presets", |p| p.extension().is_some_and(|e| e == "toml") && !p.ends_with("paper.toml"));
     assert!(presets.len() >= 4, "{presets:?}");
     for p in &presets {
         let plan = run(&["run", p.to_str().unwrap()]);
@@ -658,8 +659,7 @@ fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
     }
     // SafeLoRA's repair settings (presets/safelora: a validation base, one file per setting, the
     // chosen setting on the test sets): each plans the undefended and the repaired cell.
-    let mut safelora: Vec<PathBuf> = std::fs::read_dir(root.join("presets/safelora")).unwrap().map(|e| e.unwrap().path()).collect();
-    safelora.sort();
+    let safelora = files("presets/safelora", |_| true);
     assert!(safelora.len() >= 8, "{safelora:?}");
     for p in &safelora {
         let plan = run(&["run", p.to_str().unwrap()]);
@@ -669,12 +669,7 @@ fn every_preset_and_calibration_candidate_checks_out_on_the_shared_data() {
     assert!(plan.matches("one run in").count() >= 10, "{plan}");
     // The attack searches (the files of presets/search that name a base spec; the others are
     // their overlays).
-    let mut searches: Vec<PathBuf> = std::fs::read_dir(root.join("presets/search"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| std::fs::read_to_string(p).unwrap().lines().any(|l| l.starts_with("base = ")))
-        .collect();
-    searches.sort();
+    let searches = files("presets/search", |p| std::fs::read_to_string(p).unwrap().lines().any(|l| l.starts_with("base = ")));
     assert!(searches.len() >= 3, "{searches:?}");
     for p in &searches {
         let plan = run(&["attack-search", p.to_str().unwrap()]);
