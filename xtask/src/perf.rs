@@ -8,7 +8,9 @@
 //! (`xtask/perf/torch_ref.py`, in a venv under `target/perf-venv` installed
 //! from PyPI: dev tooling, never a runtime dependency) and prints
 //! candle / PyTorch, and for the training steps and the product also against PyTorch in
-//! bfloat16 (`--dtype bf16`). Before the table it prints one core's multiply-add ceiling
+//! bfloat16 (`--dtype bf16`). Rows `lora-qv bf16`, `lora-all bf16` and `gemm bf16` run
+//! safetune's bf16 path (`train.precision = "bf16"`) against PyTorch bf16 only (their
+//! PyTorch peak memory is bf16's). Before the table it prints one core's multiply-add ceiling
 //! with f32 FMAs and with AVX-512 BF16 dot products. Timings belong to a quiet machine: nothing else running.
 
 use std::path::PathBuf;
@@ -24,6 +26,24 @@ struct Workload {
     unit: &'static str,
     /// With `--compare-torch`, PyTorch also runs it in bfloat16 (training steps and the product).
     torch_bf16: bool,
+    /// With `--compare-torch`, PyTorch runs it in f32 (not for safetune's bf16 rows, whose
+    /// f32 counterpart is the row above them).
+    torch_f32: bool,
+}
+
+/// A workload's arguments for the PyTorch script: safetune's `--precision` left out (PyTorch's
+/// precision is its `--dtype`).
+fn torch_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--precision" {
+            it.next();
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
 }
 
 fn workloads(quick: bool) -> Vec<Workload> {
@@ -36,6 +56,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             lower_better: true,
             unit: "s/step",
             torch_bf16: true,
+            torch_f32: true,
         },
         Workload {
             name: "lora-all",
@@ -43,6 +64,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             lower_better: true,
             unit: "s/step",
             torch_bf16: true,
+            torch_f32: true,
         },
         Workload {
             name: "full",
@@ -50,6 +72,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             lower_better: true,
             unit: "s/step",
             torch_bf16: true,
+            torch_f32: true,
         },
         Workload {
             name: "decode b1",
@@ -57,6 +80,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             lower_better: false,
             unit: "tok/s",
             torch_bf16: false,
+            torch_f32: true,
         },
         Workload {
             name: "decode b8",
@@ -64,6 +88,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             lower_better: false,
             unit: "tok/s",
             torch_bf16: false,
+            torch_f32: true,
         },
         Workload {
             name: "decode b32",
@@ -71,14 +96,48 @@ fn workloads(quick: bool) -> Vec<Workload> {
             lower_better: false,
             unit: "tok/s",
             torch_bf16: false,
+            torch_f32: true,
         },
-        Workload { name: "prefill 512", args: s(&["prefill", "--tokens", "512"]), lower_better: false, unit: "tok/s", torch_bf16: false },
+        Workload {
+            name: "prefill 512",
+            args: s(&["prefill", "--tokens", "512"]),
+            lower_better: false,
+            unit: "tok/s",
+            torch_bf16: false,
+            torch_f32: true,
+        },
+        // safetune's bf16 path (`train.precision = "bf16"`): frozen weights' products in bf16.
+        Workload {
+            name: "lora-qv bf16",
+            args: s(&["lora-qv", "--batch", "4", "--tokens", "128", "--steps", steps, "--precision", "bf16"]),
+            lower_better: true,
+            unit: "s/step",
+            torch_bf16: true,
+            torch_f32: false,
+        },
+        Workload {
+            name: "lora-all bf16",
+            args: s(&["lora-all", "--batch", "4", "--tokens", "128", "--steps", steps, "--precision", "bf16"]),
+            lower_better: true,
+            unit: "s/step",
+            torch_bf16: true,
+            torch_f32: false,
+        },
+        Workload {
+            name: "gemm bf16 512x576x1536",
+            args: s(&["gemm", "--m", "512", "--k", "576", "--n", "1536", "--precision", "bf16"]),
+            lower_better: false,
+            unit: "GFLOP/s",
+            torch_bf16: true,
+            torch_f32: false,
+        },
         Workload {
             name: "gemm 512x576x1536",
             args: s(&["gemm", "--m", "512", "--k", "576", "--n", "1536"]),
             lower_better: false,
             unit: "GFLOP/s",
             torch_bf16: true,
+            torch_f32: true,
         },
     ]
 }
@@ -211,14 +270,20 @@ pub fn perf(args: PerfArgs) {
             mem_p = mem_p.max(m);
             if let Some(py) = &py {
                 let script = root.join("xtask/perf/torch_ref.py");
-                let (v, m) = measure(Command::new(py).arg(&script).arg(&hf_dir).args(&w.args).args(["--threads", &threads]), w.name);
-                reference.push(v);
-                mem_t = mem_t.max(m);
+                let targs = torch_args(&w.args);
+                if w.torch_f32 {
+                    let (v, m) = measure(Command::new(py).arg(&script).arg(&hf_dir).args(&targs).args(["--threads", &threads]), w.name);
+                    reference.push(v);
+                    mem_t = mem_t.max(m);
+                }
                 if w.torch_bf16 {
-                    let (v, _) = measure(
-                        Command::new(py).arg(&script).arg(&hf_dir).args(&w.args).args(["--threads", &threads, "--dtype", "bf16"]),
+                    let (v, m) = measure(
+                        Command::new(py).arg(&script).arg(&hf_dir).args(&targs).args(["--threads", &threads, "--dtype", "bf16"]),
                         w.name,
                     );
+                    if !w.torch_f32 {
+                        mem_t = mem_t.max(m);
+                    }
                     reference_bf16.push(v);
                 }
             }

@@ -127,6 +127,16 @@ pub trait CausalLm: Send + Sync {
     /// Trainable tensors: unfrozen base weights and adapter weights (PEFT names).
     fn trainable(&self) -> Vec<(String, Var)>;
 
+    /// The precision of products against frozen weights from now on (a training stage sets
+    /// it from `TrainConfig::precision` and sets f32 again when it ends). A model without a
+    /// bf16 path accepts only f32.
+    fn set_precision(&mut self, precision: crate::config::Precision) -> Result<()> {
+        if precision.is_f32() {
+            return Ok(());
+        }
+        anyhow::bail!("precision = \"bf16\": model `{}` has no bf16 products (use precision = \"f32\")", self.info().name)
+    }
+
     /// Completions (new token ids, without the prompt and stop token) for each prompt.
     fn generate(&self, prompts: &[Vec<u32>], params: &GenerationParams) -> Result<Vec<Vec<u32>>>;
 

@@ -2,7 +2,8 @@
 //! and backward, at SmolLM2-135M's shapes for a batch of 4 × 128 tokens:
 //! grouped-query attention (9 query heads over 3 key/value heads, head size
 //! 64), SwiGLU's gate (1536 wide), RMSNorm (576 wide) and a frozen 576 × 576
-//! linear layer with a LoRA r8 adapter; the loss's log-probabilities (256 answer
+//! linear layer with a LoRA r8 adapter; a frozen 576 → 1536 linear layer in f32 and in bf16
+//! (`train.precision = "bf16"`); the loss's log-probabilities (256 answer
 //! positions over a 49,152-word vocabulary); and the attention of one 512-token
 //! prefill in inference. Random inputs, no model file.
 //! `cargo bench -p safetune-model --bench kernels`.
@@ -97,6 +98,18 @@ fn benches(c: &mut Criterion) {
             step((ops::linear(&x, &w).expect("linear") + delta).expect("sum"), &up)
         })
     });
+    g.finish();
+
+    // The MLP's up-projection (576 → 1536) over a frozen weight, f32 against bf16
+    // (`train.precision = "bf16"`: x rounded to bf16, f32 accumulation, bf16 result widened).
+    let w_up = random(&[1536, dim], 18);
+    let w_up_bf16 = w_up.to_dtype(candle_core::DType::BF16).expect("bf16");
+    let up = random(&[b, t, 1536], 19);
+    let mut g = c.benchmark_group("frozen 576 -> 1536 linear, 4 x 128, forward + backward");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function("f32", |bn| bn.iter(|| step(ops::linear(&x, &w_up).expect("linear"), &up)));
+    g.bench_function("bf16", |bn| bn.iter(|| step(ops::linear(&x, &w_up_bf16).expect("linear"), &up)));
     g.finish();
 
     // The loss's log-probabilities: 256 answer positions over SmolLM2's 49,152-word vocabulary.

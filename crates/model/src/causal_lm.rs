@@ -165,6 +165,10 @@ impl CausalLm for Llama {
         std::mem::take(&mut self.adapters).into_iter().collect()
     }
 
+    fn set_precision(&mut self, precision: safetune_core::config::Precision) -> Result<()> {
+        self.set_bf16_products(!precision.is_f32())
+    }
+
     fn unfreeze_all(&mut self) -> Result<Vec<(String, Var)>> {
         for p in self.params.values_mut() {
             if let Param::Frozen(t) = p {

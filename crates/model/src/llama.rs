@@ -40,6 +40,10 @@ pub struct Llama {
     pub(crate) tokenizer: Arc<TextTokenizer>,
     cos: Tensor,
     sin: Tensor,
+    /// bf16 copies of the frozen matrix weights while a stage trains with
+    /// `precision = "bf16"` (set by [`Llama::set_bf16_products`]): the products against them
+    /// run in bf16. `None` otherwise (every product in f32).
+    pub(crate) bf16: Option<BTreeMap<String, Tensor>>,
 }
 
 /// Inputs of one pass through the decoder stack.
@@ -139,7 +143,17 @@ impl Llama {
             vocab_size: cfg.vocab_size,
             format,
         };
-        Ok(Self { cfg, info, device: device.clone(), params, adapters: BTreeMap::new(), tokenizer: Arc::new(tokenizer), cos, sin })
+        Ok(Self {
+            cfg,
+            info,
+            device: device.clone(),
+            params,
+            adapters: BTreeMap::new(),
+            tokenizer: Arc::new(tokenizer),
+            cos,
+            sin,
+            bf16: None,
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -176,7 +190,37 @@ impl Llama {
             tokenizer: self.tokenizer.clone(),
             cos: self.cos.clone(),
             sin: self.sin.clone(),
+            bf16: None,
         })
+    }
+
+    /// Products against frozen matrix weights in bf16 (`on`: a bf16 copy of each, kept until
+    /// switched off) or in f32 (`!on`, the default). Only the CPU holds bf16 products; a model
+    /// with no frozen matrix weight (full fine-tuning) has nothing to multiply in bf16, so
+    /// asking for it is an error rather than a silent f32 run.
+    pub fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        if !on {
+            self.bf16 = None;
+            return Ok(());
+        }
+        if !self.device.is_cpu() {
+            bail!("precision = \"bf16\": bf16 products are built for the CPU only (this model is on {:?})", self.device);
+        }
+        let copies: BTreeMap<String, Tensor> = self
+            .params
+            .iter()
+            .filter_map(|(k, p)| match p {
+                // The embedding matrix is a product's weight only as the tied output layer.
+                Param::Frozen(t) if t.rank() == 2 && (k != "model.embed_tokens.weight" || self.cfg.tie_embeddings) => Some((k, t)),
+                _ => None,
+            })
+            .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::BF16)?.contiguous()?)))
+            .collect::<Result<_>>()?;
+        if copies.is_empty() {
+            bail!("precision = \"bf16\" multiplies frozen weights in bf16, and this stage trains every weight (full fine-tuning): use precision = \"f32\"");
+        }
+        self.bf16 = Some(copies);
+        Ok(())
     }
 
     fn w(&self, name: &str) -> Result<&Tensor> {
@@ -199,7 +243,16 @@ impl Llama {
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
         match transposed.and_then(|t| t.get(name)) {
             Some(wt) if ops::transposed_alike(rows, wt.dims2()?) && !x.track_op() => ops::linear_transposed(x, wt),
-            _ => ops::linear(x, self.w(name)?),
+            _ => ops::linear(x, self.frozen_or_bf16(name)?),
+        }
+    }
+
+    /// The weight `name` a product reads: its bf16 copy while products run in bf16
+    /// ([`Llama::set_bf16_products`]), else the weight itself.
+    fn frozen_or_bf16(&self, name: &str) -> Result<&Tensor> {
+        match self.bf16.as_ref().and_then(|m| m.get(name)) {
+            Some(w) => Ok(w),
+            None => self.w(name),
         }
     }
 
@@ -213,7 +266,7 @@ impl Llama {
         let adapter = self.adapters.get(module);
         // A low-rank adapter over a frozen weight: its product added into the frozen one in one op.
         if let (Some(a), None) = (adapter, bias) {
-            let w = self.w(&weight)?;
+            let w = self.frozen_or_bf16(&weight)?;
             if ops::low_rank_fusable(x, w) {
                 if let Some(lr) = a.low_rank(x, train)? {
                     return ops::linear_low_rank(x, w, &lr);

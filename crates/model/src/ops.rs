@@ -129,12 +129,18 @@ pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// `x Wᵀ` for `x` of any rank `[.., in]` and `w` `[out, in]`.
-/// When `w` is frozen, backward computes only the input gradient.
+/// When `w` is frozen, backward computes only the input gradient. A frozen bf16 `w` (CPU,
+/// f32 `x`; `train.precision = "bf16"`) multiplies in bf16 ([`crate::products::gemm_xwt_bf16`]):
+/// `x` rounded to bf16, f32 accumulation, a bf16 result widened to f32.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
     over_rows(x, in_dim, out_dim, |x2| {
         let frozen = !w.track_op();
-        if frozen && x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() {
+        let on_cpu = x.device().is_cpu() && x.dtype() == DType::F32 && w.is_contiguous();
+        if frozen && on_cpu && w.dtype() == DType::BF16 {
+            return Ok(x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?);
+        }
+        if frozen && x.track_op() && on_cpu && w.dtype() == DType::F32 {
             return Ok(x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?);
         }
         Ok(x2.matmul(&w.t()?)?)
@@ -183,18 +189,63 @@ fn f32_matrix<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Res
     Ok((crate::fused::f32_rows(s, l, what)?.0, rows, cols))
 }
 
-/// `x Wᵀ` for rows `x` (`[m, k]`) and the frozen weight `w` (`[n, k]`, f32 on the CPU): the
-/// product and `n`.
+/// `x Wᵀ` for rows `x` (`[m, k]`) and the frozen weight `w` (`[n, k]` on the CPU; f32, or
+/// bf16 for a product in bf16): the product and `n`.
 fn frozen_product(w: &Tensor, x: &[f32], (m, k): (usize, usize), what: &str) -> candle_core::Result<(Vec<f32>, usize)> {
-    crate::fused::with_f32(w, what, |w, wl| {
-        let (n, wk) = wl.shape().dims2()?;
-        if wk != k {
-            return Err(op_err(what, &format!("input has {k} features, weight {wk}")));
+    let (n, wk) = w.dims2()?;
+    if wk != k {
+        return Err(op_err(what, &format!("input has {k} features, weight {wk}")));
+    }
+    let mut y = vec![0f32; m * n];
+    if w.dtype() == DType::BF16 {
+        with_bf16(w, what, |w| crate::products::gemm_xwt_bf16(&mut y, x, w, (m, n, k)))?;
+    } else {
+        crate::fused::with_f32(w, what, |w, _| {
+            gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
+            Ok(())
+        })?;
+    }
+    Ok((y, n))
+}
+
+/// The contiguous bf16 CPU data of a weight, handed to `f`.
+fn with_bf16<R>(t: &Tensor, what: &str, f: impl FnOnce(&[half::bf16]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::BF16(v)) = &*storage else { return Err(op_err(what, "bf16 weight on the CPU expected")) };
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| op_err(what, "weight not contiguous"))?;
+    Ok(f(&v[start..end]))
+}
+
+/// `dx = dy · W`, the input gradient of a frozen weight: candle's matmul for f32, a product
+/// in bf16 ([`crate::products::gemm_xw_bf16`]) for a bf16 weight.
+fn frozen_input_grad(grad: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if w.dtype() == DType::BF16 {
+        return grad.contiguous()?.apply_op1_no_bwd(&Bf16InputGrad { w: w.clone() });
+    }
+    grad.matmul(w)
+}
+
+/// `dy · W` for `dy` `[m, n]` (f32) and a frozen bf16 `W` `[n, k]`, in bf16.
+struct Bf16InputGrad {
+    w: Tensor,
+}
+
+impl CustomOp1 for Bf16InputGrad {
+    fn name(&self) -> &'static str {
+        "frozen-bf16-input-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        const WHAT: &str = "frozen bf16 linear backward";
+        let (g, m, n) = f32_matrix(s, l, WHAT)?;
+        let (wn, k) = self.w.dims2()?;
+        if wn != n {
+            return Err(op_err(WHAT, &format!("gradient has {n} outputs, weight {wn}")));
         }
-        let mut y = vec![0f32; m * n];
-        gemm_xwt(&mut y, x, w, (m, n, k), false, 1.0);
-        Ok((y, n))
-    })
+        let mut y = vec![0f32; m * k];
+        with_bf16(&self.w, WHAT, |w| crate::products::gemm_xw_bf16(&mut y, g, w, (m, n, k)))?;
+        Ok((CpuStorage::F32(y), Shape::from((m, k))))
+    }
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -210,7 +261,7 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
+        Ok(Some(frozen_input_grad(grad, &self.w)?))
     }
 }
 
@@ -262,7 +313,7 @@ impl candle_core::CustomOp3 for FrozenLowRank {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = if x.track_op() { Some(grad.matmul(&self.w)?) } else { None };
+        let dx = if x.track_op() { Some(frozen_input_grad(grad, &self.w)?) } else { None };
         let g = grad.affine(self.scale, 0.)?;
         let dh = if h.track_op() { Some(g.matmul(b)?) } else { None };
         let db = if b.track_op() { Some(h.t()?.matmul(&g)?.t()?) } else { None };
@@ -271,9 +322,11 @@ impl candle_core::CustomOp3 for FrozenLowRank {
 }
 
 /// Whether [`linear_low_rank`] runs as one op for input `x` and weight `w`: `w` frozen, both
-/// f32 on the CPU, `w` contiguous, and fused kernels not switched off.
+/// f32 on the CPU, `w` contiguous, and fused kernels not switched off — or `w` a frozen bf16
+/// weight on the CPU (which has no other path).
 pub fn low_rank_fusable(x: &Tensor, w: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && !w.track_op() && fusable(w)
+    let bf16 = w.dtype() == DType::BF16 && w.device().is_cpu() && w.is_contiguous();
+    x.device().is_cpu() && x.dtype() == DType::F32 && !w.track_op() && (fusable(w) || bf16)
 }
 
 /// `x Wᵀ + scale · h Bᵀ` for a frozen `W` and a low-rank adapter's factors `lr`
@@ -281,7 +334,9 @@ pub fn low_rank_fusable(x: &Tensor, w: &Tensor) -> bool {
 /// [`low_rank_fusable`] holds and the factors are f32 and contiguous, else the composition.
 pub fn linear_low_rank(x: &Tensor, w: &Tensor, lr: &safetune_core::LowRank) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
-    if low_rank_fusable(x, w) && fusable(&lr.h) && fusable(&lr.b) {
+    let factors_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    let factors_ok = if w.dtype() == DType::BF16 { factors_f32(&lr.h) && factors_f32(&lr.b) } else { fusable(&lr.h) && fusable(&lr.b) };
+    if low_rank_fusable(x, w) && factors_ok {
         let op = FrozenLowRank { w: w.clone(), scale: lr.scale };
         return over_rows(x, in_dim, out_dim, |x2| Ok(x2.contiguous()?.apply_op3(&lr.h, &lr.b, op)?));
     }
@@ -314,6 +369,84 @@ mod tests {
 
     fn bits(t: &Tensor) -> Vec<u32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+    }
+
+    /// `a` rounded to bf16 and widened back (exact): what a bf16 product reads.
+    fn bf16_rounded(a: &Tensor) -> Tensor {
+        a.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+    }
+
+    /// Every element of `got` is `want` (an f32 product) rounded to bf16 — up to one bf16 step
+    /// at `want` plus the f32 sums' own rounding in another order (2^-16 of `scale`, the
+    /// product of the operands' absolute values, far below what rounding an operand to bf16
+    /// moves a sum) — and is a bf16 value itself.
+    fn assert_bf16_rounding_of(got: &Tensor, want: &Tensor, scale: &Tensor, what: &str) {
+        assert_eq!(got.dims(), want.dims(), "{what}");
+        assert!(bits(got) == bits(&bf16_rounded(got)), "{what}: the result is not a bf16 value");
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (g, w, s) = (v(got), v(want), v(scale));
+        for (i, ((g, w), s)) in g.iter().zip(&w).zip(&s).enumerate() {
+            // One bf16 step at |w| is at most 2^-7 · |w|.
+            let tol = w.abs() * 2f32.powi(-7) + s * 2f32.powi(-16);
+            assert!((g - w).abs() <= tol, "{what}: element {i} is {g}, the f32 product of the rounded operands {w} (scale {s})");
+        }
+    }
+
+    /// A frozen bf16 weight multiplies in bf16, forward and backward: each result is the f32
+    /// product of the bf16-rounded operands, rounded to bf16 (gemmkit's kernel accumulates in
+    /// f32: AVX-512 BF16's `vdpbf16ps` where the CPU has it). Shapes of SmolLM2's layers and of
+    /// sizes gemm's blocking does not divide.
+    #[test]
+    fn bf16_frozen_products_are_f32_products_of_bf16_operands_rounded_to_bf16() {
+        let dev = Device::Cpu;
+        for (rows, inp, out) in [(512, 576, 1536), (512, 1536, 576), (37, 576, 192), (2, 64, 49), (1, 576, 576)] {
+            let w = Tensor::randn(0f32, 0.05, (out, inp), &dev).unwrap();
+            let wb = w.to_dtype(DType::BF16).unwrap();
+            let wr = wb.to_dtype(DType::F32).unwrap();
+            let x = candle_core::Var::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+            let y = linear(x.as_tensor(), &wb).unwrap();
+            let xr = bf16_rounded(x.as_tensor());
+            let want = xr.matmul(&wr.t().unwrap()).unwrap();
+            let scale = xr.abs().unwrap().matmul(&wr.abs().unwrap().t().unwrap()).unwrap();
+            assert_bf16_rounding_of(&y, &want, &scale, &format!("forward {rows}x{inp} · [{out}, {inp}]ᵀ"));
+            // The f32 product differs (else the bf16 path was not taken).
+            assert!(bits(&y) != bits(&linear(x.as_tensor(), &w).unwrap()), "{rows}x{inp}: the bf16 product equals f32's");
+            let g = Tensor::randn(0f32, 1.0, (rows, out), &dev).unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = grads.get(x.as_tensor()).unwrap();
+            let gr = bf16_rounded(&g);
+            let want = gr.matmul(&wr).unwrap();
+            let scale = gr.abs().unwrap().matmul(&wr.abs().unwrap()).unwrap();
+            assert_bf16_rounding_of(dx, &want, &scale, &format!("input gradient {rows}x{out} · [{out}, {inp}]"));
+        }
+    }
+
+    /// With a low-rank adapter over a frozen bf16 weight, the one op gives the bf16 frozen product
+    /// plus the adapter's f32 product, and the gradients of candle's composition of the same.
+    #[test]
+    fn a_low_rank_adapter_over_a_bf16_weight_adds_its_f32_product() {
+        let dev = Device::Cpu;
+        let (rows, inp, out, r) = (96, 576, 192, 8);
+        let wb = Tensor::randn(0f32, 0.05, (out, inp), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+        let x = candle_core::Var::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+        let h = candle_core::Var::randn(0f32, 1.0, (rows, r), &dev).unwrap();
+        let b = candle_core::Var::randn(0f32, 0.1, (out, r), &dev).unwrap();
+        let lr = safetune_core::LowRank { h: h.as_tensor().clone(), b: b.as_tensor().clone(), scale: 2.0 };
+        let fused = linear_low_rank(x.as_tensor(), &wb, &lr).unwrap();
+        let composed =
+            (linear(x.as_tensor(), &wb).unwrap() + (h.as_tensor().matmul(&b.as_tensor().t().unwrap()).unwrap() * 2.0).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (rows, out), &dev).unwrap();
+        let gf = (&fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (&composed * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-5 * m.max(1.0), "{what}: differs by {d} (max {m})");
+        };
+        close(&fused, &composed, "forward");
+        for (v, what) in [(&x, "dx"), (&h, "dh"), (&b, "dB")] {
+            close(gf.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap(), what);
+        }
     }
 
     /// On SmolLM2-135M's weight shapes, a product against the weight stored transposed is

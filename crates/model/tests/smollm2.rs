@@ -166,3 +166,41 @@ fn everyday_prompts(m: &safetune_model::Llama, n: usize) -> Vec<Vec<u32>> {
     ];
     asks[..n].iter().map(|a| m.tokenizer().encode(&m.info().format.prompt(None, a)).unwrap()).collect()
 }
+
+/// bf16 products for the frozen weights (`train.precision = "bf16"`) on the real model: the
+/// next-token choice at each of the golden positions is f32's, and the logits stay within
+/// `BF16_LOGIT_TOLERANCE` of f32's (bf16 keeps 8 significant bits: a logit of 20 moves by up
+/// to 0.08 per rounding, and 30 layers compound them). Switching back gives f32's bits.
+#[test]
+fn bf16_products_keep_the_next_token_and_logits_near_f32() {
+    const BF16_LOGIT_TOLERANCE: f32 = 1.0;
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
+    let golden: serde_json::Value = serde_json::from_str(include_str!("../../../fixtures/smollm2_golden.json")).unwrap();
+    let mut m = safetune_model::load_gguf(&path, &Device::Cpu).unwrap();
+    let ids: Vec<u32> = golden["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let x = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = |m: &safetune_model::Llama| {
+        m.forward(&safetune_core::model::ForwardRequest { ids: Some(&x), ..Default::default() }).unwrap().logits.squeeze(0).unwrap()
+    };
+    let f32_logits = logits(&m);
+    m.set_bf16_products(true).unwrap();
+    let bf16_logits = logits(&m);
+    let worst = (&f32_logits - &bf16_logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let mut same = 0;
+    let positions = golden["positions"].as_array().unwrap();
+    for pos in positions {
+        let p = pos.as_u64().unwrap() as usize;
+        let a = safetune_model::argmax(&f32_logits.get(p).unwrap().to_vec1::<f32>().unwrap());
+        let b = safetune_model::argmax(&bf16_logits.get(p).unwrap().to_vec1::<f32>().unwrap());
+        same += usize::from(a == b);
+    }
+    eprintln!("bf16 products: max |logit difference| {worst}; next token as f32's at {same} of {} positions", positions.len());
+    assert!(worst > 0.0, "bf16 products gave f32's logits");
+    assert!(worst < BF16_LOGIT_TOLERANCE, "max |logit difference| {worst}");
+    assert_eq!(same, positions.len(), "the next token differs from f32's");
+    m.set_bf16_products(false).unwrap();
+    let back = logits(&m);
+    assert_eq!(back.to_vec2::<f32>().unwrap(), f32_logits.to_vec2::<f32>().unwrap(), "f32 again after bf16");
+}

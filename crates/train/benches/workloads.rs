@@ -1,6 +1,6 @@
 //! The workloads of docs/PERFORMANCE.md on SmolLM2-135M as criterion
-//! benchmarks: one training step (LoRA q,v; LoRA all-linear; full) at
-//! batch 4 × 128 tokens, decoding 64 new tokens at batch 1, 8 and 32, and a
+//! benchmarks: one training step (LoRA q,v; LoRA all-linear; full; the two LoRA steps
+//! with bf16 frozen products, `train.precision = "bf16"`) at batch 4 × 128 tokens, decoding 64 new tokens at batch 1, 8 and 32, and a
 //! 512-token prefill; after each group, the peak resident set it reached.
 //!
 //! `cargo bench -p safetune-train --bench workloads` (a few minutes; the model
@@ -24,14 +24,22 @@ fn group<'a>(c: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, 
 fn benches(c: &mut Criterion) {
     safetune_train::tune_process();
     let Some(path) = workloads::smollm2() else { return };
-    for (name, kind) in [("train-step/lora-qv", "lora-qv"), ("train-step/lora-all", "lora-all"), ("train-step/full", "full")] {
+    use safetune_core::config::Precision;
+    for (name, kind, precision) in [
+        ("train-step/lora-qv", "lora-qv", Precision::F32),
+        ("train-step/lora-all", "lora-all", Precision::F32),
+        ("train-step/full", "full", Precision::F32),
+        ("train-step/lora-qv-bf16", "lora-qv", Precision::Bf16),
+        ("train-step/lora-all-bf16", "lora-all", Precision::Bf16),
+    ] {
         safetune_model::memory::reset_peak_rss();
         let mut m = workloads::prepared(&path, kind).expect("model");
         let mut g = group(c, name);
         g.throughput(Throughput::Elements(4 * 128));
         g.bench_function("batch 4 x 128", |b| {
             b.iter_custom(|iters| {
-                Duration::from_secs_f64(workloads::train_steps(&mut m, 4, 128, iters as usize).expect("step") * iters as f64)
+                let s = workloads::train_steps_at(&mut m, 4, 128, iters as usize, precision).expect("step");
+                Duration::from_secs_f64(s * iters as f64)
             })
         });
         g.finish();

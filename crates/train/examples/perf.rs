@@ -7,7 +7,8 @@
 //! multiply-add ceiling with AVX-512 f32 FMAs / AVX-512 BF16 dot products), or `export DIR` (the model as a Hugging Face
 //! directory, for the PyTorch reference). Prints one JSON line with the value and the peak
 //! resident set. The workloads themselves are in `workloads/mod.rs`, shared with the criterion
-//! benchmarks.
+//! benchmarks. `--precision bf16` runs a LoRA step's or the product's frozen weights in bf16
+//! (`train.precision = "bf16"`).
 
 mod workloads;
 
@@ -20,18 +21,27 @@ fn main() -> safetune_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(path), Some(workload)) = (args.get(1), args.get(2)) else {
         eprintln!(
-            "usage: perf MODEL lora-qv|lora-all|full|decode|prefill|gemm|peak-f32|peak-bf16|export [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N]"
+            "usage: perf MODEL lora-qv|lora-all|full|decode|prefill|gemm|peak-f32|peak-bf16|export [--batch B] [--tokens T] [--steps S] [--new N] [--m M --k K --n N] [--precision f32|bf16]"
         );
         std::process::exit(2);
     };
     let path = std::path::Path::new(path);
     let (batch, tokens, steps, new) =
         (flag(&args, "--batch", 4), flag(&args, "--tokens", 128), flag(&args, "--steps", 3), flag(&args, "--new", 64));
+    let bf16 = match args.iter().position(|a| a == "--precision").map(|i| args.get(i + 1).map(String::as_str)) {
+        None | Some(Some("f32")) => false,
+        Some(Some("bf16")) => true,
+        Some(other) => {
+            eprintln!("--precision: expected f32 or bf16, got {}", other.unwrap_or("nothing"));
+            std::process::exit(2);
+        }
+    };
+    let precision = if bf16 { safetune_core::config::Precision::Bf16 } else { safetune_core::config::Precision::F32 };
     let (value, unit) = match workload.as_str() {
         "lora-qv" | "lora-all" | "full" => {
             let mut m = workloads::prepared(path, workload)?;
-            workloads::train_steps(&mut m, batch, tokens, 1)?; // warm-up
-            (workloads::train_steps(&mut m, batch, tokens, steps)?, "s/step")
+            workloads::train_steps_at(&mut m, batch, tokens, 1, precision)?; // warm-up
+            (workloads::train_steps_at(&mut m, batch, tokens, steps, precision)?, "s/step")
         }
         "decode" => {
             let m = workloads::prepared(path, "inference")?;
@@ -46,7 +56,10 @@ fn main() -> safetune_core::Result<()> {
             workloads::prefill(&m, tokens)?; // warm-up
             (workloads::rate(|| workloads::prefill(&m, tokens))?, "tok/s")
         }
-        "gemm" => (workloads::gemm_gflops(flag(&args, "--m", 512), flag(&args, "--k", 576), flag(&args, "--n", 1536))?, "GFLOP/s"),
+        "gemm" => {
+            let (m, k, n) = (flag(&args, "--m", 512), flag(&args, "--k", 576), flag(&args, "--n", 1536));
+            (if bf16 { workloads::gemm_bf16_gflops(m, k, n)? } else { workloads::gemm_gflops(m, k, n)? }, "GFLOP/s")
+        }
         // One core's ceiling; not a product of the model (so nothing for PyTorch to compare).
         "peak-f32" | "peak-bf16" => match workloads::peak_gflops(workload == "peak-bf16") {
             Some(v) => (v, "GFLOP/s"),

@@ -227,7 +227,9 @@ pub struct StageRun<'a> {
     pub checkpoints: Option<&'a Checkpoints>,
 }
 
-/// [`train`], resuming from and saving checkpoints when `run` names a directory.
+/// [`train`], resuming from and saving checkpoints when `run` names a directory. The
+/// model's products run at `cfg.precision` while the stage trains and in f32 again after
+/// it, whether it ends or fails (so every evaluation is in f32).
 pub fn train_stage(
     model: &mut dyn CausalLm,
     data: &StageData,
@@ -236,8 +238,22 @@ pub fn train_stage(
     reference: Option<&dyn CausalLm>,
     run: &StageRun,
 ) -> Result<TrainReport> {
-    let label = run.label;
     cfg.validate("train")?;
+    model.set_precision(cfg.precision).map_err(|e| anyhow!("{}: {e}", run.label))?;
+    let report = train_stage_at_precision(model, data, step_fn, cfg, reference, run);
+    model.set_precision(safetune_core::config::Precision::F32)?;
+    report
+}
+
+fn train_stage_at_precision(
+    model: &mut dyn CausalLm,
+    data: &StageData,
+    step_fn: &mut dyn TrainStep,
+    cfg: &TrainConfig,
+    reference: Option<&dyn CausalLm>,
+    run: &StageRun,
+) -> Result<TrainReport> {
+    let label = run.label;
     let params = model.trainable();
     if params.is_empty() {
         bail!("{label}: the model has no trainable weights (attach adapters or unfreeze)");

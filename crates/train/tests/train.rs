@@ -190,3 +190,46 @@ fn epoch_tokens_counts_what_one_epoch_of_training_batches() {
     let share = counted.padding_share();
     assert!((share - (1.0 - counted.tokens as f64 / counted.padded as f64)).abs() < 1e-12 && share > 0.0);
 }
+
+fn logits_bits(m: &safetune_model::Llama) -> Vec<u32> {
+    let ids = Tensor::new(&[[5u32, 70, 80, 90, 100, 110]], &Device::Cpu).unwrap();
+    let logits = m.forward(&ForwardRequest { ids: Some(&ids), ..Default::default() }).unwrap().logits;
+    logits.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+}
+
+/// `precision = "bf16"` trains LoRA with the frozen products in bf16: the first step's loss is
+/// f32's up to bf16 rounding, the loss falls as f32's does, the trajectory is not f32's (the
+/// products did run in bf16), and once the stage ends the model multiplies in f32 again.
+#[test]
+fn bf16_lora_training_follows_f32_and_leaves_the_model_in_f32() {
+    use safetune_core::config::Precision;
+    let mut m32 = lora_model();
+    let r32 = train(&mut m32, &data(), &mut PlainSft, &cfg(), None, "test", true).unwrap();
+    let mut m16 = lora_model();
+    let c16 = TrainConfig { precision: Precision::Bf16, ..cfg() };
+    let r16 = train(&mut m16, &data(), &mut PlainSft, &c16, None, "test", true).unwrap();
+    assert_eq!(r16.steps, r32.steps);
+    let rel = (r16.losses[0] - r32.losses[0]).abs() / r32.losses[0];
+    assert!(rel < 0.01, "first loss {} (bf16) vs {} (f32)", r16.losses[0], r32.losses[0]);
+    assert!(r16.losses != r32.losses, "the bf16 run's losses are f32's bit for bit");
+    let first: f64 = r16.losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = r16.losses[r16.losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < 0.5 * first, "bf16 loss {first} → {last}");
+    // After the stage: f32 products (switching to f32 changes nothing), bf16 ones differ.
+    let after = logits_bits(&m16);
+    m16.set_precision(Precision::F32).unwrap();
+    assert!(logits_bits(&m16) == after, "the model still multiplied in bf16 after its stage");
+    m16.set_precision(Precision::Bf16).unwrap();
+    assert!(logits_bits(&m16) != after, "bf16 products give f32's logits");
+}
+
+/// Full fine-tuning has no frozen weight to multiply in bf16: the stage refuses, naming the
+/// setting, instead of training in f32 under a bf16 label.
+#[test]
+fn bf16_full_fine_tuning_is_refused_by_name() {
+    let mut m = safetune_model::tiny_model(12).unwrap();
+    m.unfreeze_all().unwrap();
+    let c = TrainConfig { epochs: 1, precision: safetune_core::config::Precision::Bf16, ..cfg() };
+    let err = train(&mut m, &data(), &mut PlainSft, &c, None, "full", true).unwrap_err().to_string();
+    assert!(err.contains("precision") && err.contains("full fine-tuning"), "{err}");
+}

@@ -277,6 +277,37 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `precision = "bf16"` loads for LoRA training and is refused, by name, where a stage
+    /// trains every weight (nothing frozen to multiply in bf16) or when misspelt.
+    #[test]
+    fn bf16_precision_loads_for_lora_and_is_refused_for_full_training() {
+        let dir = std::env::temp_dir().join(format!("safetune-spec-precision-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let head = "name = \"t\"\n[model]\nsource = \"m\"\n";
+        let ft = "[finetune]\nn = 4\nregimes = [\"benign\", \"pure-bad\"]\n";
+        let p = dir.join("s.toml");
+        std::fs::write(&p, format!("{head}[alignment]\nbenign = 1\ntrain = {{ precision = \"bf16\" }}\n{ft}methods = [\"sft-lora\"]\ntrain = {{ precision = \"bf16\" }}\n")).unwrap();
+        let s = super::RunSpec::load(&p).unwrap();
+        assert!(!s.cell_train("sft-lora", "benign").unwrap().precision.is_f32());
+        assert!(!s.alignment_stage_train().precision.is_f32());
+        for (text, want) in [
+            (
+                format!("{head}[alignment]\nbenign = 1\n{ft}methods = [\"sft-lora\", \"sft-full\"]\n[finetune.regime_train.pure-bad]\nprecision = \"bf16\"\n"),
+                "precision = \"bf16\" for `sft-full` (regime pure-bad), which trains every weight",
+            ),
+            (
+                format!("{head}[alignment]\nbenign = 1\nfull = true\ntrain = {{ precision = \"bf16\" }}\n{ft}methods = [\"sft-lora\"]\n"),
+                "alignment.train.precision: \"bf16\" is for frozen weights, and alignment.full trains every weight",
+            ),
+            (format!("{head}[alignment]\nbenign = 1\n{ft}methods = [\"sft-lora\"]\ntrain = {{ precision = \"fp16\" }}\n"), "unknown variant `fp16`"),
+        ] {
+            std::fs::write(&p, &text).unwrap();
+            let err = super::RunSpec::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_key_is_found_on_its_line_in_a_table_or_inline() {
         let text = "name = \"x\"\n[finetune]\nn = 0\n\n[defense_options.lisa]\nrho = \"a\"\n[defense_options]\nbea = { examples = 1 }\n";

@@ -236,7 +236,17 @@ impl RunSpec {
         }
         for m in &self.finetune.methods {
             let entry = safetune_core::registry::method(m).map_err(|e| anyhow!("finetune.methods: {e}"))?;
-            (entry.build)(self.finetune.method_options.get(m).unwrap_or(&serde_json::Value::Null))?;
+            let plan = (entry.build)(self.finetune.method_options.get(m).unwrap_or(&serde_json::Value::Null))?;
+            // bf16 products apply to frozen weights: a method that trains every weight has none.
+            if matches!(plan.trainable, safetune_core::registry::Trainable::Full) {
+                let bf16 = |r: &str| self.cell_train(m, r).is_ok_and(|t| !t.precision.is_f32());
+                if let Some(r) = self.finetune.regimes.iter().find(|r| bf16(r)) {
+                    bail!("finetune: precision = \"bf16\" for `{m}` (regime {r}), which trains every weight; bf16 products are for frozen weights (LoRA): use \"f32\"");
+                }
+            }
+        }
+        if self.alignment.full && !self.alignment.train.precision.is_f32() {
+            bail!("alignment.train.precision: \"bf16\" is for frozen weights, and alignment.full trains every weight: use \"f32\"");
         }
         for (m, t) in &self.finetune.method_train {
             if !self.finetune.methods.contains(m) {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use safetune_core::config::{LoraConfig, TrainConfig};
+use safetune_core::config::{LoraConfig, Precision, TrainConfig};
 use safetune_core::training::PlainSft;
 use safetune_core::{CausalLm, Example, ExampleKind, GenerationParams, Result};
 use safetune_model::Llama;
@@ -48,11 +48,16 @@ pub fn prepared(path: &Path, kind: &str) -> Result<Llama> {
 /// Seconds per training step over `steps` steps (after the first call's
 /// warm-up, which callers do themselves by calling once).
 pub fn train_steps(m: &mut Llama, batch: usize, tokens: usize, steps: usize) -> Result<f64> {
+    train_steps_at(m, batch, tokens, steps, Precision::F32)
+}
+
+/// [`train_steps`] with the frozen weights' products at `precision` (`TrainConfig::precision`).
+pub fn train_steps_at(m: &mut Llama, batch: usize, tokens: usize, steps: usize, precision: Precision) -> Result<f64> {
     // "word " is one token; prompt and answer split the length.
     let half = "word ".repeat(tokens / 2 - 8);
     let examples: Vec<Example> =
         (0..batch * steps).map(|i| Example::new(format!("x{i}"), ExampleKind::Task, half.clone(), half.clone())).collect();
-    let cfg = TrainConfig { batch_size: batch, max_len: tokens + 16, epochs: 1, max_steps: steps, ..Default::default() };
+    let cfg = TrainConfig { batch_size: batch, max_len: tokens + 16, epochs: 1, max_steps: steps, precision, ..Default::default() };
     let mut d = StageData::default();
     d.streams.insert("task".into(), examples);
     let r = train(m, &d, &mut PlainSft, &cfg, None, "timed", true)?;
@@ -70,6 +75,23 @@ pub fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
     for _ in 0..15 {
         let t = Instant::now();
         x.matmul(&w.t()?)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// GFLOP/s of the bf16 frozen-weight product (`train.precision = "bf16"`) on `x · Wᵀ`, x
+/// `m × k` f32, W `n × k` bf16 — with its conversions (x to bf16, the bf16 result to f32):
+/// the best of 15 calls after one warm-up.
+pub fn gemm_bf16_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
+    let dev = candle_core::Device::Cpu;
+    let x = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(candle_core::DType::BF16)?;
+    safetune_model::ops::linear(&x, &w)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..15 {
+        let t = Instant::now();
+        safetune_model::ops::linear(&x, &w)?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (m * k * n) as f64 / best / 1e9)
