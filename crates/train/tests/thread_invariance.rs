@@ -15,7 +15,8 @@ use safetune_train::{train, StageData};
 const CHILD: &str = "SAFETUNE_THREAD_INVARIANCE_CHILD";
 const TEST: &str = "training_and_generation_do_not_depend_on_the_thread_count";
 
-/// In the child: LoRA on every linear layer and a full fine-tuning pass, two steps each at
+/// In the child: LoRA on every linear layer (in f32 and with bf16 frozen products) and a full
+/// fine-tuning pass, two steps each at
 /// batch 4 of ~100 tokens (the MLP's activations are 4 × 100 × 1024 floats, above the fused
 /// kernels' parallel threshold), then batched greedy and sampled answers; one hash of every
 /// trained weight's bits, the losses and the answers.
@@ -47,8 +48,13 @@ fn child_fingerprint() -> u64 {
     safetune_lora::attach_lora(&mut lora, &lc, 5).unwrap();
     let mut full = safetune_model::tiny_model_shaped(32, wide).unwrap();
     full.unfreeze_all().unwrap();
-    for m in [&mut lora, &mut full] {
-        let r = train(m, &data, &mut PlainSft, &cfg, None, "threads", true).unwrap();
+    // LoRA with the frozen products in bf16 (`precision = "bf16"`: gemmkit's kernel, split
+    // across threads by its own rule, and the parallel conversions to and from bf16).
+    let mut lora_bf16 = safetune_model::tiny_model_shaped(33, wide).unwrap();
+    safetune_lora::attach_lora(&mut lora_bf16, &lc, 6).unwrap();
+    let bf16 = TrainConfig { precision: safetune_core::config::Precision::Bf16, ..cfg.clone() };
+    for (m, cfg) in [(&mut lora, &cfg), (&mut full, &cfg), (&mut lora_bf16, &bf16)] {
+        let r = train(m, &data, &mut PlainSft, cfg, None, "threads", true).unwrap();
         assert_eq!(r.steps, 2);
         r.losses.iter().for_each(|l| l.to_bits().hash(&mut h));
         for (name, v) in m.trainable() {
