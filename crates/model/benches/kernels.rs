@@ -111,6 +111,14 @@ fn benches(c: &mut Criterion) {
     g.bench_function("f32", |bn| bn.iter(|| step(ops::linear(&x, &w_up).expect("linear"), &up)));
     g.bench_function("bf16", |bn| bn.iter(|| step(ops::linear(&x, &w_up_bf16).expect("linear"), &up)));
     g.finish();
+    // The product alone (no graph: the backward above adds candle's element-wise passes).
+    let x_plain = x.as_tensor().detach();
+    let mut g = c.benchmark_group("frozen 576 -> 1536 linear, 4 x 128, forward");
+    g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function("f32", |bn| bn.iter(|| std::hint::black_box(ops::linear(&x_plain, &w_up).expect("linear"))));
+    g.bench_function("bf16", |bn| bn.iter(|| std::hint::black_box(ops::linear(&x_plain, &w_up_bf16).expect("linear"))));
+    g.finish();
 
     // The loss's log-probabilities: 256 answer positions over SmolLM2's 49,152-word vocabulary.
     let (n, vocab) = (256, 49_152);
