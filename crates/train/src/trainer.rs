@@ -240,97 +240,93 @@ pub fn train_stage(
 ) -> Result<TrainReport> {
     cfg.validate("train")?;
     model.set_precision(cfg.precision).map_err(|e| anyhow!("{}: {e}", run.label))?;
-    let report = train_stage_at_precision(model, data, step_fn, cfg, reference, run);
-    model.set_precision(safetune_core::config::Precision::F32)?;
-    report
-}
-
-fn train_stage_at_precision(
-    model: &mut dyn CausalLm,
-    data: &StageData,
-    step_fn: &mut dyn TrainStep,
-    cfg: &TrainConfig,
-    reference: Option<&dyn CausalLm>,
-    run: &StageRun,
-) -> Result<TrainReport> {
-    let label = run.label;
-    let params = model.trainable();
-    if params.is_empty() {
-        bail!("{label}: the model has no trainable weights (attach adapters or unfreeze)");
-    }
-    let model: &dyn CausalLm = model;
-    if step_fn.wants_reference() && reference.is_none() {
-        bail!("{label}: `{}` needs a reference model and the stage gave none", step_fn.name());
-    }
-    let (streams, left_out) = streams_of(model, data, cfg)?;
-    let per_epoch =
-        streams.get(stream::TASK).map(|s| s.batches.len()).ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
-    let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };
-    let mut ctx = Ctx { model, reference, params, streams, step: 0, total, tokens: 0 };
-    let mut opt = AdamW::new(cfg.weight_decay);
-    let mut losses = Vec::with_capacity(total);
-    let (mut first, mut before) = (0, 0.0);
-    if let Some(ck) = run.checkpoints {
-        if let Some(saved) = checkpoint::load(&ck.dir, model.device())? {
-            (first, before) = restore(saved, &mut ctx, &mut opt, step_fn, &mut losses)?;
-            if !run.quiet {
-                safetune_core::tracing::info!("[{label}] resuming at step {first} of {total} from the checkpoint in {}", ck.dir.display());
-            }
+    let report = (|| -> Result<TrainReport> {
+        let label = run.label;
+        let params = model.trainable();
+        if params.is_empty() {
+            bail!("{label}: the model has no trainable weights (attach adapters or unfreeze)");
         }
-    }
-    let progress = Steps::starting_at(label, total, first, "step", run.quiet);
-    let start = Instant::now();
-    let mut last_save = Instant::now();
-    for step in first..total {
-        ctx.step = step;
-        let mut acc: Vec<Option<Tensor>> = vec![None; ctx.params.len()];
-        let mut loss_sum = 0.0;
-        for _ in 0..cfg.grad_accum {
-            let loss = step_fn.loss(&mut ctx)?;
-            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                bail!("{label}: the loss became {value} at step {step}; training diverged (lower the learning rate)");
-            }
-            loss_sum += value;
-            let grads = loss.backward()?;
-            for ((_, var), slot) in ctx.params.iter().zip(acc.iter_mut()) {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(prev) => (prev + g)?,
-                        None => g.clone(),
-                    });
+        let model: &dyn CausalLm = &*model;
+        if step_fn.wants_reference() && reference.is_none() {
+            bail!("{label}: `{}` needs a reference model and the stage gave none", step_fn.name());
+        }
+        let (streams, left_out) = streams_of(model, data, cfg)?;
+        let per_epoch = streams
+            .get(stream::TASK)
+            .map(|s| s.batches.len())
+            .ok_or_else(|| anyhow!("{label}: no `{}` examples to train on", stream::TASK))?;
+        let total = if cfg.max_steps > 0 { cfg.max_steps } else { (cfg.epochs * per_epoch).div_ceil(cfg.grad_accum) };
+        let mut ctx = Ctx { model, reference, params, streams, step: 0, total, tokens: 0 };
+        let mut opt = AdamW::new(cfg.weight_decay);
+        let mut losses = Vec::with_capacity(total);
+        let (mut first, mut before) = (0, 0.0);
+        if let Some(ck) = run.checkpoints {
+            if let Some(saved) = checkpoint::load(&ck.dir, model.device())? {
+                (first, before) = restore(saved, &mut ctx, &mut opt, step_fn, &mut losses)?;
+                if !run.quiet {
+                    safetune_core::tracing::info!(
+                        "[{label}] resuming at step {first} of {total} from the checkpoint in {}",
+                        ck.dir.display()
+                    );
                 }
             }
         }
-        let mut scale = 1.0 / cfg.grad_accum as f64;
-        if cfg.max_grad_norm > 0.0 {
-            let mut sq = 0.0;
-            for g in acc.iter().flatten() {
-                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let progress = Steps::starting_at(label, total, first, "step", run.quiet);
+        let start = Instant::now();
+        let mut last_save = Instant::now();
+        for step in first..total {
+            ctx.step = step;
+            let mut acc: Vec<Option<Tensor>> = vec![None; ctx.params.len()];
+            let mut loss_sum = 0.0;
+            for _ in 0..cfg.grad_accum {
+                let loss = step_fn.loss(&mut ctx)?;
+                let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                if !value.is_finite() {
+                    bail!("{label}: the loss became {value} at step {step}; training diverged (lower the learning rate)");
+                }
+                loss_sum += value;
+                let grads = loss.backward()?;
+                for ((_, var), slot) in ctx.params.iter().zip(acc.iter_mut()) {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        *slot = Some(match slot.take() {
+                            Some(prev) => (prev + g)?,
+                            None => g.clone(),
+                        });
+                    }
+                }
             }
-            let norm = sq.sqrt() * scale;
-            if !norm.is_finite() {
-                bail!("{label}: the gradient norm became {norm} at step {step}; training diverged");
+            let mut scale = 1.0 / cfg.grad_accum as f64;
+            if cfg.max_grad_norm > 0.0 {
+                let mut sq = 0.0;
+                for g in acc.iter().flatten() {
+                    sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                }
+                let norm = sq.sqrt() * scale;
+                if !norm.is_finite() {
+                    bail!("{label}: the gradient norm became {norm} at step {step}; training diverged");
+                }
+                if norm > cfg.max_grad_norm {
+                    scale *= cfg.max_grad_norm / norm;
+                }
             }
-            if norm > cfg.max_grad_norm {
-                scale *= cfg.max_grad_norm / norm;
+            let lr = learning_rate(cfg, step, total);
+            opt.step(&ctx.params, &acc, lr, scale)?;
+            let mean = loss_sum / cfg.grad_accum as f64;
+            losses.push(mean);
+            progress.set(step + 1, || format!("loss {mean:.4} lr {lr:.2e}"));
+            if let Some(ck) = run.checkpoints {
+                if step + 1 < total && last_save.elapsed() >= ck.every {
+                    save(&ck.dir, &ctx, &opt, &*step_fn, step + 1, &losses, before + start.elapsed().as_secs_f64())
+                        .with_context(|| format!("{label}: saving a checkpoint"))?;
+                    last_save = Instant::now();
+                }
             }
         }
-        let lr = learning_rate(cfg, step, total);
-        opt.step(&ctx.params, &acc, lr, scale)?;
-        let mean = loss_sum / cfg.grad_accum as f64;
-        losses.push(mean);
-        progress.set(step + 1, || format!("loss {mean:.4} lr {lr:.2e}"));
-        if let Some(ck) = run.checkpoints {
-            if step + 1 < total && last_save.elapsed() >= ck.every {
-                save(&ck.dir, &ctx, &opt, &*step_fn, step + 1, &losses, before + start.elapsed().as_secs_f64())
-                    .with_context(|| format!("{label}: saving a checkpoint"))?;
-                last_save = Instant::now();
-            }
-        }
-    }
-    progress.finish();
-    Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: before + start.elapsed().as_secs_f64(), left_out })
+        progress.finish();
+        Ok(TrainReport { steps: total, losses, tokens: ctx.tokens, seconds: before + start.elapsed().as_secs_f64(), left_out })
+    })();
+    model.set_precision(safetune_core::config::Precision::F32)?;
+    report
 }
 
 /// Saves the stage as it stands before step `next`.
