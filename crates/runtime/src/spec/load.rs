@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use safetune_core::anyhow::{anyhow, bail, Context};
 use safetune_core::Result;
-use serde::Deserialize;
 
 use super::RunSpec;
 
@@ -63,7 +62,17 @@ impl RunSpec {
             }
         };
         resolve_train_tables(&mut merged).map_err(locate)?;
-        let spec = RunSpec::deserialize(toml::Value::Table(merged)).map_err(|e| anyhow!("{shown}: {}", e.message()))?;
+        // The merged table has no lines of its own: an error names the key's path, and
+        // `locate` finds the line that sets it in the files.
+        let spec: RunSpec = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let at = e.path().to_string();
+            let msg = e.into_inner().message().to_string();
+            if at == "." {
+                anyhow!("{shown}: {msg}")
+            } else {
+                locate(anyhow!("{at}: {msg}"))
+            }
+        })?;
         spec.validate().map_err(locate)?;
         Ok(spec)
     }
@@ -305,6 +314,13 @@ mod tests {
             let err = super::RunSpec::load(&p).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+        // Through an overlay (a merged table, no lines of its own) the error still names the
+        // overlay file, the line and the key's path.
+        std::fs::write(&p, format!("{head}[alignment]\nbenign = 1\n{ft}methods = [\"sft-lora\"]\n")).unwrap();
+        let o = dir.join("o.toml");
+        std::fs::write(&o, "[finetune]\ntrain = { precision = \"fp16\" }\n").unwrap();
+        let err = super::RunSpec::load_with_overlays(&p, std::slice::from_ref(&o)).unwrap_err().to_string();
+        assert!(err.ends_with("o.toml:2: finetune.train.precision: unknown variant `fp16`, expected `f32` or `bf16`"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
