@@ -23,7 +23,12 @@ use crate::products::gemm_xwt;
 fn fusable(x: &Tensor) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("SAFETUNE_COMPOSED_OPS").is_ok_and(|v| v == "1"));
-    !off && x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous()
+    !off && cpu_f32_contiguous(x)
+}
+
+/// f32, contiguous, on the CPU: what the custom ops read (whether or not switched off).
+fn cpu_f32_contiguous(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous()
 }
 
 /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension: the fused
@@ -135,12 +140,9 @@ pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
     over_rows(x, in_dim, out_dim, |x2| {
-        let frozen = !w.track_op();
-        let on_cpu = x.device().is_cpu() && x.dtype() == DType::F32 && w.is_contiguous();
-        if frozen && on_cpu && w.dtype() == DType::BF16 {
-            return Ok(x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?);
-        }
-        if frozen && x.track_op() && on_cpu && w.dtype() == DType::F32 {
+        let on_cpu = !w.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.is_contiguous();
+        // A bf16 weight has no other path; an f32 one takes the op when x needs a gradient.
+        if on_cpu && (w.dtype() == DType::BF16 || (w.dtype() == DType::F32 && x.track_op())) {
             return Ok(x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?);
         }
         Ok(x2.matmul(&w.t()?)?)
@@ -334,8 +336,8 @@ pub fn low_rank_fusable(x: &Tensor, w: &Tensor) -> bool {
 /// [`low_rank_fusable`] holds and the factors are f32 and contiguous, else the composition.
 pub fn linear_low_rank(x: &Tensor, w: &Tensor, lr: &safetune_core::LowRank) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
-    let factors_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
-    let factors_ok = if w.dtype() == DType::BF16 { factors_f32(&lr.h) && factors_f32(&lr.b) } else { fusable(&lr.h) && fusable(&lr.b) };
+    let factors_ok =
+        if w.dtype() == DType::BF16 { cpu_f32_contiguous(&lr.h) && cpu_f32_contiguous(&lr.b) } else { fusable(&lr.h) && fusable(&lr.b) };
     if low_rank_fusable(x, w) && factors_ok {
         let op = FrozenLowRank { w: w.clone(), scale: lr.scale };
         return over_rows(x, in_dim, out_dim, |x2| Ok(x2.contiguous()?.apply_op3(&lr.h, &lr.b, op)?));

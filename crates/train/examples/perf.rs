@@ -28,15 +28,17 @@ fn main() -> safetune_core::Result<()> {
     let path = std::path::Path::new(path);
     let (batch, tokens, steps, new) =
         (flag(&args, "--batch", 4), flag(&args, "--tokens", 128), flag(&args, "--steps", 3), flag(&args, "--new", 64));
-    let bf16 = match args.iter().position(|a| a == "--precision").map(|i| args.get(i + 1).map(String::as_str)) {
-        None | Some(Some("f32")) => false,
-        Some(Some("bf16")) => true,
-        Some(other) => {
-            eprintln!("--precision: expected f32 or bf16, got {}", other.unwrap_or("nothing"));
-            std::process::exit(2);
+    // The names a spec's `precision` takes (the enum's own serde names).
+    let precision: safetune_core::config::Precision = match args.iter().position(|a| a == "--precision") {
+        None => Default::default(),
+        Some(i) => {
+            let name = args.get(i + 1).cloned().unwrap_or_default();
+            serde_json::from_value(serde_json::Value::String(name)).unwrap_or_else(|e| {
+                eprintln!("--precision: {e}");
+                std::process::exit(2);
+            })
         }
     };
-    let precision = if bf16 { safetune_core::config::Precision::Bf16 } else { safetune_core::config::Precision::F32 };
     let (value, unit) = match workload.as_str() {
         "lora-qv" | "lora-all" | "full" => {
             let mut m = workloads::prepared(path, workload)?;
@@ -58,7 +60,7 @@ fn main() -> safetune_core::Result<()> {
         }
         "gemm" => {
             let (m, k, n) = (flag(&args, "--m", 512), flag(&args, "--k", 576), flag(&args, "--n", 1536));
-            (if bf16 { workloads::gemm_bf16_gflops(m, k, n)? } else { workloads::gemm_gflops(m, k, n)? }, "GFLOP/s")
+            (workloads::gemm_gflops(m, k, n, precision)?, "GFLOP/s")
         }
         // One core's ceiling; not a product of the model (so nothing for PyTorch to compare).
         "peak-f32" | "peak-bf16" => match workloads::peak_gflops(workload == "peak-bf16") {

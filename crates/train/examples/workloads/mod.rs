@@ -64,34 +64,26 @@ pub fn train_steps_at(m: &mut Llama, batch: usize, tokens: usize, steps: usize, 
     Ok(r.seconds / r.steps as f64)
 }
 
-/// GFLOP/s of candle's CPU matmul on `x · Wᵀ` (x `m × k`, W `n × k` as the model stores
-/// its weights): the best of 15 calls after one warm-up.
-pub fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
+/// GFLOP/s of `x · Wᵀ` (x `m × k` f32, W `n × k` as the model stores its weights): candle's
+/// CPU matmul at f32, or the bf16 frozen-weight product (`train.precision = "bf16"`, W in bf16,
+/// with its conversions of x to bf16 and of the result to f32); the best of 15 calls after
+/// one warm-up.
+pub fn gemm_gflops(m: usize, k: usize, n: usize, precision: Precision) -> Result<f64> {
     let dev = candle_core::Device::Cpu;
     let x = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
     let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?;
-    x.matmul(&w.t()?)?;
+    let product: Box<dyn Fn() -> Result<candle_core::Tensor>> = match precision {
+        Precision::F32 => Box::new(|| Ok(x.matmul(&w.t()?)?)),
+        Precision::Bf16 => {
+            let wb = w.to_dtype(candle_core::DType::BF16)?;
+            Box::new(move || safetune_model::ops::linear(&x, &wb))
+        }
+    };
+    product()?;
     let mut best = f64::INFINITY;
     for _ in 0..15 {
         let t = Instant::now();
-        x.matmul(&w.t()?)?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
-}
-
-/// GFLOP/s of the bf16 frozen-weight product (`train.precision = "bf16"`) on `x · Wᵀ`, x
-/// `m × k` f32, W `n × k` bf16 — with its conversions (x to bf16, the bf16 result to f32):
-/// the best of 15 calls after one warm-up.
-pub fn gemm_bf16_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
-    let dev = candle_core::Device::Cpu;
-    let x = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
-    let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(candle_core::DType::BF16)?;
-    safetune_model::ops::linear(&x, &w)?;
-    let mut best = f64::INFINITY;
-    for _ in 0..15 {
-        let t = Instant::now();
-        safetune_model::ops::linear(&x, &w)?;
+        product()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (m * k * n) as f64 / best / 1e9)
