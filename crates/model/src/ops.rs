@@ -140,9 +140,9 @@ pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
     over_rows(x, in_dim, out_dim, |x2| {
-        let on_cpu = !w.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.is_contiguous();
+        let frozen_on_cpu = !w.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.is_contiguous();
         // A bf16 weight has no other path; an f32 one takes the op when x needs a gradient.
-        if on_cpu && (w.dtype() == DType::BF16 || (w.dtype() == DType::F32 && x.track_op())) {
+        if frozen_on_cpu && (w.dtype() == DType::BF16 || (w.dtype() == DType::F32 && x.track_op())) {
             return Ok(x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?);
         }
         Ok(x2.matmul(&w.t()?)?)
